@@ -1,0 +1,168 @@
+"""``spark-relay poll …`` and ``spark-relay topics …``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from spark_relay.cli import App, pass_app
+from spark_relay.errors import EXIT_CODES
+from spark_relay.settings import Settings
+
+__all__ = ["poll_group", "topics_group", "build_poller"]
+
+logger = logging.getLogger(__name__)
+
+_EXITS = "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.items())
+
+
+@contextmanager
+def build_poller(settings: Settings, *, progress: bool = False,
+                 stop: threading.Event | None = None) -> Iterator:
+    """A :class:`Poller` wired to the API, Kafka, the registry and the state store."""
+    from producer.poller import Poller
+    from producer.publisher import Publisher
+    from producer.spark_client import SparkClient
+    from producer.state import open_state
+    from schemas import Serde
+
+    settings.require("api_key", "kafka_bootstrap", "schema_registry_url")
+    client = SparkClient(settings.api_url, settings.api_key, rate_limit=settings.rate_limit)
+    publisher = Publisher(settings.kafka_config())
+    state = open_state(settings.state_dir, settings.database_url)
+    serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
+    try:
+        yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+    finally:
+        publisher.close()
+        client.close()
+        state.close()
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():  # a second Ctrl-C: give up at once
+            sys.exit(130)
+        logger.info("signal %s: finishing the current page, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+_progress = click.option("--progress/--no-progress", default=None,
+                         help="Progress bar on stderr (default: when stderr is a terminal).")
+
+
+@click.group("poll", epilog=_EXITS)
+def poll_group() -> None:
+    """Read the Spark API as its replication guide says, and publish to Kafka.
+
+    Needs SPARK_RELAY_API_KEY, SPARK_RELAY_KAFKA_BOOTSTRAP and
+    SPARK_RELAY_SCHEMA_REGISTRY_URL. Checkpoints live in SPARK_RELAY_STATE_DIR
+    (SQLite), or in PostgreSQL when SPARK_RELAY_DATABASE_URL is set. Every
+    procedure resumes where it stopped; SIGTERM finishes the current page.
+    """
+
+
+def _procedure(name: str, doc: str, call):
+    @poll_group.command(name, help=doc, epilog=_EXITS)
+    @_progress
+    @pass_app
+    def command(app: App, progress: bool | None) -> None:
+        settings = app.settings()
+        with build_poller(settings, progress=bool(progress) if progress is not None else False,
+                          stop=_stop_on_signals()) as poller:
+            stats = call(poller)
+        click.echo(stats.summary())
+
+    return command
+
+
+_procedure(
+    "update",
+    "One update window: listings with ModificationTimestamp between the last window's "
+    "upper bound minus SPARK_RELAY_OVERLAP minutes (default 20) and the API server's "
+    "clock. The upper bound is committed only after Kafka acknowledged every event; "
+    "records already published unchanged are skipped.",
+    lambda p: p.update(),
+)
+_procedure(
+    "accounts",
+    "A full scan of /v1/accounts with _skip, de-duplicated by Id within the scan; "
+    "accounts whose content changed are published, accounts that vanished get a Purge "
+    "event and a tombstone.",
+    lambda p: p.accounts(),
+)
+_procedure(
+    "purge",
+    "Scan every ListingKey (_select=ListingKey, _skiptoken paging) and, for each "
+    "published listing the API no longer returns, publish a Purge event on "
+    "<prefix>.purges and a tombstone on <prefix>.listings. Runs in bounded memory.",
+    lambda p: p.purge(),
+)
+
+
+@poll_group.command("snapshot", epilog=_EXITS)
+@click.option("--restart", is_flag=True, help="Start over even if a snapshot completed.")
+@_progress
+@pass_app
+def snapshot_command(app: App, restart: bool, progress: bool | None) -> None:
+    """The initial download: every listing by _skiptoken, _limit=1000.
+
+    The skip token is checkpointed after Kafka acknowledges each page, so a
+    killed snapshot continues where it stopped. The API server's time at the
+    start becomes the first update window's lower bound.
+    """
+    settings = app.settings()
+    with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
+        click.echo(poller.snapshot(restart=restart).summary())
+
+
+@poll_group.command("run", epilog=_EXITS)
+@click.option("--interval", type=float, help="Minutes between update windows (SPARK_RELAY_UPDATE_INTERVAL, default 15; the guide asks for at least hourly).")
+@click.option("--accounts-interval", type=float, help="Minutes between accounts scans (SPARK_RELAY_ACCOUNTS_INTERVAL, default 60).")
+@click.option("--purge-at", help="UTC time of day of the daily purge, HH:MM (SPARK_RELAY_PURGE_AT, default 03:00).")
+@_progress
+@pass_app
+def run_command(app: App, interval, accounts_interval, purge_at, progress) -> None:
+    """The daemon: snapshot if none completed, then updates, accounts and the daily purge.
+
+    SIGTERM (or Ctrl-C) lets the current page finish and commit, then exits 0.
+    """
+    from producer.daemon import run_daemon
+
+    settings = app.settings(update_interval=interval, accounts_interval=accounts_interval,
+                            purge_at=purge_at)
+    with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
+        run_daemon(poller)
+
+
+@click.group("topics")
+def topics_group() -> None:
+    """Kafka topics and schemas of the event contract."""
+
+
+@topics_group.command("create")
+@click.option("--partitions", type=int, default=6, show_default=True, help="Partitions per topic.")
+@click.option("--replication-factor", type=int, default=1, show_default=True, help="Replicas per partition (3 on a production cluster).")
+@pass_app
+def topics_create_command(app: App, partitions: int, replication_factor: int) -> None:
+    """Create <prefix>.listings, .accounts (compacted), .purges and the dead-letter
+    topic, and register the schemas (subjects <topic>-value). Idempotent."""
+    from producer.topics import ensure_contract
+
+    settings = app.settings()
+    for line in ensure_contract(settings, partitions, replication_factor):
+        click.echo(line)
+

@@ -1,0 +1,61 @@
+"""``spark-relay poll run``: the procedures on their schedules, until SIGTERM.
+
+Snapshot first if none completed; then an update window every
+``update_interval`` minutes, an accounts scan every ``accounts_interval``
+minutes, and the purge once a day at ``purge_at`` (UTC). Schedules are read
+from the run log, so a restarted daemon keeps them. SIGTERM or Ctrl-C lets the
+current page finish and commit; then the daemon exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from producer.poller import Poller
+
+__all__ = ["run_daemon", "next_purge"]
+
+logger = logging.getLogger(__name__)
+
+
+def _finished(runs: dict, procedure: str) -> datetime | None:
+    run = runs.get(procedure, {}).get("last_ok")
+    if not run or not run.get("finished_at"):
+        return None
+    return datetime.fromisoformat(run["finished_at"])
+
+
+def next_purge(last: datetime | None, purge_at: str, now: datetime) -> datetime:
+    """The next daily purge instant: today's ``purge_at``, or tomorrow's once today's ran."""
+    hour, minute = (int(part) for part in purge_at.split(":"))
+    today = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    due = today if now >= today else today - timedelta(days=1)
+    if last is not None and last >= due:
+        due += timedelta(days=1)
+    return due
+
+
+def run_daemon(poller: Poller, tick: float = 1.0) -> None:
+    settings = poller.settings
+    snapshot = poller.state.checkpoint("snapshot")
+    if not (snapshot and snapshot.get("done")):
+        poller.snapshot()
+    while not poller.stop.is_set():
+        runs = poller.state.last_runs()
+        now = datetime.now(UTC)
+        last_update = _finished(runs, "update")
+        if last_update is None or now - last_update >= timedelta(minutes=settings.update_interval):
+            poller.update()
+            continue
+        last_accounts = _finished(runs, "accounts")
+        if last_accounts is None or now - last_accounts >= timedelta(
+            minutes=settings.accounts_interval
+        ):
+            poller.accounts()
+            continue
+        if now >= next_purge(_finished(runs, "purge"), settings.purge_at, now):
+            poller.purge()
+            continue
+        poller.stop.wait(tick)
+    logger.info("stopped on request; every checkpoint is committed")

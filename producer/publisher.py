@@ -1,0 +1,78 @@
+"""The Kafka side of the poller: one idempotent ``Producer`` and delivery accounting.
+
+Every event is produced with a delivery callback; :meth:`Publisher.flush`
+waits for all of them and raises :class:`DeliveryError` if any failed, so the
+caller moves a checkpoint only after Kafka acknowledged everything before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from spark_relay.errors import DeliveryError
+
+__all__ = ["Publisher", "PRODUCER_DEFAULTS"]
+
+logger = logging.getLogger(__name__)
+
+#: Chosen by ``bench/bench_publisher.py`` on this machine; any may be overridden
+#: through SPARK_RELAY_KAFKA_<SETTING>.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "zstd",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "message.max.bytes": 4_000_000,
+    "queue.buffering.max.kbytes": 262_144,
+}
+
+
+class Publisher:
+    """Produce keyed values (``None`` = tombstone) and account for their delivery."""
+
+    def __init__(self, kafka_config: dict[str, Any]):
+        self._producer = Producer({**PRODUCER_DEFAULTS, **kafka_config})
+        self._errors: list[str] = []
+        self._pending = 0
+        self.delivered: Counter[str] = Counter()
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        self._pending -= 1
+        if error is not None:
+            self._errors.append(f"{message.topic()}[{message.key()!r}]: {error}")
+        else:
+            self.delivered[message.topic()] += 1
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery
+                )
+                self._pending += 1
+                break
+            except BufferError:  # the local queue is full: let deliveries drain
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Wait until every produced event is acknowledged; raise if any was not."""
+        remaining = self._producer.flush(timeout)
+        if self._errors or remaining:
+            errors, self._errors = self._errors, []
+            detail = "; ".join(errors[:3]) or f"{remaining} events unacknowledged after {timeout}s"
+            raise DeliveryError(f"Kafka did not acknowledge {len(errors) or remaining} event(s): {detail}")
+
+    def close(self) -> None:
+        self._producer.flush(10)

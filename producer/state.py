@@ -1,0 +1,293 @@
+"""The poller's memory: checkpoints, the published-key index, scan scratch, run log.
+
+SQLite under ``SPARK_RELAY_STATE_DIR`` by default; PostgreSQL (schema
+``spark_relay_state``) when a database URL is given. Each transition — a
+page's keys recorded together with the checkpoint that follows them — is one
+transaction, so a crash leaves either the old state or the new one.
+
+The published index holds, per resource and key, the ModificationTimestamp and
+a content hash of what was last published: it de-duplicates the overlap of
+update windows, and it is the "keys published so far" a purge diffs against.
+The diff itself runs in the database (keys seen by the scan go to ``seen``),
+so a million keys cost disk, not memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["StateStore", "open_state"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS published (
+        resource TEXT NOT NULL, key TEXT NOT NULL, modified TEXT, hash TEXT NOT NULL,
+        PRIMARY KEY (resource, key))""",
+    """CREATE TABLE IF NOT EXISTS seen (
+        resource TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (resource, key))""",
+    """CREATE TABLE IF NOT EXISTS media (
+        key TEXT NOT NULL, name TEXT NOT NULL, changed TEXT, items TEXT NOT NULL,
+        PRIMARY KEY (key, name))""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY, procedure TEXT NOT NULL, started_at TEXT NOT NULL,
+        finished_at TEXT, status TEXT NOT NULL, detail TEXT NOT NULL)""",
+]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class StateStore:
+    """Checkpoints and the published index over a DB-API connection (SQLite or psycopg)."""
+
+    def __init__(self, connection: Any, placeholder: str = "?", description: str = ""):
+        self._db = connection
+        self._ph = placeholder
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.description = description
+        with self.transaction() as cur:
+            for statement in _SCHEMA:
+                cur.execute(statement)
+
+    def _q(self, sql: str) -> str:
+        return sql if self._ph == "?" else sql.replace("?", self._ph)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One atomic transition; nested calls join the outer transaction."""
+        with self._lock:
+            cursor = self._db.cursor()
+            self._depth += 1
+            try:
+                yield cursor
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.rollback()
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- checkpoints ------------------------------------------------------
+
+    def checkpoint(self, name: str) -> dict[str, Any] | None:
+        with self.transaction() as cur:
+            cur.execute(self._q("SELECT value FROM checkpoints WHERE name = ?"), (name,))
+            row = cur.fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def set_checkpoint(self, name: str, value: dict[str, Any] | None) -> None:
+        with self.transaction() as cur:
+            if value is None:
+                cur.execute(self._q("DELETE FROM checkpoints WHERE name = ?"), (name,))
+                return
+            cur.execute(
+                self._q(
+                    "INSERT INTO checkpoints (name, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at"
+                ),
+                (name, orjson.dumps(value).decode(), _now()),
+            )
+
+    def checkpoints(self) -> dict[str, dict[str, Any]]:
+        with self.transaction() as cur:
+            cur.execute("SELECT name, value, updated_at FROM checkpoints")
+            rows = cur.fetchall()
+        return {name: {**orjson.loads(value), "updated_at": at} for name, value, at in rows}
+
+    # -- the published index ---------------------------------------------
+
+    def published(self, resource: str, keys: Iterable[str]) -> dict[str, tuple[str | None, str]]:
+        """``{key: (modified, hash)}`` for the given keys that were published."""
+        keys = list(keys)
+        found: dict[str, tuple[str | None, str]] = {}
+        with self.transaction() as cur:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                cur.execute(
+                    self._q(
+                        f"SELECT key, modified, hash FROM published "
+                        f"WHERE resource = ? AND key IN ({marks})"
+                    ),
+                    (resource, *chunk),
+                )
+                found.update({key: (modified, digest) for key, modified, digest in cur.fetchall()})
+        return found
+
+    def record_published(self, resource: str, rows: Iterable[tuple[str, str | None, str]]) -> None:
+        """Remember ``(key, modified, hash)`` as published (inside the caller's transaction)."""
+        with self.transaction() as cur:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO published (resource, key, modified, hash) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (resource, key) DO UPDATE SET modified = excluded.modified, "
+                    "hash = excluded.hash"
+                ),
+                [(resource, key, modified, digest) for key, modified, digest in rows],
+            )
+
+    def forget_published(self, resource: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        with self.transaction() as cur:
+            cur.executemany(
+                self._q("DELETE FROM published WHERE resource = ? AND key = ?"),
+                [(resource, key) for key in keys],
+            )
+            if resource == "listings":
+                cur.executemany(self._q("DELETE FROM media WHERE key = ?"), [(k,) for k in keys])
+
+    def published_count(self, resource: str) -> int:
+        with self.transaction() as cur:
+            cur.execute(self._q("SELECT count(*) FROM published WHERE resource = ?"), (resource,))
+            return int(cur.fetchone()[0])
+
+    def published_keys(self, resource: str) -> Iterator[tuple[str, str | None]]:
+        """Every published ``(key, modified)``, in key order (for reconcile)."""
+        yield from self._keyset(
+            "SELECT key, modified FROM published WHERE resource = ? AND key > ? "
+            "ORDER BY key LIMIT 5000",
+            resource,
+        )
+
+    def _keyset(self, sql: str, resource: str) -> Iterator[tuple[str, str | None]]:
+        """Page through ``sql`` by key, so neither memory nor a long-lived cursor grows."""
+        after = ""
+        while True:
+            with self.transaction() as cur:
+                cur.execute(self._q(sql), (resource, after))
+                rows = cur.fetchall()
+            yield from rows
+            if len(rows) < 5000:
+                return
+            after = rows[-1][0]
+
+    # -- subresources fetched one listing at a time ------------------------
+
+    def media(self, key: str) -> dict[str, tuple[str | None, list[Any]]]:
+        """``{name: (change timestamp, items)}`` last published for ``key``."""
+        with self.transaction() as cur:
+            cur.execute(self._q("SELECT name, changed, items FROM media WHERE key = ?"), (key,))
+            rows = cur.fetchall()
+        return {name: (changed, orjson.loads(items)) for name, changed, items in rows}
+
+    def record_media(self, rows: Iterable[tuple[str, str, str | None, list[Any]]]) -> None:
+        """Remember ``(key, name, change timestamp, items)`` (inside the caller's transaction)."""
+        with self.transaction() as cur:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO media (key, name, changed, items) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key, name) DO UPDATE SET changed = excluded.changed, "
+                    "items = excluded.items"
+                ),
+                [(k, n, c, orjson.dumps(i).decode()) for k, n, c, i in rows],
+            )
+
+    # -- scans: what the API still returns -------------------------------
+
+    def reset_seen(self, resource: str) -> None:
+        with self.transaction() as cur:
+            cur.execute(self._q("DELETE FROM seen WHERE resource = ?"), (resource,))
+
+    def mark_seen(self, resource: str, keys: Iterable[str]) -> None:
+        with self.transaction() as cur:
+            cur.executemany(
+                self._q("INSERT INTO seen (resource, key) VALUES (?, ?) ON CONFLICT DO NOTHING"),
+                [(resource, key) for key in keys],
+            )
+
+
+    def vanished(self, resource: str) -> Iterator[tuple[str, str | None]]:
+        """Published keys the finished scan did not see: ``(key, last modified)``, key order."""
+        yield from self._keyset(
+            "SELECT p.key, p.modified FROM published p WHERE p.resource = ? AND p.key > ? "
+            "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.resource = p.resource AND s.key = p.key) "
+            "ORDER BY p.key LIMIT 5000",
+            resource,
+        )
+
+    def seen_keys(self, resource: str, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` this scan has seen already (accounts de-duplicate with it)."""
+        keys = list(keys)
+        found: set[str] = set()
+        with self.transaction() as cur:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                cur.execute(
+                    self._q(
+                        f"SELECT key FROM seen WHERE resource = ? AND key IN ({','.join('?' * len(chunk))})"
+                    ),
+                    (resource, *chunk),
+                )
+                found.update(row[0] for row in cur.fetchall())
+        return found
+
+    # -- the run log ------------------------------------------------------
+
+    def record_run(self, run_id: str, procedure: str, status: str, detail: dict[str, Any],
+                   started_at: str, finished_at: str | None = None) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                self._q(
+                    "INSERT INTO runs (id, procedure, started_at, finished_at, status, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "finished_at = excluded.finished_at, status = excluded.status, "
+                    "detail = excluded.detail"
+                ),
+                (run_id, procedure, started_at, finished_at, status,
+                 orjson.dumps(detail, default=str).decode()),
+            )
+
+    def last_runs(self) -> dict[str, dict[str, Any]]:
+        """The newest run of each procedure, and the newest successful one as ``last_ok``."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT id, procedure, started_at, finished_at, status, detail FROM runs "
+                "ORDER BY started_at"
+            )
+            for run_id, procedure, started, finished, status, detail in cur.fetchall():
+                run = {"run_id": run_id, "started_at": started, "finished_at": finished,
+                       "status": status, **orjson.loads(detail)}
+                entry = out.setdefault(procedure, {})
+                entry["last"] = run
+                if status == "ok":
+                    entry["last_ok"] = run
+        return out
+
+
+def open_state(state_dir: str | Path, database_url: str = "") -> StateStore:
+    """The state store: PostgreSQL when ``database_url`` is given, else SQLite in ``state_dir``."""
+    if database_url:
+        import psycopg
+
+        connection = psycopg.connect(database_url)
+        connection.execute("CREATE SCHEMA IF NOT EXISTS spark_relay_state")
+        connection.execute("SET search_path TO spark_relay_state")
+        connection.commit()
+        return StateStore(connection, "%s", "postgresql (schema spark_relay_state)")
+    path = Path(state_dir) / "poller.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return StateStore(connection, "?", f"sqlite ({path})")

@@ -1,0 +1,43 @@
+"""``spark-relay topics create``: the contract's topics, the dead-letter topic, the schemas."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from producer.poller import dlq_topic
+from schemas import TopicSpec, create_topics, register_schemas, topic_specs
+from spark_relay.settings import Settings
+
+__all__ = ["ensure_contract", "dlq_spec"]
+
+logger = logging.getLogger(__name__)
+
+#: Dead letters are kept for 30 days: long enough to fix and re-drive them.
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def dlq_spec(prefix: str, name: str, replication_factor: int = 1) -> TopicSpec:
+    return TopicSpec(
+        name=dlq_topic(prefix, name),
+        partitions=1,
+        replication_factor=replication_factor,
+        config={"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+    )
+
+
+def ensure_contract(settings: Settings, partitions: int = 6, replication_factor: int = 1) -> Iterator[str]:
+    """Create what is missing, register the schemas; yield one line per thing done. Idempotent."""
+    admin = AdminClient(settings.kafka_config())
+    specs = topic_specs(settings.topic_prefix, partitions, replication_factor)
+    specs.append(dlq_spec(settings.topic_prefix, "poller", replication_factor))
+    created = set(create_topics(admin, specs))
+    for spec in specs:
+        state = "created" if spec.name in created else "exists"
+        yield f"topic {spec.name}: {state} ({spec.partitions} partitions, {spec.config})"
+    client = SchemaRegistryClient(settings.registry_config())
+    for subject, schema_id in register_schemas(client, settings.topic_prefix).items():
+        yield f"subject {subject}: schema id {schema_id}"

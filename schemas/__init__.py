@@ -1,0 +1,52 @@
+"""The event contract of spark-relay: Avro schemas, topics, conversion and serde.
+
+Downstream teams depend on this package; change it only in compatible steps
+(``tests/schemas/test_history.py`` holds every released schema version in
+``schemas/history/`` against the current one).
+"""
+
+from schemas.contract import (
+    ACCOUNT_SCHEMA,
+    LISTING_SCHEMA,
+    MASK,
+    PROCEDURES,
+    PURGE_SCHEMA,
+    RESOURCES,
+    InvalidRecord,
+    Source,
+    account_from_record,
+    account_to_record,
+    listing_from_record,
+    listing_to_record,
+    purge_key,
+    purge_record,
+)
+from schemas.serde import Serde, register_schemas, subject_for
+from schemas.topics import ACCOUNTS, LISTINGS, PURGES, TopicSpec, create_topics, topic_name, topic_specs
+
+__all__ = [
+    "LISTING_SCHEMA",
+    "ACCOUNT_SCHEMA",
+    "PURGE_SCHEMA",
+    "PROCEDURES",
+    "RESOURCES",
+    "MASK",
+    "InvalidRecord",
+    "Source",
+    "listing_to_record",
+    "listing_from_record",
+    "account_to_record",
+    "account_from_record",
+    "purge_record",
+    "purge_key",
+    "LISTINGS",
+    "ACCOUNTS",
+    "PURGES",
+    "TopicSpec",
+    "topic_name",
+    "topic_specs",
+    "create_topics",
+    "Serde",
+    "register_schemas",
+    "subject_for",
+]

@@ -1,0 +1,117 @@
+"""The ``spark-relay`` command: one click group, subcommands in their own modules.
+
+Commands build settings and call plain functions; errors become one line on
+stderr and the exit code listed in ``spark-relay --help``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from spark_relay import __version__
+from spark_relay.errors import EXIT_CODES, RelayError
+from spark_relay.logs import configure_logging
+from spark_relay.settings import Settings, describe, load_settings
+
+__all__ = ["main", "cli", "pass_app", "App"]
+
+logger = logging.getLogger(__name__)
+
+_EXIT_TEXT = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+@dataclass
+class App:
+    """What every subcommand receives: the config file path and global overrides."""
+
+    config_file: str | None
+    overrides: dict[str, Any]
+    debug: bool
+
+    def settings(self, **overrides: Any) -> Settings:
+        return load_settings(self.config_file, **{**self.overrides, **overrides})
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Every setting is read from an environment variable SPARK_RELAY_<NAME> "
+        "(see `spark-relay config`) or from the TOML file given with --config; flags "
+        "override both.\n\n\b\nExit codes:\n" + _EXIT_TEXT
+    ),
+)
+@click.version_option(__version__, prog_name="spark-relay")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="SPARK_RELAY_CONFIG",
+    help="TOML file with settings (keys as in `spark-relay config`, lower case; librdkafka settings in a [kafka] table).",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines for people or for machines.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Log level.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_file, log_format, log_level, debug) -> None:
+    """Replicate the Spark API into Kafka, and Kafka into PostgreSQL, search and files.
+
+    \b
+    Quick start, nothing running beforehand:
+      spark-relay demo
+    Against the real API and a real cluster:
+      export SPARK_RELAY_API_KEY=… SPARK_RELAY_KAFKA_BOOTSTRAP=… SPARK_RELAY_SCHEMA_REGISTRY_URL=…
+      spark-relay topics create && spark-relay poll run
+    """
+    app = App(config_file, {"log_format": log_format, "log_level": log_level}, debug)
+    ctx.obj = app
+    try:
+        settings = app.settings()
+        configure_logging(settings.log_level, settings.log_format)
+    except RelayError:
+        configure_logging()  # the subcommand will report the config error itself
+
+
+@cli.command("config")
+@pass_app
+def config_command(app: App) -> None:
+    """Print the effective settings (secrets masked) and where each is read from."""
+    for name, value in describe(app.settings()).items():
+        click.echo(f"{name}={value}")
+
+
+def _register() -> None:
+    """Attach the subcommands (imported here so ``import spark_relay.cli`` stays light)."""
+    from devstack.cli import devstack_group, emulator_command
+    from producer.cli import poll_group, topics_group
+
+    for command in (devstack_group, emulator_command, poll_group, topics_group):
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        code = cli.main(args=argv, prog_name="spark-relay", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except RelayError as e:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and isinstance(ctx.find_object(App), App) and ctx.find_object(App).debug:
+            logger.exception("failed")
+        click.echo(f"spark-relay: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,65 @@
+"""One root error, one small tree. The CLI maps each branch to an exit code."""
+
+from __future__ import annotations
+
+__all__ = [
+    "RelayError",
+    "ConfigError",
+    "SourceError",
+    "TransientSourceError",
+    "PermanentSourceError",
+    "DeliveryError",
+    "SinkError",
+    "EXIT_CODES",
+]
+
+
+class RelayError(Exception):
+    """Base of every error spark-relay raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(RelayError):
+    """A setting is missing or invalid; the message names it and what is expected."""
+
+    exit_code = 2
+
+
+class SourceError(RelayError):
+    """The Spark API answered with an error."""
+
+    exit_code = 3
+
+
+class TransientSourceError(SourceError):
+    """An API error worth retrying (429, 5xx, timeouts, resets, truncated bodies)."""
+
+
+class PermanentSourceError(SourceError):
+    """An API error no retry can fix (bad token, forbidden, invalid filter)."""
+
+    exit_code = 4
+
+
+class DeliveryError(RelayError):
+    """Kafka did not acknowledge an event; no checkpoint moved."""
+
+    exit_code = 5
+
+
+class SinkError(RelayError):
+    """A sink could not apply or commit a batch."""
+
+    exit_code = 6
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected error",
+    2: "configuration error (the message names the setting)",
+    3: "the Spark API kept failing after every retry",
+    4: "the Spark API refused the request (bad key, forbidden, invalid filter)",
+    5: "Kafka did not acknowledge an event (no checkpoint moved)",
+    6: "a sink failed",
+}

@@ -1,0 +1,316 @@
+"""One typed settings object for the whole program.
+
+Precedence, lowest first: defaults, the TOML file (``--config``), environment
+variables prefixed ``SPARK_RELAY_``, command-line flags. A wrong or missing
+value raises :class:`ConfigError` with one line that names the setting and
+what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
+``str`` never show it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from spark_relay.errors import ConfigError
+
+__all__ = ["Secret", "Settings", "load_settings", "ENV_PREFIX", "KAFKA_PASSTHROUGH_PREFIX"]
+
+ENV_PREFIX = "SPARK_RELAY_"
+#: ``SPARK_RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes librdkafka's ``security.protocol``.
+KAFKA_PASSTHROUGH_PREFIX = ENV_PREFIX + "KAFKA_"
+
+
+class Secret:
+    """A string that never prints itself. Use :meth:`reveal` at the one place that needs it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def _url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: expected an http(s):// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _pg_url(name: str, value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{name}: expected a postgresql:// URL")
+    return value
+
+
+def _bootstrap(name: str, value: str) -> str:
+    for server in value.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{name}: expected host:port[,host:port…], got {value!r}")
+    return value
+
+
+def _positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: expected a number above 0, got {value!r}")
+    return number
+
+
+def _non_negative_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name}: expected a number of 0 or more, got {value!r}")
+    return number
+
+
+def _topic_prefix(name: str, value: str) -> str:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not value or not set(value) <= allowed:
+        raise ConfigError(f"{name}: expected letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str, str], str]:
+    def check(name: str, value: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    return check
+
+
+EXPANSIONS = ("Photos", "Videos", "VirtualTours", "OpenHouses", "Documents", "Rooms", "Units")
+
+
+def _expansions(name: str, value: str) -> str:
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [n for n in names if n not in EXPANSIONS and not n.startswith("CustomFields")]
+    if unknown:
+        raise ConfigError(f"{name}: expected names from {', '.join(EXPANSIONS)}, got {', '.join(unknown)}")
+    return ",".join(names)
+
+
+def _hhmm(name: str, value: str) -> str:
+    hour, _, minute = value.partition(":")
+    if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+        raise ConfigError(f"{name}: expected a UTC time of day HH:MM, got {value!r}")
+    return f"{int(hour):02d}:{int(minute):02d}"
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "spark-relay")
+
+
+def _setting(default: Any, parse: Callable[[str, str], Any] | None = None, doc: str = "", **kw):
+    return field(default=default, metadata={"parse": parse, "doc": doc}, **kw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything spark-relay reads from its environment. Field ``x`` is ``SPARK_RELAY_X``."""
+
+    api_url: str = _setting("https://replication.sparkapi.com", _url, "Spark API replication endpoint")
+    api_key: Secret = _setting(Secret(""), doc="Spark API replication key (Bearer token)", repr=False)
+    kafka_bootstrap: str = _setting("", _bootstrap, "Kafka bootstrap servers, host:port[,…]")
+    schema_registry_url: str = _setting("", _url, "Schema Registry URL")
+    schema_registry_basic_auth: Secret = _setting(
+        Secret(""), doc="Schema Registry credentials user:password", repr=False
+    )
+    database_url: str = _setting("", _pg_url, "PostgreSQL URL (state store and postgres sink)")
+    state_dir: str = _setting(_default_state_dir(), None, "Directory for checkpoints, indexes, files")
+    topic_prefix: str = _setting("spark", _topic_prefix, "Prefix of every topic name")
+    log_format: str = _setting("text", _choice("text", "json"), "Log format: text or json")
+    log_level: str = _setting(
+        "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
+    )
+    # The poller
+    rate_limit: float = _setting(5.0, _positive_float, "API requests per second, at most")
+    update_interval: float = _setting(15.0, _positive_float, "Minutes between update windows")
+    overlap: float = _setting(20.0, _non_negative_float, "Minutes each update window reaches back")
+    accounts_interval: float = _setting(60.0, _positive_float, "Minutes between accounts scans")
+    purge_at: str = _setting("03:00", _hhmm, "UTC time of day of the daily purge")
+    expand: str = _setting("", _expansions, "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses")
+    subresources: str = _setting(
+        "", _expansions, "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved"
+    )
+    select: str = _setting("", None, "_select for snapshots (empty: every field)")
+    #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
+    kafka: Mapping[str, str] = field(
+        default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
+    )
+
+    def require(self, *names: str) -> Settings:
+        """Raise :class:`ConfigError` for the first of ``names`` left empty."""
+        for name in names:
+            if not getattr(self, name):
+                raise ConfigError(
+                    f"{env_name(name)} is not set: expected {_doc(name).lower()}"
+                )
+        return self
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """The librdkafka configuration: bootstrap, pass-through settings, then ``extra``."""
+        self.require("kafka_bootstrap")
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka, **extra}
+
+    def registry_config(self) -> dict[str, str]:
+        """The configuration of confluent-kafka's ``SchemaRegistryClient``."""
+        self.require("schema_registry_url")
+        config = {"url": self.schema_registry_url}
+        if self.schema_registry_basic_auth:
+            config["basic.auth.user.info"] = self.schema_registry_basic_auth.reveal()
+        return config
+
+    def topic(self, name: str) -> str:
+        """The full name of one of our topics: ``<prefix>.<name>``."""
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _doc(name: str) -> str:
+    return next(f.metadata["doc"] for f in fields(Settings) if f.name == name)
+
+
+_SECRETS = {"api_key", "schema_registry_basic_auth"}
+_NAMES = {f.name for f in fields(Settings)}
+
+
+def _parse(name: str, raw: Any, source: str) -> Any:
+    if name in _SECRETS:
+        return raw if isinstance(raw, Secret) else Secret(str(raw))
+    spec = next(f for f in fields(Settings) if f.name == name)
+    parse = spec.metadata["parse"]
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{source}: expected text, got {type(raw).__name__}")
+    if raw == "" or parse is None:
+        return raw
+    return parse(source, raw)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from defaults, ``config_file``, ``environ`` and ``overrides``.
+
+    ``overrides`` with the value ``None`` are ignored, so click options that were
+    not given fall through to the environment.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    kafka: dict[str, str] = {}
+
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config: no such file {str(path)!r}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config: {path} is not valid TOML ({e})") from None
+        for key, raw in document.items():
+            if key == "kafka":
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"--config {path}: [kafka] must be a table of librdkafka settings")
+                kafka.update({str(k): str(v) for k, v in _flatten(raw).items()})
+            elif key in _NAMES:
+                values[key] = _parse(key, raw, f"{key} in {path}")
+            else:
+                raise ConfigError(
+                    f"--config {path}: unknown setting {key!r} (known: {', '.join(sorted(_NAMES))})"
+                )
+
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in _NAMES and name != "kafka":
+            values[name] = _parse(name, raw, key)
+        elif key.startswith(KAFKA_PASSTHROUGH_PREFIX):
+            kafka[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = raw
+
+    for name, raw in overrides.items():
+        if raw is None:
+            continue
+        if name not in _NAMES:
+            raise TypeError(f"unknown setting {name!r}")
+        values[name] = _parse(name, raw, "--" + name.replace("_", "-"))
+
+    if "bootstrap.servers" in kafka:
+        raise ConfigError(
+            f"{KAFKA_PASSTHROUGH_PREFIX}BOOTSTRAP_SERVERS: set {env_name('kafka_bootstrap')} instead"
+        )
+    return Settings(**values, kafka=kafka)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"sasl": {"mechanism": "PLAIN"}}`` and ``{"sasl.mechanism": "PLAIN"}`` alike."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """Settings as printable text, secrets masked (for ``spark-relay config``)."""
+    shown = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "kafka":
+            for key, raw in value.items():
+                secret = any(word in key for word in ("password", "secret", "key"))
+                shown[f"kafka:{key}"] = "********" if secret else raw
+        else:
+            shown[env_name(f.name)] = str(value)
+    return shown
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with ``changes`` parsed like overrides."""
+    parsed = {k: _parse(k, v, "--" + k.replace("_", "-")) for k, v in changes.items() if v is not None}
+    return dataclasses.replace(settings, **parsed)

@@ -1,0 +1,83 @@
+"""Session-wide services for the test suite.
+
+The suite talks to real services over sockets. By default it starts the
+devstack once per run (Tansu broker, Schema Registry, embedded PostgreSQL);
+when ``SPARK_RELAY_KAFKA_BOOTSTRAP``, ``SPARK_RELAY_SCHEMA_REGISTRY_URL`` or
+``SPARK_RELAY_DATABASE_URL`` are set, it uses those instead, so the same suite
+runs against a real cluster. Every test gets its own topic prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.kafka import KafkaBroker
+from devstack.postgres import Postgres
+from devstack.registry import RegistryServer
+from spark_relay.settings import KAFKA_PASSTHROUGH_PREFIX, Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("devstack")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services_dir: Path) -> Iterator[str]:
+    configured = os.environ.get("SPARK_RELAY_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    with KafkaBroker(log_path=services_dir / "kafka.log") as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def registry_url(services_dir: Path) -> Iterator[str]:
+    configured = os.environ.get("SPARK_RELAY_SCHEMA_REGISTRY_URL")
+    if configured:
+        yield configured
+        return
+    with RegistryServer(services_dir / "registry") as registry:
+        yield registry.url
+
+
+@pytest.fixture(scope="session")
+def database_url(services_dir: Path) -> Iterator[str]:
+    with Postgres(os.environ.get("SPARK_RELAY_DATABASE_URL", ""), services_dir) as postgres:
+        yield postgres.url
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A fresh topic prefix, so tests never see each other's events."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_settings(
+    kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    """Settings pointing at the session's services; keyword arguments override."""
+
+    def make(**overrides: object) -> Settings:
+        values = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "schema_registry_url": registry_url,
+            "topic_prefix": topic_prefix,
+            "state_dir": str(tmp_path / "state"),
+            **overrides,
+        }
+        # librdkafka pass-through (TLS/SASL of a real cluster) still comes from the environment
+        passthrough = {
+            k: v for k, v in os.environ.items()
+            if k.startswith(KAFKA_PASSTHROUGH_PREFIX) and k != "SPARK_RELAY_KAFKA_BOOTSTRAP"
+        }
+        return load_settings(environ=passthrough, **values)
+
+    return make
