@@ -32,7 +32,11 @@ def devstack_group() -> None:
 
 
 @devstack_group.command("up")
-@click.option("--state-dir", type=click.Path(file_okay=False), help="Where the devstack keeps its files (default: SPARK_RELAY_STATE_DIR/devstack).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Where the devstack keeps its files (default: SPARK_RELAY_STATE_DIR/devstack).",
+)
 @pass_app
 def up_command(app: App, state_dir: str | None) -> None:
     """Start broker, registry and PostgreSQL in the foreground until Ctrl-C or SIGTERM.
@@ -64,7 +68,11 @@ def up_command(app: App, state_dir: str | None) -> None:
 
 
 @devstack_group.command("check")
-@click.option("--state-dir", type=click.Path(file_okay=False), help="Where a started devstack keeps its files (default: SPARK_RELAY_STATE_DIR/devstack).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Where a started devstack keeps its files (default: SPARK_RELAY_STATE_DIR/devstack).",
+)
 @pass_app
 def check_command(app: App, state_dir: str | None) -> None:
     """Send one Avro event through Kafka and the Schema Registry and read it back.

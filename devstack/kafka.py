@@ -65,9 +65,12 @@ class KafkaBroker:
             [
                 broker_binary(),
                 "broker",
-                "--listener-url", address,
-                "--advertised-listener-url", address,
-                "--storage-engine", "memory://tansu/",
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             stdout=log,
             stderr=log,
@@ -88,7 +91,9 @@ class KafkaBroker:
             except Exception:
                 if time.monotonic() > deadline or self._process.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"Tansu broker on {self.bootstrap} answered no metadata request") from None
+                    raise RuntimeError(
+                        f"Tansu broker on {self.bootstrap} answered no metadata request"
+                    ) from None
                 time.sleep(0.1)
         logger.info("kafka broker (tansu) listening on %s", self.bootstrap)
         return self

@@ -38,7 +38,9 @@ def smoke_check(kafka: dict, registry: dict, timeout: float = 30.0) -> dict:
 
     errors: list = []
     producer = Producer({**kafka, "enable.idempotence": True, "acks": "all"})
-    producer.produce(topic, key=sent["id"], value=value, on_delivery=lambda e, m: e and errors.append(e))
+    producer.produce(
+        topic, key=sent["id"], value=value, on_delivery=lambda e, m: e and errors.append(e)
+    )
     if producer.flush(timeout) or errors:
         raise RuntimeError(f"smoke check: produce failed: {errors or 'timeout'}")
 

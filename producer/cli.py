@@ -24,8 +24,9 @@ _EXITS = "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.it
 
 
 @contextmanager
-def build_poller(settings: Settings, *, progress: bool = False,
-                 stop: threading.Event | None = None) -> Iterator:
+def build_poller(
+    settings: Settings, *, progress: bool = False, stop: threading.Event | None = None
+) -> Iterator:
     """A :class:`Poller` wired to the API, Kafka, the registry and the state store."""
     from producer.poller import Poller
     from producer.publisher import Publisher
@@ -34,7 +35,12 @@ def build_poller(settings: Settings, *, progress: bool = False,
     from schemas import Serde
 
     settings.require("api_key", "kafka_bootstrap", "schema_registry_url")
-    client = SparkClient(settings.api_url, settings.api_key, rate_limit=settings.rate_limit)
+    client = SparkClient(
+        settings.api_url,
+        settings.api_key,
+        rate_limit=settings.rate_limit,
+        timeout=settings.api_timeout,
+    )
     publisher = Publisher(settings.kafka_config())
     state = open_state(settings.state_dir, settings.database_url)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
@@ -60,8 +66,11 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-_progress = click.option("--progress/--no-progress", default=None,
-                         help="Progress bar on stderr (default: when stderr is a terminal).")
+_progress = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
 
 
 @click.group("poll", epilog=_EXITS)
@@ -81,8 +90,11 @@ def _procedure(name: str, doc: str, call):
     @pass_app
     def command(app: App, progress: bool | None) -> None:
         settings = app.settings()
-        with build_poller(settings, progress=bool(progress) if progress is not None else False,
-                          stop=_stop_on_signals()) as poller:
+        with build_poller(
+            settings,
+            progress=bool(progress) if progress is not None else False,
+            stop=_stop_on_signals(),
+        ) as poller:
             stats = call(poller)
         click.echo(stats.summary())
 
@@ -130,9 +142,20 @@ def snapshot_command(app: App, restart: bool, progress: bool | None) -> None:
 
 
 @poll_group.command("run", epilog=_EXITS)
-@click.option("--interval", type=float, help="Minutes between update windows (SPARK_RELAY_UPDATE_INTERVAL, default 15; the guide asks for at least hourly).")
-@click.option("--accounts-interval", type=float, help="Minutes between accounts scans (SPARK_RELAY_ACCOUNTS_INTERVAL, default 60).")
-@click.option("--purge-at", help="UTC time of day of the daily purge, HH:MM (SPARK_RELAY_PURGE_AT, default 03:00).")
+@click.option(
+    "--interval",
+    type=float,
+    help="Minutes between update windows (SPARK_RELAY_UPDATE_INTERVAL, default 15; the guide asks for at least hourly).",
+)
+@click.option(
+    "--accounts-interval",
+    type=float,
+    help="Minutes between accounts scans (SPARK_RELAY_ACCOUNTS_INTERVAL, default 60).",
+)
+@click.option(
+    "--purge-at",
+    help="UTC time of day of the daily purge, HH:MM (SPARK_RELAY_PURGE_AT, default 03:00).",
+)
 @_progress
 @pass_app
 def run_command(app: App, interval, accounts_interval, purge_at, progress) -> None:
@@ -142,8 +165,9 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress) -> No
     """
     from producer.daemon import run_daemon
 
-    settings = app.settings(update_interval=interval, accounts_interval=accounts_interval,
-                            purge_at=purge_at)
+    settings = app.settings(
+        update_interval=interval, accounts_interval=accounts_interval, purge_at=purge_at
+    )
     with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
         run_daemon(poller)
 
@@ -155,7 +179,13 @@ def topics_group() -> None:
 
 @topics_group.command("create")
 @click.option("--partitions", type=int, default=6, show_default=True, help="Partitions per topic.")
-@click.option("--replication-factor", type=int, default=1, show_default=True, help="Replicas per partition (3 on a production cluster).")
+@click.option(
+    "--replication-factor",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Replicas per partition (3 on a production cluster).",
+)
 @pass_app
 def topics_create_command(app: App, partitions: int, replication_factor: int) -> None:
     """Create <prefix>.listings, .accounts (compacted), .purges and the dead-letter
@@ -165,4 +195,3 @@ def topics_create_command(app: App, partitions: int, replication_factor: int) ->
     settings = app.settings()
     for line in ensure_contract(settings, partitions, replication_factor):
         click.echo(line)
-

@@ -49,7 +49,6 @@ __all__ = ["Poller", "RunStats", "content_hash", "dlq_topic"]
 
 logger = logging.getLogger(__name__)
 
-PAGE_LIMIT = 1000
 #: Subresource → (path segment, the StandardFields timestamp that moves when it changes).
 SUBRESOURCES = {
     "Photos": ("photos", "PhotosChangeTimestamp"),
@@ -64,7 +63,9 @@ SUBRESOURCES = {
 
 def content_hash(record: Any) -> str:
     """A stable digest of an API record, key order aside."""
-    return hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    return hashlib.blake2b(
+        orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).hexdigest()
 
 
 def dlq_topic(prefix: str, name: str = "poller") -> str:
@@ -176,6 +177,7 @@ class Poller:
         self.dlq = dlq_topic(settings.topic_prefix)
         self.expand = [n for n in settings.expand.split(",") if n]
         self.subresources = [n for n in settings.subresources.split(",") if n]
+        self.page_size = settings.page_size
 
     # -- helpers ----------------------------------------------------------
 
@@ -213,7 +215,7 @@ class Poller:
         logger.warning("dead-lettered a %s record to %s: %s", source.resource, self.dlq, error)
 
     def _listing_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"_limit": PAGE_LIMIT}
+        params: dict[str, Any] = {"_limit": self.page_size}
         if self.settings.select:
             params["_select"] = self.settings.select
         if self.expand:
@@ -241,7 +243,8 @@ class Poller:
                 stats.unchanged += 1
                 continue
             self.publisher.produce(
-                self.serde.listings_topic, self.serde.key(record["ListingKey"]),
+                self.serde.listings_topic,
+                self.serde.key(record["ListingKey"]),
                 self.serde.serialize_listing(record),
             )
             stats.published += 1
@@ -271,9 +274,7 @@ class Poller:
                 standard[name] = previous[1]
                 continue
             try:
-                items = self.client.get(
-                    f"/v1/listings/{key}/{segment}", {"_limit": 200}
-                ).results
+                items = self.client.get(f"/v1/listings/{key}/{segment}", {"_limit": 200}).results
             except NotFound:
                 items = []
             standard[name] = items
@@ -300,7 +301,11 @@ class Poller:
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
         self.state.record_run(
-            stats.run_id, stats.procedure, status, stats.as_dict(), started_at,
+            stats.run_id,
+            stats.procedure,
+            status,
+            stats.as_dict(),
+            started_at,
             datetime.now(UTC).isoformat(),
         )
         logger.info(stats.summary())
@@ -326,23 +331,39 @@ class Poller:
     def _snapshot(self, stats: RunStats, restart: bool) -> bool:
         checkpoint = None if restart else self.state.checkpoint("snapshot")
         if checkpoint and checkpoint.get("done"):
-            logger.info("snapshot already completed at %s; use --restart to run it again",
-                        checkpoint.get("server_start"))
+            logger.info(
+                "snapshot already completed at %s; use --restart to run it again",
+                checkpoint.get("server_start"),
+            )
             return True
         if checkpoint is None:
-            checkpoint = {"token": "", "server_start": _iso(self._server_now()), "done": False,
-                          "run_id": stats.run_id}
+            checkpoint = {
+                "token": "",
+                "server_start": _iso(self._server_now()),
+                "done": False,
+                "run_id": stats.run_id,
+            }
             self.state.set_checkpoint("snapshot", checkpoint)
         else:
             logger.info("resuming the snapshot after skip token %r", checkpoint["token"])
-        source = Source(resource="listings", procedure="snapshot", run_id=checkpoint["run_id"],
-                        fetched_at=datetime.now(UTC))
+        source = Source(
+            resource="listings",
+            procedure="snapshot",
+            run_id=checkpoint["run_id"],
+            fetched_at=datetime.now(UTC),
+        )
         bar = Progress("snapshot", self._total("/v1/listings"), force=self.progress)
-        pages = self.client.scan_skiptoken("/v1/listings", self._listing_params(), checkpoint["token"])
+        pages = self.client.scan_skiptoken(
+            "/v1/listings", self._listing_params(), checkpoint["token"]
+        )
         try:
             for page, _token in _prefetch(pages):
-                source = Source(resource="listings", procedure="snapshot", run_id=checkpoint["run_id"],
-                                fetched_at=page.server_time or datetime.now(UTC))
+                source = Source(
+                    resource="listings",
+                    procedure="snapshot",
+                    run_id=checkpoint["run_id"],
+                    fetched_at=page.server_time or datetime.now(UTC),
+                )
                 rows, media = self._publish_listings(page.results, source, stats)
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 self._commit("listings", rows, ("snapshot", checkpoint), media=media)
@@ -372,10 +393,18 @@ class Poller:
         if upper <= lower:
             upper = lower + timedelta(seconds=1)
         stats.window = [_iso(lower), _iso(upper)]
-        source = Source(resource="listings", procedure="update", run_id=stats.run_id,
-                        fetched_at=datetime.now(UTC), window_from=lower, window_to=upper)
-        params = {**self._listing_params(),
-                  "_filter": f"ModificationTimestamp Bt {_iso(lower)},{_iso(upper)}"}
+        source = Source(
+            resource="listings",
+            procedure="update",
+            run_id=stats.run_id,
+            fetched_at=datetime.now(UTC),
+            window_from=lower,
+            window_to=upper,
+        )
+        params = {
+            **self._listing_params(),
+            "_filter": f"ModificationTimestamp Bt {_iso(lower)},{_iso(upper)}",
+        }
         params.pop("_select", None)  # an update carries whole records
         rows, media = [], []
         for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
@@ -387,8 +416,12 @@ class Poller:
                 # the window is not committed: the next run repeats it (de-duplicated)
                 self._commit("listings", rows, None, media=media)
                 return False
-        self._commit("listings", rows, ("update", {"upper": _iso(upper), "run_id": stats.run_id}),
-                     media=media)
+        self._commit(
+            "listings",
+            rows,
+            ("update", {"upper": _iso(upper), "run_id": stats.run_id}),
+            media=media,
+        )
         return True
 
     def accounts(self) -> RunStats:
@@ -405,12 +438,16 @@ class Poller:
         try:
             skip = checkpoint["skip"]
             while True:
-                page = self.client.get("/v1/accounts", {"_limit": PAGE_LIMIT, "_skip": skip})
-                source = Source(resource="accounts", procedure="accounts", run_id=run_id,
-                                fetched_at=page.server_time or datetime.now(UTC))
+                page = self.client.get("/v1/accounts", {"_limit": self.page_size, "_skip": skip})
+                source = Source(
+                    resource="accounts",
+                    procedure="accounts",
+                    run_id=run_id,
+                    fetched_at=page.server_time or datetime.now(UTC),
+                )
                 rows, seen = self._publish_accounts(page, source, stats)
                 skip += len(page.results)
-                last = len(page.results) < PAGE_LIMIT
+                last = len(page.results) < self.page_size
                 next_checkpoint = None if last else {"skip": skip, "run_id": run_id}
                 self._commit("accounts", rows, ("accounts", next_checkpoint), seen=seen)
                 stats.pages += 1
@@ -421,8 +458,16 @@ class Poller:
                     return False
         finally:
             bar.close()
-        self._purge_vanished("accounts", Source(resource="accounts", procedure="accounts",
-                                                run_id=run_id, fetched_at=datetime.now(UTC)), stats)
+        self._purge_vanished(
+            "accounts",
+            Source(
+                resource="accounts",
+                procedure="accounts",
+                run_id=run_id,
+                fetched_at=datetime.now(UTC),
+            ),
+            stats,
+        )
         return True
 
     def _publish_accounts(
@@ -448,8 +493,9 @@ class Poller:
             if known.get(key, (None, None))[1] == digest:
                 stats.unchanged += 1
                 continue
-            self.publisher.produce(self.serde.accounts_topic, self.serde.key(key),
-                                   self.serde.serialize_account(record))
+            self.publisher.produce(
+                self.serde.accounts_topic, self.serde.key(key), self.serde.serialize_account(record)
+            )
             stats.published += 1
             rows.append((key, account.get("ModificationTimestamp"), digest))
         return rows, seen
@@ -461,16 +507,17 @@ class Poller:
     def _purge(self, stats: RunStats) -> bool:
         checkpoint = self.state.checkpoint("purge")
         if checkpoint is None:
-            self.state.reset_seen("listings")
+            self.state.reset_seen("listings")  # the checkpoint follows with the first page
             checkpoint = {"token": "", "run_id": stats.run_id}
-            self.state.set_checkpoint("purge", checkpoint)
         bar = Progress("purge scan", self._total("/v1/listings"), force=self.progress)
-        params = {"_limit": PAGE_LIMIT, "_select": "ListingKey"}
+        params = {"_limit": self.page_size, "_select": "ListingKey"}
         try:
             pages = self.client.scan_skiptoken("/v1/listings", params, checkpoint["token"])
             for page, _token in _prefetch(pages):
-                keys = [r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey")
-                        for r in page.results]
+                keys = [
+                    r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey")
+                    for r in page.results
+                ]
                 stats.records += len(keys)
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 with self.state.transaction():
@@ -482,8 +529,12 @@ class Poller:
                     return False
         finally:
             bar.close()
-        source = Source(resource="listings", procedure="purge", run_id=checkpoint["run_id"],
-                        fetched_at=datetime.now(UTC))
+        source = Source(
+            resource="listings",
+            procedure="purge",
+            run_id=checkpoint["run_id"],
+            fetched_at=datetime.now(UTC),
+        )
         self._purge_vanished("listings", source, stats)
         self.state.set_checkpoint("purge", None)
         return True
@@ -497,12 +548,15 @@ class Poller:
                 continue  # a _skip page shifted by a delete hid it; it was not removed
             last = _parse_iso(modified) if modified else None
             record = purge_record(resource, key, source, last_modification_timestamp=last)
-            self.publisher.produce(self.serde.purges_topic, self.serde.key(purge_key(resource, key)),
-                                   self.serde.serialize_purge(record))
+            self.publisher.produce(
+                self.serde.purges_topic,
+                self.serde.key(purge_key(resource, key)),
+                self.serde.serialize_purge(record),
+            )
             self.publisher.produce(topic, self.serde.key(key), None)
             batch.append(key)
             stats.purged += 1
-            if len(batch) >= PAGE_LIMIT:
+            if len(batch) >= self.page_size:
                 self.publisher.flush()
                 self.state.forget_published(resource, batch)
                 batch = []

@@ -72,7 +72,9 @@ class Publisher:
         if self._errors or remaining:
             errors, self._errors = self._errors, []
             detail = "; ".join(errors[:3]) or f"{remaining} events unacknowledged after {timeout}s"
-            raise DeliveryError(f"Kafka did not acknowledge {len(errors) or remaining} event(s): {detail}")
+            raise DeliveryError(
+                f"Kafka did not acknowledge {len(errors) or remaining} event(s): {detail}"
+            )
 
     def close(self) -> None:
         self._producer.flush(10)

@@ -144,7 +144,9 @@ class SparkClient:
         max_backoff: float = 60.0,
     ):
         if not api_key:
-            raise PermanentSourceError("SPARK_RELAY_API_KEY is not set: expected the replication key")
+            raise PermanentSourceError(
+                "SPARK_RELAY_API_KEY is not set: expected the replication key"
+            )
         self._http = httpx.Client(
             base_url=api_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -189,7 +191,7 @@ class SparkClient:
             ) from e
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=0.5, max=self.max_backoff)(state)
+        backoff = wait_exponential_jitter(multiplier=0.5, max=self.max_backoff)(state)
         error = state.outcome.exception() if state.outcome else None
         retry_after = getattr(error, "retry_after", None)
         return max(backoff, retry_after) if retry_after is not None else backoff
@@ -231,7 +233,9 @@ class SparkClient:
                 raise _Retry(
                     f"HTTP {status} with a truncated or invalid body ({len(body)} bytes)"
                 ) from None
-            raise PermanentSourceError(f"GET {path}: HTTP {status} {response.reason_phrase}") from None
+            raise PermanentSourceError(
+                f"GET {path}: HTTP {status} {response.reason_phrase}"
+            ) from None
 
         if status < 300 and envelope.get("Success") is not False:
             return Page(

@@ -215,7 +215,6 @@ class StateStore:
                 [(resource, key) for key in keys],
             )
 
-
     def vanished(self, resource: str) -> Iterator[tuple[str, str | None]]:
         """Published keys the finished scan did not see: ``(key, last modified)``, key order."""
         yield from self._keyset(
@@ -243,8 +242,15 @@ class StateStore:
 
     # -- the run log ------------------------------------------------------
 
-    def record_run(self, run_id: str, procedure: str, status: str, detail: dict[str, Any],
-                   started_at: str, finished_at: str | None = None) -> None:
+    def record_run(
+        self,
+        run_id: str,
+        procedure: str,
+        status: str,
+        detail: dict[str, Any],
+        started_at: str,
+        finished_at: str | None = None,
+    ) -> None:
         with self.transaction() as cur:
             cur.execute(
                 self._q(
@@ -253,8 +259,14 @@ class StateStore:
                     "finished_at = excluded.finished_at, status = excluded.status, "
                     "detail = excluded.detail"
                 ),
-                (run_id, procedure, started_at, finished_at, status,
-                 orjson.dumps(detail, default=str).decode()),
+                (
+                    run_id,
+                    procedure,
+                    started_at,
+                    finished_at,
+                    status,
+                    orjson.dumps(detail, default=str).decode(),
+                ),
             )
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
@@ -266,8 +278,13 @@ class StateStore:
                 "ORDER BY started_at"
             )
             for run_id, procedure, started, finished, status, detail in cur.fetchall():
-                run = {"run_id": run_id, "started_at": started, "finished_at": finished,
-                       "status": status, **orjson.loads(detail)}
+                run = {
+                    "run_id": run_id,
+                    "started_at": started,
+                    "finished_at": finished,
+                    "status": status,
+                    **orjson.loads(detail),
+                }
                 entry = out.setdefault(procedure, {})
                 entry["last"] = run
                 if status == "ok":

@@ -29,7 +29,9 @@ def dlq_spec(prefix: str, name: str, replication_factor: int = 1) -> TopicSpec:
     )
 
 
-def ensure_contract(settings: Settings, partitions: int = 6, replication_factor: int = 1) -> Iterator[str]:
+def ensure_contract(
+    settings: Settings, partitions: int = 6, replication_factor: int = 1
+) -> Iterator[str]:
     """Create what is missing, register the schemas; yield one line per thing done. Idempotent."""
     admin = AdminClient(settings.kafka_config())
     specs = topic_specs(settings.topic_prefix, partitions, replication_factor)

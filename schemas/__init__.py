@@ -22,7 +22,15 @@ from schemas.contract import (
     purge_record,
 )
 from schemas.serde import Serde, register_schemas, subject_for
-from schemas.topics import ACCOUNTS, LISTINGS, PURGES, TopicSpec, create_topics, topic_name, topic_specs
+from schemas.topics import (
+    ACCOUNTS,
+    LISTINGS,
+    PURGES,
+    TopicSpec,
+    create_topics,
+    topic_name,
+    topic_specs,
+)
 
 __all__ = [
     "LISTING_SCHEMA",

@@ -56,8 +56,14 @@ pass_app = click.make_pass_decorator(App)
     envvar="SPARK_RELAY_CONFIG",
     help="TOML file with settings (keys as in `spark-relay config`, lower case; librdkafka settings in a [kafka] table).",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines for people or for machines.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Log level.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines for people or for machines.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Log level."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
 def cli(ctx: click.Context, config_file, log_format, log_level, debug) -> None:
@@ -89,10 +95,17 @@ def config_command(app: App) -> None:
 
 def _register() -> None:
     """Attach the subcommands (imported here so ``import spark_relay.cli`` stays light)."""
+    from consumers.cli import sink_group
     from devstack.cli import devstack_group, emulator_command
     from producer.cli import poll_group, topics_group
 
-    for command in (devstack_group, emulator_command, poll_group, topics_group):
+    for command in (devstack_group, emulator_command, poll_group, topics_group, sink_group):
+        cli.add_command(command)
+
+    from consumers.files.cli import files_group
+    from consumers.search.cli import search_command
+
+    for command in (search_command, files_group):
         cli.add_command(command)
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "PermanentSourceError",
     "DeliveryError",
     "SinkError",
+    "SinkUnavailableError",
     "EXIT_CODES",
 ]
 
@@ -52,6 +53,10 @@ class SinkError(RelayError):
     """A sink could not apply or commit a batch."""
 
     exit_code = 6
+
+
+class SinkUnavailableError(SinkError):
+    """A sink's store is unreachable or broken: stop without committing, never dead-letter."""
 
 
 EXIT_CODES = {

@@ -94,6 +94,12 @@ def _non_negative_float(name: str, value: str) -> float:
     return number
 
 
+def _int_range(name: str, value: str, low: int, high: int) -> int:
+    if not value.strip().isdigit() or not low <= int(value) <= high:
+        raise ConfigError(f"{name}: expected a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
 def _topic_prefix(name: str, value: str) -> str:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
     if not value or not set(value) <= allowed:
@@ -117,7 +123,9 @@ def _expansions(name: str, value: str) -> str:
     names = [part.strip() for part in value.split(",") if part.strip()]
     unknown = [n for n in names if n not in EXPANSIONS and not n.startswith("CustomFields")]
     if unknown:
-        raise ConfigError(f"{name}: expected names from {', '.join(EXPANSIONS)}, got {', '.join(unknown)}")
+        raise ConfigError(
+            f"{name}: expected names from {', '.join(EXPANSIONS)}, got {', '.join(unknown)}"
+        )
     return ",".join(names)
 
 
@@ -141,29 +149,41 @@ def _setting(default: Any, parse: Callable[[str, str], Any] | None = None, doc: 
 class Settings:
     """Everything spark-relay reads from its environment. Field ``x`` is ``SPARK_RELAY_X``."""
 
-    api_url: str = _setting("https://replication.sparkapi.com", _url, "Spark API replication endpoint")
-    api_key: Secret = _setting(Secret(""), doc="Spark API replication key (Bearer token)", repr=False)
+    api_url: str = _setting(
+        "https://replication.sparkapi.com", _url, "Spark API replication endpoint"
+    )
+    api_key: Secret = _setting(
+        Secret(""), doc="Spark API replication key (Bearer token)", repr=False
+    )
     kafka_bootstrap: str = _setting("", _bootstrap, "Kafka bootstrap servers, host:port[,…]")
     schema_registry_url: str = _setting("", _url, "Schema Registry URL")
     schema_registry_basic_auth: Secret = _setting(
         Secret(""), doc="Schema Registry credentials user:password", repr=False
     )
     database_url: str = _setting("", _pg_url, "PostgreSQL URL (state store and postgres sink)")
-    state_dir: str = _setting(_default_state_dir(), None, "Directory for checkpoints, indexes, files")
+    state_dir: str = _setting(
+        _default_state_dir(), None, "Directory for checkpoints, indexes, files"
+    )
     topic_prefix: str = _setting("spark", _topic_prefix, "Prefix of every topic name")
     log_format: str = _setting("text", _choice("text", "json"), "Log format: text or json")
-    log_level: str = _setting(
-        "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
-    )
+    log_level: str = _setting("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level")
     # The poller
     rate_limit: float = _setting(5.0, _positive_float, "API requests per second, at most")
+    page_size: int = _setting(
+        1000, lambda n, v: _int_range(n, v, 1, 1000), "Records per API page (_limit), 1 to 1000"
+    )
+    api_timeout: float = _setting(60.0, _positive_float, "Seconds to wait for one API response")
     update_interval: float = _setting(15.0, _positive_float, "Minutes between update windows")
     overlap: float = _setting(20.0, _non_negative_float, "Minutes each update window reaches back")
     accounts_interval: float = _setting(60.0, _positive_float, "Minutes between accounts scans")
     purge_at: str = _setting("03:00", _hhmm, "UTC time of day of the daily purge")
-    expand: str = _setting("", _expansions, "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses")
+    expand: str = _setting(
+        "", _expansions, "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses"
+    )
     subresources: str = _setting(
-        "", _expansions, "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved"
+        "",
+        _expansions,
+        "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
     select: str = _setting("", None, "_select for snapshots (empty: every field)")
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
@@ -175,9 +195,7 @@ class Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
         for name in names:
             if not getattr(self, name):
-                raise ConfigError(
-                    f"{env_name(name)} is not set: expected {_doc(name).lower()}"
-                )
+                raise ConfigError(f"{env_name(name)} is not set: expected {_doc(name).lower()}")
         return self
 
     def kafka_config(self, **extra: Any) -> dict[str, Any]:
@@ -253,7 +271,9 @@ def load_settings(
         for key, raw in document.items():
             if key == "kafka":
                 if not isinstance(raw, dict):
-                    raise ConfigError(f"--config {path}: [kafka] must be a table of librdkafka settings")
+                    raise ConfigError(
+                        f"--config {path}: [kafka] must be a table of librdkafka settings"
+                    )
                 kafka.update({str(k): str(v) for k, v in _flatten(raw).items()})
             elif key in _NAMES:
                 values[key] = _parse(key, raw, f"{key} in {path}")
@@ -312,5 +332,7 @@ def describe(settings: Settings) -> dict[str, str]:
 
 def replace(settings: Settings, **changes: Any) -> Settings:
     """A copy of ``settings`` with ``changes`` parsed like overrides."""
-    parsed = {k: _parse(k, v, "--" + k.replace("_", "-")) for k, v in changes.items() if v is not None}
+    parsed = {
+        k: _parse(k, v, "--" + k.replace("_", "-")) for k, v in changes.items() if v is not None
+    }
     return dataclasses.replace(settings, **parsed)

@@ -75,7 +75,8 @@ def make_settings(
         }
         # librdkafka pass-through (TLS/SASL of a real cluster) still comes from the environment
         passthrough = {
-            k: v for k, v in os.environ.items()
+            k: v
+            for k, v in os.environ.items()
             if k.startswith(KAFKA_PASSTHROUGH_PREFIX) and k != "SPARK_RELAY_KAFKA_BOOTSTRAP"
         }
         return load_settings(environ=passthrough, **values)

@@ -16,7 +16,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 def _compose(*args: str) -> str:
     if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose is not installed: `apt-get install docker-compose` (.ci/run does)")
+        pytest.fail(
+            "docker-compose is not installed: `apt-get install docker-compose` (.ci/run does)"
+        )
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), "config", *args], capture_output=True, text=True
     )
@@ -35,4 +37,6 @@ def test_compose_uses_the_settings_names():
     used = set(re.findall(r"^\s*-?\s*(SPARK_RELAY_[A-Z0-9_]+)\s*[:=]", COMPOSE.read_text(), re.M))
     assert used, "docker-compose.yml sets no SPARK_RELAY_ setting"
     unknown = {n for n in used - known if not n.startswith(KAFKA_PASSTHROUGH_PREFIX)}
-    assert not unknown, f"docker-compose.yml uses names the settings object does not read: {unknown}"
+    assert not unknown, (
+        f"docker-compose.yml uses names the settings object does not read: {unknown}"
+    )

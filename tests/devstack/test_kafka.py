@@ -52,7 +52,9 @@ CONSUMER = textwrap.dedent(
 )
 
 
-def test_avro_event_written_here_is_decoded_in_another_process(kafka_bootstrap, registry_url, topic_prefix):
+def test_avro_event_written_here_is_decoded_in_another_process(
+    kafka_bootstrap, registry_url, topic_prefix
+):
     topic = f"{topic_prefix}.ping"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
@@ -67,9 +69,20 @@ def test_avro_event_written_here_is_decoded_in_another_process(kafka_bootstrap, 
 
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", CONSUMER, kafka_bootstrap, registry_url, topic, "5",
-         json.dumps(DEVSTACK_CONSUMER_SETTINGS)],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-c",
+            CONSUMER,
+            kafka_bootstrap,
+            registry_url,
+            topic,
+            "5",
+            json.dumps(DEVSTACK_CONSUMER_SETTINGS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert sorted(json.loads(result.stdout), key=lambda v: v["n"]) == sent
     # the devstack's session timeout keeps a group join short on Tansu
@@ -90,7 +103,9 @@ def test_broker_stops_and_frees_its_port():
 def test_devstack_check_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
     env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
-    result = subprocess.run([BIN, "devstack", "check"], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [BIN, "devstack", "check"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "read back" in result.stdout
 

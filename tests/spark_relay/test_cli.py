@@ -41,7 +41,10 @@ def test_bad_setting_stops_with_one_line_naming_it():
     env = {**os.environ, "SPARK_RELAY_RATE_LIMIT": "lots", "SPARK_RELAY_API_KEY": "k-7777"}
     result = subprocess.run([BIN, "config"], capture_output=True, text=True, env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == "spark-relay: error: SPARK_RELAY_RATE_LIMIT: expected a number, got 'lots'"
+    assert (
+        result.stderr.strip()
+        == "spark-relay: error: SPARK_RELAY_RATE_LIMIT: expected a number, got 'lots'"
+    )
     assert "k-7777" not in result.stdout + result.stderr
 
 

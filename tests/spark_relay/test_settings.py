@@ -52,9 +52,18 @@ def test_kafka_passthrough_reaches_librdkafka_config():
     [
         ({"SPARK_RELAY_RATE_LIMIT": "fast"}, "SPARK_RELAY_RATE_LIMIT: expected a number"),
         ({"SPARK_RELAY_RATE_LIMIT": "0"}, "SPARK_RELAY_RATE_LIMIT: expected a number above 0"),
-        ({"SPARK_RELAY_API_URL": "replication.sparkapi.com"}, "SPARK_RELAY_API_URL: expected an http(s):// URL"),
-        ({"SPARK_RELAY_KAFKA_BOOTSTRAP": "localhost"}, "SPARK_RELAY_KAFKA_BOOTSTRAP: expected host:port"),
-        ({"SPARK_RELAY_DATABASE_URL": "mysql://x"}, "SPARK_RELAY_DATABASE_URL: expected a postgresql:// URL"),
+        (
+            {"SPARK_RELAY_API_URL": "replication.sparkapi.com"},
+            "SPARK_RELAY_API_URL: expected an http(s):// URL",
+        ),
+        (
+            {"SPARK_RELAY_KAFKA_BOOTSTRAP": "localhost"},
+            "SPARK_RELAY_KAFKA_BOOTSTRAP: expected host:port",
+        ),
+        (
+            {"SPARK_RELAY_DATABASE_URL": "mysql://x"},
+            "SPARK_RELAY_DATABASE_URL: expected a postgresql:// URL",
+        ),
         ({"SPARK_RELAY_TOPIC_PREFIX": "a b"}, "SPARK_RELAY_TOPIC_PREFIX: expected letters"),
         ({"SPARK_RELAY_LOG_FORMAT": "xml"}, "SPARK_RELAY_LOG_FORMAT: expected one of text, json"),
         ({"SPARK_RELAY_PURGE_AT": "25:00"}, "SPARK_RELAY_PURGE_AT: expected a UTC time of day"),
@@ -86,7 +95,13 @@ def test_the_api_key_never_shows(caplog):
     )
     assert settings.api_key.reveal() == KEY
     logging.getLogger("t").warning("settings: %s %r", settings, settings)
-    shown = [repr(settings), str(settings), str(settings.api_key), caplog.text, str(describe(settings))]
+    shown = [
+        repr(settings),
+        str(settings),
+        str(settings.api_key),
+        caplog.text,
+        str(describe(settings)),
+    ]
     for text in shown:
         assert KEY not in text
         assert "pw-123" not in text

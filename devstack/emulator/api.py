@@ -1,0 +1,404 @@
+"""The ``/v1`` resources: listings, listing subresources, accounts; query semantics.
+
+Pure request -> (status, JSON bytes) logic, no sockets: the server calls
+:meth:`SparkAPI.handle` after authentication, rate limiting and fault draws.
+Bodies use Spark's envelope, ``{"D": {"Success": …, "Results": […]}}``, and its
+error codes (1040 invalid ``_filter``, 1053 parameter constraint, 404).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from devstack.emulator.config import EmulatorConfig
+from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, SUBRESOURCES
+from devstack.emulator.sparkql import SparkQLError, compile_filter
+from devstack.emulator.store import MLS
+
+__all__ = ["SparkAPI", "error_body", "LISTING_FILTER_FIELDS", "ACCOUNT_FILTER_FIELDS"]
+
+logger = logging.getLogger(__name__)
+
+MAX_LIMIT = {"listings": 1000, "accounts": 1000, "other": 200}
+DEFAULT_LIMIT = 10
+MAX_SKIP = 2_500_000
+LISTING_FILTER_FIELDS = {
+    "ModificationTimestamp": "datetime",
+    "PhotosChangeTimestamp": "datetime",
+    "ListingKey": "character",
+}
+ACCOUNT_FILTER_FIELDS = {
+    "ModificationTimestamp": "datetime",
+    "Id": "character",
+    "UserType": "character",
+    "Name": "character",
+}
+_STATE_FIELDS = {"ListingKey", "ModificationTimestamp"}
+
+
+class _Reject(Exception):
+    """A request the API answers with an error envelope."""
+
+    def __init__(self, status: int, code: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_body(code: int, message: str, **extra: Any) -> bytes:
+    """Spark's failure envelope."""
+    return orjson.dumps({"D": {"Success": False, "Code": code, "Message": message, **extra}})
+
+
+def _constraint(param: str, message: str, value: Any = None, rule: Any = None) -> _Reject:
+    details = [
+        {
+            param: [
+                {
+                    "RuleValue": rule,
+                    "Value": value,
+                    "RuleField": None,
+                    "RuleFieldValue": None,
+                    "RuleName": "MaxValue" if rule is not None else "Constraint",
+                }
+            ]
+        }
+    ]
+    return _Reject(400, 1053, message, Details=details)
+
+
+def _not_found(what: str) -> _Reject:
+    return _Reject(404, 404, f"{what} could not be found")
+
+
+class SparkAPI:
+    """Answers ``GET /v1/...`` requests from the MLS state."""
+
+    def __init__(self, mls: MLS, config: EmulatorConfig) -> None:
+        self.mls = mls
+        self.config = config
+        self._filters: dict[str, Any] = {}
+        self._cache: dict[tuple[str, str], tuple[int, list[str]]] = {}
+        self._cache_lock = threading.Lock()
+        self._field_names: frozenset[str] | None = None
+
+    def clear_filter_cache(self) -> None:
+        """Forget every cached filter result."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    def handle(self, path: str, query: str, api_key: str) -> tuple[int, bytes]:
+        """Route one authenticated GET; returns ``(HTTP status, body)``."""
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        parts = [p for p in path.split("/") if p]
+        try:
+            if len(parts) < 2 or parts[0] != "v1":
+                raise _Reject(404, 404, "Not Found")
+            resource, rest = parts[1], parts[2:]
+            if resource == "listings":
+                if not rest:
+                    return 200, self._listings(params, api_key)
+                if len(rest) == 1:
+                    return 200, self._listing(rest[0], params)
+                if rest[1] in SUBRESOURCES and len(rest) <= 3:
+                    return 200, self._subresource(rest[0], SUBRESOURCES[rest[1]], rest[2:], params)
+            elif resource == "accounts":
+                if not rest:
+                    return 200, self._accounts(params)
+                if len(rest) == 1:
+                    return 200, self._account(rest[0], params)
+            raise _Reject(404, 404, "Not Found")
+        except _Reject as e:
+            return e.status, error_body(e.code, e.message, **e.extra)
+
+    # ---- parameters ---------------------------------------------------------------
+
+    @staticmethod
+    def _int(
+        params: dict[str, str], name: str, default: int, low: int, high: int, kind: str
+    ) -> int:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise _constraint(name, f"{name} must be an integer, got '{raw}'", raw) from None
+        if value > high:
+            raise _constraint(
+                name, f"{name} may not exceed {high} for the {kind} resource", value, high
+            )
+        if value < low:
+            raise _constraint(name, f"{name} must be at least {low}", value, low)
+        return value
+
+    def _field_set(self) -> frozenset[str]:
+        if self._field_names is None:
+            with self.mls.lock:
+                key = self.mls.live_keys[0] if self.mls.live_keys else None
+                state = self.mls.listings[key] if key else None
+            if state is None:
+                return frozenset(_STATE_FIELDS)
+            self._field_names = frozenset(self.mls.standard_fields(state))
+        return self._field_names
+
+    def _select(self, params: dict[str, str]) -> list[str] | None:
+        names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
+        if not names:
+            return None
+        unknown = [n for n in names if n not in self._field_set()]
+        if unknown:
+            raise _constraint(
+                "_select", f"_select names unknown fields: {', '.join(unknown)}", unknown
+            )
+        return names
+
+    @staticmethod
+    def _expand(params: dict[str, str]) -> tuple[list[str], list[str]]:
+        names = [n.strip() for n in params.get("_expand", "").split(",") if n.strip()]
+        lookup = {n.lower(): n for n in (*EXPANSIONS, *CUSTOM_EXPANSIONS)}
+        unknown = [n for n in names if n.lower() not in lookup]
+        if unknown:
+            raise _constraint(
+                "_expand", f"_expand names unknown expansions: {', '.join(unknown)}", unknown
+            )
+        canonical = list(dict.fromkeys(lookup[n.lower()] for n in names))
+        return [n for n in canonical if n in EXPANSIONS], [
+            n for n in canonical if n in CUSTOM_EXPANSIONS
+        ]
+
+    def _compiled(self, text: str, fields: dict[str, str], kind: str):
+        cache_key = f"{kind}\x00{text}"
+        predicate = self._filters.get(cache_key)
+        if predicate is None:
+            try:
+                predicate = compile_filter(text, fields)
+            except SparkQLError as e:
+                errors = [
+                    {
+                        "Token": e.token,
+                        "Status": "Fatal",
+                        "Message": e.message,
+                        "Syntax": True,
+                        "Constraint": False,
+                    }
+                ]
+                raise _Reject(
+                    400, 1040, f"Invalid _filter: {e.message}", SparkQLErrors=errors
+                ) from None
+            if len(self._filters) > 1000:
+                self._filters.clear()
+            self._filters[cache_key] = predicate
+        return predicate
+
+    @staticmethod
+    def _pagination_mode(params: dict[str, str]) -> str:
+        mode = params.get("_pagination", "0") or "0"
+        if mode not in ("0", "1", "count"):
+            raise _constraint("_pagination", "_pagination must be 0, 1 or count", mode)
+        return mode
+
+    @staticmethod
+    def _pagination(total: int, limit: int, skip: int, with_offset: bool) -> dict[str, int]:
+        block = {"TotalRows": total, "PageSize": limit, "TotalPages": math.ceil(total / limit)}
+        if with_offset:
+            block["CurrentOffset"] = skip
+        else:
+            block["CurrentPage"] = skip // limit + 1
+        return block
+
+    # ---- listings -------------------------------------------------------------------
+
+    def _matching_keys(self, text: str, api_key: str) -> list[str]:
+        predicate = self._compiled(text, LISTING_FILTER_FIELDS, "listings")
+        mls = self.mls
+        now = mls.clock.now_ms()
+        ttl_ms = self.config.filter_cache_seconds * 1000
+        if ttl_ms > 0:
+            with self._cache_lock:
+                hit = self._cache.get((api_key, text))
+            if hit is not None and now - hit[0] < ttl_ms:
+                with mls.lock:  # the cached index, with current content; removed ones vanish
+                    return [k for k in hit[1] if mls.listings[k].live]
+        with mls.lock:
+            keys = [
+                k
+                for k in mls.live_keys
+                if predicate(
+                    {
+                        "ModificationTimestamp": (s := mls.listings[k]).mod_ms,
+                        "ListingKey": k,
+                        "PhotosChangeTimestamp": s.photos_ms,
+                    }.get
+                )
+            ]
+        if ttl_ms > 0:
+            with self._cache_lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[(api_key, text)] = (now, keys)
+        return keys
+
+    def _listings(self, params: dict[str, str], api_key: str) -> bytes:
+        limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
+        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listings")
+        mode = self._pagination_mode(params)
+        select = self._select(params)
+        nested, custom = self._expand(params)
+        if "_orderby" in params:
+            raise _constraint(
+                "_orderby", "_orderby is not supported by the emulator (ListingKey order only)"
+            )
+        text = params.get("_filter", "").strip()
+        mls = self.mls
+        if text:
+            keys = self._matching_keys(text, api_key)
+        else:
+            with mls.lock:
+                keys = list(mls.live_keys)
+        total = len(keys)
+        tail = b""
+        token = params.get("_skiptoken")
+        if token is not None:
+            start = bisect.bisect_right(keys, token) if token else 0
+            page_keys = keys[start : start + limit]
+            last = start + limit >= total
+            next_token: str | None = page_keys[-1] if page_keys else None
+            if last and self.config.last_page == "missing":
+                next_token = None
+            elif last and self.config.last_page == "same":
+                next_token = token
+            if next_token is not None and mode != "count":
+                tail += b',"SkipToken":' + orjson.dumps(next_token)
+            offset = start
+        else:
+            page_keys = keys[skip : skip + limit]
+            offset = skip
+        if mode != "0":
+            tail += b',"Pagination":' + orjson.dumps(
+                self._pagination(total, limit, offset, with_offset="_skip" in params)
+            )
+        if mode == "count":
+            return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
+        with mls.lock:
+            states = [mls.listings[k] for k in page_keys]
+        items = [self._record(s, select, nested, custom) for s in states]
+        return b'{"D":{"Success":true,"Results":[' + b",".join(items) + b"]" + tail + b"}}"
+
+    def _record(
+        self, state, select: list[str] | None, nested: list[str], custom: list[str]
+    ) -> bytes:
+        mls = self.mls
+        if select is None and not nested and not custom:
+            return mls.record_bytes(state)
+        if select is None:
+            sf = mls.standard_fields_bytes(state)
+        elif _STATE_FIELDS.issuperset(select):
+            sf = orjson.dumps(
+                {n: (state.key if n == "ListingKey" else self._mod_text(state)) for n in select}
+            )
+        else:
+            fields = mls.standard_fields(state)
+            sf = orjson.dumps({n: fields[n] for n in select})
+        if nested:
+            extra = b"".join(
+                b',"%s":%s' % (n.encode(), orjson.dumps(mls.expansion(state, n))) for n in nested
+            )
+            sf = sf[:-1] + (extra[1:] if sf == b"{}" else extra) + b"}"
+        key = state.key.encode()
+        out = b'{"Id":"%s","ResourceUri":"/v1/listings/%s","StandardFields":%s' % (key, key, sf)
+        for name in custom:
+            out += b',"%s":%s' % (name.encode(), orjson.dumps(mls.expansion(state, name)))
+        return out + b"}"
+
+    @staticmethod
+    def _mod_text(state) -> str:
+        from devstack.emulator.clock import format_timestamp
+
+        return format_timestamp(state.mod_ms, state.offset_minutes)
+
+    def _live(self, key: str):
+        with self.mls.lock:
+            state = self.mls.listing_state(key)
+        if state is None:
+            raise _not_found(f"Listing {key}")
+        return state
+
+    def _listing(self, key: str, params: dict[str, str]) -> bytes:
+        state = self._live(key)
+        select = self._select(params)
+        nested, custom = self._expand(params)
+        return (
+            b'{"D":{"Success":true,"Results":['
+            + self._record(state, select, nested, custom)
+            + b"]}}"
+        )
+
+    def _subresource(self, key: str, name: str, rest: list[str], params: dict[str, str]) -> bytes:
+        state = self._live(key)
+        limit = self._int(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
+        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
+        items = self.mls.expansion(state, name)
+        if rest:
+            items = [i for i in items if i["Id"] == rest[0]]
+            if not items:
+                raise _not_found(f"{name} item {rest[0]}")
+        elif limit:
+            items = items[skip : skip + limit]
+        return orjson.dumps({"D": {"Success": True, "Results": items}})
+
+    # ---- accounts ---------------------------------------------------------------------
+
+    def _accounts(self, params: dict[str, str]) -> bytes:
+        if "_skiptoken" in params:
+            raise _constraint(
+                "_skiptoken",
+                "The _skiptoken parameter is not supported for the accounts "
+                "resource; paginate with _skip",
+            )
+        limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
+        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "accounts")
+        mode = self._pagination_mode(params)
+        names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
+        text = params.get("_filter", "").strip()
+        mls = self.mls
+        predicate = self._compiled(text, ACCOUNT_FILTER_FIELDS, "accounts") if text else None
+        with mls.lock:
+            ids = mls.account_ids
+            if predicate is not None:
+                ids = [
+                    i
+                    for i in ids
+                    if predicate(
+                        {
+                            "ModificationTimestamp": mls.account_mods[i],
+                            "Id": i,
+                            "UserType": (a := mls.accounts[i])["UserType"],
+                            "Name": a["Name"],
+                        }.get
+                    )
+                ]
+            total = len(ids)
+            page = [mls.accounts[i] for i in ids[skip : skip + limit]] if mode != "count" else []
+            if names:
+                keep = {"Id", "ResourceUri", *names}
+                page = [{k: v for k, v in a.items() if k in keep} for a in page]
+            body: dict[str, Any] = {"Success": True, "Results": page}
+            if mode != "0":
+                body["Pagination"] = self._pagination(
+                    total, limit, skip, with_offset="_skip" in params
+                )
+            return orjson.dumps({"D": body})
+
+    def _account(self, account_id: str, params: dict[str, str]) -> bytes:
+        with self.mls.lock:
+            record = self.mls.accounts.get(account_id)
+            if record is None:
+                raise _not_found(f"Account {account_id}")
+            return orjson.dumps({"D": {"Success": True, "Results": [record]}})

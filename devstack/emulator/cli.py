@@ -1,0 +1,226 @@
+"""``spark-relay emulator``: run the Spark API emulator in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import datetime
+
+import click
+
+from devstack.emulator.config import LAST_PAGE_MODES, EmulatorConfig, parse_faults, parse_rate_limit
+from devstack.emulator.server import Emulator
+
+__all__ = ["emulator_command"]
+
+logger = logging.getLogger(__name__)
+
+_ENV = "SPARK_RELAY_EMULATOR_"
+
+
+def _rate_limit(ctx: click.Context, param: click.Parameter, value: str | None):
+    if not value:
+        return None
+    try:
+        return parse_rate_limit(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_faults(value or "")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value or ""
+
+
+@click.command(
+    "emulator",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Every option can also be set with an environment variable SPARK_RELAY_EMULATOR_<OPTION> "
+        "(e.g. SPARK_RELAY_EMULATOR_PORT=8123).\n\n"
+        "Test-only admin paths (no token): POST /_emulator/advance, GET /_emulator/truth, "
+        "POST /_emulator/create_accounts, GET /_emulator/stats, POST /_emulator/stats/reset, "
+        "POST /_emulator/filter_cache/clear. See docs/emulator.md."
+    ),
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar=_ENV + "HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=8123,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar=_ENV + "PORT",
+    help="Port to listen on (0 picks a free one).",
+)
+@click.option(
+    "--listings",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0),
+    envvar=_ENV + "LISTINGS",
+    help="Number of listings generated at start.",
+)
+@click.option(
+    "--accounts",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    envvar=_ENV + "ACCOUNTS",
+    help="Number of member accounts (offices and companies are added: 1 per 10 members, 1 per 4 offices).",
+)
+@click.option(
+    "--seed",
+    default=1,
+    show_default=True,
+    type=int,
+    envvar=_ENV + "SEED",
+    help="Seed of the generated data, the changes and the fault sequence; same seed, same run.",
+)
+@click.option(
+    "--api-key",
+    default="devstack-key",
+    show_default=True,
+    envvar=_ENV + "API_KEY",
+    help="The bearer token the emulator accepts (a development key, not a secret).",
+)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    envvar=_ENV + "LATENCY_MS",
+    help="Mean latency added to every API request (uniform jitter of +-25%).",
+)
+@click.option(
+    "--rate-limit",
+    callback=_rate_limit,
+    metavar="REQ/SECONDS",
+    envvar=_ENV + "RATE_LIMIT",
+    help="Answer 429 / code 1550 beyond REQ requests in any SECONDS window per key, e.g. 100/60.",
+)
+@click.option(
+    "--retry-after",
+    type=click.IntRange(1),
+    envvar=_ENV + "RETRY_AFTER",
+    help="Put a Retry-After header (seconds) on 429 answers; none by default, like the real API.",
+)
+@click.option(
+    "--faults",
+    default="",
+    callback=_faults,
+    metavar="SPEC",
+    envvar=_ENV + "FAULTS",
+    help="Faults to inject, KIND:PROBABILITY comma list; kinds 500, 503, timeout, truncate, reset. "
+    "E.g. 500:0.02,503:0.01,timeout:0.01,truncate:0.01,reset:0.01. Replayable for a seed.",
+)
+@click.option(
+    "--fault-timeout-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    envvar=_ENV + "FAULT_TIMEOUT_SECONDS",
+    help="How long a 'timeout' fault holds the connection.",
+)
+@click.option(
+    "--filter-cache-seconds",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    envvar=_ENV + "FILTER_CACHE_SECONDS",
+    help="Server-side filter cache: the same _filter string returns the keys it first matched "
+    "for this long (virtual time). 0 disables it.",
+)
+@click.option(
+    "--last-page",
+    default="empty",
+    show_default=True,
+    type=click.Choice(LAST_PAGE_MODES),
+    envvar=_ENV + "LAST_PAGE",
+    help="How a _skiptoken scan ends: an extra empty page, no SkipToken on the last page, "
+    "or a SkipToken equal to the one sent.",
+)
+@click.option(
+    "--masked",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    envvar=_ENV + "MASKED",
+    help='Share of listings whose restricted fields read "********".',
+)
+@click.option(
+    "--start-time",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    envvar=_ENV + "START_TIME",
+    help="Start of the virtual clock, UTC (default: now).",
+)
+def emulator_command(
+    host,
+    port,
+    listings,
+    accounts,
+    seed,
+    api_key,
+    latency_ms,
+    rate_limit,
+    retry_after,
+    faults,
+    fault_timeout_seconds,
+    filter_cache_seconds,
+    last_page,
+    masked,
+    start_time,
+) -> None:
+    """Serve an emulated Spark API replication endpoint until Ctrl-C or SIGTERM.
+
+    A deterministic MLS (listings, photos and other media, member/office/company
+    accounts) with the API's envelope, errors and paging, for tests and demos.
+    Listens on 127.0.0.1 by default.
+    """
+    if not logging.getLogger().handlers:
+        from spark_relay.logs import configure_logging
+
+        configure_logging()
+    start = start_time.replace(tzinfo=None) if isinstance(start_time, datetime) else None
+    config = EmulatorConfig(
+        listings=listings,
+        accounts=accounts,
+        seed=seed,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        rate_limit=rate_limit,
+        faults=faults,
+        filter_cache_seconds=filter_cache_seconds,
+        last_page=last_page,
+        masked=masked,
+        start_time=start,
+        retry_after=retry_after,
+        fault_timeout_seconds=fault_timeout_seconds,
+    )
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    emulator = Emulator(config, host=host, port=port).start()
+    click.echo(f"Spark API emulator listening on {emulator.url}")
+    click.echo(f"API key (development only): {api_key}")
+    click.echo(
+        f"Try: curl -H 'Authorization: Bearer {api_key}' '{emulator.url}/v1/listings?_limit=1'",
+        err=True,
+    )
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+        signal.signal(signal.SIGTERM, previous)
+        click.echo("Spark API emulator stopped.", err=True)

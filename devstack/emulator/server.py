@@ -1,0 +1,328 @@
+"""The HTTP side: a threading HTTP/1.1 server (keep-alive), auth, rate limit, faults,
+latency, the ``Date`` header from the virtual clock, and the test-only admin paths.
+
+Admin paths (no token, never faulted, never rate limited) — for tests only:
+
+- ``POST /_emulator/advance`` ``{"minutes", "modify", "create", "remove", "media",
+  "accounts_modify", "accounts_create"}`` -> what changed
+- ``GET /_emulator/truth`` -> ``{"now", "listings": {key: ts}, "accounts": {id: record}}``
+- ``POST /_emulator/create_accounts`` ``{"count": N, "position": "random"|"first"}``
+- ``GET /_emulator/stats``; ``POST /_emulator/stats/reset`` (also restarts the fault
+  sequence and the rate-limit windows); ``POST /_emulator/filter_cache/clear``
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from devstack.emulator.api import SparkAPI, error_body
+from devstack.emulator.clock import VirtualClock, format_timestamp, http_date
+from devstack.emulator.config import EmulatorConfig
+from devstack.emulator.guards import FaultInjector, RateLimiter, Stats
+from devstack.emulator.store import MLS
+
+__all__ = ["Emulator"]
+
+logger = logging.getLogger(__name__)
+
+_AUTH_FAILURE = error_body(1000, "Invalid API key and/or request signed improperly")
+_RATE_LIMITED = error_body(1550, "Over rate limit")
+_FAULT_500 = error_body(1026, "An unexpected error occurred; please try again")
+_FAULT_503 = error_body(1510, "The service is temporarily unavailable; please try again later")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    emulator: Emulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "SparkAPIEmulator/1.0"
+    sys_version = ""
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.emulator._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.server.emulator._connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return http_date(self.server.emulator.clock.now_ms())
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    # ---- plumbing -----------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_length: int | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header(
+            "Content-Length", str(len(body) if content_length is None else content_length)
+        )
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _reset(self) -> None:
+        """Close the socket abruptly: SO_LINGER 0 makes close() send an RST."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _json_body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        data = orjson.loads(raw) if raw.strip() else {}
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        return data
+
+    # ---- verbs -----------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path.startswith("/_emulator/"):
+            self._admin("GET", url.path)
+        else:
+            self._api(url.path, url.query)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path.startswith("/_emulator/"):
+            self._admin("POST", url.path)
+        else:
+            self._api(url.path, url.query, method="POST")
+
+    def do_PUT(self) -> None:
+        self._api(urlsplit(self.path).path, "", method="PUT")
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _api(self, path: str, query: str, method: str = "GET") -> None:
+        emu = self.server.emulator
+        number = emu.stats.next_request()
+        fault = emu.faults.draw()
+        if emu.config.latency_ms > 0:
+            emu._stop.wait(emu.config.latency_ms * emu._jitter.uniform(0.75, 1.25) / 1000)
+        if fault is not None:
+            emu.stats.fault(number, fault)
+            logger.debug("request %d: injecting fault %s", number, fault)
+            if fault == "reset":
+                self._reset()
+                return
+            if fault == "timeout":
+                emu._stop.wait(emu.config.fault_timeout_seconds)
+                self._reset()
+                return
+            if fault in ("500", "503"):
+                status = int(fault)
+                emu.stats.status(status)
+                self._send(status, _FAULT_500 if status == 500 else _FAULT_503)
+                return
+        auth = self.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() != emu.config.api_key:
+            emu.stats.status(401)
+            self._send(401, _AUTH_FAILURE)
+            return
+        if not emu.limiter.allow(token.strip()):
+            emu.stats.status(429)
+            extra = {"Retry-After": str(emu.config.retry_after)} if emu.config.retry_after else None
+            self._send(429, _RATE_LIMITED, extra)
+            return
+        if method != "GET":
+            status, body = (
+                405,
+                error_body(1018, f"The {method} method is not allowed on this resource"),
+            )
+        else:
+            status, body = emu.api.handle(path, query, token.strip())
+        emu.stats.status(status)
+        if fault == "truncate":
+            cut = body[: len(body) // 2]
+            self._send(200, cut, content_length=len(cut))
+            return
+        self._send(status, body)
+
+    def _admin(self, method: str, path: str) -> None:
+        emu = self.server.emulator
+        route = (method, path.rstrip("/"))
+        try:
+            if route == ("GET", "/_emulator/truth"):
+                result: Any = emu.truth()
+            elif route == ("GET", "/_emulator/stats"):
+                result = emu.stats_snapshot()
+            elif route == ("POST", "/_emulator/advance"):
+                result = emu.advance(**self._json_body())
+            elif route == ("POST", "/_emulator/create_accounts"):
+                body = self._json_body()
+                result = {
+                    "created": emu.create_accounts(
+                        int(body.get("count", 1)), body.get("position", "random")
+                    )
+                }
+            elif route == ("POST", "/_emulator/stats/reset"):
+                emu.reset_stats()
+                result = {"ok": True}
+            elif route == ("POST", "/_emulator/filter_cache/clear"):
+                emu.api.clear_filter_cache()
+                result = {"ok": True}
+            else:
+                self._send(404, orjson.dumps({"error": f"no admin path {method} {path}"}))
+                return
+        except (TypeError, ValueError) as e:
+            self._send(400, orjson.dumps({"error": str(e)}))
+            return
+        self._send(200, orjson.dumps(result))
+
+
+class Emulator:
+    """An emulated Spark API replication endpoint, served from a background thread.
+
+    Use as a context manager, or ``start()``/``stop()``. ``advance``, ``truth``,
+    ``create_accounts`` and the stats methods act in-process with the same
+    semantics as the ``/_emulator`` admin paths.
+    """
+
+    def __init__(self, config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config
+        self.host, self.port = host, port
+        self.clock = VirtualClock(config.start_time)
+        self.mls = MLS(config, self.clock)
+        self.api = SparkAPI(self.mls, config)
+        self.stats = Stats()
+        self.faults = FaultInjector(config.faults, config.seed)
+        self.limiter = RateLimiter(config.rate_limit)
+        self._jitter = random.Random()
+        self._stop = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+
+    def start(self) -> Emulator:
+        """Bind and serve in a daemon thread; returns self."""
+        if self._server is not None:
+            return self
+        self._stop.clear()
+        self._server = _Server((self.host, self.port), _Handler)
+        self._server.emulator = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"spark-emulator-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        threading.Thread(
+            target=self.mls.warm, args=(self._stop,), name="spark-emulator-warm", daemon=True
+        ).start()
+        logger.info(
+            "Spark API emulator serving %d listings, %d accounts at %s",
+            len(self.mls.live_keys),
+            len(self.mls.accounts),
+            self.url,
+        )
+        return self
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8123``."""
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        """Stop serving and drop open connections (held 'timeout' faults end at once)."""
+        self._stop.set()
+        if self._server is None:
+            return
+        self._server.shutdown()
+        for conn in list(self._connections):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- direct access (same semantics as the admin paths) ---------------------------
+
+    def advance(
+        self,
+        minutes: float = 60,
+        modify: float = 0.05,
+        create: float = 0.01,
+        remove: float = 0.005,
+        media: float = 0.02,
+        accounts_modify: float = 0.02,
+        accounts_create: float = 0.0,
+    ) -> dict:
+        """Move the virtual clock and change shares of the records; returns what changed."""
+        return self.mls.advance(
+            minutes=minutes,
+            modify=modify,
+            create=create,
+            remove=remove,
+            media=media,
+            accounts_modify=accounts_modify,
+            accounts_create=accounts_create,
+        )
+
+    def truth(self) -> dict:
+        """Ground truth: ``{"now", "listings": {ListingKey: ModificationTimestamp}, "accounts"}``."""
+        return self.mls.truth()
+
+    def create_accounts(self, count: int, position: str = "random") -> list[str]:
+        """Add member accounts now; ``position="first"`` makes their ids sort before all others."""
+        return self.mls.create_accounts(count, position)
+
+    def now(self) -> str:
+        """The virtual clock, as a ``Z`` timestamp."""
+        return format_timestamp(self.clock.now_ms())
+
+    def stats_snapshot(self) -> dict:
+        """Requests by status, faults injected (``fault_log``: [request number, kind])."""
+        return {**self.stats.snapshot(), "now": self.now()}
+
+    def reset_stats(self) -> None:
+        """Zero the counters, restart the fault sequence from the seed, clear rate windows."""
+        self.stats.reset()
+        self.faults.reset()
+        self.limiter.reset()

@@ -1,0 +1,212 @@
+"""A small SparkQL (``_filter``) parser: enough of the grammar for replication.
+
+Supported: ``Field Op Value`` with ``Eq Ne Gt Ge Lt Le`` and ``Field Bt a,b``
+(inclusive), ``And``, ``Or``, ``Not``, parentheses; operators and conjunctions
+are case-insensitive (the replication guide writes ``bt`` and ``gt``). Values:
+datetimes ``YYYY-MM-DDThh:mm[:ss[.fff…]]`` with ``Z``, ``±hhmm`` or ``±hh:mm``
+(no zone means UTC, our choice), dates ``YYYY-MM-DD``, quoted strings with
+``\\`` escapes and ``*`` wildcards, comma lists after ``Eq``/``Ne``. A field the
+resource does not know, a wrong literal type or bad syntax raises
+:class:`SparkQLError`, which the API answers with HTTP 400 / code 1040.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+__all__ = ["SparkQLError", "compile_filter", "parse_datetime_literal"]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<lparen>\() | (?P<rparen>\)) | (?P<comma>,)
+    | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+\- ]\d{2}:?\d{2})?)
+    | (?P<date>\d{4}-\d{2}-\d{2})
+    | (?P<string>'(?:[^'\\]|\\.)*')
+    | (?P<number>-?\d+(?:\.\d+)?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<custom>"[^"]*"\."[^"]*")
+    | (?P<bad>\S)
+    )""",
+    re.VERBOSE,
+)
+_OPS = {"eq", "ne", "gt", "ge", "lt", "le", "bt"}
+_DT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|([+\- ])(\d{2}):?(\d{2}))?$"
+)
+
+
+class SparkQLError(ValueError):
+    """An invalid ``_filter``: the message, and the token it failed at."""
+
+    def __init__(self, message: str, token: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.token = token
+
+
+def parse_datetime_literal(text: str) -> int:
+    """A SparkQL datetime literal as epoch milliseconds (UTC when it has no zone)."""
+    m = _DT.match(text)
+    if not m:
+        raise SparkQLError(f"'{text}' is not a valid datetime", text)
+    year, month, day, hour, minute, second, frac, zone, sign, zh, zm = m.groups()
+    tz = UTC
+    if zone and zone != "Z":
+        delta = timedelta(hours=int(zh), minutes=int(zm))
+        tz = timezone(-delta if sign == "-" else delta)
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=tz
+        )
+    except ValueError as e:
+        raise SparkQLError(f"'{text}' is not a valid datetime: {e}", text) from None
+    ms = int(moment.timestamp()) * 1000
+    if frac:
+        ms += int((frac + "00")[:3])
+    return ms
+
+
+def compile_filter(text: str, fields: dict[str, str]) -> Callable[[Callable[[str], Any]], bool]:
+    """Compile ``text`` for a resource whose filterable ``fields`` map name -> type.
+
+    Types are ``"datetime"`` (values in epoch ms) and ``"character"``. The result
+    takes a getter ``field -> value`` and says whether the record matches.
+    """
+    tokens = []
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind is None:
+            continue
+        if kind == "bad":
+            raise SparkQLError(f"unexpected character '{m.group(kind)}'", m.group(kind))
+        tokens.append((kind, m.group(kind)))
+    if not tokens:
+        raise SparkQLError("the filter is empty")
+    parser = _Parser(tokens, fields)
+    predicate = parser.expression()
+    if parser.pos != len(tokens):
+        raise SparkQLError(f"unexpected '{tokens[parser.pos][1]}'", tokens[parser.pos][1])
+    return predicate
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]], fields: dict[str, str]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.fields = fields
+
+    def peek(self) -> tuple[str, str]:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else ("end", "")
+
+    def take(self) -> tuple[str, str]:
+        token = self.peek()
+        if token[0] == "end":
+            raise SparkQLError("the filter ends too early")
+        self.pos += 1
+        return token
+
+    def is_word(self, word: str) -> bool:
+        kind, value = self.peek()
+        return kind == "word" and value.lower() == word
+
+    def expression(self):
+        left = self.conjunction()
+        while self.is_word("or"):
+            self.pos += 1
+            right = self.conjunction()
+            left = (lambda a, b: lambda get: a(get) or b(get))(left, right)
+        return left
+
+    def conjunction(self):
+        left = self.unary()
+        while self.is_word("and"):
+            self.pos += 1
+            right = self.unary()
+            left = (lambda a, b: lambda get: a(get) and b(get))(left, right)
+        return left
+
+    def unary(self):
+        if self.is_word("not"):
+            self.pos += 1
+            inner = self.unary()
+            return lambda get: not inner(get)
+        if self.peek()[0] == "lparen":
+            self.pos += 1
+            inner = self.expression()
+            if self.take()[0] != "rparen":
+                raise SparkQLError("missing ')'", ")")
+            return inner
+        return self.condition()
+
+    def condition(self):
+        kind, field = self.take()
+        if kind == "custom":
+            raise SparkQLError(f"custom field {field} is not searchable here", field)
+        if kind != "word":
+            raise SparkQLError(f"expected a field name, got '{field}'", field)
+        ftype = self.fields.get(field)
+        if ftype is None:
+            raise SparkQLError(f"'{field}' is not a searchable field", field)
+        okind, op = self.take()
+        op = op.lower()
+        if okind != "word" or op not in _OPS:
+            raise SparkQLError(f"expected an operator after {field}, got '{op}'", op)
+        values = [self.value(ftype)]
+        while self.peek()[0] == "comma":
+            self.pos += 1
+            values.append(self.value(ftype))
+        if op == "bt":
+            if len(values) != 2:
+                raise SparkQLError("Bt needs exactly two values: low,high", field)
+            low, high = values
+            return lambda get: (v := get(field)) is not None and low <= v <= high
+        if len(values) > 1 and op not in ("eq", "ne"):
+            raise SparkQLError(f"a list of values is allowed only with Eq and Ne, not {op}", op)
+        if ftype == "character" and op not in ("eq", "ne"):
+            raise SparkQLError(f"{field} supports only Eq and Ne", op)
+        if op in ("eq", "ne"):
+            match = self.matcher(values)
+            return (
+                (lambda get: match(get(field)))
+                if op == "eq"
+                else (lambda get: not match(get(field)))
+            )
+        value = values[0]
+        compare = {
+            "gt": lambda v: v > value,
+            "ge": lambda v: v >= value,
+            "lt": lambda v: v < value,
+            "le": lambda v: v <= value,
+        }[op]
+        return lambda get: (v := get(field)) is not None and compare(v)
+
+    @staticmethod
+    def matcher(values: list[Any]):
+        exact = {v for v in values if not (isinstance(v, str) and "*" in v)}
+        patterns = [v for v in values if isinstance(v, str) and "*" in v]
+        if not patterns:
+            return lambda v: v in exact
+        return lambda v: (
+            v in exact or (isinstance(v, str) and any(fnmatch.fnmatchcase(v, p) for p in patterns))
+        )
+
+    def value(self, ftype: str):
+        kind, text = self.take()
+        if kind == "word" and text.upper() == "NULL":
+            return None
+        if ftype == "datetime":
+            if kind == "datetime":
+                return parse_datetime_literal(text)
+            if kind == "date":
+                return parse_datetime_literal(text + "T00:00:00Z")
+            raise SparkQLError(f"expected a datetime, got '{text}'", text)
+        if kind == "string":
+            return re.sub(r"\\(.)", r"\1", text[1:-1])
+        raise SparkQLError(f"expected a quoted string, got '{text}'", text)

@@ -1,0 +1,558 @@
+"""The dev Schema Registry, driven by confluent-kafka's own client and Avro serde over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka.schema_registry import (
+    Schema,
+    SchemaReference,
+    SchemaRegistryClient,
+    ServerConfig,
+)
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.schema_registry.schema_registry_client import ConfigCompatibilityLevel
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from devstack.registry import RegistryServer
+from devstack.registry.state import STATE_FILE, RegistryStateError
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+def record(*fields: dict[str, Any], name: str = "Listing", **extra: Any) -> dict[str, Any]:
+    return {"type": "record", "name": name, "namespace": "spark", "fields": list(fields), **extra}
+
+
+def f(name: str, type_: Any, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": type_, **extra}
+
+
+def avro(schema: Any) -> Schema:
+    return Schema(json.dumps(schema), "AVRO")
+
+
+V1 = record(f("id", "string"))
+V2 = record(f("id", "string"), f("status", "string", default="Active"))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path / "registry") as server:
+        yield server
+
+
+@pytest.fixture
+def make_client(registry: RegistryServer) -> Iterator[Callable[[], SchemaRegistryClient]]:
+    """Fresh clients (the client caches), as separate processes would have."""
+    clients: list[SchemaRegistryClient] = []
+
+    def make() -> SchemaRegistryClient:
+        clients.append(SchemaRegistryClient({"url": registry.url, "max.retries": 0}))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[[], SchemaRegistryClient]) -> SchemaRegistryClient:
+    return make_client()
+
+
+@pytest.fixture
+def http(registry: RegistryServer) -> Iterator[httpx.Client]:
+    """Raw HTTP for the paths confluent-kafka's client has no method for."""
+    with httpx.Client(base_url=registry.url, timeout=5) as raw:
+        yield raw
+
+
+def error_of(call: Callable[[], Any]) -> tuple[int, int, str]:
+    with pytest.raises(SchemaRegistryError) as info:
+        call()
+    return info.value.http_status_code, info.value.error_code, info.value.error_message
+
+
+# -- register, lookup, read ---------------------------------------------------------------------
+
+
+def test_register_is_idempotent_and_ids_are_global(client: SchemaRegistryClient) -> None:
+    first = client.register_schema("listings-value", avro(V1))
+    assert client.register_schema("listings-value", avro(V1)) == first
+    assert make_fresh(client).register_schema("listings-value", avro(V1)) == first
+    assert client.get_versions("listings-value") == [1]
+    assert client.register_schema("other-value", avro(V1)) == first  # same global id
+    second = client.register_schema("listings-value", avro(V2))
+    assert second != first
+    assert client.get_versions("listings-value") == [1, 2]
+    assert client.get_versions("other-value") == [1]
+
+
+def make_fresh(client: SchemaRegistryClient) -> SchemaRegistryClient:
+    return SchemaRegistryClient(client.config())
+
+
+def test_schema_by_id_and_its_raw_forms(client: SchemaRegistryClient, http: httpx.Client) -> None:
+    schema_id = client.register_schema("a-value", avro(V1))
+    client.register_schema("b-value", avro(V1))
+
+    fetched = make_fresh(client).get_schema(schema_id, subject_name="a-value", fmt="serialized")
+    assert json.loads(fetched.schema_str) == V1
+    assert fetched.schema_type == "AVRO"
+
+    raw = http.get(f"/schemas/ids/{schema_id}/schema")
+    assert raw.status_code == 200 and raw.headers["content-type"] == CONTENT_TYPE
+    assert raw.json() == V1
+    versions = client.get_schema_versions(schema_id)
+    assert [(v.subject, v.version) for v in versions] == [("a-value", 1), ("b-value", 1)]
+    assert client.get_subjects_by_schema_id(schema_id) == ["a-value", "b-value"]
+    assert http.get("/subjects/a-value/versions/1/schema").json() == V1
+    assert http.get("/subjects/a-value/versions/latest/schema").json() == V1
+    guid = http.get(f"/schemas/ids/{schema_id}").json()["guid"]
+    assert json.loads(make_fresh(client).get_schema_by_guid(guid).schema_str) == V1
+    assert client.get_schema_types() == ["AVRO"]
+
+
+def test_lookup_schema(client: SchemaRegistryClient) -> None:
+    client.register_schema("listings-value", avro(V1))
+    v2_id = client.register_schema("listings-value", avro(V2))
+    found = make_fresh(client).lookup_schema("listings-value", avro(V2))
+    assert (found.schema_id, found.version, found.subject) == (v2_id, 2, "listings-value")
+    # whitespace and formatting do not matter
+    spaced = Schema(json.dumps(V2, indent=4), "AVRO")
+    assert make_fresh(client).lookup_schema("listings-value", spaced).version == 2
+
+    other = avro(record(f("id", "string"), f("x", "int", default=0)))
+    assert error_of(lambda: client.lookup_schema("listings-value", other))[:2] == (404, 40403)
+    assert error_of(lambda: client.lookup_schema("nope", avro(V1)))[:2] == (404, 40401)
+
+
+def test_equivalent_texts_are_the_same_schema(client: SchemaRegistryClient) -> None:
+    """Key order, {"type": "string"} vs "string" and namespaces do not make a new schema."""
+    schema_id = client.register_schema("n-value", avro(V1), normalize_schemas=True)
+    equivalent = {
+        "name": "spark.Listing",
+        "fields": [{"type": {"type": "string"}, "name": "id"}],
+        "type": "record",
+    }
+    found = client.lookup_schema("n-value", avro(equivalent), normalize_schemas=True)
+    assert (found.version, found.schema_id) == (1, schema_id)
+    assert make_fresh(client).lookup_schema("n-value", avro(equivalent)).version == 1
+    assert make_fresh(client).register_schema("n-value", avro(equivalent)) == schema_id
+    assert client.get_versions("n-value") == [1]
+    # normalize=true stores the canonical text
+    stored = json.loads(client.get_latest_version("n-value").schema.schema_str)
+    assert stored == {"fields": [{"name": "id", "type": "string"}], "name": "spark.Listing",
+                      "type": "record"}  # fmt: skip
+
+
+def test_subjects_versions_and_latest(client: SchemaRegistryClient) -> None:
+    client.register_schema("b/odd subject", avro(V1))
+    id1 = client.register_schema("a-value", avro(V1))
+    id2 = client.register_schema("a-value", avro(V2))
+    assert client.get_subjects() == ["a-value", "b/odd subject"]
+    assert client.get_subjects(subject_prefix="b/") == ["b/odd subject"]
+    assert client.get_versions("a-value") == [1, 2]
+    assert client.get_versions("b/odd subject") == [1]
+
+    latest = client.get_latest_version("a-value")
+    assert (latest.version, latest.schema_id, latest.subject) == (2, id2, "a-value")
+    assert json.loads(latest.schema.schema_str) == V2
+    first = client.get_version("a-value", 1)
+    assert (first.version, first.schema_id) == (1, id1)
+    assert client.get_version("a-value", "latest").version == 2
+
+
+def test_error_codes(client: SchemaRegistryClient) -> None:
+    client.register_schema("s-value", avro(V1))
+    assert error_of(lambda: client.get_latest_version("missing"))[:2] == (404, 40401)
+    assert error_of(lambda: client.get_versions("missing"))[:2] == (404, 40401)
+    assert error_of(lambda: client.get_version("s-value", 99))[:2] == (404, 40402)
+    assert error_of(lambda: client.get_version("s-value", 0))[:2] == (422, 42202)
+    assert error_of(lambda: client.get_schema(9999))[:2] == (404, 40403)
+
+    status, code, message = error_of(lambda: client.register_schema("s-value", avro({"type": "x"})))
+    assert (status, code) == (422, 42201) and "x" in message
+    not_json = Schema("{not json", "AVRO")
+    assert error_of(lambda: client.register_schema("s-value", not_json))[1] == 42201
+    no_fields = avro({"type": "record", "name": "R"})
+    assert "fields" in error_of(lambda: client.register_schema("s-value", no_fields))[2]
+    bad_default = avro(record(f("n", "int", default="seven")))
+    assert error_of(lambda: client.register_schema("s-value", bad_default))[1] == 42201
+    json_schema = Schema('{"type": "object"}', "JSON")
+    status, code, message = error_of(lambda: client.register_schema("j-value", json_schema))
+    assert (status, code) == (422, 42201) and "only AVRO" in message
+
+    incompatible = avro(record(f("id", "int")))
+    status, code, message = error_of(lambda: client.register_schema("s-value", incompatible))
+    assert (status, code) == (409, 409) and "TYPE_MISMATCH" in message
+
+    status, code, message = error_of(lambda: client.set_compatibility(level="SIDEWAYS"))
+    assert (status, code) == (422, 42203) and "BACKWARD" in message
+
+
+def test_http_level_errors(http: httpx.Client) -> None:
+    bad = http.post(
+        "/subjects/s/versions", content=b"{oops", headers={"Content-Type": CONTENT_TYPE}
+    )
+    assert bad.status_code == 400 and bad.json()["error_code"] == 400
+    unknown = http.get("/no/such/path")
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == 404
+    assert http.put("/subjects").status_code == 405
+    assert http.get("/mode").json() == {"mode": "READWRITE"}
+    assert http.get("/").json() == {}
+
+
+# -- deletes --------------------------------------------------------------------------------------
+
+
+def test_delete_subject_soft_then_permanent(client: SchemaRegistryClient) -> None:
+    v1_id = client.register_schema("d-value", avro(V1))
+    client.register_schema("d-value", avro(V2))
+    keep_id = client.register_schema("keep-value", avro(V2))
+
+    assert error_of(lambda: client.delete_subject("d-value", permanent=True))[:2] == (404, 40405)
+    assert client.delete_subject("d-value") == [1, 2]
+    assert client.get_subjects() == ["keep-value"]
+    assert client.get_subjects(deleted=True) == ["d-value", "keep-value"]
+    assert client.get_subjects(deleted_only=True) == ["d-value"]
+    assert error_of(lambda: client.get_versions("d-value"))[:2] == (404, 40401)
+    assert client.get_versions("d-value", deleted=True) == [1, 2]
+    assert make_fresh(client).get_version("d-value", 1, deleted=True).schema_id == v1_id
+    assert error_of(lambda: client.delete_subject("d-value"))[:2] == (404, 40404)
+    # ids stay readable after a soft delete (old messages still decode)
+    assert json.loads(make_fresh(client).get_schema(v1_id).schema_str) == V1
+
+    assert client.delete_subject("d-value", permanent=True) == [1, 2]
+    assert client.get_subjects(deleted=True) == ["keep-value"]
+    assert error_of(lambda: client.delete_subject("d-value"))[:2] == (404, 40401)
+    assert error_of(lambda: make_fresh(client).get_schema(v1_id))[:2] == (404, 40403)
+    assert json.loads(make_fresh(client).get_schema(keep_id).schema_str) == V2  # still used
+
+    # a new subject under the same name starts again at version 1
+    client.register_schema("d-value", avro(V1))
+    assert client.get_versions("d-value") == [1]
+
+
+def test_delete_version(client: SchemaRegistryClient) -> None:
+    client.register_schema("v-value", avro(V1))
+    client.register_schema("v-value", avro(V2))
+    assert error_of(lambda: client.delete_version("v-value", 2, permanent=True))[1] == 40407
+    assert client.delete_version("v-value", 2) == 2
+    assert client.get_versions("v-value") == [1]
+    assert make_fresh(client).get_latest_version("v-value").version == 1
+    assert error_of(lambda: client.delete_version("v-value", 2))[1] == 40406
+    assert error_of(lambda: client.delete_version("v-value", 7))[:2] == (404, 40402)
+    assert client.delete_version("v-value", 2, permanent=True) == 2
+    assert client.get_versions("v-value", deleted=True) == [1]
+    # after a hard delete the number is free again
+    make_fresh(client).register_schema("v-value", avro(V2))
+    assert client.get_versions("v-value") == [1, 2]
+
+
+def test_references_are_stored_and_returned(client: SchemaRegistryClient) -> None:
+    address = {"type": "record", "name": "Address", "namespace": "spark",
+               "fields": [f("city", "string")]}  # fmt: skip
+    client.register_schema("address", avro(address))
+    ref = SchemaReference(name="spark.Address", subject="address", version=1)
+    person = Schema(json.dumps(record(f("home", "spark.Address"))), "AVRO", [ref])
+    person_id = client.register_schema("person-value", person)
+
+    fetched = make_fresh(client).get_schema(person_id)
+    assert fetched.references == [ref]
+    assert client.get_latest_version("person-value").schema.references == [ref]
+    assert client.get_referenced_by("address", 1) == [person_id]
+    status, code, _ = error_of(lambda: client.delete_version("address", 1))
+    assert (status, code) == (422, 42206)
+
+    dangling = SchemaReference(name="spark.Nope", subject="nope", version=1)
+    bad = Schema(json.dumps(record(f("x", "spark.Nope"))), "AVRO", [dangling])
+    assert error_of(lambda: client.register_schema("bad-value", bad))[1] == 42201
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_global_and_subject_config(client: SchemaRegistryClient, http: httpx.Client) -> None:
+    assert client.get_config().compatibility_level == ConfigCompatibilityLevel.BACKWARD
+    full = ServerConfig(compatibility=ConfigCompatibilityLevel.FULL)
+    assert client.set_config(config=full) == {"compatibility": "FULL"}
+    assert client.get_compatibility() == "FULL"
+
+    assert client.set_compatibility("s-value", "forward_transitive") == {
+        "compatibility": "FORWARD_TRANSITIVE"
+    }
+    assert client.get_config("s-value").compatibility_level == "FORWARD_TRANSITIVE"
+    assert error_of(lambda: client.get_config("t-value"))[:2] == (404, 40408)
+    assert http.get("/config/t-value", params={"defaultToGlobal": "true"}).json() == {
+        "compatibilityLevel": "FULL"
+    }
+    assert client.delete_config("s-value").compatibility_level == "FORWARD_TRANSITIVE"
+    assert error_of(lambda: client.get_config("s-value"))[1] == 40408
+    assert client.delete_config().compatibility_level == "FULL"
+    assert client.get_compatibility() == "BACKWARD"
+    assert client.get_global_mode() == "READWRITE"
+    assert client.update_global_mode("READWRITE") == "READWRITE"
+    assert error_of(lambda: client.update_global_mode("READONLY"))[:2] == (422, 42204)
+
+
+# -- compatibility levels -------------------------------------------------------------------------
+
+NO_DEFAULT_STATUS = record(f("id", "string"), f("status", "string"))
+WITH_NOTE = record(f("id", "string"), f("status", "string", default="Active"),
+                   f("note", ["null", "string"], default=None))  # fmt: skip
+PRICED = record(f("id", "string"), f("price", "int"))
+PRICED_DEFAULT = record(f("id", "string"), f("price", "int", default=0))
+UNPRICED = record(f("id", "string"))
+PRICED_EXTRA = record(f("id", "string"), f("price", "int"), f("extra", "string"))
+
+# (level, registered chain oldest first, candidate, compatible)
+LEVEL_CASES = [
+    ("BACKWARD", [V1], V2, True),  # new field with a default
+    ("BACKWARD", [V1], NO_DEFAULT_STATUS, False),  # new field without default
+    ("FORWARD", [V1], NO_DEFAULT_STATUS, True),  # old reader ignores the new field
+    ("FORWARD", [PRICED], UNPRICED, False),  # old reader needs price, which has no default
+    ("FULL", [V1], V2, True),
+    ("FULL", [V1], NO_DEFAULT_STATUS, False),
+    ("FULL", [PRICED], UNPRICED, False),
+    ("NONE", [V1], record(f("id", "int")), True),  # even a type change passes
+    ("NONE", [PRICED], UNPRICED, True),
+    # transitive: the candidate fits the latest version, only an older one breaks it
+    ("BACKWARD", [V1, V2], NO_DEFAULT_STATUS, True),
+    ("BACKWARD_TRANSITIVE", [V1, V2], NO_DEFAULT_STATUS, False),
+    ("BACKWARD_TRANSITIVE", [V1, V2], WITH_NOTE, True),
+    ("FORWARD", [PRICED, PRICED_DEFAULT], UNPRICED, True),
+    ("FORWARD_TRANSITIVE", [PRICED, PRICED_DEFAULT], UNPRICED, False),
+    ("FORWARD_TRANSITIVE", [PRICED, PRICED_DEFAULT], PRICED_EXTRA, True),
+    ("FULL", [V1, V2], NO_DEFAULT_STATUS, True),
+    ("FULL_TRANSITIVE", [V1, V2], NO_DEFAULT_STATUS, False),
+    ("FULL_TRANSITIVE", [V1, V2], WITH_NOTE, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("level", "chain", "candidate", "compatible"),
+    LEVEL_CASES,
+    ids=[
+        f"{c[0]}-{len(c[1]) + 1}v-{'pass' if c[3] else 'fail'}-{i}"
+        for i, c in enumerate(LEVEL_CASES)
+    ],
+)
+def test_compatibility_levels(
+    client: SchemaRegistryClient,
+    http: httpx.Client,
+    level: str,
+    chain: list[dict],
+    candidate: dict,
+    compatible: bool,
+) -> None:
+    subject = "levels-value"
+    client.set_compatibility(subject, "NONE")  # build the chain unchecked
+    for schema in chain:
+        client.register_schema(subject, avro(schema))
+    client.set_compatibility(subject, level)
+
+    assert client.test_compatibility_all_versions(subject, avro(candidate)) is compatible
+    verbose = http.post(
+        f"/compatibility/subjects/{subject}/versions", params={"verbose": "true"},
+        json={"schema": json.dumps(candidate)},
+    ).json()  # fmt: skip
+    assert verbose["is_compatible"] is compatible
+    assert bool(verbose["messages"]) is not compatible
+    if compatible:
+        client.register_schema(subject, avro(candidate))
+        assert client.get_versions(subject) == list(range(1, len(chain) + 2))
+    else:
+        assert error_of(lambda: client.register_schema(subject, avro(candidate)))[:2] == (409, 409)
+        assert client.get_versions(subject) == list(range(1, len(chain) + 1))
+
+
+def test_compatibility_against_one_version(client: SchemaRegistryClient) -> None:
+    client.set_compatibility("one-value", "NONE")
+    client.register_schema("one-value", avro(V1))
+    client.register_schema("one-value", avro(V2))
+    client.set_compatibility("one-value", "BACKWARD_TRANSITIVE")
+    # against version 2 only: fine; against version 1 (or all, transitively): not
+    assert client.test_compatibility("one-value", avro(NO_DEFAULT_STATUS), version=2) is True
+    assert client.test_compatibility("one-value", avro(NO_DEFAULT_STATUS), version="latest")
+    assert client.test_compatibility("one-value", avro(NO_DEFAULT_STATUS), version=1) is False
+    assert client.test_compatibility("one-value", avro(NO_DEFAULT_STATUS), verbose=True) is True
+    assert error_of(lambda: client.test_compatibility("one-value", avro(V1), version=5))[1] == (
+        40402
+    )
+    # nothing registered yet: anything is compatible with "latest"
+    assert client.test_compatibility("fresh-value", avro(V1)) is True
+
+
+# -- Avro schema-resolution rules (reader = new schema, writer = registered one; BACKWARD) ------
+
+
+def wrap(type_: Any) -> dict[str, Any]:
+    return record(f("v", type_))
+
+
+ENUM_AB = {"type": "enum", "name": "Kind", "symbols": ["A", "B"]}
+ENUM_A = {"type": "enum", "name": "Kind", "symbols": ["A"]}
+ENUM_A_DEFAULT = {"type": "enum", "name": "Kind", "symbols": ["A", "OTHER"], "default": "OTHER"}
+NODE = {"type": "record", "name": "Node",
+        "fields": [f("value", "int"), f("next", ["null", "Node"], default=None)]}  # fmt: skip
+NODE_LONG = {"type": "record", "name": "Node",
+             "fields": [f("value", "long"), f("next", ["null", "Node"], default=None)]}  # fmt: skip
+NODE_STR = {"type": "record", "name": "Node",
+            "fields": [f("value", "string"), f("next", ["null", "Node"], default=None)]}  # fmt: skip
+
+# (rule id, writer schema, reader schema, compatible)
+RESOLUTION_CASES = [
+    ("int->long", wrap("int"), wrap("long"), True),
+    ("int->float", wrap("int"), wrap("float"), True),
+    ("int->double", wrap("int"), wrap("double"), True),
+    ("long->float", wrap("long"), wrap("float"), True),
+    ("long->double", wrap("long"), wrap("double"), True),
+    ("float->double", wrap("float"), wrap("double"), True),
+    ("string->bytes", wrap("string"), wrap("bytes"), True),
+    ("bytes->string", wrap("bytes"), wrap("string"), True),
+    ("long->int-narrowing", wrap("long"), wrap("int"), False),
+    ("double->float-narrowing", wrap("double"), wrap("float"), False),
+    ("string->int-mismatch", wrap("string"), wrap("int"), False),
+    ("boolean->null-mismatch", wrap("boolean"), wrap("null"), False),
+    ("record-name-mismatch", record(f("v", "int")), record(f("v", "int"), name="Other"), False),
+    ("record-alias", record(f("v", "int")),
+     record(f("v", "int"), name="Renamed", aliases=["spark.Listing"]), True),
+    ("record-same-name-other-namespace", record(f("v", "int")),
+     {**record(f("v", "int")), "namespace": "elsewhere"}, True),
+    ("field-alias", record(f("old", "int")), record(f("new", "int", aliases=["old"])), True),
+    ("reader-field-missing-default", record(f("a", "int")),
+     record(f("a", "int"), f("b", "int")), False),
+    ("reader-field-with-default", record(f("a", "int")),
+     record(f("a", "int"), f("b", "int", default=1)), True),
+    ("writer-field-dropped", record(f("a", "int"), f("b", "int")), record(f("a", "int")), True),
+    ("enum-symbol-added", wrap(ENUM_A), wrap(ENUM_AB), True),
+    ("enum-symbol-removed", wrap(ENUM_AB), wrap(ENUM_A), False),
+    ("enum-symbol-removed-reader-default", wrap(ENUM_AB), wrap(ENUM_A_DEFAULT), True),
+    ("enum-name-mismatch", wrap(ENUM_A), wrap({**ENUM_A, "name": "Sort"}), False),
+    ("union-reader-gains-null", wrap("int"), wrap(["null", "int"]), True),
+    ("union-reader-promotes-branch", wrap("int"), wrap(["null", "string", "long"]), True),
+    ("union-writer-branch-unreadable", wrap(["null", "int"]), wrap("int"), False),
+    ("union-to-union-promotion", wrap(["int", "string"]), wrap(["string", "long"]), True),
+    ("union-branch-dropped", wrap(["null", "int", "string"]), wrap(["null", "int"]), False),
+    ("array-items-promotion", wrap({"type": "array", "items": "int"}),
+     wrap({"type": "array", "items": "long"}), True),
+    ("array-items-mismatch", wrap({"type": "array", "items": "int"}),
+     wrap({"type": "array", "items": "string"}), False),
+    ("array-vs-map", wrap({"type": "array", "items": "int"}),
+     wrap({"type": "map", "values": "int"}), False),
+    ("map-values-promotion", wrap({"type": "map", "values": "float"}),
+     wrap({"type": "map", "values": "double"}), True),
+    ("map-values-mismatch", wrap({"type": "map", "values": "string"}),
+     wrap({"type": "map", "values": "boolean"}), False),
+    ("fixed-same", wrap({"type": "fixed", "name": "H", "size": 16}),
+     wrap({"type": "fixed", "name": "H", "size": 16}), True),
+    ("fixed-size-mismatch", wrap({"type": "fixed", "name": "H", "size": 16}),
+     wrap({"type": "fixed", "name": "H", "size": 8}), False),
+    ("fixed-name-mismatch", wrap({"type": "fixed", "name": "H", "size": 16}),
+     wrap({"type": "fixed", "name": "G", "size": 16}), False),
+    ("named-type-recursive-promotion", wrap(NODE), wrap(NODE_LONG), True),
+    ("named-type-recursive-mismatch", wrap(NODE), wrap(NODE_STR), False),
+    ("named-type-reference-reuse",
+     record(f("a", {"type": "record", "name": "P", "fields": [f("x", "int")]}), f("b", "P")),
+     record(f("a", {"type": "record", "name": "P", "fields": [f("x", "long")]}), f("b", "P")),
+     True),
+    ("logical-type-ignored", wrap({"type": "int", "logicalType": "date"}), wrap("int"), True),
+    ("logical-type-promotion", wrap({"type": "int", "logicalType": "date"}),
+     wrap({"type": "long", "logicalType": "timestamp-millis"}), True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader", "compatible"),
+    [c[1:] for c in RESOLUTION_CASES],
+    ids=[c[0] for c in RESOLUTION_CASES],
+)
+def test_avro_resolution_rule(
+    client: SchemaRegistryClient, writer: dict, reader: dict, compatible: bool
+) -> None:
+    client.register_schema("rule-value", avro(writer))
+    assert client.test_compatibility("rule-value", avro(reader)) is compatible
+
+
+def test_forward_checks_the_other_direction(client: SchemaRegistryClient) -> None:
+    client.register_schema("dir-value", avro(wrap("long")))
+    client.set_compatibility("dir-value", "FORWARD")
+    # old reader (long) reads new writer (int): promotion, fine
+    assert client.test_compatibility("dir-value", avro(wrap("int"))) is True
+    # old reader (long) cannot read new writer (double)
+    assert client.test_compatibility("dir-value", avro(wrap("double"))) is False
+
+
+# -- serde round trip and persistence --------------------------------------------------------------
+
+
+def test_serializer_round_trip(make_client: Callable[[], SchemaRegistryClient]) -> None:
+    schema = record(f("id", "string"), f("price", ["null", "long"], default=None),
+                    f("kind", ENUM_AB))  # fmt: skip
+    ctx = SerializationContext("listings", MessageField.VALUE)
+    serialize = AvroSerializer(make_client(), json.dumps(schema))
+    value = {"id": "L1", "price": 350000, "kind": "B"}
+    data = serialize(value, ctx)
+
+    reader = make_client()
+    registered = reader.get_latest_version("listings-value")
+    assert data[0] == 0 and int.from_bytes(data[1:5], "big") == registered.schema_id
+    assert AvroDeserializer(make_client())(data, ctx) == value
+
+
+def test_state_survives_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with RegistryServer(state) as first:
+        client = SchemaRegistryClient({"url": first.url})
+        id1 = client.register_schema("p-value", avro(V1))
+        id2 = client.register_schema("p-value", avro(V2))
+        client.register_schema("gone-value", avro(PRICED))
+        client.delete_subject("gone-value")
+        client.set_compatibility("p-value", "FULL")
+        old_url = first.url
+    assert (state / STATE_FILE).exists()
+    assert [p.name for p in state.iterdir()] == [STATE_FILE]  # no temp files left behind
+
+    with RegistryServer(state) as second:
+        client = SchemaRegistryClient({"url": second.url})
+        assert json.loads(client.get_schema(id1).schema_str) == V1
+        assert client.get_latest_version("p-value").schema_id == id2
+        assert client.register_schema("p-value", avro(V2)) == id2
+        assert client.get_compatibility("p-value") == "FULL"
+        assert client.get_subjects() == ["p-value"]
+        assert client.get_subjects(deleted=True) == ["gone-value", "p-value"]
+        new_id = client.register_schema("q-value", avro(WITH_NOTE))
+        assert new_id not in (id1, id2) and new_id > id2
+    assert old_url.startswith("http://127.0.0.1:")
+
+
+def test_corrupt_state_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / STATE_FILE).write_text("{truncated", encoding="utf-8")
+    with pytest.raises(RegistryStateError, match=STATE_FILE):
+        RegistryServer(tmp_path).start()
+
+
+def test_server_interface(tmp_path: Path) -> None:
+    server = RegistryServer(tmp_path)
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.url
+    assert server.start() is server
+    url = server.url
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=server.url) as raw:  # keep-alive: many calls, one socket
+            for _ in range(3):
+                assert raw.get("/subjects").json() == []
+    finally:
+        server.stop()
+        server.stop()  # idempotent
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/subjects", timeout=1)

@@ -1,0 +1,56 @@
+"""Reading a topic back in tests: every partition from the start to its end.
+
+The end is the partition-EOF event, not the high watermark alone: the Tansu
+broker reports the high watermark as the last batch's base offset + 1, which
+is short of the real end when the last batch holds several records.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+__all__ = ["read_topic"]
+
+
+def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, timeout: float = 60.0):
+    """``[(key, value, headers)]`` in offset order per partition; values decoded with a registry."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "test-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    decode = AvroDeserializer(SchemaRegistryClient({"url": registry_url})) if registry_url else None
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        remaining = set(partitions)
+        out = []
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(message.partition())
+                continue
+            value = message.value()
+            if decode is not None and value is not None:
+                value = decode(value, SerializationContext(topic, MessageField.VALUE))
+            key = message.key().decode() if message.key() is not None else None
+            out.append((key, value, message.headers() or []))
+        if remaining:
+            raise AssertionError(
+                f"{topic}: did not reach the end of partitions {sorted(remaining)}"
+            )
+        return out
+    finally:
+        consumer.close()
