@@ -38,5 +38,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))
+    for chatty in ("httpx", "httpx2", "httpcore"):  # one line per request: only when debugging
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
