@@ -14,6 +14,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from spark_relay.cli import App, pass_app
 from spark_relay.errors import EXIT_CODES
+from spark_relay.metrics import serve_metrics
 from spark_relay.settings import Settings
 
 __all__ = ["poll_group", "topics_group", "build_poller"]
@@ -42,7 +43,7 @@ def build_poller(
         timeout=settings.api_timeout,
     )
     publisher = Publisher(settings.kafka_config())
-    state = open_state(settings.state_dir, settings.database_url)
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     try:
         yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
@@ -66,6 +67,12 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+_metrics = click.option(
+    "--metrics-port",
+    type=int,
+    envvar="SPARK_RELAY_METRICS_PORT",
+    help="Serve Prometheus metrics on this port (on SPARK_RELAY_METRICS_HOST, default 127.0.0.1).",
+)
 _progress = click.option(
     "--progress/--no-progress",
     default=None,
@@ -87,9 +94,11 @@ def poll_group() -> None:
 def _procedure(name: str, doc: str, call):
     @poll_group.command(name, help=doc, epilog=_EXITS)
     @_progress
+    @_metrics
     @pass_app
-    def command(app: App, progress: bool | None) -> None:
+    def command(app: App, progress: bool | None, metrics_port: int | None) -> None:
         settings = app.settings()
+        serve_metrics(metrics_port, settings.metrics_host)
         with build_poller(
             settings,
             progress=bool(progress) if progress is not None else False,
@@ -128,8 +137,11 @@ _procedure(
 @poll_group.command("snapshot", epilog=_EXITS)
 @click.option("--restart", is_flag=True, help="Start over even if a snapshot completed.")
 @_progress
+@_metrics
 @pass_app
-def snapshot_command(app: App, restart: bool, progress: bool | None) -> None:
+def snapshot_command(
+    app: App, restart: bool, progress: bool | None, metrics_port: int | None
+) -> None:
     """The initial download: every listing by _skiptoken, _limit=1000.
 
     The skip token is checkpointed after Kafka acknowledges each page, so a
@@ -137,6 +149,7 @@ def snapshot_command(app: App, restart: bool, progress: bool | None) -> None:
     start becomes the first update window's lower bound.
     """
     settings = app.settings()
+    serve_metrics(metrics_port, settings.metrics_host)
     with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
         click.echo(poller.snapshot(restart=restart).summary())
 
@@ -157,8 +170,9 @@ def snapshot_command(app: App, restart: bool, progress: bool | None) -> None:
     help="UTC time of day of the daily purge, HH:MM (SPARK_RELAY_PURGE_AT, default 03:00).",
 )
 @_progress
+@_metrics
 @pass_app
-def run_command(app: App, interval, accounts_interval, purge_at, progress) -> None:
+def run_command(app: App, interval, accounts_interval, purge_at, progress, metrics_port) -> None:
     """The daemon: snapshot if none completed, then updates, accounts and the daily purge.
 
     SIGTERM (or Ctrl-C) lets the current page finish and commit, then exits 0.
@@ -168,6 +182,7 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress) -> No
     settings = app.settings(
         update_interval=interval, accounts_interval=accounts_interval, purge_at=purge_at
     )
+    serve_metrics(metrics_port, settings.metrics_host)
     with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
         run_daemon(poller)
 

@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from producer.poller import Poller
+from spark_relay.errors import DeliveryError, TransientSourceError
 
 __all__ = ["run_daemon", "next_purge"]
 
@@ -36,7 +37,28 @@ def next_purge(last: datetime | None, purge_at: str, now: datetime) -> datetime:
     return due
 
 
+#: Seconds the daemon waits after a procedure failed on a transient error (API down, Kafka away).
+RETRY_AFTER_FAILURE = 60.0
+
+
 def run_daemon(poller: Poller, tick: float = 1.0) -> None:
+    """Run the schedules until ``poller.stop`` is set.
+
+    A procedure that fails on a transient error (the API kept failing after its
+    retries, Kafka did not acknowledge) is logged and tried again a minute later:
+    it committed nothing, so nothing is lost. A permanent error (bad key,
+    forbidden, invalid filter) ends the daemon with its exit code.
+    """
+    while not poller.stop.is_set():
+        try:
+            _run_due(poller, tick)
+            return
+        except (TransientSourceError, DeliveryError) as e:
+            logger.error("%s; trying again in %.0fs", e, RETRY_AFTER_FAILURE)
+            poller.stop.wait(RETRY_AFTER_FAILURE)
+
+
+def _run_due(poller: Poller, tick: float) -> None:
     settings = poller.settings
     snapshot = poller.state.checkpoint("snapshot")
     if not (snapshot and snapshot.get("done")):

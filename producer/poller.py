@@ -43,6 +43,7 @@ from schemas import (
     purge_record,
 )
 from spark_relay.errors import RelayError
+from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
 from spark_relay.settings import Settings
 
 __all__ = ["Poller", "RunStats", "content_hash", "dlq_topic"]
@@ -59,6 +60,10 @@ SUBRESOURCES = {
     "Rooms": ("rooms", None),  # no change timestamp: refreshed when the listing changed
     "Units": ("units", None),
 }
+
+
+#: ListingKeys per ``ListingKey Eq … Or …`` request when reconcile re-fetches listings.
+RECONCILE_BATCH = 25
 
 
 def content_hash(record: Any) -> str:
@@ -221,7 +226,7 @@ class Poller:
         return params
 
     def _publish_listings(
-        self, results: list[dict[str, Any]], source: Source, stats: RunStats
+        self, results: list[dict[str, Any]], source: Source, stats: RunStats, force: bool = False
     ) -> tuple[list[tuple[str, str | None, str]], list[tuple[str, str, str | None, list]]]:
         """Produce the listings that changed; return their index rows and media rows."""
         stats.records += len(results)
@@ -237,7 +242,7 @@ class Poller:
                 continue
             modified = (result.get("StandardFields") or {}).get("ModificationTimestamp")
             digest = content_hash(result)
-            if known.get(key, (None, None))[1] == digest:
+            if not force and known.get(key, (None, None))[1] == digest:
                 stats.unchanged += 1
                 continue
             self.publisher.produce(
@@ -247,6 +252,7 @@ class Poller:
             )
             stats.published += 1
             rows.append((record["ListingKey"], modified, digest))
+            observe_newest(POLLER_NEWEST, record["ModificationTimestamp"].timestamp())
             media_rows.extend(media)
         return rows, media_rows
 
@@ -296,6 +302,8 @@ class Poller:
             self.state.mark_seen(resource, seen)
             if checkpoint is not None:
                 self.state.set_checkpoint(*checkpoint)
+        if checkpoint is not None:
+            CHECKPOINT_TIME.labels(checkpoint[0]).set_to_current_time()
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
         self.state.record_run(
@@ -539,9 +547,14 @@ class Poller:
 
     def _purge_vanished(self, resource: str, source: Source, stats: RunStats) -> None:
         """A Purge event and a tombstone for each published key the scan did not see."""
+        self._purge_keys(resource, list(self.state.vanished(resource)), source, stats)
+
+    def _purge_keys(
+        self, resource: str, keys: Iterable[tuple[str, str | None]], source: Source, stats: RunStats
+    ) -> None:
         topic = self.serde.listings_topic if resource == "listings" else self.serde.accounts_topic
         batch: list[str] = []
-        for key, modified in list(self.state.vanished(resource)):
+        for key, modified in keys:
             if resource == "accounts" and self._still_there(key):
                 continue  # a _skip page shifted by a delete hid it; it was not removed
             last = _parse_iso(modified) if modified else None
@@ -566,3 +579,34 @@ class Poller:
             return bool(self.client.get(f"/v1/accounts/{account_id}").results)
         except NotFound:
             return False
+
+    def reconcile(self, republish: Iterable[str], purge: Iterable[str]) -> RunStats:
+        """Re-publish ``republish`` (fetched again, published whatever the index says) and
+        purge ``purge``: how ``spark-relay reconcile --repair`` heals every sink alike."""
+        return self._guarded(
+            self._run("reconcile"),
+            lambda stats: self._reconcile(stats, list(republish), list(purge)),
+        )
+
+    def _reconcile(self, stats: RunStats, republish: list[str], purge: list[str]) -> bool:
+        source = Source(
+            resource="listings",
+            procedure="reconcile",
+            run_id=stats.run_id,
+            fetched_at=datetime.now(UTC),
+        )
+        params = {k: v for k, v in self._listing_params().items() if k != "_select"}
+        for start in range(0, len(republish), RECONCILE_BATCH):
+            chunk = republish[start : start + RECONCILE_BATCH]
+            keys = " Or ".join(f"ListingKey Eq '{key}'" for key in chunk)
+            page = self.client.get(
+                "/v1/listings", {**params, "_limit": len(chunk), "_filter": keys}
+            )
+            rows, media = self._publish_listings(page.results, source, stats, force=True)
+            self._commit("listings", rows, None, media=media)
+            stats.pages += 1
+        known = self.state.published("listings", purge)
+        self._purge_keys(
+            "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats
+        )
+        return True

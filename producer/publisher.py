@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from spark_relay.errors import DeliveryError
+from spark_relay.metrics import PUBLISHED
 
 __all__ = ["Publisher", "PRODUCER_DEFAULTS"]
 
@@ -47,6 +48,7 @@ class Publisher:
             self._errors.append(f"{message.topic()}[{message.key()!r}]: {error}")
         else:
             self.delivered[message.topic()] += 1
+            PUBLISHED.labels(message.topic()).inc()
 
     def produce(
         self,

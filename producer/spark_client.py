@@ -33,6 +33,7 @@ from tenacity import (
 
 from spark_relay import __version__
 from spark_relay.errors import PermanentSourceError, TransientSourceError
+from spark_relay.metrics import API_REQUESTS, API_RETRIES, RATE_LIMIT_WAIT
 from spark_relay.settings import Secret
 
 __all__ = ["SparkClient", "Page", "RateLimiter", "RETRY_TABLE", "NotFound"]
@@ -101,6 +102,7 @@ class RateLimiter:
         if wait:
             time.sleep(wait)
             self.waited += wait
+            RATE_LIMIT_WAIT.inc(wait)
         return wait
 
 
@@ -198,7 +200,10 @@ class SparkClient:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.stats["retries"] += 1
+        API_RETRIES.inc()
         error = state.outcome.exception() if state.outcome else None
+        if error is not None and "Spark code 1550" in str(error) and state.next_action:
+            RATE_LIMIT_WAIT.inc(state.next_action.sleep)
         logger.warning(
             "retrying in %.1fs (attempt %d of %d): %s",
             state.next_action.sleep if state.next_action else 0,
@@ -214,10 +219,13 @@ class SparkClient:
             response = self._http.get(path, params=params)
             body = response.read()
         except httpx.TimeoutException as e:
+            API_REQUESTS.labels("0").inc()
             raise _Retry(f"timed out ({type(e).__name__})") from None
         except httpx.TransportError as e:  # resets, refused, broken chunking …
+            API_REQUESTS.labels("0").inc()
             raise _Retry(f"connection failed ({type(e).__name__}: {e})") from None
         status = response.status_code
+        API_REQUESTS.labels(str(status)).inc()
         self.stats[f"status_{status}"] = self.stats.get(f"status_{status}", 0) + 1
         server_time = _server_time(response)
         if server_time is not None:

@@ -1,7 +1,7 @@
 """The poller's memory: checkpoints, the published-key index, scan scratch, run log.
 
 SQLite under ``SPARK_RELAY_STATE_DIR`` by default; PostgreSQL (schema
-``spark_relay_state``) when a database URL is given. Each transition — a
+``spark_relay_state_<prefix>``) when a database URL is given. Each transition — a
 page's keys recorded together with the checkpoint that follows them — is one
 transaction, so a crash leaves either the old state or the new one.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["StateStore", "open_state"]
+__all__ = ["StateStore", "open_state", "state_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -292,16 +292,29 @@ class StateStore:
         return out
 
 
-def open_state(state_dir: str | Path, database_url: str = "") -> StateStore:
-    """The state store: PostgreSQL when ``database_url`` is given, else SQLite in ``state_dir``."""
+def state_schema(topic_prefix: str) -> str:
+    """The PostgreSQL schema of one prefix's state: ``spark_relay_state_<prefix>``."""
+    return "spark_relay_state_" + "".join(c if c.isalnum() else "_" for c in topic_prefix.lower())
+
+
+def open_state(
+    state_dir: str | Path, database_url: str = "", topic_prefix: str = "spark"
+) -> StateStore:
+    """The state store: PostgreSQL when ``database_url`` is given, else SQLite in ``state_dir``.
+
+    One poller per API key and topic prefix: in PostgreSQL each prefix has its own
+    schema, in SQLite each state dir its own file.
+    """
     if database_url:
         import psycopg
+        from psycopg import sql
 
+        schema = state_schema(topic_prefix)
         connection = psycopg.connect(database_url)
-        connection.execute("CREATE SCHEMA IF NOT EXISTS spark_relay_state")
-        connection.execute("SET search_path TO spark_relay_state")
+        connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         connection.commit()
-        return StateStore(connection, "%s", "postgresql (schema spark_relay_state)")
+        return StateStore(connection, "%s", f"postgresql (schema {schema})")
     path = Path(state_dir) / "poller.sqlite3"
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")

@@ -108,6 +108,11 @@ def _register() -> None:
     for command in (search_command, files_group):
         cli.add_command(command)
 
+    from spark_relay.commands import demo_command, dlq_group, reconcile_command, status_command
+
+    for command in (demo_command, status_command, reconcile_command, dlq_group):
+        cli.add_command(command)
+
 
 def main(argv: list[str] | None = None) -> None:
     _register()

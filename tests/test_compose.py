@@ -1,5 +1,6 @@
 """docker-compose.yml cannot run here (no Docker engine); it is validated and cross-checked."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,8 +20,10 @@ def _compose(*args: str) -> str:
         pytest.fail(
             "docker-compose is not installed: `apt-get install docker-compose` (.ci/run does)"
         )
+    env = {**os.environ, "SPARK_RELAY_API_KEY": "compose-check"}  # the poller requires one
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config", *args], capture_output=True, text=True
+        ["docker-compose", "-f", str(COMPOSE), "config", *args],
+        capture_output=True, text=True, env=env,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -30,6 +33,21 @@ def test_compose_file_is_valid():
     _compose("-q")
     services = set(_compose("--services").split())
     assert {"kafka", "schema-registry", "postgres", "opensearch"} <= services
+    assert {"topics", "poller", "sink-postgres", "sink-search", "sink-files"} <= services
+
+
+def test_compose_commands_exist():
+    """Every spark-relay command the compose file runs is one the CLI has."""
+    from click.testing import CliRunner
+
+    from spark_relay.cli import _register, cli
+
+    _register()
+    commands = re.findall(r'command: \["([a-z]+)", "([a-z]+)"', COMPOSE.read_text())
+    assert len(commands) == 5
+    for group, name in commands:
+        result = CliRunner().invoke(cli, [group, name, "--help"])
+        assert result.exit_code == 0, (group, name, result.output)
 
 
 def test_compose_uses_the_settings_names():

@@ -1,0 +1,124 @@
+"""The Sink contract: what a sink implements, and what the runner hands it.
+
+A sink is small: the runner (``consumers/runner.py``) owns the consumer group,
+batching, decoding, rebalances, replay and dead letters. A sink only applies
+batches of decoded events and makes them durable.
+
+Call order, per consumer::
+
+    open(ctx)                      once, before the first batch
+    stored_offsets(partitions)     after each assignment: where the sink's own
+                                   storage says to resume (None: use Kafka's)
+    write(batch)                   zero or more times per commit; raising aborts
+                                   the batch (the runner then retries its events
+                                   one by one and dead-letters the ones that fail)
+    commit(offsets)                make every write since the last commit durable,
+                                   together with ``offsets`` when the sink can
+    close()                        once, after the last commit or on shutdown
+
+``offsets`` are *next* offsets: ``{(topic, partition): offset_of_last_event + 1}``,
+as Kafka commits them, so "resume after this" needs no arithmetic.
+
+Events arrive in order per partition; one key is always in one partition.
+A value of ``None`` is a tombstone: the key was purged. Sinks apply an event
+only if its ModificationTimestamp is not older than what they hold, so
+re-deliveries and replays are harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from spark_relay.settings import Settings
+
+__all__ = ["Event", "Batch", "Offsets", "SinkContext", "Sink", "TopicPartition"]
+
+logger = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+Offsets = dict[TopicPartition, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: dict[str, Any] | None  # None: a tombstone
+    timestamp: datetime | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def resource(self) -> str:
+        """``listings``, ``accounts`` or ``purges``: the topic name without its prefix."""
+        return self.topic.rsplit(".", 1)[-1]
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.value is None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Events of one or more partitions, in offset order within each partition."""
+
+    events: Sequence[Event]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def by_resource(self, resource: str) -> list[Event]:
+        return [e for e in self.events if e.resource == resource]
+
+    def offsets(self) -> Offsets:
+        """The next offset of every partition in the batch."""
+        next_offsets: Offsets = {}
+        for event in self.events:
+            tp = (event.topic, event.partition)
+            next_offsets[tp] = max(next_offsets.get(tp, 0), event.offset + 1)
+        return next_offsets
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkContext:
+    """What a sink may use while it runs."""
+
+    settings: Settings
+    group_id: str
+    topics: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.settings.state_dir)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What a sink implements; register it in the ``spark_relay.sinks`` entry-point group."""
+
+    #: The name used on the command line: ``spark-relay sink <name>``.
+    name: ClassVar[str]
+    #: Which of our topics it reads, without the prefix.
+    resources: ClassVar[tuple[str, ...]]
+
+    def open(self, ctx: SinkContext) -> None: ...
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None: ...
+
+    def write(self, batch: Batch) -> None: ...
+
+    def commit(self, offsets: Offsets) -> None: ...
+
+    def close(self) -> None: ...

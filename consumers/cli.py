@@ -1,0 +1,251 @@
+"""``spark-relay sink <name> …``: one subcommand per sink registered in ``spark_relay.sinks``.
+
+The subcommands are built from the entry points when they are asked for, so
+``spark-relay --help`` imports no sink. Each has the common options below plus
+the sink's own ``cli_options``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from consumers.registry import SinkLoadError, cli_options_of, load_sink, sink_entry_points
+from consumers.runner import Replay, Runner, RunnerConfig, parse_offsets
+from spark_relay.cli import App
+from spark_relay.errors import EXIT_CODES, ConfigError
+from spark_relay.settings import load_settings
+
+__all__ = ["sink_group", "COMMON_OPTIONS"]
+
+logger = logging.getLogger(__name__)
+
+_EXITS = "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.items())
+
+#: The options every ``spark-relay sink <name>`` command has (parameter names).
+COMMON_OPTIONS = (
+    "group",
+    "from_beginning",
+    "from_offset",
+    "from_timestamp",
+    "until_caught_up",
+    "batch_size",
+    "batch_ms",
+)
+
+
+def _common_options() -> list[click.Option]:
+    return [
+        click.Option(
+            ["--group"],
+            envvar="SPARK_RELAY_SINK_GROUP",
+            show_envvar=True,
+            help="Consumer group id [default: spark-relay.<sink>]. Copies of a sink in one group "
+            "share the partitions; give a second, independent copy (another schema, another "
+            "index) its own group.",
+        ),
+        click.Option(
+            ["--from-beginning"],
+            is_flag=True,
+            help="Replay every topic from its first offset (to build a new sink or rebuild one).",
+        ),
+        click.Option(
+            ["--from-offset"],
+            metavar="[TOPIC:]P:O,…",
+            help="Replay from these offsets: `listings:0:120,listings:1:0` (TOPIC is the resource "
+            "or the full topic name), or `0:120` for partition 0 of every topic. Partitions not "
+            "named resume where the sink left off.",
+        ),
+        click.Option(
+            ["--from-timestamp"],
+            metavar="ISO8601",
+            help="Replay from the first message at or after this time, e.g. 2024-05-01T00:00:00Z "
+            "(no zone means UTC).",
+        ),
+        click.Option(
+            ["--until-caught-up"],
+            is_flag=True,
+            help="Stop (exit 0) once every assigned partition reached the end it had at start.",
+        ),
+        click.Option(
+            ["--batch-size"],
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            envvar="SPARK_RELAY_SINK_BATCH_SIZE",
+            show_envvar=True,
+            help="Messages per batch, at most.",
+        ),
+        click.Option(
+            ["--batch-ms"],
+            type=click.IntRange(min=0),
+            default=500,
+            show_default=True,
+            envvar="SPARK_RELAY_SINK_BATCH_MS",
+            show_envvar=True,
+            help="Milliseconds a batch waits for more messages after its first.",
+        ),
+    ]
+
+
+def parse_timestamp(text: str) -> datetime:
+    """``--from-timestamp``: ISO 8601, ``Z`` or an offset; no zone means UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--from-timestamp: expected an ISO 8601 time such as 2024-05-01T00:00:00Z, got {text!r}"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def runner_config(params: dict[str, Any], topic_prefix: str) -> RunnerConfig:
+    """A :class:`RunnerConfig` from the command's parameters (the common ones are removed)."""
+    common = {name: params.pop(name) for name in COMMON_OPTIONS}
+    chosen = [
+        flag
+        for flag, value in (
+            ("--from-beginning", common["from_beginning"]),
+            ("--from-offset", common["from_offset"]),
+            ("--from-timestamp", common["from_timestamp"]),
+        )
+        if value
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)}: choose one")
+    replay = None
+    if common["from_beginning"]:
+        replay = Replay(beginning=True)
+    elif common["from_offset"]:
+        replay = Replay(offsets=parse_offsets(common["from_offset"], topic_prefix))
+    elif common["from_timestamp"]:
+        replay = Replay(timestamp=parse_timestamp(common["from_timestamp"]))
+    return RunnerConfig(
+        group_id=common["group"] or None,
+        batch_size=common["batch_size"],
+        batch_ms=common["batch_ms"],
+        replay=replay,
+        until_caught_up=common["until_caught_up"],
+        options=params,
+    )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGTERM or SIGINT; a second one exits at once (130)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # nothing of the current batch is committed
+            sys.exit(130)
+        logger.info("signal %s: finishing and committing the current batch, then stopping", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _sink_command(name: str, cls: type) -> click.Command:
+    def run(**params: Any) -> None:
+        ctx = click.get_current_context()
+        app = ctx.find_object(App)
+        settings = app.settings() if app is not None else load_settings()
+        config = runner_config(params, settings.topic_prefix)
+        with _stop_on_signals() as stop:
+            stats = Runner(cls(), settings, config, stop=stop).run()
+        click.echo(stats.summary())
+
+    doc = inspect.cleandoc(cls.__doc__ or f"The {name} sink.")
+    resources = ", ".join(f"<prefix>.{r}" for r in getattr(cls, "resources", ()))
+    return click.Command(
+        name,
+        callback=run,
+        params=[*_common_options(), *cli_options_of(cls)],
+        help=f"{doc}\n\nReads {resources}.",
+        short_help=doc.splitlines()[0],
+        epilog=_EXITS,
+    )
+
+
+def _broken_command(name: str, error: SinkLoadError) -> click.Command:
+    def run() -> None:
+        raise error
+
+    return click.Command(
+        name, callback=run, help=f"(unavailable) {error}", short_help=f"(unavailable: {error})"
+    )
+
+
+class _SinkGroup(click.Group):
+    """Subcommands from the entry points, each imported only when asked for.
+
+    ``spark-relay --help`` imports no sink; ``spark-relay sink --help`` and
+    ``.commands`` (introspection) import them all.
+    """
+
+    @property
+    def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
+        return {name: self.get_command(None, name) for name in sink_entry_points()}  # type: ignore[misc]
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        if value:
+            raise TypeError("sink commands come from the spark_relay.sinks entry points")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(sink_entry_points())
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in sink_entry_points():
+            return None
+        try:
+            cls = load_sink(cmd_name)
+        except SinkLoadError as e:
+            logger.warning("%s", e)
+            return _broken_command(cmd_name, e)
+        return _sink_command(cmd_name, cls)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in sink_entry_points():
+            known = ", ".join(sink_entry_points()) or "none"
+            ctx.fail(f"unknown sink {name!r} (registered sinks: {known})")
+        return super().resolve_command(ctx, args)
+
+
+@click.group("sink", cls=_SinkGroup, epilog=_EXITS)
+def sink_group() -> None:
+    """Materialize the topics into a sink: PostgreSQL, search, files or your own.
+
+    \b
+    Each sink runs in a Kafka consumer group (default spark-relay.<sink>): run
+    more copies and they share the partitions. For every batch the runner
+    decodes the events (Schema Registry), has the sink apply them, and commits
+    the offsets only after the sink made the batch durable; sinks that keep
+    their offsets with their data resume from there (effectively exactly once),
+    the others from the group's offsets (at least once, and harmless: an event
+    older than what a sink holds is ignored).
+
+    \b
+    A message that cannot be decoded or applied goes, unchanged, to the dead
+    letter topic <prefix>.dlq.<sink> with the reason in its headers (dlq.error,
+    dlq.error.class, dlq.stage, dlq.topic, dlq.partition, dlq.offset), and the
+    partition moves on.
+
+    \b
+    SIGTERM or Ctrl-C finishes and commits the current batch, then exits 0.
+    Sinks are plugins: register yours in the `spark_relay.sinks` entry-point group.
+    """

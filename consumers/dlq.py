@@ -1,0 +1,162 @@
+"""Dead letters: messages a sink cannot decode or apply, kept on ``<prefix>.dlq.<sink>``.
+
+A dead letter is the original message, key and value bytes unchanged, with the
+reason in its headers:
+
+=================  ==============================================================
+``dlq.error``      the error message (at most 2,000 characters)
+``dlq.error.class`` the error's class, ``module.QualName``
+``dlq.stage``      ``decode`` (bytes the registry or Avro could not read) or
+                   ``write`` (a record the sink rejected on its own)
+``dlq.topic``      the source topic
+``dlq.partition``  the source partition (decimal text)
+``dlq.offset``     the source offset (decimal text)
+``dlq.timestamp``  the source message timestamp, epoch milliseconds (decimal text)
+``dlq.sink``       the sink's name
+=================  ==============================================================
+
+The original headers follow. Every dead letter is produced with a delivery
+callback, and :meth:`DeadLetters.flush` raises :class:`DeliveryError` if any
+failed, so the runner commits a batch's offsets only after its dead letters
+are safe: a message is applied, dead-lettered, or read again, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from spark_relay.errors import DeliveryError
+from spark_relay.settings import Settings
+
+__all__ = ["DeadLetters", "dlq_topic", "DLQ_RETENTION_MS", "HEADERS"]
+
+logger = logging.getLogger(__name__)
+
+#: Dead letters are kept for 30 days: long enough to fix and re-drive them.
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: The header names, in the order they are written.
+HEADERS = (
+    "dlq.error",
+    "dlq.error.class",
+    "dlq.stage",
+    "dlq.topic",
+    "dlq.partition",
+    "dlq.offset",
+    "dlq.timestamp",
+    "dlq.sink",
+)
+_MAX_ERROR = 2000
+
+
+def dlq_topic(prefix: str, sink: str) -> str:
+    """``<prefix>.dlq.<sink>`` (the poller's is ``<prefix>.dlq.poller``)."""
+    return f"{prefix}.dlq.{sink}"
+
+
+def error_class(error: BaseException) -> str:
+    kind = type(error)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+class DeadLetters:
+    """The dead-letter topic of one sink: created if missing, written with delivery reports."""
+
+    def __init__(self, settings: Settings, sink: str) -> None:
+        self.sink = sink
+        self.topic = dlq_topic(settings.topic_prefix, sink)
+        self._kafka = settings.kafka_config()
+        self._producer: Producer | None = None
+        self._errors: list[str] = []
+        self.sent = 0
+
+    def ensure_topic(self, timeout: float = 30.0) -> bool:
+        """Create the topic (1 partition, ``cleanup.policy=delete``) unless it exists; True if created.
+
+        The replication factor is the cluster's default.
+        """
+        admin = AdminClient(self._kafka)
+        topic = NewTopic(
+            self.topic,
+            num_partitions=1,
+            replication_factor=-1,
+            config={"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+        )
+        future = admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)[
+            self.topic
+        ]
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as e:
+            error = e.args[0] if e.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return False
+            raise
+        logger.info("created dead-letter topic %s", self.topic)
+        return True
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._errors.append(f"{message.topic()}: {error}")
+
+    def send(self, message: Message, error: BaseException, stage: str) -> None:
+        """Produce ``message`` unchanged to the dead-letter topic, ``error`` in its headers."""
+        if self._producer is None:
+            self._producer = Producer({"enable.idempotence": True, "acks": "all", **self._kafka})
+        kind, timestamp = message.timestamp()
+        headers: list[tuple[str, Any]] = [
+            ("dlq.error", str(error)[:_MAX_ERROR] or repr(error)),
+            ("dlq.error.class", error_class(error)),
+            ("dlq.stage", stage),
+            ("dlq.topic", message.topic()),
+            ("dlq.partition", str(message.partition())),
+            ("dlq.offset", str(message.offset())),
+            ("dlq.timestamp", str(timestamp) if kind else ""),
+            ("dlq.sink", self.sink),
+            *(message.headers() or []),
+        ]
+        logger.warning(
+            "dead letter %s[%d]@%d (%s): %s: %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            stage,
+            error_class(error),
+            error,
+        )
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic,
+                    key=message.key(),
+                    value=message.value(),
+                    headers=headers,
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+        self.sent += 1
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait for every dead letter to be acknowledged; raise :class:`DeliveryError` if one was not."""
+        if self._producer is None:
+            return
+        remaining = self._producer.flush(timeout)
+        if self._errors or remaining:
+            errors, self._errors = self._errors, []
+            detail = "; ".join(errors[:3]) or f"{remaining} unacknowledged after {timeout}s"
+            raise DeliveryError(f"dead letters not acknowledged by Kafka: {detail}")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None

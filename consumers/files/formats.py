@@ -1,0 +1,295 @@
+"""File formats of the file sink: JSON Lines, Avro container files, Parquet.
+
+Every format writes and reads the same *envelope*, one per Kafka message::
+
+    {"topic": str, "partition": int, "offset": int, "key": str | None,
+     "timestamp": datetime | None,          # the Kafka message timestamp (UTC)
+     "value": dict | None}                  # None: a tombstone
+
+- ``jsonl``: one JSON object per line; timestamps and dates as ISO 8601 text
+  (``2024-05-01T12:00:00+00:00``), the value as a nested object.
+- ``avro``: a container file (deflate) whose schema is the ``Envelope`` record
+  with the topic's value schema (``Listing``, ``Account`` or ``Purge``)
+  embedded as the nullable ``value`` field, so the file is typed end to end
+  and any Avro reader opens it without our code. A value of another schema
+  cannot be written to it (the sink only reads our three topics).
+- ``parquet`` (needs ``pip install 'spark-relay[parquet]'``): columns
+  ``topic, partition, offset, key, timestamp`` plus ``value`` as JSON text
+  (the same text as a ``jsonl`` value), one row group per file.
+
+A writer is opened on a temporary path by the sink, fed with
+:meth:`RecordWriter.write` at each commit, and closed before the rename.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, Protocol
+
+import fastavro
+import orjson
+from fastavro.write import Writer as AvroWriter
+
+from schemas.serde import SCHEMAS
+from spark_relay.errors import ConfigError
+
+__all__ = [
+    "FORMATS",
+    "Format",
+    "RecordWriter",
+    "get_format",
+    "format_of",
+    "envelope_schema",
+    "value_json",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def value_json(value: dict[str, Any] | None) -> bytes | None:
+    """The value as JSON text: datetimes and dates in ISO 8601, bytes as latin-1 text."""
+    if value is None:
+        return None
+    return orjson.dumps(value, default=_default)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, bytes | bytearray):
+        return obj.decode("latin-1")
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+class RecordWriter(Protocol):
+    """An open file of one format."""
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None:
+        """Flush, fsync and close the file."""
+
+
+class Format(Protocol):
+    name: ClassVar[str]
+    extension: ClassVar[str]
+
+    def open(self, path: Path, topic: str) -> RecordWriter: ...
+
+    def read(self, path: Path) -> Iterator[dict[str, Any]]: ...
+
+    def last_offset(self, path: Path) -> int | None: ...
+
+
+def _fsync_close(handle: BinaryIO) -> None:
+    import os
+
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+# ---- JSON Lines -----------------------------------------------------------------------
+
+
+class _JsonLinesWriter:
+    def __init__(self, path: Path) -> None:
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed in close()
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        self.handle.write(b"".join(orjson.dumps(r, default=_default) + b"\n" for r in records))
+
+    def close(self) -> None:
+        _fsync_close(self.handle)
+
+
+class JsonLines:
+    name: ClassVar[str] = "jsonl"
+    extension: ClassVar[str] = "jsonl"
+
+    def open(self, path: Path, topic: str) -> RecordWriter:
+        return _JsonLinesWriter(path)
+
+    def read(self, path: Path) -> Iterator[dict[str, Any]]:
+        with open(path, "rb") as handle:
+            for line in handle:
+                if line.strip():
+                    yield orjson.loads(line)
+
+    def last_offset(self, path: Path) -> int | None:
+        """The offset of the last line, reading the file backwards from its end."""
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            end = handle.tell()
+            step, tail = 4096, b""
+            while end > 0:
+                start = max(0, end - step)
+                handle.seek(start)
+                tail = handle.read(end - start) + tail
+                lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+                if len(lines) == 2 or start == 0:
+                    last = lines[-1]
+                    return orjson.loads(last)["offset"] if last.strip() else None
+                end = start
+        return None
+
+
+# ---- Avro ------------------------------------------------------------------------------
+
+
+def envelope_schema(topic: str) -> dict[str, Any]:
+    """The Envelope schema of ``topic``: coordinates plus its value schema, nullable."""
+    resource = topic.rsplit(".", 1)[-1]
+    if resource not in SCHEMAS:
+        raise ConfigError(f"--format avro: no value schema for topic {topic!r}")
+    return {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": "com.sparkrelay.files",
+        "doc": "One Kafka message of a spark-relay topic, as written by the file sink.",
+        "fields": [
+            {"name": "topic", "type": "string"},
+            {"name": "partition", "type": "int"},
+            {"name": "offset", "type": "long"},
+            {"name": "key", "type": ["null", "string"]},
+            {
+                "name": "timestamp",
+                "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}],
+            },
+            {"name": "value", "type": ["null", orjson.loads(SCHEMAS[resource])]},
+        ],
+    }
+
+
+class _AvroWriter:
+    def __init__(self, path: Path, topic: str) -> None:
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed in close()
+        schema = fastavro.parse_schema(envelope_schema(topic))
+        self.writer = AvroWriter(self.handle, schema, codec="deflate")
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            self.writer.write(record)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.flush()
+        _fsync_close(self.handle)
+
+
+class Avro:
+    name: ClassVar[str] = "avro"
+    extension: ClassVar[str] = "avro"
+
+    def open(self, path: Path, topic: str) -> RecordWriter:
+        return _AvroWriter(path, topic)
+
+    def read(self, path: Path) -> Iterator[dict[str, Any]]:
+        with open(path, "rb") as handle:
+            yield from fastavro.reader(handle)
+
+    def last_offset(self, path: Path) -> int | None:
+        last = None
+        for record in self.read(path):
+            last = record["offset"]
+        return last
+
+
+# ---- Parquet ---------------------------------------------------------------------------
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as e:
+        raise ConfigError(
+            "--format parquet needs pyarrow: pip install 'spark-relay[parquet]'"
+        ) from e
+    return pyarrow, pyarrow.parquet
+
+
+def _parquet_schema(pa: Any) -> Any:
+    return pa.schema(
+        [
+            ("topic", pa.string()),
+            ("partition", pa.int32()),
+            ("offset", pa.int64()),
+            ("key", pa.string()),
+            ("timestamp", pa.timestamp("us", tz="UTC")),
+            ("value", pa.string()),
+        ]
+    )
+
+
+class _ParquetWriter:
+    """Rows are held until ``close`` and written as one row group (files are bounded by --max-records)."""
+
+    def __init__(self, path: Path) -> None:
+        self.pa, self.pq = _pyarrow()
+        self.path = path
+        self.columns: dict[str, list[Any]] = {n: [] for n in _parquet_schema(self.pa).names}
+        path.touch()
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        columns = self.columns
+        for r in records:
+            columns["topic"].append(r["topic"])
+            columns["partition"].append(r["partition"])
+            columns["offset"].append(r["offset"])
+            columns["key"].append(r["key"])
+            columns["timestamp"].append(r["timestamp"])
+            text = value_json(r["value"])
+            columns["value"].append(None if text is None else text.decode())
+
+    def close(self) -> None:
+        table = self.pa.table(self.columns, schema=_parquet_schema(self.pa))
+        with open(self.path, "wb") as handle:
+            self.pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            import os
+
+            os.fsync(handle.fileno())
+
+
+class Parquet:
+    name: ClassVar[str] = "parquet"
+    extension: ClassVar[str] = "parquet"
+
+    def __init__(self) -> None:
+        _pyarrow()  # fail at open, with the extra to install
+
+    def open(self, path: Path, topic: str) -> RecordWriter:
+        return _ParquetWriter(path)
+
+    def read(self, path: Path) -> Iterator[dict[str, Any]]:
+        _, pq = _pyarrow()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+            for row in batch.to_pylist():
+                if row["value"] is not None:
+                    row["value"] = orjson.loads(row["value"])
+                yield row
+
+    def last_offset(self, path: Path) -> int | None:
+        _, pq = _pyarrow()
+        column = pq.read_table(path, columns=["offset"]).column("offset")
+        return max(column.to_pylist(), default=None)
+
+
+FORMATS: dict[str, type] = {"jsonl": JsonLines, "avro": Avro, "parquet": Parquet}
+
+
+def get_format(name: str) -> Format:
+    """The format called ``name``; :class:`ConfigError` names the known ones."""
+    try:
+        return FORMATS[name]()
+    except KeyError:
+        raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {name!r}") from None
+
+
+def format_of(path: Path) -> Format | None:
+    """The format of a committed file, from its extension."""
+    cls = {c.extension: c for c in FORMATS.values()}.get(path.suffix.lstrip("."))
+    return cls() if cls is not None else None

@@ -1,0 +1,424 @@
+"""The PostgreSQL sink: listings, accounts and purges as tables, offsets in the same transaction.
+
+Per batch (one ``write``), inside a savepoint of the commit's transaction:
+
+1. ``COPY`` the batch's events, in offset order, into a temporary staging
+   table (tombstones as rows flagged ``deleted``);
+2. delete the keys that have a tombstone in the batch;
+3. ``INSERT … SELECT DISTINCT ON (key) … ORDER BY key, seq DESC`` (the last
+   event of each key in offset order; keys whose last event is a tombstone
+   stay deleted) ``ON CONFLICT (key) DO UPDATE … WHERE`` the stored
+   ModificationTimestamp is **older than or equal to** the event's: an older
+   event never overwrites a newer row, and a re-publish with the same
+   timestamp and corrected content wins (replays apply the same content again);
+4. listings: one ``listing_history`` row per version (``ON CONFLICT DO
+   NOTHING``, so re-deliveries add nothing); purges: one ``purges`` row.
+
+Offset order is the truth within a partition: a tombstone deletes whatever the
+table holds, and an event after it in the same partition re-creates the row,
+even with an older timestamp. A failing batch rolls back to its savepoint, so
+the runner can retry its events one by one and dead-letter the ones PostgreSQL
+rejects (a ``DataError`` such as a price beyond ``numeric(14,2)``, or an
+``IntegrityError``); any other database error stops the sink
+(:class:`SinkUnavailableError`) with nothing committed.
+
+``commit(offsets)`` writes the next offsets into ``kafka_offsets`` and commits
+the transaction: rows and offsets become durable together, and
+``stored_offsets`` reads them back after a restart or rebalance (effectively
+exactly once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any, ClassVar
+
+import click
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.postgres.migrations import migrate
+from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA
+from schemas._items import item_plan, items_from_record
+from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
+
+__all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCHEMA = "spark"
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: Avro fields holding JSON text: column name, without the ``_json`` suffix.
+_JSON_TEXT = {
+    "standard_fields_json": "standard_fields",
+    "custom_fields_json": "custom_fields",
+    "custom_fields_raw_json": "custom_fields_raw",
+    "custom_fields_expanded_raw_json": "custom_fields_expanded_raw",
+    "extra_json": "extra",
+    "record_json": "record",
+}
+_META = ("kafka_partition", "kafka_offset")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+class Table:
+    """How the events of one topic become rows of one table, derived from the contract's schema.
+
+    Typed scalar fields keep their names; typed arrays become JSONB of the API's
+    own items; ``*_json`` text becomes JSONB under the name without ``_json``;
+    ``source`` becomes JSONB; ``masked_fields``/``unparsed_fields`` text arrays.
+    """
+
+    def __init__(self, name: str, key: str, schema_text: str, history: Sequence[str] = ()) -> None:
+        self.name = name
+        self.key = key
+        self.history = tuple(history)
+        fields = json.loads(schema_text)["fields"]
+        scalars: list[str] = []
+        arrays: list[tuple[str, Any]] = []
+        texts: list[tuple[str, str]] = []
+        plain: list[str] = []
+        for field in fields:
+            name_, kind = field["name"], field["type"]
+            branch = [b for b in kind if b != "null"][0] if isinstance(kind, list) else kind
+            if name_ in _JSON_TEXT:
+                texts.append((name_, _JSON_TEXT[name_]))
+            elif name_ == "source":
+                plain.append(name_)
+            elif (
+                isinstance(branch, dict)
+                and branch.get("type") == "array"
+                and isinstance(branch["items"], dict)
+            ):
+                arrays.append((name_, item_plan(branch["items"])))
+            elif isinstance(branch, dict) and branch.get("type") == "array":
+                plain.append(name_)  # masked_fields, unparsed_fields: text[]
+            else:
+                scalars.append(name_)
+        self.columns: tuple[str, ...] = (
+            *scalars,
+            *(name_ for name_, _ in arrays),
+            *(column for _, column in texts),
+            *plain,
+            *_META,
+        )
+        self._scalars = itemgetter(*scalars)
+        self._arrays = arrays
+        self._texts = tuple(field for field, _ in texts)
+        self._plain = tuple(plain)
+
+    def row(self, value: dict[str, Any], event: Event) -> list[Any]:
+        """The table row of one event's record, in :attr:`columns` order."""
+        row = list(self._scalars(value))
+        for name_, plan in self._arrays:
+            items = value.get(name_)
+            row.append(None if items is None else _dumps(items_from_record(items, plan)))
+        for field in self._texts:
+            row.append(value.get(field))
+        for field in self._plain:
+            item = value.get(field)
+            row.append(_dumps(item) if isinstance(item, dict) else item)
+        row.append(event.partition)
+        row.append(event.offset)
+        return row
+
+    def empty_row(self, key: str, event: Event) -> list[Any]:
+        """A tombstone's row: the key and the Kafka position, nothing else."""
+        row: list[Any] = [None] * len(self.columns)
+        row[self.columns.index(self.key)] = key
+        row[-2], row[-1] = event.partition, event.offset
+        return row
+
+
+LISTINGS = Table(
+    "listings",
+    "ListingKey",
+    LISTING_SCHEMA,
+    history=(
+        "ListingKey",
+        "ModificationTimestamp",
+        "StandardStatus",
+        "MlsStatus",
+        "ListPrice",
+        "OriginalListPrice",
+        "ClosePrice",
+        "kafka_partition",
+        "kafka_offset",
+    ),
+)
+ACCOUNTS = Table("accounts", "Id", ACCOUNT_SCHEMA)
+
+
+class PostgresSink:
+    """Listings, accounts and purges into PostgreSQL: typed columns + JSONB, offsets in the same transaction.
+
+    Needs SPARK_RELAY_DATABASE_URL. Creates (and migrates) its schema: tables
+    listings, accounts, listing_history (price and status per version), purges,
+    kafka_offsets, and the view listing_display (agents and offices from accounts).
+    """
+
+    name: ClassVar[str] = "postgres"
+    resources: ClassVar[tuple[str, ...]] = ("listings", "accounts", "purges")
+    cli_options: ClassVar[list[click.Option]] = [
+        click.Option(
+            ["--schema"],
+            default=DEFAULT_SCHEMA,
+            show_default=True,
+            envvar="SPARK_RELAY_POSTGRES_SCHEMA",
+            show_envvar=True,
+            help="PostgreSQL schema of the tables (created if missing). Another schema is another, "
+            "independent copy: give it its own --group.",
+        ),
+    ]
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection | None = None
+        self.schema = DEFAULT_SCHEMA
+        self._tables: dict[str, tuple[Table, tuple[str, ...], dict[str, sql.Composable]]] = {}
+        self._stage_ready = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def open(self, ctx: SinkContext) -> None:
+        """Called once before the first batch: connect, migrate the schema, prepare the statements."""
+        url = ctx.options.get("database_url") or ctx.settings.database_url
+        if not url:
+            raise ConfigError(
+                "SPARK_RELAY_DATABASE_URL is not set: the postgres sink needs a postgresql:// URL "
+                "(`spark-relay devstack up` prints one for a local server)"
+            )
+        self.schema = ctx.options.get("schema") or DEFAULT_SCHEMA
+        if not _SCHEMA_NAME.match(self.schema):
+            raise ConfigError(
+                f"--schema: expected letters, digits and '_' (at most 63), got {self.schema!r}"
+            )
+        try:
+            self.conn = psycopg.connect(
+                url, autocommit=False, application_name=f"spark-relay sink {self.name}"
+            )
+            migrate(self.conn, self.schema)
+            for resource, table in (("listings", LISTINGS), ("accounts", ACCOUNTS)):
+                self._tables[resource] = self._prepare(table)
+            self.conn.commit()
+        except psycopg.OperationalError as e:
+            raise SinkUnavailableError(f"postgres sink: cannot connect or migrate: {e}") from e
+        logger.info("postgres sink: schema %s ready", self.schema)
+
+    def close(self) -> None:
+        """Called once at shutdown: roll back whatever was not committed, disconnect."""
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            conn.close()
+
+    # ---- offsets ------------------------------------------------------------------------
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None:
+        """Called after each assignment: the next offsets committed with the rows."""
+        conn = self._conn()
+        wanted = set(partitions)
+        query = sql.SQL(
+            "SELECT topic, partition, next_offset FROM {}.kafka_offsets WHERE topic = ANY(%s)"
+        ).format(sql.Identifier(self.schema))
+        try:
+            with conn.transaction():
+                rows = conn.execute(query, [sorted({t for t, _ in wanted})]).fetchall()
+        except psycopg.Error as e:
+            raise SinkUnavailableError(f"postgres sink: reading stored offsets failed: {e}") from e
+        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+
+    def commit(self, offsets: Offsets) -> None:
+        """Called after the batch's writes: store ``offsets`` and commit rows and offsets together."""
+        conn = self._conn()
+        query = sql.SQL(
+            "INSERT INTO {}.kafka_offsets (topic, partition, next_offset) VALUES (%s, %s, %s) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        ).format(sql.Identifier(self.schema))
+        try:
+            with conn.cursor() as cur:
+                cur.executemany(query, [(t, p, o) for (t, p), o in sorted(offsets.items())])
+            conn.commit()
+        except psycopg.Error as e:
+            raise SinkUnavailableError(f"postgres sink: commit failed: {e}") from e
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """Called per batch: apply its events in a savepoint (all or nothing); the commit comes later."""
+        conn = self._conn()
+        try:
+            if conn.info.transaction_status == TransactionStatus.IDLE:
+                conn.execute(
+                    "SELECT 1"
+                )  # open the commit's transaction; the batch is a savepoint in it
+            with conn.transaction():
+                for resource in ("listings", "accounts"):
+                    events = batch.by_resource(resource)
+                    if events:
+                        self._apply(resource, events)
+                purges = [e for e in batch.by_resource("purges") if e.value is not None]
+                if purges:
+                    self._record_purges(purges)
+        except (psycopg.DataError, psycopg.IntegrityError):
+            raise  # the batch holds a record PostgreSQL rejects: the runner finds it
+        except psycopg.Error as e:
+            raise SinkUnavailableError(f"postgres sink: {type(e).__name__}: {e}") from e
+        finally:
+            if conn.broken or conn.info.transaction_status == TransactionStatus.INERROR:
+                raise SinkUnavailableError("postgres sink: the connection is broken")
+
+    def _apply(self, resource: str, events: list[Event]) -> None:
+        conn = self._conn()
+        table, _, statements = self._tables[resource]
+        with conn.cursor() as cur:
+            cur.execute(statements["truncate"])
+            # rows are built while the server parses the ones before: Python and PostgreSQL overlap
+            with cur.copy(statements["copy"]) as copy:
+                for seq, event in enumerate(events):
+                    if event.value is not None:
+                        row = table.row(event.value, event)
+                    elif event.key is not None:
+                        row = table.empty_row(event.key, event)
+                    else:
+                        raise ValueError(
+                            f"{event.topic}[{event.partition}]@{event.offset}: a tombstone without a key"
+                        )
+                    row.append(seq)
+                    row.append(event.value is None)
+                    copy.write_row(row)
+            if any(event.value is None for event in events):
+                cur.execute(statements["delete"])
+            cur.execute(statements["upsert"])
+            if "history" in statements:
+                cur.execute(statements["history"])
+
+    def _record_purges(self, events: list[Event]) -> None:
+        query = sql.SQL(
+            "INSERT INTO {}.purges (resource, key, run_id, detected_at, last_modification_timestamp, source) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        ).format(sql.Identifier(self.schema))
+        rows = []
+        for event in events:
+            v = event.value
+            assert v is not None
+            rows.append(
+                (
+                    v["resource"],
+                    v["key"],
+                    v["run_id"],
+                    v["detected_at"],
+                    v.get("last_modification_timestamp"),
+                    _dumps(v.get("source")),
+                )
+            )
+        with self._conn().cursor() as cur:
+            cur.executemany(query, rows)
+
+    # ---- statements ------------------------------------------------------------------------
+
+    def _prepare(self, table: Table) -> tuple[Table, tuple[str, ...], dict[str, sql.Composable]]:
+        """Create the staging table of ``table`` and build its statements.
+
+        Columns the contract has but the table lacks (a migration is missing) are skipped
+        with a warning; their values stay in the JSONB columns.
+        """
+        conn = self._conn()
+        schema = sql.Identifier(self.schema)
+        existing = {
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                [self.schema, table.name],
+            )
+        }
+        missing = [c for c in table.columns if c not in existing]
+        if missing:
+            logger.warning(
+                "postgres sink: %s.%s lacks columns %s (add a migration); skipping them",
+                self.schema,
+                table.name,
+                ", ".join(missing),
+            )
+        columns = tuple(c for c in table.columns if c in existing)
+        keep = [i for i, c in enumerate(table.columns) if c in existing]
+        if missing:
+            table = _Projected(table, keep, columns)  # type: ignore[assignment]
+        stage = sql.Identifier(f"stage_{self.schema}_{table.name}")
+        target = sql.SQL("{}.{}").format(schema, sql.Identifier(table.name))
+        cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+        key = sql.Identifier(table.key)
+        mt = sql.Identifier("ModificationTimestamp")
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(stage))
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {stage} AS SELECT {cols}, 0 AS seq, false AS deleted FROM {target} WITH NO DATA"
+            ).format(stage=stage, cols=cols, target=target)
+        )
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in columns
+            if c != table.key
+        )
+        if table.name == "listings":
+            newer = sql.SQL("t.{mt} <= EXCLUDED.{mt}").format(mt=mt)
+        else:  # an account's ModificationTimestamp may be null: then offset order decides
+            newer = sql.SQL(
+                "t.{mt} IS NULL OR EXCLUDED.{mt} IS NULL OR t.{mt} <= EXCLUDED.{mt}"
+            ).format(mt=mt)
+        statements: dict[str, sql.Composable] = {
+            "truncate": sql.SQL("TRUNCATE {}").format(stage),
+            "copy": sql.SQL("COPY {stage} ({cols}, seq, deleted) FROM STDIN").format(
+                stage=stage, cols=cols
+            ),
+            "delete": sql.SQL(
+                "DELETE FROM {target} t USING {stage} s WHERE s.deleted AND t.{key} = s.{key}"
+            ).format(target=target, stage=stage, key=key),
+            "upsert": sql.SQL(
+                "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM ("
+                "SELECT DISTINCT ON ({key}) * FROM {stage} ORDER BY {key}, seq DESC) last WHERE NOT last.deleted "
+                "ON CONFLICT ({key}) DO UPDATE SET {updates}, applied_at = now() WHERE {newer}"
+            ).format(target=target, cols=cols, key=key, stage=stage, updates=updates, newer=newer),
+        }
+        if table.history:
+            history = sql.SQL(", ").join(map(sql.Identifier, table.history))
+            statements["history"] = sql.SQL(
+                "INSERT INTO {schema}.listing_history ({history}) SELECT {history} FROM {stage} "
+                "WHERE NOT deleted ON CONFLICT DO NOTHING"
+            ).format(schema=schema, history=history, stage=stage)
+        return table, columns, statements
+
+    def _conn(self) -> psycopg.Connection:
+        if self.conn is None:
+            raise SinkError("postgres sink: not open")
+        return self.conn
+
+
+class _Projected(Table):
+    """A table whose rows skip the columns the database lacks."""
+
+    def __init__(self, table: Table, keep: list[int], columns: tuple[str, ...]) -> None:  # noqa: D107
+        self.__dict__.update(table.__dict__)
+        self._base = table
+        self._keep = keep
+        self.columns = columns
+
+    def row(self, value: dict[str, Any], event: Event) -> list[Any]:
+        full = self._base.row(value, event)
+        return [full[i] for i in self._keep]
+
+    def empty_row(self, key: str, event: Event) -> list[Any]:
+        full = self._base.empty_row(key, event)
+        return [full[i] for i in self._keep]

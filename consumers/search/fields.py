@@ -1,0 +1,140 @@
+"""The fields of a search document, shared by both backends and the query language.
+
+One table (:data:`FIELDS`) says, for every field of the index, its kind and
+which ``Listing`` record fields feed it. The Tantivy schema, the OpenSearch
+mapping, the ``--where`` parser and the printed hits are all derived from it,
+so adding a field is one line here.
+
+Kinds:
+
+``key``        ListingKey: stored, indexed verbatim (``raw``) so deletes by term are exact
+``keyword``    filterable text, indexed as one lower-cased token (``City=fargo`` matches Fargo)
+``text``       full text (English stemming), searched by the free-text QUERY
+``f64``/``i64`` numbers: indexed, fast (column) fields for range filters and sorting
+``timestamp``  ModificationTimestamp: i64 microseconds since the epoch (exact, also the version)
+``stored``     shown in hits, not searchable
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "FieldSpec",
+    "FIELDS",
+    "FIELDS_BY_NAME",
+    "FILTERABLE",
+    "HIT_FIELDS",
+    "document_of",
+    "to_micros",
+    "from_micros",
+]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of the search document."""
+
+    name: str
+    kind: str  # key | keyword | text | f64 | i64 | timestamp | stored
+    sources: tuple[str, ...] = ()  # Listing record fields; default: (name,)
+    stored: bool = True
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.sources or (self.name,)
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("ListingKey", "key"),
+    FieldSpec("ModificationTimestamp", "timestamp"),
+    FieldSpec("StandardStatus", "keyword"),
+    FieldSpec("MlsStatus", "keyword"),
+    FieldSpec("PropertyType", "keyword"),
+    FieldSpec("City", "keyword"),
+    FieldSpec("StateOrProvince", "keyword"),
+    FieldSpec("PostalCode", "keyword"),
+    FieldSpec("ListPrice", "f64"),
+    FieldSpec("BedsTotal", "i64"),
+    FieldSpec("BathsTotal", "f64"),
+    FieldSpec("BuildingAreaTotal", "f64"),
+    FieldSpec("LivingArea", "f64"),
+    FieldSpec("YearBuilt", "i64"),
+    FieldSpec("Latitude", "f64"),
+    FieldSpec("Longitude", "f64"),
+    FieldSpec("UnparsedAddress", "stored"),
+    FieldSpec("remarks", "text", ("PublicRemarks",), stored=False),
+    FieldSpec(
+        "address",
+        "text",
+        ("UnparsedAddress", "StreetNumber", "StreetName", "City", "PostalCode"),
+        stored=False,
+    ),
+)
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+#: Fields a ``--where`` condition may name.
+FILTERABLE = tuple(
+    f.name for f in FIELDS if f.kind in ("key", "keyword", "f64", "i64", "timestamp")
+)
+#: Fields of a hit, in print order.
+HIT_FIELDS = tuple(f.name for f in FIELDS if f.stored)
+
+
+def to_micros(moment: Any) -> int:
+    """Microseconds since the epoch of a datetime (naive = UTC), a date, or an int (as is)."""
+    if isinstance(moment, bool):
+        raise TypeError(f"expected a timestamp, got {moment!r}")
+    if isinstance(moment, int):
+        return moment
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return (moment - _EPOCH) // _MICRO
+    if isinstance(moment, date):
+        return to_micros(datetime(moment.year, moment.month, moment.day, tzinfo=UTC))
+    raise TypeError(f"expected a timestamp, got {type(moment).__name__}")
+
+
+def from_micros(micros: int) -> str:
+    """ISO 8601 in UTC with a ``Z``: ``2024-05-01T12:00:00.250000Z`` (fraction only if any)."""
+    moment = _EPOCH + timedelta(microseconds=micros)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text + "Z"
+
+
+def document_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The search document of one ``Listing`` record: field name → value, empty ones left out.
+
+    Timestamps become microseconds; numbers keep their Avro type; text fields
+    join their sources with spaces.
+    """
+    document: dict[str, Any] = {}
+    for spec in FIELDS:
+        if spec.kind == "text":
+            parts = [str(record[s]) for s in spec.inputs if record.get(s) not in (None, "")]
+            if parts:
+                document[spec.name] = " ".join(dict.fromkeys(parts))
+            continue
+        value = record.get(spec.inputs[0])
+        if value is None:
+            continue
+        if spec.kind == "timestamp":
+            document[spec.name] = to_micros(value)
+        elif spec.kind == "f64":
+            document[spec.name] = float(value)
+        elif spec.kind == "i64":
+            document[spec.name] = int(value)
+        else:
+            document[spec.name] = str(value)
+    return document

@@ -1,0 +1,231 @@
+"""The OpenSearch / Elasticsearch backend: the ``_bulk`` API with external versioning.
+
+For teams that run a cluster (``spark-relay sink search --backend opensearch
+--url http://host:9200``). What it sends:
+
+- at ``open``: ``PUT _index_template/<index>`` with mappings for the fields of
+  :data:`~consumers.search.fields.FIELDS` (keywords with a lower-casing
+  normalizer, numbers as double/long, ModificationTimestamp as ``date``);
+- at every sink commit: ``POST _bulk`` (NDJSON, in chunks) with, per listing
+  event, ``index`` carrying ``version`` = ModificationTimestamp in
+  microseconds since the epoch and ``version_type=external``, so the cluster
+  keeps the newer document whatever the order of arrival (a 409 version
+  conflict means "already newer" and is not an error);
+- per tombstone, ``delete`` *without* a version: a tombstone has no
+  ModificationTimestamp, and offset order is the truth (the poller only
+  publishes a tombstone after the listing vanished), so the delete is
+  unconditional and a later event for the key brings it back, exactly like
+  the Tantivy backend. A 404 on delete is not an error.
+
+Offsets are not stored in the cluster: ``stored_offsets`` returns None and
+the runner resumes from Kafka's committed offsets (at least once; replays are
+harmless thanks to external versions). No cluster runs in this repository's
+tests: the requests are checked byte for byte against a capturing transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from consumers.base import Offsets, TopicPartition
+from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros
+from consumers.search.query import Condition
+from consumers.search.tantivy_backend import Change
+from spark_relay.errors import SinkError
+
+__all__ = [
+    "OpenSearchBackend",
+    "index_template",
+    "bulk_body",
+    "build_query",
+    "search",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAPPING_TYPES = {
+    "key": {"type": "keyword"},
+    "keyword": {"type": "keyword", "normalizer": "lowercase"},
+    "text": {"type": "text", "analyzer": "english"},
+    "stored": {"type": "keyword", "index": False},
+    "f64": {"type": "double"},
+    "i64": {"type": "long"},
+    "timestamp": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
+}
+_BULK_ACTIONS = 1000
+
+
+def index_template(index: str) -> dict[str, Any]:
+    """The body of ``PUT _index_template/<index>``: mappings of every search field."""
+    return {
+        "index_patterns": [index, f"{index}-*"],
+        "template": {
+            "settings": {
+                "analysis": {
+                    "normalizer": {"lowercase": {"type": "custom", "filter": ["lowercase"]}}
+                }
+            },
+            "mappings": {
+                "dynamic": False,
+                "properties": {spec.name: dict(_MAPPING_TYPES[spec.kind]) for spec in FIELDS},
+            },
+        },
+    }
+
+
+def _source(document: dict[str, Any]) -> dict[str, Any]:
+    """A document as the cluster stores it: the timestamp as ISO 8601 text."""
+    source = dict(document)
+    if "ModificationTimestamp" in source:
+        source["ModificationTimestamp"] = from_micros(source["ModificationTimestamp"])
+    return source
+
+
+def bulk_body(index: str, changes: Sequence[Change]) -> bytes:
+    """The NDJSON body of one ``_bulk`` request, one or two lines per change, in order."""
+    lines = []
+    for change in changes:
+        if change.document is None:
+            lines.append(orjson.dumps({"delete": {"_index": index, "_id": change.key}}))
+            continue
+        action = {
+            "_index": index,
+            "_id": change.key,
+            "version": change.modified,
+            "version_type": "external",
+        }
+        lines.append(orjson.dumps({"index": action}))
+        lines.append(orjson.dumps(_source(change.document)))
+    return b"\n".join(lines) + b"\n"
+
+
+def _condition(cond: Condition) -> tuple[str, dict[str, Any]]:
+    """``("filter" | "must_not", clause)`` of one condition."""
+    value = cond.value
+    if cond.kind == "timestamp":
+        value = from_micros(value)
+    if cond.op in ("=", "!="):
+        clause = {"term": {cond.field: value}}
+        return ("must_not" if cond.op == "!=" else "filter"), clause
+    bound = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}[cond.op]
+    return "filter", {"range": {cond.field: {bound: value}}}
+
+
+def build_query(text: str | None, conditions: Sequence[Condition]) -> dict[str, Any]:
+    """The query DSL of a free-text ``text`` and ``conditions`` (the same language as Tantivy)."""
+    boolean: dict[str, list[Any]] = {"must": [], "filter": [], "must_not": []}
+    if text and text.strip():
+        boolean["must"].append(
+            {
+                "simple_query_string": {
+                    "query": text,
+                    "fields": ["remarks", "address"],
+                    "default_operator": "and",
+                }
+            }
+        )
+    else:
+        boolean["must"].append({"match_all": {}})
+    for cond in conditions:
+        occur, clause = _condition(cond)
+        boolean[occur].append(clause)
+    return {"bool": {k: v for k, v in boolean.items() if v}}
+
+
+class OpenSearchBackend:
+    """Writes through ``_bulk``; ``client`` is injectable (tests pass a capturing transport)."""
+
+    def __init__(self, url: str, index: str, *, client: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.index = index
+        self.client = client or httpx.Client(timeout=60.0)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.client.request(method, f"{self.url}/{path}", **kwargs)
+        except httpx.HTTPError as e:
+            raise SinkError(f"{method} {self.url}/{path}: {e}") from e
+        if response.status_code >= 300:
+            raise SinkError(
+                f"{method} {self.url}/{path}: HTTP {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else {}
+
+    def open(self) -> None:
+        """Put the index template (idempotent: the cluster replaces it)."""
+        self._request("PUT", f"_index_template/{self.index}", json=index_template(self.index))
+        logger.info("index template %s in place at %s", self.index, self.url)
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None:
+        """None: a cluster does not hold our offsets; the runner uses Kafka's."""
+        return None
+
+    def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
+        """Send ``changes`` in order, in chunks; raise :class:`SinkError` on any real failure."""
+        counts = {"indexed": 0, "deleted": 0, "stale": 0}
+        for start in range(0, len(changes), _BULK_ACTIONS):
+            chunk = changes[start : start + _BULK_ACTIONS]
+            answer = self._request(
+                "POST",
+                "_bulk",
+                content=bulk_body(self.index, chunk),
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+            self._count(answer, counts)
+        return counts
+
+    @staticmethod
+    def _count(answer: dict[str, Any], counts: dict[str, int]) -> None:
+        failures = []
+        for item in answer.get("items", []):
+            (action, result), *_ = item.items()
+            status = result.get("status", 200)
+            if action == "delete" and status in (200, 404):
+                counts["deleted"] += 1
+            elif status == 409:
+                counts["stale"] += 1
+            elif status < 300:
+                counts["indexed"] += 1
+            else:
+                failures.append(f"{result.get('_id')}: {status} {result.get('error')}")
+        if failures:
+            raise SinkError(f"_bulk: {len(failures)} actions failed, first: {failures[0]}")
+
+    def search(
+        self, text: str | None, conditions: Sequence[Condition], limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """``(total, hits)`` like the Tantivy search; ``limit`` 0 asks for 10,000 (the cluster cap)."""
+        body: dict[str, Any] = {
+            "query": build_query(text, conditions),
+            "size": limit if limit > 0 else 10_000,
+            "track_total_hits": True,
+        }
+        if not (text and text.strip()):
+            body["sort"] = [{"ModificationTimestamp": "desc"}]
+        answer = self._request("POST", f"{self.index}/_search", json=body)
+        hits = []
+        for raw in answer.get("hits", {}).get("hits", []):
+            source = raw.get("_source", {})
+            hit = {name: source.get(name) for name in HIT_FIELDS}
+            if raw.get("_score") is not None:
+                hit["score"] = raw["_score"]
+            hits.append(hit)
+        total = answer.get("hits", {}).get("total", {})
+        return (total.get("value", len(hits)) if isinstance(total, dict) else total), hits
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def search(url: str, index: str, text: str | None, conditions: Sequence[Condition], limit: int):
+    """``spark-relay search --backend opensearch``: one query against the cluster."""
+    backend = OpenSearchBackend(url, index)
+    try:
+        return backend.search(text, conditions, limit)
+    finally:
+        backend.close()

@@ -1,0 +1,138 @@
+"""``SearchSink``: listings into a search index (Tantivy by default, or OpenSearch).
+
+``spark-relay sink search [--backend tantivy|opensearch] [--path DIR] [--url URL] [--index NAME]``
+
+The sink turns each listing event into a :class:`~consumers.search.tantivy_backend.Change`
+in ``write`` (so a bad record fails its batch, and the runner dead-letters it)
+and hands the changes of one commit to the backend in ``commit``, in offset
+order. The backend decides what "older" means: the Tantivy backend keeps a
+version table, OpenSearch uses external versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.search.fields import document_of, to_micros
+from consumers.search.tantivy_backend import Change, TantivyBackend
+from spark_relay.errors import ConfigError, SinkError
+
+__all__ = ["SearchSink", "change_of", "default_index_path", "default_index_name"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_index_path(state_dir: Path, topic_prefix: str) -> Path:
+    """``<state_dir>/search/<topic_prefix>``: where the Tantivy index lives by default."""
+    return Path(state_dir) / "search" / topic_prefix
+
+
+def default_index_name(topic_prefix: str) -> str:
+    """``<topic_prefix>-listings``, lower-cased (cluster index names must be)."""
+    return f"{topic_prefix}-listings".lower()
+
+
+def change_of(event: Event) -> Change:
+    """The change one listing event asks for. Raises :class:`SinkError` for an unusable event."""
+    if event.value is None:
+        if not event.key:
+            raise SinkError(
+                f"{event.topic}[{event.partition}]@{event.offset}: tombstone without a key"
+            )
+        return Change(event.key, None, None)
+    key = event.value.get("ListingKey") or event.key
+    modified = event.value.get("ModificationTimestamp")
+    if not key or modified is None:
+        raise SinkError(
+            f"{event.topic}[{event.partition}]@{event.offset}: listing without "
+            "ListingKey or ModificationTimestamp"
+        )
+    try:
+        return Change(key, to_micros(modified), document_of(event.value))
+    except (TypeError, ValueError) as e:
+        raise SinkError(f"{event.topic}[{event.partition}]@{event.offset}: {e}") from e
+
+
+class SearchSink:
+    """Listings into a search index; tombstones delete; an older event never overwrites a newer one."""
+
+    name: ClassVar[str] = "search"
+    resources: ClassVar[tuple[str, ...]] = ("listings",)
+    cli_options: ClassVar[list[click.Option]] = [
+        click.Option(
+            ["--backend"],
+            type=click.Choice(["tantivy", "opensearch"]),
+            default="tantivy",
+            show_default=True,
+            envvar="SPARK_RELAY_SEARCH_BACKEND",
+            help="The embedded Tantivy index, or an OpenSearch/Elasticsearch cluster.",
+        ),
+        click.Option(
+            ["--path"],
+            type=click.Path(file_okay=False),
+            envvar="SPARK_RELAY_SEARCH_PATH",
+            help="Tantivy index directory [default: <state dir>/search/<topic prefix>].",
+        ),
+        click.Option(
+            ["--url"],
+            envvar="SPARK_RELAY_SEARCH_URL",
+            help="OpenSearch/Elasticsearch URL, e.g. http://localhost:9200 (--backend opensearch).",
+        ),
+        click.Option(
+            ["--index"],
+            envvar="SPARK_RELAY_SEARCH_INDEX",
+            help="Cluster index name [default: <topic prefix>-listings].",
+        ),
+    ]
+
+    def __init__(self) -> None:
+        self.backend: Any = None
+        self._pending: list[Change] = []
+
+    def open(self, ctx: SinkContext) -> None:
+        """Called once before the first batch: open (or create) the index."""
+        options = ctx.options
+        backend = options.get("backend") or "tantivy"
+        prefix = ctx.settings.topic_prefix
+        if backend == "tantivy":
+            path = options.get("path") or default_index_path(ctx.state_dir, prefix)
+            self.backend = TantivyBackend(Path(path))
+        elif backend == "opensearch":
+            from consumers.search.opensearch import OpenSearchBackend
+
+            url = options.get("url")
+            if not url:
+                raise ConfigError("--url: the opensearch backend needs the cluster URL")
+            index = options.get("index") or default_index_name(prefix)
+            self.backend = OpenSearchBackend(url, index, client=options.get("http_client"))
+            self.backend.open()
+        else:
+            raise ConfigError(f"--backend: expected tantivy or opensearch, got {backend!r}")
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None:
+        """Called after each assignment: the offsets committed with the index (Tantivy)."""
+        return self.backend.stored_offsets(partitions)
+
+    def write(self, batch: Batch) -> None:
+        """Called per batch: validate and stage its listing events (nothing is applied yet)."""
+        changes = [change_of(event) for event in batch.by_resource("listings")]
+        self._pending.extend(changes)
+
+    def commit(self, offsets: Offsets) -> None:
+        """Called after the writes of a commit: apply them and make them durable with ``offsets``."""
+        changes, self._pending = self._pending, []
+        counts = self.backend.apply(changes, offsets)
+        logger.debug("search commit: %s, offsets %s", counts, offsets)
+
+    def close(self) -> None:
+        """Called once at shutdown: drop uncommitted changes and release the index."""
+        self._pending = []
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None

@@ -1,0 +1,275 @@
+"""The embedded search backend: a Tantivy index on local disk, with a small SQLite side table.
+
+Layout of ``<state_dir>/search/<topic_prefix>/`` (or ``--path``)::
+
+    index/        the Tantivy index (segments, meta.json)
+    state.sqlite  versions (ListingKey → ModificationTimestamp in µs) and offsets
+
+:meth:`TantivyBackend.apply` runs at every sink commit: it resolves the
+changes against the held versions (an older event never replaces a newer
+document; a tombstone deletes the document *and forgets the version*, so an
+event after a tombstone in offset order brings the listing back), applies
+them to the index writer, commits the index, then commits versions and
+offsets to SQLite in one transaction. A crash between the two commits leaves
+the index ahead of the side table; the sink then resumes from the older
+offsets and re-applies the same events, which lands on the same documents:
+effectively exactly once. Tantivy allows one writer per index, so run one
+search sink process per index (scale out with the OpenSearch backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tantivy
+
+from consumers.base import Offsets, TopicPartition
+from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
+from consumers.search.query import Condition
+from spark_relay.errors import SinkError
+
+__all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "open_index"]
+
+logger = logging.getLogger(__name__)
+
+_KEYWORD = "keyword_lower"
+_TYPES = {"f64": tantivy.FieldType.Float, "i64": tantivy.FieldType.Integer}
+_TYPES["timestamp"] = tantivy.FieldType.Integer
+_CHUNK = 500  # SQLite host parameters per statement
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One listing event reduced to what a backend needs; ``document`` None is a tombstone."""
+
+    key: str
+    modified: int | None  # µs since the epoch; None for a tombstone
+    document: dict[str, Any] | None
+
+
+def build_schema() -> tantivy.Schema:
+    """The Tantivy schema of :data:`~consumers.search.fields.FIELDS`."""
+    builder = tantivy.SchemaBuilder()
+    for spec in FIELDS:
+        if spec.kind == "key":
+            builder.add_text_field(spec.name, stored=True, tokenizer_name="raw")
+        elif spec.kind == "keyword":
+            builder.add_text_field(spec.name, stored=True, tokenizer_name=_KEYWORD)
+        elif spec.kind == "text":
+            builder.add_text_field(spec.name, stored=spec.stored, tokenizer_name="en_stem")
+        elif spec.kind == "stored":
+            builder.add_text_field(
+                spec.name, stored=True, tokenizer_name="raw", index_option="basic"
+            )
+        elif spec.kind == "f64":
+            builder.add_float_field(spec.name, stored=True, indexed=True, fast=True)
+        else:  # i64, timestamp
+            builder.add_integer_field(spec.name, stored=True, indexed=True, fast=True)
+    return builder.build()
+
+
+def open_index(path: Path, *, create: bool) -> tantivy.Index:
+    """The index at ``path`` (created when ``create``), with our analyzers registered."""
+    if not create and not (path / "meta.json").exists():
+        raise SinkError(f"no search index at {path} (run `spark-relay sink search` first)")
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        index = tantivy.Index(build_schema(), path=str(path))
+    except ValueError as e:
+        raise SinkError(f"cannot open the search index at {path}: {e}") from e
+    analyzer = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw())
+    index.register_tokenizer(_KEYWORD, analyzer.filter(tantivy.Filter.lowercase()).build())
+    return index
+
+
+def _condition_query(schema: tantivy.Schema, cond: Condition) -> tuple[Any, Any]:
+    """``(occur, query)`` of one condition."""
+    if cond.kind in ("key", "keyword"):
+        query = tantivy.Query.term_query(schema, cond.field, cond.value)
+        return (tantivy.Occur.MustNot if cond.op == "!=" else tantivy.Occur.Must), query
+    kind = _TYPES[cond.kind]
+    value = cond.value
+    if cond.op in ("=", "!="):
+        query = tantivy.Query.range_query(schema, cond.field, kind, value, value)
+        return (tantivy.Occur.MustNot if cond.op == "!=" else tantivy.Occur.Must), query
+    lower = value if cond.op in (">", ">=") else None
+    upper = value if cond.op in ("<", "<=") else None
+    query = tantivy.Query.range_query(
+        schema,
+        cond.field,
+        kind,
+        lower,
+        upper,
+        include_lower=cond.op != ">",
+        include_upper=cond.op != "<",
+    )
+    return tantivy.Occur.Must, query
+
+
+def build_query(index: tantivy.Index, text: str | None, conditions: Sequence[Condition]):
+    """The Tantivy query of a free-text ``text`` (None: every document) and ``conditions``."""
+    schema = index.schema
+    clauses = []
+    if text and text.strip():
+        try:
+            parsed = index.parse_query(text, ["remarks", "address"], conjunction_by_default=True)
+        except ValueError as e:
+            raise ValueError(f"cannot parse the query {text!r}: {e}") from e
+        clauses.append((tantivy.Occur.Must, parsed))
+    else:
+        clauses.append((tantivy.Occur.Must, tantivy.Query.all_query()))
+    clauses.extend(_condition_query(schema, c) for c in conditions)
+    return clauses[0][1] if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
+
+
+def _hit(document: dict[str, list[Any]], score: float | None) -> dict[str, Any]:
+    hit: dict[str, Any] = {}
+    for name in HIT_FIELDS:
+        values = document.get(name)
+        value = values[0] if values else None
+        if FIELDS_BY_NAME[name].kind == "timestamp" and value is not None:
+            value = from_micros(value)
+        hit[name] = value
+    if score is not None:
+        hit["score"] = round(score, 4)
+    return hit
+
+
+def search(
+    path: Path, text: str | None, conditions: Sequence[Condition], limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """``(total matches, hits)`` from the index at ``path``; ``limit`` 0 is every match.
+
+    Without ``text`` hits come newest ModificationTimestamp first, with it by score.
+    """
+    index = open_index(path, create=False)
+    searcher = index.searcher()
+    query = build_query(index, text, conditions)
+    size = limit if limit > 0 else max(searcher.num_docs, 1)
+    if text and text.strip():
+        result = searcher.search(query, size)
+        scored = True
+    else:
+        result = searcher.search(query, size, order_by_field="ModificationTimestamp")
+        scored = False
+    hits = [
+        _hit(searcher.doc(addr).to_dict(), score if scored else None) for score, addr in result.hits
+    ]
+    return result.count, hits
+
+
+class TantivyBackend:
+    """The search sink's default backend. Created at ``open``, closed at ``close``."""
+
+    def __init__(self, path: Path, *, heap_size: int = 128_000_000) -> None:
+        self.path = Path(path)
+        self.index = open_index(self.path / "index", create=True)
+        try:
+            self.writer = self.index.writer(heap_size)
+        except ValueError as e:
+            raise SinkError(
+                f"the search index at {self.path} is in use by another writer "
+                f"(one search sink per index): {e}"
+            ) from e
+        self.db = sqlite3.connect(self.path / "state.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS versions (key TEXT PRIMARY KEY, modified INTEGER NOT NULL)"
+        )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
+            " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))"
+        )
+        logger.info(
+            "search index at %s holds %d documents", self.path, self.index.searcher().num_docs
+        )
+
+    # ---- offsets ----------------------------------------------------------------
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets:
+        """Next offsets committed with the index; partitions never written are left out."""
+        rows = self.db.execute("SELECT topic, partition, next_offset FROM offsets").fetchall()
+        held = {(topic, partition): offset for topic, partition, offset in rows}
+        return {tp: held[tp] for tp in partitions if tp in held}
+
+    # ---- writing ----------------------------------------------------------------
+
+    def _versions(self, keys: Iterable[str]) -> dict[str, int]:
+        keys = list(keys)
+        held: dict[str, int] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            held.update(
+                self.db.execute(f"SELECT key, modified FROM versions WHERE key IN ({marks})", chunk)
+            )
+        return held
+
+    def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
+        """Apply ``changes`` (in offset order) and commit them with ``offsets``; return counts."""
+        held = self._versions({c.key for c in changes})
+        final: dict[str, Change] = {}
+        stale = 0
+        for change in changes:
+            if change.document is None:
+                final[change.key] = change
+                held.pop(change.key, None)
+                continue
+            current = held.get(change.key)
+            if current is not None and change.modified < current:
+                stale += 1
+                continue
+            final[change.key] = change
+            held[change.key] = change.modified
+        added = deleted = 0
+        try:
+            for key, change in final.items():
+                self.writer.delete_documents_by_term("ListingKey", key)
+                if change.document is None:
+                    deleted += 1
+                else:
+                    self.writer.add_document(tantivy.Document(**change.document))
+                    added += 1
+            if final:
+                self.writer.commit()
+        except (ValueError, OSError) as e:
+            self.writer.rollback()
+            raise SinkError(f"search index at {self.path}: commit failed: {e}") from e
+        self._commit_state(final, offsets)
+        if stale:
+            logger.info("search: %d events older than the indexed document were skipped", stale)
+        return {"indexed": added, "deleted": deleted, "stale": stale}
+
+    def _commit_state(self, final: dict[str, Change], offsets: Offsets) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO versions (key, modified) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET modified = excluded.modified",
+                [(k, c.modified) for k, c in final.items() if c.document is not None],
+            )
+            db.executemany(
+                "DELETE FROM versions WHERE key = ?",
+                [(k,) for k, c in final.items() if c.document is None],
+            )
+            db.executemany(
+                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?)"
+                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [(topic, partition, offset) for (topic, partition), offset in offsets.items()],
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            db.execute("ROLLBACK")
+            raise SinkError(f"search side table at {self.path}: commit failed: {e}") from e
+
+    def close(self) -> None:
+        """Release the writer's lock and the side table."""
+        self.writer.wait_merging_threads()
+        self.db.close()

@@ -1,0 +1,233 @@
+"""The operator's commands: ``demo``, ``status``, ``reconcile``, ``dlq redrive``."""
+
+from __future__ import annotations
+
+import click
+
+from spark_relay.cli import App, pass_app
+
+__all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@pass_app
+def status_command(app: App, as_json: bool) -> None:
+    """The poller's runs, every consumer group's lag per partition, the dead letters.
+
+    Exits 1 when the poller's last successful update is older than twice
+    SPARK_RELAY_UPDATE_INTERVAL or a dead-letter topic holds messages not yet
+    re-driven, so it can serve as a health check.
+    """
+    import json
+
+    from spark_relay.status import collect_status, render
+
+    status = collect_status(app.settings().require("kafka_bootstrap"))
+    if as_json:
+        click.echo(json.dumps(status.as_dict(), default=str))
+    else:
+        click.echo("\n".join(render(status)))
+    if not status.healthy:
+        raise SystemExit(1)
+
+
+@click.command("reconcile")
+@click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    type=click.Choice(["postgres", "search", "files"]),
+    help="A sink to check (repeatable; default: every built-in sink).",
+)
+@click.option(
+    "--postgres-schema", default="spark", show_default=True, help="Schema of the postgres sink."
+)
+@click.option(
+    "--search-path", help="Index directory of the search sink (default under the state dir)."
+)
+@click.option("--files-path", help="Directory of the files sink (default under the state dir).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Re-publish missing and stale listings and purge the ones not purged, through the poller.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sink.")
+@pass_app
+def reconcile_command(
+    app: App, sinks, postgres_schema, search_path, files_path, repair, as_json
+) -> None:
+    """Compare the API's keys and ModificationTimestamps with what each sink holds.
+
+    Scans the API with _select=ListingKey,ModificationTimestamp, then reports per
+    sink the keys missing, stale (older than the API's) and not purged. With
+    --repair the poller re-publishes and purges them, so every sink heals the
+    same way once it consumed the events. Exits 1 when a sink differs.
+    """
+    import json
+
+    from producer.cli import build_poller
+    from spark_relay.reconcile import api_keys, compare, holdings
+
+    settings = app.settings()
+    options = {
+        "postgres": {"schema": postgres_schema},
+        "search": {"path": search_path},
+        "files": {"path": files_path},
+    }
+    with build_poller(settings) as poller:
+        api = api_keys(poller.client, settings.page_size)
+        findings = [
+            compare(name, api, holdings(name, settings, options[name]))
+            for name in sinks or ("postgres", "search", "files")
+        ]
+        for finding in findings:
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "sink": finding.sink,
+                            "held": finding.held,
+                            "missing": finding.missing,
+                            "stale": finding.stale,
+                            "not_purged": finding.not_purged,
+                            "converged": finding.converged,
+                        }
+                    )
+                )
+            else:
+                click.echo(finding.summary())
+        if repair:
+            republish = sorted({k for f in findings for k in f.missing + f.stale})
+            purge = sorted({k for f in findings for k in f.not_purged})
+            stats = poller.reconcile(republish, purge)
+            click.echo(
+                f"repair: {stats.published} re-published, {stats.purged} purged; "
+                "the sinks heal as they consume them"
+            )
+    if not all(f.converged for f in findings):
+        raise SystemExit(1)
+
+
+@click.group("dlq")
+def dlq_group() -> None:
+    """Dead-letter topics: <prefix>.dlq.<sink> holds what a sink could not decode or apply."""
+
+
+@dlq_group.command("redrive")
+@click.argument("sink")
+@pass_app
+def redrive_command(app: App, sink: str) -> None:
+    """Re-send the dead letters of SINK to their original topic, after a fix.
+
+    Key and value are unchanged; the original topic, partition and offset travel
+    in redrive.* headers. Progress is committed, so each dead letter is re-sent
+    once and `spark-relay status` counts only those left.
+    """
+    from consumers.redrive import redrive
+
+    click.echo(redrive(app.settings(), sink).summary())
+
+
+@click.command("demo")
+@click.option(
+    "--listings",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Listings in the emulated MLS.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Rounds of MLS change, each followed by an update window.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the emulated MLS.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the devstack and the emulator running afterwards, and print how to reach them.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line."
+)
+@pass_app
+def demo_command(
+    app: App, listings: int, rounds: int, seed: int, keep: bool, as_json: bool
+) -> None:
+    """The whole pipeline on this machine: emulator → poller → Kafka → PostgreSQL, search, files.
+
+    Starts the devstack and the Spark API emulator, creates the topics, runs the
+    snapshot and the accounts scan while the three sinks consume, then ROUNDS of
+    MLS change each followed by an update, then a purge; waits until every sink
+    caught up and checks each against the emulator's ground truth. Exits 0 only
+    if every sink converged. With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
+    set it runs against the real API and cluster instead.
+    """
+    import json
+    import os
+
+    from spark_relay.demo import run_demo
+    from spark_relay.logs import configure_logging
+
+    settings = app.settings()
+    if app.overrides.get("log_level") is None and "SPARK_RELAY_LOG_LEVEL" not in os.environ:
+        configure_logging("WARNING", settings.log_format)  # the progress lines tell the story
+    result = run_demo(
+        settings,
+        listings=listings,
+        rounds=rounds,
+        seed=seed,
+        keep=keep,
+        say=lambda text: click.echo(text, err=as_json),
+    )
+    lines = [
+        "",
+        f"{'sink':<10} {'rows':>8} {'lag':>5}  matches the ground truth",
+        *(
+            f"{name:<10} {s['rows']:>8,} {s['lag']:>5}  {'yes' if s['matches'] else 'NO'}"
+            for name, s in result.sinks.items()
+        ),
+        f"{'truth':<10} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
+    ]
+    env = result.environment
+    if env:
+        lines += [
+            "",
+            "Try:"
+            + (
+                ""
+                if keep
+                else " (PostgreSQL stopped with the demo: run it with --keep "
+                "to query it, or set SPARK_RELAY_DATABASE_URL)"
+            ),
+            f'  psql \'{env["SPARK_RELAY_DATABASE_URL"]}\' -c \'SELECT "ListingKey", "ListPrice", '
+            f"list_agent_name FROM spark.listing_display LIMIT 5'",
+            f"  SPARK_RELAY_STATE_DIR={env['SPARK_RELAY_STATE_DIR']} spark-relay search "
+            "'garage' --where 'ListPrice<500000' --limit 5",
+            f"  ls -R {env['SPARK_RELAY_STATE_DIR']}/files | head",
+        ]
+    if keep and env:
+        lines += [
+            "",
+            "The devstack and the emulator keep running (Ctrl-C stops them):",
+            *(f"export {k}={v}" for k, v in env.items()),
+        ]
+    for line in lines:
+        click.echo(line, err=as_json)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    if keep and env:
+        import signal
+        import threading
+
+        done = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+    if not result.converged:
+        raise SystemExit(1)

@@ -1,0 +1,146 @@
+"""``spark-relay reconcile``: what the API has against what each sink holds, and the repair.
+
+The API side is a ``_select=ListingKey,ModificationTimestamp`` scan. Each
+built-in sink is read through its own public surface (the PostgreSQL table,
+the search index, the committed files). Per sink: *missing* keys (live in the
+API, absent from the sink), *stale* keys (the sink holds an older
+ModificationTimestamp) and *not purged* keys (held, no longer returned).
+
+``--repair`` heals through the poller, so every sink is healed the same way:
+missing and stale listings are fetched again and re-published (procedure
+``reconcile``, whatever the published index says), and not-purged keys get a
+Purge event and a tombstone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from producer.spark_client import SparkClient
+from spark_relay.errors import ConfigError
+from spark_relay.settings import Settings
+
+__all__ = ["SINK_READERS", "Finding", "api_keys", "compare", "holdings"]
+
+logger = logging.getLogger(__name__)
+
+
+def _utc(moment: Any) -> datetime:
+    if isinstance(moment, datetime):
+        return moment.astimezone(UTC)
+    return datetime.fromisoformat(str(moment).replace("Z", "+00:00")).astimezone(UTC)
+
+
+def api_keys(client: SparkClient, page_size: int = 1000) -> dict[str, datetime]:
+    """Every live ListingKey with its ModificationTimestamp, from one ``_skiptoken`` scan."""
+    params = {"_limit": page_size, "_select": "ListingKey,ModificationTimestamp"}
+    keys: dict[str, datetime] = {}
+    for page, _ in client.scan_skiptoken("/v1/listings", params):
+        for result in page.results:
+            fields = result.get("StandardFields") or {}
+            key = result.get("Id") or fields.get("ListingKey")
+            keys[key] = _utc(fields["ModificationTimestamp"])
+    return keys
+
+
+def _postgres(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, datetime]]:
+    import psycopg
+    from psycopg import sql
+
+    settings.require("database_url")
+    schema = options.get("schema") or "spark"
+    with psycopg.connect(settings.database_url) as connection:
+        cursor = connection.execute(
+            sql.SQL('SELECT "ListingKey", "ModificationTimestamp" FROM {}.listings').format(
+                sql.Identifier(schema)
+            )
+        )
+        yield from cursor
+
+
+def _search(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, datetime]]:
+    from consumers.search import tantivy_backend
+    from consumers.search.sink import default_index_path
+
+    path = Path(
+        options.get("path") or default_index_path(settings.state_path, settings.topic_prefix)
+    )
+    if not (path / "index").exists():
+        return
+    _, hits = tantivy_backend.search(path / "index", None, [], 0)
+    for hit in hits:
+        yield hit["ListingKey"], _utc(hit["ModificationTimestamp"])
+
+
+def _files(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, datetime]]:
+    import tempfile
+
+    from consumers.files.compact import compact
+    from consumers.files.formats import format_of
+
+    root = Path(options.get("path") or settings.state_path / "files")
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "current.jsonl"
+        compact(root, [settings.topic("listings")], output, "jsonl")
+        if not output.exists():
+            return
+        for record in format_of(output).read(output):
+            value = record["value"]
+            yield value["ListingKey"], _utc(value["ModificationTimestamp"])
+
+
+SINK_READERS = {"postgres": _postgres, "search": _search, "files": _files}
+
+
+def holdings(
+    sink: str, settings: Settings, options: dict[str, Any] | None = None
+) -> dict[str, datetime]:
+    """``{ListingKey: ModificationTimestamp}`` as the built-in sink ``sink`` holds them."""
+    try:
+        reader = SINK_READERS[sink]
+    except KeyError:
+        raise ConfigError(
+            f"--sink: expected one of {', '.join(SINK_READERS)}, got {sink!r}"
+        ) from None
+    return dict(reader(settings, options or {}))
+
+
+@dataclass
+class Finding:
+    """How one sink differs from the API."""
+
+    sink: str
+    held: int = 0
+    missing: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    not_purged: list[str] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return not (self.missing or self.stale or self.not_purged)
+
+    def summary(self) -> str:
+        state = "matches the API" if self.converged else "differs from the API"
+        return (
+            f"{self.sink}: {self.held} held, {len(self.missing)} missing, {len(self.stale)} stale, "
+            f"{len(self.not_purged)} not purged: {state}"
+        )
+
+
+def compare(sink: str, api: dict[str, datetime], held: dict[str, datetime]) -> Finding:
+    finding = Finding(sink, held=len(held))
+    for key, modified in api.items():
+        have = held.get(key)
+        if have is None:
+            finding.missing.append(key)
+        elif have < modified:
+            finding.stale.append(key)
+    finding.not_purged = sorted(set(held) - set(api))
+    finding.missing.sort()
+    finding.stale.sort()
+    return finding

@@ -1,0 +1,189 @@
+"""``spark-relay status``: the poller's runs, every consumer group's lag, the dead letters.
+
+Healthy means: the poller's last successful update is younger than twice its
+interval, and every dead-letter topic is empty (nothing left to re-drive).
+The command exits 1 otherwise, so it can serve as a health check.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka.admin import AdminClient
+
+from consumers.runner import end_offsets
+from producer.state import open_state
+from spark_relay.settings import Settings
+
+__all__ = ["Status", "collect_status", "redrive_group"]
+
+logger = logging.getLogger(__name__)
+
+PROCEDURES = ("snapshot", "update", "accounts", "purge")
+
+
+def redrive_group(dlq_topic: str) -> str:
+    """The consumer group ``spark-relay dlq redrive`` commits to: what it has re-sent."""
+    return f"spark-relay.redrive.{dlq_topic}"
+
+
+@dataclass
+class Status:
+    poller: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "problems": self.problems,
+            "poller": self.poller,
+            "consumer_groups": self.groups,
+            "dead_letters": self.dead_letters,
+        }
+
+
+def _poller(settings: Settings, status: Status, now: datetime) -> None:
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    try:
+        runs = state.last_runs()
+        checkpoints = state.checkpoints()
+        status.poller = {
+            "state": state.description,
+            "published": {r: state.published_count(r) for r in ("listings", "accounts")},
+        }
+    finally:
+        state.close()
+    for procedure in PROCEDURES:
+        entry = runs.get(procedure, {})
+        status.poller[procedure] = {
+            "last": entry.get("last"),
+            "last_ok": entry.get("last_ok"),
+            "checkpoint": checkpoints.get(procedure),
+        }
+    last_ok = (runs.get("update", {}).get("last_ok") or {}).get("finished_at")
+    limit = timedelta(minutes=2 * settings.update_interval)
+    if last_ok is None:
+        status.problems.append("the poller has not completed an update window yet")
+    elif now - datetime.fromisoformat(last_ok) > limit:
+        age = int((now - datetime.fromisoformat(last_ok)).total_seconds() // 60)
+        status.problems.append(
+            f"the last successful update finished {age} min ago (more than twice the "
+            f"{settings.update_interval:g} min interval)"
+        )
+
+
+def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dict) -> dict:
+    listed = admin.list_consumer_groups(request_timeout=15).result()
+    groups: dict[str, dict[str, Any]] = {}
+    for listing in sorted(listed.valid, key=lambda g: g.group_id):
+        group = listing.group_id
+        if group.endswith(".probe"):
+            continue
+        request = [ConsumerGroupTopicPartitions(group)]
+        result = admin.list_consumer_group_offsets(request, request_timeout=15)
+        committed = result[group].result().topic_partitions or []
+        partitions = {}
+        for tp in committed:
+            if tp.topic not in topics or tp.offset < 0:
+                continue
+            end = ends.get((tp.topic, tp.partition), tp.offset)
+            partitions[f"{tp.topic}[{tp.partition}]"] = {
+                "committed": tp.offset,
+                "end": end,
+                "lag": max(0, end - tp.offset),
+            }
+        if partitions:
+            groups[group] = {
+                "lag": sum(p["lag"] for p in partitions.values()),
+                "partitions": partitions,
+            }
+    return groups
+
+
+def _dead_letters(
+    settings: Settings, admin: AdminClient, dlq_topics: list[str], ends: dict, status: Status
+) -> None:
+    for topic in dlq_topics:
+        group = redrive_group(topic)
+        result = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)], request_timeout=15
+        )
+        try:
+            done = {
+                tp.partition: tp.offset
+                for tp in result[group].result().topic_partitions or []
+                if tp.topic == topic and tp.offset >= 0
+            }
+        except Exception:  # the group does not exist: nothing re-driven yet
+            done = {}
+        depth = 0
+        for (name, partition), end in ends.items():
+            if name == topic:
+                depth += max(0, end - done.get(partition, 0))
+        status.dead_letters[topic] = depth
+        if depth:
+            status.problems.append(f"{topic} holds {depth} dead letter(s)")
+
+
+def collect_status(settings: Settings) -> Status:
+    """Everything ``spark-relay status`` shows, and what makes it unhealthy."""
+    status = Status()
+    now = datetime.now(UTC)
+    _poller(settings, status, now)
+    admin = AdminClient(settings.kafka_config())
+    prefix = settings.topic_prefix + "."
+    names = sorted(t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix))
+    dlq_topics = [t for t in names if t.startswith(prefix + "dlq.")]
+    data_topics = [t for t in names if t not in dlq_topics]
+    ends = (
+        end_offsets(settings.kafka_config(**{"group.id": "spark-relay.status"}), names)
+        if names
+        else {}
+    )
+    status.groups = _groups(settings, admin, data_topics, ends)
+    _dead_letters(settings, admin, dlq_topics, ends, status)
+    return status
+
+
+def render(status: Status) -> list[str]:
+    """The human form of a status: one block per part."""
+    lines = [f"poller ({status.poller.get('state')}):"]
+    for procedure in PROCEDURES:
+        entry = status.poller.get(procedure) or {}
+        last, ok = entry.get("last"), entry.get("last_ok")
+        if last is None:
+            lines.append(f"  {procedure:<9} never ran")
+            continue
+        text = f"  {procedure:<9} last {last['status']} at {last.get('finished_at') or last['started_at']}"
+        text += f", {last.get('records', 0)} records, {last.get('published', 0)} published"
+        if last.get("window"):
+            text += f", window {last['window'][0]} .. {last['window'][1]}"
+        if ok and ok is not last and ok.get("run_id") != last.get("run_id"):
+            text += f"; last ok at {ok.get('finished_at')}"
+        if entry.get("checkpoint"):
+            text += f"; checkpoint {entry['checkpoint']}"
+        lines.append(text)
+    lines.append("consumer groups:")
+    for group, info in status.groups.items():
+        lines.append(f"  {group}: lag {info['lag']}")
+        for name, p in info["partitions"].items():
+            lines.append(f"    {name}: committed {p['committed']}, end {p['end']}, lag {p['lag']}")
+    if not status.groups:
+        lines.append("  none")
+    lines.append("dead letters:")
+    for topic, depth in status.dead_letters.items():
+        lines.append(f"  {topic}: {depth}")
+    if not status.dead_letters:
+        lines.append("  none")
+    lines.append("healthy" if status.healthy else "unhealthy: " + "; ".join(status.problems))
+    return lines

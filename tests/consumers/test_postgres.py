@@ -1,0 +1,706 @@
+"""The PostgreSQL sink: semantics batch by batch, then end to end from the emulator through the poller.
+
+The end-to-end tests run the real pipeline: the Spark API emulator, the poller
+publishing to the devstack broker and registry, and the sink (in process, or as
+``spark-relay sink postgres`` subprocesses) writing to PostgreSQL; the tables
+must hold exactly the emulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from consumers.base import Batch, Event, SinkContext
+from consumers.dlq import dlq_topic
+from consumers.postgres import PostgresSink
+from consumers.postgres.migrations import MIGRATIONS
+from consumers.runner import Replay, Runner, RunnerConfig
+from devstack.emulator import Emulator, EmulatorConfig
+from producer.cli import build_poller
+from schemas import Source, listing_to_record
+from spark_relay.errors import ConfigError
+from spark_relay.settings import replace
+from tests.consumers.kafka_events import (
+    FAST_GROUP,
+    Topics,
+    account,
+    committed,
+    listing,
+    read_raw,
+    wait_for,
+)
+
+BIN = Path(sys.executable).parent / "spark-relay"
+FIXTURES = Path(__file__).parent.parent / "schemas" / "fixtures"
+TOPIC = "p.listings"
+ACCOUNTS_TOPIC = "p.accounts"
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@pytest.fixture
+def make_sink(make_settings, database_url):
+    """Open PostgresSinks on a schema of their own (``make_sink(schema=...)``); closed afterwards."""
+    opened = []
+
+    def make(schema: str = "s", prefix: str = "p") -> PostgresSink:
+        sink = PostgresSink()
+        settings = make_settings(database_url=database_url, topic_prefix=prefix)
+        sink.open(
+            SinkContext(
+                settings=settings, group_id="g", topics=(TOPIC,), options={"schema": schema}
+            )
+        )
+        opened.append(sink)
+        return sink
+
+    yield make
+    for sink in opened:
+        sink.close()
+
+
+@pytest.fixture
+def db(database_url, topic_prefix):
+    """A connection, and a fresh schema name per test."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn, f"s_{topic_prefix}"
+
+
+@pytest.fixture
+def make_topics():
+    """``make_topics(settings, partitions)``: the contract's topics and a producer, closed afterwards."""
+    made = []
+
+    def make(settings, partitions: int = 3) -> Topics:
+        made.append(Topics(settings, partitions))
+        return made[-1]
+
+    yield make
+    for topics in made:
+        topics.close()
+
+
+class Feed:
+    """Events of one partition with offsets counting up."""
+
+    def __init__(self, topic: str = TOPIC, partition: int = 0) -> None:
+        self.topic, self.partition, self.offset = topic, partition, 0
+
+    def __call__(self, key: str, value: dict | None) -> Event:
+        event = Event(self.topic, self.partition, self.offset, key, value)
+        self.offset += 1
+        return event
+
+    def listing(self, key: str, modified: str = "2024-05-01T12:00:00Z", **fields) -> Event:
+        return self(key, listing(key, modified, **fields))
+
+    def tombstone(self, key: str) -> Event:
+        return self(key, None)
+
+
+def rows(
+    conn,
+    schema: str,
+    table: str = "listings",
+    columns: str = '"ListingKey", "ModificationTimestamp"',
+):
+    query = f'SELECT {columns} FROM "{schema}"."{table}" ORDER BY 1, 2'
+    return conn.execute(query).fetchall()
+
+
+def apply(sink: PostgresSink, *events: Event) -> None:
+    sink.write(Batch(list(events)))
+    sink.commit(Batch(list(events)).offsets())
+
+
+# ---- schema ------------------------------------------------------------------------------
+
+
+def test_migrations_run_once_and_every_typed_contract_field_has_a_typed_column(make_sink, db):
+    conn, schema = db
+    make_sink(schema)
+    make_sink(schema)  # a second open migrates nothing
+    versions = conn.execute(
+        f'SELECT version FROM "{schema}".schema_migrations ORDER BY 1'
+    ).fetchall()
+    assert [v for (v,) in versions] == [m.version for m in MIGRATIONS]
+
+    types = {
+        (table, column): kind
+        for table, column, kind in conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = %s",
+            [schema],
+        )
+    }
+    expected = {
+        "string": {"text"},
+        "double": {"double precision", "numeric"},
+        "int": {"integer"},
+        "long": {"bigint"},
+        "boolean": {"boolean"},
+        "timestamp-micros": {"timestamp with time zone"},
+        "date": {"date"},
+    }
+    for table, avsc in (("listings", "Listing.avsc"), ("accounts", "Account.avsc")):
+        fields = json.loads((Path(__file__).parents[2] / "schemas" / avsc).read_text())["fields"]
+        for field in fields:
+            kind = field["type"]
+            branch = [b for b in kind if b != "null"][0] if isinstance(kind, list) else kind
+            if isinstance(branch, dict) and branch.get("type") == "array":
+                if isinstance(branch["items"], dict):  # media, e-mails…: JSONB of the API items
+                    assert types[(table, field["name"])] == "jsonb", field["name"]
+                continue
+            if isinstance(branch, dict):
+                branch = branch.get("logicalType") or branch["type"]
+            if branch == "record" or field["name"].endswith("_json"):
+                continue
+            assert (table, field["name"]) in types, (
+                f"{table}.{field['name']}: add a migration with its column"
+            )
+            assert types[(table, field["name"])] in expected[branch], (table, field["name"])
+    assert types[("listings", "standard_fields")] == "jsonb"
+    assert types[("accounts", "record")] == "jsonb"
+    assert {"topic", "partition", "next_offset"} <= {c for t, c in types if t == "kafka_offsets"}
+
+
+def test_a_missing_database_url_names_the_setting(make_settings):
+    sink = PostgresSink()
+    with pytest.raises(ConfigError, match="SPARK_RELAY_DATABASE_URL"):
+        sink.open(
+            SinkContext(settings=make_settings(database_url=""), group_id="g", topics=(TOPIC,))
+        )
+    with pytest.raises(ConfigError, match="--schema"):
+        sink.open(
+            SinkContext(
+                settings=make_settings(database_url="postgresql://x@/y"),
+                group_id="g",
+                topics=(TOPIC,),
+                options={"schema": 'bad"name'},
+            )
+        )
+
+
+# ---- semantics ------------------------------------------------------------------------------
+
+
+def test_typed_columns_and_jsonb_hold_the_record(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    api = json.loads((FIXTURES / "listings" / "with_photos.json").read_text())["D"]["Results"][0]
+    api["StandardFields"]["CloseDate"] = "2011-01-02"
+    api["CustomFields"] = [{"Main": [{"Color": "blue"}]}]
+    source = Source(
+        resource="listings",
+        procedure="snapshot",
+        run_id="r1",
+        fetched_at=datetime(2024, 5, 1, tzinfo=UTC),
+    )
+    record = listing_to_record(api, source)
+    feed = Feed()
+    apply(sink, feed(record["ListingKey"], record))
+
+    (row,) = conn.execute(
+        f'SELECT "ListingKey", "ModificationTimestamp", "ListPrice", "YearBuilt", "Latitude", "CloseDate", '
+        f'"Photos", standard_fields, custom_fields, source, masked_fields, kafka_partition, kafka_offset '
+        f'FROM "{schema}".listings'
+    ).fetchall()
+    (
+        key,
+        modified,
+        price,
+        year,
+        latitude,
+        close_date,
+        photos,
+        standard,
+        custom,
+        src,
+        masked,
+        partition,
+        offset,
+    ) = row
+    assert key == "20060725224713296297000000"
+    assert modified == datetime(2010, 11, 22, 20, 47, 21, tzinfo=UTC)
+    assert price == Decimal("50000.00") and year == 1977 and latitude == pytest.approx(48.7001)
+    assert close_date == date(2011, 1, 2)
+    assert photos == api["StandardFields"]["Photos"]  # the API's own items
+    assert standard == {k: v for k, v in api["StandardFields"].items() if k != "Photos"}
+    assert custom == api["CustomFields"]
+    assert src["run_id"] == "r1" and src["procedure"] == "snapshot"
+    assert masked == [] and (partition, offset) == (0, 0)
+    history = rows(conn, schema, "listing_history", '"ListingKey", "ListPrice", "StandardStatus"')
+    assert history == [(key, Decimal("50000.00"), api["StandardFields"].get("StandardStatus"))]
+
+
+def test_an_older_event_never_overwrites_a_newer_row_and_an_equal_one_does(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    feed = Feed()
+    apply(sink, feed.listing("A", "2024-05-02T00:00:00Z", ListPrice=200.0))
+    apply(sink, feed.listing("A", "2024-05-01T00:00:00Z", ListPrice=100.0))  # older: ignored
+    assert rows(conn, schema, columns='"ListingKey", "ListPrice"') == [("A", Decimal("200.00"))]
+    apply(sink, feed.listing("A", "2024-05-02T00:00:00Z", ListPrice=210.0))  # same time, corrected
+    assert rows(conn, schema, columns='"ListingKey", "ListPrice"') == [("A", Decimal("210.00"))]
+    apply(sink, feed.listing("A", "2024-05-03T00:00:00Z", ListPrice=300.0))
+    assert rows(conn, schema, columns='"ListingKey", "ListPrice", kafka_offset') == [
+        ("A", Decimal("300.00"), 3)
+    ]
+    # history: one row per version, re-deliveries add nothing
+    apply(sink, feed.listing("A", "2024-05-01T00:00:00Z", ListPrice=100.0))
+    history = rows(
+        conn, schema, "listing_history", '"ListingKey", "ModificationTimestamp", "ListPrice"'
+    )
+    assert history == [
+        ("A", ts("2024-05-01T00:00:00Z"), Decimal("100.00")),
+        ("A", ts("2024-05-02T00:00:00Z"), Decimal("200.00")),
+        ("A", ts("2024-05-03T00:00:00Z"), Decimal("300.00")),
+    ]
+
+
+def test_tombstones_delete_and_offset_order_decides_within_and_across_batches(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    feed = Feed()
+    apply(sink, feed.listing("A", "2024-05-05T00:00:00Z"), feed.listing("B"), feed.listing("C"))
+    apply(sink, feed.tombstone("A"))
+    assert [k for k, _ in rows(conn, schema)] == ["B", "C"]
+    # an event after the tombstone re-creates the row, even with an older timestamp
+    apply(sink, feed.listing("A", "2024-05-01T00:00:00Z"))
+    assert rows(conn, schema)[0] == ("A", ts("2024-05-01T00:00:00Z"))
+    # in one batch: the last event of each key in offset order wins
+    apply(
+        sink,
+        feed.listing("B", "2024-06-01T00:00:00Z"),
+        feed.tombstone("B"),
+        feed.listing("B", "2024-05-15T00:00:00Z"),  # re-created after its tombstone
+        feed.listing("C", "2024-06-01T00:00:00Z"),
+        feed.listing("C", "2024-06-02T00:00:00Z"),
+        feed.tombstone("C"),  # deleted at the end
+        feed.listing("D", "2024-06-02T00:00:00Z"),
+        feed.listing(
+            "D", "2024-06-01T00:00:00Z"
+        ),  # older than the one before: the guard keeps the newer
+        feed.tombstone("nobody"),
+    )
+    assert rows(conn, schema) == [
+        ("A", ts("2024-05-01T00:00:00Z")),
+        ("B", ts("2024-05-15T00:00:00Z")),
+        ("D", ts("2024-06-01T00:00:00Z")),
+    ]
+
+
+def test_offsets_commit_with_the_rows_and_uncommitted_writes_vanish(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    feed, other = Feed(partition=0), Feed(partition=2)
+    events = [feed.listing("A"), other.listing("B"), feed.listing("C")]
+    sink.write(Batch(events))
+    assert sink.stored_offsets([(TOPIC, 0)]) == {}
+    sink.commit({(TOPIC, 0): 2, (TOPIC, 2): 1})
+    assert sink.stored_offsets([(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]) == {
+        (TOPIC, 0): 2,
+        (TOPIC, 2): 1,
+    }
+    assert sink.stored_offsets([(TOPIC, 2)]) == {(TOPIC, 2): 1}
+    sink.write(Batch([feed.listing("D")]))  # never committed
+    sink.close()
+    assert [k for k, _ in rows(conn, schema)] == ["A", "B", "C"]
+    assert make_sink(schema).stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}
+
+
+def test_a_rejected_record_fails_only_its_own_write(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    feed = Feed()
+    good, bad = feed.listing("GOOD"), feed.listing("HUGE", ListPrice=1e13)
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        sink.write(Batch([good, bad]))
+    sink.write(Batch([good]))  # the savepoint kept the transaction usable
+    with pytest.raises(psycopg.DataError):
+        sink.write(Batch([bad]))
+    sink.commit({(TOPIC, 0): 2})
+    assert [k for k, _ in rows(conn, schema)] == ["GOOD"]
+    assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}
+
+
+def test_accounts_and_the_display_view(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    feed, accounts = Feed(), Feed(ACCOUNTS_TOPIC)
+    agent = account(
+        "AG1",
+        "Ann Agent",
+        Emails=[{"Address": "ann@example.com", "Primary": True}],
+        Phones=[{"Number": "701-555-0100", "Primary": True}],
+    )
+    office = account("OF1", "Best Office", UserType="Office", modified=None)
+    apply(
+        sink,
+        accounts("AG1", agent),
+        accounts("OF1", office),
+        feed.listing("L1", ListAgentId="AG1", ListOfficeId="OF1", BuyerAgentId="NOBODY"),
+    )
+    (display,) = conn.execute(
+        f'SELECT "ListingKey", list_agent_name, list_agent_email, list_agent_phone, list_office_name, '
+        f'buyer_agent_name, "BuyerAgentId" FROM "{schema}".listing_display'
+    ).fetchall()
+    assert display == (
+        "L1",
+        "Ann Agent",
+        "ann@example.com",
+        "701-555-0100",
+        "Best Office",
+        None,
+        "NOBODY",
+    )
+    # an account without ModificationTimestamp: offset order decides
+    apply(sink, accounts("OF1", account("OF1", "Better Office", UserType="Office", modified=None)))
+    apply(
+        sink, accounts("AG1", account("AG1", "Old Name", modified="2024-01-01T00:00:00Z"))
+    )  # older
+    names = rows(conn, schema, "accounts", '"Id", "Name"')
+    assert names == [("AG1", "Ann Agent"), ("OF1", "Better Office")]
+    (emails,) = conn.execute(
+        f'SELECT "Emails" FROM "{schema}".accounts WHERE "Id" = %s', ["AG1"]
+    ).fetchone()
+    assert emails == [{"Address": "ann@example.com", "Primary": True}]
+    apply(sink, accounts.tombstone("AG1"))
+    assert rows(conn, schema, "accounts", '"Id", "Name"') == [("OF1", "Better Office")]
+
+
+# ---- through Kafka ------------------------------------------------------------------------------
+
+
+def run_sink(settings, schema: str, **config) -> Runner:
+    config = {
+        "until_caught_up": True,
+        "consumer_config": FAST_GROUP,
+        "options": {"schema": schema},
+        **config,
+    }
+    runner = Runner(PostgresSink(), settings, RunnerConfig(**config))
+    runner.run()
+    return runner
+
+
+def test_a_record_postgres_rejects_goes_to_the_dead_letter_topic(
+    make_settings, make_topics, database_url, db
+):
+    conn, schema = db
+    topics = make_topics(make_settings(database_url=database_url), partitions=3)
+    topics.listing(listing("OK1"), partition=1)
+    topics.listing(listing("HUGE", ListPrice=1e13), partition=1)
+    topics.send(topics.listings, b"JUNK", b"\x00garbage", partition=1)
+    topics.listing(listing("OK2"), partition=1)
+    topics.flush()
+    runner = run_sink(topics.settings, schema)
+    assert [k for k, _ in rows(conn, schema)] == ["OK1", "OK2"]
+    assert runner.stats.dead_letters == 2
+    letters = {
+        h["dlq.offset"]: (key, value, h)
+        for key, value, h in read_raw(
+            topics.settings, dlq_topic(topics.settings.topic_prefix, "postgres")
+        )
+    }
+    key, value, headers = letters[b"1"]
+    assert key == b"HUGE" and value == topics.serde.serialize_listing(
+        listing("HUGE", ListPrice=1e13)
+    )
+    assert headers["dlq.error.class"] == b"psycopg.errors.NumericValueOutOfRange"
+    assert b"numeric field overflow" in headers["dlq.error"] and headers["dlq.stage"] == b"write"
+    assert letters[b"2"][2]["dlq.stage"] == b"decode"
+    assert conn.execute(
+        f'SELECT next_offset FROM "{schema}".kafka_offsets WHERE partition = 1'
+    ).fetchone() == (4,)
+
+
+def _truth_listings(truth) -> list[tuple[str, datetime]]:
+    return sorted((k, ts(v)) for k, v in truth["listings"].items())
+
+
+def _truth_accounts(truth) -> list[tuple[str, datetime | None]]:
+    return sorted(
+        (i, ts(a["ModificationTimestamp"]) if a.get("ModificationTimestamp") else None)
+        for i, a in truth["accounts"].items()
+    )
+
+
+def _assert_holds(conn, schema: str, truth) -> None:
+    assert rows(conn, schema) == _truth_listings(truth)
+    assert rows(conn, schema, "accounts", '"Id", "ModificationTimestamp"') == _truth_accounts(truth)
+    latest = conn.execute(
+        f'SELECT count(*) FROM "{schema}".listings l JOIN "{schema}".listing_history h '
+        f'USING ("ListingKey", "ModificationTimestamp")'
+    ).fetchone()[0]
+    assert latest == len(truth["listings"])
+
+
+_COMPARE = {
+    "listings": '"ListingKey"',
+    "accounts": '"Id"',
+    "listing_history": '"ListingKey", "ModificationTimestamp"',
+    "purges": "resource, key, run_id",
+}
+
+
+def _table(conn, schema: str, table: str) -> list[tuple]:
+    columns = [
+        c
+        for (c,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "AND column_name <> 'applied_at' ORDER BY ordinal_position",
+            [schema, table],
+        )
+    ]
+    select = ", ".join(f'"{c}"::text' for c in columns)
+    return conn.execute(
+        f'SELECT {select} FROM "{schema}"."{table}" ORDER BY {_COMPARE[table]}'
+    ).fetchall()
+
+
+def test_the_sink_holds_the_emulators_truth_and_a_replay_rebuilds_the_same_state(
+    make_settings, make_topics, database_url, db
+):
+    conn, schema = db
+    settings = make_settings()
+    sink_settings = replace(settings, database_url=database_url)
+    with Emulator(EmulatorConfig(listings=500, accounts=50, seed=7, filter_cache_seconds=0)) as emu:
+        make_topics(settings, partitions=3)
+        poller_settings = replace(settings, api_url=emu.url, api_key=emu.config.api_key)
+        with build_poller(poller_settings) as poller:
+            poller.snapshot()
+            poller.accounts()
+            run_sink(sink_settings, schema)
+            _assert_holds(conn, schema, emu.truth())
+            purged: set[str] = set()
+            for _ in range(2):
+                changed = emu.advance(
+                    minutes=90,
+                    modify=0.1,
+                    create=0.02,
+                    remove=0.03,
+                    media=0.05,
+                    accounts_modify=0.2,
+                    accounts_create=0.1,
+                )
+                purged |= set(changed["removed"])
+                poller.update()
+                poller.accounts()
+                poller.purge()
+                run_sink(sink_settings, schema)
+                _assert_holds(conn, schema, emu.truth())
+        truth = emu.truth()
+    assert purged and not purged & {k for k, _ in rows(conn, schema)}
+    recorded = {
+        k
+        for (k,) in conn.execute(
+            f'SELECT key FROM "{schema}".purges WHERE resource = %s', ["listings"]
+        )
+    }
+    assert recorded == purged
+    # history: every version the poller published, prices included
+    versions = conn.execute(f'SELECT count(*) FROM "{schema}".listing_history').fetchone()[0]
+    assert versions > len(truth["listings"])
+
+    rebuilt = f"{schema}_rebuilt"
+    run_sink(sink_settings, rebuilt, group_id=f"rebuild-{schema}", replay=Replay(beginning=True))
+    for table in _COMPARE:
+        assert _table(conn, rebuilt, table) == _table(conn, schema, table), table
+    assert sorted(rows(conn, rebuilt)) == _truth_listings(truth)
+
+
+def _env(settings, database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "SPARK_RELAY_DATABASE_URL": database_url,
+        "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
+        "SPARK_RELAY_STATE_DIR": settings.state_dir,
+        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **extra,
+    }
+
+
+def _offsets(conn, schema: str) -> dict[tuple[str, int], int]:
+    try:
+        return {
+            (t, p): o
+            for t, p, o in conn.execute(
+                f'SELECT topic, partition, next_offset FROM "{schema}".kafka_offsets'
+            )
+        }
+    except psycopg.errors.UndefinedTable:
+        return {}
+
+
+def _log_has(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
+def _last_assignment(log: Path) -> list[tuple[str, int]] | None:
+    lines = (
+        [line for line in log.read_text().splitlines() if "assigned: " in line]
+        if log.exists()
+        else []
+    )
+    if not lines:
+        return None
+    return [(t, int(p)) for t, p in re.findall(r"(\S+)\[(\d+)\] from", lines[-1])]
+
+
+def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
+    make_settings, make_topics, database_url, db, tmp_path
+):
+    conn, schema = db
+    settings = make_settings()
+    topics = make_topics(settings, partitions=4)
+    env = _env(settings, database_url)
+    command = [
+        str(BIN),
+        "sink",
+        "postgres",
+        "--schema",
+        schema,
+        "--batch-size",
+        "10",
+        "--batch-ms",
+        "20",
+    ]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    copies = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        for log in logs
+    ]
+    try:
+        # both members of the group hold partitions before the data arrives
+        wait_for(
+            lambda: all(_last_assignment(log) for log in logs),
+            timeout=90,
+            what="both copies assigned",
+        )
+        victim_partitions = [tp for tp in _last_assignment(logs[1]) if tp[0] == topics.listings]
+        assert (
+            victim_partitions
+            and len(_last_assignment(logs[0])) + len(_last_assignment(logs[1])) == 12
+        )
+        with Emulator(
+            EmulatorConfig(listings=2000, accounts=50, seed=9, filter_cache_seconds=0)
+        ) as emu:
+            poller_settings = replace(settings, api_url=emu.url, api_key=emu.config.api_key)
+            with build_poller(poller_settings) as poller:
+                snapshot = threading.Thread(target=poller.snapshot)
+                snapshot.start()
+                # kill the second copy while it is working through its partitions
+                wait_for(
+                    lambda: any(_offsets(conn, schema).get(tp, 0) > 0 for tp in victim_partitions),
+                    timeout=60,
+                    interval=0.02,
+                    what="the second copy's first commit",
+                )
+                copies[1].send_signal(signal.SIGKILL)
+                copies[1].wait(10)
+                snapshot.join()
+                emu.advance(minutes=60, modify=0.1, create=0.02, remove=0.02, accounts_modify=0.1)
+                poller.accounts()
+                poller.update()
+                poller.purge()
+            truth = emu.truth()
+        ends = _end_offsets(topics)
+        wait_for(
+            lambda: all(_offsets(conn, schema).get(tp, 0) >= o for tp, o in ends.items() if o),
+            timeout=120,
+            what="the survivor to catch up",
+        )
+        _assert_holds(conn, schema, truth)
+        duplicates = conn.execute(
+            f'SELECT count(*) - count(DISTINCT ("ListingKey", "ModificationTimestamp")) '
+            f'FROM "{schema}".listing_history'
+        ).fetchone()[0]
+        assert duplicates == 0
+        assert len(_last_assignment(logs[0])) == 12  # the survivor took the partitions over
+        # the survivor stops cleanly on SIGTERM, its offsets committed to Kafka as well
+        survivor = copies[0]
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(30) == 0, logs[0].read_text()[-3000:]
+        for topic in (topics.listings, topics.accounts):
+            stored = {p: o for (t, p), o in _offsets(conn, schema).items() if t == topic}
+            assert committed(settings, "spark-relay.postgres", topic, 4) == stored
+    finally:
+        for process in copies:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _end_offsets(topics: Topics) -> dict[tuple[str, int], int]:
+    from consumers.runner import end_offsets
+
+    return end_offsets(
+        {**topics.settings.kafka_config(), "group.id": "ends"},
+        [topics.listings, topics.accounts, topics.purges],
+    )
+
+
+def test_sigterm_mid_stream_commits_the_current_batch_and_exits_0(
+    make_settings, make_topics, database_url, db, tmp_path
+):
+    conn, schema = db
+    settings = make_settings()
+    topics = make_topics(settings, partitions=2)
+    for n in range(3000):
+        topics.listing(listing(f"K{n:05d}", ListPrice=float(n)))
+    topics.flush()
+    log = tmp_path / "sink.log"
+    process = subprocess.Popen(
+        [
+            str(BIN),
+            "sink",
+            "postgres",
+            "--schema",
+            schema,
+            "--batch-size",
+            "5",
+            "--batch-ms",
+            "5",
+            "--group",
+            "g-term",
+        ],
+        env=_env(settings, database_url),
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: sum(_offsets(conn, schema).values()) > 0, timeout=60, what="the first batches"
+        )
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, log.read_text()[-3000:]
+        assert "sink postgres:" in out
+        stored = {p: o for (_, p), o in _offsets(conn, schema).items()}
+        assert 0 < sum(stored.values()) < 3000  # stopped mid-stream
+        assert committed(settings, "g-term", topics.listings, 2) == stored
+        assert conn.execute(f'SELECT count(*) FROM "{schema}".listings').fetchone()[0] == sum(
+            stored.values()
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,385 @@
+"""The sink framework over the devstack: batching, offsets, dead letters, replay, the registry, the CLI."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import EntryPoint
+
+import pytest
+from click.testing import CliRunner
+
+import consumers.registry as registry
+from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.cli import parse_timestamp, sink_group
+from consumers.dlq import HEADERS, dlq_topic
+from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
+from spark_relay.errors import ConfigError, SinkUnavailableError
+from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
+
+
+class RecordingSink:
+    """A sink in memory: stages writes, applies them on commit, optionally rejects some events."""
+
+    name = "recording"
+    resources = ("listings",)
+
+    def __init__(self, stored: Offsets | None = None, reject=lambda event: False) -> None:
+        self.stored = stored
+        self.reject = reject
+        self.staged: list[Event] = []
+        self.applied: list[Event] = []
+        self.batches: list[int] = []
+        self.commits: list[Offsets] = []
+        self.context: SinkContext | None = None
+        self.closed = False
+
+    def open(self, ctx: SinkContext) -> None:
+        self.context = ctx
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None:
+        if self.stored is None:
+            return None
+        return {tp: o for tp, o in self.stored.items() if tp in partitions}
+
+    def write(self, batch: Batch) -> None:
+        for event in batch:
+            if self.reject(event):
+                raise ValueError(f"rejected {event.key}")
+        self.staged.extend(batch)
+        self.batches.append(len(batch))
+
+    def commit(self, offsets: Offsets) -> None:
+        self.applied.extend(self.staged)
+        self.staged = []
+        self.commits.append(dict(offsets))
+
+    def close(self) -> None:
+        self.staged = []
+        self.closed = True
+
+    def keys(self) -> list[str]:
+        return [e.key for e in self.applied]
+
+
+@pytest.fixture
+def topics(make_settings) -> Iterator[Topics]:
+    topics = Topics(make_settings(), partitions=3)
+    yield topics
+    topics.close()
+
+
+def run(sink, settings, **config) -> Runner:
+    config = {"until_caught_up": True, "consumer_config": FAST_GROUP, **config}
+    runner = Runner(sink, settings, RunnerConfig(**config))
+    runner.run()
+    return runner
+
+
+def test_batches_by_count_commits_the_next_offsets_to_the_sink_and_to_kafka(topics):
+    for n in range(25):
+        topics.listing(listing(f"K{n:03d}"), partition=n % 2)
+    topics.flush()
+    sink = RecordingSink()
+    runner = run(sink, topics.settings, batch_size=10)
+
+    assert sorted(sink.keys()) == [f"K{n:03d}" for n in range(25)]
+    assert max(sink.batches) <= 10 and len(sink.batches) >= 3
+    assert (
+        sink.closed
+        and sink.context.group_id == default_group("recording") == "spark-relay.recording"
+    )
+    assert sink.context.topics == (topics.listings,)
+    final = {tp: o for commit in sink.commits for tp, o in commit.items()}
+    assert final == {(topics.listings, 0): 13, (topics.listings, 1): 12}
+    assert committed(topics.settings, runner.group_id, topics.listings, 3) == {0: 13, 1: 12}
+    assert runner.stats.consumed == 25 and runner.stats.applied == 25
+
+
+def test_events_are_decoded_in_offset_order_per_partition_with_tombstones(topics):
+    topics.listing(listing("A", "2024-05-01T00:00:00Z"), partition=0)
+    topics.listing(listing("A", "2024-05-02T00:00:00Z", ListPrice=1.5), partition=0)
+    topics.listing(None, key="A", partition=0)
+    topics.flush()
+    sink = RecordingSink()
+    run(sink, topics.settings)
+
+    events = sink.applied
+    assert [e.offset for e in events] == [0, 1, 2]
+    assert events[1].value["ListPrice"] == 1.5
+    assert events[1].value["ModificationTimestamp"] == datetime(2024, 5, 2, tzinfo=UTC)
+    assert events[2].is_tombstone and events[2].key == "A" and events[2].resource == "listings"
+    assert events[0].timestamp is not None and events[0].timestamp.tzinfo is not None
+
+
+def test_batches_by_time(topics):
+    sink = RecordingSink()
+    stop = threading.Event()
+    runner = Runner(
+        sink,
+        topics.settings,
+        RunnerConfig(batch_size=1000, batch_ms=100, consumer_config=FAST_GROUP),
+        stop,
+    )
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        topics.listing(listing("T1"))
+        topics.flush()
+        wait_for(lambda: sink.keys() == ["T1"], what="the first batch")
+        topics.listing(listing("T2"))
+        topics.flush()
+        wait_for(lambda: sink.keys() == ["T1", "T2"], what="the second batch")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert sink.batches == [1, 1]
+
+
+def test_undecodable_and_rejected_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
+    topics,
+):
+    garbage = b"\x00\x00\x00\x00\x63not avro at all"
+    topics.listing(listing("GOOD1"), partition=0)
+    topics.send(topics.listings, b"BAD1", b"plain garbage", partition=0)
+    topics.listing(listing("REJECT", ListPrice=-1.0), partition=0)
+    topics.send(topics.listings, b"BAD2", garbage, partition=0)
+    topics.send(
+        topics.listings, b"\xff\xfe", topics.serde.serialize_listing(listing("BADKEY")), partition=0
+    )
+    topics.listing(listing("GOOD2"), partition=0)
+    topics.flush()
+    sink = RecordingSink(reject=lambda e: e.value is not None and e.value["ListPrice"] == -1.0)
+    runner = run(sink, topics.settings)
+
+    assert sink.keys() == ["GOOD1", "GOOD2"]
+    assert sink.commits[-1] == {(topics.listings, 0): 6}
+    assert committed(topics.settings, runner.group_id, topics.listings, 3) == {0: 6}
+    assert runner.stats.dead_letters == 4
+
+    letters = read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording"))
+    by_offset = {}
+    for key, value, names in letters:
+        assert [h for h in HEADERS if h in names] == list(HEADERS)
+        assert names["dlq.topic"] == topics.listings.encode() and names["dlq.partition"] == b"0"
+        assert names["dlq.sink"] == b"recording"
+        by_offset[int(names["dlq.offset"])] = (key, value, names)
+    assert sorted(by_offset) == [1, 2, 3, 4]
+    key, value, names = by_offset[1]
+    assert (key, value) == (b"BAD1", b"plain garbage")
+    assert names["dlq.stage"] == b"decode"
+    assert names["dlq.error.class"].endswith(b"SerializationError")
+    assert by_offset[3][1] == garbage  # value bytes unchanged
+    key, value, names = by_offset[2]
+    assert key == b"REJECT" and names["dlq.stage"] == b"write"
+    assert names["dlq.error"] == b"rejected REJECT" and names["dlq.error.class"] == b"ValueError"
+    assert value == topics.serde.serialize_listing(listing("REJECT", ListPrice=-1.0))
+    assert by_offset[4][0] == b"\xff\xfe" and by_offset[4][2]["dlq.stage"] == b"decode"  # not UTF-8
+
+
+def test_a_failing_batch_is_retried_one_by_one(topics):
+    for n in range(6):
+        topics.listing(listing(f"R{n}", ListPrice=-1.0 if n == 3 else 1.0), partition=1)
+    topics.flush()
+    sink = RecordingSink(reject=lambda e: e.value["ListPrice"] == -1.0)
+    run(sink, topics.settings)
+    assert sink.keys() == ["R0", "R1", "R2", "R4", "R5"]
+    assert sink.batches == [1, 1, 1, 1, 1]  # the batch of 6 failed, then each alone
+
+
+def test_an_unavailable_sink_stops_the_runner_without_committing(topics):
+    topics.listing(listing("U1"))
+    topics.flush()
+
+    class Down(RecordingSink):
+        def write(self, batch):
+            raise SinkUnavailableError("database down")
+
+    sink = Down()
+    with pytest.raises(SinkUnavailableError):
+        run(sink, topics.settings)
+    assert sink.commits == [] and sink.closed
+    assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {}
+    assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+
+
+def test_a_sink_that_stores_offsets_resumes_from_them(topics):
+    for n in range(5):
+        topics.listing(listing(f"S{n}"), partition=2)
+    topics.flush()
+    sink = RecordingSink(stored={(topics.listings, 2): 3})
+    run(sink, topics.settings)
+    assert sink.keys() == ["S3", "S4"]
+    # a partition the sink holds nothing of starts at the beginning, whatever the group committed
+    topics.listing(listing("P0"), partition=0)
+    topics.flush()
+    run(RecordingSink(), topics.settings)  # commits partition 0 for the group
+    sink = RecordingSink(stored={})
+    run(sink, topics.settings)
+    assert sorted(sink.keys()) == ["P0", "S0", "S1", "S2", "S3", "S4"]
+
+
+def test_a_second_run_resumes_from_the_group_and_replays_on_request(topics):
+    for n in range(4):
+        topics.listing(listing(f"G{n}"), partition=0)
+    topics.flush()
+    first = RecordingSink()
+    run(first, topics.settings)
+    assert first.keys() == ["G0", "G1", "G2", "G3"]
+
+    time.sleep(0.05)
+    marker = datetime.now(UTC)
+    time.sleep(0.05)
+    for n in range(4, 6):
+        topics.listing(listing(f"G{n}"), partition=0)
+    topics.flush()
+
+    again = RecordingSink()
+    run(again, topics.settings)
+    assert again.keys() == ["G4", "G5"]
+
+    everything = RecordingSink()
+    run(everything, topics.settings, replay=Replay(beginning=True))
+    assert everything.keys() == [f"G{n}" for n in range(6)]
+
+    some = RecordingSink()
+    run(
+        some,
+        topics.settings,
+        replay=Replay(offsets=parse_offsets("listings:0:2", topics.settings.topic_prefix)),
+    )
+    assert some.keys() == ["G2", "G3", "G4", "G5"]
+
+    recent = RecordingSink()
+    run(recent, topics.settings, replay=Replay(timestamp=marker))
+    assert recent.keys() == ["G4", "G5"]
+
+    future = RecordingSink()
+    run(future, topics.settings, replay=Replay(timestamp=datetime(2100, 1, 1, tzinfo=UTC)))
+    assert future.keys() == []
+
+
+def test_missing_topics_are_a_config_error(make_settings):
+    with pytest.raises(ConfigError, match="topics create"):
+        Runner(RecordingSink(), make_settings(), RunnerConfig(until_caught_up=True)).run()
+
+
+def test_parse_offsets():
+    assert parse_offsets("listings:0:120,listings:1:0", "spark") == {
+        ("spark.listings", 0): 120,
+        ("spark.listings", 1): 0,
+    }
+    assert parse_offsets("0:5, 2:7", "spark") == {(None, 0): 5, (None, 2): 7}
+    assert parse_offsets("other.accounts:3:9", "spark") == {("other.accounts", 3): 9}
+    for bad in ("", "x", "1:", "listings:a:1", "a:b:c:d", "listings:-1:2"):
+        with pytest.raises(ConfigError, match="--from-offset"):
+            parse_offsets(bad, "spark")
+
+
+def test_parse_timestamp():
+    assert parse_timestamp("2024-05-01T00:00:00Z") == datetime(2024, 5, 1, tzinfo=UTC)
+    assert parse_timestamp("2024-05-01T02:00:00+02:00") == datetime(2024, 5, 1, tzinfo=UTC)
+    assert parse_timestamp("2024-05-01") == datetime(2024, 5, 1, tzinfo=UTC)
+    with pytest.raises(ConfigError, match="--from-timestamp"):
+        parse_timestamp("yesterday")
+
+
+def test_replay_and_config_validation():
+    with pytest.raises(ValueError):
+        Replay()
+    with pytest.raises(ValueError):
+        Replay(beginning=True, timestamp=datetime.now(UTC))
+    with pytest.raises(ConfigError, match="--batch-size"):
+        RunnerConfig(batch_size=0)
+
+
+# ---- the registry and the CLI -----------------------------------------------------------
+
+
+def _fake_entry_points(monkeypatch, *points: tuple[str, str]) -> None:
+    eps = [EntryPoint(name, value, registry.GROUP) for name, value in points]
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [e for e in eps if e.group == group]
+    )
+
+
+def test_the_builtin_sinks_are_registered_through_entry_points():
+    assert "postgres" in registry.sink_names()
+    cls = registry.load_sink("postgres")
+    assert cls.__name__ == "PostgresSink" and cls.name == "postgres"
+
+
+def test_an_unknown_sink_is_answered_with_the_registered_ones(monkeypatch):
+    _fake_entry_points(monkeypatch, ("postgres", "consumers.postgres:PostgresSink"))
+    with pytest.raises(
+        registry.UnknownSinkError, match=r"unknown sink 'nope' \(registered sinks: postgres\)"
+    ):
+        registry.load_sink("nope")
+    result = CliRunner().invoke(sink_group, ["nope"])
+    assert result.exit_code == 2
+    assert "unknown sink 'nope' (registered sinks: postgres)" in result.output
+
+
+def test_a_plugin_that_fails_to_import_warns_and_the_others_still_work(monkeypatch, caplog):
+    _fake_entry_points(
+        monkeypatch,
+        ("postgres", "consumers.postgres:PostgresSink"),
+        ("broken", "no_such_module_anywhere:Sink"),
+        ("notasink", "json:dumps"),
+    )
+    result = CliRunner().invoke(sink_group, ["--help"])
+    assert result.exit_code == 0
+    assert (
+        "postgres" in result.output and "broken" in result.output and "unavailable" in result.output
+    )
+    assert any("failed to import" in r.getMessage() for r in caplog.records)
+    result = CliRunner().invoke(sink_group, ["broken"])
+    assert result.exit_code != 0
+    with pytest.raises(registry.SinkLoadError, match="is not a sink"):
+        registry.load_sink("notasink")
+
+
+def test_sink_options_reach_the_sink_through_the_context(monkeypatch, topics):
+    import click
+
+    class OptionSink(RecordingSink):
+        """A sink with its own option."""
+
+        name = "optioned"
+        cli_options = [click.Option(["--colour"], default="blue", help="A colour.")]
+        seen: dict = {}
+
+        def open(self, ctx):
+            OptionSink.seen = dict(ctx.options)
+            super().open(ctx)
+
+    monkeypatch.setattr(registry, "load_sink", lambda name: OptionSink)
+    monkeypatch.setattr("consumers.cli.load_sink", lambda name: OptionSink)
+    _fake_entry_points(monkeypatch, ("optioned", "x:y"))
+    settings = topics.settings
+    env = {
+        "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
+        "SPARK_RELAY_STATE_DIR": settings.state_dir,
+        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    }
+    help_text = CliRunner().invoke(sink_group, ["optioned", "--help"]).output
+    assert (
+        "--colour" in help_text
+        and "--from-offset" in help_text
+        and "--until-caught-up" in help_text
+    )
+    result = CliRunner().invoke(
+        sink_group, ["optioned", "--until-caught-up", "--colour", "red"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert OptionSink.seen == {"colour": "red"}
+    assert "sink optioned: 0 messages" in result.output
+    result = CliRunner().invoke(
+        sink_group, ["optioned", "--from-beginning", "--from-offset", "0:1"], env=env
+    )
+    assert result.exit_code == 2 and "choose one" in result.output

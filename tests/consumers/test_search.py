@@ -1,0 +1,411 @@
+"""The search sink over a real Tantivy index, fed through the Sink protocol with real Listing records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from consumers.base import Batch, Event, SinkContext
+from consumers.search import SearchSink
+from consumers.search.fields import FILTERABLE, from_micros, to_micros
+from consumers.search.opensearch import OpenSearchBackend, index_template
+from consumers.search.query import WhereError, parse_where
+from consumers.search.sink import change_of
+from consumers.search.tantivy_backend import TantivyBackend, search
+from spark_relay.cli import _register, cli
+from spark_relay.errors import SinkError
+from spark_relay.settings import Settings
+from tests.consumers.sink_events import EventStream, parse_ts
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(state_dir=str(tmp_path / "state"), topic_prefix="srch")
+
+
+@pytest.fixture
+def make_sink(settings):
+    opened = []
+
+    def make(**options) -> SearchSink:
+        sink = SearchSink()
+        sink.open(
+            SinkContext(settings=settings, group_id="g", topics=("srch.listings",), options=options)
+        )
+        opened.append(sink)
+        return sink
+
+    yield make
+    for sink in opened:
+        sink.close()
+
+
+def feed(sink: SearchSink, events: list[Event], size: int = 37) -> None:
+    for batch in EventStream.batches(events, size):
+        sink.write(batch)
+        sink.commit(batch.offsets())
+
+
+def index_dir(settings: Settings) -> Path:
+    return Path(settings.state_dir) / "search" / "srch" / "index"
+
+
+def indexed(settings: Settings) -> dict:
+    _, hits = search(index_dir(settings), None, [], 0)
+    return {h["ListingKey"]: parse_ts(h["ModificationTimestamp"]) for h in hits}
+
+
+def run_cli(settings: Settings, *args: str):
+    _register()
+    env = {"SPARK_RELAY_STATE_DIR": settings.state_dir, "SPARK_RELAY_TOPIC_PREFIX": "srch"}
+    return CliRunner().invoke(cli, ["search", *args], env=env, catch_exceptions=False)
+
+
+def test_snapshot_updates_and_purges_end_as_the_ground_truth(make_sink, settings):
+    stream = EventStream("srch", listings=300)
+    sink = make_sink()
+    feed(sink, stream.snapshot())
+    for _ in range(3):
+        feed(sink, stream.advance(modify=0.1, create=0.03, remove=0.04))
+    truth = stream.truth()
+    held = indexed(settings)
+    assert held == truth
+    assert len(held) == len(truth) < 300 + 3 * 9  # some were purged, none duplicated
+
+
+def test_an_older_event_never_overwrites_a_newer_document(make_sink, settings):
+    stream = EventStream("srch", listings=5)
+    key = stream.mls.live_keys[0]
+    newer = stream.record(key)
+    older = dict(newer, ModificationTimestamp=parse_ts("2001-01-01T00:00:00Z"), ListPrice=1.0)
+    sink = make_sink()
+    feed(sink, [stream.event(key, newer)])
+    feed(sink, [stream.event(key, older)])  # later offset, older timestamp
+    _, hits = search(index_dir(settings), None, parse_where([f"ListingKey={key}"]), 0)
+    assert [h["ListPrice"] for h in hits] == [newer["ListPrice"]]
+    assert hits[0]["ModificationTimestamp"] == from_micros(
+        to_micros(newer["ModificationTimestamp"])
+    )
+    # in one batch, too, and an equal timestamp is applied (not older)
+    same = dict(newer, ListPrice=newer["ListPrice"] + 1)
+    feed(sink, [stream.event(key, older), stream.event(key, same), stream.event(key, older)], 10)
+    _, hits = search(index_dir(settings), None, parse_where([f"ListingKey={key}"]), 0)
+    assert [h["ListPrice"] for h in hits] == [same["ListPrice"]]
+
+
+def test_a_tombstone_deletes_and_a_later_event_brings_the_listing_back(make_sink, settings):
+    stream = EventStream("srch", listings=5)
+    key, other = stream.mls.live_keys[:2]
+    record = stream.record(key)
+    sink = make_sink()
+    feed(sink, [stream.event(key, record), stream.event(other, stream.record(other))])
+    feed(sink, [stream.event(key, None)])
+    assert set(indexed(settings)) == {other}
+    # offset order is the truth: after the tombstone, even an older version is applied
+    older = dict(record, ModificationTimestamp=parse_ts("2002-02-02T00:00:00Z"))
+    feed(sink, [stream.event(key, older)])
+    assert indexed(settings)[key] == parse_ts("2002-02-02T00:00:00Z")
+
+
+def test_offsets_are_committed_with_the_index_and_uncommitted_writes_vanish(make_sink, settings):
+    stream = EventStream("srch", listings=40, partitions=2)
+    events = stream.snapshot()
+    sink = make_sink()
+    first, rest = events[:25], events[25:]
+    feed(sink, first, 25)
+    sink.write(Batch(rest))  # never committed
+    sink.close()
+    tps = [("srch.listings", 0), ("srch.listings", 1), ("srch.listings", 9)]
+    reopened = make_sink()
+    assert reopened.stored_offsets(tps) == Batch(first).offsets()
+    assert set(indexed(settings)) == {e.key for e in first}
+
+
+def test_a_crash_between_the_index_and_the_side_table_commit_replays_to_the_same_state(
+    make_sink, settings, monkeypatch
+):
+    stream = EventStream("srch", listings=60)
+    events = stream.snapshot() + stream.advance(modify=0.2, remove=0.1)
+    sink = make_sink()
+    feed(sink, events[:30], 30)
+
+    def crash(*args):
+        raise SinkError("power cut")
+
+    monkeypatch.setattr(TantivyBackend, "_commit_state", crash)
+    sink.write(Batch(events[30:]))
+    with pytest.raises(SinkError):
+        sink.commit(Batch(events[30:]).offsets())
+    sink.close()
+    monkeypatch.undo()
+    resumed = make_sink()
+    stored = resumed.stored_offsets(sorted({(e.topic, e.partition) for e in events}))
+    replay = [e for e in events if e.offset >= stored.get((e.topic, e.partition), 0)]
+    assert replay == events[30:]  # the index is ahead, the offsets are not
+    feed(resumed, replay)
+    assert indexed(settings) == stream.truth()
+
+
+def test_one_writer_per_index(make_sink):
+    make_sink()
+    with pytest.raises(SinkError, match="in use by another writer"):
+        make_sink()
+
+
+def test_where_filters_match_the_records(make_sink, settings):
+    stream = EventStream("srch", listings=250)
+    events = stream.snapshot()
+    feed(make_sink(), events, 100)
+    records = [e.value for e in events]
+    prices = sorted(r["ListPrice"] for r in records if r["ListPrice"] is not None)
+    cut = prices[len(prices) // 2]
+    city = next(r["City"] for r in records if r["City"])
+
+    def keys(*where: str) -> set[str]:
+        _, hits = search(index_dir(settings), None, parse_where(where), 0)
+        return {h["ListingKey"] for h in hits}
+
+    def expect(pred) -> set[str]:
+        return {r["ListingKey"] for r in records if pred(r)}
+
+    price = lambda r: r["ListPrice"] is not None  # noqa: E731
+    assert keys(f"ListPrice<{cut}") == expect(lambda r: price(r) and r["ListPrice"] < cut)
+    assert keys(f"ListPrice<={cut}") == expect(lambda r: price(r) and r["ListPrice"] <= cut)
+    assert keys(f"ListPrice>{cut} AND BedsTotal>=3") == expect(
+        lambda r: price(r) and r["ListPrice"] > cut and (r["BedsTotal"] or 0) >= 3
+    )
+    assert keys(f"City={city.upper()}") == expect(lambda r: r["City"] == city)
+    assert keys(f"City!={city.lower()}", "BathsTotal>1.5") == expect(
+        lambda r: r["City"] != city and r["BathsTotal"] is not None and r["BathsTotal"] > 1.5
+    )
+    stamps = sorted(r["ModificationTimestamp"] for r in records)
+    middle = stamps[len(stamps) // 2]
+    assert keys(f"ModificationTimestamp>={middle.isoformat()}") == expect(
+        lambda r: r["ModificationTimestamp"] >= middle
+    )
+    status = next(r["StandardStatus"] for r in records if r["StandardStatus"])
+    assert keys(f"StandardStatus = '{status}'") == expect(lambda r: r["StandardStatus"] == status)
+
+
+def test_bad_where_names_the_known_fields():
+    with pytest.raises(WhereError) as info:
+        parse_where(["Bogus<3"])
+    assert "Bogus" in str(info.value) and all(f in str(info.value) for f in FILTERABLE)
+    for bad in (
+        "ListPrice<cheap",
+        "City>x",
+        "BedsTotal=2.5",
+        "ListPrice",
+        "ModificationTimestamp>soon",
+    ):
+        with pytest.raises(WhereError):
+            parse_where([bad])
+
+
+def test_free_text_searches_remarks_and_address(make_sink, settings):
+    stream = EventStream("srch", listings=120)
+    events = stream.snapshot()
+    feed(make_sink(), events, 120)
+    with_remarks = next(e.value for e in events if e.value["PublicRemarks"])
+    word = max(with_remarks["PublicRemarks"].split(), key=len).strip(".,!").lower()
+    _, hits = search(index_dir(settings), word, [], 0)
+    assert with_remarks["ListingKey"] in {h["ListingKey"] for h in hits}
+    assert all(h["score"] > 0 for h in hits)
+    city = with_remarks["City"]
+    _, hits = search(index_dir(settings), f'"{city}"', [], 0)
+    assert {e.value["ListingKey"] for e in events if e.value["City"] == city} <= {
+        h["ListingKey"] for h in hits
+    }
+
+
+def test_search_command_json_table_limit_and_errors(make_sink, settings):
+    stream = EventStream("srch", listings=30)
+    events = stream.snapshot()
+    feed(make_sink(), events, 30)
+    result = run_cli(settings, "--json", "--limit", "0")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {h["ListingKey"] for h in hits} == {e.key for e in events}
+    stamps = [h["ModificationTimestamp"] for h in hits]
+    assert stamps == sorted(stamps, reverse=True)  # newest first without a QUERY
+    assert {"ListingKey", "ModificationTimestamp", "ListPrice", "City", "StandardStatus"} <= set(
+        hits[0]
+    )
+    by_key = {e.key: e.value for e in events}
+    for hit in hits:
+        assert (
+            parse_ts(hit["ModificationTimestamp"])
+            == by_key[hit["ListingKey"]]["ModificationTimestamp"]
+        )
+        assert hit["ListPrice"] == by_key[hit["ListingKey"]]["ListPrice"]
+    assert len(run_cli(settings, "--json").stdout.splitlines()) == 10  # default limit
+    table = run_cli(settings, "--limit", "3", "--where", "ListPrice>0")
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:2] == ["ListingKey", "Modified"] and len(lines) == 4
+    bad = run_cli(settings, "--where", "Colour=red")
+    assert (
+        bad.exit_code == 2 and "unknown field 'Colour'" in bad.output and "ListPrice" in bad.output
+    )
+
+
+# ---- OpenSearch: no cluster here, so the requests are checked exactly ---------------------------
+
+
+class Capture:
+    def __init__(self, answers=None):
+        self.requests: list[httpx.Request] = []
+        self.answers = answers or {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        body = request.content.decode()
+        if request.url.path == "/_bulk":
+            items = []
+            lines = [json.loads(line) for line in body.splitlines()]
+            for line in lines:
+                if "index" in line or "delete" in line:
+                    ((action, meta),) = line.items()
+                    status = self.answers.get(meta["_id"], 404 if action == "delete" else 201)
+                    items.append({action: {"_id": meta["_id"], "status": status}})
+            return httpx.Response(200, json={"errors": False, "items": items})
+        return httpx.Response(200, json={"acknowledged": True})
+
+
+def test_opensearch_sends_the_template_and_external_versions(make_sink):
+    stream = EventStream("srch", listings=3)
+    a, b, c = stream.mls.live_keys
+    capture = Capture({c: 409})
+    client = httpx.Client(transport=httpx.MockTransport(capture))
+    sink = make_sink(backend="opensearch", url="http://search:9200/", http_client=client)
+    put = capture.requests[0]
+    assert (put.method, str(put.url)) == ("PUT", "http://search:9200/_index_template/srch-listings")
+    template = json.loads(put.content)
+    assert template == index_template("srch-listings")
+    properties = template["template"]["mappings"]["properties"]
+    assert properties["ListPrice"] == {"type": "double"}
+    assert properties["BedsTotal"] == {"type": "long"}
+    assert properties["City"] == {"type": "keyword", "normalizer": "lowercase"}
+    assert properties["ListingKey"] == {"type": "keyword"}
+    assert properties["remarks"]["type"] == "text"
+    assert properties["ModificationTimestamp"]["type"] == "date"
+
+    events = [
+        stream.event(a, stream.record(a)),
+        stream.event(b, None),
+        stream.event(c, stream.record(c)),
+    ]
+    sink.write(Batch(events))
+    sink.commit(Batch(events).offsets())
+    bulk = capture.requests[1]
+    assert (bulk.method, str(bulk.url)) == ("POST", "http://search:9200/_bulk")
+    assert bulk.headers["content-type"] == "application/x-ndjson"
+    assert bulk.content.endswith(b"\n")
+    lines = [orjson.loads(line) for line in bulk.content.splitlines()]
+    doc_a = change_of(events[0]).document
+    expected_a = dict(doc_a, ModificationTimestamp=from_micros(doc_a["ModificationTimestamp"]))
+    assert lines == [
+        {
+            "index": {
+                "_index": "srch-listings",
+                "_id": a,
+                "version": to_micros(events[0].value["ModificationTimestamp"]),
+                "version_type": "external",
+            }
+        },
+        expected_a,
+        {"delete": {"_index": "srch-listings", "_id": b}},
+        {
+            "index": {
+                "_index": "srch-listings",
+                "_id": c,
+                "version": to_micros(events[2].value["ModificationTimestamp"]),
+                "version_type": "external",
+            }
+        },
+        lines[4],
+    ]
+    assert lines[4]["ListingKey"] == c and lines[4]["ListPrice"] == events[2].value["ListPrice"]
+    assert sink.stored_offsets([("srch.listings", 0)]) is None  # Kafka's offsets are used
+
+
+def test_opensearch_item_failures_fail_the_commit():
+    stream = EventStream("srch", listings=1)
+    (key,) = stream.mls.live_keys
+    capture = Capture({key: 400})
+    backend = OpenSearchBackend(
+        "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+    )
+    with pytest.raises(SinkError, match="1 actions failed"):
+        backend.apply([change_of(stream.event(key, stream.record(key)))], {})
+
+
+def test_opensearch_search_body():
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append((request.url.path, json.loads(request.content)))
+        hit = {"_score": 1.5, "_source": {"ListingKey": "K1", "ListPrice": 5.0}}
+        return httpx.Response(200, json={"hits": {"total": {"value": 7}, "hits": [hit]}})
+
+    backend = OpenSearchBackend(
+        "http://s:9200", "idx", client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
+    total, hits = backend.search(
+        "pool view",
+        parse_where(["ListPrice<5e5 AND City!=Fargo", "ModificationTimestamp>=2024-01-01"]),
+        0,
+    )
+    assert total == 7 and hits[0]["ListingKey"] == "K1" and hits[0]["score"] == 1.5
+    path, body = bodies[0]
+    assert path == "/idx/_search"
+    assert body == {
+        "query": {
+            "bool": {
+                "must": [
+                    {
+                        "simple_query_string": {
+                            "query": "pool view",
+                            "fields": ["remarks", "address"],
+                            "default_operator": "and",
+                        }
+                    }
+                ],
+                "filter": [
+                    {"range": {"ListPrice": {"lt": 500000.0}}},
+                    {"range": {"ModificationTimestamp": {"gte": "2024-01-01T00:00:00Z"}}},
+                ],
+                "must_not": [{"term": {"City": "fargo"}}],
+            }
+        },
+        "size": 10000,
+        "track_total_hits": True,
+    }
+
+
+# ---- end to end: emulator → real poller → Kafka → runner → search sink ------------------------
+
+
+def test_end_to_end_the_index_holds_the_emulators_ground_truth(make_settings):
+    from devstack.emulator import Emulator, EmulatorConfig
+    from producer.topics import ensure_contract
+    from tests.consumers.sink_events import replicate, run_sink
+
+    config = EmulatorConfig(listings=1500, accounts=30, seed=11, filter_cache_seconds=0)
+    with Emulator(config) as emu:
+        settings = make_settings(api_url=emu.url, api_key="devstack-key", rate_limit=1000)
+        list(ensure_contract(settings))
+        replicate(emu, settings)
+        truth = {k: parse_ts(v) for k, v in emu.truth()["listings"].items()}
+    stats = run_sink(SearchSink(), settings)
+    assert stats.dead_letters == 0 and stats.applied > len(truth)  # updates and tombstones too
+    path = Path(settings.state_dir) / "search" / settings.topic_prefix / "index"
+    _, hits = search(path, None, [], 0)
+    assert {h["ListingKey"]: parse_ts(h["ModificationTimestamp"]) for h in hits} == truth
+    # the offsets live with the index: a second run starts where the first ended
+    again = run_sink(SearchSink(), settings)
+    assert again.consumed == 0

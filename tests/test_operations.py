@@ -1,0 +1,183 @@
+"""The product in an operator's hands: demo, status, reconcile, dead-letter re-drive, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+
+from consumers.registry import load_sink
+from consumers.runner import Runner, RunnerConfig
+from devstack.emulator import Emulator, EmulatorConfig
+from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
+from producer.cli import build_poller
+from producer.topics import ensure_contract
+from spark_relay.reconcile import _utc, holdings
+from spark_relay.settings import replace
+from spark_relay.status import collect_status
+from tests.kafka_helpers import read_topic
+
+BIN = Path(sys.executable).parent / "spark-relay"
+
+
+@pytest.fixture
+def emulator():
+    with Emulator(EmulatorConfig(listings=600, accounts=40, seed=3, filter_cache_seconds=0)) as emu:
+        yield emu
+
+
+@pytest.fixture
+def settings(make_settings, emulator, database_url, topic_prefix):
+    settings = make_settings(api_url=emulator.url, api_key="devstack-key", rate_limit=1000,
+                             database_url=database_url)
+    list(ensure_contract(settings))
+    return settings
+
+
+def _env(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+    env.update({
+        "SPARK_RELAY_API_URL": settings.api_url, "SPARK_RELAY_API_KEY": "devstack-key",
+        "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "SPARK_RELAY_DATABASE_URL": settings.database_url, "SPARK_RELAY_STATE_DIR": settings.state_dir,
+        "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix, "SPARK_RELAY_RATE_LIMIT": "1000",
+    })
+    return env
+
+
+def _sink(name: str, settings, **options) -> Runner:
+    """Run sink ``name`` until caught up, as `spark-relay sink NAME --until-caught-up` does."""
+    import click
+
+    from consumers.registry import cli_options_of
+
+    cls = load_sink(name)
+    defaults = click.Command(name, params=cli_options_of(cls)).make_context(name, []).params
+    runner = Runner(cls(), settings, RunnerConfig(
+        until_caught_up=True, consumer_config=DEVSTACK_CONSUMER_SETTINGS,
+        options={**defaults, **options}))
+    runner.run()
+    return runner
+
+
+def _truth(emulator) -> dict:
+    return {k: _utc(v) for k, v in emulator.truth()["listings"].items()}
+
+
+def test_demo_converges_and_prints_json(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+    env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
+    result = subprocess.run([BIN, "demo", "--listings", "800", "--rounds", "2", "--json"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["converged"] is True and summary["mode"].startswith("embedded")
+    assert set(summary["sinks"]) == {"postgres", "search", "files"}
+    for sink in summary["sinks"].values():
+        assert sink["rows"] == summary["listings"] and sink["lag"] == 0 and sink["matches"]
+    assert "matches the ground truth" in result.stderr and "spark-relay search" in result.stderr
+    # the counts match what the files show
+    state = tmp_path / "demo" / "state"
+    assert len(holdings("files", replace(
+        load_state_settings(state), topic_prefix="spark"))) == summary["listings"]
+
+
+def load_state_settings(state: Path):
+    from spark_relay.settings import load_settings
+
+    return load_settings(environ={}, state_dir=str(state))
+
+
+def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        poller.update()
+    _sink("search", settings)
+    emulator.advance(minutes=30, modify=0.1, create=0.02, remove=0.0, media=0.0)
+    with build_poller(settings) as poller:  # the sink is stopped while the poller publishes
+        published = poller.update().published
+    assert published > 0
+
+    status = collect_status(settings)
+    group = status.groups["spark-relay.search"]
+    assert group["lag"] == published
+    assert status.healthy, status.problems  # a recent update, no dead letters
+
+    result = subprocess.run([BIN, "status", "--json"], capture_output=True, text=True,
+                            env=_env(settings), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["consumer_groups"]["spark-relay.search"]["lag"] == published
+
+    _sink("search", settings)
+    assert collect_status(settings).groups["spark-relay.search"]["lag"] == 0
+
+
+def test_status_is_unhealthy_without_a_recent_update(settings):
+    result = subprocess.run([BIN, "status"], capture_output=True, text=True, env=_env(settings),
+                            timeout=60)
+    assert result.returncode == 1
+    assert "not completed an update window" in result.stdout
+
+
+def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator):
+    with build_poller(settings) as poller:
+        poller.snapshot()
+    _sink("postgres", settings, schema=f"{settings.topic_prefix}_pg")
+    options = {"schema": f"{settings.topic_prefix}_pg"}
+    assert holdings("postgres", settings, options) == _truth(emulator)
+
+    with psycopg.connect(settings.database_url, autocommit=True) as db:
+        deleted = [row[0] for row in db.execute(
+            f'DELETE FROM "{options["schema"]}".listings WHERE "ListingKey" IN '
+            f'(SELECT "ListingKey" FROM "{options["schema"]}".listings ORDER BY 1 LIMIT 7) '
+            'RETURNING "ListingKey"')]
+        db.execute(f'UPDATE "{options["schema"]}".listings SET "ModificationTimestamp" = '
+                   "'2001-01-01Z' WHERE \"ListingKey\" = (SELECT max(\"ListingKey\") FROM "
+                   f'"{options["schema"]}".listings)')
+    removed = emulator.advance(minutes=10, modify=0, create=0, remove=0.01, media=0)["removed"]
+
+    command = [BIN, "reconcile", "--sink", "postgres", "--postgres-schema", options["schema"]]
+    report = subprocess.run([*command, "--repair"], capture_output=True, text=True,
+                            env=_env(settings), timeout=120)
+    assert report.returncode == 1, report.stderr  # it differed
+    assert re.search(rf"postgres: \d+ held, {len(deleted)} missing, 1 stale, {len(removed)} not purged",
+                     report.stdout), report.stdout
+
+    _sink("postgres", settings, schema=options["schema"])
+    assert holdings("postgres", settings, options) == _truth(emulator)
+    again = subprocess.run(command, capture_output=True, text=True, env=_env(settings), timeout=120)
+    assert again.returncode == 0 and "matches the API" in again.stdout
+
+
+def test_dead_letters_are_redriven_once_to_their_topic(settings):
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer.produce(settings.topic("listings"), key=b"broken", value=b"\x00garbage")
+    assert producer.flush(10) == 0
+    _sink("files", settings)
+    dlq = f"{settings.topic_prefix}.dlq.files"
+    assert collect_status(settings).dead_letters[dlq] == 1
+
+    result = subprocess.run([BIN, "dlq", "redrive", "files"], capture_output=True, text=True,
+                            env=_env(settings), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 re-sent" in result.stdout
+    resent = [(k, v, dict(h)) for k, v, h in read_topic(settings.kafka_bootstrap,
+                                                         settings.topic("listings"))
+              if k == "broken"]
+    assert len(resent) == 2  # the original and the re-driven copy
+    key, value, headers = resent[1]
+    assert value == b"\x00garbage"
+    assert headers["redrive.topic"] == settings.topic("listings").encode()
+    assert headers["redrive.partition"].isdigit() and headers["redrive.offset"] == b"0"
+    assert collect_status(settings).dead_letters[dlq] == 0
+    again = subprocess.run([BIN, "dlq", "redrive", "files"], capture_output=True, text=True,
+                           env=_env(settings), timeout=60)
+    assert "0 re-sent" in again.stdout
