@@ -21,8 +21,14 @@ def test_next_purge_is_daily_at_the_set_time():
 def test_daemon_runs_every_procedure_on_its_schedule_and_stops_cleanly(make_settings):
     with Emulator(EmulatorConfig(listings=300, accounts=20, seed=4, filter_cache_seconds=0)) as emu:
         purge_at = datetime.now(UTC).strftime("%H:%M")  # due at once
-        settings = make_settings(api_url=emu.url, api_key="devstack-key", rate_limit=1000,
-                                 update_interval=0.03, accounts_interval=0.05, purge_at=purge_at)
+        settings = make_settings(
+            api_url=emu.url,
+            api_key="devstack-key",
+            rate_limit=1000,
+            update_interval=0.03,
+            accounts_interval=0.05,
+            purge_at=purge_at,
+        )
         list(ensure_contract(settings))
         with build_poller(settings) as poller:
             thread = threading.Thread(target=run_daemon, args=(poller, 0.1))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import json
+import re
 import os
 import signal
 import sqlite3
@@ -305,3 +307,55 @@ def test_a_bad_token_stops_at_once_and_moves_no_checkpoint(emulator, relay):
     assert _checkpoint(Path(settings.state_dir), "snapshot") is None
     assert _checkpoint(Path(settings.state_dir), "purge") is None
     assert _keys_published(settings) == 0
+
+
+def test_subresources_are_fetched_only_when_their_change_timestamp_moved(emulator, relay):
+    emu = emulator(listings=200, accounts=20)
+    settings = relay(emu, subresources="Photos")
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        changes = emu.advance(minutes=30, modify=0.05, create=0.0, remove=0.0, media=0.05)
+        before = poller.client.stats["requests"]
+        stats = poller.update()
+        fetched = poller.client.stats["requests"] - before - stats.pages - 2  # probe, last page
+    assert fetched == len(changes["media"])  # not for the listings modified without new media
+
+    latest = _latest(settings)
+    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+        for key in changes["modified"] + changes["media"]:
+            photos = http.get(f"/v1/listings/{key}/photos", params={"_limit": 200}).json()["D"]
+            standard = listing_from_record(latest[key])["StandardFields"]
+            assert standard["Photos"] == photos["Results"], key
+
+
+def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
+    emu = emulator(listings=2500, accounts=20, latency_ms=100)
+    settings = relay(emu)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+    env.update(
+        {
+            "SPARK_RELAY_API_URL": emu.url,
+            "SPARK_RELAY_API_KEY": "devstack-key",
+            "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+            "SPARK_RELAY_STATE_DIR": settings.state_dir,
+            "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
+        }
+    )
+    result = subprocess.run(
+        [BIN, "--log-format", "json", "poll", "snapshot", "--progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert re.search(r"snapshot: \[#+ *\] 2,500/2,500, [\d,]+ records/s", result.stderr)
+    logs = [
+        json.loads(line)
+        for line in result.stderr.replace("\r", "\n").splitlines()
+        if line.startswith("{")
+    ]
+    summary = [entry for entry in logs if entry["logger"] == "producer.poller"]
+    assert summary and summary[-1]["message"].startswith("snapshot done: 2500 records")
+    assert result.stdout.startswith("snapshot done: 2500 records, 2500 published")
