@@ -23,6 +23,7 @@ from consumers.registry import SinkLoadError, cli_options_of, load_sink, sink_en
 from consumers.runner import Replay, Runner, RunnerConfig, parse_offsets
 from spark_relay.cli import App
 from spark_relay.errors import EXIT_CODES, ConfigError
+from spark_relay.metrics import serve_metrics
 from spark_relay.settings import load_settings
 
 __all__ = ["sink_group", "COMMON_OPTIONS"]
@@ -84,6 +85,13 @@ def _common_options() -> list[click.Option]:
             envvar="SPARK_RELAY_SINK_BATCH_SIZE",
             show_envvar=True,
             help="Messages per batch, at most.",
+        ),
+        click.Option(
+            ["--metrics-port"],
+            type=int,
+            envvar="SPARK_RELAY_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (on SPARK_RELAY_METRICS_HOST, default "
+            "127.0.0.1).",
         ),
         click.Option(
             ["--batch-ms"],
@@ -163,6 +171,7 @@ def _sink_command(name: str, cls: type) -> click.Command:
         ctx = click.get_current_context()
         app = ctx.find_object(App)
         settings = app.settings() if app is not None else load_settings()
+        serve_metrics(params.pop("metrics_port"), settings.metrics_host)
         config = runner_config(params, settings.topic_prefix)
         with _stop_on_signals() as stop:
             stats = Runner(cls(), settings, config, stop=stop).run()

@@ -29,15 +29,15 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.topics import DLQ_RETENTION_MS, dlq_topic
 from spark_relay.errors import DeliveryError
+from spark_relay.metrics import SINK_DEAD_LETTERS
 from spark_relay.settings import Settings
 
 __all__ = ["DeadLetters", "dlq_topic", "DLQ_RETENTION_MS", "HEADERS"]
 
 logger = logging.getLogger(__name__)
 
-#: Dead letters are kept for 30 days: long enough to fix and re-drive them.
-DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: The header names, in the order they are written.
 HEADERS = (
     "dlq.error",
@@ -50,11 +50,6 @@ HEADERS = (
     "dlq.sink",
 )
 _MAX_ERROR = 2000
-
-
-def dlq_topic(prefix: str, sink: str) -> str:
-    """``<prefix>.dlq.<sink>`` (the poller's is ``<prefix>.dlq.poller``)."""
-    return f"{prefix}.dlq.{sink}"
 
 
 def error_class(error: BaseException) -> str:
@@ -72,7 +67,8 @@ class DeadLetters:
     def __init__(self, settings: Settings, sink: str) -> None:
         self.sink = sink
         self.topic = dlq_topic(settings.topic_prefix, sink)
-        self._kafka = settings.kafka_config()
+        self._kafka = settings.kafka_config("producer")
+        self._admin = settings.kafka_config("admin")
         self._producer: Producer | None = None
         self._errors: list[str] = []
         self.sent = 0
@@ -82,7 +78,7 @@ class DeadLetters:
 
         The replication factor is the cluster's default.
         """
-        admin = AdminClient(self._kafka)
+        admin = AdminClient(self._admin)
         topic = NewTopic(
             self.topic,
             num_partitions=1,
@@ -145,6 +141,7 @@ class DeadLetters:
                 self._producer.poll(0.1)
         self._producer.poll(0)
         self.sent += 1
+        SINK_DEAD_LETTERS.labels(self.sink).inc()
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every dead letter to be acknowledged; raise :class:`DeliveryError` if one was not."""

@@ -52,15 +52,16 @@ def redrive(settings: Settings, sink: str, timeout: float = 60.0) -> RedriveStat
     stats = RedriveStats(topic)
     consumer = Consumer(
         settings.kafka_config(
+            "consumer",
             **{
                 "group.id": redrive_group(topic),
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-            }
+            },
         )
     )
-    publisher = Publisher(settings.kafka_config())
+    publisher = Publisher(settings.kafka_config("producer"))
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -91,14 +92,16 @@ def redrive(settings: Settings, sink: str, timeout: float = 60.0) -> RedriveStat
                     ("redrive.partition", _header(headers, "dlq.partition") or b""),
                     ("redrive.offset", _header(headers, "dlq.offset") or b""),
                 ]
-                publisher.produce(source.decode(), message.key(), message.value(),
-                                  headers + coordinates)
+                publisher.produce(
+                    source.decode(), message.key(), message.value(), headers + coordinates
+                )
                 stats.resent += 1
             offsets[message.partition()] = message.offset() + 1
         publisher.flush()
         if offsets:
             consumer.commit(
-                offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
+                offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                asynchronous=False,
             )
     finally:
         consumer.close()

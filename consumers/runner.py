@@ -45,6 +45,7 @@ timestamp until the first one at or after it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -53,7 +54,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -71,11 +71,28 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from consumers.base import Batch, Event, Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
 from consumers.dlq import DeadLetters
+from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.metrics import (
+    SINK_APPLIED,
+    SINK_BATCH_SECONDS,
+    SINK_LAG,
+    SINK_NEWEST,
+    observe_newest,
+)
 from spark_relay.settings import Settings
 
-__all__ = ["Runner", "RunnerConfig", "RunStats", "Replay", "parse_offsets", "default_group"]
+__all__ = [
+    "Runner",
+    "RunnerConfig",
+    "RunStats",
+    "default_group",
+    # re-exported from consumers.positions
+    "Replay",
+    "parse_offsets",
+    "end_offsets",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,54 +100,6 @@ logger = logging.getLogger(__name__)
 def default_group(sink_name: str) -> str:
     """The default consumer group of a sink: ``spark-relay.<sink>``."""
     return f"spark-relay.{sink_name}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Replay:
-    """Where to start instead of the stored or committed offsets: set one of the three.
-
-    ``offsets`` maps ``(topic, partition)`` to the first offset to read;
-    ``topic`` is a full topic name, or None for every subscribed topic.
-    """
-
-    beginning: bool = False
-    offsets: Mapping[tuple[str | None, int], int] = field(default_factory=dict)
-    timestamp: datetime | None = None
-
-    def __post_init__(self) -> None:
-        chosen = sum((self.beginning, bool(self.offsets), self.timestamp is not None))
-        if chosen != 1:
-            raise ValueError("a replay starts from the beginning, from offsets or from a timestamp")
-        if self.timestamp is not None and self.timestamp.tzinfo is None:
-            raise ValueError("timestamp: expected a timezone-aware datetime")
-
-
-def parse_offsets(text: str, topic_prefix: str) -> dict[tuple[str | None, int], int]:
-    """``--from-offset``: comma-separated ``[TOPIC:]PARTITION:OFFSET``.
-
-    ``listings:0:120,listings:1:0`` names a topic by its resource (``listings``)
-    or its full name (``spark.listings``); ``0:120`` applies to partition 0 of
-    every topic the sink reads. Partitions not named resume as usual.
-    """
-    result: dict[tuple[str | None, int], int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        pieces = part.rsplit(":", 2)
-        if len(pieces) == 2:
-            topic, (partition, offset) = None, pieces
-        elif len(pieces) == 3:
-            topic, partition, offset = pieces
-            topic = topic if "." in topic else f"{topic_prefix}.{topic}"
-        else:
-            topic = partition = offset = ""
-        if not (partition.isdigit() and offset.isdigit()) or topic == "":
-            raise ConfigError(
-                f"--from-offset: expected [TOPIC:]PARTITION:OFFSET[,…] (e.g. listings:0:120,listings:1:0 "
-                f"or 0:120), got {part!r}"
-            )
-        result[(topic, int(partition))] = int(offset)
-    if not result:
-        raise ConfigError("--from-offset: expected at least one [TOPIC:]PARTITION:OFFSET")
-    return result
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,17 +144,25 @@ class RunStats:
         )
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network errors of the HTTP clients the registry client may use (httpx2 when installed)."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
 def _is_unavailable(error: BaseException) -> bool:
     """A decode failure that says nothing about the message: the registry is down or erring."""
     if isinstance(error, SchemaRegistryError):
         return not 400 <= error.http_status_code < 500
-    return isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
-
-
-def _tp(message: Message | TopicPartition) -> TP:
-    if isinstance(message, TopicPartition):
-        return (message.topic, message.partition)
-    return (message.topic(), message.partition())
+    return isinstance(error, _TRANSPORT_ERRORS)
 
 
 class Runner:
@@ -231,7 +208,7 @@ class Runner:
         )
         consumer_config = {
             "auto.offset.reset": "earliest",
-            **settings.kafka_config(),
+            **settings.kafka_config("consumer"),
             **config.consumer_config,
             "group.id": self.group_id,
             "enable.auto.commit": False,
@@ -251,7 +228,7 @@ class Runner:
             self._dlq.ensure_topic()
             if config.until_caught_up:
                 self._ends = end_offsets(consumer_config, self.topics)
-                logger.info("catching up to %s", _show(self._ends))
+                logger.info("catching up to %s", show_offsets(self._ends))
             strategy = str(consumer_config.get("partition.assignment.strategy", ""))
             self._cooperative = "cooperative" in strategy
             self._consumer = Consumer(consumer_config)
@@ -309,7 +286,7 @@ class Runner:
 
     def _take(self, message: Message) -> None:
         error = message.error()
-        tp = _tp(message)
+        tp = tp_of(message)
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
                 self._position[tp] = max(self._position.get(tp, -1), message.offset())
@@ -343,6 +320,7 @@ class Runner:
         """Decode, write, dead-letter, commit the batch in hand."""
         if not self._pending_offsets:
             return
+        started = time.perf_counter()
         messages, offsets = self._pending, self._pending_offsets
         self._pending, self._pending_offsets = [], {}
         dlq = self._dlq
@@ -364,7 +342,9 @@ class Runner:
         self.sink.commit(dict(offsets))
         self._commit_kafka(offsets)
         self.stats.batches += 1
-        logger.debug("committed %d messages: %s", len(messages), _show(offsets))
+        SINK_BATCH_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
+        self._observe_lag(offsets)
+        logger.debug("committed %d messages: %s", len(messages), show_offsets(offsets))
 
     def _decode(self, message: Message) -> Event:
         serde = self._serde
@@ -390,6 +370,7 @@ class Runner:
         try:
             self.sink.write(Batch(events))
             self.stats.applied += len(events)
+            self._observe_applied(events)
             return
         except SinkUnavailableError:
             raise
@@ -405,10 +386,34 @@ class Runner:
             try:
                 self.sink.write(Batch([event]))
                 self.stats.applied += 1
+                self._observe_applied([event])
             except SinkUnavailableError:
                 raise
             except Exception as e:
                 dlq.send(message, e, "write")
+
+    def _observe_applied(self, events: list[Event]) -> None:
+        """Metrics: events applied per topic, and the newest ModificationTimestamp applied."""
+        newest = 0.0
+        for event in events:
+            SINK_APPLIED.labels(self.sink.name, event.topic).inc()
+            modified = (event.value or {}).get("ModificationTimestamp")
+            if isinstance(modified, datetime):
+                newest = max(newest, modified.timestamp())
+        if newest:
+            observe_newest(SINK_NEWEST, newest, sink=self.sink.name)
+
+    def _observe_lag(self, offsets: Offsets) -> None:
+        """Metrics: messages behind each partition's end, from the fetch's high watermark."""
+        assert self._consumer is not None
+        for (topic, partition), position in offsets.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            SINK_LAG.labels(self.sink.name, topic, str(partition)).set(max(0, high - position))
 
     def _commit_kafka(self, offsets: Offsets) -> None:
         assert self._consumer is not None
@@ -417,12 +422,12 @@ class Runner:
             self._consumer.commit(offsets=partitions, asynchronous=False)
         except KafkaException as e:
             # the sink holds the data (and, for most sinks, the offsets): at worst a re-delivery
-            logger.warning("committing %s to Kafka failed: %s", _show(offsets), e)
+            logger.warning("committing %s to Kafka failed: %s", show_offsets(offsets), e)
 
     # ---- rebalances ----------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        tps = [_tp(p) for p in partitions]
+        tps = [tp_of(p) for p in partitions]
         replay = self._replay_starts(consumer, [tp for tp in tps if tp not in self._replayed])
         stored = self.sink.stored_offsets(tps) if tps else None
         starts = []
@@ -434,7 +439,7 @@ class Runner:
                 p.offset, origin = stored.get(tp, OFFSET_BEGINNING), "sink"
             else:
                 origin = "group"
-            starts.append(f"{tp[0]}[{tp[1]}] {_offset_text(p.offset)} ({origin})")
+            starts.append(f"{tp[0]}[{tp[1]}] {offset_text(p.offset)} ({origin})")
         logger.info("assigned: %s", "; ".join(starts) or "no partitions")
         if self._cooperative:  # partitions come and go one by one
             consumer.incremental_assign(partitions)
@@ -462,7 +467,7 @@ class Runner:
         found = consumer.offsets_for_times([TopicPartition(t, p, ms) for t, p in tps], timeout=30)
         starts = {}
         for p in found:
-            tp = _tp(p)
+            tp = tp_of(p)
             if p.error is not None:
                 raise KafkaException(p.error)
             starts[tp] = p.offset if p.offset >= 0 else OFFSET_END
@@ -472,99 +477,32 @@ class Runner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info(
             "revoking %s: committing the batch in hand",
-            ", ".join(f"{t}[{p}]" for t, p in map(_tp, partitions)),
+            ", ".join(f"{t}[{p}]" for t, p in map(tp_of, partitions)),
         )
         self._flush()
         self._forget(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {_tp(p) for p in partitions}
+        lost = {tp_of(p) for p in partitions}
         logger.warning(
             "lost %s: dropping their uncommitted messages", ", ".join(f"{t}[{p}]" for t, p in lost)
         )
-        self._pending = [m for m in self._pending if _tp(m) not in lost]
+        self._pending = [m for m in self._pending if tp_of(m) not in lost]
         self._pending_offsets = {tp: o for tp, o in self._pending_offsets.items() if tp not in lost}
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
-            tp = _tp(p)
+            tp = tp_of(p)
             self._assigned.discard(tp)
             self._position.pop(tp, None)
             self._before.pop(tp, None)
 
     def _check_topics(self) -> None:
-        metadata = AdminClient(self.settings.kafka_config()).list_topics(timeout=30)
+        metadata = AdminClient(self.settings.kafka_config("admin")).list_topics(timeout=30)
         missing = [t for t in self.topics if t not in metadata.topics]
         if missing:
             raise ConfigError(
                 f"topic(s) {', '.join(missing)} do not exist: run `spark-relay topics create` "
                 f"(SPARK_RELAY_TOPIC_PREFIX={self.settings.topic_prefix})"
             )
-
-
-def end_offsets(
-    consumer_config: Mapping[str, Any], topics: Sequence[str], timeout: float = 60.0
-) -> Offsets:
-    """The end (next offset to be written) of every partition of ``topics``, right now.
-
-    Reads the high watermark from a fetch of each partition's last message
-    rather than trusting ListOffsets alone (see the module docstring).
-    """
-    probe = Consumer(
-        {
-            **{
-                k: v
-                for k, v in consumer_config.items()
-                if k not in ("group.id", "enable.partition.eof")
-            },
-            "group.id": f"{consumer_config.get('group.id', 'spark-relay')}.probe",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        metadata = probe.list_topics(timeout=timeout)
-        ends: Offsets = {}
-        starts = []
-        for topic in topics:
-            for partition in metadata.topics[topic].partitions:
-                low, high = probe.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=timeout
-                )
-                ends[(topic, partition)] = high
-                if high > low:
-                    starts.append(TopicPartition(topic, partition, max(low, high - 1)))
-        waiting = {_tp(p) for p in starts}
-        probe.assign(starts)
-        deadline = time.monotonic() + timeout
-        while waiting:
-            if time.monotonic() > deadline:
-                raise KafkaException(
-                    KafkaError(KafkaError._TIMED_OUT, f"end offsets of {sorted(waiting)}")
-                )
-            message = probe.poll(0.5)
-            if message is None:
-                continue
-            tp = _tp(message)
-            error = message.error()
-            if error is None:
-                ends[tp] = max(ends[tp], message.offset() + 1)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                ends[tp] = max(ends[tp], message.offset())
-                waiting.discard(tp)
-            elif error.fatal():
-                raise KafkaException(error)
-        return ends
-    finally:
-        probe.close()
-
-
-def _offset_text(offset: int) -> str:
-    return {OFFSET_BEGINNING: "from the beginning", OFFSET_END: "from the end"}.get(offset) or (
-        "from the committed offset" if offset < 0 else f"from {offset}"
-    )
-
-
-def _show(offsets: Offsets) -> str:
-    return ", ".join(f"{t}[{p}]={o}" for (t, p), o in sorted(offsets.items())) or "nothing"

@@ -9,7 +9,7 @@ import threading
 import click
 
 from devstack.emulator.cli import emulator_command
-from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
+from devstack.kafka import DEVSTACK_ENV
 from devstack.stack import Devstack
 from spark_relay.cli import App, pass_app
 
@@ -41,23 +41,20 @@ def devstack_group() -> None:
 def up_command(app: App, state_dir: str | None) -> None:
     """Start broker, registry and PostgreSQL in the foreground until Ctrl-C or SIGTERM.
 
-    Prints one SPARK_RELAY_…=… line per service, ready for `export`:
+    Prints one SPARK_RELAY_…=… line per setting, ready for `export`; they include
+    the consumer settings that make a group join take ~3 s on this broker:
 
     \b
-      eval "$(spark-relay devstack up | head -3 | sed 's/^/export /')"   # in another shell
+      spark-relay devstack up > devstack.env &
+      sleep 10; set -a; . ./devstack.env; set +a      # in the shell you work in
     """
     settings = app.settings()
     root = settings.state_path / "devstack" if state_dir is None else state_dir
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Devstack(root, settings.database_url) as stack:
-        for name, value in stack.environment().items():
+        for name, value in {**stack.environment(), **DEVSTACK_ENV}.items():
             click.echo(f"{name}={shlex.quote(value)}")
-        click.echo(
-            f"# consumers here should set session.timeout.ms={DEVSTACK_CONSUMER_SETTINGS['session.timeout.ms']}"
-            " (a group join then takes ~3 s on this broker)",
-            err=True,
-        )
         click.echo("# devstack running; Ctrl-C or SIGTERM stops it", err=True)
         try:
             while not stop.wait(0.5):
@@ -84,7 +81,7 @@ def check_command(app: App, state_dir: str | None) -> None:
 
     settings = app.settings()
     if settings.kafka_bootstrap and settings.schema_registry_url:
-        result = smoke_check(settings.kafka_config(), settings.registry_config())
+        result = smoke_check(settings.kafka_config("admin"), settings.registry_config())
     else:
         root = settings.state_path / "devstack" if state_dir is None else state_dir
         with Devstack(root, with_postgres=False) as stack:

@@ -25,12 +25,17 @@ from confluent_kafka.admin import AdminClient
 from devstack._net import free_port, wait_for_port
 from spark_relay.errors import ConfigError
 
-__all__ = ["KafkaBroker", "DEVSTACK_CONSUMER_SETTINGS", "broker_binary"]
+__all__ = ["KafkaBroker", "DEVSTACK_CONSUMER_SETTINGS", "DEVSTACK_ENV", "broker_binary"]
 
 logger = logging.getLogger(__name__)
 
 #: librdkafka consumer settings the devstack uses so a group join takes ~3 s, not ~23 s.
 DEVSTACK_CONSUMER_SETTINGS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+#: The same, as the environment variables every spark-relay command reads.
+DEVSTACK_ENV = {
+    "SPARK_RELAY_KAFKA_" + key.upper().replace(".", "_"): str(value)
+    for key, value in DEVSTACK_CONSUMER_SETTINGS.items()
+}
 
 
 def broker_binary() -> str:

@@ -42,7 +42,7 @@ def build_poller(
         rate_limit=settings.rate_limit,
         timeout=settings.api_timeout,
     )
-    publisher = Publisher(settings.kafka_config())
+    publisher = Publisher(settings.kafka_config("producer"))
     state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     try:

@@ -42,11 +42,12 @@ from schemas import (
     purge_key,
     purge_record,
 )
+from schemas.topics import dlq_topic
 from spark_relay.errors import RelayError
 from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
 from spark_relay.settings import Settings
 
-__all__ = ["Poller", "RunStats", "content_hash", "dlq_topic"]
+__all__ = ["Poller", "RunStats", "content_hash"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ RECONCILE_BATCH = 25
 def content_hash(record: Any) -> str:
     """A digest of an API record as the API ordered it (a reordering only costs a re-publish)."""
     return hashlib.blake2b(orjson.dumps(record), digest_size=16).hexdigest()
-
-
-def dlq_topic(prefix: str, name: str = "poller") -> str:
-    return f"{prefix}.dlq.{name}"
 
 
 def _iso(moment: datetime) -> str:
@@ -177,7 +174,7 @@ class Poller:
         self.state = state
         self.stop = stop or threading.Event()
         self.progress = progress
-        self.dlq = dlq_topic(settings.topic_prefix)
+        self.dlq = dlq_topic(settings.topic_prefix, "poller")
         self.expand = [n for n in settings.expand.split(",") if n]
         self.subresources = [n for n in settings.subresources.split(",") if n]
         self.page_size = settings.page_size
@@ -206,12 +203,13 @@ class Poller:
 
     def _dead_letter(self, stats: RunStats, raw: Any, error: Exception, source: Source) -> None:
         key = getattr(error, "key", None) or ""
-        headers = [
-            ("error", str(error).encode()),
-            ("error.class", type(error).__name__.encode()),
-            ("resource", source.resource.encode()),
-            ("procedure", source.procedure.encode()),
-            ("run_id", source.run_id.encode()),
+        headers = [  # the dlq.* vocabulary of the sinks' dead letters (consumers/dlq.py)
+            ("dlq.error", str(error).encode()),
+            ("dlq.error.class", type(error).__name__.encode()),
+            ("dlq.stage", b"convert"),
+            ("dlq.resource", source.resource.encode()),
+            ("dlq.procedure", source.procedure.encode()),
+            ("dlq.run_id", source.run_id.encode()),
         ]
         self.publisher.produce(self.dlq, key.encode(), orjson.dumps(raw), headers)
         stats.dead_lettered += 1

@@ -8,32 +8,20 @@ from collections.abc import Iterator
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from producer.poller import dlq_topic
-from schemas import TopicSpec, create_topics, register_schemas, topic_specs
+from schemas import create_topics, register_schemas, topic_specs
+from schemas.topics import dlq_spec
 from spark_relay.settings import Settings
 
-__all__ = ["ensure_contract", "dlq_spec"]
+__all__ = ["ensure_contract"]
 
 logger = logging.getLogger(__name__)
-
-#: Dead letters are kept for 30 days: long enough to fix and re-drive them.
-DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
-
-
-def dlq_spec(prefix: str, name: str, replication_factor: int = 1) -> TopicSpec:
-    return TopicSpec(
-        name=dlq_topic(prefix, name),
-        partitions=1,
-        replication_factor=replication_factor,
-        config={"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
-    )
 
 
 def ensure_contract(
     settings: Settings, partitions: int = 6, replication_factor: int = 1
 ) -> Iterator[str]:
     """Create what is missing, register the schemas; yield one line per thing done. Idempotent."""
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("admin"))
     specs = topic_specs(settings.topic_prefix, partitions, replication_factor)
     specs.append(dlq_spec(settings.topic_prefix, "poller", replication_factor))
     created = set(create_topics(admin, specs))

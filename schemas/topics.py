@@ -21,6 +21,9 @@ __all__ = [
     "ACCOUNTS",
     "PURGES",
     "PURGE_RETENTION_MS",
+    "DLQ_RETENTION_MS",
+    "dlq_topic",
+    "dlq_spec",
     "TopicSpec",
     "topic_name",
     "topic_specs",
@@ -32,6 +35,8 @@ logger = logging.getLogger(__name__)
 LISTINGS = "listings"
 ACCOUNTS = "accounts"
 PURGES = "purges"
+#: Dead letters are kept for 30 days: long enough to fix and re-drive them.
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: How long purge events are kept: 365 days.
 PURGE_RETENTION_MS = 365 * 24 * 60 * 60 * 1000
 
@@ -53,6 +58,21 @@ class TopicSpec:
             replication_factor=self.replication_factor,
             config=dict(self.config),
         )
+
+
+def dlq_topic(prefix: str, name: str) -> str:
+    """``<prefix>.dlq.<name>``: the dead-letter topic of a sink, or ``poller``'s."""
+    return f"{prefix}.dlq.{name}"
+
+
+def dlq_spec(prefix: str, name: str, replication_factor: int = 1) -> TopicSpec:
+    """The dead-letter topic of ``name``: one partition, deleted after 30 days."""
+    return TopicSpec(
+        name=dlq_topic(prefix, name),
+        partitions=1,
+        replication_factor=replication_factor,
+        config={"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+    )
 
 
 def topic_name(prefix: str, name: str) -> str:

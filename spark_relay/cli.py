@@ -88,7 +88,12 @@ def cli(ctx: click.Context, config_file, log_format, log_level, debug) -> None:
 @cli.command("config")
 @pass_app
 def config_command(app: App) -> None:
-    """Print the effective settings (secrets masked) and where each is read from."""
+    """Print the effective settings, one SPARK_RELAY_<NAME>=value per line, secrets masked.
+
+    Each is read from the environment variable of that name, else from the
+    --config TOML file (lower-case key), else its default; librdkafka
+    pass-through settings are shown as kafka:<property>.
+    """
     for name, value in describe(app.settings()).items():
         click.echo(f"{name}={value}")
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import signal
+import threading
+from contextlib import ExitStack
+
 import click
 
+from devstack.kafka import DEVSTACK_ENV
 from spark_relay.cli import App, pass_app
+from spark_relay.errors import ConfigError
 
 __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 
@@ -67,7 +75,7 @@ def reconcile_command(
     import json
 
     from producer.cli import build_poller
-    from spark_relay.reconcile import api_keys, compare, holdings
+    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings
 
     settings = app.settings()
     options = {
@@ -77,10 +85,15 @@ def reconcile_command(
     }
     with build_poller(settings) as poller:
         api = api_keys(poller.client, settings.page_size)
-        findings = [
-            compare(name, api, holdings(name, settings, options[name]))
-            for name in sinks or ("postgres", "search", "files")
-        ]
+        findings = []
+        for name in sinks or ("postgres", "search", "files"):
+            try:
+                findings.append(compare(name, api, holdings(name, settings, options[name])))
+            except SinkNotSetUp as e:
+                if sinks:  # asked for by name: an error
+                    raise
+                click.echo(f"{e}: skipped", err=True)
+
         for finding in findings:
             if as_json:
                 click.echo(
@@ -105,6 +118,8 @@ def reconcile_command(
                 f"repair: {stats.published} re-published, {stats.purged} purged; "
                 "the sinks heal as they consume them"
             )
+    if not findings:
+        raise ConfigError("no sink holds data with these settings: nothing to reconcile")
     if not all(f.converged for f in findings):
         raise SystemExit(1)
 
@@ -166,7 +181,6 @@ def demo_command(
     if every sink converged. With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
     set it runs against the real API and cluster instead.
     """
-    import json
     import os
 
     from spark_relay.demo import run_demo
@@ -175,14 +189,26 @@ def demo_command(
     settings = app.settings()
     if app.overrides.get("log_level") is None and "SPARK_RELAY_LOG_LEVEL" not in os.environ:
         configure_logging("WARNING", settings.log_format)  # the progress lines tell the story
-    result = run_demo(
-        settings,
-        listings=listings,
-        rounds=rounds,
-        seed=seed,
-        keep=keep,
-        say=lambda text: click.echo(text, err=as_json),
-    )
+    with ExitStack() as services:  # the devstack and the emulator, stopped on the way out
+        result = run_demo(
+            settings,
+            listings=listings,
+            rounds=rounds,
+            seed=seed,
+            services=services,
+            say=lambda text: click.echo(text, err=as_json),
+        )
+        _demo_summary(result, keep=keep, as_json=as_json)
+        if keep and result.environment:
+            done = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: done.set())
+            done.wait()
+    if not result.converged:
+        raise SystemExit(1)
+
+
+def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
     lines = [
         "",
         f"{'sink':<10} {'rows':>8} {'lag':>5}  matches the ground truth",
@@ -212,22 +238,10 @@ def demo_command(
     if keep and env:
         lines += [
             "",
-            "The devstack and the emulator keep running (Ctrl-C stops them):",
-            *(f"export {k}={v}" for k, v in env.items()),
+            "The devstack and the emulator keep running until Ctrl-C (or SIGTERM). In another shell:",
+            *(f"export {k}={shlex.quote(v)}" for k, v in {**env, **DEVSTACK_ENV}.items()),
         ]
     for line in lines:
         click.echo(line, err=as_json)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
-    if keep and env:
-        import signal
-        import threading
-
-        done = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
-        try:
-            done.wait()
-        except KeyboardInterrupt:
-            pass
-    if not result.converged:
-        raise SystemExit(1)

@@ -98,7 +98,7 @@ def _lag(settings: Settings, sink: str, ends: dict) -> int:
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("admin"))
     group = default_group(sink)
     result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
     try:
@@ -115,7 +115,9 @@ def _wait_caught_up(
     settings: Settings, live: list[_LiveSink], say: Callable[[str], None], timeout: float = 180.0
 ) -> dict[str, int]:
     topics = {settings.topic(r) for sink in live for r in sink.runner.sink.resources}
-    ends = end_offsets(settings.kafka_config(**{"group.id": "spark-relay.demo"}), sorted(topics))
+    ends = end_offsets(
+        settings.kafka_config("consumer", **{"group.id": "spark-relay.demo"}), sorted(topics)
+    )
     deadline = time.monotonic() + timeout
     lags: dict[str, int] = {}
     while time.monotonic() < deadline:
@@ -142,7 +144,7 @@ def run_demo(
     listings: int,
     rounds: int,
     seed: int,
-    keep: bool,
+    services: ExitStack,
     say: Callable[[str], None],
 ) -> DemoResult:
     """Run the demo; ``say`` shows progress. The caller prints the summary."""
@@ -160,8 +162,7 @@ def run_demo(
             shutil.rmtree(root, ignore_errors=True)  # every demo starts from nothing
             say("• starting Kafka (Tansu), the Schema Registry and PostgreSQL …")
             devstack = Devstack(root / "devstack", settings.database_url).start()
-            if not keep:
-                stack.callback(devstack.stop)
+            services.callback(devstack.stop)
             say(f"  kafka {devstack.broker.bootstrap}, registry {devstack.registry.url}")
             say(f"• starting the Spark API emulator with {listings:,} listings …")
             emulator = Emulator(
@@ -172,8 +173,7 @@ def run_demo(
                     filter_cache_seconds=600,
                 )
             ).start()
-            if not keep:
-                stack.callback(emulator.stop)
+            services.callback(emulator.stop)
             env = devstack.environment()
             settings = replace(
                 settings,
@@ -244,6 +244,4 @@ def run_demo(
                 "matches": matches,
             }
         result.seconds = time.monotonic() - started
-        if keep:
-            stack.pop_all()
     return result

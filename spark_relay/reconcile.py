@@ -25,9 +25,13 @@ from producer.spark_client import SparkClient
 from spark_relay.errors import ConfigError
 from spark_relay.settings import Settings
 
-__all__ = ["SINK_READERS", "Finding", "api_keys", "compare", "holdings"]
+__all__ = ["SINK_READERS", "Finding", "SinkNotSetUp", "api_keys", "compare", "holdings"]
 
 logger = logging.getLogger(__name__)
+
+
+class SinkNotSetUp(ConfigError):
+    """The sink's store does not exist here: the sink never ran with these settings."""
 
 
 def _utc(moment: Any) -> datetime:
@@ -55,11 +59,17 @@ def _postgres(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str
     settings.require("database_url")
     schema = options.get("schema") or "spark"
     with psycopg.connect(settings.database_url) as connection:
-        cursor = connection.execute(
-            sql.SQL('SELECT "ListingKey", "ModificationTimestamp" FROM {}.listings').format(
-                sql.Identifier(schema)
+        try:
+            cursor = connection.execute(
+                sql.SQL('SELECT "ListingKey", "ModificationTimestamp" FROM {}.listings').format(
+                    sql.Identifier(schema)
+                )
             )
-        )
+        except psycopg.errors.UndefinedTable:
+            raise SinkNotSetUp(
+                f"postgres: no table {schema}.listings in SPARK_RELAY_DATABASE_URL "
+                "(has `spark-relay sink postgres` run with this schema?)"
+            ) from None
         yield from cursor
 
 
@@ -71,7 +81,7 @@ def _search(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, 
         options.get("path") or default_index_path(settings.state_path, settings.topic_prefix)
     )
     if not (path / "index").exists():
-        return
+        raise SinkNotSetUp(f"search: no index in {path} (has `spark-relay sink search` run?)")
     _, hits = tantivy_backend.search(path / "index", None, [], 0)
     for hit in hits:
         yield hit["ListingKey"], _utc(hit["ModificationTimestamp"])
@@ -84,6 +94,11 @@ def _files(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, d
     from consumers.files.formats import format_of
 
     root = Path(options.get("path") or settings.state_path / "files")
+    if not (root / settings.topic("listings")).exists():
+        raise SinkNotSetUp(
+            f"files: no {settings.topic('listings')} files in {root} "
+            "(has `spark-relay sink files` run?)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "current.jsonl"
         compact(root, [settings.topic("listings")], output, "jsonl")

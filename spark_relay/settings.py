@@ -50,7 +50,8 @@ class Secret:
     def __repr__(self) -> str:
         return "Secret('********')" if self._value else "Secret('')"
 
-    __str__ = __repr__
+    def __str__(self) -> str:
+        return "********" if self._value else ""
 
 
 def _url(name: str, value: str) -> str:
@@ -141,6 +142,28 @@ def _default_state_dir() -> str:
     return str(Path(base) / "spark-relay")
 
 
+#: librdkafka properties only a consumer knows (CONFIGURATION.md, column C).
+CONSUMER_ONLY = frozenset(
+    """group.id group.instance.id partition.assignment.strategy session.timeout.ms
+    heartbeat.interval.ms group.protocol.type group.protocol group.remote.assignor
+    coordinator.query.interval.ms max.poll.interval.ms enable.auto.commit
+    auto.commit.interval.ms enable.auto.offset.store queued.min.messages
+    queued.max.messages.kbytes fetch.wait.max.ms fetch.queue.backoff.ms fetch.message.max.bytes
+    max.partition.fetch.bytes fetch.max.bytes fetch.min.bytes fetch.error.backoff.ms
+    isolation.level consume.callback.max.messages enable.partition.eof check.crcs
+    auto.offset.reset""".split()
+)
+#: librdkafka properties only a producer knows (CONFIGURATION.md, column P).
+PRODUCER_ONLY = frozenset(
+    """transactional.id transaction.timeout.ms enable.idempotence enable.gapless.guarantee
+    queue.buffering.max.messages queue.buffering.max.kbytes queue.buffering.max.ms linger.ms
+    message.send.max.retries retries queue.buffering.backpressure.threshold compression.codec
+    compression.type batch.num.messages batch.size delivery.report.only.error
+    sticky.partitioning.linger.ms acks request.required.acks request.timeout.ms
+    message.timeout.ms delivery.timeout.ms partitioner compression.level""".split()
+)
+
+
 def _setting(default: Any, parse: Callable[[str, str], Any] | None = None, doc: str = "", **kw):
     return field(default=default, metadata={"parse": parse, "doc": doc}, **kw)
 
@@ -201,10 +224,22 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} is not set: expected {_doc(name).lower()}")
         return self
 
-    def kafka_config(self, **extra: Any) -> dict[str, Any]:
-        """The librdkafka configuration: bootstrap, pass-through settings, then ``extra``."""
+    def kafka_config(self, role: str = "any", **extra: Any) -> dict[str, Any]:
+        """The librdkafka configuration: bootstrap, pass-through settings, then ``extra``.
+
+        ``role`` (``producer``, ``consumer`` or ``admin``) leaves out the pass-through
+        settings the other role alone knows, so one environment (say
+        ``SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS``) serves every client without
+        librdkafka's "will be ignored" warnings.
+        """
         self.require("kafka_bootstrap")
-        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka, **extra}
+        skip = {
+            "producer": CONSUMER_ONLY,
+            "consumer": PRODUCER_ONLY,
+            "admin": CONSUMER_ONLY | PRODUCER_ONLY,
+        }.get(role, frozenset())
+        passthrough = {k: v for k, v in self.kafka.items() if k not in skip}
+        return {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
 
     def registry_config(self) -> dict[str, str]:
         """The configuration of confluent-kafka's ``SchemaRegistryClient``."""

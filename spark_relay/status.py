@@ -140,13 +140,13 @@ def collect_status(settings: Settings) -> Status:
     status = Status()
     now = datetime.now(UTC)
     _poller(settings, status, now)
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka_config("admin"))
     prefix = settings.topic_prefix + "."
     names = sorted(t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix))
     dlq_topics = [t for t in names if t.startswith(prefix + "dlq.")]
     data_topics = [t for t in names if t not in dlq_topics]
     ends = (
-        end_offsets(settings.kafka_config(**{"group.id": "spark-relay.status"}), names)
+        end_offsets(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}), names)
         if names
         else {}
     )

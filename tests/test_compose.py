@@ -23,7 +23,9 @@ def _compose(*args: str) -> str:
     env = {**os.environ, "SPARK_RELAY_API_KEY": "compose-check"}  # the poller requires one
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), "config", *args],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -29,3 +29,14 @@ def test_readme_opens_with_the_two_commands():
     head = (ROOT / "README.md").read_text().splitlines()[:8]
     assert any(line.startswith("make demo") for line in head)
     assert any(line.startswith("make test") for line in head)
+
+
+def test_readme_lists_every_setting():
+    from dataclasses import fields
+
+    from spark_relay.settings import Settings, env_name
+
+    readme = (ROOT / "README.md").read_text()
+    for field in fields(Settings):
+        if field.name != "kafka":
+            assert f"`{env_name(field.name)}`" in readme, env_name(field.name)

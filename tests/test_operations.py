@@ -7,14 +7,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from confluent_kafka import Producer
 
 from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig
+from devstack._net import free_port
 from devstack.emulator import Emulator, EmulatorConfig
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from producer.cli import build_poller
@@ -35,21 +38,27 @@ def emulator():
 
 @pytest.fixture
 def settings(make_settings, emulator, database_url, topic_prefix):
-    settings = make_settings(api_url=emulator.url, api_key="devstack-key", rate_limit=1000,
-                             database_url=database_url)
+    settings = make_settings(
+        api_url=emulator.url, api_key="devstack-key", rate_limit=1000, database_url=database_url
+    )
     list(ensure_contract(settings))
     return settings
 
 
 def _env(settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env.update({
-        "SPARK_RELAY_API_URL": settings.api_url, "SPARK_RELAY_API_KEY": "devstack-key",
-        "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-        "SPARK_RELAY_DATABASE_URL": settings.database_url, "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix, "SPARK_RELAY_RATE_LIMIT": "1000",
-    })
+    env.update(
+        {
+            "SPARK_RELAY_API_URL": settings.api_url,
+            "SPARK_RELAY_API_KEY": "devstack-key",
+            "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+            "SPARK_RELAY_DATABASE_URL": settings.database_url,
+            "SPARK_RELAY_STATE_DIR": settings.state_dir,
+            "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
+            "SPARK_RELAY_RATE_LIMIT": "1000",
+        }
+    )
     return env
 
 
@@ -61,9 +70,15 @@ def _sink(name: str, settings, **options) -> Runner:
 
     cls = load_sink(name)
     defaults = click.Command(name, params=cli_options_of(cls)).make_context(name, []).params
-    runner = Runner(cls(), settings, RunnerConfig(
-        until_caught_up=True, consumer_config=DEVSTACK_CONSUMER_SETTINGS,
-        options={**defaults, **options}))
+    runner = Runner(
+        cls(),
+        settings,
+        RunnerConfig(
+            until_caught_up=True,
+            consumer_config=DEVSTACK_CONSUMER_SETTINGS,
+            options={**defaults, **options},
+        ),
+    )
     runner.run()
     return runner
 
@@ -75,8 +90,13 @@ def _truth(emulator) -> dict:
 def test_demo_converges_and_prints_json(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
     env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
-    result = subprocess.run([BIN, "demo", "--listings", "800", "--rounds", "2", "--json"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [BIN, "demo", "--listings", "800", "--rounds", "2", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["converged"] is True and summary["mode"].startswith("embedded")
@@ -86,8 +106,10 @@ def test_demo_converges_and_prints_json(tmp_path):
     assert "matches the ground truth" in result.stderr and "spark-relay search" in result.stderr
     # the counts match what the files show
     state = tmp_path / "demo" / "state"
-    assert len(holdings("files", replace(
-        load_state_settings(state), topic_prefix="spark"))) == summary["listings"]
+    assert (
+        len(holdings("files", replace(load_state_settings(state), topic_prefix="spark")))
+        == summary["listings"]
+    )
 
 
 def load_state_settings(state: Path):
@@ -111,8 +133,9 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     assert group["lag"] == published
     assert status.healthy, status.problems  # a recent update, no dead letters
 
-    result = subprocess.run([BIN, "status", "--json"], capture_output=True, text=True,
-                            env=_env(settings), timeout=60)
+    result = subprocess.run(
+        [BIN, "status", "--json"], capture_output=True, text=True, env=_env(settings), timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["consumer_groups"]["spark-relay.search"]["lag"] == published
 
@@ -121,8 +144,9 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
 
 
 def test_status_is_unhealthy_without_a_recent_update(settings):
-    result = subprocess.run([BIN, "status"], capture_output=True, text=True, env=_env(settings),
-                            timeout=60)
+    result = subprocess.run(
+        [BIN, "status"], capture_output=True, text=True, env=_env(settings), timeout=60
+    )
     assert result.returncode == 1
     assert "not completed an update window" in result.stdout
 
@@ -135,21 +159,30 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
     assert holdings("postgres", settings, options) == _truth(emulator)
 
     with psycopg.connect(settings.database_url, autocommit=True) as db:
-        deleted = [row[0] for row in db.execute(
-            f'DELETE FROM "{options["schema"]}".listings WHERE "ListingKey" IN '
-            f'(SELECT "ListingKey" FROM "{options["schema"]}".listings ORDER BY 1 LIMIT 7) '
-            'RETURNING "ListingKey"')]
-        db.execute(f'UPDATE "{options["schema"]}".listings SET "ModificationTimestamp" = '
-                   "'2001-01-01Z' WHERE \"ListingKey\" = (SELECT max(\"ListingKey\") FROM "
-                   f'"{options["schema"]}".listings)')
+        deleted = [
+            row[0]
+            for row in db.execute(
+                f'DELETE FROM "{options["schema"]}".listings WHERE "ListingKey" IN '
+                f'(SELECT "ListingKey" FROM "{options["schema"]}".listings ORDER BY 1 LIMIT 7) '
+                'RETURNING "ListingKey"'
+            )
+        ]
+        db.execute(
+            f'UPDATE "{options["schema"]}".listings SET "ModificationTimestamp" = '
+            '\'2001-01-01Z\' WHERE "ListingKey" = (SELECT max("ListingKey") FROM '
+            f'"{options["schema"]}".listings)'
+        )
     removed = emulator.advance(minutes=10, modify=0, create=0, remove=0.01, media=0)["removed"]
 
     command = [BIN, "reconcile", "--sink", "postgres", "--postgres-schema", options["schema"]]
-    report = subprocess.run([*command, "--repair"], capture_output=True, text=True,
-                            env=_env(settings), timeout=120)
+    report = subprocess.run(
+        [*command, "--repair"], capture_output=True, text=True, env=_env(settings), timeout=120
+    )
     assert report.returncode == 1, report.stderr  # it differed
-    assert re.search(rf"postgres: \d+ held, {len(deleted)} missing, 1 stale, {len(removed)} not purged",
-                     report.stdout), report.stdout
+    assert re.search(
+        rf"postgres: \d+ held, {len(deleted)} missing, 1 stale, {len(removed)} not purged",
+        report.stdout,
+    ), report.stdout
 
     _sink("postgres", settings, schema=options["schema"])
     assert holdings("postgres", settings, options) == _truth(emulator)
@@ -165,19 +198,111 @@ def test_dead_letters_are_redriven_once_to_their_topic(settings):
     dlq = f"{settings.topic_prefix}.dlq.files"
     assert collect_status(settings).dead_letters[dlq] == 1
 
-    result = subprocess.run([BIN, "dlq", "redrive", "files"], capture_output=True, text=True,
-                            env=_env(settings), timeout=60)
+    result = subprocess.run(
+        [BIN, "dlq", "redrive", "files"],
+        capture_output=True,
+        text=True,
+        env=_env(settings),
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "1 re-sent" in result.stdout
-    resent = [(k, v, dict(h)) for k, v, h in read_topic(settings.kafka_bootstrap,
-                                                         settings.topic("listings"))
-              if k == "broken"]
+    resent = [
+        (k, v, dict(h))
+        for k, v, h in read_topic(settings.kafka_bootstrap, settings.topic("listings"))
+        if k == "broken"
+    ]
     assert len(resent) == 2  # the original and the re-driven copy
     key, value, headers = resent[1]
     assert value == b"\x00garbage"
     assert headers["redrive.topic"] == settings.topic("listings").encode()
     assert headers["redrive.partition"].isdigit() and headers["redrive.offset"] == b"0"
     assert collect_status(settings).dead_letters[dlq] == 0
-    again = subprocess.run([BIN, "dlq", "redrive", "files"], capture_output=True, text=True,
-                           env=_env(settings), timeout=60)
+    again = subprocess.run(
+        [BIN, "dlq", "redrive", "files"],
+        capture_output=True,
+        text=True,
+        env=_env(settings),
+        timeout=60,
+    )
     assert "0 re-sent" in again.stdout
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _wait_metrics(port: int, process: subprocess.Popen, timeout: float = 60.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            return _scrape(port)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("no metrics endpoint")
+
+
+def _metric(values: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in values.items() if k.startswith(prefix))
+
+
+def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
+    env = _env(settings)
+    poller_port, sink_port = free_port(), free_port()
+    poller = subprocess.Popen(
+        [BIN, "poll", "run", "--interval", "0.02", "--metrics-port", str(poller_port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sink = subprocess.Popen(
+        [
+            BIN,
+            "sink",
+            "postgres",
+            "--metrics-port",
+            str(sink_port),
+            "--schema",
+            f"{settings.topic_prefix}_m",
+        ],
+        env={**env, "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = _wait_metrics(poller_port, poller)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            poller_values, sink_values = _scrape(poller_port), _wait_metrics(sink_port, sink)
+            if (
+                _metric(sink_values, "spark_relay_sink_applied_records_total") >= 600
+                and _metric(poller_values, "spark_relay_published_records_total") >= 600
+            ):
+                break
+            time.sleep(1)
+        emulator.advance(minutes=5, modify=0.05, create=0, remove=0, media=0)
+        time.sleep(3)
+        later = _scrape(poller_port)
+        sink_values = _scrape(sink_port)
+    finally:
+        for process in (poller, sink):
+            process.terminate()
+        for process in (poller, sink):
+            assert process.wait(60) == 0, process.stderr.read()
+    assert _metric(later, 'spark_relay_api_requests_total{status="200"}') > _metric(
+        first, 'spark_relay_api_requests_total{status="200"}'
+    )
+    assert _metric(later, "spark_relay_published_records_total") >= 600
+    assert _metric(later, "spark_relay_checkpoint_timestamp_seconds") > 0
+    assert _metric(later, "spark_relay_poller_newest_modification_seconds") > 0
+    assert _metric(sink_values, "spark_relay_sink_applied_records_total") >= 600
+    assert _metric(sink_values, "spark_relay_sink_batch_seconds_count") > 0
+    assert _metric(sink_values, "spark_relay_sink_newest_modification_seconds") > 0
+    assert "spark_relay_sink_lag_messages" in " ".join(sink_values)

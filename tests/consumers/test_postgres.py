@@ -589,16 +589,15 @@ def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
     ]
     try:
         # both members of the group hold partitions before the data arrives
-        wait_for(
-            lambda: all(_last_assignment(log) for log in logs),
-            timeout=90,
-            what="both copies assigned",
-        )
+        def split() -> bool:
+            held = [_last_assignment(log) for log in logs]
+            return (
+                all(held) and len(set(held[0]) | set(held[1])) == len(held[0]) + len(held[1]) == 12
+            )
+
+        wait_for(split, timeout=90, what="both copies assigned, the 12 partitions split")
         victim_partitions = [tp for tp in _last_assignment(logs[1]) if tp[0] == topics.listings]
-        assert (
-            victim_partitions
-            and len(_last_assignment(logs[0])) + len(_last_assignment(logs[1])) == 12
-        )
+        assert victim_partitions
         with Emulator(
             EmulatorConfig(listings=2000, accounts=50, seed=9, filter_cache_seconds=0)
         ) as emu:

@@ -17,6 +17,7 @@ from consumers.cli import parse_timestamp, sink_group
 from consumers.dlq import HEADERS, dlq_topic
 from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
 from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.settings import replace
 from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
 
 
@@ -383,3 +384,30 @@ def test_sink_options_reach_the_sink_through_the_context(monkeypatch, topics):
         sink_group, ["optioned", "--from-beginning", "--from-offset", "0:1"], env=env
     )
     assert result.exit_code == 2 and "choose one" in result.output
+
+
+def test_a_registry_that_cannot_be_reached_is_not_the_messages_fault():
+    import httpx
+    import httpx2
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    from confluent_kafka.serialization import SerializationError
+
+    from consumers.runner import _is_unavailable
+
+    assert _is_unavailable(httpx2.ConnectError("refused"))  # what the registry client raises
+    assert _is_unavailable(httpx.ReadTimeout("slow"))
+    assert _is_unavailable(SchemaRegistryError(503, 50301, "unavailable"))
+    assert not _is_unavailable(SchemaRegistryError(404, 40403, "Schema 99 not found"))
+    assert not _is_unavailable(SerializationError("Invalid magic byte"))
+    assert not _is_unavailable(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
+
+
+def test_the_runner_stops_when_the_registry_is_down(topics):
+    topics.listing(listing("R1"))
+    topics.flush()
+    settings = replace(topics.settings, schema_registry_url="http://127.0.0.1:9")  # nothing listens
+    sink = RecordingSink()
+    with pytest.raises(SinkUnavailableError, match="schema registry"):
+        run(sink, settings)
+    assert sink.commits == []
+    assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
