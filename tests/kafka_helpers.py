@@ -7,6 +7,7 @@ is short of the real end when the last batch holds several records.
 
 from __future__ import annotations
 
+import os
 import time
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -14,7 +15,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-__all__ = ["read_topic"]
+__all__ = ["read_topic", "cli_env"]
 
 
 def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, timeout: float = 60.0):
@@ -54,3 +55,24 @@ def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, time
         return out
     finally:
         consumer.close()
+
+
+def cli_env(settings, **overrides: str) -> dict[str, str]:
+    """The environment a ``spark-relay`` subprocess needs to reach what ``settings`` reach.
+
+    ``overrides`` are further ``SPARK_RELAY_*`` values by their setting name (``api_key=…``).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+    values = {
+        "api_url": settings.api_url,
+        "api_key": settings.api_key.reveal(),
+        "kafka_bootstrap": settings.kafka_bootstrap,
+        "schema_registry_url": settings.schema_registry_url,
+        "database_url": settings.database_url,
+        "state_dir": settings.state_dir,
+        "topic_prefix": settings.topic_prefix,
+        "rate_limit": str(settings.rate_limit),
+        **overrides,
+    }
+    env.update({f"SPARK_RELAY_{name.upper()}": value for name, value in values.items() if value})
+    return env

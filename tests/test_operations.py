@@ -25,7 +25,7 @@ from producer.topics import ensure_contract
 from spark_relay.reconcile import _utc, holdings
 from spark_relay.settings import replace
 from spark_relay.status import collect_status
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import cli_env, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
 
@@ -43,23 +43,6 @@ def settings(make_settings, emulator, database_url, topic_prefix):
     )
     list(ensure_contract(settings))
     return settings
-
-
-def _env(settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env.update(
-        {
-            "SPARK_RELAY_API_URL": settings.api_url,
-            "SPARK_RELAY_API_KEY": "devstack-key",
-            "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-            "SPARK_RELAY_DATABASE_URL": settings.database_url,
-            "SPARK_RELAY_STATE_DIR": settings.state_dir,
-            "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
-            "SPARK_RELAY_RATE_LIMIT": "1000",
-        }
-    )
-    return env
 
 
 def _sink(name: str, settings, **options) -> Runner:
@@ -134,7 +117,7 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     assert status.healthy, status.problems  # a recent update, no dead letters
 
     result = subprocess.run(
-        [BIN, "status", "--json"], capture_output=True, text=True, env=_env(settings), timeout=60
+        [BIN, "status", "--json"], capture_output=True, text=True, env=cli_env(settings), timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["consumer_groups"]["spark-relay.search"]["lag"] == published
@@ -145,7 +128,7 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
 
 def test_status_is_unhealthy_without_a_recent_update(settings):
     result = subprocess.run(
-        [BIN, "status"], capture_output=True, text=True, env=_env(settings), timeout=60
+        [BIN, "status"], capture_output=True, text=True, env=cli_env(settings), timeout=60
     )
     assert result.returncode == 1
     assert "not completed an update window" in result.stdout
@@ -176,7 +159,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
 
     command = [BIN, "reconcile", "--sink", "postgres", "--postgres-schema", options["schema"]]
     report = subprocess.run(
-        [*command, "--repair"], capture_output=True, text=True, env=_env(settings), timeout=120
+        [*command, "--repair"], capture_output=True, text=True, env=cli_env(settings), timeout=120
     )
     assert report.returncode == 1, report.stderr  # it differed
     assert re.search(
@@ -186,7 +169,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
 
     _sink("postgres", settings, schema=options["schema"])
     assert holdings("postgres", settings, options) == _truth(emulator)
-    again = subprocess.run(command, capture_output=True, text=True, env=_env(settings), timeout=120)
+    again = subprocess.run(command, capture_output=True, text=True, env=cli_env(settings), timeout=120)
     assert again.returncode == 0 and "matches the API" in again.stdout
 
 
@@ -202,7 +185,7 @@ def test_dead_letters_are_redriven_once_to_their_topic(settings):
         [BIN, "dlq", "redrive", "files"],
         capture_output=True,
         text=True,
-        env=_env(settings),
+        env=cli_env(settings),
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -222,7 +205,7 @@ def test_dead_letters_are_redriven_once_to_their_topic(settings):
         [BIN, "dlq", "redrive", "files"],
         capture_output=True,
         text=True,
-        env=_env(settings),
+        env=cli_env(settings),
         timeout=60,
     )
     assert "0 re-sent" in again.stdout
@@ -254,7 +237,7 @@ def _metric(values: dict[str, float], prefix: str) -> float:
 
 
 def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
-    env = _env(settings)
+    env = cli_env(settings)
     poller_port, sink_port = free_port(), free_port()
     poller = subprocess.Popen(
         [BIN, "poll", "run", "--interval", "0.02", "--metrics-port", str(poller_port)],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -22,7 +21,7 @@ from producer.cli import build_poller
 from producer.spark_client import SparkClient
 from producer.topics import ensure_contract
 from schemas import listing_from_record
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import cli_env, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
 
@@ -126,18 +125,7 @@ def _checkpoint(state_dir: Path, name: str):
 def test_kill_9_mid_snapshot_then_restart_loses_nothing(emulator, relay):
     emu = emulator(listings=6000, accounts=50, latency_ms=150)
     settings = relay(emu)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env.update(
-        {
-            "SPARK_RELAY_API_URL": emu.url,
-            "SPARK_RELAY_API_KEY": "devstack-key",
-            "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-            "SPARK_RELAY_STATE_DIR": settings.state_dir,
-            "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
-            "SPARK_RELAY_RATE_LIMIT": "1000",
-        }
-    )
+    env = cli_env(settings)
     process = subprocess.Popen([BIN, "poll", "snapshot"], env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for two committed pages
@@ -284,17 +272,7 @@ def test_faults_and_rate_limits_change_no_event(emulator, relay, topic_prefix, t
 def test_a_bad_token_stops_at_once_and_moves_no_checkpoint(emulator, relay):
     emu = emulator(listings=100, accounts=10)
     settings = relay(emu)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env.update(
-        {
-            "SPARK_RELAY_API_URL": emu.url,
-            "SPARK_RELAY_API_KEY": "wrong-key-123",
-            "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-            "SPARK_RELAY_STATE_DIR": settings.state_dir,
-            "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
-        }
-    )
+    env = cli_env(settings, api_key="wrong-key-123")
     for procedure in ("snapshot", "accounts", "purge"):
         started = time.monotonic()
         result = subprocess.run(
@@ -331,17 +309,7 @@ def test_subresources_are_fetched_only_when_their_change_timestamp_moved(emulato
 def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
     emu = emulator(listings=2500, accounts=20, latency_ms=100)
     settings = relay(emu)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env.update(
-        {
-            "SPARK_RELAY_API_URL": emu.url,
-            "SPARK_RELAY_API_KEY": "devstack-key",
-            "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-            "SPARK_RELAY_STATE_DIR": settings.state_dir,
-            "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
-        }
-    )
+    env = cli_env(settings)
     result = subprocess.run(
         [BIN, "--log-format", "json", "poll", "snapshot", "--progress"],
         env=env,
