@@ -169,7 +169,9 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
 
     _sink("postgres", settings, schema=options["schema"])
     assert holdings("postgres", settings, options) == _truth(emulator)
-    again = subprocess.run(command, capture_output=True, text=True, env=cli_env(settings), timeout=120)
+    again = subprocess.run(
+        command, capture_output=True, text=True, env=cli_env(settings), timeout=120
+    )
     assert again.returncode == 0 and "matches the API" in again.stdout
 
 

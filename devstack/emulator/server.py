@@ -313,6 +313,10 @@ class Emulator:
         """Add member accounts now; ``position="first"`` makes their ids sort before all others."""
         return self.mls.create_accounts(count, position)
 
+    def remove_accounts(self, account_ids: list[str]) -> None:
+        """Stop returning these accounts (ones no listing references, e.g. created ones)."""
+        self.mls.remove_accounts(account_ids)
+
     def now(self) -> str:
         """The virtual clock, as a ``Z`` timestamp."""
         return format_timestamp(self.clock.now_ms())

@@ -262,6 +262,23 @@ class MLS:
                 self._new_account(self._rng, now, first=position == "first") for _ in range(count)
             ]
 
+    def remove_accounts(self, account_ids: list[str]) -> None:
+        """Stop returning these accounts (lost access); listings must not reference them."""
+        with self.lock:
+            referenced = [
+                i
+                for i in account_ids
+                if i in self.people.members or self.accounts[i].get("UserType") != "Member"
+            ]
+            if referenced:
+                raise ValueError(
+                    f"listings reference {referenced[:3]}: remove only unreferenced accounts"
+                )
+            for account_id in account_ids:
+                del self.accounts[account_id]
+                self.account_mods.pop(account_id, None)
+                del self.account_ids[bisect.bisect_left(self.account_ids, account_id)]
+
     def _new_account(self, rng: random.Random, ms: int, first: bool) -> str:
         low = int(self.account_ids[0][:8]) if first else None
         high_ms = ms

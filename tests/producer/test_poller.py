@@ -327,3 +327,25 @@ def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
     summary = [entry for entry in logs if entry["logger"] == "producer.poller"]
     assert summary and summary[-1]["message"].startswith("snapshot done: 2500 records")
     assert result.stdout.startswith("snapshot done: 2500 records, 2500 published")
+
+
+def test_accounts_that_vanish_are_purged(emulator, relay):
+    emu = emulator(listings=50, accounts=30)
+    settings = relay(emu)
+    created = emu.create_accounts(3)
+    with build_poller(settings) as poller:
+        poller.accounts()
+        emu.remove_accounts(created[:2])
+        stats = poller.accounts()
+    assert stats.purged == 2
+    purges = read_topic(
+        settings.kafka_bootstrap, settings.topic("purges"), settings.schema_registry_url
+    )
+    assert sorted(v["key"] for _, v, _ in purges) == sorted(created[:2])
+    assert {v["resource"] for _, v, _ in purges} == {"accounts"}
+    tombstones = [
+        k
+        for k, v, _ in read_topic(settings.kafka_bootstrap, settings.topic("accounts"))
+        if v is None
+    ]
+    assert sorted(tombstones) == sorted(created[:2])
