@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from producer.progress import Progress
-from producer.publisher import Publisher
+from producer.publisher import Publisher, RecordTooLarge
 from producer.spark_client import NotFound, Page, SparkClient
 from producer.state import StateStore
 from schemas import (
@@ -63,6 +63,8 @@ SUBRESOURCES = {
 }
 
 
+#: Items per subresource page: the replication key's maximum for resources other than listings.
+SUBRESOURCE_PAGE = 200
 #: ListingKeys per ``ListingKey Eq … Or …`` request when reconcile re-fetches listings.
 RECONCILE_BATCH = 25
 
@@ -124,20 +126,23 @@ def _prefetch(pages: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     done = threading.Event()
 
+    def put(item: tuple[str, Any]) -> None:
+        while not done.is_set():
+            try:
+                buffer.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
     def fetch() -> None:
         try:
             for page in pages:
-                while not done.is_set():
-                    try:
-                        buffer.put(("page", page), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                put(("page", page))
                 if done.is_set():
                     return
-            buffer.put(("end", None))
+            put(("end", None))
         except BaseException as e:  # handed to the consumer of the pages
-            buffer.put(("error", e))
+            put(("error", e))
 
     thread = threading.Thread(target=fetch, name="prefetch", daemon=True)
     thread.start()
@@ -201,19 +206,37 @@ class Poller:
         total = (page.pagination or {}).get("TotalRows")
         return int(total) if isinstance(total, (int, str)) and str(total).isdigit() else None
 
-    def _dead_letter(self, stats: RunStats, raw: Any, error: Exception, source: Source) -> None:
-        key = getattr(error, "key", None) or ""
+    def _dead_letter(
+        self, stats: RunStats, raw: Any, error: Exception, source: Source, key: str = ""
+    ) -> None:
+        key = getattr(error, "key", None) or key
+        body = orjson.dumps(raw)
         headers = [  # the dlq.* vocabulary of the sinks' dead letters (consumers/dlq.py)
             ("dlq.error", str(error).encode()),
             ("dlq.error.class", type(error).__name__.encode()),
-            ("dlq.stage", b"convert"),
+            ("dlq.stage", b"convert" if isinstance(error, InvalidRecord) else b"produce"),
             ("dlq.resource", source.resource.encode()),
             ("dlq.procedure", source.procedure.encode()),
             ("dlq.run_id", source.run_id.encode()),
         ]
-        self.publisher.produce(self.dlq, key.encode(), orjson.dumps(raw), headers)
+        room = self.publisher.max_bytes // 2  # a record too large for its topic is so here too
+        if len(body) > room:
+            headers.append(("dlq.truncated", str(len(body)).encode()))
+            body = body[:room]
+        self.publisher.produce(self.dlq, key.encode(), body, headers)
         stats.dead_lettered += 1
         logger.warning("dead-lettered a %s record to %s: %s", source.resource, self.dlq, error)
+
+    def _produce(
+        self, topic: str, key: str, value: bytes, raw: Any, source: Source, stats: RunStats
+    ) -> bool:
+        """Produce one event; a record too large for Kafka goes to the dead-letter topic."""
+        try:
+            self.publisher.produce(topic, self.serde.key(key), value)
+            return True
+        except RecordTooLarge as e:
+            self._dead_letter(stats, raw, e, source, key)
+            return False
 
     def _listing_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"_limit": self.page_size}
@@ -243,11 +266,12 @@ class Poller:
             if not force and known.get(key, (None, None))[1] == digest:
                 stats.unchanged += 1
                 continue
-            self.publisher.produce(
-                self.serde.listings_topic,
-                self.serde.key(record["ListingKey"]),
-                self.serde.serialize_listing(record),
-            )
+            value = self.serde.serialize_listing(record)
+            listing_key = record["ListingKey"]
+            if not self._produce(
+                self.serde.listings_topic, listing_key, value, result, source, stats
+            ):
+                continue
             stats.published += 1
             rows.append((record["ListingKey"], modified, digest))
             observe_newest(POLLER_NEWEST, record["ModificationTimestamp"].timestamp())
@@ -270,18 +294,31 @@ class Poller:
         rows = []
         for name in self.subresources:
             segment, stamp_field = SUBRESOURCES[name]
-            stamp = standard.get(stamp_field) if stamp_field else modified
+            # no change timestamp (or a null one): refreshed whenever the listing changed
+            stamp = (standard.get(stamp_field) if stamp_field else None) or modified
             previous = stored.get(name)
             if previous is not None and previous[0] == stamp:
                 standard[name] = previous[1]
                 continue
-            try:
-                items = self.client.get(f"/v1/listings/{key}/{segment}", {"_limit": 200}).results
-            except NotFound:
-                items = []
+            items = self._subresource(key, segment)
             standard[name] = items
             rows.append((key, name, stamp, items))
         return rows
+
+    def _subresource(self, key: str, segment: str) -> list[dict[str, Any]]:
+        """Every item of one listing subresource, paged by ``_skip`` (200 at most per page)."""
+        items: list[dict[str, Any]] = []
+        try:
+            while True:
+                page = self.client.get(
+                    f"/v1/listings/{key}/{segment}",
+                    {"_limit": SUBRESOURCE_PAGE, "_skip": len(items)},
+                )
+                items.extend(page.results)
+                if len(page.results) < SUBRESOURCE_PAGE:
+                    return items
+        except NotFound:
+            return items
 
     def _commit(
         self,
@@ -296,6 +333,10 @@ class Poller:
         self.publisher.flush()
         with self.state.transaction():
             self.state.record_published(resource, rows)
+            if resource == "listings" and rows and self.state.checkpoint("purge") is not None:
+                # a purge scan is under way: what was just published is live, whatever
+                # part of the key range the scan has passed already
+                self.state.mark_seen("listings", [row[0] for row in rows])
             self.state.record_media(media)
             self.state.mark_seen(resource, seen)
             if checkpoint is not None:
@@ -497,9 +538,9 @@ class Poller:
             if known.get(key, (None, None))[1] == digest:
                 stats.unchanged += 1
                 continue
-            self.publisher.produce(
-                self.serde.accounts_topic, self.serde.key(key), self.serde.serialize_account(record)
-            )
+            value = self.serde.serialize_account(record)
+            if not self._produce(self.serde.accounts_topic, key, value, account, source, stats):
+                continue
             stats.published += 1
             rows.append((key, account.get("ModificationTimestamp"), digest))
         return rows, seen
@@ -540,12 +581,31 @@ class Poller:
             fetched_at=datetime.now(UTC),
         )
         self._purge_vanished("listings", source, stats)
+        # the other direction: returned by the API, never published (a listing that became
+        # visible without its ModificationTimestamp moving, so no update window saw it)
+        missed = [key for key, _ in self.state.unpublished("listings")]
+        if missed:
+            logger.info("%d listings were never published: fetching them", len(missed))
+            self._republish(missed, source, stats)
         self.state.set_checkpoint("purge", None)
         return True
 
+    def _republish(self, keys: list[str], source: Source, stats: RunStats) -> None:
+        """Fetch ``keys`` again (``ListingKey Eq … Or …``) and publish them, whatever the index says."""
+        params = {k: v for k, v in self._listing_params().items() if k != "_select"}
+        for start in range(0, len(keys), RECONCILE_BATCH):
+            chunk = keys[start : start + RECONCILE_BATCH]
+            query = " Or ".join(f"ListingKey Eq '{key}'" for key in chunk)
+            page = self.client.get(
+                "/v1/listings", {**params, "_limit": len(chunk), "_filter": query}
+            )
+            rows, media = self._publish_listings(page.results, source, stats, force=True)
+            self._commit("listings", rows, None, media=media)
+            stats.pages += 1
+
     def _purge_vanished(self, resource: str, source: Source, stats: RunStats) -> None:
         """A Purge event and a tombstone for each published key the scan did not see."""
-        self._purge_keys(resource, list(self.state.vanished(resource)), source, stats)
+        self._purge_keys(resource, self.state.vanished(resource), source, stats)
 
     def _purge_keys(
         self, resource: str, keys: Iterable[tuple[str, str | None]], source: Source, stats: RunStats
@@ -593,16 +653,7 @@ class Poller:
             run_id=stats.run_id,
             fetched_at=datetime.now(UTC),
         )
-        params = {k: v for k, v in self._listing_params().items() if k != "_select"}
-        for start in range(0, len(republish), RECONCILE_BATCH):
-            chunk = republish[start : start + RECONCILE_BATCH]
-            keys = " Or ".join(f"ListingKey Eq '{key}'" for key in chunk)
-            page = self.client.get(
-                "/v1/listings", {**params, "_limit": len(chunk), "_filter": keys}
-            )
-            rows, media = self._publish_listings(page.results, source, stats, force=True)
-            self._commit("listings", rows, None, media=media)
-            stats.pages += 1
+        self._republish(republish, source, stats)
         known = self.state.published("listings", purge)
         self._purge_keys(
             "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats

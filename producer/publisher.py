@@ -11,12 +11,12 @@ import logging
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import PUBLISHED
 
-__all__ = ["Publisher", "PRODUCER_DEFAULTS"]
+__all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +28,25 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "compression.type": "zstd",
     "linger.ms": 20,
     "batch.size": 1_000_000,
-    "message.max.bytes": 4_000_000,
+    # a broker's default limit: a larger record is refused here, at produce(), where the
+    # poller can dead-letter it, rather than by the broker after the fact
+    "message.max.bytes": 1_000_000,
     "queue.buffering.max.kbytes": 262_144,
 }
+
+
+class RecordTooLarge(ValueError):
+    """An event larger than ``message.max.bytes``: no broker would take it."""
 
 
 class Publisher:
     """Produce keyed values (``None`` = tombstone) and account for their delivery."""
 
     def __init__(self, kafka_config: dict[str, Any]):
-        self._producer = Producer({**PRODUCER_DEFAULTS, **kafka_config})
+        config = {**PRODUCER_DEFAULTS, **kafka_config}
+        self._producer = Producer(config)
+        #: The largest event the producer accepts, in bytes.
+        self.max_bytes = int(config["message.max.bytes"])
         self._errors: list[str] = []
         self._pending = 0
         self.delivered: Counter[str] = Counter()
@@ -66,6 +75,13 @@ class Publisher:
                 break
             except BufferError:  # the local queue is full: let deliveries drain
                 self._producer.poll(0.1)
+            except KafkaException as e:
+                if e.args and e.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    size = len(value or b"")
+                    raise RecordTooLarge(
+                        f"{size:,} bytes is more than message.max.bytes allows"
+                    ) from e
+                raise
         self._producer.poll(0)
 
     def flush(self, timeout: float = 120.0) -> None:

@@ -239,8 +239,11 @@ class SparkClient:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             if status < 300 or RETRY_TABLE.get(status, status >= 500):
                 raise _Retry(
-                    f"HTTP {status} with a truncated or invalid body ({len(body)} bytes)"
+                    f"HTTP {status} with a truncated or invalid body ({len(body)} bytes)",
+                    _retry_after(response),
                 ) from None
+            if status == 404:
+                raise NotFound(f"GET {path}: HTTP 404 {response.reason_phrase}") from None
             raise PermanentSourceError(
                 f"GET {path}: HTTP {status} {response.reason_phrase}"
             ) from None

@@ -224,6 +224,15 @@ class StateStore:
             resource,
         )
 
+    def unpublished(self, resource: str) -> Iterator[tuple[str, None]]:
+        """Keys the finished scan saw that were never published (missed by every window)."""
+        yield from self._keyset(
+            "SELECT s.key, NULL FROM seen s WHERE s.resource = ? AND s.key > ? "
+            "AND NOT EXISTS (SELECT 1 FROM published p WHERE p.resource = s.resource "
+            "AND p.key = s.key) ORDER BY s.key LIMIT 5000",
+            resource,
+        )
+
     def seen_keys(self, resource: str, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` this scan has seen already (accounts de-duplicate with it)."""
         keys = list(keys)

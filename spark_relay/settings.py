@@ -120,9 +120,12 @@ def _choice(*options: str) -> Callable[[str, str], str]:
 EXPANSIONS = ("Photos", "Videos", "VirtualTours", "OpenHouses", "Documents", "Rooms", "Units")
 
 
-def _expansions(name: str, value: str) -> str:
+def _expansions(name: str, value: str, custom: bool = True) -> str:
+    """A comma list of expansions; ``custom`` admits the CustomFields* ones (``_expand`` only)."""
     names = [part.strip() for part in value.split(",") if part.strip()]
-    unknown = [n for n in names if n not in EXPANSIONS and not n.startswith("CustomFields")]
+    unknown = [
+        n for n in names if n not in EXPANSIONS and not (custom and n.startswith("CustomFields"))
+    ]
     if unknown:
         raise ConfigError(
             f"{name}: expected names from {', '.join(EXPANSIONS)}, got {', '.join(unknown)}"

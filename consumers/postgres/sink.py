@@ -388,9 +388,16 @@ class PostgresSink:
             ).format(target=target, stage=stage, key=key),
             "upsert": sql.SQL(
                 "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM ("
-                "SELECT DISTINCT ON ({key}) * FROM {stage} ORDER BY {key}, seq DESC) last WHERE NOT last.deleted "
+                # per key, among the events after its last tombstone: the newest
+                # ModificationTimestamp (offset order breaks ties), as across batches
+                "SELECT DISTINCT ON ({key}) * FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM "
+                "{stage} d WHERE d.deleted AND d.{key} = s.{key} AND d.seq > s.seq) "
+                "ORDER BY {key}, s.deleted, s.{mt} DESC NULLS LAST, s.seq DESC) last "
+                "WHERE NOT last.deleted "
                 "ON CONFLICT ({key}) DO UPDATE SET {updates}, applied_at = now() WHERE {newer}"
-            ).format(target=target, cols=cols, key=key, stage=stage, updates=updates, newer=newer),
+            ).format(
+                target=target, cols=cols, key=key, stage=stage, updates=updates, newer=newer, mt=mt
+            ),
         }
         if table.history:
             history = sql.SQL(", ").join(map(sql.Identifier, table.history))

@@ -349,3 +349,72 @@ def test_accounts_that_vanish_are_purged(emulator, relay):
         if v is None
     ]
     assert sorted(tombstones) == sorted(created[:2])
+
+
+def test_a_purge_resumed_after_an_update_spares_what_the_update_published(emulator, relay):
+    emu = emulator(listings=3000, accounts=20)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        poller.stop.set()  # the purge stops after its first page, as on SIGTERM
+        assert not poller.purge().completed
+        poller.stop.clear()
+        created = emu.advance(minutes=10, modify=0, create=0.02, remove=0, media=0)["created"]
+        assert poller.update().published == len(created)
+        stats = poller.purge()
+    assert stats.completed and stats.purged == 0
+
+
+def test_the_purge_publishes_live_keys_that_were_never_published(emulator, relay):
+    emu = emulator(listings=1500, accounts=20)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        missed = sorted(emu.truth()["listings"])[::500]  # as if no window had returned them
+        poller.state.forget_published("listings", missed)
+        stats = poller.purge()
+    assert stats.purged == 0 and stats.published == len(missed)
+    counts = _keys(settings, settings.topic("listings"))
+    assert [counts[key] for key in missed] == [2] * len(missed)
+
+
+def test_subresources_are_paged(emulator, relay, monkeypatch):
+    import producer.poller
+
+    monkeypatch.setattr(producer.poller, "SUBRESOURCE_PAGE", 3)  # photos come 3 to a page
+    emu = emulator(listings=40, accounts=10)
+    settings = relay(emu, subresources="Photos")
+    with build_poller(settings) as poller:
+        poller.snapshot()
+    latest = _latest(settings)
+    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+        for key, value in latest.items():
+            photos = http.get(f"/v1/listings/{key}/photos", params={"_limit": 200}).json()["D"]
+            assert listing_from_record(value)["StandardFields"]["Photos"] == photos["Results"]
+    assert max(len(listing_from_record(v)["StandardFields"]["Photos"]) for v in latest.values()) > 3
+
+
+def test_a_record_too_large_for_kafka_is_dead_lettered_and_the_run_goes_on(emulator, relay):
+    emu = emulator(listings=300, accounts=10)
+    settings = relay(emu, expand="Photos")
+    limit = 12_000
+    settings = replace_kafka(settings, {"message.max.bytes": str(limit)})
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+    assert stats.completed and 0 < stats.dead_lettered < 300
+    assert stats.published + stats.dead_lettered == 300
+    letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}.dlq.poller")
+    assert len(letters) == stats.dead_lettered
+    for key, value, headers in letters:
+        headers = dict(headers)
+        assert (
+            headers["dlq.error.class"] == b"RecordTooLarge" and headers["dlq.stage"] == b"produce"
+        )
+        assert key in emu.truth()["listings"]
+        assert len(value) <= limit // 2 and int(headers["dlq.truncated"]) > len(value)
+
+
+def replace_kafka(settings, kafka: dict):
+    import dataclasses
+
+    return dataclasses.replace(settings, kafka={**settings.kafka, **kafka})
