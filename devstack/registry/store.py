@@ -167,10 +167,16 @@ class SchemaStore(RegistryState):
                     out.append(name)
             return out
 
-    def versions(self, subject: str, deleted: bool, deleted_only: bool) -> list[int]:
-        """GET /subjects/{subject}/versions."""
+    def versions(
+        self, subject: str, deleted: bool, deleted_only: bool, deleted_as_negative: bool = False
+    ) -> list[int]:
+        """GET /subjects/{subject}/versions (``deletedAsNegative`` wins over ``deletedOnly``,
+        which wins over ``deleted``, as in Confluent)."""
         with self._lock:
             entries = self._require_subject(subject, deleted or deleted_only)
+            if deleted_as_negative:
+                entries = self._versions(subject, deleted=True)
+                return [-e["version"] if e["deleted"] else e["version"] for e in entries]
             if deleted_only:
                 return [e["version"] for e in entries if e["deleted"]]
             return [e["version"] for e in entries]

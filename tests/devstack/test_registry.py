@@ -222,7 +222,6 @@ def test_delete_subject_soft_then_permanent(client: SchemaRegistryClient) -> Non
     assert client.delete_subject("d-value") == [1, 2]
     assert client.get_subjects() == ["keep-value"]
     assert client.get_subjects(deleted=True) == ["d-value", "keep-value"]
-    assert client.get_subjects(deleted_only=True) == ["d-value"]
     assert error_of(lambda: client.get_versions("d-value"))[:2] == (404, 40401)
     assert client.get_versions("d-value", deleted=True) == [1, 2]
     assert make_fresh(client).get_version("d-value", 1, deleted=True).schema_id == v1_id
@@ -239,6 +238,41 @@ def test_delete_subject_soft_then_permanent(client: SchemaRegistryClient) -> Non
     # a new subject under the same name starts again at version 1
     client.register_schema("d-value", avro(V1))
     assert client.get_versions("d-value") == [1]
+
+
+def test_deleted_only_as_the_server_reads_it(
+    client: SchemaRegistryClient, http: httpx.Client
+) -> None:
+    """Confluent's server reads ``deletedOnly`` (and ``deletedAsNegative``); the Python
+    client's ``deleted_only`` spelling is not a server parameter and is ignored."""
+    client.register_schema("gone-value", avro(V1))
+    client.register_schema("half-value", avro(V1))
+    client.register_schema("half-value", avro(V2))
+    client.register_schema("live-value", avro(V1))
+    client.delete_subject("gone-value")
+    client.delete_version("half-value", 1)
+
+    assert http.get("/subjects", params={"deletedOnly": "true"}).json() == ["gone-value"]
+    both = {"deleted": "true", "deletedOnly": "true"}  # deletedOnly wins
+    assert http.get("/subjects", params=both).json() == ["gone-value"]
+    assert http.get("/subjects", params={"deleted": "true"}).json() == [
+        "gone-value", "half-value", "live-value"
+    ]  # fmt: skip
+    # the client's spelling is not a parameter: the live subjects come back
+    assert http.get("/subjects", params={"deleted_only": "true"}).json() == [
+        "half-value", "live-value"
+    ]  # fmt: skip
+
+    versions = "/subjects/half-value/versions"
+    assert http.get(versions, params={"deletedOnly": "true"}).json() == [1]
+    assert http.get(versions, params={"deleted": "true"}).json() == [1, 2]
+    assert http.get(versions, params={"deleted_only": "true"}).json() == [2]
+    assert http.get(versions, params={"deletedAsNegative": "true"}).json() == [-1, 2]
+    assert http.get("/subjects/live-value/versions", params={"deletedOnly": "true"}).json() == []
+    # a subject with only deleted versions exists for deletedOnly, not otherwise
+    gone = "/subjects/gone-value/versions"
+    assert http.get(gone, params={"deletedOnly": "true"}).json() == [1]
+    assert http.get(gone).json()["error_code"] == 40401
 
 
 def test_delete_version(client: SchemaRegistryClient) -> None:
