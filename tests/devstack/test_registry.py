@@ -192,10 +192,10 @@ def test_error_codes(client: SchemaRegistryClient) -> None:
 
     incompatible = avro(record(f("id", "int")))
     status, code, message = error_of(lambda: client.register_schema("s-value", incompatible))
-    assert (status, code) == (409, 409) and "TYPE_MISMATCH" in message
+    assert (status, code) == (409, 40901) and "TYPE_MISMATCH" in message
 
     status, code, message = error_of(lambda: client.set_compatibility(level="SIDEWAYS"))
-    assert (status, code) == (422, 42203) and "BACKWARD" in message
+    assert (status, code) == (422, 42203) and message.startswith("Invalid compatibility level.")
 
 
 def test_http_level_errors(http: httpx.Client) -> None:
@@ -404,7 +404,10 @@ def test_compatibility_levels(
         client.register_schema(subject, avro(candidate))
         assert client.get_versions(subject) == list(range(1, len(chain) + 2))
     else:
-        assert error_of(lambda: client.register_schema(subject, avro(candidate)))[:2] == (409, 409)
+        assert error_of(lambda: client.register_schema(subject, avro(candidate)))[:2] == (
+            409,
+            40901,
+        )
         assert client.get_versions(subject) == list(range(1, len(chain) + 1))
 
 
