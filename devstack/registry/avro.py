@@ -158,7 +158,7 @@ class _Parser:
         if not isinstance(text, str):
             raise InvalidSchemaError("the 'schema' field must be a string of JSON")
         try:
-            node = json.loads(text)
+            node = json.loads(text, parse_constant=_no_constant)
         except ValueError as e:
             raise InvalidSchemaError(f"not valid JSON ({e})") from e
         schema = self.parse(node, None)
@@ -574,6 +574,10 @@ def _aliases(node: dict) -> list[str]:
         if alias not in out:
             out.append(alias)
     return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-standard token '{name}'")  # Jackson refuses NaN and Infinity
 
 
 def _show(node: Any) -> str:
