@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench chaos clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ lint: install
 
 bench: install
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# The convergence campaign (docs/guarantees.md): SEEDS worlds of ROUNDS rounds of seeded chaos.
+SEEDS  ?= 3
+ROUNDS ?= 8
+chaos: install
+	$(BIN)/python -m chaos --seeds $(SEEDS) --rounds $(ROUNDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -134,7 +134,7 @@ class World:
                 "SPARK_RELAY_STATE_DIR": str(self.root / "state"),
                 "SPARK_RELAY_RATE_LIMIT": "40",
                 "SPARK_RELAY_API_TIMEOUT": "2",
-                "SPARK_RELAY_PAGE_SIZE": "100",
+                "SPARK_RELAY_PAGE_SIZE": "50",
                 "SPARK_RELAY_UPDATE_INTERVAL": "0.05",
                 "SPARK_RELAY_ACCOUNTS_INTERVAL": "0.15",
                 "SPARK_RELAY_EXPAND": "Photos",
@@ -165,6 +165,31 @@ class World:
                 start_new_session=True,
             )
         self.args[name] = args
+
+    @property
+    def cli(self) -> list[str]:
+        return _cli()
+
+    def checkpoint(self, name: str) -> str | None:
+        """The poller's checkpoint ``name`` as its state store (PostgreSQL) holds it."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.postgres.url, connect_timeout=5) as conn:
+                row = conn.execute(
+                    "SELECT value FROM spark_relay_state_spark.checkpoints WHERE name = %s", (name,)
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        return row[0] if row else None
+
+    def wait_for_checkpoint(self, name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.checkpoint(name) is not None:
+                return True
+            time.sleep(0.02)
+        return False
 
     def start_poller(self) -> None:
         self.spawn("poller", [*_cli(), "poll", "run"])
