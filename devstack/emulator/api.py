@@ -93,29 +93,37 @@ class SparkAPI:
         with self._cache_lock:
             self._cache.clear()
 
-    def handle(self, path: str, query: str, api_key: str) -> tuple[int, bytes]:
-        """Route one authenticated GET; returns ``(HTTP status, body)``."""
+    def handle(
+        self, path: str, query: str, api_key: str, fault: str | None = None
+    ) -> tuple[int, bytes, list[Any] | None]:
+        """Route one authenticated GET; returns ``(HTTP status, body, applied fault)``.
+
+        ``fault`` is a data fault drawn for this request (``"cut"``, ``"stale"``); the
+        third value is ``[kind]`` or ``[kind, ListingKey]`` when it applied, else None.
+        """
         params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         parts = [p for p in path.split("/") if p]
+        applied: list[Any] = []
         try:
             if len(parts) < 2 or parts[0] != "v1":
                 raise _Reject(404, 404, "Not Found")
             resource, rest = parts[1], parts[2:]
             if resource == "listings":
                 if not rest:
-                    return 200, self._listings(params, api_key)
+                    return 200, self._listings(params, api_key, fault, applied), applied or None
                 if len(rest) == 1:
-                    return 200, self._listing(rest[0], params)
+                    return 200, self._listing(rest[0], params), None
                 if rest[1] in SUBRESOURCES and len(rest) <= 3:
-                    return 200, self._subresource(rest[0], SUBRESOURCES[rest[1]], rest[2:], params)
+                    body = self._subresource(rest[0], rest[1], rest[2:], params)
+                    return 200, body, None
             elif resource == "accounts":
                 if not rest:
-                    return 200, self._accounts(params)
+                    return 200, self._accounts(params, fault, applied), applied or None
                 if len(rest) == 1:
-                    return 200, self._account(rest[0], params)
+                    return 200, self._account(rest[0], params), None
             raise _Reject(404, 404, "Not Found")
         except _Reject as e:
-            return e.status, error_body(e.code, e.message, **e.extra)
+            return e.status, error_body(e.code, e.message, **e.extra), None
 
     # ---- parameters ---------------------------------------------------------------
 
@@ -245,7 +253,9 @@ class SparkAPI:
                 self._cache[(api_key, text)] = (now, keys)
         return keys
 
-    def _listings(self, params: dict[str, str], api_key: str) -> bytes:
+    def _listings(
+        self, params: dict[str, str], api_key: str, fault: str | None, applied: list[Any]
+    ) -> bytes:
         limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
         skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listings")
         mode = self._pagination_mode(params)
@@ -265,6 +275,13 @@ class SparkAPI:
         total = len(keys)
         tail = b""
         token = params.get("_skiptoken")
+        if fault == "cut" and token:  # a flaky backend ends the scan: no rows, no SkipToken
+            applied.append("cut")
+            if mode != "0":
+                tail += b',"Pagination":' + orjson.dumps(
+                    self._pagination(total, limit, bisect.bisect_right(keys, token), False)
+                )
+            return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
         if token is not None:
             start = bisect.bisect_right(keys, token) if token else 0
             page_keys = keys[start : start + limit]
@@ -288,7 +305,18 @@ class SparkAPI:
             return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
         with mls.lock:
             states = [mls.listings[k] for k in page_keys]
-        items = [self._record(s, select, nested, custom) for s in states]
+            if fault == "stale":  # a lagging replica: one record at its previous version
+                for i, key in enumerate(page_keys):
+                    if key in mls.previous:
+                        states[i] = mls.previous[key]
+                        applied.extend(("stale", key))
+                        break
+        items = []
+        for state in states:
+            items.append(self._record(state, select, nested, custom))
+            bad = mls.bad(state.key)
+            if bad is not None and bad.kind == "element":
+                items.append(orjson.dumps(bad.element))
         return b'{"D":{"Success":true,"Results":[' + b",".join(items) + b"]" + tail + b"}}"
 
     def _record(
@@ -305,7 +333,7 @@ class SparkAPI:
             )
         else:
             fields = mls.standard_fields(state)
-            sf = orjson.dumps({n: fields[n] for n in select})
+            sf = mls.encode(state, {n: fields[n] for n in select})
         if nested:
             extra = b"".join(
                 b',"%s":%s' % (n.encode(), orjson.dumps(mls.expansion(state, n))) for n in nested
@@ -334,14 +362,22 @@ class SparkAPI:
         state = self._live(key)
         select = self._select(params)
         nested, custom = self._expand(params)
-        return (
-            b'{"D":{"Success":true,"Results":['
-            + self._record(state, select, nested, custom)
-            + b"]}}"
-        )
+        record = self._record(state, select, nested, custom)
+        bad = self.mls.bad(key)
+        if bad is not None and bad.kind == "element":
+            record += b"," + orjson.dumps(bad.element)
+        return b'{"D":{"Success":true,"Results":[' + record + b"]}}"
 
-    def _subresource(self, key: str, name: str, rest: list[str], params: dict[str, str]) -> bytes:
+    def _subresource(self, key: str, path: str, rest: list[str], params: dict[str, str]) -> bytes:
         state = self._live(key)
+        name = SUBRESOURCES[path]
+        bad = self.mls.bad(key)
+        if bad is not None and bad.kind == "subresource" and bad.path == path:
+            if bad.status == 403:
+                raise _Reject(
+                    403, 1500, "The requested resource is not available at your service level"
+                )
+            raise _not_found(f"{name} of listing {key}")
         limit = self._int(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
         skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
         items = self.mls.expansion(state, name)
@@ -355,7 +391,7 @@ class SparkAPI:
 
     # ---- accounts ---------------------------------------------------------------------
 
-    def _accounts(self, params: dict[str, str]) -> bytes:
+    def _accounts(self, params: dict[str, str], fault: str | None, applied: list[Any]) -> bytes:
         if "_skiptoken" in params:
             raise _constraint(
                 "_skiptoken",
@@ -386,6 +422,9 @@ class SparkAPI:
                 ]
             total = len(ids)
             page = [mls.accounts[i] for i in ids[skip : skip + limit]] if mode != "count" else []
+            if fault == "cut" and skip > 0:  # a flaky backend ends the scan early
+                applied.append("cut")
+                page = []
             if names:
                 keep = {"Id", "ResourceUri", *names}
                 page = [{k: v for k, v in a.items() if k in keep} for a in page]

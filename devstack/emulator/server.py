@@ -26,7 +26,7 @@ import orjson
 
 from devstack.emulator.api import SparkAPI, error_body
 from devstack.emulator.clock import VirtualClock, format_timestamp, http_date
-from devstack.emulator.config import EmulatorConfig
+from devstack.emulator.config import DATA_FAULTS, EmulatorConfig
 from devstack.emulator.guards import FaultInjector, RateLimiter, Stats
 from devstack.emulator.store import MLS
 
@@ -134,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = emu.faults.draw()
         if emu.config.latency_ms > 0:
             emu._stop.wait(emu.config.latency_ms * emu._jitter.uniform(0.75, 1.25) / 1000)
-        if fault is not None:
+        if fault is not None and fault not in DATA_FAULTS:
             emu.stats.fault(number, fault)
             logger.debug("request %d: injecting fault %s", number, fault)
             if fault == "reset":
@@ -166,7 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
                 error_body(1018, f"The {method} method is not allowed on this resource"),
             )
         else:
-            status, body = emu.api.handle(path, query, token.strip())
+            data_fault = fault if fault in DATA_FAULTS else None
+            status, body, applied = emu.api.handle(path, query, token.strip(), data_fault)
+            if applied:
+                emu.stats.fault(number, *applied)
+                logger.debug("request %d: injected fault %s", number, applied)
         emu.stats.status(status)
         if fault == "truncate":
             cut = body[: len(body) // 2]
@@ -322,7 +326,8 @@ class Emulator:
         return format_timestamp(self.clock.now_ms())
 
     def stats_snapshot(self) -> dict:
-        """Requests by status, faults injected (``fault_log``: [request number, kind])."""
+        """Requests by status, faults injected (``fault_log``: [request number, kind], and
+        the ListingKey served at its previous version for ``stale``)."""
         return {**self.stats.snapshot(), "now": self.now()}
 
     def reset_stats(self) -> None:

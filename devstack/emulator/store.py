@@ -9,6 +9,7 @@ All public methods are thread-safe.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import random
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from devstack.emulator import broken
 from devstack.emulator.accounts import (
     generate_accounts,
     new_member,
@@ -72,6 +74,8 @@ class MLS:
                 listed_ms=listed,
             )
         self.live_keys = sorted(self.listings)
+        #: the state each listing had before its latest change (what a lagging replica serves)
+        self.previous: dict[str, ListingState] = {}
         self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}
 
     # ---- reading ---------------------------------------------------------------
@@ -89,19 +93,41 @@ class MLS:
         """The whole listing record (Id, ResourceUri, StandardFields) as JSON bytes.
 
         Built on first use and cached until the listing (or an account it
-        shows) changes; only this one copy is kept per listing.
+        shows) changes; only this one copy is kept per listing. A state that is
+        not the listing's current one (an older version) is built, not cached.
         """
         stamp = (state.version, state.media_version, self._people_gen)
         hit = self._cache.get(state.key)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] == stamp and self.listings.get(state.key) is state:
             return hit[1]
-        sf = orjson.dumps(
-            build_standard_fields(self.config.seed, state, self.people, self.config.masked)
-        )
+        sf = self.encode(state, self.standard_fields(state))
         key = state.key.encode()
         record = b'{"Id":"%s","ResourceUri":"/v1/listings/%s","StandardFields":%s}' % (key, key, sf)
-        self._cache[state.key] = (stamp, record)
+        if self.listings.get(state.key) is state:
+            self._cache[state.key] = (stamp, record)
         return record
+
+    def standard_fields(self, state: ListingState) -> dict[str, Any]:
+        """StandardFields of a listing as a dict (a fresh one), exact digits kept as strings."""
+        fields = build_standard_fields(self.config.seed, state, self.people, self.config.masked)
+        if broken.is_bare(self.config.seed, state.key, self.config.bare_numbers):
+            fields["ListPrice"] = broken.long_price(
+                self.config.seed, state.key, state.version, fields["ListPrice"]
+            )
+        return fields
+
+    def encode(self, state: ListingState, fields: dict[str, Any]) -> bytes:
+        """StandardFields (or some of them) of this listing as the API sends them."""
+        seed, key = self.config.seed, state.key
+        return broken.encode(
+            fields,
+            broken.is_bare(seed, key, self.config.bare_numbers),
+            broken.bad_of(seed, key, self.config.bad_records),
+        )
+
+    def bad(self, key: str) -> broken.Bad | None:
+        """How this listing is served broken (``--bad-records``), or None."""
+        return broken.bad_of(self.config.seed, key, self.config.bad_records)
 
     def warm(self, stop: threading.Event | None = None) -> int:
         """Build and cache every live record now (the emulator does this in the background)."""
@@ -115,10 +141,6 @@ class MLS:
                 self.record_bytes(state)
         return len(keys)
 
-    def standard_fields(self, state: ListingState) -> dict[str, Any]:
-        """StandardFields of a listing as a dict (a fresh copy)."""
-        return orjson.loads(self.standard_fields_bytes(state))
-
     def expansion(self, state: ListingState, name: str) -> list[dict[str, Any]]:
         """Items of one expansion (``Photos`` …) or custom-field block of a listing."""
         if name in CUSTOM_EXPANSIONS:
@@ -128,9 +150,27 @@ class MLS:
         )
 
     def truth(self) -> dict[str, Any]:
-        """Ground truth: virtual now, live listing keys with ModificationTimestamp, accounts."""
+        """Ground truth: virtual now, live listing keys with ModificationTimestamp, accounts.
+
+        ``bare_numbers`` holds, per listing sent with bare numbers, the exact
+        digits of those fields as strings; ``bad`` how each broken listing is broken.
+        """
+        seed, config = self.config.seed, self.config
         with self.lock:
+            bare = {}
+            if config.bare_numbers > 0:
+                for k in self.live_keys:
+                    if broken.is_bare(seed, k, config.bare_numbers):
+                        fields = self.standard_fields(self.listings[k])
+                        bare[k] = {n: fields[n] for n in broken.BARE_FIELDS}
+            bad = {}
+            if config.bad_records > 0:
+                for k in self.live_keys:
+                    if (how := broken.bad_of(seed, k, config.bad_records)) is not None:
+                        bad[k] = how.describe()
             return {
+                "bare_numbers": bare,
+                "bad": bad,
                 "now": format_timestamp(self.clock.now_ms()),
                 "listings": {
                     k: format_timestamp(self.listings[k].mod_ms, self.listings[k].offset_minutes)
@@ -188,6 +228,8 @@ class MLS:
                 chosen[n_mod : n_mod + n_remove],
                 chosen[n_mod + n_remove :],
             )
+            for key in (*modified, *touched):
+                self.previous[key] = dataclasses.replace(self.listings[key])
             for key in modified:
                 state = self.listings[key]
                 state.version += 1
