@@ -27,7 +27,7 @@ from devstack.emulator.accounts import (
 )
 from devstack.emulator.clock import VirtualClock, format_timestamp
 from devstack.emulator.config import EmulatorConfig
-from devstack.emulator.fields import ListingState, build_standard_fields
+from devstack.emulator.fields import TIMED_LISTS, ListingState, build_standard_fields
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, build_custom, build_expansion
 
 __all__ = ["MLS"]
@@ -145,9 +145,7 @@ class MLS:
         """Items of one expansion (``Photos`` …) or custom-field block of a listing."""
         if name in CUSTOM_EXPANSIONS:
             return build_custom(name, self.config.seed, state.key, state.version)
-        return build_expansion(
-            name, self.config.seed, state.key, state.media_version, state.photos_ms
-        )
+        return build_expansion(name, self.config.seed, state.key, *state.list_version(name))
 
     def truth(self) -> dict[str, Any]:
         """Ground truth: virtual now, live listing keys with ModificationTimestamp, accounts.
@@ -234,16 +232,14 @@ class MLS:
                 state = self.listings[key]
                 state.version += 1
                 state.mod_ms = instants.pop()
-            for key in touched:
+            for key in touched:  # each media list changes on its own, with its timestamp
                 state = self.listings[key]
                 state.media_version += 1
-                state.mod_ms = state.photos_ms = instants.pop()
-                if rng.random() < 0.3:
-                    state.videos_ms = state.mod_ms
-                if rng.random() < 0.3:
-                    state.documents_ms = state.mod_ms
-                if rng.random() < 0.3:
-                    state.openhouses_ms = state.mod_ms
+                state.mod_ms = instants.pop()
+                names = [n for n in TIMED_LISTS if rng.random() < 0.5] or ["Photos"]
+                for prefix in (TIMED_LISTS[n] for n in names):
+                    setattr(state, prefix + "_v", getattr(state, prefix + "_v") + 1)
+                    setattr(state, prefix + "_ms", state.mod_ms)
             for key in removed:
                 self.listings[key].live = False
                 del self.live_keys[bisect.bisect_left(self.live_keys, key)]
