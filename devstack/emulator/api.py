@@ -18,9 +18,11 @@ from urllib.parse import parse_qs
 import orjson
 
 from devstack.emulator.config import EmulatorConfig
+from devstack.emulator.fields import field_type
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, SUBRESOURCES
 from devstack.emulator.sparkql import SparkQLError, compile_filter
 from devstack.emulator.store import MLS
+from devstack.emulator.vocab import CHOICE_FIELDS
 
 __all__ = ["SparkAPI", "error_body", "LISTING_FILTER_FIELDS", "ACCOUNT_FILTER_FIELDS"]
 
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 MAX_LIMIT = {"listings": 1000, "accounts": 1000, "other": 200}
 DEFAULT_LIMIT = 10
 MAX_SKIP = 2_500_000
+MAX_PAGE = 100_000
 LISTING_FILTER_FIELDS = {
     "ModificationTimestamp": "datetime",
     "PhotosChangeTimestamp": "datetime",
@@ -41,6 +44,11 @@ ACCOUNT_FILTER_FIELDS = {
     "Name": "character",
 }
 _STATE_FIELDS = {"ListingKey", "ModificationTimestamp"}
+#: Fields whose values come from a list of choices (``HasList`` in /v1/standardfields).
+LIST_FIELDS = frozenset(
+    {"City", "StateOrProvince", "PropertyType", "PropertySubType", "StandardStatus", "MlsStatus"}
+    | set(CHOICE_FIELDS)
+)
 
 
 class _Reject(Exception):
@@ -116,6 +124,10 @@ class SparkAPI:
                 if rest[1] in SUBRESOURCES and len(rest) <= 3:
                     body = self._subresource(rest[0], rest[1], rest[2:], params)
                     return 200, body, None
+            elif resource == "standardfields" and len(rest) <= 1:
+                return 200, self._standard_fields(rest[0] if rest else None), None
+            elif resource == "my" and rest == ["account"]:
+                return 200, self._my_account(), None
             elif resource == "accounts":
                 if not rest:
                     return 200, self._accounts(params, fault, applied), applied or None
@@ -160,7 +172,7 @@ class SparkAPI:
         names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
         if not names:
             return None
-        unknown = [n for n in names if n not in self._field_set()]
+        unknown = [n for n in names if n not in self._field_set() and n != "Id"]
         if unknown:
             raise _constraint(
                 "_select", f"_select names unknown fields: {', '.join(unknown)}", unknown
@@ -212,9 +224,22 @@ class SparkAPI:
             raise _constraint("_pagination", "_pagination must be 0, 1 or count", mode)
         return mode
 
+    def _offset(self, params: dict[str, str], limit: int, kind: str) -> int:
+        """The first row asked for: ``_skip``, or ``(_page - 1) * _limit``; never both."""
+        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, kind)
+        if params.get("_page", "") == "":
+            return skip
+        page = self._int(params, "_page", 1, 1, MAX_PAGE, kind)
+        for other in ("_skip", "_skiptoken"):
+            if other in params:
+                raise _constraint("_page", f"_page cannot be combined with {other}", page)
+        return (page - 1) * limit
+
     @staticmethod
     def _pagination(total: int, limit: int, skip: int, with_offset: bool) -> dict[str, int]:
-        block = {"TotalRows": total, "PageSize": limit, "TotalPages": math.ceil(total / limit)}
+        # no rows is still one (empty) page, as the fixture constraints_with_pagination.json shows
+        pages = max(1, math.ceil(total / limit))
+        block = {"TotalRows": total, "PageSize": limit, "TotalPages": pages}
         if with_offset:
             block["CurrentOffset"] = skip
         else:
@@ -257,7 +282,7 @@ class SparkAPI:
         self, params: dict[str, str], api_key: str, fault: str | None, applied: list[Any]
     ) -> bytes:
         limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listings")
+        skip = self._offset(params, limit, "listings")
         mode = self._pagination_mode(params)
         select = self._select(params)
         nested, custom = self._expand(params)
@@ -301,8 +326,8 @@ class SparkAPI:
             tail += b',"Pagination":' + orjson.dumps(
                 self._pagination(total, limit, offset, with_offset="_skip" in params)
             )
-        if mode == "count":
-            return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
+        if mode == "count":  # only the Pagination hash, as the fixture count.json
+            return b'{"D":{"Success":true' + tail + b"}}"
         with mls.lock:
             states = [mls.listings[k] for k in page_keys]
             if fault == "stale":  # a lagging replica: one record at its previous version
@@ -323,10 +348,14 @@ class SparkAPI:
         self, state, select: list[str] | None, nested: list[str], custom: list[str]
     ) -> bytes:
         mls = self.mls
+        if select is not None:  # Id is the record's own, next to StandardFields
+            select = [n for n in select if n != "Id"]
         if select is None and not nested and not custom:
             return mls.record_bytes(state)
         if select is None:
             sf = mls.standard_fields_bytes(state)
+        elif not select:
+            sf = b"{}"
         elif _STATE_FIELDS.issuperset(select):
             sf = orjson.dumps(
                 {n: (state.key if n == "ListingKey" else self._mod_text(state)) for n in select}
@@ -389,6 +418,39 @@ class SparkAPI:
             items = items[skip : skip + limit]
         return orjson.dumps({"D": {"Success": True, "Results": items}})
 
+    # ---- metadata -------------------------------------------------------------------
+
+    def _standard_fields(self, only: str | None) -> bytes:
+        """Field metadata, shaped as the fixture ``standardfields/standardfields.json``.
+
+        Types come from the generator (decimals are sent as strings but typed
+        Decimal); ``Searchable`` is true exactly for the fields ``_filter`` accepts.
+        """
+        mls = self.mls
+        with mls.lock:
+            states = [mls.listings[k] for k in mls.live_keys[:50]]
+        samples = [mls.standard_fields(s) for s in states]
+        names = samples[0] if samples else dict.fromkeys(_STATE_FIELDS)
+        if only is not None and only not in names:
+            raise _not_found(f"Standard field {only}")
+        meta = {}
+        for name in names if only is None else [only]:
+            value = next((s[name] for s in samples if s[name] is not None), None)
+            meta[name] = {
+                "ResourceUri": f"/v1/standardfields/{name}",
+                "HasList": name in LIST_FIELDS or isinstance(value, list),
+                "Searchable": name in LISTING_FILTER_FIELDS,
+                "Type": field_type(name, value),
+            }
+        return orjson.dumps({"D": {"Success": True, "Results": [meta]}})
+
+    def _my_account(self) -> bytes:
+        """The key's own account (``/v1/my/account``): the first member, fixture-shaped."""
+        with self.mls.lock:
+            mls = self.mls
+            member = next(i for i in mls.account_ids if mls.accounts[i]["UserType"] == "Member")
+            return orjson.dumps({"D": {"Success": True, "Results": [mls.accounts[member]]}})
+
     # ---- accounts ---------------------------------------------------------------------
 
     def _accounts(self, params: dict[str, str], fault: str | None, applied: list[Any]) -> bytes:
@@ -399,7 +461,7 @@ class SparkAPI:
                 "resource; paginate with _skip",
             )
         limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "accounts")
+        skip = self._offset(params, limit, "accounts")
         mode = self._pagination_mode(params)
         names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
         text = params.get("_filter", "").strip()
@@ -428,7 +490,9 @@ class SparkAPI:
             if names:
                 keep = {"Id", "ResourceUri", *names}
                 page = [{k: v for k, v in a.items() if k in keep} for a in page]
-            body: dict[str, Any] = {"Success": True, "Results": page}
+            body: dict[str, Any] = {"Success": True}
+            if mode != "count":
+                body["Results"] = page
             if mode != "0":
                 body["Pagination"] = self._pagination(
                     total, limit, skip, with_offset="_skip" in params

@@ -110,6 +110,40 @@ _DECIMAL_FIELDS = (
     ("GrossIncome", 10000.0, 200000.0, 2, 0.85),
     ("NetOperatingIncome", 5000.0, 150000.0, 2, 0.85),
 )
+#: Fields whose values are decimals (sent as strings, as the fixtures show).
+DECIMAL_FIELDS = frozenset(
+    {name for name, *_ in _DECIMAL_FIELDS}
+    | {
+        "ListPrice",
+        "OriginalListPrice",
+        "PreviousListPrice",
+        "ClosePrice",
+        "Latitude",
+        "Longitude",
+        "BathsTotal",
+        "BuildingAreaTotal",
+        "LivingArea",
+        "LotSizeArea",
+        "LotSizeAcres",
+    }
+)
+
+
+def field_type(name: str, value: Any) -> str:
+    """The ``/v1/standardfields`` Type of a field, from its name and a non-null value."""
+    if name in DECIMAL_FIELDS:
+        return "Decimal"
+    if name.endswith("Timestamp"):
+        return "Datetime"
+    if name.endswith("Date"):
+        return "Date"
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int):
+        return "Integer"
+    return "Character"
+
+
 _TEXT_FIELDS = (
     "Directions",
     "Inclusions",

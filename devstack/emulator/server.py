@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 _AUTH_FAILURE = error_body(1000, "Invalid API key and/or request signed improperly")
 _RATE_LIMITED = error_body(1550, "Over rate limit")
 _FAULT_500 = error_body(1026, "An unexpected error occurred; please try again")
+_NO_USER_AGENT = error_body(
+    1016, "The X-SparkApi-User-Agent header is required; name your application in it"
+)
 _FAULT_503 = error_body(1510, "The service is temporarily unavailable; please try again later")
 
 
@@ -121,10 +124,13 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/_emulator/"):
             self._admin("POST", url.path)
         else:
-            self._api(url.path, url.query, method="POST")
+            self.do_PUT()
 
     def do_PUT(self) -> None:
-        self._api(urlsplit(self.path).path, "", method="PUT")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:  # read the body so the connection stays usable
+            self.rfile.read(length)
+        self._api(urlsplit(self.path).path, "", method=self.command)
 
     do_DELETE = do_PATCH = do_PUT
 
@@ -155,15 +161,22 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.status(401)
             self._send(401, _AUTH_FAILURE)
             return
+        if (
+            emu.config.require_user_agent
+            and not self.headers.get("X-SparkApi-User-Agent", "").strip()
+        ):
+            emu.stats.status(400)
+            self._send(400, _NO_USER_AGENT)
+            return
         if not emu.limiter.allow(token.strip()):
             emu.stats.status(429)
             extra = {"Retry-After": str(emu.config.retry_after)} if emu.config.retry_after else None
             self._send(429, _RATE_LIMITED, extra)
             return
-        if method != "GET":
+        if method != "GET":  # a replication key reads only: every /v1 path is read-only
             status, body = (
                 405,
-                error_body(1018, f"The {method} method is not allowed on this resource"),
+                error_body(1017, f"The {method} method is not allowed: this resource is read-only"),
             )
         else:
             data_fault = fault if fault in DATA_FAULTS else None
