@@ -194,7 +194,9 @@ class MLS:
         """Move the clock ``minutes`` forward and change those shares of the live records.
 
         Every change is stamped at its own instant inside the advanced interval.
-        Returns what changed (keys and ids) and the interval.
+        Returns what changed (keys and ids) and the interval; ``media_lists`` says
+        which lists (``Photos``, ``Videos``, ``Documents``, ``OpenHouses``) each
+        ``media`` change rebuilt (an empty list may stay empty).
         """
         for name, share in (
             ("modify", modify),
@@ -232,11 +234,13 @@ class MLS:
                 state = self.listings[key]
                 state.version += 1
                 state.mod_ms = instants.pop()
+            media_lists = {}
             for key in touched:  # each media list changes on its own, with its timestamp
                 state = self.listings[key]
                 state.media_version += 1
                 state.mod_ms = instants.pop()
                 names = [n for n in TIMED_LISTS if rng.random() < 0.5] or ["Photos"]
+                media_lists[key] = names
                 for prefix in (TIMED_LISTS[n] for n in names):
                     setattr(state, prefix + "_v", getattr(state, prefix + "_v") + 1)
                     setattr(state, prefix + "_ms", state.mod_ms)
@@ -284,6 +288,7 @@ class MLS:
                 "now": format_timestamp(self.clock.now_ms()),
                 "modified": sorted(modified),
                 "media": sorted(touched),
+                "media_lists": dict(sorted(media_lists.items())),
                 "created": sorted(created),
                 "removed": sorted(removed),
                 "accounts_modified": sorted(acc_modified),
