@@ -20,7 +20,7 @@ import orjson
 from devstack.emulator.config import EmulatorConfig
 from devstack.emulator.fields import field_type
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, SUBRESOURCES
-from devstack.emulator.sparkql import SparkQLError, compile_filter
+from devstack.emulator.sparkql import NOW, SparkQLError, compile_filter
 from devstack.emulator.store import MLS
 from devstack.emulator.vocab import CHOICE_FIELDS
 
@@ -35,8 +35,19 @@ MAX_PAGE = 100_000
 LISTING_FILTER_FIELDS = {
     "ModificationTimestamp": "datetime",
     "PhotosChangeTimestamp": "datetime",
+    "VideosChangeTimestamp": "datetime",
+    "DocumentsChangeTimestamp": "datetime",
+    "OpenHousesChangeTimestamp": "datetime",
+    "StatusChangeTimestamp": "datetime",
+    "PriceChangeTimestamp": "datetime",
     "ListingKey": "character",
+    "MlsStatus": "character",
+    "StandardStatus": "character",
+    "ListPrice": "decimal",
 }
+#: Longest ``_filter`` accepted (characters); longer ones answer 400 / code 1041. The real
+#: limit is not published; this one is ours (a few hundred keys' worth of ``ListingKey Eq``).
+MAX_FILTER_LENGTH = 8_000
 ACCOUNT_FILTER_FIELDS = {
     "ModificationTimestamp": "datetime",
     "Id": "character",
@@ -194,6 +205,10 @@ class SparkAPI:
         ]
 
     def _compiled(self, text: str, fields: dict[str, str], kind: str):
+        if len(text) > MAX_FILTER_LENGTH:
+            raise _Reject(
+                400, 1041, f"The _filter is too long ({len(text)} > {MAX_FILTER_LENGTH} characters)"
+            )
         cache_key = f"{kind}\x00{text}"
         predicate = self._filters.get(cache_key)
         if predicate is None:
@@ -260,22 +275,57 @@ class SparkAPI:
                 with mls.lock:  # the cached index, with current content; removed ones vanish
                     return [k for k in hit[1] if mls.listings[k].live]
         with mls.lock:
-            keys = [
-                k
-                for k in mls.live_keys
-                if predicate(
-                    {
-                        "ModificationTimestamp": (s := mls.listings[k]).mod_ms,
-                        "ListingKey": k,
-                        "PhotosChangeTimestamp": s.photos_ms,
-                    }.get
-                )
-            ]
+            keys = [k for k in mls.live_keys if predicate(self._getter(mls.listings[k], now))]
         if ttl_ms > 0:
             with self._cache_lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[(api_key, text)] = (now, keys)
+        return keys
+
+    def _getter(self, state, now: int):
+        """``field -> value`` of a listing for ``_filter`` and ``_orderby``: cheap fields from
+        its state, the others from its record (built once per version)."""
+        facts: dict[str, Any] | None = None
+
+        def get(name: str) -> Any:
+            nonlocal facts
+            if name == "ModificationTimestamp":
+                return state.mod_ms
+            if name == "ListingKey":
+                return state.key
+            if name == NOW:
+                return now
+            if facts is None:
+                facts = self.mls.facts(state, LISTING_FILTER_FIELDS)
+            return facts[name]
+
+        return get
+
+    def _ordered(self, params: dict[str, str], keys: list[str], fields: dict[str, str], get_of):
+        """``keys`` sorted by ``_orderby`` (``F1,-F2``; ``-`` descending, nulls last); ties keep
+        the default order."""
+        text = params.get("_orderby", "").strip()
+        if not text:
+            return keys
+        if "_skiptoken" in params:
+            raise _constraint(
+                "_orderby", "_orderby cannot be combined with _skiptoken (ListingKey order)"
+            )
+        order = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name = part.lstrip("+-").strip()
+            if name not in fields:
+                raise _constraint(
+                    "_orderby", f"_orderby names a field that cannot be ordered: {name}", part
+                )
+            order.append((name, part.startswith("-")))
+        getters = {k: get_of(k) for k in keys}
+        for name, descending in reversed(order):  # stable sorts, last key first
+            present = [k for k in keys if getters[k](name) is not None]
+            missing = [k for k in keys if getters[k](name) is None]
+            present.sort(key=lambda k: getters[k](name), reverse=descending)
+            keys = present + missing
         return keys
 
     def _listings(
@@ -286,10 +336,6 @@ class SparkAPI:
         mode = self._pagination_mode(params)
         select = self._select(params)
         nested, custom = self._expand(params)
-        if "_orderby" in params:
-            raise _constraint(
-                "_orderby", "_orderby is not supported by the emulator (ListingKey order only)"
-            )
         text = params.get("_filter", "").strip()
         mls = self.mls
         if text:
@@ -297,6 +343,14 @@ class SparkAPI:
         else:
             with mls.lock:
                 keys = list(mls.live_keys)
+        now = mls.clock.now_ms()
+        with mls.lock:
+            keys = self._ordered(
+                params,
+                keys,
+                LISTING_FILTER_FIELDS,
+                lambda k: self._getter(mls.listings[k], now),
+            )
         total = len(keys)
         tail = b""
         token = params.get("_skiptoken")
@@ -467,21 +521,22 @@ class SparkAPI:
         text = params.get("_filter", "").strip()
         mls = self.mls
         predicate = self._compiled(text, ACCOUNT_FILTER_FIELDS, "accounts") if text else None
+        now = mls.clock.now_ms()
+
+        def get_of(account_id: str):
+            return {
+                "ModificationTimestamp": mls.account_mods[account_id],
+                "Id": account_id,
+                "UserType": (a := mls.accounts[account_id])["UserType"],
+                "Name": a["Name"],
+                NOW: now,
+            }.get
+
         with mls.lock:
             ids = mls.account_ids
             if predicate is not None:
-                ids = [
-                    i
-                    for i in ids
-                    if predicate(
-                        {
-                            "ModificationTimestamp": mls.account_mods[i],
-                            "Id": i,
-                            "UserType": (a := mls.accounts[i])["UserType"],
-                            "Name": a["Name"],
-                        }.get
-                    )
-                ]
+                ids = [i for i in ids if predicate(get_of(i))]
+            ids = self._ordered(params, list(ids), ACCOUNT_FILTER_FIELDS, get_of)
             total = len(ids)
             page = [mls.accounts[i] for i in ids[skip : skip + limit]] if mode != "count" else []
             if fault == "cut" and skip > 0:  # a flaky backend ends the scan early

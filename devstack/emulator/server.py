@@ -71,6 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
     def date_time_string(self, timestamp: float | None = None) -> str:
         return http_date(self.server.emulator.clock.now_ms())
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the HTTP layer raises, in Spark's envelope (a too-long URL: 400 / 1041)."""
+        if code == 414:
+            self.close_connection = True
+            self._send(400, error_body(1041, "The request is too long; shorten the _filter"))
+            return
+        super().send_error(code, message, explain)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         logger.debug("%s " + format, self.address_string(), *args)
 

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import random
 import threading
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -27,8 +28,9 @@ from devstack.emulator.accounts import (
 )
 from devstack.emulator.clock import VirtualClock, format_timestamp
 from devstack.emulator.config import EmulatorConfig
-from devstack.emulator.fields import TIMED_LISTS, ListingState, build_standard_fields
+from devstack.emulator.fields import MASK, TIMED_LISTS, ListingState, build_standard_fields
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, build_custom, build_expansion
+from devstack.emulator.sparkql import parse_datetime_literal
 
 __all__ = ["MLS"]
 
@@ -77,6 +79,7 @@ class MLS:
         #: the state each listing had before its latest change (what a lagging replica serves)
         self.previous: dict[str, ListingState] = {}
         self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        self._facts: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     # ---- reading ---------------------------------------------------------------
 
@@ -124,6 +127,29 @@ class MLS:
             broken.is_bare(seed, key, self.config.bare_numbers),
             broken.bad_of(seed, key, self.config.bad_records),
         )
+
+    def facts(self, state: ListingState, fields: dict[str, str]) -> dict[str, Any]:
+        """The values ``_filter``/``_orderby`` compare for ``fields`` (name -> type): datetimes
+        as epoch ms, decimals as Decimal; cached per listing version."""
+        stamp = (state.version, state.media_version)
+        hit = self._facts.get(state.key)
+        if hit is not None and hit[0] == stamp and self.listings.get(state.key) is state:
+            return hit[1]
+        record = self.standard_fields(state)
+        facts: dict[str, Any] = {}
+        for name, kind in fields.items():
+            value = record.get(name)
+            if value is None or value == MASK:
+                facts[name] = None
+            elif kind == "datetime":
+                facts[name] = parse_datetime_literal(value)
+            elif kind == "decimal":
+                facts[name] = Decimal(value.strip())
+            else:
+                facts[name] = value
+        if self.listings.get(state.key) is state:
+            self._facts[state.key] = (stamp, facts)
+        return facts
 
     def bad(self, key: str) -> broken.Bad | None:
         """How this listing is served broken (``--bad-records``), or None."""
