@@ -5,7 +5,8 @@ Admin paths (no token, never faulted, never rate limited) — for tests only:
 
 - ``POST /_emulator/advance`` ``{"minutes", "modify", "create", "remove", "media",
   "accounts_modify", "accounts_create"}`` -> what changed
-- ``GET /_emulator/truth`` -> ``{"now", "listings": {key: ts}, "accounts": {id: record}}``
+- ``GET /_emulator/truth`` -> ``{"now", "listings": {key: ts}, "accounts": {id: record},
+  "bare_numbers": {key: {field: exact digits}}, "bad": {key: how it is broken}}``
 - ``POST /_emulator/create_accounts`` ``{"count": N, "position": "random"|"first"}``
 - ``GET /_emulator/stats``; ``POST /_emulator/stats/reset`` (also restarts the fault
   sequence and the rate-limit windows); ``POST /_emulator/filter_cache/clear``
@@ -331,7 +332,8 @@ class Emulator:
         )
 
     def truth(self) -> dict:
-        """Ground truth: ``{"now", "listings": {ListingKey: ModificationTimestamp}, "accounts"}``."""
+        """Ground truth: ``{"now", "listings": {ListingKey: ModificationTimestamp}, "accounts",
+        "bare_numbers", "bad"}`` (see ``MLS.truth``)."""
         return self.mls.truth()
 
     def create_accounts(self, count: int, position: str = "random") -> list[str]:
