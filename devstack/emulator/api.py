@@ -3,14 +3,14 @@
 Pure request -> (status, JSON bytes) logic, no sockets: the server calls
 :meth:`SparkAPI.handle` after authentication, rate limiting and fault draws.
 Bodies use Spark's envelope, ``{"D": {"Success": …, "Results": […]}}``, and its
-error codes (1040 invalid ``_filter``, 1053 parameter constraint, 404).
+error codes (1040 invalid ``_filter``, 1041 filter too long, 1053 parameter constraint in
+:mod:`devstack.emulator.params`, 403/1500 and 404 for broken subresources).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import math
 import threading
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,19 +19,30 @@ import orjson
 
 from devstack.emulator.config import EmulatorConfig
 from devstack.emulator.fields import field_type
-from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, SUBRESOURCES
+from devstack.emulator.media import SUBRESOURCES
+from devstack.emulator.params import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_SKIP,
+    Reject,
+    constraint,
+    error_body,
+    expansions,
+    first_row,
+    integer,
+    not_found,
+    ordered,
+    pagination,
+    pagination_mode,
+)
 from devstack.emulator.sparkql import NOW, SparkQLError, compile_filter
 from devstack.emulator.store import MLS
 from devstack.emulator.vocab import CHOICE_FIELDS
 
-__all__ = ["SparkAPI", "error_body", "LISTING_FILTER_FIELDS", "ACCOUNT_FILTER_FIELDS"]
+__all__ = ["SparkAPI", "LISTING_FILTER_FIELDS", "ACCOUNT_FILTER_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
-MAX_LIMIT = {"listings": 1000, "accounts": 1000, "other": 200}
-DEFAULT_LIMIT = 10
-MAX_SKIP = 2_500_000
-MAX_PAGE = 100_000
 LISTING_FILTER_FIELDS = {
     "ModificationTimestamp": "datetime",
     "PhotosChangeTimestamp": "datetime",
@@ -60,40 +71,6 @@ LIST_FIELDS = frozenset(
     {"City", "StateOrProvince", "PropertyType", "PropertySubType", "StandardStatus", "MlsStatus"}
     | set(CHOICE_FIELDS)
 )
-
-
-class _Reject(Exception):
-    """A request the API answers with an error envelope."""
-
-    def __init__(self, status: int, code: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-def error_body(code: int, message: str, **extra: Any) -> bytes:
-    """Spark's failure envelope."""
-    return orjson.dumps({"D": {"Success": False, "Code": code, "Message": message, **extra}})
-
-
-def _constraint(param: str, message: str, value: Any = None, rule: Any = None) -> _Reject:
-    details = [
-        {
-            param: [
-                {
-                    "RuleValue": rule,
-                    "Value": value,
-                    "RuleField": None,
-                    "RuleFieldValue": None,
-                    "RuleName": "MaxValue" if rule is not None else "Constraint",
-                }
-            ]
-        }
-    ]
-    return _Reject(400, 1053, message, Details=details)
-
-
-def _not_found(what: str) -> _Reject:
-    return _Reject(404, 404, f"{what} could not be found")
 
 
 class SparkAPI:
@@ -125,7 +102,7 @@ class SparkAPI:
         applied: list[Any] = []
         try:
             if len(parts) < 2 or parts[0] != "v1":
-                raise _Reject(404, 404, "Not Found")
+                raise Reject(404, 404, "Not Found")
             resource, rest = parts[1], parts[2:]
             if resource == "listings":
                 if not rest:
@@ -144,30 +121,11 @@ class SparkAPI:
                     return 200, self._accounts(params, fault, applied), applied or None
                 if len(rest) == 1:
                     return 200, self._account(rest[0], params), None
-            raise _Reject(404, 404, "Not Found")
-        except _Reject as e:
+            raise Reject(404, 404, "Not Found")
+        except Reject as e:
             return e.status, error_body(e.code, e.message, **e.extra), None
 
     # ---- parameters ---------------------------------------------------------------
-
-    @staticmethod
-    def _int(
-        params: dict[str, str], name: str, default: int, low: int, high: int, kind: str
-    ) -> int:
-        raw = params.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise _constraint(name, f"{name} must be an integer, got '{raw}'", raw) from None
-        if value > high:
-            raise _constraint(
-                name, f"{name} may not exceed {high} for the {kind} resource", value, high
-            )
-        if value < low:
-            raise _constraint(name, f"{name} must be at least {low}", value, low)
-        return value
 
     def _field_set(self) -> frozenset[str]:
         if self._field_names is None:
@@ -185,28 +143,14 @@ class SparkAPI:
             return None
         unknown = [n for n in names if n not in self._field_set() and n != "Id"]
         if unknown:
-            raise _constraint(
+            raise constraint(
                 "_select", f"_select names unknown fields: {', '.join(unknown)}", unknown
             )
         return names
 
-    @staticmethod
-    def _expand(params: dict[str, str]) -> tuple[list[str], list[str]]:
-        names = [n.strip() for n in params.get("_expand", "").split(",") if n.strip()]
-        lookup = {n.lower(): n for n in (*EXPANSIONS, *CUSTOM_EXPANSIONS)}
-        unknown = [n for n in names if n.lower() not in lookup]
-        if unknown:
-            raise _constraint(
-                "_expand", f"_expand names unknown expansions: {', '.join(unknown)}", unknown
-            )
-        canonical = list(dict.fromkeys(lookup[n.lower()] for n in names))
-        return [n for n in canonical if n in EXPANSIONS], [
-            n for n in canonical if n in CUSTOM_EXPANSIONS
-        ]
-
     def _compiled(self, text: str, fields: dict[str, str], kind: str):
         if len(text) > MAX_FILTER_LENGTH:
-            raise _Reject(
+            raise Reject(
                 400, 1041, f"The _filter is too long ({len(text)} > {MAX_FILTER_LENGTH} characters)"
             )
         cache_key = f"{kind}\x00{text}"
@@ -224,42 +168,13 @@ class SparkAPI:
                         "Constraint": False,
                     }
                 ]
-                raise _Reject(
+                raise Reject(
                     400, 1040, f"Invalid _filter: {e.message}", SparkQLErrors=errors
                 ) from None
             if len(self._filters) > 1000:
                 self._filters.clear()
             self._filters[cache_key] = predicate
         return predicate
-
-    @staticmethod
-    def _pagination_mode(params: dict[str, str]) -> str:
-        mode = params.get("_pagination", "0") or "0"
-        if mode not in ("0", "1", "count"):
-            raise _constraint("_pagination", "_pagination must be 0, 1 or count", mode)
-        return mode
-
-    def _offset(self, params: dict[str, str], limit: int, kind: str) -> int:
-        """The first row asked for: ``_skip``, or ``(_page - 1) * _limit``; never both."""
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, kind)
-        if params.get("_page", "") == "":
-            return skip
-        page = self._int(params, "_page", 1, 1, MAX_PAGE, kind)
-        for other in ("_skip", "_skiptoken"):
-            if other in params:
-                raise _constraint("_page", f"_page cannot be combined with {other}", page)
-        return (page - 1) * limit
-
-    @staticmethod
-    def _pagination(total: int, limit: int, skip: int, with_offset: bool) -> dict[str, int]:
-        # no rows is still one (empty) page, as the fixture constraints_with_pagination.json shows
-        pages = max(1, math.ceil(total / limit))
-        block = {"TotalRows": total, "PageSize": limit, "TotalPages": pages}
-        if with_offset:
-            block["CurrentOffset"] = skip
-        else:
-            block["CurrentPage"] = skip // limit + 1
-        return block
 
     # ---- listings -------------------------------------------------------------------
 
@@ -302,40 +217,14 @@ class SparkAPI:
 
         return get
 
-    def _ordered(self, params: dict[str, str], keys: list[str], fields: dict[str, str], get_of):
-        """``keys`` sorted by ``_orderby`` (``F1,-F2``; ``-`` descending, nulls last); ties keep
-        the default order."""
-        text = params.get("_orderby", "").strip()
-        if not text:
-            return keys
-        if "_skiptoken" in params:
-            raise _constraint(
-                "_orderby", "_orderby cannot be combined with _skiptoken (ListingKey order)"
-            )
-        order = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name = part.lstrip("+-").strip()
-            if name not in fields:
-                raise _constraint(
-                    "_orderby", f"_orderby names a field that cannot be ordered: {name}", part
-                )
-            order.append((name, part.startswith("-")))
-        getters = {k: get_of(k) for k in keys}
-        for name, descending in reversed(order):  # stable sorts, last key first
-            present = [k for k in keys if getters[k](name) is not None]
-            missing = [k for k in keys if getters[k](name) is None]
-            present.sort(key=lambda k: getters[k](name), reverse=descending)
-            keys = present + missing
-        return keys
-
     def _listings(
         self, params: dict[str, str], api_key: str, fault: str | None, applied: list[Any]
     ) -> bytes:
-        limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
-        skip = self._offset(params, limit, "listings")
-        mode = self._pagination_mode(params)
+        limit = integer(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
+        skip = first_row(params, limit, "listings")
+        mode = pagination_mode(params)
         select = self._select(params)
-        nested, custom = self._expand(params)
+        nested, custom = expansions(params)
         text = params.get("_filter", "").strip()
         mls = self.mls
         if text:
@@ -345,7 +234,7 @@ class SparkAPI:
                 keys = list(mls.live_keys)
         now = mls.clock.now_ms()
         with mls.lock:
-            keys = self._ordered(
+            keys = ordered(
                 params,
                 keys,
                 LISTING_FILTER_FIELDS,
@@ -358,7 +247,7 @@ class SparkAPI:
             applied.append("cut")
             if mode != "0":
                 tail += b',"Pagination":' + orjson.dumps(
-                    self._pagination(total, limit, bisect.bisect_right(keys, token), False)
+                    pagination(total, limit, bisect.bisect_right(keys, token), False)
                 )
             return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
         if token is not None:
@@ -378,7 +267,7 @@ class SparkAPI:
             offset = skip
         if mode != "0":
             tail += b',"Pagination":' + orjson.dumps(
-                self._pagination(total, limit, offset, with_offset="_skip" in params)
+                pagination(total, limit, offset, with_offset="_skip" in params)
             )
         if mode == "count":  # only the Pagination hash, as the fixture count.json
             return b'{"D":{"Success":true' + tail + b"}}"
@@ -438,13 +327,13 @@ class SparkAPI:
         with self.mls.lock:
             state = self.mls.listing_state(key)
         if state is None:
-            raise _not_found(f"Listing {key}")
+            raise not_found(f"Listing {key}")
         return state
 
     def _listing(self, key: str, params: dict[str, str]) -> bytes:
         state = self._live(key)
         select = self._select(params)
-        nested, custom = self._expand(params)
+        nested, custom = expansions(params)
         record = self._record(state, select, nested, custom)
         bad = self.mls.bad(key)
         if bad is not None and bad.kind == "element":
@@ -457,17 +346,17 @@ class SparkAPI:
         bad = self.mls.bad(key)
         if bad is not None and bad.kind == "subresource" and bad.path == path:
             if bad.status == 403:
-                raise _Reject(
+                raise Reject(
                     403, 1500, "The requested resource is not available at your service level"
                 )
-            raise _not_found(f"{name} of listing {key}")
-        limit = self._int(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
+            raise not_found(f"{name} of listing {key}")
+        limit = integer(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
+        skip = integer(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
         items = self.mls.expansion(state, name)
         if rest:
             items = [i for i in items if i["Id"] == rest[0]]
             if not items:
-                raise _not_found(f"{name} item {rest[0]}")
+                raise not_found(f"{name} item {rest[0]}")
         elif limit:
             items = items[skip : skip + limit]
         return orjson.dumps({"D": {"Success": True, "Results": items}})
@@ -486,7 +375,7 @@ class SparkAPI:
         samples = [mls.standard_fields(s) for s in states]
         names = samples[0] if samples else dict.fromkeys(_STATE_FIELDS)
         if only is not None and only not in names:
-            raise _not_found(f"Standard field {only}")
+            raise not_found(f"Standard field {only}")
         meta = {}
         for name in names if only is None else [only]:
             value = next((s[name] for s in samples if s[name] is not None), None)
@@ -509,14 +398,14 @@ class SparkAPI:
 
     def _accounts(self, params: dict[str, str], fault: str | None, applied: list[Any]) -> bytes:
         if "_skiptoken" in params:
-            raise _constraint(
+            raise constraint(
                 "_skiptoken",
                 "The _skiptoken parameter is not supported for the accounts "
                 "resource; paginate with _skip",
             )
-        limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
-        skip = self._offset(params, limit, "accounts")
-        mode = self._pagination_mode(params)
+        limit = integer(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
+        skip = first_row(params, limit, "accounts")
+        mode = pagination_mode(params)
         names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
         text = params.get("_filter", "").strip()
         mls = self.mls
@@ -536,7 +425,7 @@ class SparkAPI:
             ids = mls.account_ids
             if predicate is not None:
                 ids = [i for i in ids if predicate(get_of(i))]
-            ids = self._ordered(params, list(ids), ACCOUNT_FILTER_FIELDS, get_of)
+            ids = ordered(params, list(ids), ACCOUNT_FILTER_FIELDS, get_of)
             total = len(ids)
             page = [mls.accounts[i] for i in ids[skip : skip + limit]] if mode != "count" else []
             if fault == "cut" and skip > 0:  # a flaky backend ends the scan early
@@ -549,14 +438,12 @@ class SparkAPI:
             if mode != "count":
                 body["Results"] = page
             if mode != "0":
-                body["Pagination"] = self._pagination(
-                    total, limit, skip, with_offset="_skip" in params
-                )
+                body["Pagination"] = pagination(total, limit, skip, with_offset="_skip" in params)
             return orjson.dumps({"D": body})
 
     def _account(self, account_id: str, params: dict[str, str]) -> bytes:
         with self.mls.lock:
             record = self.mls.accounts.get(account_id)
             if record is None:
-                raise _not_found(f"Account {account_id}")
+                raise not_found(f"Account {account_id}")
             return orjson.dumps({"D": {"Success": True, "Results": [record]}})

@@ -25,10 +25,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from devstack.emulator.api import SparkAPI, error_body
+from devstack.emulator.api import SparkAPI
 from devstack.emulator.clock import VirtualClock, format_timestamp, http_date
 from devstack.emulator.config import DATA_FAULTS, EmulatorConfig
 from devstack.emulator.guards import FaultInjector, RateLimiter, Stats
+from devstack.emulator.params import error_body
 from devstack.emulator.store import MLS
 
 __all__ = ["Emulator"]
