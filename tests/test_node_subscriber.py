@@ -1,6 +1,6 @@
-"""examples/node-subscriber: kafkajs reads what the poller published and holds the MLS's truth.
+"""Subscribers in other languages: the Node.js example, the Kafka Connect configuration, codecs.
 
-The poller runs against the emulator (snapshot, accounts, changes, updates, purges) with the
+examples/node-subscriber: the poller runs against the emulator (snapshot, accounts, changes, updates, purges) with the
 default zstd compression; then the Node.js subscriber reads the three topics from the beginning
 in a consumer group, and its compacted view must equal the emulator's ground truth.
 """
@@ -8,6 +8,7 @@ in a consumer group, and its compacted view must equal the emulator's ground tru
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,10 +19,15 @@ from devstack.emulator import Emulator, EmulatorConfig
 from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller
 from producer.topics import ensure_contract
+from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA
+from spark_relay.errors import ConfigError
+from spark_relay.settings import load_settings
 from tests.consumers.sink_events import parse_ts, replicate
 from tests.kafka_helpers import cli_env
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node-subscriber"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "node-subscriber"
+DOC = ROOT / "docs" / "subscribing.md"
 
 
 def _node() -> str:
@@ -67,3 +73,64 @@ def test_the_node_subscriber_holds_the_emulators_truth(make_settings, topic_pref
     # the group committed its offsets: a second run of the same group reads nothing new
     again = _subscribe(settings, f"{topic_prefix}-node")
     assert again == {"listings": {}, "accounts": {}, "purges": []}
+
+
+def _array_fields(schema: str) -> set[str]:
+    def kinds(t) -> set[str]:
+        if isinstance(t, list):
+            return set().union(*(kinds(m) for m in t))
+        return {t["type"]} if isinstance(t, dict) else {t}
+
+    return {f["name"] for f in json.loads(schema)["fields"] if "array" in kinds(f["type"])}
+
+
+def test_the_connect_jdbc_configuration_fits_the_events():
+    text = DOC.read_text()
+    block = next(b for b in re.findall(r"```json\n(.*?)```", text, re.S) if "JdbcSink" in b)
+    connector = json.loads(block)
+    config = connector["config"]
+    assert connector["name"] and config["connection.url"].startswith("jdbc:postgresql://")
+    assert config["connector.class"] == "io.confluent.connect.jdbc.JdbcSinkConnector"
+    assert config["topics"] == "spark.listings"
+    # not the PostgreSQL sink's own table (schema spark, table listings), nor the default ${topic}
+    table = config.get("table.name.format", "${topic}")
+    assert table.replace("${topic}", config["topics"]) != "spark.listings"
+    # upserts by the record key, tombstones become deletes
+    assert (config["pk.mode"], config["pk.fields"]) == ("record_key", "ListingKey")
+    assert config["delete.enabled"] == "true" and config["insert.mode"] == "upsert"
+    transforms = {
+        name: {
+            k.split(".", 2)[2]: v for k, v in config.items() if k.startswith(f"transforms.{name}.")
+        }
+        for name in config["transforms"].split(",")
+    }
+    types = {t["type"].rsplit(".", 1)[1]: t for t in transforms.values()}
+    assert set(types) == {"Flatten$Value", "ReplaceField$Value"}
+    # the JDBC sink writes primitives only: the arrays go, the source record is flattened
+    assert set(types["ReplaceField$Value"]["exclude"].split(",")) == _array_fields(LISTING_SCHEMA)
+    accounts = re.search(r'"transforms.dropArrays.exclude": "([^"]+)"`', text).group(1)
+    assert set(accounts.split(",")) == _array_fields(ACCOUNT_SCHEMA)
+    # both transforms leave tombstones alone, with a predicate that is defined
+    for transform in transforms.values():
+        assert transform["negate"] == "true"
+        predicate = config[f"predicates.{transform['predicate']}.type"]
+        assert predicate.endswith("RecordIsTombstone")
+
+
+def test_the_codec_is_a_documented_setting():
+    settings = load_settings(environ={"SPARK_RELAY_KAFKA_BOOTSTRAP": "127.0.0.1:9092"})
+    assert settings.compression == "zstd"
+    assert settings.kafka_config("producer")["compression.type"] == "zstd"
+    assert "compression.type" not in settings.kafka_config("consumer")
+    gzip = load_settings(
+        environ={"SPARK_RELAY_COMPRESSION": "gzip", "SPARK_RELAY_KAFKA_BOOTSTRAP": "h:1"}
+    )
+    assert gzip.kafka_config("producer")["compression.type"] == "gzip"
+    with pytest.raises(ConfigError, match="SPARK_RELAY_COMPRESSION: expected one of"):
+        load_settings(environ={"SPARK_RELAY_COMPRESSION": "brotli"})
+    with pytest.raises(ConfigError, match="set SPARK_RELAY_COMPRESSION instead"):
+        load_settings(environ={"SPARK_RELAY_KAFKA_COMPRESSION_TYPE": "lz4"})
+    text = DOC.read_text()
+    assert "SPARK_RELAY_COMPRESSION" in text
+    assert "| client | zstd | lz4 | snappy | gzip |" in text  # which client needs which codec
+    assert "`zstd-codec`" in text and "`@kafkajs/zstd`" in text
