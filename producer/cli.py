@@ -79,7 +79,8 @@ _metrics = click.option(
 _progress = click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
+    help="Progress on stderr: a bar on a terminal, elsewhere a plain line every 10 s "
+    "(default: only on a terminal).",
 )
 
 
