@@ -346,7 +346,8 @@ def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
         timeout=120,
         check=True,
     )
-    assert re.search(r"snapshot: \[#+ *\] 2,500/2,500, [\d,]+ records/s", result.stderr)
+    assert re.search(r"snapshot: 2,500/2,500 \(100%\), [\d,]+ records/s", result.stderr)
+    assert "\r" not in result.stderr  # not a terminal: plain lines
     logs = [
         json.loads(line)
         for line in result.stderr.replace("\r", "\n").splitlines()
