@@ -215,6 +215,11 @@ class Settings:
         "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
     select: str = _setting("", None, "_select for snapshots (empty: every field)")
+    compression: str = _setting(
+        "zstd",
+        _choice("zstd", "lz4", "snappy", "gzip", "none"),
+        "Compression of the events we produce: zstd, lz4, snappy, gzip or none",
+    )
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
     kafka: Mapping[str, str] = field(
         default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
@@ -242,6 +247,8 @@ class Settings:
             "admin": CONSUMER_ONLY | PRODUCER_ONLY,
         }.get(role, frozenset())
         passthrough = {k: v for k, v in self.kafka.items() if k not in skip}
+        if role == "producer":
+            passthrough["compression.type"] = self.compression
         return {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
 
     def registry_config(self) -> dict[str, str]:
@@ -343,6 +350,9 @@ def load_settings(
         raise ConfigError(
             f"{KAFKA_PASSTHROUGH_PREFIX}BOOTSTRAP_SERVERS: set {env_name('kafka_bootstrap')} instead"
         )
+    for codec in ("compression.type", "compression.codec"):
+        if codec in kafka:
+            raise ConfigError(f"kafka setting {codec}: set {env_name('compression')} instead")
     return Settings(**values, kafka=kafka)
 
 

@@ -120,7 +120,11 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=_faults,
     metavar="SPEC",
     envvar=_ENV + "FAULTS",
-    help="Faults to inject, KIND:PROBABILITY comma list; kinds 500, 503, timeout, truncate, reset. "
+    help="Faults to inject, KIND:PROBABILITY comma list, drawn per API request; kinds 500, 503, "
+    "timeout, truncate, reset; cut (a scan page after the first, i.e. /v1/listings with a "
+    "non-empty _skiptoken or /v1/accounts with _skip > 0, answers 200 with Results [] and no "
+    "SkipToken: a backend ending a scan early); stale (one record of a /v1/listings page that "
+    "changed since start is served at its previous version: a lagging replica). "
     "E.g. 500:0.02,503:0.01,timeout:0.01,truncate:0.01,reset:0.01. Replayable for a seed.",
 )
 @click.option(
@@ -158,6 +162,37 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help='Share of listings whose restricted fields read "********".',
 )
 @click.option(
+    "--bare-numbers",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    envvar=_ENV + "BARE_NUMBERS",
+    help="Share of listings (chosen by seed, for the whole run) sending ListAgentId, "
+    "ListOfficeId, CoListAgentId, BuyerAgentId as bare 26-digit JSON numbers and ListPrice as "
+    "a bare decimal with more digits than a double holds. /_emulator/truth keeps the exact digits.",
+)
+@click.option(
+    "--bad-records",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    envvar=_ENV + "BAD_RECORDS",
+    help="Share of listings (chosen by seed, for the whole run) served broken, one way each: a "
+    "null or bare string next to the record in Results; an invalid JSON escape in "
+    "PublicRemarks; or one subresource path answering 403/1500 or 404/404. "
+    "/_emulator/truth lists them under 'bad'.",
+)
+@click.option(
+    "--require-user-agent/--no-require-user-agent",
+    default=False,
+    show_default=True,
+    envvar=_ENV + "REQUIRE_USER_AGENT",
+    help="Answer 400 / code 1016 to API requests without an X-SparkApi-User-Agent header, "
+    "which the API documents as required.",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -178,6 +213,9 @@ def emulator_command(
     filter_cache_seconds,
     last_page,
     masked,
+    bare_numbers,
+    bad_records,
+    require_user_agent,
     start_time,
 ) -> None:
     """Serve an emulated Spark API replication endpoint until Ctrl-C or SIGTERM.
@@ -202,6 +240,9 @@ def emulator_command(
         filter_cache_seconds=filter_cache_seconds,
         last_page=last_page,
         masked=masked,
+        bare_numbers=bare_numbers,
+        bad_records=bad_records,
+        require_user_agent=require_user_agent,
         start_time=start,
         retry_after=retry_after,
         fault_timeout_seconds=fault_timeout_seconds,

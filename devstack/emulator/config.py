@@ -13,6 +13,7 @@ from datetime import datetime
 
 __all__ = [
     "EmulatorConfig",
+    "DATA_FAULTS",
     "FAULT_KINDS",
     "LAST_PAGE_MODES",
     "parse_faults",
@@ -21,8 +22,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Fault kinds the emulator can inject, in the order they are drawn.
-FAULT_KINDS = ("500", "503", "timeout", "truncate", "reset")
+#: Fault kinds the emulator can inject, in the order they are drawn. ``cut`` (a scan page
+#: answered empty, without a SkipToken) and ``stale`` (one record of a listings page served
+#: at its previous version) act only on the requests they fit; elsewhere they do nothing.
+FAULT_KINDS = ("500", "503", "timeout", "truncate", "reset", "cut", "stale")
+#: The kinds that change what the API answers instead of how the transport fails.
+DATA_FAULTS = ("cut", "stale")
 #: How the last page of a ``_skiptoken`` scan ends.
 LAST_PAGE_MODES = ("empty", "missing", "same")
 
@@ -32,6 +37,9 @@ class EmulatorConfig:
     """Everything that shapes one emulated Spark API: data size, seed, key, pitfalls.
 
     ``faults`` is a comma list of ``kind:probability`` (kinds in ``FAULT_KINDS``);
+    ``bare_numbers`` and ``bad_records`` are shares of listings, chosen by seed and
+    key (so persistent), sent with unquoted 26-digit ids and a long ``ListPrice``,
+    or broken in one of ``BAD_KINDS`` ways;
     ``rate_limit`` is ``(requests, seconds)`` for a sliding window per API key;
     ``filter_cache_seconds`` is how long the same ``_filter`` string keeps
     returning the keys it matched first (0 disables the cache); ``last_page``
@@ -51,14 +59,20 @@ class EmulatorConfig:
     start_time: datetime | None = None  # virtual clock start; default now (UTC)
     retry_after: int | None = None  # seconds to put in Retry-After on 429 (None: no header)
     fault_timeout_seconds: float = 30.0  # how long a "timeout" fault holds the connection
+    bare_numbers: float = 0.0  # share of listings with ids and ListPrice as bare JSON numbers
+    bad_records: float = 0.0  # share of listings served broken (see broken.BAD_KINDS)
+    require_user_agent: bool = (
+        False  # answer 400/1016 to API requests without X-SparkApi-User-Agent
+    )
 
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:
             raise ValueError("listings must be >= 0 and accounts >= 1")
         if self.last_page not in LAST_PAGE_MODES:
             raise ValueError(f"last_page must be one of {LAST_PAGE_MODES}, got {self.last_page!r}")
-        if not 0.0 <= self.masked <= 1.0:
-            raise ValueError("masked must be a share between 0 and 1")
+        for name in ("masked", "bare_numbers", "bad_records"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a share between 0 and 1")
         if self.rate_limit is not None and (self.rate_limit[0] < 1 or self.rate_limit[1] <= 0):
             raise ValueError("rate_limit must be (requests >= 1, seconds > 0)")
         parse_faults(self.faults)  # validate early

@@ -111,11 +111,11 @@ class Stats:
             if code == 429:
                 self.rate_limited += 1
 
-    def fault(self, number: int, kind: str) -> None:
-        """Count an injected fault for request ``number``."""
+    def fault(self, number: int, kind: str, *detail: Any) -> None:
+        """Count an injected fault for request ``number`` (``detail``: e.g. the stale key)."""
         with self._lock:
             self.faults[kind] += 1
-            self.fault_log.append([number, kind])
+            self.fault_log.append([number, kind, *detail])
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as JSON-ready data."""

@@ -9,13 +9,16 @@ All public methods are thread-safe.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import random
 import threading
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from devstack.emulator import broken
 from devstack.emulator.accounts import (
     generate_accounts,
     new_member,
@@ -25,8 +28,9 @@ from devstack.emulator.accounts import (
 )
 from devstack.emulator.clock import VirtualClock, format_timestamp
 from devstack.emulator.config import EmulatorConfig
-from devstack.emulator.fields import ListingState, build_standard_fields
+from devstack.emulator.fields import MASK, TIMED_LISTS, ListingState, build_standard_fields
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, build_custom, build_expansion
+from devstack.emulator.sparkql import parse_datetime_literal
 
 __all__ = ["MLS"]
 
@@ -72,7 +76,10 @@ class MLS:
                 listed_ms=listed,
             )
         self.live_keys = sorted(self.listings)
+        #: the state each listing had before its latest change (what a lagging replica serves)
+        self.previous: dict[str, ListingState] = {}
         self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        self._facts: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     # ---- reading ---------------------------------------------------------------
 
@@ -89,19 +96,64 @@ class MLS:
         """The whole listing record (Id, ResourceUri, StandardFields) as JSON bytes.
 
         Built on first use and cached until the listing (or an account it
-        shows) changes; only this one copy is kept per listing.
+        shows) changes; only this one copy is kept per listing. A state that is
+        not the listing's current one (an older version) is built, not cached.
         """
         stamp = (state.version, state.media_version, self._people_gen)
         hit = self._cache.get(state.key)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] == stamp and self.listings.get(state.key) is state:
             return hit[1]
-        sf = orjson.dumps(
-            build_standard_fields(self.config.seed, state, self.people, self.config.masked)
-        )
+        sf = self.encode(state, self.standard_fields(state))
         key = state.key.encode()
         record = b'{"Id":"%s","ResourceUri":"/v1/listings/%s","StandardFields":%s}' % (key, key, sf)
-        self._cache[state.key] = (stamp, record)
+        if self.listings.get(state.key) is state:
+            self._cache[state.key] = (stamp, record)
         return record
+
+    def standard_fields(self, state: ListingState) -> dict[str, Any]:
+        """StandardFields of a listing as a dict (a fresh one), exact digits kept as strings."""
+        fields = build_standard_fields(self.config.seed, state, self.people, self.config.masked)
+        if broken.is_bare(self.config.seed, state.key, self.config.bare_numbers):
+            fields["ListPrice"] = broken.long_price(
+                self.config.seed, state.key, state.version, fields["ListPrice"]
+            )
+        return fields
+
+    def encode(self, state: ListingState, fields: dict[str, Any]) -> bytes:
+        """StandardFields (or some of them) of this listing as the API sends them."""
+        seed, key = self.config.seed, state.key
+        return broken.encode(
+            fields,
+            broken.is_bare(seed, key, self.config.bare_numbers),
+            broken.bad_of(seed, key, self.config.bad_records),
+        )
+
+    def facts(self, state: ListingState, fields: dict[str, str]) -> dict[str, Any]:
+        """The values ``_filter``/``_orderby`` compare for ``fields`` (name -> type): datetimes
+        as epoch ms, decimals as Decimal; cached per listing version."""
+        stamp = (state.version, state.media_version)
+        hit = self._facts.get(state.key)
+        if hit is not None and hit[0] == stamp and self.listings.get(state.key) is state:
+            return hit[1]
+        record = self.standard_fields(state)
+        facts: dict[str, Any] = {}
+        for name, kind in fields.items():
+            value = record.get(name)
+            if value is None or value == MASK:
+                facts[name] = None
+            elif kind == "datetime":
+                facts[name] = parse_datetime_literal(value)
+            elif kind == "decimal":
+                facts[name] = Decimal(value.strip())
+            else:
+                facts[name] = value
+        if self.listings.get(state.key) is state:
+            self._facts[state.key] = (stamp, facts)
+        return facts
+
+    def bad(self, key: str) -> broken.Bad | None:
+        """How this listing is served broken (``--bad-records``), or None."""
+        return broken.bad_of(self.config.seed, key, self.config.bad_records)
 
     def warm(self, stop: threading.Event | None = None) -> int:
         """Build and cache every live record now (the emulator does this in the background)."""
@@ -115,22 +167,34 @@ class MLS:
                 self.record_bytes(state)
         return len(keys)
 
-    def standard_fields(self, state: ListingState) -> dict[str, Any]:
-        """StandardFields of a listing as a dict (a fresh copy)."""
-        return orjson.loads(self.standard_fields_bytes(state))
-
     def expansion(self, state: ListingState, name: str) -> list[dict[str, Any]]:
         """Items of one expansion (``Photos`` …) or custom-field block of a listing."""
         if name in CUSTOM_EXPANSIONS:
             return build_custom(name, self.config.seed, state.key, state.version)
-        return build_expansion(
-            name, self.config.seed, state.key, state.media_version, state.photos_ms
-        )
+        return build_expansion(name, self.config.seed, state.key, *state.list_version(name))
 
     def truth(self) -> dict[str, Any]:
-        """Ground truth: virtual now, live listing keys with ModificationTimestamp, accounts."""
+        """Ground truth: virtual now, live listing keys with ModificationTimestamp, accounts.
+
+        ``bare_numbers`` holds, per listing sent with bare numbers, the exact
+        digits of those fields as strings; ``bad`` how each broken listing is broken.
+        """
+        seed, config = self.config.seed, self.config
         with self.lock:
+            bare = {}
+            if config.bare_numbers > 0:
+                for k in self.live_keys:
+                    if broken.is_bare(seed, k, config.bare_numbers):
+                        fields = self.standard_fields(self.listings[k])
+                        bare[k] = {n: fields[n] for n in broken.BARE_FIELDS}
+            bad = {}
+            if config.bad_records > 0:
+                for k in self.live_keys:
+                    if (how := broken.bad_of(seed, k, config.bad_records)) is not None:
+                        bad[k] = how.describe()
             return {
+                "bare_numbers": bare,
+                "bad": bad,
                 "now": format_timestamp(self.clock.now_ms()),
                 "listings": {
                     k: format_timestamp(self.listings[k].mod_ms, self.listings[k].offset_minutes)
@@ -156,7 +220,9 @@ class MLS:
         """Move the clock ``minutes`` forward and change those shares of the live records.
 
         Every change is stamped at its own instant inside the advanced interval.
-        Returns what changed (keys and ids) and the interval.
+        Returns what changed (keys and ids) and the interval; ``media_lists`` says
+        which lists (``Photos``, ``Videos``, ``Documents``, ``OpenHouses``) each
+        ``media`` change rebuilt (an empty list may stay empty).
         """
         for name, share in (
             ("modify", modify),
@@ -188,20 +254,22 @@ class MLS:
                 chosen[n_mod : n_mod + n_remove],
                 chosen[n_mod + n_remove :],
             )
+            for key in (*modified, *touched):
+                self.previous[key] = dataclasses.replace(self.listings[key])
             for key in modified:
                 state = self.listings[key]
                 state.version += 1
                 state.mod_ms = instants.pop()
-            for key in touched:
+            media_lists = {}
+            for key in touched:  # each media list changes on its own, with its timestamp
                 state = self.listings[key]
                 state.media_version += 1
-                state.mod_ms = state.photos_ms = instants.pop()
-                if rng.random() < 0.3:
-                    state.videos_ms = state.mod_ms
-                if rng.random() < 0.3:
-                    state.documents_ms = state.mod_ms
-                if rng.random() < 0.3:
-                    state.openhouses_ms = state.mod_ms
+                state.mod_ms = instants.pop()
+                names = [n for n in TIMED_LISTS if rng.random() < 0.5] or ["Photos"]
+                media_lists[key] = names
+                for prefix in (TIMED_LISTS[n] for n in names):
+                    setattr(state, prefix + "_v", getattr(state, prefix + "_v") + 1)
+                    setattr(state, prefix + "_ms", state.mod_ms)
             for key in removed:
                 self.listings[key].live = False
                 del self.live_keys[bisect.bisect_left(self.live_keys, key)]
@@ -246,6 +314,7 @@ class MLS:
                 "now": format_timestamp(self.clock.now_ms()),
                 "modified": sorted(modified),
                 "media": sorted(touched),
+                "media_lists": dict(sorted(media_lists.items())),
                 "created": sorted(created),
                 "removed": sorted(removed),
                 "accounts_modified": sorted(acc_modified),

@@ -41,6 +41,11 @@ def test_help_lists_the_options():
         "--filter-cache-seconds",
         "--last-page",
         "--masked",
+        "--bare-numbers",
+        "--bad-records",
+        "--require-user-agent",
+        "cut (",
+        "stale (",
     ):
         assert option in out.stdout
 
