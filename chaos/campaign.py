@@ -42,21 +42,29 @@ ACTS = (
 TOPIC_PREFIX = "spark"
 
 
-def emulator_kinds() -> set[str]:
+def emulator_kinds(extra: tuple[str, ...] = ()) -> set[str]:
     """Options and fault kinds this emulator knows (branch ``emulator`` adds some)."""
     text = subprocess.run(
         [sys.executable, "-m", "devstack.emulator", "--help"], capture_output=True, text=True
     ).stdout
     kinds = {k for k in ("cut", "stale") if k in text}
     kinds |= {o for o in ("--bare-numbers", "--bad-records") if o in text}
-    return kinds
+    return kinds - OPT_IN | (OPT_IN & set(extra)) if extra else kinds - OPT_IN
+
+
+#: Emulator options left out unless asked for (``--with``): ``--bad-records`` stalls the
+#: poller's snapshot for good until issue 10 item 8 lands (see docs/guarantees.md).
+OPT_IN = {"--bad-records"}
 
 
 def plan(seed: int, rounds: int, known: set[str]) -> dict[str, Any]:
-    """The seed's faults and its schedule of acts, drawn before anything runs."""
+    """The seed's faults and its schedule of acts, drawn before anything runs.
+
+    ``known``: the emulator's extra fault kinds and options to use (:func:`emulator_kinds`).
+    """
     rng = random.Random(seed)
-    kinds = {"500": 0.04, "503": 0.04, "timeout": 0.01, "truncate": 0.03, "reset": 0.03}
-    kinds.update({k: 0.03 for k in ("cut", "stale") if k in known})
+    kinds = {"500": 0.02, "503": 0.02, "timeout": 0.005, "truncate": 0.015, "reset": 0.015}
+    kinds.update({k: 0.015 for k in ("cut", "stale") if k in known})
     spec = ",".join(f"{k}:{round(p * rng.uniform(0.5, 1.5), 4)}" for k, p in kinds.items())
     faults: dict[str, Any] = {
         "spec": spec,
@@ -65,7 +73,10 @@ def plan(seed: int, rounds: int, known: set[str]) -> dict[str, Any]:
         "last_page": rng.choice(["empty", "missing", "same"]),
         "message_max_bytes": rng.choice([None, None, 40_000]),
         "extra_args": [
-            o for o in ("--bare-numbers", "--bad-records") if o in known and rng.random() < 0.7
+            arg
+            for option, share in (("--bare-numbers", "0.05"), ("--bad-records", "0.01"))
+            if option in known and rng.random() < 0.7
+            for arg in (option, share)
         ],
     }
     schedule = []
@@ -156,13 +167,14 @@ def run_seed(
     *,
     echo: bool = False,
     keep: bool = False,
+    with_options: tuple[str, ...] = (),
     settle_timeout: float = 240.0,
 ) -> SeedResult:
     """Run one seed in ``root`` (emptied first); the directory is removed when it converged."""
     started = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    p = plan(seed, rounds, emulator_kinds())
+    p = plan(seed, rounds, emulator_kinds(with_options))
     (root / "plan.json").write_text(json.dumps(p, indent=1))
     result = SeedResult(seed, rounds, root=str(root))
     world = World(root, seed, listings, p["api_key"], p["faults"])
@@ -197,7 +209,7 @@ def run_seed(
         result.faults["filter_cache"] += 1 if f["filter_cache_seconds"] else 0
         result.faults[f"last_page_{f['last_page']}"] += 1
         result.faults["oversized_limit"] += 1 if f["message_max_bytes"] else 0
-        for option in f["extra_args"]:
+        for option in f["extra_args"][::2]:
             result.faults[option.lstrip("-")] += 1
     except Exception as e:  # the seed fails; its directory stays for the post-mortem
         import traceback
