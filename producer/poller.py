@@ -27,18 +27,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from producer.progress import Progress
 from producer.publisher import Publisher, RecordTooLarge
-from producer.spark_client import NotFound, Page, SparkClient
+from producer.spark_client import Forbidden, NotFound, Page, SparkClient
 from producer.state import StateStore
 from schemas import (
     InvalidRecord,
     Serde,
     Source,
     account_to_record,
+    json_dumps,
     listing_to_record,
+    parse_timestamp,
     purge_key,
     purge_record,
 )
@@ -70,16 +70,16 @@ RECONCILE_BATCH = 25
 
 
 def content_hash(record: Any) -> str:
-    """A digest of an API record as the API ordered it (a reordering only costs a re-publish)."""
-    return hashlib.blake2b(orjson.dumps(record), digest_size=16).hexdigest()
+    """A digest of an API record's content: keys sorted, numbers digit for digit."""
+    return hashlib.blake2b(json_dumps(record, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+#: Every timestamp the poller reads (API, state) goes through the contract's one parser.
+_parse_iso = parse_timestamp
 
 
 @dataclass
@@ -93,6 +93,7 @@ class RunStats:
     unchanged: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    subresources_missing: int = 0
     purged: int = 0
     pages: int = 0
     window: list[str] | None = None
@@ -110,7 +111,8 @@ class RunStats:
         text = (
             f"{self.procedure} {'done' if self.completed else 'stopped'}: {self.records} records, "
             f"{self.published} published, {self.unchanged} unchanged, {self.duplicates} duplicates, "
-            f"{self.purged} purged, {self.dead_lettered} dead-lettered, {self.pages} pages, "
+            f"{self.purged} purged, {self.dead_lettered} dead-lettered, "
+            f"{self.subresources_missing} subresources refused, {self.pages} pages, "
             f"{self.seconds:.1f}s, {rate:.0f} records/s"
         )
         if self.window:
@@ -209,13 +211,25 @@ class Poller:
     def _dead_letter(
         self, stats: RunStats, raw: Any, error: Exception, source: Source, key: str = ""
     ) -> None:
-        key = getattr(error, "key", None) or key
-        body = orjson.dumps(raw)
+        """Put ``raw`` (an API element, or its bytes) on the poller's dead-letter topic.
+
+        The headers are the sinks' ``dlq.*`` vocabulary, with the record's resource
+        and key: ``spark-relay dlq redrive poller`` re-fetches the key from the API.
+        """
+        key = getattr(error, "key", None) or key or ""
+        body = raw if isinstance(raw, bytes) else json_dumps(raw).encode()
+        if isinstance(error, RecordTooLarge):
+            stage = b"produce"
+        elif isinstance(error, InvalidRecord):
+            stage = b"convert"
+        else:
+            stage = b"fetch"
         headers = [  # the dlq.* vocabulary of the sinks' dead letters (consumers/dlq.py)
-            ("dlq.error", str(error).encode()),
-            ("dlq.error.class", type(error).__name__.encode()),
-            ("dlq.stage", b"convert" if isinstance(error, InvalidRecord) else b"produce"),
+            ("dlq.error", str(error)[:2000].encode()),
+            ("dlq.error.class", f"{type(error).__module__}.{type(error).__qualname__}".encode()),
+            ("dlq.stage", stage),
             ("dlq.resource", source.resource.encode()),
+            ("dlq.key", key.encode()),
             ("dlq.procedure", source.procedure.encode()),
             ("dlq.run_id", source.run_id.encode()),
         ]
@@ -226,6 +240,12 @@ class Poller:
         self.publisher.produce(self.dlq, key.encode(), body, headers)
         stats.dead_lettered += 1
         logger.warning("dead-lettered a %s record to %s: %s", source.resource, self.dlq, error)
+
+    def _dead_letter_rejected(self, page: Page, source: Source, stats: RunStats) -> None:
+        """Dead-letter the elements of a page that are not JSON objects (or not JSON)."""
+        for element in page.rejected:
+            error = InvalidRecord(source.resource, element.reason, element.key)
+            self._dead_letter(stats, element.text, error, source)
 
     def _produce(
         self, topic: str, key: str, value: bytes, raw: Any, source: Source, stats: RunStats
@@ -247,16 +267,23 @@ class Poller:
         return params
 
     def _publish_listings(
-        self, results: list[dict[str, Any]], source: Source, stats: RunStats, force: bool = False
+        self, page: Page, source: Source, stats: RunStats, force: bool = False
     ) -> tuple[list[tuple[str, str | None, str]], list[tuple[str, str, str | None, list]]]:
-        """Produce the listings that changed; return their index rows and media rows."""
-        stats.records += len(results)
-        keys = [r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in results]
+        """Produce the listings of ``page`` that changed; return their index rows and media rows.
+
+        A record that cannot become an event, or is too large for Kafka, goes to the
+        dead-letter topic; the others are published all the same.
+        """
+        stats.records += len(page.results) + len(page.rejected)
+        self._dead_letter_rejected(page, source, stats)
+        keys = [
+            r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in page.results
+        ]
         known = self.state.published("listings", [k for k in keys if isinstance(k, str)])
         rows, media_rows = [], []
-        for result, key in zip(results, keys, strict=True):
+        for result, key in zip(page.results, keys, strict=True):
             try:
-                media = self._refresh_subresources(result, key, known.get(key), source)
+                media = self._refresh_subresources(result, key, known.get(key), stats)
                 record = listing_to_record(result, source)
             except InvalidRecord as e:
                 self._dead_letter(stats, result, e, source)
@@ -279,12 +306,18 @@ class Poller:
         return rows, media_rows
 
     def _refresh_subresources(
-        self, result: dict[str, Any], key: Any, known: tuple[str | None, str] | None, source: Source
+        self,
+        result: dict[str, Any],
+        key: Any,
+        known: tuple[str | None, str] | None,
+        stats: RunStats,
     ) -> list[tuple[str, str, str | None, list]]:
         """Fetch the configured subresources whose change timestamp moved; carry the rest over.
 
         The fetched (or carried-over) items are nested into StandardFields as
         ``_expand`` nests them, so an event always holds the listing's whole state.
+        A subresource the API refuses for this listing (403 or 404) is left out of
+        the event, logged and counted; it is fetched again when its timestamp moves.
         """
         standard = result.get("StandardFields")
         if not self.subresources or not isinstance(standard, dict) or not isinstance(key, str):
@@ -300,7 +333,12 @@ class Poller:
             if previous is not None and previous[0] == stamp:
                 standard[name] = previous[1]
                 continue
-            items = self._subresource(key, segment)
+            try:
+                items = self._subresource(key, segment)
+            except (Forbidden, NotFound) as e:
+                stats.subresources_missing += 1
+                logger.warning("listing %s published without its %s: %s", key, name, e)
+                continue
             standard[name] = items
             rows.append((key, name, stamp, items))
         return rows
@@ -308,17 +346,14 @@ class Poller:
     def _subresource(self, key: str, segment: str) -> list[dict[str, Any]]:
         """Every item of one listing subresource, paged by ``_skip`` (200 at most per page)."""
         items: list[dict[str, Any]] = []
-        try:
-            while True:
-                page = self.client.get(
-                    f"/v1/listings/{key}/{segment}",
-                    {"_limit": SUBRESOURCE_PAGE, "_skip": len(items)},
-                )
-                items.extend(page.results)
-                if len(page.results) < SUBRESOURCE_PAGE:
-                    return items
-        except NotFound:
-            return items
+        while True:
+            page = self.client.get(
+                f"/v1/listings/{key}/{segment}",
+                {"_limit": SUBRESOURCE_PAGE, "_skip": len(items)},
+            )
+            items.extend(page.results)
+            if len(page.results) < SUBRESOURCE_PAGE:
+                return items
 
     def _commit(
         self,
@@ -409,7 +444,7 @@ class Poller:
                     run_id=checkpoint["run_id"],
                     fetched_at=page.server_time or datetime.now(UTC),
                 )
-                rows, media = self._publish_listings(page.results, source, stats)
+                rows, media = self._publish_listings(page, source, stats)
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 self._commit("listings", rows, ("snapshot", checkpoint), media=media)
                 stats.pages += 1
@@ -453,7 +488,7 @@ class Poller:
         params.pop("_select", None)  # an update carries whole records
         rows, media = [], []
         for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
-            page_rows, page_media = self._publish_listings(page.results, source, stats)
+            page_rows, page_media = self._publish_listings(page, source, stats)
             rows += page_rows
             media += page_media
             stats.pages += 1
@@ -518,14 +553,15 @@ class Poller:
     def _publish_accounts(
         self, page: Page, source: Source, stats: RunStats
     ) -> tuple[list[tuple[str, str | None, str]], list[str]]:
-        stats.records += len(page.results)
-        ids = [a.get("Id") for a in page.results if isinstance(a, dict)]
+        stats.records += len(page.results) + len(page.rejected)
+        self._dead_letter_rejected(page, source, stats)
+        ids = [a.get("Id") for a in page.results]
         already = self.state.seen_keys("accounts", [i for i in ids if isinstance(i, str)])
         known = self.state.published("accounts", [i for i in ids if isinstance(i, str)])
         rows, seen = [], []
         for account in page.results:
-            key = account.get("Id") if isinstance(account, dict) else None
-            if key in already or key in seen:
+            key = account.get("Id")
+            if key is not None and (key in already or key in seen):
                 stats.duplicates += 1  # shifted by an insert between two _skip pages
                 continue
             try:
@@ -599,7 +635,7 @@ class Poller:
             page = self.client.get(
                 "/v1/listings", {**params, "_limit": len(chunk), "_filter": query}
             )
-            rows, media = self._publish_listings(page.results, source, stats, force=True)
+            rows, media = self._publish_listings(page, source, stats, force=True)
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
 

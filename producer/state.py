@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from schemas import json_dumps, json_loads
+
 __all__ = ["StateStore", "open_state", "state_schema"]
 
 logger = logging.getLogger(__name__)
@@ -188,7 +190,7 @@ class StateStore:
         with self.transaction() as cur:
             cur.execute(self._q("SELECT name, changed, items FROM media WHERE key = ?"), (key,))
             rows = cur.fetchall()
-        return {name: (changed, orjson.loads(items)) for name, changed, items in rows}
+        return {name: (changed, json_loads(items)) for name, changed, items in rows}
 
     def record_media(self, rows: Iterable[tuple[str, str, str | None, list[Any]]]) -> None:
         """Remember ``(key, name, change timestamp, items)`` (inside the caller's transaction)."""
@@ -199,7 +201,7 @@ class StateStore:
                     "ON CONFLICT (key, name) DO UPDATE SET changed = excluded.changed, "
                     "items = excluded.items"
                 ),
-                [(k, n, c, orjson.dumps(i).decode()) for k, n, c, i in rows],
+                [(k, n, c, json_dumps(i)) for k, n, c, i in rows],  # numbers exact
             )
 
     # -- scans: what the API still returns -------------------------------

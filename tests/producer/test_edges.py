@@ -1,0 +1,172 @@
+"""The poller at the API's edges (issue 10): exact numbers, bad records, refused subresources.
+
+Over real sockets: the emulator with its ``bare_numbers`` and ``bad_records``
+switches, the devstack broker and registry. Values are read back with
+confluent-kafka's stock ``AvroDeserializer`` (``tests.kafka_helpers.read_topic``).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from producer.cli import build_poller
+from producer.poller import content_hash
+from producer.state import open_state
+from schemas import json_dumps, json_loads, listing_from_record
+from tests.kafka_helpers import read_topic
+
+ID_FIELDS = ("ListAgentId", "ListOfficeId", "CoListAgentId", "BuyerAgentId")
+
+
+def _latest(settings) -> dict:
+    latest = {}
+    for key, value, _ in read_topic(
+        settings.kafka_bootstrap, settings.topic("listings"), settings.schema_registry_url
+    ):
+        latest[key] = value
+    return latest
+
+
+# -- item 1: exact numbers -------------------------------------------------------------
+
+
+def test_ids_beyond_64_bits_and_long_decimals_read_back_digit_for_digit(emulator, relay):
+    emu = emulator(listings=300, accounts=20, bare_numbers=0.2)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        assert poller.snapshot().published == 300
+        emu.advance(minutes=7, modify=0.3, create=0.0, remove=0.0, media=0.0)
+        assert poller.update().published > 0
+        again = poller.update()  # re-reads the overlap: the same records, bare numbers and all
+    bare = emu.truth()["bare_numbers"]
+    assert len(bare) > 20
+    latest = _latest(settings)
+    for key, exact in bare.items():
+        record = latest[key]
+        assert len(exact["ListAgentId"]) >= 20
+        for name in ID_FIELDS:  # typed string fields: the digits, not 2.01e+25
+            assert record[name] == exact[name], (key, name)
+        text = record["standard_fields_json"]
+        for name in ID_FIELDS:
+            if exact[name] is not None:
+                assert f'"{name}":{exact[name]}' in text  # still a bare number, every digit
+        assert f'"ListPrice":{exact["ListPrice"]}' in text
+        standard = listing_from_record(record)["StandardFields"]
+        assert standard["ListAgentId"] == int(exact["ListAgentId"])
+        assert standard["ListPrice"] == Decimal(exact["ListPrice"])
+    # the content hash of an exact record is stable: a quiet window re-sends nothing
+    assert again.records > 0 and again.published == 0
+
+
+def test_exact_json_round_trips_and_keeps_the_fast_types():
+    text = (
+        b'{"Id":"20140227182254340000000","N":20140227182254340000000,'
+        b'"P":250000.12345678901234567,"Q":-116.3237,"R":[-99999999999999999999999,3]}'
+    )
+    value = json_loads(text)
+    assert value["N"] == 20140227182254340000000 and type(value["N"]) is int
+    assert value["P"] == Decimal("250000.12345678901234567")
+    assert type(value["Q"]) is float  # a decimal a double holds stays a float
+    assert json_dumps(value) == text.decode()
+    assert type(json_loads(b'{"a":1.5,"b":"12345678901234567890"}')["a"]) is float
+
+
+def test_the_content_hash_ignores_key_order_and_sees_every_digit():
+    a = {"StandardFields": {"ListPrice": 1.5, "City": "Fargo"}, "Id": "1"}
+    b = {"Id": "1", "StandardFields": {"City": "Fargo", "ListPrice": 1.5}}
+    assert content_hash(a) == content_hash(b)
+    big = json_loads(b'{"N":20140227182254340000001}')
+    near = json_loads(b'{"N":20140227182254340000002}')
+    assert content_hash(big) != content_hash(near)  # floats would make them equal
+
+
+def test_the_media_state_keeps_every_digit(tmp_path):
+    items = json_loads(b'[{"Id":20140227182254340000000,"Size":0.12345678901234567891}]')
+    state = open_state(str(tmp_path), "", "t")
+    try:
+        with state.transaction():
+            state.record_media([("k1", "Photos", "2026-01-01T00:00:00Z", items)])
+        stored = state.media("k1")["Photos"][1]
+    finally:
+        state.close()
+    assert stored == items and json_dumps(stored) == json_dumps(items)
+
+
+# -- item 8: one bad record never stalls replication -----------------------------------
+
+
+def _bad(truth: dict, kind: str) -> dict[str, dict]:
+    return {k: how for k, how in truth["bad"].items() if how["kind"] == kind}
+
+
+def test_broken_elements_are_dead_lettered_and_the_rest_published(emulator, relay):
+    emu = emulator(listings=400, accounts=20, bad_records=0.1)
+    settings = relay(emu, page_size=100)
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+    truth = emu.truth()
+    element, escape = _bad(truth, "element"), _bad(truth, "escape")
+    assert element and escape
+    assert stats.completed
+    latest = _latest(settings)
+    # every sound record is published, and so is a record next to a non-object element
+    assert set(latest) == set(truth["listings"]) - set(escape)
+    letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}.dlq.poller")
+    assert stats.dead_lettered == len(letters) == len(element) + len(escape)
+    by_key: dict[str, dict] = {}
+    nulls = []
+    for key, value, headers in letters:
+        headers = {k: v.decode() for k, v in headers}
+        assert headers["dlq.resource"] == "listings" and headers["dlq.stage"] == "convert"
+        assert headers["dlq.error"] and headers["dlq.key"] == (key or "")
+        if key:
+            by_key[key] = headers
+            assert b"\\q" in value  # the record's own bytes, as the API sent them
+            assert "invalid JSON" in headers["dlq.error"]
+        else:
+            nulls.append(json.loads(value))
+            assert "expected a JSON object" in headers["dlq.error"]
+    assert set(by_key) == set(escape)
+    assert sorted(map(str, nulls)) == sorted(str(how["element"]) for how in element.values())
+
+
+def test_a_refused_subresource_leaves_the_listing_published_without_it(emulator, relay):
+    emu = emulator(listings=300, accounts=20, bad_records=0.15)
+    settings = relay(emu, subresources="Photos,Rooms,OpenHouses,Videos,VirtualTours,Documents")
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+    refused = _bad(emu.truth(), "subresource")
+    assert refused and stats.completed
+    names = {
+        "photos": "Photos",
+        "rooms": "Rooms",
+        "openhouses": "OpenHouses",
+        "videos": "Videos",
+        "virtualtours": "VirtualTours",
+        "documents": "Documents",
+    }
+    expected = [how for how in refused.values() if how["path"] in names]
+    assert stats.subresources_missing == len(expected) > 0
+    latest = _latest(settings)
+    for key, how in refused.items():
+        if how["path"] not in names:
+            continue
+        standard = listing_from_record(latest[key])["StandardFields"]
+        assert names[how["path"]] not in standard, key
+        assert set(names.values()) - {names[how["path"]]} <= set(standard)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"D":{"Success":true,"Results":[{"Id":"1"},{"Id":"2","A":"\\q"}',  # cut short
+        b'{"D":{"Success":true,"Results":[{"Id":"1"} {"Id":"2"}]}}',  # no comma
+    ],
+)
+def test_a_broken_frame_is_not_split_into_records(body):
+    from producer.spark_client import _split_results
+
+    assert _split_results(body) is None
