@@ -11,6 +11,12 @@ last batch (harmless: sinks skip events older than what they hold) and
 
 Re-sent messages reach every sink of that topic again; the sinks' guard on
 ModificationTimestamp makes that harmless for the ones that applied it.
+
+The poller's dead letters (``<prefix>.dlq.poller``) hold API records, not
+events: ``redrive poller`` re-fetches each ``dlq.key`` of each ``dlq.resource``
+from the API and publishes its current state (a record still broken is
+dead-lettered again, a key gone from the API is purged); only a dead letter
+without a key (a bare non-object element of ``Results``) has nothing to fetch.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class RedriveStats:
     skipped: int = 0
 
     def summary(self) -> str:
-        return f"{self.topic}: {self.resent} re-sent, {self.skipped} without a source topic left"
+        missing = "key" if self.topic.endswith(".dlq.poller") else "source topic"
+        return f"{self.topic}: {self.resent} re-sent, {self.skipped} without a {missing} left"
 
 
 def _header(headers: list[tuple[str, bytes]], name: str) -> bytes | None:
@@ -73,6 +80,7 @@ def redrive(settings: Settings, sink: str, timeout: float = 60.0) -> RedriveStat
         )
         remaining = {tp.partition for tp in partitions}
         offsets: dict[int, int] = {}
+        refetch: dict[str, list[str]] = {}  # the poller's dead letters: resource -> keys
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
             message = consumer.poll(0.5)
@@ -84,7 +92,15 @@ def redrive(settings: Settings, sink: str, timeout: float = 60.0) -> RedriveStat
                 continue
             headers = message.headers() or []
             source = _header(headers, "dlq.topic")
-            if source is None:
+            if sink == "poller":
+                key = (_header(headers, "dlq.key") or message.key() or b"").decode()
+                resource = (_header(headers, "dlq.resource") or b"listings").decode()
+                if key:
+                    refetch.setdefault(resource, []).append(key)
+                    stats.resent += 1
+                else:
+                    stats.skipped += 1
+            elif source is None:
                 stats.skipped += 1
             else:
                 coordinates = [
@@ -98,6 +114,11 @@ def redrive(settings: Settings, sink: str, timeout: float = 60.0) -> RedriveStat
                 stats.resent += 1
             offsets[message.partition()] = message.offset() + 1
         publisher.flush()
+        if refetch:
+            from producer.cli import build_poller
+
+            with build_poller(settings) as poller:
+                poller.redrive(refetch.get("listings", []), refetch.get("accounts", []))
         if offsets:
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],

@@ -626,9 +626,13 @@ class Poller:
         self.state.set_checkpoint("purge", None)
         return True
 
-    def _republish(self, keys: list[str], source: Source, stats: RunStats) -> None:
-        """Fetch ``keys`` again (``ListingKey Eq … Or …``) and publish them, whatever the index says."""
+    def _republish(self, keys: list[str], source: Source, stats: RunStats) -> set[str]:
+        """Fetch ``keys`` again (``ListingKey Eq … Or …``) and publish them, whatever the index says.
+
+        Returns the keys the API returned (published or dead-lettered).
+        """
         params = {k: v for k, v in self._listing_params().items() if k != "_select"}
+        returned: set[str] = set()
         for start in range(0, len(keys), RECONCILE_BATCH):
             chunk = keys[start : start + RECONCILE_BATCH]
             query = " Or ".join(f"ListingKey Eq '{key}'" for key in chunk)
@@ -638,6 +642,9 @@ class Poller:
             rows, media = self._publish_listings(page, source, stats, force=True)
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
+            returned.update(r.get("Id") or "" for r in page.results)
+            returned.update(r.key or "" for r in page.rejected)
+        return returned
 
     def _purge_vanished(self, resource: str, source: Source, stats: RunStats) -> None:
         """A Purge event and a tombstone for each published key the scan did not see."""
@@ -694,4 +701,60 @@ class Poller:
         self._purge_keys(
             "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats
         )
+        return True
+
+    def redrive(self, listings: Iterable[str], accounts: Iterable[str]) -> RunStats:
+        """Fetch the keys of the poller's dead letters again; publish what the API holds now.
+
+        ``spark-relay dlq redrive poller`` calls this. A record still broken is
+        dead-lettered again; a key the API no longer returns is purged if it was published.
+        """
+        return self._guarded(
+            self._run("redrive"),
+            lambda stats: self._redrive(
+                stats, list(dict.fromkeys(listings)), list(dict.fromkeys(accounts))
+            ),
+        )
+
+    def _redrive(self, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
+        now = datetime.now(UTC)
+        source = Source(
+            resource="listings", procedure="redrive", run_id=stats.run_id, fetched_at=now
+        )
+        returned = self._republish(listings, source, stats)
+        gone = [key for key in listings if key not in returned]
+        known = self.state.published("listings", gone)
+        self._purge_keys("listings", [(k, known[k][0]) for k in gone if k in known], source, stats)
+
+        source = Source(
+            resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now
+        )
+        rows, gone = [], []
+        for account_id in accounts:
+            try:
+                page = self.client.get(f"/v1/accounts/{account_id}")
+            except NotFound:
+                gone.append(account_id)
+                continue
+            stats.records += len(page.results) + len(page.rejected)
+            self._dead_letter_rejected(page, source, stats)
+            if not page.results and not page.rejected:
+                gone.append(account_id)
+            for account in page.results:
+                try:
+                    record = account_to_record(account, source)
+                except InvalidRecord as e:
+                    self._dead_letter(stats, account, e, source, account_id)
+                    continue
+                value = self.serde.serialize_account(record)
+                if self._produce(
+                    self.serde.accounts_topic, record["Id"], value, account, source, stats
+                ):
+                    stats.published += 1
+                    rows.append(
+                        (record["Id"], account.get("ModificationTimestamp"), content_hash(account))
+                    )
+        self._commit("accounts", rows, None)
+        known = self.state.published("accounts", gone)
+        self._purge_keys("accounts", [(k, known[k][0]) for k in gone if k in known], source, stats)
         return True

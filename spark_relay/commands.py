@@ -137,7 +137,9 @@ def redrive_command(app: App, sink: str) -> None:
 
     Key and value are unchanged; the original topic, partition and offset travel
     in redrive.* headers. Progress is committed, so each dead letter is re-sent
-    once and `spark-relay status` counts only those left.
+    once and `spark-relay status` counts only those left. SINK `poller` re-fetches
+    the keys of the poller's dead letters from the API and publishes their
+    current state.
     """
     from consumers.redrive import redrive
 

@@ -7,11 +7,14 @@ confluent-kafka's stock ``AvroDeserializer`` (``tests.kafka_helpers.read_topic``
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from consumers.redrive import redrive
 from producer.cli import build_poller
 from producer.poller import content_hash
 from producer.state import open_state
@@ -170,3 +173,27 @@ def test_a_broken_frame_is_not_split_into_records(body):
     from producer.spark_client import _split_results
 
     assert _split_results(body) is None
+
+
+def test_redrive_poller_refetches_every_dead_lettered_key(emulator, relay):
+    start = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)  # the same MLS, served broken then fixed
+    broken = emulator(listings=300, accounts=20, bad_records=0.1, start_time=start)
+    settings = relay(broken, page_size=100)
+    with build_poller(settings) as poller:
+        first = poller.snapshot()
+    escape = set(_bad(broken.truth(), "escape"))
+    elements = len(_bad(broken.truth(), "element"))
+    assert escape and first.dead_lettered == len(escape) + elements
+
+    fixed = emulator(listings=300, accounts=20, start_time=start)
+    assert fixed.truth()["listings"] == broken.truth()["listings"]
+    settings = dataclasses.replace(settings, api_url=fixed.url)
+    stats = redrive(settings, "poller")
+    assert (stats.resent, stats.skipped) == (len(escape), elements)
+    latest = _latest(settings)
+    assert set(latest) == set(fixed.truth()["listings"])  # the broken ones are in now
+    for key in escape:
+        assert "\\q" not in latest[key]["standard_fields_json"]
+        assert latest[key]["source"]["procedure"] == "redrive"
+    again = redrive(settings, "poller")
+    assert (again.resent, again.skipped) == (0, 0)  # each dead letter re-driven once
