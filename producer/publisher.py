@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import PUBLISHED
 
-__all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge"]
+__all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge", "max_message_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def max_message_bytes(kafka_config: dict[str, Any]) -> int:
+    """The largest event a producer with ``kafka_config`` accepts: its ``message.max.bytes``."""
+    return int({**PRODUCER_DEFAULTS, **kafka_config}["message.max.bytes"])
+
+
 class RecordTooLarge(ValueError):
     """An event larger than ``message.max.bytes``: no broker would take it."""
 
@@ -46,7 +51,7 @@ class Publisher:
         config = {**PRODUCER_DEFAULTS, **kafka_config}
         self._producer = Producer(config)
         #: The largest event the producer accepts, in bytes.
-        self.max_bytes = int(config["message.max.bytes"])
+        self.max_bytes = max_message_bytes(config)
         self._errors: list[str] = []
         self._pending = 0
         self.delivered: Counter[str] = Counter()

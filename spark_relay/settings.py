@@ -215,6 +215,12 @@ class Settings:
         "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
     select: str = _setting("", None, "_select for snapshots (empty: every field)")
+    delete_retention_days: float = _setting(
+        7.0,
+        _positive_float,
+        "Days a compacted topic keeps a tombstone (delete.retention.ms); status warns "
+        "when a sink is further behind",
+    )
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
     kafka: Mapping[str, str] = field(
         default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}

@@ -11,13 +11,16 @@ import dataclasses
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib.metadata import entry_points
 
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumers.redrive import redrive
 from producer.cli import build_poller
 from producer.poller import content_hash
 from producer.state import open_state
+from producer.topics import contract_specs, ensure_contract
 from schemas import json_dumps, json_loads, listing_from_record
 from tests.kafka_helpers import read_topic
 
@@ -197,3 +200,46 @@ def test_redrive_poller_refetches_every_dead_lettered_key(emulator, relay):
         assert latest[key]["source"]["procedure"] == "redrive"
     again = redrive(settings, "poller")
     assert (again.resent, again.skipped) == (0, 0)  # each dead letter re-driven once
+
+
+# -- issue 14 item 7 and issue 10 item 9: topics -------------------------------------
+
+
+def _topic_configs(settings, names: list[str]) -> dict[str, dict[str, str]]:
+    admin = AdminClient(settings.kafka_config("admin"))
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    out = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=30).items():
+        out[resource.name] = {k: v.value for k, v in future.result(timeout=30).items()}
+    return out
+
+
+def test_topics_create_makes_every_dead_letter_topic_with_the_producers_limit(make_settings):
+    settings = make_settings(delete_retention_days=2)
+    settings = dataclasses.replace(
+        settings, kafka={**settings.kafka, "message.max.bytes": "3000000"}
+    )
+    lines = list(ensure_contract(settings, partitions=2))
+    prefix = settings.topic_prefix
+    sinks = {ep.name for ep in entry_points(group="spark_relay.sinks")}
+    assert sinks >= {"postgres", "search", "files"}
+    dlqs = [f"{prefix}.dlq.{name}" for name in ("poller", *sinks)]
+    data = [settings.topic(name) for name in ("listings", "accounts", "purges")]
+    metadata = AdminClient(settings.kafka_config("admin")).list_topics(timeout=30).topics
+    assert set(dlqs + data) <= set(metadata), lines
+    configs = _topic_configs(settings, dlqs + data)
+    for name in dlqs + data:
+        assert configs[name]["max.message.bytes"] == "3000000", name
+    for name in data[:2]:
+        assert configs[name]["cleanup.policy"] == "compact"
+        assert configs[name]["delete.retention.ms"] == str(2 * 24 * 3600 * 1000)
+    # the requested replication factor reaches every topic, dead-letter topics too
+    specs = contract_specs(settings, partitions=3, replication_factor=3)
+    assert {spec.name for spec in specs} == set(dlqs + data)
+    assert {spec.replication_factor for spec in specs} == {3}
+    # an existing topic is brought to the limit the producers allow now
+    raised = dataclasses.replace(settings, kafka={**settings.kafka, "message.max.bytes": "4000000"})
+    list(ensure_contract(raised, partitions=2))
+    assert {c["max.message.bytes"] for c in _topic_configs(settings, dlqs + data).values()} == {
+        "4000000"
+    }
