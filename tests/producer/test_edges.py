@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import entry_points
 
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumers.redrive import redrive
@@ -22,6 +24,7 @@ from producer.poller import content_hash
 from producer.state import open_state
 from producer.topics import contract_specs, ensure_contract
 from schemas import json_dumps, json_loads, listing_from_record
+from spark_relay.status import collect_status
 from tests.kafka_helpers import read_topic
 
 ID_FIELDS = ("ListAgentId", "ListOfficeId", "CoListAgentId", "BuyerAgentId")
@@ -243,3 +246,25 @@ def test_topics_create_makes_every_dead_letter_topic_with_the_producers_limit(ma
     assert {c["max.message.bytes"] for c in _topic_configs(settings, dlqs + data).values()} == {
         "4000000"
     }
+
+
+def test_status_warns_when_a_group_is_behind_longer_than_tombstones_last(make_settings):
+    settings = make_settings(delete_retention_days=7)
+    list(ensure_contract(settings, partitions=1))
+    topic = settings.topic("listings")
+    producer = Producer(settings.kafka_config("producer"))
+    now_ms = int(time.time() * 1000)
+    for age_days, key in ((8, b"old"), (1, b"recent")):
+        producer.produce(topic, key=key, value=None, timestamp=now_ms - age_days * 86_400_000)
+    producer.flush(30)
+    for group, offset in (("sink-slow", 0), ("sink-ok", 1)):
+        consumer = Consumer(settings.kafka_config("consumer", **{"group.id": group}))
+        consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+        consumer.close()
+    status = collect_status(settings)
+    assert status.groups["sink-slow"]["lag"] == 2 and status.groups["sink-ok"]["lag"] == 1
+    warnings = [p for p in status.problems if "tombstones" in p]
+    assert len(warnings) == 1 and "sink-slow" in warnings[0], status.problems
+    assert "reconcile --repair" in warnings[0]
+    relaxed = collect_status(dataclasses.replace(settings, delete_retention_days=10))
+    assert not [p for p in relaxed.problems if "tombstones" in p]
