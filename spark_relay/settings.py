@@ -211,7 +211,7 @@ class Settings:
     )
     subresources: str = _setting(
         "",
-        _expansions,
+        lambda n, v: _expansions(n, v, custom=False),  # CustomFields* have no subresource path
         "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
     select: str = _setting("", None, "_select for snapshots (empty: every field)")

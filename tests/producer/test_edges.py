@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import entry_points
+from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
@@ -24,9 +28,12 @@ from producer.poller import content_hash
 from producer.state import open_state
 from producer.topics import contract_specs, ensure_contract
 from schemas import json_dumps, json_loads, listing_from_record
+from spark_relay.errors import ConfigError
+from spark_relay.settings import load_settings
 from spark_relay.status import collect_status
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import cli_env, read_topic
 
+BIN = Path(sys.executable).parent / "spark-relay"
 ID_FIELDS = ("ListAgentId", "ListOfficeId", "CoListAgentId", "BuyerAgentId")
 
 
@@ -268,3 +275,47 @@ def test_status_warns_when_a_group_is_behind_longer_than_tombstones_last(make_se
     assert "reconcile --repair" in warnings[0]
     relaxed = collect_status(dataclasses.replace(settings, delete_retention_days=10))
     assert not [p for p in relaxed.problems if "tombstones" in p]
+
+
+# -- item 4: subresources without a change timestamp, and the setting ------------------
+
+
+def test_rooms_and_units_refresh_when_the_listing_changes_and_only_then(emulator, relay):
+    emu = emulator(listings=200, accounts=20)
+    settings = relay(emu, subresources="Rooms,Units")
+    fetched: list[tuple[str, str]] = []
+    with build_poller(settings) as poller:
+        real = poller._subresource
+
+        def spy(key: str, segment: str):
+            fetched.append((key, segment))
+            return real(key, segment)
+
+        poller._subresource = spy
+        poller.snapshot()
+        assert len(fetched) == 400
+        fetched.clear()
+        modified = emu.advance(minutes=7, modify=0.1, create=0.0, remove=0.0, media=0.0)["modified"]
+        poller.update()
+        assert sorted(fetched) == sorted((k, s) for k in modified for s in ("rooms", "units"))
+        fetched.clear()
+        quiet = poller.update()  # the overlap re-reads the same versions: nothing fetched
+    assert quiet.records > 0 and fetched == []
+    latest = _latest(settings)
+    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+        for key in modified:
+            rooms = http.get(f"/v1/listings/{key}/rooms", params={"_limit": 200}).json()["D"]
+            assert listing_from_record(latest[key])["StandardFields"]["Rooms"] == rooms["Results"]
+
+
+@pytest.mark.parametrize("value", ["CustomFields", "Photos,Floorplans"])
+def test_an_unknown_subresource_is_a_settings_error(make_settings, value):
+    settings = make_settings(api_url="http://127.0.0.1:9", api_key="k")
+    env = cli_env(settings, subresources=value)
+    result = subprocess.run(
+        [BIN, "poll", "update"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "SPARK_RELAY_SUBRESOURCES" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(ConfigError, match="SPARK_RELAY_SUBRESOURCES"):
+        load_settings(environ={"SPARK_RELAY_SUBRESOURCES": value})
