@@ -136,11 +136,16 @@ _procedure(
 
 @poll_group.command("snapshot", epilog=_EXITS)
 @click.option("--restart", is_flag=True, help="Start over even if a snapshot completed.")
+@click.option(
+    "--republish",
+    is_flag=True,
+    help="With --restart: publish every listing, unchanged or not (to refill a lost topic).",
+)
 @_progress
 @_metrics
 @pass_app
 def snapshot_command(
-    app: App, restart: bool, progress: bool | None, metrics_port: int | None
+    app: App, restart: bool, republish: bool, progress: bool | None, metrics_port: int | None
 ) -> None:
     """The initial download: every listing by _skiptoken, _limit=1000.
 
@@ -148,10 +153,12 @@ def snapshot_command(
     killed snapshot continues where it stopped. The API server's time at the
     start becomes the first update window's lower bound.
     """
+    if republish and not restart:
+        raise click.UsageError("--republish starts a new snapshot: give --restart as well")
     settings = app.settings()
     serve_metrics(metrics_port, settings.metrics_host)
     with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
-        click.echo(poller.snapshot(restart=restart).summary())
+        click.echo(poller.snapshot(restart=restart, republish=republish).summary())
 
 
 @poll_group.command("run", epilog=_EXITS)

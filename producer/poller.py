@@ -404,11 +404,17 @@ class Poller:
 
     # -- the procedures ---------------------------------------------------
 
-    def snapshot(self, restart: bool = False) -> RunStats:
-        """The initial download; resumes from its checkpoint unless ``restart``."""
-        return self._guarded(self._run("snapshot"), lambda stats: self._snapshot(stats, restart))
+    def snapshot(self, restart: bool = False, republish: bool = False) -> RunStats:
+        """The initial download; resumes from its checkpoint unless ``restart``.
 
-    def _snapshot(self, stats: RunStats, restart: bool) -> bool:
+        ``republish`` publishes every listing, unchanged or not (a resumed snapshot
+        keeps the choice it started with): how a lost topic is filled again.
+        """
+        return self._guarded(
+            self._run("snapshot"), lambda stats: self._snapshot(stats, restart, republish)
+        )
+
+    def _snapshot(self, stats: RunStats, restart: bool, republish: bool = False) -> bool:
         checkpoint = None if restart else self.state.checkpoint("snapshot")
         if checkpoint and checkpoint.get("done"):
             logger.info(
@@ -422,6 +428,7 @@ class Poller:
                 "server_start": _iso(self._server_now()),
                 "done": False,
                 "run_id": stats.run_id,
+                "republish": republish,
             }
             self.state.set_checkpoint("snapshot", checkpoint)
         else:
@@ -444,7 +451,9 @@ class Poller:
                     run_id=checkpoint["run_id"],
                     fetched_at=page.server_time or datetime.now(UTC),
                 )
-                rows, media = self._publish_listings(page, source, stats)
+                rows, media = self._publish_listings(
+                    page, source, stats, force=bool(checkpoint.get("republish"))
+                )
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 self._commit("listings", rows, ("snapshot", checkpoint), media=media)
                 stats.pages += 1

@@ -319,3 +319,29 @@ def test_an_unknown_subresource_is_a_settings_error(make_settings, value):
     assert "SPARK_RELAY_SUBRESOURCES" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(ConfigError, match="SPARK_RELAY_SUBRESOURCES"):
         load_settings(environ={"SPARK_RELAY_SUBRESOURCES": value})
+
+
+# -- item 10: smaller traps -------------------------------------------------------------
+
+
+def test_snapshot_restart_republish_refills_a_lost_topic(emulator, relay, topic_prefix):
+    emu = emulator(listings=1200, accounts=20)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        assert poller.snapshot().published == 1200
+    # the topics are lost (a new prefix stands for a wiped cluster); the state is not
+    lost = dataclasses.replace(settings, topic_prefix=f"{topic_prefix}r")
+    list(ensure_contract(lost))
+    with build_poller(lost) as poller:
+        assert poller.snapshot(restart=True).published == 0  # unchanged: nothing re-sent
+        stats = poller.snapshot(restart=True, republish=True)
+    assert stats.published == 1200
+    assert set(_latest(lost)) == set(emu.truth()["listings"])
+    refused = subprocess.run(
+        [BIN, "poll", "snapshot", "--republish"],
+        env=cli_env(lost),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--restart" in refused.stderr
