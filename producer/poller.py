@@ -43,7 +43,7 @@ from schemas import (
     purge_record,
 )
 from schemas.topics import dlq_topic
-from spark_relay.errors import RelayError
+from spark_relay.errors import RelayError, TransientSourceError
 from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
 from spark_relay.settings import Settings
 
@@ -65,6 +65,8 @@ SUBRESOURCES = {
 
 #: Items per subresource page: the replication key's maximum for resources other than listings.
 SUBRESOURCE_PAGE = 200
+#: The accounts scan: a stable order for ``_skip`` paging, and TotalRows on every page.
+ACCOUNTS_SCAN = {"_orderby": "Id", "_pagination": 1}
 #: ListingKeys per ``ListingKey Eq … Or …`` request when reconcile re-fetches listings.
 RECONCILE_BATCH = 25
 
@@ -80,6 +82,14 @@ def _iso(moment: datetime) -> str:
 
 #: Every timestamp the poller reads (API, state) goes through the contract's one parser.
 _parse_iso = parse_timestamp
+
+
+def _total_rows(page: Page) -> int | None:
+    """The ``Pagination.TotalRows`` of a page, when the API sent a whole number."""
+    total = (page.pagination or {}).get("TotalRows")
+    if type(total) is str and total.strip().isdigit():
+        return int(total)
+    return total if type(total) is int else None
 
 
 @dataclass
@@ -527,16 +537,26 @@ class Poller:
         try:
             skip = checkpoint["skip"]
             while True:
-                page = self.client.get("/v1/accounts", {"_limit": self.page_size, "_skip": skip})
+                page = self.client.get(
+                    "/v1/accounts", {**ACCOUNTS_SCAN, "_limit": self.page_size, "_skip": skip}
+                )
                 source = Source(
                     resource="accounts",
                     procedure="accounts",
                     run_id=run_id,
                     fetched_at=page.server_time or datetime.now(UTC),
                 )
+                got = len(page.results) + len(page.rejected)
+                total = _total_rows(page)
+                if not got and total is not None and skip < total:
+                    raise TransientSourceError(
+                        f"the accounts scan got an empty page at {skip:,} of {total:,} accounts; "
+                        "it resumes there next time"
+                    )
                 rows, seen = self._publish_accounts(page, source, stats)
-                skip += len(page.results)
-                last = len(page.results) < self.page_size
+                skip += got
+                # the scan ends on an empty page or at TotalRows; a short page is not the end
+                last = not got or (total is not None and skip >= total)
                 next_checkpoint = None if last else {"skip": skip, "run_id": run_id}
                 self._commit("accounts", rows, ("accounts", next_checkpoint), seen=seen)
                 stats.pages += 1

@@ -7,6 +7,7 @@ confluent-kafka's stock ``AvroDeserializer`` (``tests.kafka_helpers.read_topic``
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import subprocess
@@ -25,10 +26,11 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from consumers.redrive import redrive
 from producer.cli import build_poller
 from producer.poller import content_hash
+from producer.spark_client import SparkClient
 from producer.state import open_state
 from producer.topics import contract_specs, ensure_contract
 from schemas import json_dumps, json_loads, listing_from_record
-from spark_relay.errors import ConfigError
+from spark_relay.errors import ConfigError, TransientSourceError
 from spark_relay.settings import load_settings
 from spark_relay.status import collect_status
 from tests.kafka_helpers import cli_env, read_topic
@@ -345,3 +347,46 @@ def test_snapshot_restart_republish_refills_a_lost_topic(emulator, relay, topic_
         timeout=60,
     )
     assert refused.returncode == 2 and "--restart" in refused.stderr
+
+
+def test_the_accounts_scan_is_ordered_and_a_short_page_is_not_its_end(emulator, relay, monkeypatch):
+    emu = emulator(listings=20, accounts=1200)
+    settings = relay(emu, page_size=500)
+    requests: list[dict] = []
+    real_get = SparkClient.get
+
+    def short_first_page(self, path, params=None):
+        page = real_get(self, path, params)
+        if path == "/v1/accounts" and "_skip" in (params or {}):
+            requests.append(dict(params))
+            if params["_skip"] == 0:  # a backend that answers fewer rows than _limit
+                page = dataclasses.replace(page, results=page.results[:-3])
+        return page
+
+    monkeypatch.setattr(SparkClient, "get", short_first_page)
+    with build_poller(settings) as poller:
+        stats = poller.accounts()
+    assert stats.completed and stats.purged == 0
+    counts = collections.Counter(
+        k for k, _, _ in read_topic(settings.kafka_bootstrap, settings.topic("accounts"))
+    )
+    assert set(counts) == set(emu.truth()["accounts"]) and set(counts.values()) == {1}
+    assert all(r.get("_orderby") == "Id" for r in requests) and len(requests) >= 3
+
+
+def test_an_accounts_scan_cut_short_fails_and_resumes(emulator, relay):
+    start = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    cut = emulator(listings=20, accounts=1200, faults="cut:1.0", start_time=start)
+    settings = relay(cut, page_size=500)
+    with build_poller(settings) as poller:
+        with pytest.raises(TransientSourceError, match="empty page at 500"):
+            poller.accounts()
+    sound = emulator(listings=20, accounts=1200, start_time=start)
+    assert sound.truth()["accounts"] == cut.truth()["accounts"]
+    with build_poller(dataclasses.replace(settings, api_url=sound.url)) as poller:
+        stats = poller.accounts()
+    assert stats.completed and stats.purged == 0
+    counts = collections.Counter(
+        k for k, _, _ in read_topic(settings.kafka_bootstrap, settings.topic("accounts"))
+    )
+    assert set(counts) == set(sound.truth()["accounts"]) and set(counts.values()) == {1}
