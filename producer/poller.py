@@ -504,7 +504,6 @@ class Poller:
             **self._listing_params(),
             "_filter": f"ModificationTimestamp Bt {_iso(lower)},{_iso(upper)}",
         }
-        params.pop("_select", None)  # an update carries whole records
         rows, media = [], []
         for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
             page_rows, page_media = self._publish_listings(page, source, stats)
@@ -660,7 +659,7 @@ class Poller:
 
         Returns the keys the API returned (published or dead-lettered).
         """
-        params = {k: v for k, v in self._listing_params().items() if k != "_select"}
+        params = self._listing_params()  # the fields every event carries, as a snapshot's
         returned: set[str] = set()
         for start in range(0, len(keys), RECONCILE_BATCH):
             chunk = keys[start : start + RECONCILE_BATCH]

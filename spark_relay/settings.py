@@ -133,6 +133,15 @@ def _expansions(name: str, value: str, custom: bool = True) -> str:
     return ",".join(names)
 
 
+def _selection(name: str, value: str) -> str:
+    """A ``_select`` list; an event needs the key and the ModificationTimestamp."""
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    missing = [n for n in ("ListingKey", "ModificationTimestamp") if n not in names]
+    if missing:
+        raise ConfigError(f"{name}: every event needs {' and '.join(missing)}; add it to the list")
+    return ",".join(names)
+
+
 def _hhmm(name: str, value: str) -> str:
     hour, _, minute = value.partition(":")
     if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
@@ -214,7 +223,9 @@ class Settings:
         lambda n, v: _expansions(n, v, custom=False),  # CustomFields* have no subresource path
         "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
-    select: str = _setting("", None, "_select for snapshots (empty: every field)")
+    select: str = _setting(
+        "", _selection, "_select for every listing request but the purge scan (empty: every field)"
+    )
     delete_retention_days: float = _setting(
         7.0,
         _positive_float,

@@ -390,3 +390,21 @@ def test_an_accounts_scan_cut_short_fails_and_resumes(emulator, relay):
         k for k, _, _ in read_topic(settings.kafka_bootstrap, settings.topic("accounts"))
     )
     assert set(counts) == set(sound.truth()["accounts"]) and set(counts.values()) == {1}
+
+
+def test_select_applies_to_update_windows_as_to_the_snapshot(emulator, relay):
+    emu = emulator(listings=300, accounts=20)
+    chosen = {"ListingKey", "ModificationTimestamp", "City", "ListPrice"}
+    settings = relay(emu, select=",".join(sorted(chosen)))
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        modified = emu.advance(minutes=7, modify=0.1, create=0.0, remove=0.0, media=0.0)["modified"]
+        assert poller.update().published == len(modified)
+    events = read_topic(
+        settings.kafka_bootstrap, settings.topic("listings"), settings.schema_registry_url
+    )
+    assert len(events) == 300 + len(modified)
+    for _, value, _ in events:  # snapshot and update events alike: the selected fields only
+        assert set(listing_from_record(value)["StandardFields"]) == chosen
+    with pytest.raises(ConfigError, match="ModificationTimestamp"):
+        load_settings(environ={"SPARK_RELAY_SELECT": "ListingKey,City"})
