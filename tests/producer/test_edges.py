@@ -408,3 +408,48 @@ def test_select_applies_to_update_windows_as_to_the_snapshot(emulator, relay):
         assert set(listing_from_record(value)["StandardFields"]) == chosen
     with pytest.raises(ConfigError, match="ModificationTimestamp"):
         load_settings(environ={"SPARK_RELAY_SELECT": "ListingKey,City"})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (" 2026-01-05T12:00:00Z ", datetime(2026, 1, 5, 12, tzinfo=UTC)),
+        ("2026-01-05T13:00:00+0100", datetime(2026, 1, 5, 12, tzinfo=UTC)),
+        ("2026-01-05T07:00:00-05:00", datetime(2026, 1, 5, 12, tzinfo=UTC)),
+        ("2026-01-05T12:00:00.123456", datetime(2026, 1, 5, 12, 0, 0, 123456, tzinfo=UTC)),
+        (1767614400, None),
+        (None, None),
+        ("yesterday", None),
+    ],
+)
+def test_one_timestamp_parser(text, expected):
+    from producer.poller import _parse_iso
+    from schemas import parse_timestamp
+
+    assert parse_timestamp(text) == expected and _parse_iso is parse_timestamp
+
+
+def test_odd_stored_timestamps_never_crash_a_purge(emulator, relay):
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu)
+    odd = {
+        "99999999999999999999990001": " 2026-01-05T12:00:00Z ",
+        "99999999999999999999990002": "2026-01-05T13:00:00+0100",
+        "99999999999999999999990003": 1767614400,
+    }
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        with poller.state.transaction():  # published once, gone from the API since
+            poller.state.record_published("listings", [(k, m, "x") for k, m in odd.items()])
+        stats = poller.purge()
+    assert stats.completed and stats.purged == 3
+    purges = read_topic(
+        settings.kafka_bootstrap, settings.topic("purges"), settings.schema_registry_url
+    )
+    last = {v["key"]: v["last_modification_timestamp"] for _, v, _ in purges}
+    noon = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    assert last == {
+        "99999999999999999999990001": noon,
+        "99999999999999999999990002": noon,
+        "99999999999999999999990003": None,
+    }
