@@ -453,3 +453,18 @@ def test_odd_stored_timestamps_never_crash_a_purge(emulator, relay):
         "99999999999999999999990002": noon,
         "99999999999999999999990003": None,
     }
+
+
+def test_a_purge_over_broken_records_removes_nothing(emulator, relay):
+    emu = emulator(listings=400, accounts=20, bad_records=0.1)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        stats = poller.purge()
+    assert stats.completed and stats.purged == 0
+    tombstones = [
+        k
+        for k, v, _ in read_topic(settings.kafka_bootstrap, settings.topic("listings"))
+        if v is None
+    ]
+    assert tombstones == []
