@@ -1,18 +1,21 @@
 # spark-relay: one image for the poller and every sink (the command picks which).
-FROM python:3.11-slim
+# The runtime only, pinned: the base by digest, the dependencies by requirements.lock with
+# hashes (`make lock` writes it); no devstack (broker binary, embedded PostgreSQL).
+FROM python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SPARK_RELAY_STATE_DIR=/var/lib/spark-relay \
     SPARK_RELAY_METRICS_HOST=0.0.0.0
 
 WORKDIR /app
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY spark_relay ./spark_relay
 COPY schemas ./schemas
 COPY producer ./producer
 COPY consumers ./consumers
-COPY devstack ./devstack
-RUN pip install --no-cache-dir '.[parquet]' \
+RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --home /var/lib/spark-relay relay \
     && mkdir -p /var/lib/spark-relay && chown relay /var/lib/spark-relay
 

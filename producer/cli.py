@@ -26,9 +26,12 @@ _EXITS = "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.it
 
 @contextmanager
 def build_poller(
-    settings: Settings, *, progress: bool = False, stop: threading.Event | None = None
+    settings: Settings, *, progress: bool | None = False, stop: threading.Event | None = None
 ) -> Iterator:
-    """A :class:`Poller` wired to the API, Kafka, the registry and the state store."""
+    """A :class:`Poller` wired to the API, Kafka, the registry and the state store.
+
+    ``progress``: True shows it, False hides it, None shows it when stderr is a terminal.
+    """
     from producer.poller import Poller
     from producer.publisher import Publisher
     from producer.spark_client import SparkClient
@@ -76,7 +79,8 @@ _metrics = click.option(
 _progress = click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
+    help="Progress on stderr: a bar on a terminal, elsewhere a plain line every 10 s "
+    "(default: only on a terminal).",
 )
 
 
@@ -99,11 +103,7 @@ def _procedure(name: str, doc: str, call):
     def command(app: App, progress: bool | None, metrics_port: int | None) -> None:
         settings = app.settings()
         serve_metrics(metrics_port, settings.metrics_host)
-        with build_poller(
-            settings,
-            progress=bool(progress) if progress is not None else False,
-            stop=_stop_on_signals(),
-        ) as poller:
+        with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
             stats = call(poller)
         click.echo(stats.summary())
 
@@ -157,7 +157,7 @@ def snapshot_command(
         raise click.UsageError("--republish starts a new snapshot: give --restart as well")
     settings = app.settings()
     serve_metrics(metrics_port, settings.metrics_host)
-    with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
+    with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
         click.echo(poller.snapshot(restart=restart, republish=republish).summary())
 
 
@@ -190,7 +190,7 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
         update_interval=interval, accounts_interval=accounts_interval, purge_at=purge_at
     )
     serve_metrics(metrics_port, settings.metrics_host)
-    with build_poller(settings, progress=bool(progress), stop=_stop_on_signals()) as poller:
+    with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
         run_daemon(poller)
 
 

@@ -1,45 +1,81 @@
-"""A progress line for long scans: records, records/s and, when the total is known, ETA."""
+"""Progress of a long scan on stderr: records, records/s and, when the total is known, ETA.
+
+On a terminal it is click's progress bar, redrawn in place and as wide as the terminal.
+Anywhere else (CI logs, containers, a pipe) it is one plain line every ``every`` seconds and
+one at the end, never a carriage return. ``force`` is ``--progress/--no-progress``: ``True``
+shows progress anywhere, ``False`` nowhere, ``None`` (neither flag) only on a terminal.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 
-__all__ = ["Progress"]
+import click
+
+__all__ = ["Progress", "PLAIN_EVERY"]
+
+#: Seconds between two plain progress lines when stderr is not a terminal.
+PLAIN_EVERY = 10.0
 
 
 class Progress:
-    """Redraws one line on stderr (only on a terminal, or when ``force``), at most 4 times a second."""
+    """Progress of one scan; :meth:`advance` after each page, :meth:`close` at the end."""
 
-    def __init__(self, label: str, total: int | None = None, *, force: bool = False):
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        *,
+        force: bool | None = None,
+        every: float = PLAIN_EVERY,
+    ):
         self.label = label
-        self.total = total
+        self.total = total or None
         self.count = 0
-        self.enabled = force or sys.stderr.isatty()
-        self._started = time.monotonic()
-        self._drawn = 0.0
+        self.every = every
+        terminal = sys.stderr.isatty()
+        self.enabled = terminal if force is None else force
+        self._started = self._printed = time.monotonic()
+        self._bar = None
+        if self.enabled and terminal:
+            self._bar = click.progressbar(
+                # an unknown total: an iterator without a length, which click draws as a pulse
+                iterable=None if self.total else iter(lambda: None, 0),
+                length=self.total,
+                label=label,
+                file=sys.stderr,
+                width=0,  # as wide as the terminal allows
+                show_pos=True,
+                item_show_func=lambda rate: rate,
+            )
+            self._bar.__enter__()
+
+    def _rate(self) -> float:
+        return self.count / max(time.monotonic() - self._started, 1e-9)
 
     def advance(self, n: int) -> None:
         self.count += n
-        now = time.monotonic()
-        if self.enabled and now - self._drawn > 0.25:
-            self._drawn = now
-            self._draw(now)
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n, f"{self._rate():,.0f} records/s")
+        elif time.monotonic() - self._printed >= self.every:
+            self._line()
 
-    def _draw(self, now: float, end: str = "") -> None:
-        elapsed = max(now - self._started, 1e-9)
-        rate = self.count / elapsed
+    def _line(self) -> None:
+        self._printed = time.monotonic()
+        rate = self._rate()
         text = f"{self.label}: {self.count:,}"
         if self.total:
-            share = min(self.count / self.total, 1.0)
-            bar = "#" * int(share * 24)
-            text = f"{self.label}: [{bar:<24}] {self.count:,}/{self.total:,}"
-            if rate > 0 and self.count < self.total:
-                text += f", ETA {int((self.total - self.count) / rate)}s"
+            text += f"/{self.total:,} ({min(self.count / self.total, 1.0):.0%})"
         text += f", {rate:,.0f} records/s"
-        sys.stderr.write("\r" + text.ljust(78) + end)
-        sys.stderr.flush()
+        if self.total and rate > 0 and self.count < self.total:
+            text += f", ETA {int((self.total - self.count) / rate)}s"
+        click.echo(text, file=sys.stderr)
 
     def close(self) -> None:
-        if self.enabled:
-            self._draw(time.monotonic(), end="\n")
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        elif self.enabled:
+            self._line()

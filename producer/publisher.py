@@ -21,11 +21,11 @@ __all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge", "max_message_byte
 logger = logging.getLogger(__name__)
 
 #: Chosen by ``bench/bench_publisher.py`` on this machine; any may be overridden
-#: through SPARK_RELAY_KAFKA_<SETTING>.
+#: through SPARK_RELAY_KAFKA_<SETTING>. The codec is SPARK_RELAY_COMPRESSION (zstd by default),
+#: which ``Settings.kafka_config("producer")`` sets.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "compression.type": "zstd",
     "linger.ms": 20,
     "batch.size": 1_000_000,
     # a broker's default limit: a larger record is refused here, at produce(), where the

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from spark_relay import __version__
-from spark_relay.errors import EXIT_CODES, RelayError
+from spark_relay.errors import EXIT_CODES, ConfigError, RelayError
 from spark_relay.logs import configure_logging
 from spark_relay.settings import Settings, describe, load_settings
 
@@ -101,10 +101,9 @@ def config_command(app: App) -> None:
 def _register() -> None:
     """Attach the subcommands (imported here so ``import spark_relay.cli`` stays light)."""
     from consumers.cli import sink_group
-    from devstack.cli import devstack_group, emulator_command
     from producer.cli import poll_group, topics_group
 
-    for command in (devstack_group, emulator_command, poll_group, topics_group, sink_group):
+    for command in (*_devstack_commands(), poll_group, topics_group, sink_group):
         cli.add_command(command)
 
     from consumers.files.cli import files_group
@@ -117,6 +116,29 @@ def _register() -> None:
 
     for command in (demo_command, status_command, reconcile_command, dlq_group):
         cli.add_command(command)
+
+
+def _devstack_commands() -> tuple[click.Command, ...]:
+    """``devstack`` and ``emulator`` when the devstack is installed, else commands that say how."""
+    try:
+        from devstack.cli import devstack_group, emulator_command
+    except ImportError:  # a runtime install (the image): no devstack
+
+        def missing(name: str) -> click.Command:
+            def run() -> None:
+                raise ConfigError(
+                    f"`spark-relay {name}` needs the devstack: pip install 'spark-relay[devstack]'"
+                )
+
+            return click.Command(
+                name,
+                callback=run,
+                help="Not installed: pip install 'spark-relay[devstack]'.",
+                context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            )
+
+        return missing("devstack"), missing("emulator")
+    return devstack_group, emulator_command
 
 
 def main(argv: list[str] | None = None) -> None:

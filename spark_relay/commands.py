@@ -10,7 +10,6 @@ from contextlib import ExitStack
 
 import click
 
-from devstack.kafka import DEVSTACK_ENV
 from spark_relay.cli import App, pass_app
 from spark_relay.errors import ConfigError
 
@@ -238,6 +237,8 @@ def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
             f"  ls -R {env['SPARK_RELAY_STATE_DIR']}/files | head",
         ]
     if keep and env:
+        from devstack.kafka import DEVSTACK_ENV  # the embedded demo ran the devstack
+
         lines += [
             "",
             "The devstack and the emulator keep running until Ctrl-C (or SIGTERM). In another shell:",

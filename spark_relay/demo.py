@@ -26,7 +26,6 @@ import click
 
 from consumers.registry import cli_options_of, load_sink
 from consumers.runner import Runner, RunnerConfig, default_group, end_offsets
-from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from producer.cli import build_poller
 from producer.topics import ensure_contract
 from spark_relay.reconcile import api_keys, holdings
@@ -64,7 +63,7 @@ class DemoResult:
 class _LiveSink:
     """One sink consuming in a thread until stopped, as ``spark-relay sink <name>`` would."""
 
-    def __init__(self, name: str, settings: Settings):
+    def __init__(self, name: str, settings: Settings, consumer_config: dict[str, Any]):
         cls = load_sink(name)
         # the sink's own options as its command line would resolve them with no flags given
         options = click.Command(name, params=cli_options_of(cls)).make_context(name, []).params
@@ -75,7 +74,7 @@ class _LiveSink:
         self.runner = Runner(
             cls(),
             settings,
-            RunnerConfig(options=options, consumer_config=DEVSTACK_CONSUMER_SETTINGS, batch_ms=200),
+            RunnerConfig(options=options, consumer_config=consumer_config, batch_ms=200),
             stop=self.stop,
         )
         self.thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
@@ -154,9 +153,13 @@ def run_demo(
     say(f"spark-relay demo: {result.mode}")
     with ExitStack() as stack:
         emulator = None
+        consumer_config: dict[str, Any] = {}
         if not real:
             from devstack.emulator import Emulator, EmulatorConfig
+            from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
             from devstack.stack import Devstack
+
+            consumer_config = DEVSTACK_CONSUMER_SETTINGS  # the broker's quick group joins
 
             root = settings.state_path / "demo"
             shutil.rmtree(root, ignore_errors=True)  # every demo starts from nothing
@@ -195,7 +198,7 @@ def run_demo(
         for line in ensure_contract(settings):
             logger.info(line)
         say(f"• starting the sinks: {', '.join(SINKS)} (each its own consumer group)")
-        live = [_LiveSink(name, settings) for name in SINKS]
+        live = [_LiveSink(name, settings, consumer_config) for name in SINKS]
         stack.callback(lambda: [sink.close() for sink in live])
         with build_poller(settings, progress=True) as poller:
             say("• snapshot (initial download by _skiptoken) …")

@@ -232,6 +232,11 @@ class Settings:
         "Days a compacted topic keeps a tombstone (delete.retention.ms); status warns "
         "when a sink is further behind",
     )
+    compression: str = _setting(
+        "zstd",
+        _choice("zstd", "lz4", "snappy", "gzip", "none"),
+        "Compression of the events we produce: zstd, lz4, snappy, gzip or none",
+    )
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
     kafka: Mapping[str, str] = field(
         default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
@@ -259,6 +264,8 @@ class Settings:
             "admin": CONSUMER_ONLY | PRODUCER_ONLY,
         }.get(role, frozenset())
         passthrough = {k: v for k, v in self.kafka.items() if k not in skip}
+        if role == "producer":
+            passthrough["compression.type"] = self.compression
         return {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
 
     def registry_config(self) -> dict[str, str]:
@@ -360,6 +367,9 @@ def load_settings(
         raise ConfigError(
             f"{KAFKA_PASSTHROUGH_PREFIX}BOOTSTRAP_SERVERS: set {env_name('kafka_bootstrap')} instead"
         )
+    for codec in ("compression.type", "compression.codec"):
+        if codec in kafka:
+            raise ConfigError(f"kafka setting {codec}: set {env_name('compression')} instead")
     return Settings(**values, kafka=kafka)
 
 

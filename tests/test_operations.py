@@ -32,7 +32,11 @@ BIN = Path(sys.executable).parent / "spark-relay"
 
 @pytest.fixture
 def emulator():
-    with Emulator(EmulatorConfig(listings=600, accounts=40, seed=3, filter_cache_seconds=0)) as emu:
+    with Emulator(
+        EmulatorConfig(
+            listings=600, accounts=40, seed=3, filter_cache_seconds=0, require_user_agent=True
+        )
+    ) as emu:
         yield emu
 
 

@@ -3,14 +3,14 @@
 Pure request -> (status, JSON bytes) logic, no sockets: the server calls
 :meth:`SparkAPI.handle` after authentication, rate limiting and fault draws.
 Bodies use Spark's envelope, ``{"D": {"Success": …, "Results": […]}}``, and its
-error codes (1040 invalid ``_filter``, 1053 parameter constraint, 404).
+error codes (1040 invalid ``_filter``, 1041 filter too long, 1053 parameter constraint in
+:mod:`devstack.emulator.params`, 403/1500 and 404 for broken subresources).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import math
 import threading
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,22 +18,47 @@ from urllib.parse import parse_qs
 import orjson
 
 from devstack.emulator.config import EmulatorConfig
-from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, SUBRESOURCES
-from devstack.emulator.sparkql import SparkQLError, compile_filter
+from devstack.emulator.fields import field_type
+from devstack.emulator.media import SUBRESOURCES
+from devstack.emulator.params import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_SKIP,
+    Reject,
+    constraint,
+    error_body,
+    expansions,
+    first_row,
+    integer,
+    not_found,
+    ordered,
+    pagination,
+    pagination_mode,
+)
+from devstack.emulator.sparkql import NOW, SparkQLError, compile_filter
 from devstack.emulator.store import MLS
+from devstack.emulator.vocab import CHOICE_FIELDS
 
-__all__ = ["SparkAPI", "error_body", "LISTING_FILTER_FIELDS", "ACCOUNT_FILTER_FIELDS"]
+__all__ = ["SparkAPI", "LISTING_FILTER_FIELDS", "ACCOUNT_FILTER_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
-MAX_LIMIT = {"listings": 1000, "accounts": 1000, "other": 200}
-DEFAULT_LIMIT = 10
-MAX_SKIP = 2_500_000
 LISTING_FILTER_FIELDS = {
     "ModificationTimestamp": "datetime",
     "PhotosChangeTimestamp": "datetime",
+    "VideosChangeTimestamp": "datetime",
+    "DocumentsChangeTimestamp": "datetime",
+    "OpenHousesChangeTimestamp": "datetime",
+    "StatusChangeTimestamp": "datetime",
+    "PriceChangeTimestamp": "datetime",
     "ListingKey": "character",
+    "MlsStatus": "character",
+    "StandardStatus": "character",
+    "ListPrice": "decimal",
 }
+#: Longest ``_filter`` accepted (characters); longer ones answer 400 / code 1041. The real
+#: limit is not published; this one is ours (a few hundred keys' worth of ``ListingKey Eq``).
+MAX_FILTER_LENGTH = 8_000
 ACCOUNT_FILTER_FIELDS = {
     "ModificationTimestamp": "datetime",
     "Id": "character",
@@ -41,40 +66,11 @@ ACCOUNT_FILTER_FIELDS = {
     "Name": "character",
 }
 _STATE_FIELDS = {"ListingKey", "ModificationTimestamp"}
-
-
-class _Reject(Exception):
-    """A request the API answers with an error envelope."""
-
-    def __init__(self, status: int, code: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-def error_body(code: int, message: str, **extra: Any) -> bytes:
-    """Spark's failure envelope."""
-    return orjson.dumps({"D": {"Success": False, "Code": code, "Message": message, **extra}})
-
-
-def _constraint(param: str, message: str, value: Any = None, rule: Any = None) -> _Reject:
-    details = [
-        {
-            param: [
-                {
-                    "RuleValue": rule,
-                    "Value": value,
-                    "RuleField": None,
-                    "RuleFieldValue": None,
-                    "RuleName": "MaxValue" if rule is not None else "Constraint",
-                }
-            ]
-        }
-    ]
-    return _Reject(400, 1053, message, Details=details)
-
-
-def _not_found(what: str) -> _Reject:
-    return _Reject(404, 404, f"{what} could not be found")
+#: Fields whose values come from a list of choices (``HasList`` in /v1/standardfields).
+LIST_FIELDS = frozenset(
+    {"City", "StateOrProvince", "PropertyType", "PropertySubType", "StandardStatus", "MlsStatus"}
+    | set(CHOICE_FIELDS)
+)
 
 
 class SparkAPI:
@@ -106,7 +102,7 @@ class SparkAPI:
         applied: list[Any] = []
         try:
             if len(parts) < 2 or parts[0] != "v1":
-                raise _Reject(404, 404, "Not Found")
+                raise Reject(404, 404, "Not Found")
             resource, rest = parts[1], parts[2:]
             if resource == "listings":
                 if not rest:
@@ -116,35 +112,20 @@ class SparkAPI:
                 if rest[1] in SUBRESOURCES and len(rest) <= 3:
                     body = self._subresource(rest[0], rest[1], rest[2:], params)
                     return 200, body, None
+            elif resource == "standardfields" and len(rest) <= 1:
+                return 200, self._standard_fields(rest[0] if rest else None), None
+            elif resource == "my" and rest == ["account"]:
+                return 200, self._my_account(), None
             elif resource == "accounts":
                 if not rest:
                     return 200, self._accounts(params, fault, applied), applied or None
                 if len(rest) == 1:
                     return 200, self._account(rest[0], params), None
-            raise _Reject(404, 404, "Not Found")
-        except _Reject as e:
+            raise Reject(404, 404, "Not Found")
+        except Reject as e:
             return e.status, error_body(e.code, e.message, **e.extra), None
 
     # ---- parameters ---------------------------------------------------------------
-
-    @staticmethod
-    def _int(
-        params: dict[str, str], name: str, default: int, low: int, high: int, kind: str
-    ) -> int:
-        raw = params.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise _constraint(name, f"{name} must be an integer, got '{raw}'", raw) from None
-        if value > high:
-            raise _constraint(
-                name, f"{name} may not exceed {high} for the {kind} resource", value, high
-            )
-        if value < low:
-            raise _constraint(name, f"{name} must be at least {low}", value, low)
-        return value
 
     def _field_set(self) -> frozenset[str]:
         if self._field_names is None:
@@ -160,28 +141,18 @@ class SparkAPI:
         names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
         if not names:
             return None
-        unknown = [n for n in names if n not in self._field_set()]
+        unknown = [n for n in names if n not in self._field_set() and n != "Id"]
         if unknown:
-            raise _constraint(
+            raise constraint(
                 "_select", f"_select names unknown fields: {', '.join(unknown)}", unknown
             )
         return names
 
-    @staticmethod
-    def _expand(params: dict[str, str]) -> tuple[list[str], list[str]]:
-        names = [n.strip() for n in params.get("_expand", "").split(",") if n.strip()]
-        lookup = {n.lower(): n for n in (*EXPANSIONS, *CUSTOM_EXPANSIONS)}
-        unknown = [n for n in names if n.lower() not in lookup]
-        if unknown:
-            raise _constraint(
-                "_expand", f"_expand names unknown expansions: {', '.join(unknown)}", unknown
-            )
-        canonical = list(dict.fromkeys(lookup[n.lower()] for n in names))
-        return [n for n in canonical if n in EXPANSIONS], [
-            n for n in canonical if n in CUSTOM_EXPANSIONS
-        ]
-
     def _compiled(self, text: str, fields: dict[str, str], kind: str):
+        if len(text) > MAX_FILTER_LENGTH:
+            raise Reject(
+                400, 1041, f"The _filter is too long ({len(text)} > {MAX_FILTER_LENGTH} characters)"
+            )
         cache_key = f"{kind}\x00{text}"
         predicate = self._filters.get(cache_key)
         if predicate is None:
@@ -197,29 +168,13 @@ class SparkAPI:
                         "Constraint": False,
                     }
                 ]
-                raise _Reject(
+                raise Reject(
                     400, 1040, f"Invalid _filter: {e.message}", SparkQLErrors=errors
                 ) from None
             if len(self._filters) > 1000:
                 self._filters.clear()
             self._filters[cache_key] = predicate
         return predicate
-
-    @staticmethod
-    def _pagination_mode(params: dict[str, str]) -> str:
-        mode = params.get("_pagination", "0") or "0"
-        if mode not in ("0", "1", "count"):
-            raise _constraint("_pagination", "_pagination must be 0, 1 or count", mode)
-        return mode
-
-    @staticmethod
-    def _pagination(total: int, limit: int, skip: int, with_offset: bool) -> dict[str, int]:
-        block = {"TotalRows": total, "PageSize": limit, "TotalPages": math.ceil(total / limit)}
-        if with_offset:
-            block["CurrentOffset"] = skip
-        else:
-            block["CurrentPage"] = skip // limit + 1
-        return block
 
     # ---- listings -------------------------------------------------------------------
 
@@ -235,17 +190,7 @@ class SparkAPI:
                 with mls.lock:  # the cached index, with current content; removed ones vanish
                     return [k for k in hit[1] if mls.listings[k].live]
         with mls.lock:
-            keys = [
-                k
-                for k in mls.live_keys
-                if predicate(
-                    {
-                        "ModificationTimestamp": (s := mls.listings[k]).mod_ms,
-                        "ListingKey": k,
-                        "PhotosChangeTimestamp": s.photos_ms,
-                    }.get
-                )
-            ]
+            keys = [k for k in mls.live_keys if predicate(self._getter(mls.listings[k], now))]
         if ttl_ms > 0:
             with self._cache_lock:
                 if len(self._cache) > 10_000:
@@ -253,18 +198,33 @@ class SparkAPI:
                 self._cache[(api_key, text)] = (now, keys)
         return keys
 
+    def _getter(self, state, now: int):
+        """``field -> value`` of a listing for ``_filter`` and ``_orderby``: cheap fields from
+        its state, the others from its record (built once per version)."""
+        facts: dict[str, Any] | None = None
+
+        def get(name: str) -> Any:
+            nonlocal facts
+            if name == "ModificationTimestamp":
+                return state.mod_ms
+            if name == "ListingKey":
+                return state.key
+            if name == NOW:
+                return now
+            if facts is None:
+                facts = self.mls.facts(state, LISTING_FILTER_FIELDS)
+            return facts[name]
+
+        return get
+
     def _listings(
         self, params: dict[str, str], api_key: str, fault: str | None, applied: list[Any]
     ) -> bytes:
-        limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listings")
-        mode = self._pagination_mode(params)
+        limit = integer(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
+        skip = first_row(params, limit, "listings")
+        mode = pagination_mode(params)
         select = self._select(params)
-        nested, custom = self._expand(params)
-        if "_orderby" in params:
-            raise _constraint(
-                "_orderby", "_orderby is not supported by the emulator (ListingKey order only)"
-            )
+        nested, custom = expansions(params)
         text = params.get("_filter", "").strip()
         mls = self.mls
         if text:
@@ -272,6 +232,14 @@ class SparkAPI:
         else:
             with mls.lock:
                 keys = list(mls.live_keys)
+        now = mls.clock.now_ms()
+        with mls.lock:
+            keys = ordered(
+                params,
+                keys,
+                LISTING_FILTER_FIELDS,
+                lambda k: self._getter(mls.listings[k], now),
+            )
         total = len(keys)
         tail = b""
         token = params.get("_skiptoken")
@@ -279,7 +247,7 @@ class SparkAPI:
             applied.append("cut")
             if mode != "0":
                 tail += b',"Pagination":' + orjson.dumps(
-                    self._pagination(total, limit, bisect.bisect_right(keys, token), False)
+                    pagination(total, limit, bisect.bisect_right(keys, token), False)
                 )
             return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
         if token is not None:
@@ -299,10 +267,10 @@ class SparkAPI:
             offset = skip
         if mode != "0":
             tail += b',"Pagination":' + orjson.dumps(
-                self._pagination(total, limit, offset, with_offset="_skip" in params)
+                pagination(total, limit, offset, with_offset="_skip" in params)
             )
-        if mode == "count":
-            return b'{"D":{"Success":true,"Results":[]' + tail + b"}}"
+        if mode == "count":  # only the Pagination hash, as the fixture count.json
+            return b'{"D":{"Success":true' + tail + b"}}"
         with mls.lock:
             states = [mls.listings[k] for k in page_keys]
             if fault == "stale":  # a lagging replica: one record at its previous version
@@ -323,10 +291,14 @@ class SparkAPI:
         self, state, select: list[str] | None, nested: list[str], custom: list[str]
     ) -> bytes:
         mls = self.mls
+        if select is not None:  # Id is the record's own, next to StandardFields
+            select = [n for n in select if n != "Id"]
         if select is None and not nested and not custom:
             return mls.record_bytes(state)
         if select is None:
             sf = mls.standard_fields_bytes(state)
+        elif not select:
+            sf = b"{}"
         elif _STATE_FIELDS.issuperset(select):
             sf = orjson.dumps(
                 {n: (state.key if n == "ListingKey" else self._mod_text(state)) for n in select}
@@ -355,13 +327,13 @@ class SparkAPI:
         with self.mls.lock:
             state = self.mls.listing_state(key)
         if state is None:
-            raise _not_found(f"Listing {key}")
+            raise not_found(f"Listing {key}")
         return state
 
     def _listing(self, key: str, params: dict[str, str]) -> bytes:
         state = self._live(key)
         select = self._select(params)
-        nested, custom = self._expand(params)
+        nested, custom = expansions(params)
         record = self._record(state, select, nested, custom)
         bad = self.mls.bad(key)
         if bad is not None and bad.kind == "element":
@@ -374,52 +346,86 @@ class SparkAPI:
         bad = self.mls.bad(key)
         if bad is not None and bad.kind == "subresource" and bad.path == path:
             if bad.status == 403:
-                raise _Reject(
+                raise Reject(
                     403, 1500, "The requested resource is not available at your service level"
                 )
-            raise _not_found(f"{name} of listing {key}")
-        limit = self._int(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
+            raise not_found(f"{name} of listing {key}")
+        limit = integer(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
+        skip = integer(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
         items = self.mls.expansion(state, name)
         if rest:
             items = [i for i in items if i["Id"] == rest[0]]
             if not items:
-                raise _not_found(f"{name} item {rest[0]}")
+                raise not_found(f"{name} item {rest[0]}")
         elif limit:
             items = items[skip : skip + limit]
         return orjson.dumps({"D": {"Success": True, "Results": items}})
+
+    # ---- metadata -------------------------------------------------------------------
+
+    def _standard_fields(self, only: str | None) -> bytes:
+        """Field metadata, shaped as the fixture ``standardfields/standardfields.json``.
+
+        Types come from the generator (decimals are sent as strings but typed
+        Decimal); ``Searchable`` is true exactly for the fields ``_filter`` accepts.
+        """
+        mls = self.mls
+        with mls.lock:
+            states = [mls.listings[k] for k in mls.live_keys[:50]]
+        samples = [mls.standard_fields(s) for s in states]
+        names = samples[0] if samples else dict.fromkeys(_STATE_FIELDS)
+        if only is not None and only not in names:
+            raise not_found(f"Standard field {only}")
+        meta = {}
+        for name in names if only is None else [only]:
+            value = next((s[name] for s in samples if s[name] is not None), None)
+            meta[name] = {
+                "ResourceUri": f"/v1/standardfields/{name}",
+                "HasList": name in LIST_FIELDS or isinstance(value, list),
+                "Searchable": name in LISTING_FILTER_FIELDS,
+                "Type": field_type(name, value),
+            }
+        return orjson.dumps({"D": {"Success": True, "Results": [meta]}})
+
+    def _my_account(self) -> bytes:
+        """The key's own account (``/v1/my/account``): the first member, fixture-shaped."""
+        with self.mls.lock:
+            mls = self.mls
+            member = next(i for i in mls.account_ids if mls.accounts[i]["UserType"] == "Member")
+            return orjson.dumps({"D": {"Success": True, "Results": [mls.accounts[member]]}})
 
     # ---- accounts ---------------------------------------------------------------------
 
     def _accounts(self, params: dict[str, str], fault: str | None, applied: list[Any]) -> bytes:
         if "_skiptoken" in params:
-            raise _constraint(
+            raise constraint(
                 "_skiptoken",
                 "The _skiptoken parameter is not supported for the accounts "
                 "resource; paginate with _skip",
             )
-        limit = self._int(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
-        skip = self._int(params, "_skip", 0, 0, MAX_SKIP, "accounts")
-        mode = self._pagination_mode(params)
+        limit = integer(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
+        skip = first_row(params, limit, "accounts")
+        mode = pagination_mode(params)
         names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]
         text = params.get("_filter", "").strip()
         mls = self.mls
         predicate = self._compiled(text, ACCOUNT_FILTER_FIELDS, "accounts") if text else None
+        now = mls.clock.now_ms()
+
+        def get_of(account_id: str):
+            return {
+                "ModificationTimestamp": mls.account_mods[account_id],
+                "Id": account_id,
+                "UserType": (a := mls.accounts[account_id])["UserType"],
+                "Name": a["Name"],
+                NOW: now,
+            }.get
+
         with mls.lock:
             ids = mls.account_ids
             if predicate is not None:
-                ids = [
-                    i
-                    for i in ids
-                    if predicate(
-                        {
-                            "ModificationTimestamp": mls.account_mods[i],
-                            "Id": i,
-                            "UserType": (a := mls.accounts[i])["UserType"],
-                            "Name": a["Name"],
-                        }.get
-                    )
-                ]
+                ids = [i for i in ids if predicate(get_of(i))]
+            ids = ordered(params, list(ids), ACCOUNT_FILTER_FIELDS, get_of)
             total = len(ids)
             page = [mls.accounts[i] for i in ids[skip : skip + limit]] if mode != "count" else []
             if fault == "cut" and skip > 0:  # a flaky backend ends the scan early
@@ -428,16 +434,16 @@ class SparkAPI:
             if names:
                 keep = {"Id", "ResourceUri", *names}
                 page = [{k: v for k, v in a.items() if k in keep} for a in page]
-            body: dict[str, Any] = {"Success": True, "Results": page}
+            body: dict[str, Any] = {"Success": True}
+            if mode != "count":
+                body["Results"] = page
             if mode != "0":
-                body["Pagination"] = self._pagination(
-                    total, limit, skip, with_offset="_skip" in params
-                )
+                body["Pagination"] = pagination(total, limit, skip, with_offset="_skip" in params)
             return orjson.dumps({"D": body})
 
     def _account(self, account_id: str, params: dict[str, str]) -> bytes:
         with self.mls.lock:
             record = self.mls.accounts.get(account_id)
             if record is None:
-                raise _not_found(f"Account {account_id}")
+                raise not_found(f"Account {account_id}")
             return orjson.dumps({"D": {"Success": True, "Results": [record]}})

@@ -185,6 +185,14 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "/_emulator/truth lists them under 'bad'.",
 )
 @click.option(
+    "--require-user-agent/--no-require-user-agent",
+    default=False,
+    show_default=True,
+    envvar=_ENV + "REQUIRE_USER_AGENT",
+    help="Answer 400 / code 1016 to API requests without an X-SparkApi-User-Agent header, "
+    "which the API documents as required.",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -207,6 +215,7 @@ def emulator_command(
     masked,
     bare_numbers,
     bad_records,
+    require_user_agent,
     start_time,
 ) -> None:
     """Serve an emulated Spark API replication endpoint until Ctrl-C or SIGTERM.
@@ -233,6 +242,7 @@ def emulator_command(
         masked=masked,
         bare_numbers=bare_numbers,
         bad_records=bad_records,
+        require_user_agent=require_user_agent,
         start_time=start,
         retry_after=retry_after,
         fault_timeout_seconds=fault_timeout_seconds,

@@ -60,7 +60,10 @@ class EmulatorConfig:
     retry_after: int | None = None  # seconds to put in Retry-After on 429 (None: no header)
     fault_timeout_seconds: float = 30.0  # how long a "timeout" fault holds the connection
     bare_numbers: float = 0.0  # share of listings with ids and ListPrice as bare JSON numbers
-    bad_records: float = 0.0  # share of listings served broken (see store.BAD_KINDS)
+    bad_records: float = 0.0  # share of listings served broken (see broken.BAD_KINDS)
+    require_user_agent: bool = (
+        False  # answer 400/1016 to API requests without X-SparkApi-User-Agent
+    )
 
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:

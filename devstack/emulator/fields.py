@@ -3,7 +3,7 @@
 A listing's stable facts (address, structure, agents) come from an RNG seeded
 by ``(seed, ListingKey)``; facts that change on a modification (price, status,
 remarks) from ``(seed, ListingKey, version)``; media counts from
-``(seed, ListingKey, media_version)``. The same inputs always give the same
+each media list's own version (see ``ListingState.list_version``). The same inputs always give the same
 record, so the emulator never has to store records, only their state.
 
 Value types follow the fixtures: decimals are strings (sometimes with the
@@ -21,9 +21,16 @@ from typing import Any
 
 from devstack.emulator import vocab
 from devstack.emulator.clock import format_timestamp
-from devstack.emulator.media import media_counts
+from devstack.emulator.media import item_count
 
-__all__ = ["ListingState", "People", "build_standard_fields", "MASK", "MASKED_FIELDS"]
+__all__ = [
+    "TIMED_LISTS",
+    "ListingState",
+    "People",
+    "build_standard_fields",
+    "MASK",
+    "MASKED_FIELDS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +110,40 @@ _DECIMAL_FIELDS = (
     ("GrossIncome", 10000.0, 200000.0, 2, 0.85),
     ("NetOperatingIncome", 5000.0, 150000.0, 2, 0.85),
 )
+#: Fields whose values are decimals (sent as strings, as the fixtures show).
+DECIMAL_FIELDS = frozenset(
+    {name for name, *_ in _DECIMAL_FIELDS}
+    | {
+        "ListPrice",
+        "OriginalListPrice",
+        "PreviousListPrice",
+        "ClosePrice",
+        "Latitude",
+        "Longitude",
+        "BathsTotal",
+        "BuildingAreaTotal",
+        "LivingArea",
+        "LotSizeArea",
+        "LotSizeAcres",
+    }
+)
+
+
+def field_type(name: str, value: Any) -> str:
+    """The ``/v1/standardfields`` Type of a field, from its name and a non-null value."""
+    if name in DECIMAL_FIELDS:
+        return "Decimal"
+    if name.endswith("Timestamp"):
+        return "Datetime"
+    if name.endswith("Date"):
+        return "Date"
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int):
+        return "Integer"
+    return "Character"
+
+
 _TEXT_FIELDS = (
     "Directions",
     "Inclusions",
@@ -120,21 +161,55 @@ _DIRECTIONS = (
 )
 
 
+#: Lists with their own ``<Name>ChangeTimestamp`` -> the ListingState attribute prefix.
+TIMED_LISTS = {
+    "Photos": "photos",
+    "Videos": "videos",
+    "Documents": "documents",
+    "OpenHouses": "openhouses",
+}
+
+
 @dataclass
 class ListingState:
-    """What the emulator stores per listing; the record is derived from it."""
+    """What the emulator stores per listing; the record is derived from it.
+
+    Each list of ``TIMED_LISTS`` has its own version and change instant; the
+    others (VirtualTours, Rooms, Units) follow ``version``. ``media_version``
+    counts media changes of any list (it keys the record cache).
+    """
 
     key: str
     mod_ms: int
     offset_minutes: int  # 0 renders timestamps with Z, else with this offset
     version: int = 0
     media_version: int = 0
+    photos_v: int = 0
+    videos_v: int = 0
+    documents_v: int = 0
+    openhouses_v: int = 0
     photos_ms: int = 0
     videos_ms: int = 0
     documents_ms: int = 0
     openhouses_ms: int = 0
     listed_ms: int = 0
     live: bool = True
+
+    def list_version(self, name: str) -> tuple[int, int]:
+        """``(version, anchor instant)`` the list ``name`` (``"Photos"`` …) is built from."""
+        prefix = TIMED_LISTS.get(name)
+        if prefix is None:
+            return self.version, self.listed_ms
+        return getattr(self, prefix + "_v"), getattr(self, prefix + "_ms")
+
+    def change_ms(self, name: str, seed: int) -> int | None:
+        """The instant ``<name>ChangeTimestamp`` shows: None when the list is empty."""
+        version, ms = self.list_version(name)
+        return ms if item_count(name, seed, self.key, version) else None
+
+    def count(self, name: str, seed: int) -> int:
+        """How many items the list ``name`` has now."""
+        return item_count(name, seed, self.key, self.list_version(name)[0])
 
 
 @dataclass(frozen=True)
@@ -219,7 +294,10 @@ def build_standard_fields(
     buyer = people.agent(rv()) if status in ("Closed", "Pending") else None
     co_buyer = people.agent(rv()) if buyer and rv() < 0.15 else None
     close_price = round(price * (0.95 + rv() * 0.08)) if closed else None
-    photos, videos, vtours, docs, ohs, _rooms, _units = media_counts(seed, key, state.media_version)
+    photos, videos, vtours, docs, ohs = (
+        state.count(n, seed)
+        for n in ("Photos", "Videos", "VirtualTours", "Documents", "OpenHouses")
+    )
     remarks = _remarks(now, ptype_name, city)
     mod_text = format_timestamp(state.mod_ms, ts)
     listed_text = format_timestamp(listed_ms, ts)
@@ -314,7 +392,7 @@ def build_standard_fields(
         "StatusChangeTimestamp": mod_text if state.version else listed_text,
         "PriceChangeTimestamp": mod_text if price != price0 else None,
         "PhotosCount": photos,
-        "PhotosChangeTimestamp": format_timestamp(state.photos_ms, ts),
+        "PhotosChangeTimestamp": format_timestamp(state.photos_ms, ts) if photos else None,
         "VideosCount": videos,
         "VideosChangeTimestamp": format_timestamp(state.videos_ms, ts) if videos else None,
         "DocumentsCount": docs,

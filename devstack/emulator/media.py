@@ -4,8 +4,11 @@ open houses, rooms, units, and the custom-field blocks.
 Shapes follow the fixtures (``listings/with_photos.json``, ``photos/index.json``,
 ``videos_index.json``, ``virtual_tours_index.json``, ``document_index.json``,
 ``open_houses.json``). Rooms and units use the labelled ``Fields`` list of the
-rooms documentation. Everything is derived from ``(seed, ListingKey,
-media_version)``, so a media change (a new ``media_version``) gives new items.
+rooms documentation. Each list is derived from ``(seed, ListingKey, its
+version, its anchor instant)`` alone, so lists change independently: Photos,
+Videos, Documents and OpenHouses each with their own version and
+``*ChangeTimestamp``; VirtualTours, Rooms and Units with the listing's version
+(they have no change timestamp, so they change only when ModificationTimestamp does).
 
 Custom fields (shape UNVERIFIED, our choice)::
 
@@ -28,7 +31,7 @@ __all__ = [
     "CUSTOM_EXPANSIONS",
     "SUBRESOURCES",
     "make_id",
-    "media_counts",
+    "item_count",
     "build_expansion",
     "build_custom",
 ]
@@ -82,32 +85,32 @@ def make_id(ms: int, rng: random.Random) -> str:
     return f"{moment:%Y%m%d%H%M%S}{rng.randrange(1_000_000):06d}000000"
 
 
-def _rng(seed: int, key: str, media_version: int, salt: int) -> random.Random:
-    return random.Random((seed * 1_000_033 + int(key[:20])) * 131 + media_version * 17 + salt)
+def _rng(seed: int, key: str, version: int, salt: int) -> random.Random:
+    return random.Random(((seed * 1_000_033 + int(key[:20])) * 131 + version) * 1009 + salt)
 
 
-def media_counts(seed: int, key: str, media_version: int) -> tuple[int, ...]:
-    """``(photos, videos, virtual tours, documents, open houses, rooms, units)`` of a listing."""
-    r = _rng(seed, key, media_version, 0).random
-    photos = int(r() * 41) if r() < 0.95 else 0
-    return (
-        photos,
-        int(r() * 3) if r() < 0.2 else 0,
-        int(1 + r() * 2) if r() < 0.3 else 0,
-        int(r() * 5),
-        int(r() * 4) if r() < 0.4 else 0,
-        int(2 + r() * 8),
-        int(2 + r() * 3) if r() < 0.1 else 0,
-    )
+def item_count(name: str, seed: int, key: str, version: int) -> int:
+    """How many items the list ``name`` (``"Photos"`` …) of a listing has at ``version``."""
+    index = tuple(EXPANSIONS).index(name)
+    r = _rng(seed, key, version, 100 + index).random
+    return {
+        "Photos": lambda: int(r() * 41) if r() < 0.95 else 0,
+        "Videos": lambda: int(r() * 3) if r() < 0.2 else 0,
+        "VirtualTours": lambda: int(1 + r() * 2) if r() < 0.3 else 0,
+        "Documents": lambda: int(r() * 5),
+        "OpenHouses": lambda: int(r() * 4) if r() < 0.4 else 0,
+        "Rooms": lambda: int(2 + r() * 8),
+        "Units": lambda: int(2 + r() * 3) if r() < 0.1 else 0,
+    }[name]()
 
 
 def build_expansion(
-    name: str, seed: int, key: str, media_version: int, anchor_ms: int
+    name: str, seed: int, key: str, version: int, anchor_ms: int
 ) -> list[dict[str, Any]]:
-    """The items of one expansion (``"Photos"``, ``"Rooms"``, ...) for a listing."""
+    """The items of one expansion (``"Photos"``, ``"Rooms"``, ...) of a listing at ``version``."""
     index = tuple(EXPANSIONS).index(name)
-    count = media_counts(seed, key, media_version)[index]
-    rng = _rng(seed, key, media_version, index + 1)
+    count = item_count(name, seed, key, version)
+    rng = _rng(seed, key, version, index + 1)
     path = EXPANSIONS[name]
     items = []
     for i in range(count):

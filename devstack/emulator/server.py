@@ -5,7 +5,8 @@ Admin paths (no token, never faulted, never rate limited) — for tests only:
 
 - ``POST /_emulator/advance`` ``{"minutes", "modify", "create", "remove", "media",
   "accounts_modify", "accounts_create"}`` -> what changed
-- ``GET /_emulator/truth`` -> ``{"now", "listings": {key: ts}, "accounts": {id: record}}``
+- ``GET /_emulator/truth`` -> ``{"now", "listings": {key: ts}, "accounts": {id: record},
+  "bare_numbers": {key: {field: exact digits}}, "bad": {key: how it is broken}}``
 - ``POST /_emulator/create_accounts`` ``{"count": N, "position": "random"|"first"}``
 - ``GET /_emulator/stats``; ``POST /_emulator/stats/reset`` (also restarts the fault
   sequence and the rate-limit windows); ``POST /_emulator/filter_cache/clear``
@@ -24,10 +25,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from devstack.emulator.api import SparkAPI, error_body
+from devstack.emulator.api import SparkAPI
 from devstack.emulator.clock import VirtualClock, format_timestamp, http_date
 from devstack.emulator.config import DATA_FAULTS, EmulatorConfig
 from devstack.emulator.guards import FaultInjector, RateLimiter, Stats
+from devstack.emulator.params import error_body
 from devstack.emulator.store import MLS
 
 __all__ = ["Emulator"]
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 _AUTH_FAILURE = error_body(1000, "Invalid API key and/or request signed improperly")
 _RATE_LIMITED = error_body(1550, "Over rate limit")
 _FAULT_500 = error_body(1026, "An unexpected error occurred; please try again")
+_NO_USER_AGENT = error_body(
+    1016, "The X-SparkApi-User-Agent header is required; name your application in it"
+)
 _FAULT_503 = error_body(1510, "The service is temporarily unavailable; please try again later")
 
 
@@ -67,6 +72,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         return http_date(self.server.emulator.clock.now_ms())
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the HTTP layer raises, in Spark's envelope (a too-long URL: 400 / 1041)."""
+        if code == 414:
+            self.close_connection = True
+            self._send(400, error_body(1041, "The request is too long; shorten the _filter"))
+            return
+        super().send_error(code, message, explain)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         logger.debug("%s " + format, self.address_string(), *args)
@@ -121,10 +134,13 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/_emulator/"):
             self._admin("POST", url.path)
         else:
-            self._api(url.path, url.query, method="POST")
+            self.do_PUT()
 
     def do_PUT(self) -> None:
-        self._api(urlsplit(self.path).path, "", method="PUT")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:  # read the body so the connection stays usable
+            self.rfile.read(length)
+        self._api(urlsplit(self.path).path, "", method=self.command)
 
     do_DELETE = do_PATCH = do_PUT
 
@@ -155,15 +171,22 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.status(401)
             self._send(401, _AUTH_FAILURE)
             return
+        if (
+            emu.config.require_user_agent
+            and not self.headers.get("X-SparkApi-User-Agent", "").strip()
+        ):
+            emu.stats.status(400)
+            self._send(400, _NO_USER_AGENT)
+            return
         if not emu.limiter.allow(token.strip()):
             emu.stats.status(429)
             extra = {"Retry-After": str(emu.config.retry_after)} if emu.config.retry_after else None
             self._send(429, _RATE_LIMITED, extra)
             return
-        if method != "GET":
+        if method != "GET":  # a replication key reads only: every /v1 path is read-only
             status, body = (
                 405,
-                error_body(1018, f"The {method} method is not allowed on this resource"),
+                error_body(1017, f"The {method} method is not allowed: this resource is read-only"),
             )
         else:
             data_fault = fault if fault in DATA_FAULTS else None
@@ -310,7 +333,8 @@ class Emulator:
         )
 
     def truth(self) -> dict:
-        """Ground truth: ``{"now", "listings": {ListingKey: ModificationTimestamp}, "accounts"}``."""
+        """Ground truth: ``{"now", "listings": {ListingKey: ModificationTimestamp}, "accounts",
+        "bare_numbers", "bad"}`` (see ``MLS.truth``)."""
         return self.mls.truth()
 
     def create_accounts(self, count: int, position: str = "random") -> list[str]:

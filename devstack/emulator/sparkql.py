@@ -4,8 +4,10 @@ Supported: ``Field Op Value`` with ``Eq Ne Gt Ge Lt Le`` and ``Field Bt a,b``
 (inclusive), ``And``, ``Or``, ``Not``, parentheses; operators and conjunctions
 are case-insensitive (the replication guide writes ``bt`` and ``gt``). Values:
 datetimes ``YYYY-MM-DDThh:mm[:ss[.fff…]]`` with ``Z``, ``±hhmm`` or ``±hh:mm``
-(no zone means UTC, our choice), dates ``YYYY-MM-DD``, quoted strings with
-``\\`` escapes and ``*`` wildcards, comma lists after ``Eq``/``Ne``. A field the
+(no zone means UTC, our choice), dates ``YYYY-MM-DD``, the functions ``now()``
+(the virtual clock) and ``days(N)`` (midnight UTC of today plus N days, as
+sparkql's ``days`` gives a date), decimals for decimal fields, quoted strings
+with ``\\`` escapes and ``*`` wildcards, comma lists after ``Eq``/``Ne``. A field the
 resource does not know, a wrong literal type or bad syntax raises
 :class:`SparkQLError`, which the API answers with HTTP 400 / code 1040.
 """
@@ -17,9 +19,10 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
-__all__ = ["SparkQLError", "compile_filter", "parse_datetime_literal"]
+__all__ = ["NOW", "SparkQLError", "compile_filter", "parse_datetime_literal"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _OPS = {"eq", "ne", "gt", "ge", "lt", "le", "bt"}
+#: The name a predicate's getter answers with the current instant (epoch ms), for now()/days().
+NOW = "\x00now"
+_DAY_MS = 86_400_000
 _DT = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|([+\- ])(\d{2}):?(\d{2}))?$"
 )
@@ -76,8 +82,9 @@ def parse_datetime_literal(text: str) -> int:
 def compile_filter(text: str, fields: dict[str, str]) -> Callable[[Callable[[str], Any]], bool]:
     """Compile ``text`` for a resource whose filterable ``fields`` map name -> type.
 
-    Types are ``"datetime"`` (values in epoch ms) and ``"character"``. The result
-    takes a getter ``field -> value`` and says whether the record matches.
+    Types are ``"datetime"`` (values in epoch ms), ``"decimal"`` (Decimal) and
+    ``"character"``. The result takes a getter ``field -> value`` (and ``NOW`` ->
+    the current instant, for ``now()`` and ``days()``) and says whether the record matches.
     """
     tokens = []
     for m in _TOKEN.finditer(text):
@@ -162,15 +169,30 @@ class _Parser:
         while self.peek()[0] == "comma":
             self.pos += 1
             values.append(self.value(ftype))
+        if ftype == "character" and op not in ("eq", "ne"):
+            raise SparkQLError(f"{field} supports only Eq and Ne", op)
+        if any(callable(v) for v in values):  # now()/days(): resolved when evaluated
+            if op in ("eq", "ne") and len(values) > 1:
+                raise SparkQLError("now() and days() cannot be used in a list", field)
+            self.comparison(field, op, [0] * len(values))  # checks the shape now
+            resolvers = [v if callable(v) else (lambda _get, v=v: v) for v in values]
+            return self.resolved(field, op, resolvers)
+        return self.comparison(field, op, values)
+
+    def resolved(self, field: str, op: str, resolvers: list):
+        def check(get):
+            return self.comparison(field, op, [r(get) for r in resolvers])(get)
+
+        return check
+
+    def comparison(self, field: str, op: str, values: list[Any]):
         if op == "bt":
             if len(values) != 2:
                 raise SparkQLError("Bt needs exactly two values: low,high", field)
             low, high = values
             return lambda get: (v := get(field)) is not None and low <= v <= high
-        if len(values) > 1 and op not in ("eq", "ne"):
+        if len(values) > 1 and op not in ("eq", "ne", "bt"):
             raise SparkQLError(f"a list of values is allowed only with Eq and Ne, not {op}", op)
-        if ftype == "character" and op not in ("eq", "ne"):
-            raise SparkQLError(f"{field} supports only Eq and Ne", op)
         if op in ("eq", "ne"):
             match = self.matcher(values)
             return (
@@ -201,6 +223,12 @@ class _Parser:
         kind, text = self.take()
         if kind == "word" and text.upper() == "NULL":
             return None
+        if kind == "word" and text.lower() in ("now", "days") and self.peek()[0] == "lparen":
+            return self.function(text.lower(), ftype)
+        if ftype == "decimal":
+            if kind == "number":
+                return Decimal(text)
+            raise SparkQLError(f"expected a number, got '{text}'", text)
         if ftype == "datetime":
             if kind == "datetime":
                 return parse_datetime_literal(text)
@@ -210,3 +238,18 @@ class _Parser:
         if kind == "string":
             return re.sub(r"\\(.)", r"\1", text[1:-1])
         raise SparkQLError(f"expected a quoted string, got '{text}'", text)
+
+    def function(self, name: str, ftype: str):
+        """``now()`` or ``days(N)``: a value resolved from the getter's NOW when evaluated."""
+        if ftype != "datetime":
+            raise SparkQLError(f"{name}() gives a date or datetime, not a {ftype}", name)
+        self.pos += 1  # (
+        if name == "now":
+            if self.take()[0] != "rparen":
+                raise SparkQLError("now() takes no argument", name)
+            return lambda get: get(NOW)
+        kind, number = self.take()
+        if kind != "number" or "." in number or self.take()[0] != "rparen":
+            raise SparkQLError("days() takes one whole number, e.g. days(-7)", number)
+        days = int(number)
+        return lambda get: get(NOW) // _DAY_MS * _DAY_MS + days * _DAY_MS

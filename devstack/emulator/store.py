@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import random
 import threading
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -27,8 +28,9 @@ from devstack.emulator.accounts import (
 )
 from devstack.emulator.clock import VirtualClock, format_timestamp
 from devstack.emulator.config import EmulatorConfig
-from devstack.emulator.fields import ListingState, build_standard_fields
+from devstack.emulator.fields import MASK, TIMED_LISTS, ListingState, build_standard_fields
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, build_custom, build_expansion
+from devstack.emulator.sparkql import parse_datetime_literal
 
 __all__ = ["MLS"]
 
@@ -77,6 +79,7 @@ class MLS:
         #: the state each listing had before its latest change (what a lagging replica serves)
         self.previous: dict[str, ListingState] = {}
         self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        self._facts: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     # ---- reading ---------------------------------------------------------------
 
@@ -125,6 +128,29 @@ class MLS:
             broken.bad_of(seed, key, self.config.bad_records),
         )
 
+    def facts(self, state: ListingState, fields: dict[str, str]) -> dict[str, Any]:
+        """The values ``_filter``/``_orderby`` compare for ``fields`` (name -> type): datetimes
+        as epoch ms, decimals as Decimal; cached per listing version."""
+        stamp = (state.version, state.media_version)
+        hit = self._facts.get(state.key)
+        if hit is not None and hit[0] == stamp and self.listings.get(state.key) is state:
+            return hit[1]
+        record = self.standard_fields(state)
+        facts: dict[str, Any] = {}
+        for name, kind in fields.items():
+            value = record.get(name)
+            if value is None or value == MASK:
+                facts[name] = None
+            elif kind == "datetime":
+                facts[name] = parse_datetime_literal(value)
+            elif kind == "decimal":
+                facts[name] = Decimal(value.strip())
+            else:
+                facts[name] = value
+        if self.listings.get(state.key) is state:
+            self._facts[state.key] = (stamp, facts)
+        return facts
+
     def bad(self, key: str) -> broken.Bad | None:
         """How this listing is served broken (``--bad-records``), or None."""
         return broken.bad_of(self.config.seed, key, self.config.bad_records)
@@ -145,9 +171,7 @@ class MLS:
         """Items of one expansion (``Photos`` …) or custom-field block of a listing."""
         if name in CUSTOM_EXPANSIONS:
             return build_custom(name, self.config.seed, state.key, state.version)
-        return build_expansion(
-            name, self.config.seed, state.key, state.media_version, state.photos_ms
-        )
+        return build_expansion(name, self.config.seed, state.key, *state.list_version(name))
 
     def truth(self) -> dict[str, Any]:
         """Ground truth: virtual now, live listing keys with ModificationTimestamp, accounts.
@@ -196,7 +220,9 @@ class MLS:
         """Move the clock ``minutes`` forward and change those shares of the live records.
 
         Every change is stamped at its own instant inside the advanced interval.
-        Returns what changed (keys and ids) and the interval.
+        Returns what changed (keys and ids) and the interval; ``media_lists`` says
+        which lists (``Photos``, ``Videos``, ``Documents``, ``OpenHouses``) each
+        ``media`` change rebuilt (an empty list may stay empty).
         """
         for name, share in (
             ("modify", modify),
@@ -234,16 +260,16 @@ class MLS:
                 state = self.listings[key]
                 state.version += 1
                 state.mod_ms = instants.pop()
-            for key in touched:
+            media_lists = {}
+            for key in touched:  # each media list changes on its own, with its timestamp
                 state = self.listings[key]
                 state.media_version += 1
-                state.mod_ms = state.photos_ms = instants.pop()
-                if rng.random() < 0.3:
-                    state.videos_ms = state.mod_ms
-                if rng.random() < 0.3:
-                    state.documents_ms = state.mod_ms
-                if rng.random() < 0.3:
-                    state.openhouses_ms = state.mod_ms
+                state.mod_ms = instants.pop()
+                names = [n for n in TIMED_LISTS if rng.random() < 0.5] or ["Photos"]
+                media_lists[key] = names
+                for prefix in (TIMED_LISTS[n] for n in names):
+                    setattr(state, prefix + "_v", getattr(state, prefix + "_v") + 1)
+                    setattr(state, prefix + "_ms", state.mod_ms)
             for key in removed:
                 self.listings[key].live = False
                 del self.live_keys[bisect.bisect_left(self.live_keys, key)]
@@ -288,6 +314,7 @@ class MLS:
                 "now": format_timestamp(self.clock.now_ms()),
                 "modified": sorted(modified),
                 "media": sorted(touched),
+                "media_lists": dict(sorted(media_lists.items())),
                 "created": sorted(created),
                 "removed": sorted(removed),
                 "accounts_modified": sorted(acc_modified),

@@ -110,7 +110,7 @@ class _Api:
 
     def list_subjects(self, r: _Request) -> Any:
         subjects = self.store.subjects(
-            r.text("subjectPrefix"), r.flag("deleted"), r.flag("deleted_only")
+            r.text("subjectPrefix"), r.flag("deleted"), r.flag("deletedOnly")
         )
         return r.page(subjects)
 
@@ -121,7 +121,10 @@ class _Api:
         return self.store.delete_subject(s, r.flag("permanent"))
 
     def list_versions(self, r: _Request, s: str) -> Any:
-        return r.page(self.store.versions(s, r.flag("deleted"), r.flag("deleted_only")))
+        versions = self.store.versions(
+            s, r.flag("deleted"), r.flag("deletedOnly"), r.flag("deletedAsNegative")
+        )
+        return r.page(versions)
 
     def register(self, r: _Request, s: str) -> Any:
         return self.store.register(s, r.body, r.flag("normalize"))

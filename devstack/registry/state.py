@@ -1,7 +1,7 @@
 """State of the dev Schema Registry: the data, its JSON file, and lookup helpers.
 
 ``RegistryState`` holds schemas (by global id), subjects (their versions, soft
-deleted or not) and compatibility levels. ``SchemaStore`` (``store.py``) builds
+deleted or not) and configs (global and per subject). ``SchemaStore`` (``store.py``) builds
 the REST operations on top of it. Every change is written to
 ``<state_dir>/schema-registry.json`` at once (temp file, fsync, rename), so ids
 and versions survive a restart of the server; a corrupt file stops the start
@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from devstack.registry.compat import DEFAULT_LEVEL, AvroSchema, InvalidSchemaError, parse_avro
+from devstack.registry.avro import InvalidSchemaError, Parsed, parse
 
 __all__ = [
     "RegistryError",
@@ -71,11 +71,11 @@ class RegistryState:
         self._path = Path(state_dir) / STATE_FILE
         self._lock = threading.RLock()
         self._next_id = 1
-        self._global_level = DEFAULT_LEVEL
-        self._subject_levels: dict[str, str] = {}
+        self._global_config: dict[str, Any] | None = None  # Confluent's Config entity keys
+        self._subject_configs: dict[str, dict[str, Any]] = {}
         self._schemas: dict[int, dict[str, Any]] = {}  # id -> schema record
         self._subjects: dict[str, list[dict[str, Any]]] = {}  # subject -> versions (ascending)
-        self._parsed: dict[int, AvroSchema] = {}
+        self._parsed: dict[int, Parsed] = {}
         self._load()
 
     # -- persistence ----------------------------------------------------------------------------
@@ -88,8 +88,14 @@ class RegistryState:
             if data.get("format") != _FORMAT:
                 raise ValueError(f"unsupported format {data.get('format')!r}")
             self._next_id = int(data["next_id"])
-            self._global_level = data["global_level"]
-            self._subject_levels = dict(data["subject_levels"])
+            if "configs" in data:
+                self._global_config = data["configs"]["global"]
+                self._subject_configs = dict(data["configs"]["subjects"])
+            else:  # written before configs had more than a level
+                self._global_config = {"compatibilityLevel": data["global_level"]}
+                self._subject_configs = {
+                    k: {"compatibilityLevel": v} for k, v in data["subject_levels"].items()
+                }
             self._schemas = {int(s["id"]): s for s in data["schemas"]}
             self._subjects = {k: list(v) for k, v in data["subjects"].items()}
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -101,8 +107,7 @@ class RegistryState:
         data = {
             "format": _FORMAT,
             "next_id": self._next_id,
-            "global_level": self._global_level,
-            "subject_levels": self._subject_levels,
+            "configs": {"global": self._global_config, "subjects": self._subject_configs},
             "schemas": [self._schemas[i] for i in sorted(self._schemas)],
             "subjects": self._subjects,
         }
@@ -116,11 +121,12 @@ class RegistryState:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _parsed_schema(self, schema_id: int) -> AvroSchema:
+    def _parsed_schema(self, schema_id: int) -> Parsed:
+        """A registered schema, parsed as Confluent parses stored ones (not as new)."""
         if schema_id not in self._parsed:
             rec = self._schemas[schema_id]
             refs = self._reference_texts(rec.get("references") or [])
-            self._parsed[schema_id] = parse_avro(rec["schema"], refs)
+            self._parsed[schema_id] = parse(rec["schema"], refs, strict=False)
         return self._parsed[schema_id]
 
     def _reference_texts(self, references: list[dict[str, Any]]) -> list[str]:
@@ -162,9 +168,6 @@ class RegistryState:
         if not entries:
             raise subject_not_found(subject)
         return entries
-
-    def _level(self, subject: str) -> str:
-        return self._subject_levels.get(subject, self._global_level)
 
     def _view(self, schema_id: int, entry: dict[str, Any] | None = None, subject: str = "") -> dict:
         rec = self._schemas[schema_id]

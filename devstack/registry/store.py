@@ -9,19 +9,13 @@ compatibility rules in ``compat.py``.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
-from devstack.registry.compat import (
-    COMPATIBILITY_LEVELS,
-    DEFAULT_LEVEL,
-    AvroSchema,
-    InvalidSchemaError,
-    check_compatibility,
-    parse_avro,
-)
+from devstack.registry.avro import InvalidSchemaError, Parsed, parse
+from devstack.registry.compat import DEFAULT_LEVEL, Previous, check_compatibility
+from devstack.registry.config import in_scope, populated, to_update_shape, updated
 from devstack.registry.state import (
     RegistryError,
     RegistryState,
@@ -35,10 +29,6 @@ __all__ = ["SchemaStore"]
 logger = logging.getLogger(__name__)
 
 _MAX_VERSION = 2**31 - 1
-
-
-def _compact(text: str) -> str:
-    return json.dumps(json.loads(text), separators=(",", ":"))
 
 
 class SchemaStore(RegistryState):
@@ -71,8 +61,11 @@ class SchemaStore(RegistryState):
                 return entry
         raise version_not_found(subject, number)
 
-    def _parse_body(self, body: Any) -> tuple[dict[str, Any], AvroSchema]:
-        """Validate a request body ``{"schema", "schemaType", "references", ...}``."""
+    def _parse_body(self, body: Any, strict: bool) -> tuple[dict[str, Any], Parsed]:
+        """Validate a request body ``{"schema", "schemaType", "references", ...}``.
+
+        ``strict`` is Confluent's "validate as new" (register, compatibility test): strict
+        names and checked defaults; lookups parse leniently, as stored schemas are."""
         if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
             raise RegistryError(422, 42201, "Invalid schema: the body needs a 'schema' string")
         schema_type = str(body.get("schemaType") or "AVRO").upper()
@@ -88,46 +81,66 @@ class SchemaStore(RegistryState):
                 422, 42201, "Invalid schema: 'references' must be a list of objects"
             )
         try:
-            parsed = parse_avro(body["schema"], self._reference_texts(references))
+            parsed = parse(body["schema"], self._reference_texts(references), strict=strict)
         except InvalidSchemaError as e:
-            raise RegistryError(422, 42201, str(e)) from e
-        request = {"schemaType": "AVRO", "schema": _compact(body["schema"])}
-        request["references"] = references
+            raise RegistryError(422, 42201, f"Invalid schema of type AVRO, details: {e}") from e
+        request = {"schemaType": "AVRO", "schema": parsed.canonical, "references": references}
         for key in ("metadata", "ruleSet"):
             if body.get(key) is not None:
                 request[key] = body[key]
         return request, parsed
 
-    def _same(self, schema_id: int, request: dict[str, Any], parsed: AvroSchema) -> bool:
-        """Same schema? Texts are compared in canonical form (full names, sorted keys), the
-        way Confluent compares parsed schemas, so formatting never makes a new version."""
+    def _same(self, schema_id: int, request: dict[str, Any], parsed: Parsed) -> bool:
+        """Same schema? Compared in Avro's canonical form, as Confluent's lookup cache does,
+        so key order, whitespace and ``{"type": "string"}`` vs ``"string"`` never differ."""
         rec = self._schemas[schema_id]
         for key in ("references", "metadata", "ruleSet"):
             if (rec.get(key) or None) != (request.get(key) or None):
                 return False
-        if rec["schema"] == request["schema"]:
-            return True
-        return self._parsed_schema(schema_id).normalized == parsed.normalized
+        return self._parsed_schema(schema_id).canonical == parsed.canonical
+
+    def _config(self, subject: str | None) -> dict[str, Any]:
+        """The config in scope for ``subject`` (its own merged over the global one)."""
+        own = self._subject_configs.get(subject) if subject is not None else None
+        return in_scope(self._global_config, own)
+
+    def _check(self, subject: str, parsed: Parsed, request: dict, previous: list) -> list[str]:
+        """Confluent's compatibility messages for ``parsed`` against ``previous`` entries."""
+        config = self._config(subject)
+        group = config.get("compatibilityGroup")
+        if group is not None:
+            value = ((request.get("metadata") or {}).get("properties") or {}).get(group)
+            previous = [
+                e for e in previous
+                if ((self._schemas[e["id"]].get("metadata") or {}).get("properties") or {}).get(
+                    group
+                ) == value
+            ]  # fmt: skip
+        olds = [Previous(self._parsed_schema(e["id"]), e["version"]) for e in previous]
+        return check_compatibility(
+            config["compatibilityLevel"], parsed, olds, bool(config.get("validateFields"))
+        )
 
     # -- subjects and versions ------------------------------------------------------------------
 
     def register(self, subject: str, body: Any, normalize: bool) -> dict[str, Any]:
         """POST /subjects/{subject}/versions: idempotent; ids are global across subjects."""
         with self._lock:
-            request, parsed = self._parse_body(body)
-            if normalize:
+            config = self._config(subject)
+            strict = config.get("validateNewSchemas", True)
+            request, parsed = self._parse_body(body, strict=strict)
+            if normalize or config.get("normalize"):
                 request["schema"] = parsed.normalized
             live = self._versions(subject)
             for entry in live:
                 if self._same(entry["id"], request, parsed):
                     return {"id": entry["id"], "guid": self._schemas[entry["id"]]["guid"]}
-            previous = [self._parsed_schema(e["id"]) for e in live]
-            messages = check_compatibility(self._level(subject), parsed, previous)
+            messages = self._check(subject, parsed, request, live)
             if messages:
                 raise RegistryError(
-                    409, 409,
+                    409, 40901,
                     f"Schema being registered is incompatible with an earlier schema for subject "
-                    f"\"{subject}\" (compatibility {self._level(subject)}), details: {messages}",
+                    f"\"{subject}\", details: [{', '.join(messages)}]",
                 )  # fmt: skip
             schema_id = next(
                 (i for i in sorted(self._schemas) if self._same(i, request, parsed)),
@@ -137,7 +150,6 @@ class SchemaStore(RegistryState):
                 schema_id = self._next_id
                 self._next_id += 1
                 self._schemas[schema_id] = {"id": schema_id, "guid": str(uuid.uuid4()), **request}
-                self._parsed[schema_id] = parsed
             all_versions = self._subjects.setdefault(subject, [])
             version = max((e["version"] for e in all_versions), default=0) + 1
             all_versions.append({"version": version, "id": schema_id, "deleted": False})
@@ -149,7 +161,7 @@ class SchemaStore(RegistryState):
         """POST /subjects/{subject}: the version under which this schema is registered."""
         with self._lock:
             entries = self._require_subject(subject, deleted)
-            request, parsed = self._parse_body(body)
+            request, parsed = self._parse_body(body, strict=False)
             for entry in reversed(entries):
                 if self._same(entry["id"], request, parsed):
                     return self._view(entry["id"], entry, subject)
@@ -167,10 +179,16 @@ class SchemaStore(RegistryState):
                     out.append(name)
             return out
 
-    def versions(self, subject: str, deleted: bool, deleted_only: bool) -> list[int]:
-        """GET /subjects/{subject}/versions."""
+    def versions(
+        self, subject: str, deleted: bool, deleted_only: bool, deleted_as_negative: bool = False
+    ) -> list[int]:
+        """GET /subjects/{subject}/versions (``deletedAsNegative`` wins over ``deletedOnly``,
+        which wins over ``deleted``, as in Confluent)."""
         with self._lock:
             entries = self._require_subject(subject, deleted or deleted_only)
+            if deleted_as_negative:
+                entries = self._versions(subject, deleted=True)
+                return [-e["version"] if e["deleted"] else e["version"] for e in entries]
             if deleted_only:
                 return [e["version"] for e in entries if e["deleted"]]
             return [e["version"] for e in entries]
@@ -210,7 +228,7 @@ class SchemaStore(RegistryState):
                         f"deleted; soft-delete it first.",
                     )  # fmt: skip
                 del self._subjects[subject]
-                self._subject_levels.pop(subject, None)
+                self._subject_configs.pop(subject, None)
                 self._drop_unused_schemas()
                 self._save()
                 return [e["version"] for e in entries]
@@ -307,54 +325,43 @@ class SchemaStore(RegistryState):
 
     # -- configuration and compatibility --------------------------------------------------------
 
-    def get_config(self, subject: str | None, default_to_global: bool) -> dict[str, str]:
-        """GET /config and /config/{subject}."""
+    def get_config(self, subject: str | None, default_to_global: bool) -> dict[str, Any]:
+        """GET /config and /config/{subject} (Confluent's Config entity)."""
         with self._lock:
             if subject is None:
-                return {"compatibilityLevel": self._global_level}
-            if subject in self._subject_levels:
-                return {"compatibilityLevel": self._subject_levels[subject]}
+                return populated(self._global_config) or {"compatibilityLevel": DEFAULT_LEVEL}
             if default_to_global:
-                return {"compatibilityLevel": self._global_level}
-            raise RegistryError(
-                404, 40408,
-                f"Subject '{subject}' does not have subject-level compatibility configured",
-            )  # fmt: skip
+                return self._config(subject)
+            own = populated(self._subject_configs.get(subject))
+            if own is None:
+                raise RegistryError(
+                    404, 40408,
+                    f"Subject '{subject}' does not have subject-level compatibility configured",
+                )  # fmt: skip
+            return own
 
-    def set_config(self, subject: str | None, body: Any) -> dict[str, str]:
-        """PUT /config and /config/{subject} with ``{"compatibility": LEVEL}``."""
-        if not isinstance(body, dict):
-            raise RegistryError(422, 42203, "The config body must be a JSON object")
-        unsupported = sorted(set(body) - {"compatibility", "compatibilityLevel"})
-        if unsupported:
-            raise RegistryError(
-                422, 42203,
-                f"Config keys {unsupported} are not supported by this dev registry; "
-                f"only 'compatibility' is",
-            )  # fmt: skip
-        level = body.get("compatibility") or body.get("compatibilityLevel")
-        if not isinstance(level, str) or level.upper() not in COMPATIBILITY_LEVELS:
-            raise RegistryError(
-                422, 42203,
-                f"Invalid compatibility level {level!r}. Valid values are "
-                f"{', '.join(COMPATIBILITY_LEVELS)}",
-            )  # fmt: skip
+    def set_config(self, subject: str | None, body: Any) -> dict[str, Any]:
+        """PUT /config and /config/{subject} with a ConfigUpdateRequest (see ``config.py``)."""
         with self._lock:
+            old = self._global_config if subject is None else self._subject_configs.get(subject)
+            new = updated(old, body)
             if subject is None:
-                self._global_level = level.upper()
+                self._global_config = new
             else:
-                self._subject_levels[subject] = level.upper()
+                self._subject_configs[subject] = new
             self._save()
-            return {"compatibility": level.upper()}
+            return to_update_shape(new)
 
-    def delete_config(self, subject: str | None) -> dict[str, str]:
-        """DELETE /config (back to BACKWARD) and /config/{subject} (back to the global level)."""
+    def delete_config(self, subject: str | None) -> dict[str, Any]:
+        """DELETE /config (back to the defaults) and /config/{subject} (40401 if it has none)."""
         with self._lock:
-            old = self.get_config(subject, default_to_global=False)
             if subject is None:
-                self._global_level = DEFAULT_LEVEL
+                old = self.get_config(None, default_to_global=False)
+                self._global_config = None
             else:
-                del self._subject_levels[subject]
+                if subject not in self._subject_configs:
+                    raise subject_not_found(subject)
+                old = populated(self._subject_configs.pop(subject))
             self._save()
             return old
 
@@ -363,14 +370,20 @@ class SchemaStore(RegistryState):
     ) -> dict[str, Any]:
         """POST /compatibility/subjects/{subject}/versions[/{version}]."""
         with self._lock:
-            _, parsed = self._parse_body(body)
+            try:
+                strict = self._config(subject).get("validateNewSchemas", True)
+                request, parsed = self._parse_body(body, strict=strict)
+            except RegistryError as e:
+                if not verbose or e.error_code != 42201:
+                    raise
+                return {"is_compatible": False, "messages": [e.message]}
             if version is None:
-                previous = [self._parsed_schema(e["id"]) for e in self._versions(subject)]
+                previous = self._versions(subject)
             elif self.parse_version(version) is None and not self._versions(subject):
                 previous = []  # nothing registered yet: anything is compatible
             else:
-                previous = [self._parsed_schema(self._pick(subject, version, False)["id"])]
-            messages = check_compatibility(self._level(subject), parsed, previous)
+                previous = [self._pick(subject, version, False)]
+            messages = self._check(subject, parsed, request, previous)
             result: dict[str, Any] = {"is_compatible": not messages}
             if verbose:
                 result["messages"] = messages

@@ -45,7 +45,9 @@ def test_spark_relay_sink_example_until_caught_up_holds_the_ground_truth(make_se
     from devstack.emulator import Emulator, EmulatorConfig
     from producer.topics import ensure_contract
 
-    config = EmulatorConfig(listings=800, accounts=20, seed=13, filter_cache_seconds=0)
+    config = EmulatorConfig(
+        listings=800, accounts=20, seed=13, filter_cache_seconds=0, require_user_agent=True
+    )
     with Emulator(config) as emu:
         settings = make_settings(api_url=emu.url, api_key="devstack-key", rate_limit=1000)
         list(ensure_contract(settings))

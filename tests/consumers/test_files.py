@@ -274,7 +274,9 @@ def test_end_to_end_files_and_their_compaction_match_the_ground_truth(make_setti
     from tests.consumers.sink_events import replicate, run_sink
     from tests.kafka_helpers import read_topic
 
-    config = EmulatorConfig(listings=1500, accounts=30, seed=12, filter_cache_seconds=0)
+    config = EmulatorConfig(
+        listings=1500, accounts=30, seed=12, filter_cache_seconds=0, require_user_agent=True
+    )
     with Emulator(config) as emu:
         settings = make_settings(api_url=emu.url, api_key="devstack-key", rate_limit=1000)
         list(ensure_contract(settings))

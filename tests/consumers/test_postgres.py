@@ -476,7 +476,11 @@ def test_the_sink_holds_the_emulators_truth_and_a_replay_rebuilds_the_same_state
     conn, schema = db
     settings = make_settings()
     sink_settings = replace(settings, database_url=database_url)
-    with Emulator(EmulatorConfig(listings=500, accounts=50, seed=7, filter_cache_seconds=0)) as emu:
+    with Emulator(
+        EmulatorConfig(
+            listings=500, accounts=50, seed=7, filter_cache_seconds=0, require_user_agent=True
+        )
+    ) as emu:
         make_topics(settings, partitions=3)
         poller_settings = replace(settings, api_url=emu.url, api_key=emu.config.api_key)
         with build_poller(poller_settings) as poller:
@@ -597,7 +601,9 @@ def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
         victim_partitions = [tp for tp in _last_assignment(logs[1]) if tp[0] == topics.listings]
         assert victim_partitions
         with Emulator(
-            EmulatorConfig(listings=2000, accounts=50, seed=9, filter_cache_seconds=0)
+            EmulatorConfig(
+                listings=2000, accounts=50, seed=9, filter_cache_seconds=0, require_user_agent=True
+            )
         ) as emu:
             poller_settings = replace(settings, api_url=emu.url, api_key=emu.config.api_key)
             with build_poller(poller_settings) as poller:

@@ -395,7 +395,9 @@ def test_end_to_end_the_index_holds_the_emulators_ground_truth(make_settings):
     from producer.topics import ensure_contract
     from tests.consumers.sink_events import replicate, run_sink
 
-    config = EmulatorConfig(listings=1500, accounts=30, seed=11, filter_cache_seconds=0)
+    config = EmulatorConfig(
+        listings=1500, accounts=30, seed=11, filter_cache_seconds=0, require_user_agent=True
+    )
     with Emulator(config) as emu:
         settings = make_settings(api_url=emu.url, api_key="devstack-key", rate_limit=1000)
         list(ensure_contract(settings))

@@ -192,10 +192,10 @@ def test_error_codes(client: SchemaRegistryClient) -> None:
 
     incompatible = avro(record(f("id", "int")))
     status, code, message = error_of(lambda: client.register_schema("s-value", incompatible))
-    assert (status, code) == (409, 409) and "TYPE_MISMATCH" in message
+    assert (status, code) == (409, 40901) and "TYPE_MISMATCH" in message
 
     status, code, message = error_of(lambda: client.set_compatibility(level="SIDEWAYS"))
-    assert (status, code) == (422, 42203) and "BACKWARD" in message
+    assert (status, code) == (422, 42203) and message.startswith("Invalid compatibility level.")
 
 
 def test_http_level_errors(http: httpx.Client) -> None:
@@ -222,7 +222,6 @@ def test_delete_subject_soft_then_permanent(client: SchemaRegistryClient) -> Non
     assert client.delete_subject("d-value") == [1, 2]
     assert client.get_subjects() == ["keep-value"]
     assert client.get_subjects(deleted=True) == ["d-value", "keep-value"]
-    assert client.get_subjects(deleted_only=True) == ["d-value"]
     assert error_of(lambda: client.get_versions("d-value"))[:2] == (404, 40401)
     assert client.get_versions("d-value", deleted=True) == [1, 2]
     assert make_fresh(client).get_version("d-value", 1, deleted=True).schema_id == v1_id
@@ -239,6 +238,41 @@ def test_delete_subject_soft_then_permanent(client: SchemaRegistryClient) -> Non
     # a new subject under the same name starts again at version 1
     client.register_schema("d-value", avro(V1))
     assert client.get_versions("d-value") == [1]
+
+
+def test_deleted_only_as_the_server_reads_it(
+    client: SchemaRegistryClient, http: httpx.Client
+) -> None:
+    """Confluent's server reads ``deletedOnly`` (and ``deletedAsNegative``); the Python
+    client's ``deleted_only`` spelling is not a server parameter and is ignored."""
+    client.register_schema("gone-value", avro(V1))
+    client.register_schema("half-value", avro(V1))
+    client.register_schema("half-value", avro(V2))
+    client.register_schema("live-value", avro(V1))
+    client.delete_subject("gone-value")
+    client.delete_version("half-value", 1)
+
+    assert http.get("/subjects", params={"deletedOnly": "true"}).json() == ["gone-value"]
+    both = {"deleted": "true", "deletedOnly": "true"}  # deletedOnly wins
+    assert http.get("/subjects", params=both).json() == ["gone-value"]
+    assert http.get("/subjects", params={"deleted": "true"}).json() == [
+        "gone-value", "half-value", "live-value"
+    ]  # fmt: skip
+    # the client's spelling is not a parameter: the live subjects come back
+    assert http.get("/subjects", params={"deleted_only": "true"}).json() == [
+        "half-value", "live-value"
+    ]  # fmt: skip
+
+    versions = "/subjects/half-value/versions"
+    assert http.get(versions, params={"deletedOnly": "true"}).json() == [1]
+    assert http.get(versions, params={"deleted": "true"}).json() == [1, 2]
+    assert http.get(versions, params={"deleted_only": "true"}).json() == [2]
+    assert http.get(versions, params={"deletedAsNegative": "true"}).json() == [-1, 2]
+    assert http.get("/subjects/live-value/versions", params={"deletedOnly": "true"}).json() == []
+    # a subject with only deleted versions exists for deletedOnly, not otherwise
+    gone = "/subjects/gone-value/versions"
+    assert http.get(gone, params={"deletedOnly": "true"}).json() == [1]
+    assert http.get(gone).json()["error_code"] == 40401
 
 
 def test_delete_version(client: SchemaRegistryClient) -> None:
@@ -370,7 +404,10 @@ def test_compatibility_levels(
         client.register_schema(subject, avro(candidate))
         assert client.get_versions(subject) == list(range(1, len(chain) + 2))
     else:
-        assert error_of(lambda: client.register_schema(subject, avro(candidate)))[:2] == (409, 409)
+        assert error_of(lambda: client.register_schema(subject, avro(candidate)))[:2] == (
+            409,
+            40901,
+        )
         assert client.get_versions(subject) == list(range(1, len(chain) + 1))
 
 
@@ -556,3 +593,262 @@ def test_server_interface(tmp_path: Path) -> None:
         server.stop()  # idempotent
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/subjects", timeout=1)
+
+
+# -- fidelity with Confluent's server (issue 9) ---------------------------------------------------
+
+
+def post_schema(http: httpx.Client, path: str, schema: Any, **params: str) -> httpx.Response:
+    return http.post(path, params=params, json={"schema": json.dumps(schema)})
+
+
+INVALID_AS_NEW = {
+    "record-name": {"type": "record", "name": "my-rec", "fields": []},
+    "field-name": record(f("a-b", "int")),
+    "namespace": {"type": "record", "name": "R", "namespace": "1com.x", "fields": []},
+    "non-ascii-name": {"type": "record", "name": "Prix€", "fields": []},
+    "enum-symbol": wrap({"type": "enum", "name": "E", "symbols": ["OK", "not-ok"]}),
+    "alias-name": record(f("id", "string"), aliases=["bad-alias"]),
+    "record-default-missing-field": record(
+        f("inner", {"type": "record", "name": "Inner", "fields": [f("x", "int"), f("y", "int")]},
+          default={"x": 1})
+    ),
+    "int-default-out-of-range": record(f("n", "int", default=2**31)),
+    "long-default-not-integral": record(f("n", "long", default=1.5)),
+    "array-default-item": record(f("a", {"type": "array", "items": "string"}, default=[1])),
+    "union-default-no-branch": record(f("u", ["null", "string"], default=5)),
+    "enum-default-not-a-symbol": wrap(
+        {"type": "enum", "name": "E", "symbols": ["A"], "default": "B"}
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("schema", INVALID_AS_NEW.values(), ids=INVALID_AS_NEW.keys())
+def test_new_schemas_are_validated_as_confluent_does(http: httpx.Client, schema: dict) -> None:
+    answer = post_schema(http, "/subjects/strict-value/versions", schema)
+    assert (answer.status_code, answer.json()["error_code"]) == (422, 42201)
+    assert answer.json()["message"].startswith("Invalid schema of type AVRO, details: ")
+    assert http.get("/subjects").json() == []
+
+
+def test_valid_defaults_and_names_pass(http: httpx.Client) -> None:
+    """What Avro 1.12 accepts: a union default on any branch, a record default completed by
+    its fields' own defaults, float defaults given as text."""
+    schema = record(
+        f("u", ["null", "string"], default="x"),
+        f("inner", {"type": "record", "name": "Inner",
+                    "fields": [f("x", "int"), f("y", "int", default=0)]}, default={"x": 1}),
+        f("ratio", "double", default="0.5"),
+        f("_ok9", "int"),
+    )  # fmt: skip
+    answer = post_schema(http, "/subjects/ok-value/versions", schema)
+    assert answer.status_code == 200, answer.text
+
+
+ALIAS_CASES = [
+    # (writer, reader, compatible): a bare alias is qualified with the reader's namespace
+    ({"namespace": "com.a", "name": "Old"}, {"namespace": "com.b", "name": "New",
+                                             "aliases": ["Old"]}, False),
+    ({"namespace": "com.a", "name": "Old"}, {"namespace": "com.b", "name": "New",
+                                             "aliases": ["com.a.Old"]}, True),
+    ({"namespace": "com.a", "name": "Old"}, {"namespace": "com.a", "name": "New",
+                                             "aliases": ["Old"]}, True),
+    ({"name": "Old"}, {"namespace": "com.b", "name": "New", "aliases": ["Old"]}, False),
+    ({"name": "Old"}, {"name": "New", "aliases": ["Old"]}, True),
+    # the simple names match whatever the namespaces (Avro's schemaNameEquals)
+    ({"namespace": "com.a", "name": "Same"}, {"namespace": "com.b", "name": "Same"}, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("writer", "reader", "compatible"), ALIAS_CASES)
+def test_aliases_resolve_as_avro_does(
+    http: httpx.Client, writer: dict, reader: dict, compatible: bool
+) -> None:
+    fields = [f("v", "int")]
+    assert (
+        post_schema(
+            http, "/subjects/alias-value/versions", {"type": "record", "fields": fields, **writer}
+        ).status_code
+        == 200
+    )
+    candidate = {"type": "record", "fields": fields, **reader}
+    tested = post_schema(http, "/compatibility/subjects/alias-value/versions/latest", candidate)
+    assert tested.json()["is_compatible"] is compatible
+    answer = post_schema(http, "/subjects/alias-value/versions", candidate)
+    if compatible:
+        assert answer.status_code == 200
+    else:
+        assert (answer.status_code, answer.json()["error_code"]) == (409, 40901)
+        assert "errorType:'NAME_MISMATCH'" in answer.json()["message"]
+        assert "additionalInfo:'expected: " in answer.json()["message"]  # fmt: skip
+
+
+def test_subject_config_delete_without_one_is_40401(http: httpx.Client) -> None:
+    answer = http.delete("/config/never-configured")
+    assert (answer.status_code, answer.json()["error_code"]) == (404, 40401)
+    assert answer.json()["message"] == "Subject 'never-configured' not found."
+
+
+def test_config_takes_confluents_keys(http: httpx.Client) -> None:
+    body = {"compatibility": "full", "normalize": True, "validateFields": False,
+            "compatibilityGroup": "application.major.version", "alias": "other",
+            "validateRules": True, "compatibilityPolicy": "strict", "unknownKey": 1}  # fmt: skip
+    answer = http.put("/config", json=body)
+    assert answer.status_code == 200
+    assert answer.json() == {"alias": "other", "normalize": True, "validateFields": False,
+                             "validateRules": True, "compatibility": "FULL",
+                             "compatibilityPolicy": "STRICT",
+                             "compatibilityGroup": "application.major.version"}  # fmt: skip
+    stored = http.get("/config").json()
+    assert stored["compatibilityLevel"] == "FULL" and stored["normalize"] is True
+    assert "compatibility" not in stored and "unknownKey" not in stored
+    # a partial update keeps the other keys; an explicit null unsets one
+    answer = http.put("/config", json={"alias": None, "compatibility": "NONE"})
+    assert "alias" not in answer.json() and answer.json()["normalize"] is True
+    assert answer.json()["compatibility"] == "NONE"
+    # the old configuration comes back from DELETE, then the defaults apply
+    assert http.delete("/config").json()["compatibilityLevel"] == "NONE"
+    assert http.get("/config").json() == {"compatibilityLevel": "BACKWARD"}
+
+    # a subject config without a level reads as the server default, not the global level
+    http.put("/config", json={"compatibility": "FULL"})
+    assert http.put("/config/s-value", json={"normalize": True}).json() == {"normalize": True}
+    assert http.get("/config/s-value").json() == {
+        "normalize": True,
+        "compatibilityLevel": "BACKWARD",
+    }
+    in_scope = http.get("/config/s-value", params={"defaultToGlobal": "true"}).json()
+    assert in_scope == {"normalize": True, "compatibilityLevel": "BACKWARD"}
+    assert http.delete("/config/s-value").json() == {
+        "normalize": True,
+        "compatibilityLevel": "BACKWARD",
+    }
+
+
+def test_config_normalize_and_group_take_effect(http: httpx.Client) -> None:
+    http.put("/config/n-value", json={"normalize": True})
+    post_schema(http, "/subjects/n-value/versions", V1)
+    stored = json.loads(http.get("/subjects/n-value/versions/1").json()["schema"])
+    assert stored["name"] == "spark.Listing" and "namespace" not in stored  # normalized
+
+    # compatibilityGroup: only schemas with the same metadata property are compared
+    http.put("/config/g-value", json={"compatibilityGroup": "major"})
+
+    def body(schema: dict, major: str) -> dict:
+        return {"schema": json.dumps(schema), "metadata": {"properties": {"major": major}}}
+
+    assert http.post("/subjects/g-value/versions", json=body(V1, "1")).status_code == 200
+    breaking = record(f("id", "int"))
+    assert http.post("/subjects/g-value/versions", json=body(breaking, "1")).status_code == 409
+    assert http.post("/subjects/g-value/versions", json=body(breaking, "2")).status_code == 200
+
+
+def test_schema_text_is_avros_canonical_form(http: httpx.Client) -> None:
+    """Confluent stores and returns ``AvroSchema.canonicalString()``: Avro's own JSON with its
+    key order, names relative to the enclosing namespace, and no whitespace."""
+    text = """{
+      "fields": [
+        {"type": {"type": "string"}, "name": "id", "doc": "the key"},
+        {"name": "price", "default": null, "type": ["null", {"type": "long"}]},
+        {"name": "when", "type": {"logicalType": "timestamp-millis", "type": "long"}},
+        {"name": "kind", "type": {"symbols": ["A", "B"], "name": "Kind", "type": "enum"}},
+        {"name": "again", "type": "spark.Kind", "default": "A", "order": "DESCENDING"},
+        {"name": "elsewhere", "type": {"type": "fixed", "size": 4, "name": "other.Hash"}},
+        {"name": "ratio", "type": "double", "default": 10000000}
+      ],
+      "namespace": "spark", "x-owner": "relay", "type": "record", "name": "Listing",
+      "aliases": ["spark.OldListing"]
+    }"""
+    canonical = (
+        '{"type":"record","name":"Listing","namespace":"spark","fields":['
+        '{"name":"id","type":"string","doc":"the key"},'
+        '{"name":"price","type":["null","long"],"default":null},'
+        '{"name":"when","type":{"type":"long","logicalType":"timestamp-millis"}},'
+        '{"name":"kind","type":{"type":"enum","name":"Kind","symbols":["A","B"]}},'
+        '{"name":"again","type":"Kind","default":"A","order":"descending"},'
+        '{"name":"elsewhere","type":{"type":"fixed","name":"Hash","namespace":"other","size":4}},'
+        '{"name":"ratio","type":"double","default":10000000}'
+        '],"x-owner":"relay","aliases":["OldListing"]}'
+    )
+    schema_id = http.post("/subjects/c-value/versions", json={"schema": text}).json()["id"]
+    assert http.get(f"/schemas/ids/{schema_id}").json()["schema"] == canonical
+    assert http.get(f"/schemas/ids/{schema_id}/schema").text == canonical
+    assert http.get("/subjects/c-value/versions/1").json()["schema"] == canonical
+    # the same schema written differently is the same version and id
+    again = http.post("/subjects/c-value/versions", json={"schema": canonical}).json()
+    assert again["id"] == schema_id
+    assert http.post("/subjects/c-value", json={"schema": text}).json()["version"] == 1
+
+    # a referenced type stays a name
+    address = {"type": "record", "name": "Address", "namespace": "spark",
+               "fields": [f("city", "string")]}  # fmt: skip
+    post_schema(http, "/subjects/address/versions", address)
+    person = {
+        "schema": json.dumps(record(f("home", "spark.Address"), name="Person")),
+        "references": [{"name": "spark.Address", "subject": "address", "version": 1}],
+    }
+    person_id = http.post("/subjects/person-value/versions", json=person).json()["id"]
+    assert http.get(f"/schemas/ids/{person_id}").json()["schema"] == (
+        '{"type":"record","name":"Person","namespace":"spark",'
+        '"fields":[{"name":"home","type":"Address"}]}'
+    )
+
+
+def test_incompatible_schema_message_is_confluents(http: httpx.Client) -> None:
+    post_schema(http, "/subjects/m-value/versions", V1)
+    answer = post_schema(http, "/subjects/m-value/versions", record(f("id", "int")))
+    assert answer.status_code == 409
+    old = '{"type":"record","name":"Listing","namespace":"spark","fields":[{"name":"id","type":"string"}]}'
+    assert answer.json() == {
+        "error_code": 40901,
+        "message": "Schema being registered is incompatible with an earlier schema for subject "
+        "\"m-value\", details: [{errorType:'TYPE_MISMATCH', description:'The type (path "
+        "'/fields/0/type') of a field in the new schema does not match with the old schema', "
+        "additionalInfo:'reader type: INT not compatible with writer type: STRING'}, "
+        f"{{oldSchemaVersion: 1}}, {{oldSchema: '{old}'}}, "
+        "{validateFields: 'false', compatibility: 'BACKWARD'}]",
+    }
+
+
+def test_incompatibility_list_per_level(http: httpx.Client) -> None:
+    """FULL lists the old-reads-new problems first (without the old schema), then the
+    new-reads-old ones with it; the verbose test answers with the same list."""
+    post_schema(http, "/subjects/full-value/versions", PRICED)
+    http.put("/config/full-value", json={"compatibility": "FULL"})
+    candidate = record(f("id", "string"), f("status", ["null", "string"]))
+    verbose = post_schema(http, "/compatibility/subjects/full-value/versions", candidate,
+                          verbose="true").json()  # fmt: skip
+    assert verbose["is_compatible"] is False
+    old = http.get("/subjects/full-value/versions/1").json()["schema"]
+    assert verbose["messages"] == [
+        "{errorType:'READER_FIELD_MISSING_DEFAULT_VALUE', description:'The field 'price' at path "
+        "'/fields/1' in the old schema has no default value and is missing in the new schema', "
+        "additionalInfo:'price'}",
+        "{errorType:'READER_FIELD_MISSING_DEFAULT_VALUE', description:'The field 'status' at "
+        "path '/fields/1' in the new schema has no default value and is missing in the old "
+        "schema', additionalInfo:'status'}",
+        "{oldSchemaVersion: 1}",
+        f"{{oldSchema: '{old}'}}",
+        "{validateFields: 'false', compatibility: 'FULL'}",
+    ]
+    answer = post_schema(http, "/subjects/full-value/versions", candidate)
+    assert answer.json()["message"].endswith(", details: [" + ", ".join(verbose["messages"]) + "]")
+
+    # unions and enums: Avro's locations and wording
+    post_schema(http, "/subjects/u-value/versions", wrap(["null", "int", "string"]))
+    messages = post_schema(http, "/compatibility/subjects/u-value/versions",
+                           wrap(["null", "int"]), verbose="true").json()["messages"]  # fmt: skip
+    assert messages[0] == (
+        "{errorType:'MISSING_UNION_BRANCH', description:'The new schema is missing a type inside "
+        "a union field at path '/fields/0/type/2' in the old schema', additionalInfo:'reader "
+        "union lacking writer type: STRING'}"
+    )
+    post_schema(http, "/subjects/e-value/versions", wrap(ENUM_AB))
+    http.put("/config/e-value", json={"compatibility": "FORWARD"})
+    messages = post_schema(http, "/compatibility/subjects/e-value/versions",
+                           wrap({**ENUM_AB, "symbols": ["A", "B", "C", "D"]}),
+                           verbose="true").json()["messages"]  # fmt: skip
+    assert messages[0] == (
+        "{errorType:'MISSING_ENUM_SYMBOLS', description:'The old schema is missing enum symbols "
+        "'[C, D]' at path '/fields/0/type/symbols' in the new schema', additionalInfo:'[C, D]'}"
+    )

@@ -22,7 +22,14 @@ def make_emulator() -> Iterator[Any]:
     started: list[Emulator] = []
 
     def make(**overrides: Any) -> Emulator:
-        settings = {"listings": 300, "accounts": 40, "seed": 3, "start_time": START, **overrides}
+        settings = {
+            "listings": 300,
+            "accounts": 40,
+            "seed": 3,
+            "start_time": START,
+            "require_user_agent": True,
+            **overrides,
+        }
         emulator = Emulator(EmulatorConfig(**settings)).start()
         started.append(emulator)
         return emulator
@@ -36,7 +43,14 @@ def make_emulator() -> Iterator[Any]:
 def shared() -> Iterator[Emulator]:
     """One read-only emulator for tests that do not change data (do not advance it)."""
     with Emulator(
-        EmulatorConfig(listings=400, accounts=60, seed=5, start_time=START, masked=0.2)
+        EmulatorConfig(
+            listings=400,
+            accounts=60,
+            seed=5,
+            start_time=START,
+            masked=0.2,
+            require_user_agent=True,
+        )
     ) as emulator:
         yield emulator
 

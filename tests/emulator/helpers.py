@@ -11,24 +11,28 @@ import httpx
 
 from devstack.emulator import Emulator
 
-__all__ = ["FIXTURES", "START", "client_for", "scan", "auth"]
+__all__ = ["FIXTURES", "START", "USER_AGENT", "client_for", "scan", "auth"]
 
 logger = logging.getLogger(__name__)
 
 FIXTURES = Path("/work/shared/fixtures/spark_api")
 START = datetime(2024, 7, 1, 12, 0, 0)
+#: The header the API requires of every client (the emulator enforces it in our tests).
+USER_AGENT = {"X-SparkApi-User-Agent": "spark-relay-tests"}
 
 
 def auth(emulator: Emulator) -> dict[str, str]:
-    """The Authorization header for an emulator."""
-    return {"Authorization": f"Bearer {emulator.config.api_key}"}
+    """The Authorization (and User-Agent) headers for an emulator."""
+    return {"Authorization": f"Bearer {emulator.config.api_key}", **USER_AGENT}
 
 
 def client_for(emulator: Emulator, key: str | None = None, timeout: float = 10.0) -> httpx.Client:
     """An httpx client with the emulator's bearer token (or ``key``)."""
     token = emulator.config.api_key if key is None else key
     return httpx.Client(
-        base_url=emulator.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        base_url=emulator.url,
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {token}", **USER_AGENT},
     )
 
 

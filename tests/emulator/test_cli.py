@@ -43,6 +43,7 @@ def test_help_lists_the_options():
         "--masked",
         "--bare-numbers",
         "--bad-records",
+        "--require-user-agent",
         "cut (",
         "stale (",
     ):

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from .helpers import FIXTURES, client_for
+from .helpers import FIXTURES, auth, client_for
 
 
 def test_bad_or_missing_token_gets_the_fixture_401_body(shared):
@@ -24,9 +24,7 @@ def test_bad_or_missing_token_gets_the_fixture_401_body(shared):
         assert response.status_code == 401
         assert response.json() == fixture
     assert httpx.get(f"{shared.url}/v1/accounts").status_code == 401
-    ok = httpx.get(
-        f"{shared.url}/v1/listings", headers={"Authorization": f"Bearer {shared.config.api_key}"}
-    )
+    ok = httpx.get(f"{shared.url}/v1/listings", headers=auth(shared))
     assert ok.status_code == 200 and ok.json()["D"]["Success"] is True
 
 

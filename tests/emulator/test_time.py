@@ -80,34 +80,54 @@ def test_removed_listings_disappear(make_emulator):
         assert filtered["Results"] == []
 
 
-def test_media_change_bumps_change_timestamps_and_modification(make_emulator):
-    emu = make_emulator(listings=200)
+TIMED = ("Photos", "Videos", "Documents", "OpenHouses")
+UNTIMED = ("VirtualTours", "Rooms", "Units")
+ALL_LISTS = ",".join(TIMED + UNTIMED)
+
+
+def _all_expanded(client) -> dict[str, dict]:
+    results = client.get("/v1/listings", params={"_limit": 1000, "_expand": ALL_LISTS})
+    return {r["Id"]: r["StandardFields"] for r in results.json()["D"]["Results"]}
+
+
+def test_each_media_list_changes_exactly_when_its_change_timestamp_moves(make_emulator):
+    emu = make_emulator(listings=400)
     with client_for(emu) as client:
-        old = {
-            r["Id"]: r["StandardFields"]
-            for r in client.get(
-                "/v1/listings", params={"_limit": 1000, "_expand": "Photos"}
-            ).json()["D"]["Results"]
-        }
+        old = _all_expanded(client)
         changes = emu.advance(
-            minutes=30, modify=0, create=0, remove=0, media=0.1, accounts_modify=0
+            minutes=120, modify=0.2, create=0, remove=0, media=0.5, accounts_modify=0
         )
-        new = {
-            r["Id"]: r["StandardFields"]
-            for r in client.get(
-                "/v1/listings", params={"_limit": 1000, "_expand": "Photos"}
-            ).json()["D"]["Results"]
+        new = _all_expanded(client)
+        sample = changes["media"][:5]
+        by_path = {
+            (key, name): client.get(f"/v1/listings/{key}/{name.lower()}").json()["D"]["Results"]
+            for key in sample
+            for name in TIMED + UNTIMED
         }
-    assert len(changes["media"]) == 20
-    for key in changes["media"]:
-        before, after = old[key], new[key]
-        assert _parse(after["ModificationTimestamp"]) > _parse(before["ModificationTimestamp"])
-        assert after["PhotosChangeTimestamp"] == after["ModificationTimestamp"]
-        assert _parse(after["PhotosChangeTimestamp"]) > _parse(before["PhotosChangeTimestamp"])
-        assert after["Photos"] != before["Photos"] or not after["Photos"]
-        assert after["PhotosCount"] == len(after["Photos"])
-    untouched = set(old) - set(changes["media"])
-    assert all(old[k] == new[k] for k in untouched)
+    changed_lists = {name: 0 for name in TIMED + UNTIMED}
+    for key, after in new.items():
+        before = old[key]
+        mod_moved = after["ModificationTimestamp"] != before["ModificationTimestamp"]
+        assert mod_moved == (key in changes["media"] or key in changes["modified"]), key
+        for name in TIMED:
+            stamp = f"{name}ChangeTimestamp"
+            changed = after[name] != before[name]
+            changed_lists[name] += changed
+            assert changed == (after[stamp] != before[stamp]), (key, name)
+            assert (after[stamp] is None) == (not after[name]), (key, name)
+            assert after[f"{name}Count"] == len(after[name])
+            if changed and after[name]:
+                assert after[stamp] == after["ModificationTimestamp"]
+                assert key in changes["media"]
+        for name in UNTIMED:  # no change timestamp: they change only with the listing
+            changed = after[name] != before[name]
+            changed_lists[name] += changed
+            assert not changed or key in changes["modified"], (key, name)
+            assert f"{name}ChangeTimestamp" not in after
+        assert after["VirtualToursCount"] == len(after["VirtualTours"])
+    assert all(count > 5 for count in changed_lists.values()), changed_lists
+    for (key, name), items in by_path.items():
+        assert items == new[key][name]
 
 
 def test_account_changes_do_not_touch_listing_timestamps(make_emulator):

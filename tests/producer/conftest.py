@@ -16,6 +16,7 @@ def emulator():
     def start(**config) -> Emulator:
         config.setdefault("seed", 7)
         config.setdefault("filter_cache_seconds", 0)
+        config.setdefault("require_user_agent", True)  # the API requires X-SparkApi-User-Agent
         instance = Emulator(EmulatorConfig(**config)).start()
         started.append(instance)
         return instance

@@ -19,7 +19,11 @@ def test_next_purge_is_daily_at_the_set_time():
 
 
 def test_daemon_runs_every_procedure_on_its_schedule_and_stops_cleanly(make_settings):
-    with Emulator(EmulatorConfig(listings=300, accounts=20, seed=4, filter_cache_seconds=0)) as emu:
+    with Emulator(
+        EmulatorConfig(
+            listings=300, accounts=20, seed=4, filter_cache_seconds=0, require_user_agent=True
+        )
+    ) as emu:
         purge_at = datetime.now(UTC).strftime("%H:%M")  # due at once
         settings = make_settings(
             api_url=emu.url,

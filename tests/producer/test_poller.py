@@ -21,6 +21,7 @@ from schemas import listing_from_record
 from tests.kafka_helpers import cli_env, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
+API_HEADERS = {"Authorization": "Bearer devstack-key", "X-SparkApi-User-Agent": "spark-relay-tests"}
 
 
 def _keys(settings, topic: str) -> collections.Counter:
@@ -63,7 +64,7 @@ def test_snapshot_publishes_every_live_key_once_and_losslessly(emulator, relay):
 
     # every field of the emulator's response can be recovered from the event
     api = {}
-    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+    with httpx.Client(base_url=emu.url, headers=API_HEADERS) as http:
         token = ""
         while True:
             body = http.get("/v1/listings", params={"_limit": 1000, "_skiptoken": token}).json()[
@@ -259,18 +260,44 @@ def test_subresources_are_fetched_only_when_their_change_timestamp_moved(emulato
     settings = relay(emu, subresources="Photos")
     with build_poller(settings) as poller:
         poller.snapshot()
+        old = _stamps(emu)
         changes = emu.advance(minutes=30, modify=0.05, create=0.0, remove=0.0, media=0.05)
+        new = _stamps(emu)
         before = poller.client.stats["requests"]
         stats = poller.update()
         fetched = poller.client.stats["requests"] - before - stats.pages - 2  # probe, last page
-    assert fetched == len(changes["media"])  # not for the listings modified without new media
+    # each media list changes on its own: Photos are fetched where PhotosChangeTimestamp
+    # moved, or where it is null (no photos) and the listing changed
+    expected = [
+        k
+        for k, (mod, photos) in new.items()
+        if mod != old[k][0] and (photos is None or photos != old[k][1])
+    ]
+    assert 0 < len(expected) < len(changes["media"]) + len(changes["modified"])
+    assert fetched == len(expected)
 
     latest = _latest(settings)
-    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+    with httpx.Client(base_url=emu.url, headers=API_HEADERS) as http:
         for key in changes["modified"] + changes["media"]:
             photos = http.get(f"/v1/listings/{key}/photos", params={"_limit": 200}).json()["D"]
             standard = listing_from_record(latest[key])["StandardFields"]
             assert standard["Photos"] == photos["Results"], key
+
+
+def _stamps(emu) -> dict[str, tuple[str, str | None]]:
+    """``{ListingKey: (ModificationTimestamp, PhotosChangeTimestamp)}`` as the API sends them."""
+    with httpx.Client(base_url=emu.url, headers=API_HEADERS) as http:
+        results = http.get(
+            "/v1/listings",
+            params={"_limit": 1000, "_select": "ModificationTimestamp,PhotosChangeTimestamp"},
+        ).json()["D"]["Results"]
+    return {
+        r["Id"]: (
+            r["StandardFields"]["ModificationTimestamp"],
+            r["StandardFields"]["PhotosChangeTimestamp"],
+        )
+        for r in results
+    }
 
 
 def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
@@ -285,7 +312,8 @@ def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
         timeout=120,
         check=True,
     )
-    assert re.search(r"snapshot: \[#+ *\] 2,500/2,500, [\d,]+ records/s", result.stderr)
+    assert re.search(r"snapshot: 2,500/2,500 \(100%\), [\d,]+ records/s", result.stderr)
+    assert "\r" not in result.stderr  # not a terminal: plain lines
     logs = [
         json.loads(line)
         for line in result.stderr.replace("\r", "\n").splitlines()
@@ -354,7 +382,7 @@ def test_subresources_are_paged(emulator, relay, monkeypatch):
     with build_poller(settings) as poller:
         poller.snapshot()
     latest = _latest(settings)
-    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+    with httpx.Client(base_url=emu.url, headers=API_HEADERS) as http:
         for key, value in latest.items():
             photos = http.get(f"/v1/listings/{key}/photos", params={"_limit": 200}).json()["D"]
             assert listing_from_record(value)["StandardFields"]["Photos"] == photos["Results"]
