@@ -34,6 +34,7 @@ from spark_relay.errors import ConfigError, TransientSourceError
 from spark_relay.settings import load_settings
 from spark_relay.status import collect_status
 from tests.kafka_helpers import cli_env, read_topic
+from tests.producer.test_poller import API_HEADERS
 
 BIN = Path(sys.executable).parent / "spark-relay"
 ID_FIELDS = ("ListAgentId", "ListOfficeId", "CoListAgentId", "BuyerAgentId")
@@ -304,7 +305,7 @@ def test_rooms_and_units_refresh_when_the_listing_changes_and_only_then(emulator
         quiet = poller.update()  # the overlap re-reads the same versions: nothing fetched
     assert quiet.records > 0 and fetched == []
     latest = _latest(settings)
-    with httpx.Client(base_url=emu.url, headers={"Authorization": "Bearer devstack-key"}) as http:
+    with httpx.Client(base_url=emu.url, headers=API_HEADERS) as http:
         for key in modified:
             rooms = http.get(f"/v1/listings/{key}/rooms", params={"_limit": 200}).json()["D"]
             assert listing_from_record(latest[key])["StandardFields"]["Rooms"] == rooms["Results"]
