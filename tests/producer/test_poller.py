@@ -14,46 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import pytest
 
-from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
 from producer.spark_client import SparkClient
-from producer.topics import ensure_contract
 from schemas import listing_from_record
 from tests.kafka_helpers import cli_env, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
-
-
-@pytest.fixture
-def emulator():
-    """``emulator(**config)`` starts an emulator that stops after the test."""
-    started = []
-
-    def start(**config) -> Emulator:
-        config.setdefault("seed", 7)
-        config.setdefault("filter_cache_seconds", 0)
-        instance = Emulator(EmulatorConfig(**config)).start()
-        started.append(instance)
-        return instance
-
-    yield start
-    for instance in started:
-        instance.stop()
-
-
-@pytest.fixture
-def relay(make_settings):
-    """Settings for the poller against ``emu``, with topics and schemas in place."""
-
-    def make(emu: Emulator, **overrides):
-        overrides.setdefault("rate_limit", 1000)
-        settings = make_settings(api_url=emu.url, api_key="devstack-key", **overrides)
-        list(ensure_contract(settings))
-        return settings
-
-    return make
 
 
 def _keys(settings, topic: str) -> collections.Counter:
