@@ -105,9 +105,13 @@ def _listing_key(result: Any) -> Any:
     return result.get("Id") or (result.get("StandardFields") or {}).get("ListingKey")
 
 
-def _total_rows(page: Page) -> int | None:
+def _totals(totals: list[int | None] | None, page: Page) -> list[int | None]:
+    """``[first, latest]`` TotalRows a scan's pages reported (``_pagination=1``)."""
+    first, latest = totals or (None, None)
     total = (page.pagination or {}).get("TotalRows")
-    return int(total) if isinstance(total, (int, str)) and str(total).isdigit() else None
+    if isinstance(total, (int, str)) and str(total).isdigit():
+        first, latest = first if first is not None else int(total), int(total)
+    return [first, latest]
 
 
 @dataclass
@@ -553,7 +557,9 @@ class Poller:
             self.state.reset_seen("accounts")
             checkpoint = {"skip": 0, "run_id": stats.run_id}
         run_id = checkpoint["run_id"]
-        total = checkpoint.get("total")
+        # every record returned counts, duplicates too: an insert ahead of the cursor adds
+        # one to TotalRows and re-sends one record, a delete removes one of each
+        count, totals = checkpoint.get("count", 0), checkpoint.get("totals")
         bar = Progress("accounts", self._total("/v1/accounts"), force=self.progress)
         try:
             skip = checkpoint["skip"]
@@ -561,7 +567,7 @@ class Poller:
                 page = self.client.get(
                     "/v1/accounts", {"_limit": self.page_size, "_skip": skip, "_pagination": 1}
                 )
-                total = _total_rows(page) or total
+                totals = _totals(totals, page)
                 source = Source(
                     resource="accounts",
                     procedure="accounts",
@@ -570,8 +576,13 @@ class Poller:
                 )
                 rows, seen = self._publish_accounts(page, source, stats)
                 skip += len(page.results)
+                count += len(page.results)
                 last = len(page.results) < self.page_size
-                next_checkpoint = None if last else {"skip": skip, "run_id": run_id, "total": total}
+                next_checkpoint = (
+                    None
+                    if last
+                    else {"skip": skip, "run_id": run_id, "count": count, "totals": totals}
+                )
                 self._commit("accounts", rows, ("accounts", next_checkpoint), seen=seen)
                 stats.pages += 1
                 bar.advance(len(page.results))
@@ -581,7 +592,7 @@ class Poller:
                     return False
         finally:
             bar.close()
-        self._require_complete("accounts", self.state.seen_count("accounts"), total)
+        self._require_complete("accounts", count, totals)
         self._purge_vanished(
             "accounts",
             Source(
@@ -637,7 +648,7 @@ class Poller:
         checkpoint = self.state.checkpoint("purge")
         if checkpoint is None:
             self.state.reset_seen("listings")  # the checkpoint follows with the first page
-            checkpoint = {"token": "", "run_id": stats.run_id, "count": 0, "total": None}
+            checkpoint = {"token": "", "run_id": stats.run_id, "totals": None}
         bar = Progress("purge scan", self._total("/v1/listings"), force=self.progress)
         params = {"_limit": self.page_size, "_select": "ListingKey", "_pagination": 1}
         try:
@@ -648,8 +659,7 @@ class Poller:
                 checkpoint = {
                     **checkpoint,
                     "token": page.skip_token or checkpoint["token"],
-                    "count": checkpoint.get("count", 0) + len(keys),
-                    "total": _total_rows(page) or checkpoint.get("total"),
+                    "totals": _totals(checkpoint.get("totals"), page),
                 }
                 with self.state.transaction():
                     self.state.mark_seen("listings", [k for k in keys if isinstance(k, str)])
@@ -667,7 +677,10 @@ class Poller:
             fetched_at=datetime.now(UTC),
         )
         try:
-            self._require_complete("listings", checkpoint.get("count", 0), checkpoint.get("total"))
+            # what the scan returned, and what was published while it ran (a listing created
+            # behind the scan's cursor is never returned, but an update may publish it)
+            seen = self.state.seen_count("listings")
+            self._require_complete("listings", seen, checkpoint.get("totals"))
             self._purge_vanished("listings", source, stats, force)
         except PurgeRefused:
             self.state.set_checkpoint("purge", None)  # the next purge scans afresh
@@ -683,16 +696,23 @@ class Poller:
         self.state.set_checkpoint("purge", None)
         return True
 
-    def _require_complete(self, resource: str, count: int, total: int | None) -> None:
-        """A purge acts only on a scan that saw as many keys as the API's ``TotalRows``."""
-        if total is None:
+    def _require_complete(self, resource: str, count: int, totals: list[int | None] | None) -> None:
+        """A purge acts only on a scan that saw as many keys as the API's ``TotalRows``.
+
+        The lesser of the first and the latest TotalRows is the mark: records
+        created behind the scan's cursor raise the latest, records removed ahead
+        of it lower both the latest and the count. A page that ended the scan early
+        leaves the count short of both.
+        """
+        known = [t for t in totals or () if t is not None]
+        if not known:
             raise PurgeRefused(
                 f"{resource} purge: the API sent no TotalRows with _pagination=1, so the scan "
                 "cannot be shown complete: nothing was purged"
             )
-        if count < total:
+        if count < min(known):
             raise PurgeRefused(
-                f"{resource} purge: the scan was incomplete, {count} keys of the {total} "
+                f"{resource} purge: the scan was incomplete, {count} keys of the {min(known)} "
                 "TotalRows the API reports (a page ended the scan early): nothing was purged; "
                 "the next run scans again"
             )
