@@ -25,6 +25,7 @@ Every procedure holds the state's lock (:meth:`StateStore.exclusive`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -103,6 +104,22 @@ def _listing_key(result: Any) -> Any:
     if not isinstance(result, dict):
         return None
     return result.get("Id") or (result.get("StandardFields") or {}).get("ListingKey")
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _by_key(keys: list[str]) -> str:
+    """``ListingKey Eq 'a' Or ListingKey Eq 'b' …``."""
+    return " Or ".join(f"ListingKey Eq '{key}'" for key in keys)
 
 
 def _totals(totals: list[int | None] | None, page: Page) -> list[int | None]:
@@ -448,7 +465,7 @@ class Poller:
                     fetched_at=page.server_time or datetime.now(UTC),
                 )
                 rows, media = self._publish_listings(
-                    self._newer_only(page.results, stats), source, stats
+                    self._newer_only(page, stats).results, source, stats
                 )
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 self._commit("listings", rows, ("snapshot", checkpoint), media=media)
@@ -507,7 +524,7 @@ class Poller:
         params.pop("_select", None)  # an update carries whole records
         for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
             rows, media = self._publish_listings(
-                self._newer_only(page.results, stats), source, stats
+                self._newer_only(page, stats).results, source, stats
             )
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
@@ -516,16 +533,16 @@ class Poller:
         self._commit("listings", [], ("update", {"upper": _iso(upper), "run_id": stats.run_id}))
         return True
 
-    def _newer_only(self, results: list[Any], stats: RunStats) -> list[Any]:
-        """``results`` without the listings older than the version last published for their key.
+    def _newer_only(self, page: Page, stats: RunStats) -> Page:
+        """``page`` without the listings older than the version last published for their key.
 
         A lagging replica may serve a record's previous version; publishing it
         would put the older state over the newer one in every sink.
         """
-        keys = [k for k in map(_listing_key, results) if isinstance(k, str)]
+        keys = [k for k in map(_listing_key, page.results) if isinstance(k, str)]
         known = self.state.published("listings", keys)
         kept = []
-        for result in results:
+        for result in page.results:
             key = _listing_key(result)
             modified = (
                 (result.get("StandardFields") or {}).get("ModificationTimestamp") if key else None
@@ -535,7 +552,7 @@ class Poller:
                 self._skip_older("listings", key, modified, stats)
                 continue
             kept.append(result)
-        return kept
+        return dataclasses.replace(page, results=kept)
 
     def _skip_older(self, resource: str, key: str, modified: Any, stats: RunStats) -> None:
         stats.older += 1
@@ -696,36 +713,17 @@ class Poller:
         self.state.set_checkpoint("purge", None)
         return True
 
-    def _require_complete(self, resource: str, count: int, totals: list[int | None] | None) -> None:
-        """A purge acts only on a scan that saw as many keys as the API's ``TotalRows``.
-
-        The lesser of the first and the latest TotalRows is the mark: records
-        created behind the scan's cursor raise the latest, records removed ahead
-        of it lower both the latest and the count. A page that ended the scan early
-        leaves the count short of both.
-        """
-        known = [t for t in totals or () if t is not None]
-        if not known:
-            raise PurgeRefused(
-                f"{resource} purge: the API sent no TotalRows with _pagination=1, so the scan "
-                "cannot be shown complete: nothing was purged"
-            )
-        if count < min(known):
-            raise PurgeRefused(
-                f"{resource} purge: the scan was incomplete, {count} keys of the {min(known)} "
-                "TotalRows the API reports (a page ended the scan early): nothing was purged; "
-                "the next run scans again"
-            )
-
     def _republish(self, keys: list[str], source: Source, stats: RunStats) -> None:
         """Fetch ``keys`` again (``ListingKey Eq … Or …``) and publish them, whatever the index says."""
         params = {k: v for k, v in self._listing_params().items() if k != "_select"}
-        for chunk in _chunks(keys, RECONCILE_BATCH):
+        for start in range(0, len(keys), RECONCILE_BATCH):
+            chunk = keys[start : start + RECONCILE_BATCH]
+            query = " Or ".join(f"ListingKey Eq '{key}'" for key in chunk)
             page = self.client.get(
-                "/v1/listings", {**params, "_limit": len(chunk), "_filter": _by_key(chunk)}
+                "/v1/listings", {**params, "_limit": len(chunk), "_filter": query}
             )
             rows, media = self._publish_listings(
-                self._newer_only(page.results, stats), source, stats, force=True
+                self._newer_only(page, stats).results, source, stats, force=True
             )
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
@@ -804,6 +802,27 @@ class Poller:
         except NotFound:
             return False
 
+    def _require_complete(self, resource: str, count: int, totals: list[int | None] | None) -> None:
+        """A purge acts only on a scan that saw as many keys as the API's ``TotalRows``.
+
+        The lesser of the first and the latest TotalRows is the mark: records
+        created behind the scan's cursor raise the latest, records removed ahead
+        of it lower both the latest and the count. A page that ended the scan early
+        leaves the count short of both.
+        """
+        known = [t for t in totals or () if t is not None]
+        if not known:
+            raise PurgeRefused(
+                f"{resource} purge: the API sent no TotalRows with _pagination=1, so the scan "
+                "cannot be shown complete: nothing was purged"
+            )
+        if count < min(known):
+            raise PurgeRefused(
+                f"{resource} purge: the scan was incomplete, {count} keys of the {min(known)} "
+                "TotalRows the API reports (a page ended the scan early): nothing was purged; "
+                "the next run scans again"
+            )
+
     def reconcile(self, republish: Iterable[str], purge: Iterable[str]) -> RunStats:
         """Re-publish ``republish`` (fetched again, published whatever the index says) and
         purge those of ``purge`` the API no longer returns: how ``spark-relay reconcile
@@ -827,19 +846,3 @@ class Poller:
             "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats
         )
         return True
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _by_key(keys: list[str]) -> str:
-    """``ListingKey Eq 'a' Or ListingKey Eq 'b' …``."""
-    return " Or ".join(f"ListingKey Eq '{key}'" for key in keys)
