@@ -347,3 +347,25 @@ def test_a_second_poller_on_one_state_exits_at_once_naming_the_first(
 
 def _state(settings):
     return open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+
+
+def test_a_refused_purge_in_the_daemon_waits_for_its_next_schedule(emulator, relay):
+    from producer.daemon import run_daemon
+
+    emu = emulator(listings=400, accounts=20)
+    settings = relay(emu, purge_at=datetime.now(UTC).strftime("%H:%M"), update_interval=0.02)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        emu.advance(minutes=30, modify=0, create=0, remove=0.1, media=0)  # over the 5% ceiling
+        thread = threading.Thread(target=run_daemon, args=(poller, 0.1))
+        thread.start()
+        time.sleep(8)
+        poller.stop.set()
+        thread.join(30)
+        with poller.state.transaction() as cur:
+            cur.execute("SELECT procedure, status FROM runs")
+            runs = cur.fetchall()
+    purges = [status for procedure, status in runs if procedure == "purge"]
+    assert len(purges) == 1 and purges[0].startswith("failed: PurgeRefused"), purges
+    assert sum(procedure == "update" and status == "ok" for procedure, status in runs) >= 2
+    assert _tombstones(settings) == set()
