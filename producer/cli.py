@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import click
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -26,11 +26,18 @@ _EXITS = "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.it
 
 @contextmanager
 def build_poller(
-    settings: Settings, *, progress: bool | None = False, stop: threading.Event | None = None
+    settings: Settings,
+    *,
+    progress: bool | None = False,
+    stop: threading.Event | None = None,
+    exclusive: bool = False,
 ) -> Iterator:
     """A :class:`Poller` wired to the API, Kafka, the registry and the state store.
 
     ``progress``: True shows it, False hides it, None shows it when stderr is a terminal.
+    Every procedure takes the state's lock as it starts; ``exclusive`` takes it
+    at once and holds it until the block ends (``reconcile --repair``: from
+    before its scan to its last tombstone).
     """
     from producer.poller import Poller
     from producer.publisher import Publisher
@@ -49,7 +56,8 @@ def build_poller(
     state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     try:
-        yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+        with state.exclusive() if exclusive else nullcontext():
+            yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
     finally:
         publisher.close()
         client.close()
@@ -95,42 +103,60 @@ def poll_group() -> None:
     """
 
 
-def _procedure(name: str, doc: str, call):
+_force = click.option(
+    "--force",
+    is_flag=True,
+    help="Purge even more than SPARK_RELAY_PURGE_MAX_RATIO of the published keys (after "
+    "checking that the removals are real). The scan must still be complete, and every "
+    "candidate is still asked for again by key.",
+)
+
+
+def _procedure(name: str, doc: str, call, *options):
     @poll_group.command(name, help=doc, epilog=_EXITS)
     @_progress
     @_metrics
     @pass_app
-    def command(app: App, progress: bool | None, metrics_port: int | None) -> None:
+    def command(app: App, progress: bool | None, metrics_port: int | None, **flags) -> None:
         settings = app.settings()
         serve_metrics(metrics_port, settings.metrics_host)
         with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
-            stats = call(poller)
+            stats = call(poller, **flags)
         click.echo(stats.summary())
 
+    for option in options:
+        command = option(command)
     return command
 
 
 _procedure(
     "update",
-    "One update window: listings with ModificationTimestamp between the last window's "
+    "Update windows: listings with ModificationTimestamp between the last window's "
     "upper bound minus SPARK_RELAY_OVERLAP minutes (default 20) and the API server's "
-    "clock. The upper bound is committed only after Kafka acknowledged every event; "
-    "records already published unchanged are skipped.",
+    "clock, in windows of at most SPARK_RELAY_UPDATE_WINDOW minutes (default 1440). "
+    "Each upper bound is committed only after Kafka acknowledged every event; "
+    "records already published unchanged, or older than the version published, are skipped.",
     lambda p: p.update(),
 )
 _procedure(
     "accounts",
     "A full scan of /v1/accounts with _skip, de-duplicated by Id within the scan; "
     "accounts whose content changed are published, accounts that vanished get a Purge "
-    "event and a tombstone.",
-    lambda p: p.accounts(),
+    "event and a tombstone, with the purge's guards (see `poll purge`).",
+    lambda p, force: p.accounts(force=force),
+    _force,
 )
 _procedure(
     "purge",
     "Scan every ListingKey (_select=ListingKey, _skiptoken paging) and, for each "
     "published listing the API no longer returns, publish a Purge event on "
-    "<prefix>.purges and a tombstone on <prefix>.listings. Runs in bounded memory.",
-    lambda p: p.purge(),
+    "<prefix>.purges and a tombstone on <prefix>.listings. Runs in bounded memory. "
+    "Guards: a scan that saw fewer keys than the API's TotalRows purges nothing; more "
+    "candidates than SPARK_RELAY_PURGE_MAX_RATIO (default 0.05) of the published keys "
+    "purge nothing without --force; each candidate is asked for again by key before its "
+    "tombstone. A refused purge exits 7.",
+    lambda p, force: p.purge(force=force),
+    _force,
 )
 
 

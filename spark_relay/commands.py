@@ -82,7 +82,7 @@ def reconcile_command(
         "search": {"path": search_path},
         "files": {"path": files_path},
     }
-    with build_poller(settings) as poller:
+    with build_poller(settings, exclusive=repair) as poller:
         api = api_keys(poller.client, settings.page_size)
         findings = []
         for name in sinks or ("postgres", "search", "files"):

@@ -11,6 +11,8 @@ __all__ = [
     "DeliveryError",
     "SinkError",
     "SinkUnavailableError",
+    "PurgeRefused",
+    "StateLocked",
     "EXIT_CODES",
 ]
 
@@ -59,6 +61,19 @@ class SinkUnavailableError(SinkError):
     """A sink's store is unreachable or broken: stop without committing, never dead-letter."""
 
 
+class PurgeRefused(RelayError):
+    """A purge (or an accounts scan's purge) was not done: its scan was incomplete, or it
+    would remove more than SPARK_RELAY_PURGE_MAX_RATIO of the published keys."""
+
+    exit_code = 7
+
+
+class StateLocked(RelayError):
+    """Another poller holds this state's lock; the message names it (pid, host, command)."""
+
+    exit_code = 8
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error",
@@ -67,4 +82,6 @@ EXIT_CODES = {
     4: "the Spark API refused the request (bad key, forbidden, invalid filter)",
     5: "Kafka did not acknowledge an event (no checkpoint moved)",
     6: "a sink failed",
+    7: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
+    8: "another poller holds this state (the message names it); one poller per state",
 }

@@ -95,6 +95,13 @@ def _non_negative_float(name: str, value: str) -> float:
     return number
 
 
+def _ratio(name: str, value: str) -> float:
+    number = _non_negative_float(name, value)
+    if number > 1:
+        raise ConfigError(f"{name}: expected a share from 0 to 1 (0.05 is 5%), got {value!r}")
+    return number
+
+
 def _int_range(name: str, value: str, low: int, high: int) -> int:
     if not value.strip().isdigit() or not low <= int(value) <= high:
         raise ConfigError(f"{name}: expected a whole number from {low} to {high}, got {value!r}")
@@ -215,6 +222,14 @@ class Settings:
     overlap: float = _setting(20.0, _non_negative_float, "Minutes each update window reaches back")
     accounts_interval: float = _setting(60.0, _positive_float, "Minutes between accounts scans")
     purge_at: str = _setting("03:00", _hhmm, "UTC time of day of the daily purge")
+    purge_max_ratio: float = _setting(
+        0.05,
+        lambda n, v: _ratio(n, v),
+        "Largest share of the published keys one purge may remove without --force",
+    )
+    update_window: float = _setting(
+        1440.0, _positive_float, "Minutes one update window spans at most (a backlog is split)"
+    )
     expand: str = _setting(
         "", _expansions, "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses"
     )
