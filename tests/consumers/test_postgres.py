@@ -301,6 +301,84 @@ def test_tombstones_delete_and_offset_order_decides_within_and_across_batches(ma
     ]
 
 
+def _cut_sequence() -> list[Event]:
+    """One partition's events: ties, older versions, deletes before and after versions."""
+    feed = Feed()
+    return [
+        feed.listing("A", "2024-05-02T00:00:00Z", ListPrice=1.0),
+        feed.listing("A", "2024-05-01T00:00:00Z", ListPrice=2.0),  # older: ignored
+        feed.listing("B", "2024-05-01T00:00:00Z"),
+        feed.tombstone("B"),  # a delete after a version wins
+        feed.listing("C", "2024-05-03T00:00:00Z"),
+        feed.listing("A", "2024-05-02T00:00:00Z", ListPrice=3.0),  # a tie: the later offset wins
+        feed.listing("B", "2024-04-01T00:00:00Z"),  # after its tombstone: re-created, older or not
+        feed.tombstone("C"),
+        feed.listing("C", "2024-05-01T00:00:00Z"),
+        feed.listing("D", "2024-05-05T00:00:00Z"),
+        feed.listing("D", "2024-05-04T00:00:00Z"),
+        feed.tombstone("D"),
+        feed.listing("E", "2024-05-01T00:00:00Z", ListPrice=8.0),
+        feed.listing("E", "2024-05-01T00:00:00Z", ListPrice=9.0),
+    ]
+
+
+_CUT_RESULT = [
+    ("A", ts("2024-05-02T00:00:00Z"), Decimal("3.00")),
+    ("B", ts("2024-04-01T00:00:00Z"), Decimal("250000.00")),
+    ("C", ts("2024-05-01T00:00:00Z"), Decimal("250000.00")),
+    ("E", ts("2024-05-01T00:00:00Z"), Decimal("9.00")),
+]
+
+
+@pytest.mark.parametrize("size", [14, 7, 5, 3, 1])
+def test_the_result_does_not_depend_on_where_batches_are_cut(make_sink, db, size):
+    conn, schema = db
+    sink = make_sink(schema)
+    events = _cut_sequence()
+    for start in range(0, len(events), size):
+        apply(sink, *events[start : start + size])
+    columns = '"ListingKey", "ModificationTimestamp", "ListPrice"'
+    assert rows(conn, schema, columns=columns) == _CUT_RESULT
+    # a replay of everything, or a late re-delivery of one old event, changes nothing
+    apply(sink, *events)
+    apply(sink, events[9])  # D's version: older than D's remembered delete
+    apply(sink, events[2])  # B's first version: older than B's delete and re-creation
+    assert rows(conn, schema, columns=columns) == _CUT_RESULT
+    remembered = conn.execute(
+        f'SELECT key, kafka_offset FROM "{schema}".deletes ORDER BY 1'
+    ).fetchall()
+    assert remembered == [("B", 3), ("C", 7), ("D", 11)]
+
+
+def test_stored_offsets_belong_to_the_consumer_group(make_settings, database_url, db):
+    conn, schema = db
+    opened = []
+
+    def sink_of(group: str) -> PostgresSink:
+        sink = PostgresSink()
+        sink.open(
+            SinkContext(
+                settings=make_settings(database_url=database_url),
+                group_id=group,
+                topics=(TOPIC,),
+                options={"schema": schema},
+            )
+        )
+        opened.append(sink)
+        return sink
+
+    try:
+        main, rebuild = sink_of("spark-relay.postgres"), sink_of("rebuild-1")
+        feed = Feed()
+        apply(main, feed.listing("A"), feed.listing("B"))
+        apply(rebuild, Feed().listing("A"))  # a one-off rebuild group, from the beginning
+        assert main.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}
+        assert rebuild.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 1}
+    finally:
+        for sink in opened:
+            sink.close()
+
+
 def test_offsets_commit_with_the_rows_and_uncommitted_writes_vanish(make_sink, db):
     conn, schema = db
     sink = make_sink(schema)
