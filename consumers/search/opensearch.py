@@ -8,9 +8,10 @@ For teams that run a cluster (``spark-relay sink search --backend opensearch
   normalizer, numbers as double/long, ModificationTimestamp as ``date``);
 - at every sink commit: ``POST _bulk`` (NDJSON, in chunks) with, per listing
   event, ``index`` carrying ``version`` = ModificationTimestamp in
-  microseconds since the epoch and ``version_type=external``, so the cluster
-  keeps the newer document whatever the order of arrival (a 409 version
-  conflict means "already newer" and is not an error);
+  microseconds since the epoch and ``version_type=external_gte``, so the
+  cluster keeps the newer document whatever the order of arrival, and a
+  re-publish with the same timestamp is applied, as PostgreSQL applies it
+  (a 409 version conflict means "already newer" and is not an error);
 - per tombstone, ``delete`` *without* a version: a tombstone has no
   ModificationTimestamp, and offset order is the truth (the poller only
   publishes a tombstone after the listing vanished), so the delete is
@@ -36,7 +37,7 @@ from consumers.base import Offsets, TopicPartition
 from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
 from consumers.search.tantivy_backend import Change
-from spark_relay.errors import SinkError
+from spark_relay.errors import SinkError, SinkUnavailableError
 
 __all__ = [
     "OpenSearchBackend",
@@ -97,7 +98,7 @@ def bulk_body(index: str, changes: Sequence[Change]) -> bytes:
             "_index": index,
             "_id": change.key,
             "version": change.modified,
-            "version_type": "external",
+            "version_type": "external_gte",
         }
         lines.append(orjson.dumps({"index": action}))
         lines.append(orjson.dumps(_source(change.document)))
@@ -149,7 +150,11 @@ class OpenSearchBackend:
         try:
             response = self.client.request(method, f"{self.url}/{path}", **kwargs)
         except httpx.HTTPError as e:
-            raise SinkError(f"{method} {self.url}/{path}: {e}") from e
+            raise SinkUnavailableError(f"{method} {self.url}/{path}: {e}") from e
+        if response.status_code in (401, 403, 408, 429) or response.status_code >= 500:
+            raise SinkUnavailableError(
+                f"{method} {self.url}/{path}: HTTP {response.status_code}: {response.text[:500]}"
+            )
         if response.status_code >= 300:
             raise SinkError(
                 f"{method} {self.url}/{path}: HTTP {response.status_code}: {response.text[:500]}"
@@ -181,7 +186,7 @@ class OpenSearchBackend:
 
     @staticmethod
     def _count(answer: dict[str, Any], counts: dict[str, int]) -> None:
-        failures = []
+        failures, unavailable = [], []
         for item in answer.get("items", []):
             (action, result), *_ = item.items()
             status = result.get("status", 200)
@@ -191,8 +196,14 @@ class OpenSearchBackend:
                 counts["stale"] += 1
             elif status < 300:
                 counts["indexed"] += 1
+            elif status == 429 or status >= 500:  # the cluster is overloaded or failing
+                unavailable.append(f"{result.get('_id')}: {status} {result.get('error')}")
             else:
                 failures.append(f"{result.get('_id')}: {status} {result.get('error')}")
+        if unavailable:
+            raise SinkUnavailableError(
+                f"_bulk: {len(unavailable)} actions refused by the cluster, first: {unavailable[0]}"
+            )
         if failures:
             raise SinkError(f"_bulk: {len(failures)} actions failed, first: {failures[0]}")
 

@@ -18,7 +18,7 @@ from consumers.search.query import WhereError, parse_where
 from consumers.search.sink import change_of
 from consumers.search.tantivy_backend import TantivyBackend, search
 from spark_relay.cli import _register, cli
-from spark_relay.errors import SinkError
+from spark_relay.errors import SinkError, SinkUnavailableError
 from spark_relay.settings import Settings
 from tests.consumers.sink_events import EventStream, parse_ts
 
@@ -110,6 +110,59 @@ def test_a_tombstone_deletes_and_a_later_event_brings_the_listing_back(make_sink
     older = dict(record, ModificationTimestamp=parse_ts("2002-02-02T00:00:00Z"))
     feed(sink, [stream.event(key, older)])
     assert indexed(settings)[key] == parse_ts("2002-02-02T00:00:00Z")
+
+
+def _cut_sequence(stream: EventStream) -> tuple[list[Event], dict]:
+    """Events of five keys with ties, older versions and deletes; and the result they must give."""
+    a, b, c, d, e = stream.mls.live_keys[:5]
+
+    def version(key, when, price=100.0):
+        return stream.event(
+            key, dict(stream.record(key), ModificationTimestamp=parse_ts(when), ListPrice=price)
+        )
+
+    events = [
+        version(a, "2024-05-02T00:00:00Z", 1.0),
+        version(a, "2024-05-01T00:00:00Z", 2.0),  # older: ignored
+        version(b, "2024-05-01T00:00:00Z"),
+        stream.event(b, None),  # a delete after a version wins
+        version(c, "2024-05-03T00:00:00Z"),
+        version(a, "2024-05-02T00:00:00Z", 3.0),  # a tie: the later offset wins
+        version(b, "2024-04-01T00:00:00Z"),  # after its tombstone: re-created
+        stream.event(c, None),
+        version(c, "2024-05-01T00:00:00Z"),
+        version(d, "2024-05-05T00:00:00Z"),
+        version(d, "2024-05-04T00:00:00Z"),
+        stream.event(d, None),
+        version(e, "2024-05-01T00:00:00Z", 8.0),
+        version(e, "2024-05-01T00:00:00Z", 9.0),
+    ]
+    result = {
+        a: ("2024-05-02T00:00:00Z", 3.0),
+        b: ("2024-04-01T00:00:00Z", 100.0),
+        c: ("2024-05-01T00:00:00Z", 100.0),
+        e: ("2024-05-01T00:00:00Z", 9.0),
+    }
+    return events, {k: (parse_ts(t), p) for k, (t, p) in result.items()}
+
+
+def _prices(settings: Settings) -> dict:
+    _, hits = search(index_dir(settings), None, [], 0)
+    return {h["ListingKey"]: (parse_ts(h["ModificationTimestamp"]), h["ListPrice"]) for h in hits}
+
+
+@pytest.mark.parametrize("size", [14, 7, 5, 3, 1])
+def test_the_result_does_not_depend_on_where_batches_are_cut(make_sink, settings, size):
+    stream = EventStream("srch", listings=5)
+    events, result = _cut_sequence(stream)
+    sink = make_sink()
+    feed(sink, events, size)
+    assert _prices(settings) == result
+    # a replay of everything, or a late re-delivery of one old event, changes nothing
+    feed(sink, events)
+    feed(sink, [events[9]])  # a version older than its key's remembered delete
+    feed(sink, [events[2]])  # older than the delete and the re-creation after it
+    assert _prices(settings) == result
 
 
 def test_offsets_are_committed_with_the_index_and_uncommitted_writes_vanish(make_sink, settings):
@@ -314,7 +367,7 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
                 "_index": "srch-listings",
                 "_id": a,
                 "version": to_micros(events[0].value["ModificationTimestamp"]),
-                "version_type": "external",
+                "version_type": "external_gte",
             }
         },
         expected_a,
@@ -324,7 +377,7 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
                 "_index": "srch-listings",
                 "_id": c,
                 "version": to_micros(events[2].value["ModificationTimestamp"]),
-                "version_type": "external",
+                "version_type": "external_gte",
             }
         },
         lines[4],
@@ -342,6 +395,14 @@ def test_opensearch_item_failures_fail_the_commit():
     )
     with pytest.raises(SinkError, match="1 actions failed"):
         backend.apply([change_of(stream.event(key, stream.record(key)))], {})
+    # a cluster that is overloaded or failing is not the record's fault: the sink stops
+    for status in (429, 503):
+        capture = Capture({key: status})
+        backend = OpenSearchBackend(
+            "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+        )
+        with pytest.raises(SinkUnavailableError):
+            backend.apply([change_of(stream.event(key, stream.record(key)))], {})
 
 
 def test_opensearch_search_body():
