@@ -15,7 +15,11 @@ reason in its headers:
 ``dlq.sink``       the sink's name
 =================  ==============================================================
 
-The original headers follow. Every dead letter is produced with a delivery
+The original headers follow. A letter that fails again while it is re-driven
+(``spark-relay dlq redrive <sink>``, read from this topic) is written back
+with its original coordinates and headers, and the new reason.
+
+Every dead letter is produced with a delivery
 callback, and :meth:`DeadLetters.flush` raises :class:`DeliveryError` if any
 failed, so the runner commits a batch's offsets only after its dead letters
 are safe: a message is applied, dead-lettered, or read again, never dropped.
@@ -24,6 +28,7 @@ are safe: a message is applied, dead-lettered, or read again, never dropped.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -34,7 +39,15 @@ from spark_relay.errors import DeliveryError
 from spark_relay.metrics import SINK_DEAD_LETTERS
 from spark_relay.settings import Settings
 
-__all__ = ["DeadLetters", "dlq_topic", "DLQ_RETENTION_MS", "HEADERS"]
+__all__ = [
+    "DeadLetters",
+    "dlq_topic",
+    "DLQ_RETENTION_MS",
+    "HEADERS",
+    "Origin",
+    "origin_of",
+    "redrive_group",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,53 @@ HEADERS = (
     "dlq.sink",
 )
 _MAX_ERROR = 2000
+
+
+def redrive_group(dlq: str) -> str:
+    """The consumer group ``spark-relay dlq redrive`` reads ``dlq`` in: what it has re-driven."""
+    return f"spark-relay.redrive.{dlq}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message was first read: its own coordinates, or a letter's ``dlq.*`` ones."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None  # epoch ms
+    headers: tuple[tuple[str, bytes], ...]  # the message's own, without the dlq.* ones
+    truncated: bool = False
+
+
+def origin_of(message: Message, dlq: str) -> Origin:
+    """The origin of ``message``; a message read from the dead-letter topic ``dlq`` is a letter.
+
+    A letter without readable ``dlq.*`` coordinates keeps its own (on ``dlq``).
+    """
+    headers = tuple(message.headers() or ())
+    if message.topic() == dlq:
+        found = {name: value for name, value in headers if name.startswith("dlq.")}
+        try:
+            timestamp = found.get("dlq.timestamp") or b""
+            return Origin(
+                found["dlq.topic"].decode(),
+                int(found["dlq.partition"]),
+                int(found["dlq.offset"]),
+                int(timestamp) if timestamp else None,
+                tuple((n, v) for n, v in headers if not n.startswith("dlq.")),
+                "dlq.truncated" in found,
+            )
+        except (KeyError, ValueError, UnicodeDecodeError):
+            pass  # not a letter of ours: its own coordinates
+    kind, timestamp = message.timestamp()
+    return Origin(
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        timestamp if kind else None,
+        headers,
+    )
 
 
 def error_class(error: BaseException) -> str:
@@ -106,23 +166,23 @@ class DeadLetters:
         """Produce ``message`` unchanged to the dead-letter topic, ``error`` in its headers."""
         if self._producer is None:
             self._producer = Producer({"enable.idempotence": True, "acks": "all", **self._kafka})
-        kind, timestamp = message.timestamp()
+        origin = origin_of(message, self.topic)
         headers: list[tuple[str, Any]] = [
             ("dlq.error", str(error)[:_MAX_ERROR] or repr(error)),
             ("dlq.error.class", error_class(error)),
             ("dlq.stage", stage),
-            ("dlq.topic", message.topic()),
-            ("dlq.partition", str(message.partition())),
-            ("dlq.offset", str(message.offset())),
-            ("dlq.timestamp", str(timestamp) if kind else ""),
+            ("dlq.topic", origin.topic),
+            ("dlq.partition", str(origin.partition)),
+            ("dlq.offset", str(origin.offset)),
+            ("dlq.timestamp", "" if origin.timestamp is None else str(origin.timestamp)),
             ("dlq.sink", self.sink),
-            *(message.headers() or []),
+            *origin.headers,
         ]
         logger.warning(
             "dead letter %s[%d]@%d (%s): %s: %s",
-            message.topic(),
-            message.partition(),
-            message.offset(),
+            origin.topic,
+            origin.partition,
+            origin.offset,
             stage,
             error_class(error),
             error,

@@ -28,6 +28,16 @@ Where a partition starts, on each assignment, first match wins:
   an event only if it is not older than what they hold, so re-deliveries are
   harmless).
 
+A re-drive (``redrive``, what ``spark-relay dlq redrive <sink>`` runs) reads
+the sink's own dead-letter topic instead, in the group
+``spark-relay.redrive.<dlq topic>``, until the end it had at start: each
+letter is decoded as the message it was (its ``dlq.*`` coordinates become the
+event's topic, partition and offset) and applied through ``sink.write`` like
+any event, so the sink's own guard drops it when the sink holds something
+newer for the key (a later version or a later delete). Nothing is appended
+to a source topic. A letter that fails again goes back to the dead-letter
+topic with its original coordinates.
+
 On a rebalance the runner finishes and commits the batch in hand before the
 partitions go (a batch is never half applied); partitions *lost* without a
 revoke (session timeout) drop their uncommitted messages. Setting ``stop``
@@ -70,7 +80,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumers.base import Batch, Event, Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
-from consumers.dlq import DeadLetters
+from consumers.dlq import DeadLetters, dlq_topic, origin_of, redrive_group
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkUnavailableError
@@ -111,6 +121,8 @@ class RunnerConfig:
     batch_ms: int = 500
     replay: Replay | None = None
     until_caught_up: bool = False
+    #: Re-drive the sink's dead letters (until caught up) instead of reading its topics.
+    redrive: bool = False
     #: Sink-specific options (``cli_options`` values), handed over in ``SinkContext.options``.
     options: Mapping[str, Any] = field(default_factory=dict)
     #: librdkafka consumer settings on top of the settings' pass-through ones.
@@ -142,6 +154,10 @@ class RunStats:
             f"{self.dead_letters} dead-lettered, {self.batches} batches, "
             f"{self.elapsed:.1f}s, {rate:.0f} messages/s"
         )
+
+
+class _NotRedrivable(Exception):
+    """A dead letter that cannot be applied again: stored truncated, or from another topic."""
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -179,8 +195,14 @@ class Runner:
         self.settings = settings
         self.config = config or RunnerConfig()
         self.stop = stop or threading.Event()
-        self.group_id = self.config.group_id or default_group(sink.name)
-        self.topics = tuple(settings.topic(resource) for resource in sink.resources)
+        self.sources = tuple(settings.topic(resource) for resource in sink.resources)
+        self.dlq_topic = dlq_topic(settings.topic_prefix, sink.name)
+        redrive = self.config.redrive
+        self.topics = (self.dlq_topic,) if redrive else self.sources  # what it consumes
+        self.group_id = self.config.group_id or (
+            redrive_group(self.dlq_topic) if redrive else default_group(sink.name)
+        )
+        self.until_caught_up = self.config.until_caught_up or redrive
         self.stats = RunStats(sink.name)
         self._consumer: Consumer | None = None
         self._serde: Serde | None = None
@@ -212,21 +234,21 @@ class Runner:
             **config.consumer_config,
             "group.id": self.group_id,
             "enable.auto.commit": False,
-            "enable.partition.eof": config.until_caught_up,
+            "enable.partition.eof": self.until_caught_up,
         }
         self._dlq = DeadLetters(settings, self.sink.name)
         self.sink.open(
             SinkContext(
                 settings=settings,
                 group_id=self.group_id,
-                topics=self.topics,
+                topics=self.sources,
                 options=dict(config.options),
             )
         )
         try:
             self._check_topics()
             self._dlq.ensure_topic()
-            if config.until_caught_up:
+            if self.until_caught_up:
                 self._ends = end_offsets(consumer_config, self.topics)
                 logger.info("catching up to %s", show_offsets(self._ends))
             strategy = str(consumer_config.get("partition.assignment.strategy", ""))
@@ -267,7 +289,7 @@ class Runner:
         assert consumer is not None
         batch_seconds = config.batch_ms / 1000
         while not self.stop.is_set():
-            if config.until_caught_up and self._caught_up():
+            if self.until_caught_up and self._caught_up():
                 logger.info("sink %s: caught up", self.sink.name)
                 return
             timeout = 0.2
@@ -329,12 +351,16 @@ class Runner:
         sources: list[Message] = []
         for message in messages:
             try:
-                events.append(self._decode(message))
+                event = self._decode(message)
+            except _NotRedrivable as e:
+                logger.warning("%s: not re-driven", e)
+                continue
             except Exception as e:
                 if _is_unavailable(e):
                     raise SinkUnavailableError(f"schema registry unavailable: {e}") from e
                 dlq.send(message, e, "decode")
                 continue
+            events.append(event)
             sources.append(message)
         if events:
             self._write(events, sources)
@@ -349,19 +375,25 @@ class Runner:
     def _decode(self, message: Message) -> Event:
         serde = self._serde
         assert serde is not None
+        origin = origin_of(message, self.dlq_topic if self.config.redrive else "")
+        if origin.topic not in self.sources or origin.truncated:
+            raise _NotRedrivable(
+                f"{message.topic()}[{message.partition()}]@{message.offset()}: a letter of "
+                f"{origin.topic}[{origin.partition}]@{origin.offset}"
+                + (" stored truncated" if origin.truncated else " from no topic of this sink")
+            )
         key = serde.deserialize_key(message.key())
-        value = serde.deserialize(message.topic(), message.value())
-        kind, ms = message.timestamp()
+        value = serde.deserialize(origin.topic, message.value())
         return Event(
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
             key=key,
             value=value,
             timestamp=None
-            if kind == TIMESTAMP_NOT_AVAILABLE
-            else datetime.fromtimestamp(ms / 1000, UTC),
-            headers=tuple(message.headers() or ()),
+            if origin.timestamp is None
+            else datetime.fromtimestamp(origin.timestamp / 1000, UTC),
+            headers=origin.headers,
         )
 
     def _write(self, events: list[Event], sources: list[Message]) -> None:
@@ -429,7 +461,8 @@ class Runner:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [tp_of(p) for p in partitions]
         replay = self._replay_starts(consumer, [tp for tp in tps if tp not in self._replayed])
-        stored = self.sink.stored_offsets(tps) if tps else None
+        # a re-drive resumes where its group left off: the sink's offsets are the source topics'
+        stored = self.sink.stored_offsets(tps) if tps and not self.config.redrive else None
         starts = []
         for p, tp in zip(partitions, tps, strict=True):
             if tp in replay:
@@ -501,6 +534,11 @@ class Runner:
     def _check_topics(self) -> None:
         metadata = AdminClient(self.settings.kafka_config("admin")).list_topics(timeout=30)
         missing = [t for t in self.topics if t not in metadata.topics]
+        if missing and self.config.redrive:
+            raise ConfigError(
+                f"no dead-letter topic {self.dlq_topic}: sink {self.sink.name} has no dead letters "
+                f"(SPARK_RELAY_TOPIC_PREFIX={self.settings.topic_prefix})"
+            )
         if missing:
             raise ConfigError(
                 f"topic(s) {', '.join(missing)} do not exist: run `spark-relay topics create` "

@@ -15,20 +15,16 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
+from consumers.dlq import redrive_group
 from consumers.runner import end_offsets
 from producer.state import open_state
 from spark_relay.settings import Settings
 
-__all__ = ["Status", "collect_status", "redrive_group"]
+__all__ = ["Status", "collect_status"]
 
 logger = logging.getLogger(__name__)
 
 PROCEDURES = ("snapshot", "update", "accounts", "purge")
-
-
-def redrive_group(dlq_topic: str) -> str:
-    """The consumer group ``spark-relay dlq redrive`` commits to: what it has re-sent."""
-    return f"spark-relay.redrive.{dlq_topic}"
 
 
 @dataclass

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from consumers.base import Batch, Event, SinkContext
 from consumers.dlq import dlq_topic
 from consumers.postgres import PostgresSink
-from consumers.postgres.migrations import MIGRATIONS
+from consumers.postgres.migrations import MIGRATIONS, migrate
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
@@ -502,6 +503,61 @@ def test_a_record_postgres_rejects_goes_to_the_dead_letter_topic(
     assert conn.execute(
         f'SELECT next_offset FROM "{schema}".kafka_offsets WHERE partition = 1'
     ).fetchone() == (4,)
+
+
+def _compacted(topics: Topics) -> dict[str, datetime]:
+    """What a compacted ``<prefix>.listings`` says: the last value per key, tombstones removed."""
+    last: dict[str, bytes | None] = {}
+    for key, value, _ in read_raw(topics.settings, topics.listings):
+        last[key.decode()] = value
+    return {
+        key: topics.serde.deserialize(topics.listings, value)["ModificationTimestamp"]
+        for key, value in last.items()
+        if value is not None
+    }
+
+
+def test_a_redrive_applies_a_letter_only_if_the_sink_holds_nothing_newer(
+    make_settings, make_topics, database_url, db
+):
+    from consumers.dlq import redrive_group
+    from consumers.redrive import redrive
+    from spark_relay.cli import _register, cli
+
+    conn, schema = db
+    topics = make_topics(make_settings(database_url=database_url), partitions=2)
+    with psycopg.connect(database_url) as setup:
+        migrate(setup, schema)  # a constraint rejects the city, until the fix drops it
+        setup.execute(f"""ALTER TABLE "{schema}".listings ADD CONSTRAINT c CHECK ("City" <> 'X')""")
+    bad = {"City": "X"}
+    topics.listing(listing("PURGED", "2024-05-01T00:00:00Z", **bad), partition=0)
+    topics.listing(listing("UPDATED", "2024-05-01T00:00:00Z", **bad), partition=0)
+    topics.listing(listing("WAITING", "2024-05-01T00:00:00Z", **bad), partition=0)
+    topics.listing(None, key="PURGED", partition=0)  # purged since
+    topics.listing(listing("UPDATED", "2024-05-02T00:00:00Z"), partition=0)  # updated since
+    topics.flush()
+    assert run_sink(topics.settings, schema).stats.dead_letters == 3
+    assert [k for k, _ in rows(conn, schema)] == ["UPDATED"]
+    before = read_raw(topics.settings, topics.listings)
+
+    conn.execute(f'ALTER TABLE "{schema}".listings DROP CONSTRAINT c')
+    stats = redrive(topics.settings, "postgres", ["--schema", schema], consumer_config=FAST_GROUP)
+    assert (stats.consumed, stats.applied, stats.dead_letters) == (3, 3, 0)
+
+    expected = [("UPDATED", ts("2024-05-02T00:00:00Z")), ("WAITING", ts("2024-05-01T00:00:00Z"))]
+    assert rows(conn, schema) == expected  # the purged key stays purged, the newer row stays
+    assert read_raw(topics.settings, topics.listings) == before  # nothing appended
+    assert sorted(_compacted(topics).items()) == expected
+    dlq = dlq_topic(topics.settings.topic_prefix, "postgres")
+    assert committed(topics.settings, redrive_group(dlq), dlq, 1) == {0: 3}
+    # the main group's stored offsets did not move; a second re-drive finds nothing left
+    assert _offsets(conn, schema)[(topics.listings, 0)] == 5
+    _register()
+    env = _env(topics.settings, database_url)
+    result = CliRunner().invoke(cli, ["dlq", "redrive", "postgres", "--schema", schema], env=env)
+    assert result.exit_code == 0, result.output
+    assert "sink postgres: 0 messages" in result.output
+    assert rows(conn, schema) == expected
 
 
 def _truth_listings(truth) -> list[tuple[str, datetime]]:
