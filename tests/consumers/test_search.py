@@ -470,3 +470,50 @@ def test_end_to_end_the_index_holds_the_emulators_ground_truth(make_settings):
     # the offsets live with the index: a second run starts where the first ended
     again = run_sink(SearchSink(), settings)
     assert again.consumed == 0
+
+
+def test_a_redrive_applies_a_letter_only_if_the_index_holds_nothing_newer(
+    make_settings, monkeypatch
+):
+    import consumers.search.sink as search_sink
+    from consumers.redrive import redrive
+    from tests.consumers.kafka_events import FAST_GROUP, Topics, listing, read_raw
+    from tests.consumers.sink_events import run_sink
+
+    settings = make_settings()
+    topics = Topics(settings, partitions=2)
+    try:
+        bad = {"City": "X"}
+        topics.listing(listing("PURGED", "2024-05-01T00:00:00Z", **bad), partition=0)
+        topics.listing(listing("UPDATED", "2024-05-01T00:00:00Z", **bad), partition=0)
+        topics.listing(listing("WAITING", "2024-05-01T00:00:00Z", **bad), partition=0)
+        topics.listing(None, key="PURGED", partition=0)  # purged since
+        topics.listing(listing("UPDATED", "2024-05-02T00:00:00Z"), partition=0)  # updated since
+        topics.flush()
+        real = search_sink.change_of
+
+        def reject_x(event):  # the bug the operator fixes before re-driving
+            if event.value is not None and event.value["City"] == "X":
+                raise SinkError("no city X")
+            return real(event)
+
+        monkeypatch.setattr(search_sink, "change_of", reject_x)
+        assert run_sink(SearchSink(), settings).dead_letters == 3
+        monkeypatch.undo()
+        before = read_raw(settings, topics.listings)
+        stats = redrive(settings, "search", [], consumer_config=FAST_GROUP)
+        assert (stats.consumed, stats.dead_letters) == (3, 0)
+        index = Path(settings.state_dir) / "search" / settings.topic_prefix / "index"
+        _, hits = search(index, None, [], 0)
+        assert sorted((h["ListingKey"], h["ModificationTimestamp"]) for h in hits) == [
+            ("UPDATED", "2024-05-02T00:00:00Z"),
+            ("WAITING", "2024-05-01T00:00:00Z"),
+        ]
+        assert read_raw(settings, topics.listings) == before  # nothing appended
+        # the sink's options follow its name; every letter was re-driven: none is left
+        again = redrive(
+            settings, "search", ["--path", str(index.parent)], consumer_config=FAST_GROUP
+        )
+        assert again.consumed == 0
+    finally:
+        topics.close()
