@@ -80,10 +80,10 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumers.base import Batch, Event, Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
-from consumers.dlq import DeadLetters, dlq_topic, origin_of, redrive_group
+from consumers.dlq import DeadLetters, dlq_topic, error_class, origin_of, redrive_group
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
-from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
 from spark_relay.metrics import (
     SINK_APPLIED,
     SINK_BATCH_SECONDS,
@@ -123,6 +123,8 @@ class RunnerConfig:
     until_caught_up: bool = False
     #: Re-drive the sink's dead letters (until caught up) instead of reading its topics.
     redrive: bool = False
+    #: Stop (SinkError) after more than this many dead letters in a row for one reason; 0: never.
+    dead_letter_limit: int = 100
     #: Sink-specific options (``cli_options`` values), handed over in ``SinkContext.options``.
     options: Mapping[str, Any] = field(default_factory=dict)
     #: librdkafka consumer settings on top of the settings' pass-through ones.
@@ -133,6 +135,10 @@ class RunnerConfig:
             raise ConfigError(f"--batch-size: expected 1 or more, got {self.batch_size}")
         if self.batch_ms < 0:
             raise ConfigError(f"--batch-ms: expected 0 or more, got {self.batch_ms}")
+        if self.dead_letter_limit < 0:
+            raise ConfigError(
+                f"--dead-letter-limit: expected 0 (no limit) or more, got {self.dead_letter_limit}"
+            )
 
 
 @dataclass
@@ -174,10 +180,23 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 _TRANSPORT_ERRORS = _transport_errors()
 
 
+#: Registry answers that say nothing about the message: credentials, a wrong URL, overload.
+_REGISTRY_TROUBLE = frozenset({401, 403, 404, 407, 408, 429})
+_SCHEMA_NOT_FOUND = 40403  # the registry's code for "no schema has this id": the message is bad
+
+
 def _is_unavailable(error: BaseException) -> bool:
-    """A decode failure that says nothing about the message: the registry is down or erring."""
+    """A decode failure that says nothing about the message: the registry is down or erring.
+
+    Only "no schema has this id" (404 with error code 40403) and other client
+    errors blame the message; 401, 403, a 404 of the registry itself (a wrong
+    URL), 407, 408, 429, 5xx and network errors stop the sink.
+    """
     if isinstance(error, SchemaRegistryError):
-        return not 400 <= error.http_status_code < 500
+        status = error.http_status_code
+        if status == 404:
+            return error.error_code != _SCHEMA_NOT_FOUND
+        return status in _REGISTRY_TROUBLE or not 400 <= status < 500
     return isinstance(error, _TRANSPORT_ERRORS)
 
 
@@ -217,6 +236,8 @@ class Runner:
         self._before: dict[TP, int] = {}  # timestamp replay: skip messages older than this (ms)
         self._ends: dict[TP, int] = {}
         self._position: dict[TP, int] = {}
+        self._streak: tuple[str, int] = ("", 0)  # dead letters in a row: reason, count
+        self._letters: dict[int, tuple[str, str]] = {}  # id(message) → reason, error, this batch
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -358,12 +379,13 @@ class Runner:
             except Exception as e:
                 if _is_unavailable(e):
                     raise SinkUnavailableError(f"schema registry unavailable: {e}") from e
-                dlq.send(message, e, "decode")
+                self._dead_letter(message, e, "decode")
                 continue
             events.append(event)
             sources.append(message)
         if events:
             self._write(events, sources)
+        self._check_storm(messages)
         dlq.flush()
         self.sink.commit(dict(offsets))
         self._commit_kafka(offsets)
@@ -397,8 +419,6 @@ class Runner:
         )
 
     def _write(self, events: list[Event], sources: list[Message]) -> None:
-        dlq = self._dlq
-        assert dlq is not None
         try:
             self.sink.write(Batch(events))
             self.stats.applied += len(events)
@@ -422,7 +442,32 @@ class Runner:
             except SinkUnavailableError:
                 raise
             except Exception as e:
-                dlq.send(message, e, "write")
+                self._dead_letter(message, e, "write")
+
+    def _dead_letter(self, message: Message, error: BaseException, stage: str) -> None:
+        assert self._dlq is not None
+        self._dlq.send(message, error, stage)
+        self._letters[id(message)] = (f"{stage} {error_class(error)}", str(error)[:300])
+
+    def _check_storm(self, messages: list[Message]) -> None:
+        """More than ``dead_letter_limit`` dead letters in a row for one reason stop the sink.
+
+        Like Kafka Connect's ``errors.tolerance``, but bounded: a storm of letters
+        for one reason says the sink or its input is broken, not the messages.
+        Called before the batch is committed, counting in the order messages came.
+        """
+        letters, self._letters = self._letters, {}
+        limit = self.config.dead_letter_limit
+        for message in messages:
+            reason, detail = letters.get(id(message), ("", ""))
+            count = self._streak[1] + 1 if reason and self._streak[0] == reason else 1
+            self._streak = (reason, count if reason else 0)
+            if limit and reason and count > limit:
+                raise SinkError(
+                    f"sink {self.sink.name}: more than {limit} dead letters in a row, each "
+                    f"{reason}: {detail}; stopping with this batch uncommitted. Fix the cause "
+                    "(or raise --dead-letter-limit) and start the sink again"
+                )
 
     def _observe_applied(self, events: list[Event]) -> None:
         """Metrics: events applied per topic, and the newest ModificationTimestamp applied."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.cli import parse_timestamp, sink_group
 from consumers.dlq import HEADERS, dlq_topic
 from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
-from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
 from spark_relay.settings import replace
 from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
 
@@ -397,7 +398,11 @@ def test_a_registry_that_cannot_be_reached_is_not_the_messages_fault():
     assert _is_unavailable(httpx2.ConnectError("refused"))  # what the registry client raises
     assert _is_unavailable(httpx.ReadTimeout("slow"))
     assert _is_unavailable(SchemaRegistryError(503, 50301, "unavailable"))
+    for status in (401, 403, 407, 408, 429, 500, 502):
+        assert _is_unavailable(SchemaRegistryError(status, -1, "trouble")), status
+    assert _is_unavailable(SchemaRegistryError(404, -1, "HTTP 404 Not Found"))  # a wrong URL
     assert not _is_unavailable(SchemaRegistryError(404, 40403, "Schema 99 not found"))
+    assert not _is_unavailable(SchemaRegistryError(422, 42201, "invalid"))
     assert not _is_unavailable(SerializationError("Invalid magic byte"))
     assert not _is_unavailable(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
 
@@ -411,3 +416,77 @@ def test_the_runner_stops_when_the_registry_is_down(topics):
         run(sink, settings)
     assert sink.commits == []
     assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+
+
+class _TroubledRegistry:
+    """A registry endpoint on 127.0.0.1 answering every request with one HTTP status."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+
+        answer = json.dumps({"error_code": status * 100 + 1, "message": f"status {status}"})
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = answer.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 429, 503, "wrong path"])
+def test_registry_trouble_stops_the_sink_and_dead_letters_nothing(topics, status):
+    topics.listing(listing("R1"))
+    topics.flush()
+    troubled = None
+    if status == "wrong path":  # the devstack registry, under a path it does not serve
+        url = topics.settings.schema_registry_url.rstrip("/") + "/no/such/path"
+    else:
+        troubled = _TroubledRegistry(status)
+        url = troubled.url
+    try:
+        sink = RecordingSink()
+        with pytest.raises(SinkUnavailableError, match="schema registry"):
+            run(sink, replace(topics.settings, schema_registry_url=url))
+    finally:
+        if troubled is not None:
+            troubled.close()
+    assert sink.commits == []
+    assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+
+
+def test_a_storm_of_dead_letters_for_one_reason_stops_the_sink(topics):
+    for n in range(3):  # alternating reasons never make a storm
+        topics.send(topics.listings, f"JUNK{n}".encode(), b"junk", partition=0)
+        topics.listing(listing(f"NEG{n}", ListPrice=-1.0), partition=0)
+    topics.listing(listing("FINE"), partition=0)
+    topics.flush()
+    reject = lambda e: e.value["ListPrice"] == -1.0  # noqa: E731
+    sink = RecordingSink(reject=reject)
+    runner = run(sink, topics.settings, dead_letter_limit=2)
+    assert sink.keys() == ["FINE"] and runner.stats.dead_letters == 6
+
+    for n in range(4):
+        topics.send(topics.listings, f"BAD{n}".encode(), b"junk", partition=0)
+    topics.flush()
+    sink = RecordingSink(reject=reject)
+    with pytest.raises(
+        SinkError, match=r"more than 3 dead letters in a row, each decode .*SerializationError"
+    ):
+        run(sink, topics.settings, dead_letter_limit=3)
+    assert sink.commits == []  # the batch in hand is not committed
+    assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {0: 7}
