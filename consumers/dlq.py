@@ -13,7 +13,13 @@ reason in its headers:
 ``dlq.offset``     the source offset (decimal text)
 ``dlq.timestamp``  the source message timestamp, epoch milliseconds (decimal text)
 ``dlq.sink``       the sink's name
+``dlq.truncated``  only on a letter stored truncated: the value's full size in bytes
 =================  ==============================================================
+
+The dead-letter producer allows what the poller allows (its ``message.max.bytes``)
+plus room for these headers, and so does the topic it creates; a letter
+still too large (a message some other producer made larger than the poller
+may) is stored with its value truncated, its coordinates and reason intact.
 
 The original headers follow. A letter that fails again while it is re-driven
 (``spark-relay dlq redrive <sink>``, read from this topic) is written back
@@ -34,6 +40,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from producer.publisher import PRODUCER_DEFAULTS
 from schemas.topics import DLQ_RETENTION_MS, dlq_topic
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import SINK_DEAD_LETTERS
@@ -63,6 +70,7 @@ HEADERS = (
     "dlq.sink",
 )
 _MAX_ERROR = 2000
+_HEADER_ROOM = 64 * 1024  # the dlq.* headers and the message's own, on top of the poller's limit
 
 
 def redrive_group(dlq: str) -> str:
@@ -128,9 +136,15 @@ class DeadLetters:
         self.sink = sink
         self.topic = dlq_topic(settings.topic_prefix, sink)
         self._kafka = settings.kafka_config("producer")
+        poller_max = int(
+            self._kafka.get("message.max.bytes", PRODUCER_DEFAULTS["message.max.bytes"])
+        )
+        #: The largest letter produced whole: what the poller may publish, plus the headers.
+        self.max_bytes = poller_max + _HEADER_ROOM
         self._admin = settings.kafka_config("admin")
         self._producer: Producer | None = None
         self._errors: list[str] = []
+        self._too_large: list[tuple[bytes | None, bytes, list[tuple[str, Any]]]] = []
         self.sent = 0
 
     def ensure_topic(self, timeout: float = 30.0) -> bool:
@@ -143,7 +157,11 @@ class DeadLetters:
             self.topic,
             num_partitions=1,
             replication_factor=-1,
-            config={"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+            config={
+                "cleanup.policy": "delete",
+                "retention.ms": str(DLQ_RETENTION_MS),
+                "max.message.bytes": str(self.max_bytes),
+            },
         )
         future = admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)[
             self.topic
@@ -159,13 +177,23 @@ class DeadLetters:
         return True
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
+        if error is not None and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            # the broker's limit is lower than ours: store it truncated (at flush)
+            self._too_large.append((message.key(), message.value() or b"", message.headers() or []))
+        elif error is not None:
             self._errors.append(f"{message.topic()}: {error}")
 
     def send(self, message: Message, error: BaseException, stage: str) -> None:
         """Produce ``message`` unchanged to the dead-letter topic, ``error`` in its headers."""
         if self._producer is None:
-            self._producer = Producer({"enable.idempotence": True, "acks": "all", **self._kafka})
+            self._producer = Producer(
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    **self._kafka,
+                    "message.max.bytes": self.max_bytes,
+                }
+            )
         origin = origin_of(message, self.topic)
         headers: list[tuple[str, Any]] = [
             ("dlq.error", str(error)[:_MAX_ERROR] or repr(error)),
@@ -187,27 +215,48 @@ class DeadLetters:
             error_class(error),
             error,
         )
+        self._produce(message.key(), message.value(), headers)
+        self.sent += 1
+        SINK_DEAD_LETTERS.labels(self.sink).inc()
+
+    def _produce(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]], room: int = 0
+    ) -> None:
+        """Produce one letter; a value too large for the producer goes truncated (to ``room``)."""
+        assert self._producer is not None
         while True:
+            if room and value is not None and len(value) > room:
+                logger.warning(
+                    "a dead letter of %d bytes is stored truncated to %d", len(value), room
+                )
+                headers = [*headers, ("dlq.truncated", str(len(value)))]
+                value = value[:room]
             try:
                 self._producer.produce(
-                    self.topic,
-                    key=message.key(),
-                    value=message.value(),
-                    headers=headers,
-                    on_delivery=self._on_delivery,
+                    self.topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery
                 )
                 break
             except BufferError:
                 self._producer.poll(0.1)
+            except KafkaException as e:
+                if room or e.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                room = self.max_bytes - _HEADER_ROOM  # what the poller allows, headers apart
         self._producer.poll(0)
-        self.sent += 1
-        SINK_DEAD_LETTERS.labels(self.sink).inc()
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every dead letter to be acknowledged; raise :class:`DeliveryError` if one was not."""
         if self._producer is None:
             return
         remaining = self._producer.flush(timeout)
+        if self._too_large and not remaining:  # refused by the broker: store them truncated
+            refused, self._too_large = self._too_large, []
+            for key, value, headers in refused:
+                self._produce(key, value, headers, room=min(len(value) // 2, 100_000))
+            remaining = self._producer.flush(timeout)
+            if self._too_large:
+                self._errors.append(f"{len(self._too_large)} letters too large even truncated")
+                self._too_large = []
         if self._errors or remaining:
             errors, self._errors = self._errors, []
             detail = "; ".join(errors[:3]) or f"{remaining} unacknowledged after {timeout}s"

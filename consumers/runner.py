@@ -383,11 +383,15 @@ class Runner:
                 continue
             events.append(event)
             sources.append(message)
-        if events:
-            self._write(events, sources)
+        applied = self._write(events, sources) if events else []
         self._check_storm(messages)
         dlq.flush()
-        self.sink.commit(dict(offsets))
+        try:
+            self.sink.commit(dict(offsets))
+        except SinkUnavailableError:
+            raise
+        except Exception as e:
+            self._commit_one_by_one(applied, offsets, e)
         self._commit_kafka(offsets)
         self.stats.batches += 1
         SINK_BATCH_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
@@ -418,12 +422,13 @@ class Runner:
             headers=origin.headers,
         )
 
-    def _write(self, events: list[Event], sources: list[Message]) -> None:
+    def _write(self, events: list[Event], sources: list[Message]) -> list[tuple[Event, Message]]:
+        """Write the batch (else its events one by one); return the events written."""
         try:
             self.sink.write(Batch(events))
             self.stats.applied += len(events)
             self._observe_applied(events)
-            return
+            return list(zip(events, sources, strict=True))
         except SinkUnavailableError:
             raise
         except Exception as e:
@@ -434,15 +439,46 @@ class Runner:
                 type(e).__name__,
                 e,
             )
+        written = []
         for event, message in zip(events, sources, strict=True):
             try:
                 self.sink.write(Batch([event]))
                 self.stats.applied += 1
                 self._observe_applied([event])
+                written.append((event, message))
             except SinkUnavailableError:
                 raise
             except Exception as e:
                 self._dead_letter(message, e, "write")
+        return written
+
+    def _commit_one_by_one(
+        self, written: list[tuple[Event, Message]], offsets: Offsets, error: Exception
+    ) -> None:
+        """A commit failed for a reason other than the sink's store (a Tantivy add, an OpenSearch
+        item error): the sink dropped the writes since its last commit. Write and commit each
+        event alone, dead-letter those whose commit fails, then commit the batch's offsets."""
+        dlq = self._dlq
+        assert dlq is not None
+        logger.warning(
+            "sink %s: committing %d events failed (%s: %s); committing them one by one",
+            self.sink.name,
+            len(written),
+            type(error).__name__,
+            error,
+        )
+        for event, message in written:
+            try:
+                self.sink.write(Batch([event]))
+                self.sink.commit({tp_of(message): message.offset() + 1})
+            except SinkUnavailableError:
+                raise
+            except Exception as e:
+                self.stats.applied -= 1
+                self._dead_letter(message, e, "commit")
+                dlq.flush()  # before a later commit moves past it
+        self._letters = {}
+        self.sink.commit(dict(offsets))
 
     def _dead_letter(self, message: Message, error: BaseException, stage: str) -> None:
         assert self._dlq is not None

@@ -11,6 +11,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka import Producer
 
 import consumers.registry as registry
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
@@ -490,3 +491,59 @@ def test_a_storm_of_dead_letters_for_one_reason_stops_the_sink(topics):
         run(sink, topics.settings, dead_letter_limit=3)
     assert sink.commits == []  # the batch in hand is not committed
     assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {0: 7}
+
+
+def test_a_letter_as_large_as_the_poller_allows_is_kept_whole_and_a_larger_one_truncated(topics):
+    big = Producer({**topics.settings.kafka_config(), "message.max.bytes": 3_000_000})
+    near_limit = b"n" * 999_990  # the poller publishes up to message.max.bytes (1,000,000)
+    beyond = b"b" * 1_500_000  # another producer allowed more than the poller does
+    big.produce(topics.listings, key=b"NEAR", value=near_limit, partition=0)
+    big.produce(topics.listings, key=b"BEYOND", value=beyond, partition=0)
+    assert big.flush(30) == 0
+    topics.listing(listing("AFTER"), partition=0)
+    topics.flush()
+
+    sink = RecordingSink()
+    runner = run(sink, topics.settings)
+    assert sink.keys() == ["AFTER"] and runner.stats.dead_letters == 2
+    letters = {
+        key: (value, headers)
+        for key, value, headers in read_raw(
+            topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")
+        )
+    }
+    value, headers = letters[b"NEAR"]
+    assert value == near_limit and "dlq.truncated" not in headers
+    value, headers = letters[b"BEYOND"]
+    assert headers["dlq.truncated"] == b"1500000" and beyond.startswith(value) and value
+    assert (headers["dlq.topic"], headers["dlq.partition"], headers["dlq.offset"]) == (
+        topics.listings.encode(),
+        b"0",
+        b"1",
+    )
+    assert headers["dlq.stage"] == b"decode" and headers["dlq.error.class"].endswith(
+        b"SerializationError"
+    )
+
+
+def test_an_event_the_sink_cannot_commit_is_dead_lettered_alone(topics):
+    for n in range(5):
+        topics.listing(listing(f"C{n}", ListPrice=-1.0 if n == 2 else 1.0), partition=1)
+    topics.flush()
+
+    class FailsAtCommit(RecordingSink):  # like a Tantivy add or an OpenSearch item error
+        def commit(self, offsets):
+            if any(e.value["ListPrice"] == -1.0 for e in self.staged):
+                self.staged = []  # the sink drops what it could not commit
+                raise ValueError("cannot index a negative price")
+            super().commit(offsets)
+
+    sink = FailsAtCommit()
+    runner = run(sink, topics.settings)
+    assert sink.keys() == ["C0", "C1", "C3", "C4"]
+    assert sink.commits[-1] == {(topics.listings, 1): 5}
+    assert committed(topics.settings, runner.group_id, topics.listings, 3) == {1: 5}
+    (letter,) = read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording"))
+    assert letter[0] == b"C2" and letter[2]["dlq.stage"] == b"commit"
+    assert letter[2]["dlq.error"] == b"cannot index a negative price"
+    assert runner.stats.applied == 4 and runner.stats.dead_letters == 1
