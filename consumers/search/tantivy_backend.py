@@ -35,7 +35,7 @@ import tantivy
 from consumers.base import Offsets, TopicPartition
 from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
-from spark_relay.errors import SinkError
+from spark_relay.errors import SinkError, SinkUnavailableError
 
 __all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "open_index"]
 
@@ -267,9 +267,12 @@ class TantivyBackend:
                     added += 1
             if final:
                 self.writer.commit()
-        except (ValueError, OSError) as e:
+        except ValueError as e:  # a document the index refuses: the runner finds which one
             self.writer.rollback()
             raise SinkError(f"search index at {self.path}: commit failed: {e}") from e
+        except OSError as e:  # the disk, not the document
+            self.writer.rollback()
+            raise SinkUnavailableError(f"search index at {self.path}: {e}") from e
         self._commit_state(final, remembered, offsets)
         if stale:
             logger.info("search: %d events older than the indexed document were skipped", stale)

@@ -517,3 +517,39 @@ def test_a_redrive_applies_a_letter_only_if_the_index_holds_nothing_newer(
         assert again.consumed == 0
     finally:
         topics.close()
+
+
+def test_an_opensearch_item_error_dead_letters_that_event_alone(make_settings):
+    from consumers.dlq import dlq_topic
+    from tests.consumers.kafka_events import Topics, listing, read_raw
+    from tests.consumers.sink_events import run_sink
+
+    settings = make_settings()
+    topics = Topics(settings, partitions=1)
+    try:
+        for key in ("OK1", "REFUSED", "OK2"):
+            topics.listing(listing(key))
+        topics.flush()
+        capture = Capture({"REFUSED": 400})
+        client = httpx.Client(transport=httpx.MockTransport(capture))
+        stats = run_sink(
+            SearchSink(),
+            settings,
+            backend="opensearch",
+            url="http://search:9200",
+            http_client=client,
+        )
+        assert (stats.applied, stats.dead_letters) == (2, 1)
+        ((key, _, headers),) = read_raw(settings, dlq_topic(settings.topic_prefix, "search"))
+        assert key == b"REFUSED" and headers["dlq.stage"] == b"commit"
+        assert b"1 actions failed" in headers["dlq.error"]
+        indexed_ok = {
+            json.loads(line)["index"]["_id"]
+            for request in capture.requests
+            if request.url.path == "/_bulk"
+            for line in request.content.splitlines()
+            if b'"index"' in line
+        }
+        assert indexed_ok >= {"OK1", "OK2"}
+    finally:
+        topics.close()
