@@ -91,7 +91,7 @@ from spark_relay.metrics import (
     SINK_NEWEST,
     observe_newest,
 )
-from spark_relay.settings import Settings
+from spark_relay.settings import CONSUMER_ONLY, Settings
 
 __all__ = [
     "Runner",
@@ -162,6 +162,55 @@ class RunStats:
         )
 
 
+_CONSUMER_GROUP_HEARTBEAT = 68  # the API of the KIP-848 consumer group protocol
+#: Settings the broker owns under ``group.protocol=consumer``; librdkafka refuses them.
+_BROKER_SIDE = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+
+
+def _next_generation_group(consumer_config: dict[str, Any]) -> dict[str, Any]:
+    """``group.protocol=consumer`` (KIP-848): check the broker speaks it, drop what it owns.
+
+    Without the check librdkafka waits for an assignment that never comes.
+    """
+    dropped = [k for k in _BROKER_SIDE if k in consumer_config]
+    if dropped:
+        logger.info(
+            "group.protocol=consumer: the broker decides %s; ignoring them", ", ".join(dropped)
+        )
+    config = {k: v for k, v in consumer_config.items() if k not in dropped}
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    probe_log = logging.getLogger(f"{__name__}.apiversions")
+    probe_log.propagate = False
+    probe_log.setLevel(logging.DEBUG)
+    handler = Capture()
+    probe_log.addHandler(handler)
+    try:
+        admin = AdminClient(
+            {
+                k: v
+                for k, v in config.items()
+                if k not in CONSUMER_ONLY and k not in ("debug", "logger")
+            }
+            | {"debug": "feature", "logger": probe_log}
+        )
+        admin.list_topics(timeout=30)
+        admin.poll(0.5)
+    finally:
+        probe_log.removeHandler(handler)
+    if not any(f"({_CONSUMER_GROUP_HEARTBEAT}) Versions" in line for line in seen):
+        raise ConfigError(
+            "group.protocol=consumer (KIP-848) needs brokers with the ConsumerGroupHeartbeat API "
+            "(Apache Kafka 4.0 or later) and this cluster has none: unset "
+            "SPARK_RELAY_KAFKA_GROUP_PROTOCOL (or set it to classic)"
+        )
+    return config
+
+
 class _NotRedrivable(Exception):
     """A dead letter that cannot be applied again: stored truncated, or from another topic."""
 
@@ -222,6 +271,13 @@ class Runner:
             redrive_group(self.dlq_topic) if redrive else default_group(sink.name)
         )
         self.until_caught_up = self.config.until_caught_up or redrive
+        named = self.config.replay.offsets if self.config.replay is not None else {}
+        unknown = sorted({t for t, _ in named if t is not None and t not in self.sources})
+        if unknown:
+            raise ConfigError(
+                f"--from-offset: {', '.join(unknown)} is not a topic of sink {sink.name}, "
+                f"which reads {', '.join(self.sources)}"
+            )
         self.stats = RunStats(sink.name)
         self._consumer: Consumer | None = None
         self._serde: Serde | None = None
@@ -232,7 +288,7 @@ class Runner:
         self._assigned: set[TP] = set()
         self._assigned_once = False
         self._cooperative = False
-        self._replayed: set[TP] = set()
+        self._replay_due = self.config.replay is not None and not redrive  # at the first assignment
         self._before: dict[TP, int] = {}  # timestamp replay: skip messages older than this (ms)
         self._ends: dict[TP, int] = {}
         self._position: dict[TP, int] = {}
@@ -257,6 +313,8 @@ class Runner:
             "enable.auto.commit": False,
             "enable.partition.eof": self.until_caught_up,
         }
+        if consumer_config.get("group.protocol") == "consumer":
+            consumer_config = _next_generation_group(consumer_config)
         self._dlq = DeadLetters(settings, self.sink.name)
         self.sink.open(
             SinkContext(
@@ -273,7 +331,10 @@ class Runner:
                 self._ends = end_offsets(consumer_config, self.topics)
                 logger.info("catching up to %s", show_offsets(self._ends))
             strategy = str(consumer_config.get("partition.assignment.strategy", ""))
-            self._cooperative = "cooperative" in strategy
+            # KIP-848 assigns incrementally, as cooperative-sticky does
+            self._cooperative = (
+                "cooperative" in strategy or consumer_config.get("group.protocol") == "consumer"
+            )
             self._consumer = Consumer(consumer_config)
             self._consumer.subscribe(
                 list(self.topics),
@@ -541,14 +602,16 @@ class Runner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [tp_of(p) for p in partitions]
-        replay = self._replay_starts(consumer, [tp for tp in tps if tp not in self._replayed])
+        # a replay applies once per run, to the first assignment: a partition gained at a later
+        # rebalance resumes where its last owner left off, it is not replayed again
+        replay = self._replay_starts(consumer, tps) if self._replay_due and tps else {}
+        self._replay_due = self._replay_due and not tps
         # a re-drive resumes where its group left off: the sink's offsets are the source topics'
         stored = self.sink.stored_offsets(tps) if tps and not self.config.redrive else None
         starts = []
         for p, tp in zip(partitions, tps, strict=True):
             if tp in replay:
                 p.offset, origin = replay[tp], "replay"
-                self._replayed.add(tp)
             elif stored is not None:
                 p.offset, origin = stored.get(tp, OFFSET_BEGINNING), "sink"
             else:

@@ -547,3 +547,94 @@ def test_an_event_the_sink_cannot_commit_is_dead_lettered_alone(topics):
     assert letter[0] == b"C2" and letter[2]["dlq.stage"] == b"commit"
     assert letter[2]["dlq.error"] == b"cannot index a negative price"
     assert runner.stats.applied == 4 and runner.stats.dead_letters == 1
+
+
+def test_the_kip_848_group_protocol_is_refused_with_a_clear_message_by_a_broker_without_it(topics):
+    # the devstack broker has no ConsumerGroupHeartbeat API: librdkafka would wait forever
+    sink = RecordingSink()
+    config = {**FAST_GROUP, "group.protocol": "consumer"}
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"group.protocol=consumer \(KIP-848\) needs brokers"):
+        run(sink, topics.settings, consumer_config=config)
+    assert time.monotonic() - started < 30
+    assert sink.commits == []
+
+
+def test_the_kip_848_probe_sees_the_apis_of_the_broker(topics, monkeypatch):
+    from consumers import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "_CONSUMER_GROUP_HEARTBEAT", 11)  # JoinGroup: every broker
+    config = runner_module._next_generation_group(
+        {**topics.settings.kafka_config("consumer"), **FAST_GROUP, "group.protocol": "consumer"}
+    )
+    assert config["group.protocol"] == "consumer" and "session.timeout.ms" not in config
+
+
+def test_from_offset_naming_a_topic_the_sink_does_not_read_is_an_error(make_settings):
+    settings = make_settings()
+    for text in ("nosuch:0:1", "accounts:0:1", "other.listings:0:5"):
+        replay = Replay(offsets=parse_offsets(text, settings.topic_prefix))
+        with pytest.raises(
+            ConfigError, match=r"--from-offset: .* is not a topic of sink recording"
+        ):
+            Runner(RecordingSink(), settings, RunnerConfig(replay=replay))
+
+
+class AssignmentsSink(RecordingSink):
+    """Records the partitions of every assignment (``stored_offsets`` is asked at each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assignments: list[list[TopicPartition]] = []
+
+    def stored_offsets(self, partitions):
+        self.assignments.append(sorted(partitions))
+        return None
+
+
+def test_a_replay_applies_once_per_run_not_at_every_reassignment(topics):
+    for n in range(9):
+        topics.listing(listing(f"K{n}"), partition=n % 3)
+    topics.flush()
+    run(RecordingSink(), topics.settings)  # the group is at the end of every partition
+
+    def start(sink, **config):
+        stop = threading.Event()
+        runner = Runner(
+            sink,
+            topics.settings,
+            RunnerConfig(consumer_config=FAST_GROUP, batch_ms=50, **config),
+            stop,
+        )
+        thread = threading.Thread(target=runner.run)
+        thread.start()
+        return stop, thread
+
+    other = AssignmentsSink()
+    stop_other, other_thread = start(other)
+    replaying = AssignmentsSink()
+    stop_replaying = None
+    try:
+        wait_for(lambda: other.assignments and other.assignments[-1], what="the first member")
+        stop_replaying, replaying_thread = start(replaying, replay=Replay(beginning=True))
+        wait_for(lambda: replaying.assignments and replaying.assignments[-1], what="a split")
+        first = replaying.assignments[-1]
+        assert 0 < len(first) < 3
+        wait_for(lambda: len(replaying.keys()) == 3 * len(first), what="the replay")
+        stop_other.set()
+        other_thread.join(30)
+        wait_for(
+            lambda: len(replaying.assignments[-1]) == 3,
+            timeout=60,
+            what="the partitions taken over",
+        )
+        time.sleep(1.5)  # a replay of the new partitions would have arrived by now
+        replayed = {int(k[1:]) % 3 for k in replaying.keys()}
+        assert replayed == {p for _, p in first}
+        assert len(replaying.keys()) == 3 * len(first)  # each once
+    finally:
+        stop_other.set()
+        if stop_replaying is not None:
+            stop_replaying.set()
+            replaying_thread.join(30)
+        other_thread.join(30)
