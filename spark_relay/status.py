@@ -1,7 +1,10 @@
 """``spark-relay status``: the poller's runs, every consumer group's lag, the dead letters.
 
 Healthy means: the poller's last successful update is younger than twice its
-interval, and every dead-letter topic is empty (nothing left to re-drive).
+interval, and no dead-letter topic holds a letter still retained and not yet
+re-driven (counted from the later of the topic's low watermark and the
+re-drive group's offset: letters that expired with the topic's retention are
+no longer counted).
 The command exits 1 otherwise, so it can serve as a health check.
 """
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumers.dlq import redrive_group
@@ -106,9 +109,27 @@ def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dic
     return groups
 
 
+def _low_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The first offset still retained of every partition of ``topics``."""
+    consumer = Consumer(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}))
+    try:
+        metadata = consumer.list_topics(timeout=15)
+        lows = {}
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=15
+                )
+                lows[(topic, partition)] = low
+        return lows
+    finally:
+        consumer.close()
+
+
 def _dead_letters(
     settings: Settings, admin: AdminClient, dlq_topics: list[str], ends: dict, status: Status
 ) -> None:
+    lows = _low_watermarks(settings, dlq_topics) if dlq_topics else {}
     for topic in dlq_topics:
         group = redrive_group(topic)
         result = admin.list_consumer_group_offsets(
@@ -125,7 +146,8 @@ def _dead_letters(
         depth = 0
         for (name, partition), end in ends.items():
             if name == topic:
-                depth += max(0, end - done.get(partition, 0))
+                start = max(done.get(partition, 0), lows.get((name, partition), 0))
+                depth += max(0, end - start)
         status.dead_letters[topic] = depth
         if depth:
             status.problems.append(f"{topic} holds {depth} dead letter(s)")
