@@ -125,6 +125,8 @@ class RunnerConfig:
     redrive: bool = False
     #: Stop (SinkError) after more than this many dead letters in a row for one reason; 0: never.
     dead_letter_limit: int = 100
+    #: Seconds between updates of the lag gauges, batch or no batch (a stuck sink's lag grows).
+    lag_seconds: float = 5.0
     #: Sink-specific options (``cli_options`` values), handed over in ``SinkContext.options``.
     options: Mapping[str, Any] = field(default_factory=dict)
     #: librdkafka consumer settings on top of the settings' pass-through ones.
@@ -293,6 +295,7 @@ class Runner:
         self._ends: dict[TP, int] = {}
         self._position: dict[TP, int] = {}
         self._streak: tuple[str, int] = ("", 0)  # dead letters in a row: reason, count
+        self._lag_stop = threading.Event()
         self._letters: dict[int, tuple[str, str]] = {}  # id(message) → reason, error, this batch
 
     # ---- the loop ----------------------------------------------------------------
@@ -324,6 +327,7 @@ class Runner:
                 options=dict(config.options),
             )
         )
+        lag_timer: threading.Thread | None = None
         try:
             self._check_topics()
             self._dlq.ensure_topic()
@@ -348,13 +352,18 @@ class Runner:
                 ", ".join(self.topics),
                 self.group_id,
             )
+            lag_timer = threading.Thread(target=self._lag_timer, name="lag", daemon=True)
+            lag_timer.start()
             self._loop()
             self._flush()
         finally:
             # an error left a batch half done: drop it (nothing of it was committed)
             self._pending, self._pending_offsets = [], {}
+            self._lag_stop.set()
             try:
                 if self._consumer is not None:
+                    if lag_timer is not None:
+                        lag_timer.join()
                     self._consumer.close()
             finally:
                 try:
@@ -589,6 +598,29 @@ class Runner:
                 continue
             SINK_LAG.labels(self.sink.name, topic, str(partition)).set(max(0, high - position))
 
+    def _lag_timer(self) -> None:
+        """Every ``lag_seconds``: each assigned partition's end minus the group's committed offset.
+
+        Runs beside the loop, so the gauges move even while a batch is stuck.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._lag_stop.wait(self.config.lag_seconds):
+            tps = sorted(self._assigned)
+            try:
+                committed = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=5)
+                for c in committed:
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(c.topic, c.partition), timeout=5, cached=False
+                    )
+                    if (c.topic, c.partition) in self._assigned:
+                        done = c.offset if c.offset >= 0 else low
+                        SINK_LAG.labels(self.sink.name, c.topic, str(c.partition)).set(
+                            max(0, high - done)
+                        )
+            except KafkaException as e:
+                logger.debug("lag: %s", e)
+
     def _commit_kafka(self, offsets: Offsets) -> None:
         assert self._consumer is not None
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -672,6 +704,10 @@ class Runner:
         for p in partitions:
             tp = tp_of(p)
             self._assigned.discard(tp)
+            try:  # a partition no longer ours has no lag of ours
+                SINK_LAG.remove(self.sink.name, tp[0], str(tp[1]))
+            except KeyError:
+                pass
             self._position.pop(tp, None)
             self._before.pop(tp, None)
 

@@ -638,3 +638,40 @@ def test_a_replay_applies_once_per_run_not_at_every_reassignment(topics):
             stop_replaying.set()
             replaying_thread.join(30)
         other_thread.join(30)
+
+
+def test_lag_gauges_update_on_a_timer_and_drop_revoked_partitions(topics):
+    from prometheus_client import REGISTRY
+
+    gate = threading.Event()
+
+    class Stuck(RecordingSink):
+        name = "stuck"
+
+        def write(self, batch):
+            gate.wait(60)  # a sink stuck on its store
+            super().write(batch)
+
+    def lag():
+        labels = {"sink": "stuck", "topic": topics.listings, "partition": "0"}
+        return REGISTRY.get_sample_value("spark_relay_sink_lag_messages", labels)
+
+    topics.listing(listing("S0"), partition=0)
+    topics.flush()
+    stop = threading.Event()
+    config = RunnerConfig(consumer_config=FAST_GROUP, batch_ms=10, lag_seconds=0.2)
+    runner = Runner(Stuck(), topics.settings, config, stop)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_for(lambda: lag() == 1, what="the lag of the first message")
+        for n in range(1, 4):
+            topics.listing(listing(f"S{n}"), partition=0)
+            topics.flush()
+        wait_for(lambda: lag() == 4, what="the lag growing while the sink is stuck")
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert lag() is None  # revoked at the end: no gauge left behind
