@@ -6,13 +6,17 @@ It collects messages into batches (``batch_size`` messages or ``batch_ms``
 milliseconds after the first, whichever comes first) and for each batch:
 
 1. decodes keys (UTF-8) and values (:meth:`schemas.Serde.deserialize`); a
-   message that cannot be decoded goes to the dead-letter topic;
+   message that cannot be decoded goes to the dead-letter topic (a registry in
+   trouble, not the message, stops the runner instead);
 2. calls ``sink.write(batch)``; if it raises, retries the batch's events one
    at a time (``write(Batch([event]))``) and dead-letters those that still fail
    (a :class:`SinkUnavailableError` is never retried: it stops the runner);
-3. waits until Kafka acknowledged the batch's dead letters;
+3. stops if more than ``dead_letter_limit`` letters in a row share one reason,
+   else waits until Kafka acknowledged the batch's dead letters;
 4. calls ``sink.commit(offsets)`` (the next offset of every partition of the
-   batch, dead letters included, so the partition moves on);
+   batch, dead letters included, so the partition moves on); if it raises
+   (other than :class:`SinkUnavailableError`), writes and commits the events
+   one at a time and dead-letters those whose commit fails;
 5. commits the same offsets to Kafka (``enable.auto.commit`` is off: no offset
    is ever committed ahead of the data), so the group's lag is visible to Kafka
    tools even for sinks that keep their own offsets.
@@ -20,7 +24,7 @@ milliseconds after the first, whichever comes first) and for each batch:
 Where a partition starts, on each assignment, first match wins:
 
 - a replay (``--from-beginning``, ``--from-offset``, ``--from-timestamp``),
-  the first time this process is assigned the partition;
+  once per run: for the partitions of the process's first assignment;
 - ``sink.stored_offsets(partitions)`` when it returns a dict (sinks that keep
   offsets with their data: effectively exactly once); a partition missing from
   it starts at the beginning, since the sink holds nothing from it;
