@@ -356,7 +356,9 @@ class Runner:
                 ", ".join(self.topics),
                 self.group_id,
             )
-            lag_timer = threading.Thread(target=self._lag_timer, name="lag", daemon=True)
+            lag_timer = threading.Thread(
+                target=self._lag_timer, args=(consumer_config,), name="lag", daemon=True
+            )
             lag_timer.start()
             self._loop()
             self._flush()
@@ -602,28 +604,36 @@ class Runner:
                 continue
             SINK_LAG.labels(self.sink.name, topic, str(partition)).set(max(0, high - position))
 
-    def _lag_timer(self) -> None:
+    def _lag_timer(self, consumer_config: dict[str, Any]) -> None:
         """Every ``lag_seconds``: each assigned partition's end minus the group's committed offset.
 
-        Runs beside the loop, so the gauges move even while a batch is stuck.
+        Runs beside the loop, so the gauges move even while a batch is stuck; it asks
+        through a client of its own (never a member of the group), not the loop's.
         """
-        consumer = self._consumer
-        assert consumer is not None
-        while not self._lag_stop.wait(self.config.lag_seconds):
-            tps = sorted(self._assigned)
-            try:
-                committed = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=5)
-                for c in committed:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(c.topic, c.partition), timeout=5, cached=False
-                    )
-                    if (c.topic, c.partition) in self._assigned:
-                        done = c.offset if c.offset >= 0 else low
-                        SINK_LAG.labels(self.sink.name, c.topic, str(c.partition)).set(
-                            max(0, high - done)
+        probe: Consumer | None = None
+        try:
+            while not self._lag_stop.wait(self.config.lag_seconds):
+                tps = sorted(self._assigned)
+                if not tps:
+                    continue
+                if probe is None:
+                    probe = Consumer({**consumer_config, "enable.partition.eof": False})
+                try:
+                    found = probe.committed([TopicPartition(t, p) for t, p in tps], timeout=5)
+                    for c in found:
+                        low, high = probe.get_watermark_offsets(
+                            TopicPartition(c.topic, c.partition), timeout=5
                         )
-            except KafkaException as e:
-                logger.debug("lag: %s", e)
+                        if (c.topic, c.partition) in self._assigned:
+                            done = c.offset if c.offset >= 0 else low
+                            SINK_LAG.labels(self.sink.name, c.topic, str(c.partition)).set(
+                                max(0, high - done)
+                            )
+                except KafkaException as e:
+                    logger.debug("lag: %s", e)
+        finally:
+            if probe is not None:
+                probe.close()
 
     def _commit_kafka(self, offsets: Offsets) -> None:
         assert self._consumer is not None
