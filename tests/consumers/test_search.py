@@ -310,21 +310,38 @@ def test_search_command_json_table_limit_and_errors(make_sink, settings):
 
 
 class Capture:
+    """A cluster's answers: ``answers`` maps a document id to its item status; ``-deletes``
+    indexes keep what is indexed into them, as a cluster would, for ``_mget``."""
+
     def __init__(self, answers=None):
         self.requests: list[httpx.Request] = []
         self.answers = answers or {}
+        self.kept: dict[tuple[str, str], dict] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         body = request.content.decode()
+        if request.url.path.endswith("/_mget"):
+            index = request.url.path.strip("/").split("/")[0]
+            ids = json.loads(body)["ids"]
+            docs = [
+                {"_id": i, "found": (index, i) in self.kept, "_source": self.kept.get((index, i))}
+                for i in ids
+            ]
+            return httpx.Response(200, json={"docs": docs})
         if request.url.path == "/_bulk":
             items = []
             lines = [json.loads(line) for line in body.splitlines()]
-            for line in lines:
+            for n, line in enumerate(lines):
                 if "index" in line or "delete" in line:
                     ((action, meta),) = line.items()
                     status = self.answers.get(meta["_id"], 404 if action == "delete" else 201)
-                    items.append({action: {"_id": meta["_id"], "status": status}})
+                    if meta["_index"].endswith("-deletes"):
+                        self.kept[(meta["_index"], meta["_id"])] = lines[n + 1]
+                        status = 201
+                    items.append(
+                        {action: {"_index": meta["_index"], "_id": meta["_id"], "status": status}}
+                    )
             return httpx.Response(200, json={"errors": False, "items": items})
         return httpx.Response(200, json={"acknowledged": True})
 
@@ -354,7 +371,10 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
     ]
     sink.write(Batch(events))
     sink.commit(Batch(events).offsets())
-    bulk = capture.requests[1]
+    mget = capture.requests[1]
+    assert str(mget.url) == "http://search:9200/srch-listings-deletes/_mget"
+    assert json.loads(mget.content) == {"ids": sorted([a, c])}
+    bulk = capture.requests[2]
     assert (bulk.method, str(bulk.url)) == ("POST", "http://search:9200/_bulk")
     assert bulk.headers["content-type"] == "application/x-ndjson"
     assert bulk.content.endswith(b"\n")
@@ -374,15 +394,24 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
         {"delete": {"_index": "srch-listings", "_id": b}},
         {
             "index": {
+                "_index": "srch-listings-deletes",
+                "_id": b,
+                "version": events[1].offset,
+                "version_type": "external_gte",
+            }
+        },
+        {"kafka_partition": events[1].partition, "kafka_offset": events[1].offset},
+        {
+            "index": {
                 "_index": "srch-listings",
                 "_id": c,
                 "version": to_micros(events[2].value["ModificationTimestamp"]),
                 "version_type": "external_gte",
             }
         },
-        lines[4],
+        lines[6],
     ]
-    assert lines[4]["ListingKey"] == c and lines[4]["ListPrice"] == events[2].value["ListPrice"]
+    assert lines[6]["ListingKey"] == c and lines[6]["ListPrice"] == events[2].value["ListPrice"]
     assert sink.stored_offsets([("srch.listings", 0)]) is None  # Kafka's offsets are used
 
 
@@ -553,3 +582,29 @@ def test_an_opensearch_item_error_dead_letters_that_event_alone(make_settings):
         assert indexed_ok >= {"OK1", "OK2"}
     finally:
         topics.close()
+
+
+def test_opensearch_remembers_deletes_so_an_older_event_is_not_sent_again():
+    stream = EventStream("srch", listings=2)
+    key, other = stream.mls.live_keys
+    capture = Capture()
+    backend = OpenSearchBackend(
+        "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+    )
+    version = stream.event(key, stream.record(key))
+    tombstone = stream.event(key, None)
+    counts = backend.apply([change_of(version), change_of(tombstone)], {})
+    assert capture.kept[("x-deletes", key)] == {
+        "kafka_partition": tombstone.partition,
+        "kafka_offset": tombstone.offset,
+    }
+    assert counts == {"indexed": 1, "deleted": 1, "stale": 0}
+    # the old version again (a replay, a re-drive): superseded, never sent
+    later = stream.event(other, stream.record(other))
+    counts = backend.apply([change_of(version), change_of(later)], {})
+    assert counts == {"indexed": 1, "deleted": 0, "stale": 1}
+    sent = [json.loads(line) for line in capture.requests[-1].content.splitlines()]
+    assert [line["index"]["_id"] for line in sent if "index" in line] == [other]
+    # a version after the delete brings the listing back
+    again = stream.event(key, stream.record(key))
+    assert backend.apply([change_of(again)], {})["indexed"] == 1
