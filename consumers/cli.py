@@ -41,6 +41,7 @@ COMMON_OPTIONS = (
     "until_caught_up",
     "batch_size",
     "batch_ms",
+    "dead_letter_limit",
 )
 
 
@@ -102,6 +103,16 @@ def _common_options() -> list[click.Option]:
             show_envvar=True,
             help="Milliseconds a batch waits for more messages after its first.",
         ),
+        click.Option(
+            ["--dead-letter-limit"],
+            type=click.IntRange(min=0),
+            default=100,
+            show_default=True,
+            envvar="SPARK_RELAY_SINK_DEAD_LETTER_LIMIT",
+            show_envvar=True,
+            help="Stop (exit 6) after more than this many dead letters in a row for one reason "
+            "(stage and error class): a storm says the sink or its input is broken. 0: no limit.",
+        ),
     ]
 
 
@@ -143,6 +154,7 @@ def runner_config(params: dict[str, Any], topic_prefix: str) -> RunnerConfig:
         batch_ms=common["batch_ms"],
         replay=replay,
         until_caught_up=common["until_caught_up"],
+        dead_letter_limit=common["dead_letter_limit"],
         options=params,
     )
 

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
 __all__ = [
+    "redrive_group",
     "LISTINGS",
     "ACCOUNTS",
     "PURGES",
@@ -67,6 +68,11 @@ class TopicSpec:
 def dlq_topic(prefix: str, name: str) -> str:
     """``<prefix>.dlq.<name>``: the dead-letter topic of a sink, or ``poller``'s."""
     return f"{prefix}.dlq.{name}"
+
+
+def redrive_group(dlq: str) -> str:
+    """The consumer group ``spark-relay dlq redrive`` reads ``dlq`` in: what it has re-driven."""
+    return f"spark-relay.redrive.{dlq}"
 
 
 def _max_bytes(max_message_bytes: int | None) -> dict[str, str]:

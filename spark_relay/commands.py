@@ -128,21 +128,34 @@ def dlq_group() -> None:
     """Dead-letter topics: <prefix>.dlq.<sink> holds what a sink could not decode or apply."""
 
 
-@dlq_group.command("redrive")
+@dlq_group.command(
+    "redrive", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
 @click.argument("sink")
+@click.argument("sink_options", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def redrive_command(app: App, sink: str) -> None:
-    """Re-send the dead letters of SINK to their original topic, after a fix.
+def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
+    """Apply the dead letters of SINK again, through SINK itself, after a fix.
 
-    Key and value are unchanged; the original topic, partition and offset travel
-    in redrive.* headers. Progress is committed, so each dead letter is re-sent
-    once and `spark-relay status` counts only those left. SINK `poller` re-fetches
-    the keys of the poller's dead letters from the API and publishes their
-    current state.
+    \b
+    SINK_OPTIONS are the sink's own (e.g. `dlq redrive postgres --schema spark`).
+    A letter is applied only if the sink holds nothing newer for its key (a later
+    version or a later delete); nothing is appended to a source topic. Progress
+    is committed, so `spark-relay status` counts only the letters left; a letter
+    that fails again goes back to the dead-letter topic with the new reason.
+    SINK `poller` re-fetches the keys of the poller's dead letters from the API and
+    publishes their current state.
     """
+    if sink == "poller":
+        if sink_options:
+            raise click.UsageError("`dlq redrive poller` takes no options")
+        from producer.redrive import redrive_poller
+
+        click.echo(redrive_poller(app.settings()).summary())
+        return
     from consumers.redrive import redrive
 
-    click.echo(redrive(app.settings(), sink).summary())
+    click.echo(redrive(app.settings(), sink, sink_options).summary())
 
 
 @click.command("demo")

@@ -1,10 +1,13 @@
 """``spark-relay status``: the poller's runs, every consumer group's lag, the dead letters.
 
 Healthy means: the poller's last successful update is younger than twice its
-interval, every dead-letter topic is empty (nothing left to re-drive), and no
-consumer group is further behind on a compacted topic than the topic keeps
-tombstones (``SPARK_RELAY_DELETE_RETENTION_DAYS``): such a group may never see
-a deletion, and ``spark-relay reconcile --repair`` purges what it missed.
+interval, no dead-letter topic holds a letter still retained and not yet
+re-driven (counted from the later of the topic's low watermark and the
+re-drive group's offset: letters that expired with the topic's retention are
+no longer counted), and no consumer group is further behind on a compacted
+topic than the topic keeps tombstones (``SPARK_RELAY_DELETE_RETENTION_DAYS``):
+such a group may never see a deletion, and ``spark-relay reconcile --repair``
+purges what it missed.
 The command exits 1 otherwise, so it can serve as a health check.
 """
 
@@ -21,18 +24,14 @@ from confluent_kafka.admin import AdminClient
 
 from consumers.runner import end_offsets
 from producer.state import open_state
+from schemas.topics import redrive_group
 from spark_relay.settings import Settings
 
-__all__ = ["Status", "collect_status", "redrive_group"]
+__all__ = ["Status", "collect_status"]
 
 logger = logging.getLogger(__name__)
 
 PROCEDURES = ("snapshot", "update", "accounts", "purge")
-
-
-def redrive_group(dlq_topic: str) -> str:
-    """The consumer group ``spark-relay dlq redrive`` commits to: what it has re-sent."""
-    return f"spark-relay.redrive.{dlq_topic}"
 
 
 @dataclass
@@ -169,9 +168,27 @@ def _tombstones_at_risk(settings: Settings, status: Status, now: datetime) -> No
         )
 
 
+def _low_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The first offset still retained of every partition of ``topics``."""
+    consumer = Consumer(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}))
+    try:
+        metadata = consumer.list_topics(timeout=15)
+        lows = {}
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=15
+                )
+                lows[(topic, partition)] = low
+        return lows
+    finally:
+        consumer.close()
+
+
 def _dead_letters(
     settings: Settings, admin: AdminClient, dlq_topics: list[str], ends: dict, status: Status
 ) -> None:
+    lows = _low_watermarks(settings, dlq_topics) if dlq_topics else {}
     for topic in dlq_topics:
         group = redrive_group(topic)
         result = admin.list_consumer_group_offsets(
@@ -188,7 +205,8 @@ def _dead_letters(
         depth = 0
         for (name, partition), end in ends.items():
             if name == topic:
-                depth += max(0, end - done.get(partition, 0))
+                start = max(done.get(partition, 0), lows.get((name, partition), 0))
+                depth += max(0, end - start)
         status.dead_letters[topic] = depth
         if depth:
             status.problems.append(f"{topic} holds {depth} dead letter(s)")

@@ -23,9 +23,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from consumers.redrive import redrive
 from producer.cli import build_poller
 from producer.poller import content_hash
+from producer.redrive import redrive_poller
 from producer.spark_client import SparkClient
 from producer.state import open_state
 from producer.topics import contract_specs, ensure_contract
@@ -204,14 +204,14 @@ def test_redrive_poller_refetches_every_dead_lettered_key(emulator, relay):
     fixed = emulator(listings=300, accounts=20, start_time=start)
     assert fixed.truth()["listings"] == broken.truth()["listings"]
     settings = dataclasses.replace(settings, api_url=fixed.url)
-    stats = redrive(settings, "poller")
+    stats = redrive_poller(settings)
     assert (stats.resent, stats.skipped) == (len(escape), elements)
     latest = _latest(settings)
     assert set(latest) == set(fixed.truth()["listings"])  # the broken ones are in now
     for key in escape:
         assert "\\q" not in latest[key]["standard_fields_json"]
         assert latest[key]["source"]["procedure"] == "redrive"
-    again = redrive(settings, "poller")
+    again = redrive_poller(settings)
     assert (again.resent, again.skipped) == (0, 0)  # each dead letter re-driven once
 
 
