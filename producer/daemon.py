@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from producer.poller import Poller
 from spark_relay.errors import DeliveryError, TransientSourceError
+from spark_relay.health import HEALTH
 
 __all__ = ["run_daemon", "next_purge"]
 
@@ -64,6 +65,7 @@ def _run_due(poller: Poller, tick: float) -> None:
     if not (snapshot and snapshot.get("done")):
         poller.snapshot()
     while not poller.stop.is_set():
+        HEALTH.beat()
         runs = poller.state.last_runs()
         now = datetime.now(UTC)
         last_update = _finished(runs, "update")
