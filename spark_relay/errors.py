@@ -12,6 +12,7 @@ __all__ = [
     "SinkError",
     "SinkUnavailableError",
     "EXIT_CODES",
+    "EXIT_UNHEALTHY",
 ]
 
 
@@ -59,6 +60,9 @@ class SinkUnavailableError(SinkError):
     """A sink's store is unreachable or broken: stop without committing, never dead-letter."""
 
 
+#: ``status`` found a problem, ``reconcile`` or ``demo`` a sink that differs: a finding, not a crash.
+EXIT_UNHEALTHY = 7
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error",
@@ -67,4 +71,5 @@ EXIT_CODES = {
     4: "the Spark API refused the request (bad key, forbidden, invalid filter)",
     5: "Kafka did not acknowledge an event (no checkpoint moved)",
     6: "a sink failed",
+    EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
 }

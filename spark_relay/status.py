@@ -2,7 +2,7 @@
 
 Healthy means: the poller's last successful update is younger than twice its
 interval, and every dead-letter topic is empty (nothing left to re-drive).
-The command exits 1 otherwise, so it can serve as a health check.
+The command exits 7 otherwise, so it can serve as a health check.
 """
 
 from __future__ import annotations
