@@ -287,8 +287,8 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
     )
     assert _metric(later, "spark_relay_published_records_total") >= 600
     assert _metric(later, "spark_relay_checkpoint_timestamp_seconds") > 0
-    assert _metric(later, "spark_relay_poller_newest_modification_seconds") > 0
+    assert _metric(later, "spark_relay_poller_newest_modification_timestamp_seconds") > 0
     assert _metric(sink_values, "spark_relay_sink_applied_records_total") >= 600
-    assert _metric(sink_values, "spark_relay_sink_batch_seconds_count") > 0
-    assert _metric(sink_values, "spark_relay_sink_newest_modification_seconds") > 0
+    assert _metric(sink_values, "spark_relay_sink_batch_duration_seconds_count") > 0
+    assert _metric(sink_values, "spark_relay_sink_newest_modification_timestamp_seconds") > 0
     assert "spark_relay_sink_lag_messages" in " ".join(sink_values)
