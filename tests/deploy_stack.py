@@ -64,6 +64,7 @@ class Service:
     metrics_port: int | None = None
     health_path: str | None = None  # what the deployment probes …
     health_port: int | None = None  # … and on which port
+    memory_request_mib: int | None = None  # Kubernetes' resources.requests.memory
 
     def arg(self, flag: str) -> str | None:
         args = list(self.args)
@@ -150,9 +151,16 @@ def kubernetes_services(secret: dict[str, str]) -> list[Service]:
                 one_shot=doc["kind"] == "Job",
                 health_path=probe.get("path"),
                 health_port=ports.get(probe.get("port"), probe.get("port")),
+                memory_request_mib=_mebibytes(container["resources"]["requests"]["memory"]),
             )
         )
     return services
+
+
+def _mebibytes(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+)(Mi|Gi)", quantity)
+    assert match, f"memory {quantity!r}: expected Mi or Gi"
+    return int(match[1]) * (1024 if match[2] == "Gi" else 1)
 
 
 def _address(env: dict[str, str], name: str, expected_host: str, local: str) -> None:
@@ -233,6 +241,11 @@ class Running:
     def alive(self, name: str) -> None:
         code = self.processes[name].poll()
         assert code is None, f"{name} exited {code}: {self.stderr(name)[-3000:]}"
+
+    def peak_rss_mib(self, name: str) -> float:
+        """The process's peak resident memory so far (VmHWM), MiB."""
+        status = Path(f"/proc/{self.processes[name].pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
     def stop(self, name: str, grace: float = 60.0) -> tuple[int, float]:
         """SIGTERM, then wait; the exit code and the seconds it took."""

@@ -112,6 +112,10 @@ def test_the_deployment_commands_converge_on_the_devstack(source, stack, emulato
                     120,
                     f"{service.name} to apply every listing",
                 )
+        peaks = {s.name: running.peak_rss_mib(s.name) for s in long_running}
+        for service in long_running:  # the manifests ask for what the processes take
+            if service.memory_request_mib is not None:
+                assert peaks[service.name] < service.memory_request_mib, (service.name, peaks)
         for service in long_running:
             running.alive(service.name)
             code, seconds = running.stop(service.name)
