@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -97,6 +98,21 @@ def test_librdkafka_lines_are_json_with_the_rest(make_settings):
     assert not non_json_lines(result.stderr), non_json_lines(result.stderr)[:5]
     loggers = {json.loads(line)["logger"] for line in result.stderr.splitlines()}
     assert "librdkafka" in loggers, loggers
+
+
+def test_a_config_error_is_a_json_line_too(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+    env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [BIN, "--log-format", "json", "poll", "update"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr  # SPARK_RELAY_API_KEY is missing
+    assert not non_json_lines(result.stderr), result.stderr
+    assert "SPARK_RELAY_API_KEY" in json.loads(result.stderr.splitlines()[-1])["message"]
 
 
 def test_unhealthy_has_its_own_exit_code(make_settings):
