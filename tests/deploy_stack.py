@@ -218,14 +218,19 @@ class Running:
         self.exits: dict[str, tuple[int, float]] = {}
 
     def __enter__(self) -> Running:
-        for name, service in self.services.items():
-            self.processes[name] = subprocess.Popen(
-                [str(BIN), *service.args],
-                env=_process_env(service),
-                stdout=subprocess.DEVNULL,
-                stderr=(self.workdir / f"{name}.stderr").open("w"),
-            )
+        for service in self.services.values():
+            self.start(service)
         return self
+
+    def start(self, service: Service) -> None:
+        """Start (or start again) ``service``; its stderr goes on in ``<name>.stderr``."""
+        self.services[service.name] = service
+        self.processes[service.name] = subprocess.Popen(
+            [str(BIN), *service.args],
+            env=_process_env(service),
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / f"{service.name}.stderr").open("a"),
+        )
 
     def __exit__(self, *exc: object) -> None:
         for name in list(self.processes):

@@ -4,9 +4,11 @@
 Prometheus (Debian's `prometheus`, on 127.0.0.1, in a temp dir) scrapes the
 poller and the sinks, started with Compose's commands on the devstack (see
 tests/deploy_stack.py), with deploy/prometheus/prometheus.yml's job and labels
-and the real alerts.yml. Through its HTTP API: the freshness and lag
-expressions give the values the emulator's truth predicts, and move as the
-MLS changes and a sink is stopped; every Grafana panel's expression evaluates.
+and the real alerts.yml. Through its HTTP API: the freshness expression gives
+the values the emulator's truth predicts as the MLS changes and a sink is
+stopped; the lag expression is 0 for sinks that keep up, drops a stopped sink,
+and shows the restarted sink's backlog before it returns to 0; the
+process-down alert goes pending; every Grafana panel's expression evaluates.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -223,6 +226,17 @@ def test_prometheus_sees_freshness_and_lag_move(
                 "the process-down alert",
             )
             assert [a["metric"]["pipeline"] for a in down] == [pipeline]
+
+            # search starts again, one event per batch: its lag shows, then it catches up
+            search = next(s for s in long_running if s.name == by_kind["search"])
+            running.start(replace(search, env={**search.env, "SPARK_RELAY_SINK_BATCH_SIZE": "1"}))
+            settles(
+                _concrete(freshness, pipeline), "sink", {"postgres": 0, "search": 0, "files": 0}
+            )
+            settles(_concrete(lag, pipeline), "sink", {"postgres": 0, "search": 0, "files": 0})
+            search_lag = _concrete(lag, pipeline).replace("pipeline=~", 'sink="search",pipeline=~')
+            (peak,) = prometheus.query(f"max_over_time(({search_lag})[2m:1s])")
+            assert float(peak["value"][1]) > 0, "the restarted sink's lag never showed"
 
             # every panel of the dashboard evaluates, and has data where the pipeline has
             for title, exprs in panels.items():
