@@ -35,7 +35,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "spark-relay.json"
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: `apt-get install prometheus` (.ci/run does)")
+        pytest.fail(f"{name} is not installed: the Debian package `prometheus` provides it")
     return path
 
 
