@@ -88,6 +88,7 @@ from consumers.dlq import DeadLetters, dlq_topic, error_class, origin_of, redriv
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
+from spark_relay.health import HEALTH
 from spark_relay.metrics import (
     SINK_APPLIED,
     SINK_BATCH_SECONDS,
@@ -301,6 +302,8 @@ class Runner:
         self._streak: tuple[str, int] = ("", 0)  # dead letters in a row: reason, count
         self._lag_stop = threading.Event()
         self._letters: dict[int, tuple[str, str]] = {}  # id(message) → reason, error, this batch
+        self._kafka_down: str | None = None  # why Kafka is unreachable (readiness), if it is
+        self._kafka_probed = 0.0
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -319,6 +322,7 @@ class Runner:
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "enable.partition.eof": self.until_caught_up,
+            "error_cb": self._on_kafka_error,
         }
         if consumer_config.get("group.protocol") == "consumer":
             consumer_config = _next_generation_group(consumer_config)
@@ -332,6 +336,7 @@ class Runner:
             )
         )
         lag_timer: threading.Thread | None = None
+        unwatch = HEALTH.add_check(self.readiness)
         try:
             self._check_topics()
             self._dlq.ensure_topic()
@@ -363,6 +368,7 @@ class Runner:
             self._loop()
             self._flush()
         finally:
+            unwatch()
             # an error left a batch half done: drop it (nothing of it was committed)
             self._pending, self._pending_offsets = [], {}
             self._lag_stop.set()
@@ -386,6 +392,8 @@ class Runner:
         assert consumer is not None
         batch_seconds = config.batch_ms / 1000
         while not self.stop.is_set():
+            HEALTH.beat()
+            self._probe_kafka()
             if self.until_caught_up and self._caught_up():
                 logger.info("sink %s: caught up", self.sink.name)
                 return
@@ -402,6 +410,35 @@ class Runner:
                 or time.monotonic() - self._batch_started >= batch_seconds
             ):
                 self._flush()
+
+    # ---- health ---------------------------------------------------------------------
+
+    def readiness(self) -> str | None:
+        """``/readyz``: ``None`` when assigned by the group, connected and not stopping."""
+        if self.stop.is_set():
+            return f"sink {self.sink.name}: stopping"
+        if self._kafka_down:
+            return f"sink {self.sink.name}: Kafka unreachable ({self._kafka_down})"
+        if not self._assigned_once:
+            return f"sink {self.sink.name}: waiting for group {self.group_id} to assign partitions"
+        return None
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._kafka_down = error.str()
+        logger.warning("kafka: %s", error.str())
+
+    def _probe_kafka(self) -> None:
+        """While Kafka is marked unreachable, ask it for metadata every 5 s; an answer clears it."""
+        if self._kafka_down is None or time.monotonic() - self._kafka_probed < 5:
+            return
+        self._kafka_probed = time.monotonic()
+        try:
+            assert self._consumer is not None
+            self._consumer.list_topics(timeout=2)
+        except KafkaException:
+            return
+        self._kafka_down = None
 
     def _take(self, message: Message) -> None:
         error = message.error()

@@ -14,6 +14,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from spark_relay.cli import App, pass_app
 from spark_relay.errors import EXIT_CODES
+from spark_relay.health import HEALTH
 from spark_relay.metrics import serve_metrics
 from spark_relay.settings import Settings
 
@@ -51,17 +52,50 @@ def build_poller(
         settings.api_key,
         rate_limit=settings.rate_limit,
         timeout=settings.api_timeout,
+        stop=stop,
     )
     publisher = Publisher(settings.kafka_config("producer"))
     state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
+    _seed_checkpoint_times(state.last_runs())
+    unwatch = HEALTH.add_check(lambda: poller_readiness(settings))
     try:
         with state.exclusive() if exclusive else nullcontext():
             yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
     finally:
+        unwatch()
         publisher.close()
         client.close()
         state.close()
+
+
+def _seed_checkpoint_times(runs: dict) -> None:
+    """Metrics: each procedure's last success from the run log, so a restart does not reset it."""
+    from datetime import datetime
+
+    from spark_relay.metrics import CHECKPOINT_TIME
+
+    for procedure, entry in runs.items():
+        finished = (entry.get("last_ok") or {}).get("finished_at")
+        if finished:
+            CHECKPOINT_TIME.labels(procedure).set(datetime.fromisoformat(finished).timestamp())
+
+
+def poller_readiness(settings: Settings) -> str | None:
+    """``/readyz``: ``None`` when the state store answers and the newest run did not fail."""
+    from producer.state import open_state
+
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    try:
+        runs = [entry["last"] for entry in state.last_runs().values() if "last" in entry]
+    finally:
+        state.close()
+    if not runs:
+        return None
+    newest = max(runs, key=lambda run: run["started_at"])
+    if newest["status"].startswith("failed"):
+        return f"the last procedure {newest['status']}"
+    return None
 
 
 def _stop_on_signals() -> threading.Event:

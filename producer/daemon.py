@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from producer.poller import Poller
 from spark_relay.errors import DeliveryError, PurgeRefused, TransientSourceError
+from spark_relay.health import HEALTH
 
 __all__ = ["run_daemon", "next_purge"]
 
@@ -69,6 +70,7 @@ def _run_due(poller: Poller, tick: float) -> None:
     settings = poller.settings
     held_off: dict[str, datetime] = {}  # procedure -> not before
     while not poller.stop.is_set():
+        HEALTH.beat()
         runs = poller.state.last_runs()
         now = datetime.now(UTC)
         last = {name: _finished(runs, name) for name in ("update", "accounts", "purge")}

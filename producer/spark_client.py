@@ -33,12 +33,14 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_when_event_set,
     wait_exponential_jitter,
 )
 
 from schemas import json_dumps, json_loads
 from spark_relay import __version__
 from spark_relay.errors import PermanentSourceError, TransientSourceError
+from spark_relay.health import HEALTH
 from spark_relay.metrics import API_REQUESTS, API_RETRIES, RATE_LIMIT_WAIT
 from spark_relay.settings import Secret
 
@@ -186,12 +188,16 @@ def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
 
 
 class RateLimiter:
-    """At most ``rate`` requests per second, spaced evenly (a token bucket of one)."""
+    """At most ``rate`` requests per second, spaced evenly (a token bucket of one).
 
-    def __init__(self, rate: float):
+    The wait ends early when ``stop`` is set, so a SIGTERM is not held up by it.
+    """
+
+    def __init__(self, rate: float, stop: threading.Event | None = None):
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
+        self._stop = stop or threading.Event()
         self.waited = 0.0
 
     def acquire(self) -> float:
@@ -200,7 +206,7 @@ class RateLimiter:
             wait = max(0.0, self._next - now)
             self._next = max(now, self._next) + self.interval
         if wait:
-            time.sleep(wait)
+            self._stop.wait(wait)
             self.waited += wait
             RATE_LIMIT_WAIT.inc(wait)
         return wait
@@ -244,6 +250,7 @@ class SparkClient:
         timeout: float = 60.0,
         max_attempts: int = 8,
         max_backoff: float = 60.0,
+        stop: threading.Event | None = None,
     ):
         if not api_key:
             raise PermanentSourceError(
@@ -259,9 +266,10 @@ class SparkClient:
                 "X-SparkApi-User-Agent": f"spark-relay/{__version__}",
             },
         )
-        self.limiter = RateLimiter(rate_limit)
+        self.stop = stop or threading.Event()
+        self.limiter = RateLimiter(rate_limit, self.stop)
         self.max_attempts = max_attempts
-        self.max_backoff = max_backoff
+        self.max_backoff = max_backoff  # also the cap on a server's Retry-After
         self.stats: dict[str, float] = {"requests": 0, "retries": 0, "rate_limited": 0}
         self.last_server_time: datetime | None = None
 
@@ -280,14 +288,17 @@ class SparkClient:
         """GET ``path`` with retries; a :class:`Page` on success, an error otherwise."""
         retrying = Retrying(
             retry=retry_if_exception_type(_Retry),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop_after_attempt(self.max_attempts) | stop_when_event_set(self.stop),
             wait=self._wait,
+            sleep=self.stop.wait,  # a SIGTERM ends the backoff at once
             before_sleep=self._before_sleep,
             reraise=True,
         )
         try:
             return retrying(self._get_once, path, params or {})
         except _Retry as e:
+            if self.stop.is_set():
+                raise TransientSourceError(f"GET {path}: stopped while retrying: {e}") from e
             raise TransientSourceError(
                 f"GET {path} failed after {self.max_attempts} attempts: {e}"
             ) from e
@@ -296,7 +307,9 @@ class SparkClient:
         backoff = wait_exponential_jitter(multiplier=0.5, max=self.max_backoff)(state)
         error = state.outcome.exception() if state.outcome else None
         retry_after = getattr(error, "retry_after", None)
-        return max(backoff, retry_after) if retry_after is not None else backoff
+        if retry_after is None:
+            return backoff
+        return min(max(backoff, retry_after), self.max_backoff)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.stats["retries"] += 1
@@ -313,6 +326,7 @@ class SparkClient:
         )
 
     def _get_once(self, path: str, params: dict[str, Any]) -> Page:
+        HEALTH.beat()
         self.limiter.acquire()
         self.stats["requests"] += 1
         try:

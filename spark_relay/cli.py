@@ -15,7 +15,7 @@ import click
 
 from spark_relay import __version__
 from spark_relay.errors import EXIT_CODES, ConfigError, RelayError
-from spark_relay.logs import configure_logging
+from spark_relay.logs import JsonFormatter, configure_logging
 from spark_relay.settings import Settings, describe, load_settings
 
 __all__ = ["main", "cli", "pass_app", "App"]
@@ -141,6 +141,14 @@ def _devstack_commands() -> tuple[click.Command, ...]:
     return devstack_group, emulator_command
 
 
+def _say_error(text: str) -> None:
+    """One line on stderr: a JSON record when the logs are JSON (--log-format json), else text."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logger.error(text)
+    else:
+        click.echo(text, err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = click.get_current_context(silent=True)
         if ctx is not None and isinstance(ctx.find_object(App), App) and ctx.find_object(App).debug:
             logger.exception("failed")
-        click.echo(f"spark-relay: error: {e}", err=True)
+        _say_error(f"spark-relay: error: {e}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import click
 
 from spark_relay.cli import App, pass_app
-from spark_relay.errors import ConfigError
+from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
 
 __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 
@@ -22,9 +22,9 @@ __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 def status_command(app: App, as_json: bool) -> None:
     """The poller's runs, every consumer group's lag per partition, the dead letters.
 
-    Exits 1 when the poller's last successful update is older than twice
+    Exits 7 when the poller's last successful update is older than twice
     SPARK_RELAY_UPDATE_INTERVAL or a dead-letter topic holds messages not yet
-    re-driven, so it can serve as a health check.
+    re-driven, so it can serve as a health check (1 is an unexpected error).
     """
     import json
 
@@ -36,7 +36,7 @@ def status_command(app: App, as_json: bool) -> None:
     else:
         click.echo("\n".join(render(status)))
     if not status.healthy:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 @click.command("reconcile")
@@ -69,7 +69,8 @@ def reconcile_command(
     Scans the API with _select=ListingKey,ModificationTimestamp, then reports per
     sink the keys missing, stale (older than the API's) and not purged. With
     --repair the poller re-publishes and purges them, so every sink heals the
-    same way once it consumed the events. Exits 1 when a sink differs.
+    same way once it consumed the events. Exits 7 when a sink differs (1 is an
+    unexpected error). With --json, stdout holds one JSON object per line only.
     """
     import json
 
@@ -113,14 +114,19 @@ def reconcile_command(
             republish = sorted({k for f in findings for k in f.missing + f.stale})
             purge = sorted({k for f in findings for k in f.not_purged})
             stats = poller.reconcile(republish, purge)
-            click.echo(
-                f"repair: {stats.published} re-published, {stats.purged} purged; "
-                "the sinks heal as they consume them"
-            )
+            if as_json:
+                click.echo(
+                    json.dumps({"repair": {"republished": stats.published, "purged": stats.purged}})
+                )
+            else:
+                click.echo(
+                    f"repair: {stats.published} re-published, {stats.purged} purged; "
+                    "the sinks heal as they consume them"
+                )
     if not findings:
         raise ConfigError("no sink holds data with these settings: nothing to reconcile")
     if not all(f.converged for f in findings):
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 @click.group("dlq")
@@ -192,7 +198,7 @@ def demo_command(
     snapshot and the accounts scan while the three sinks consume, then ROUNDS of
     MLS change each followed by an update, then a purge; waits until every sink
     caught up and checks each against the emulator's ground truth. Exits 0 only
-    if every sink converged. With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
+    if every sink converged, 7 if one differs (1 is an unexpected error). With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
     set it runs against the real API and cluster instead.
     """
     import os
@@ -219,7 +225,7 @@ def demo_command(
                 signal.signal(sig, lambda *_: done.set())
             done.wait()
     if not result.converged:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 def _demo_summary(result, *, keep: bool, as_json: bool) -> None:

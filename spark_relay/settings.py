@@ -10,6 +10,7 @@ what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -279,9 +280,12 @@ class Settings:
             "admin": CONSUMER_ONLY | PRODUCER_ONLY,
         }.get(role, frozenset())
         passthrough = {k: v for k, v in self.kafka.items() if k not in skip}
+        config = {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
         if role == "producer":
-            passthrough["compression.type"] = self.compression
-        return {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
+            config["compression.type"] = self.compression
+        if role != "any":  # librdkafka's log lines through Python logging (JSON with the rest)
+            config["logger"] = logging.getLogger("librdkafka")
+        return config
 
     def registry_config(self) -> dict[str, str]:
         """The configuration of confluent-kafka's ``SchemaRegistryClient``."""

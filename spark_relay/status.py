@@ -8,7 +8,7 @@ no longer counted), and no consumer group is further behind on a compacted
 topic than the topic keeps tombstones (``SPARK_RELAY_DELETE_RETENTION_DAYS``):
 such a group may never see a deletion, and ``spark-relay reconcile --repair``
 purges what it missed.
-The command exits 1 otherwise, so it can serve as a health check.
+The command exits 7 otherwise, so it can serve as a health check.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from devstack.emulator import Emulator, EmulatorConfig
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from producer.cli import build_poller
 from producer.topics import ensure_contract
+from spark_relay.errors import EXIT_UNHEALTHY
 from spark_relay.reconcile import _utc, holdings
 from spark_relay.settings import replace
 from spark_relay.status import collect_status
@@ -134,7 +135,7 @@ def test_status_is_unhealthy_without_a_recent_update(settings):
     result = subprocess.run(
         [BIN, "status"], capture_output=True, text=True, env=cli_env(settings), timeout=60
     )
-    assert result.returncode == 1
+    assert result.returncode == EXIT_UNHEALTHY
     assert "not completed an update window" in result.stdout
 
 
@@ -165,7 +166,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
     report = subprocess.run(
         [*command, "--repair"], capture_output=True, text=True, env=cli_env(settings), timeout=120
     )
-    assert report.returncode == 1, report.stderr  # it differed
+    assert report.returncode == EXIT_UNHEALTHY, report.stderr  # it differed
     assert re.search(
         rf"postgres: \d+ held, {len(deleted)} missing, 1 stale, {len(removed)} not purged",
         report.stdout,
@@ -278,8 +279,8 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
     )
     assert _metric(later, "spark_relay_published_records_total") >= 600
     assert _metric(later, "spark_relay_checkpoint_timestamp_seconds") > 0
-    assert _metric(later, "spark_relay_poller_newest_modification_seconds") > 0
+    assert _metric(later, "spark_relay_poller_newest_modification_timestamp_seconds") > 0
     assert _metric(sink_values, "spark_relay_sink_applied_records_total") >= 600
-    assert _metric(sink_values, "spark_relay_sink_batch_seconds_count") > 0
-    assert _metric(sink_values, "spark_relay_sink_newest_modification_seconds") > 0
+    assert _metric(sink_values, "spark_relay_sink_batch_duration_seconds_count") > 0
+    assert _metric(sink_values, "spark_relay_sink_newest_modification_timestamp_seconds") > 0
     assert "spark_relay_sink_lag_messages" in " ".join(sink_values)
