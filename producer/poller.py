@@ -690,7 +690,8 @@ class Poller:
         ids = [a.get("Id") for a in page.results]
         already = self.state.seen_keys("accounts", [i for i in ids if isinstance(i, str)])
         known = self.state.published("accounts", [i for i in ids if isinstance(i, str)])
-        rows, seen = [], []
+        rows: list[tuple[str, str | None, str]] = []
+        seen = [r.key for r in page.rejected if r.key]  # broken, but returned: never purged
         for account in page.results:
             key = account.get("Id")
             if key is not None and (key in already or key in seen):
@@ -732,6 +733,7 @@ class Poller:
             pages = self.client.scan_skiptoken("/v1/listings", params, checkpoint["token"])
             for page, _token in _prefetch(pages):
                 keys = [_listing_key(r) for r in page.results]
+                keys += [r.key for r in page.rejected if r.key]  # broken, but returned: live
                 stats.records += len(keys)
                 checkpoint = {
                     **checkpoint,
@@ -853,7 +855,7 @@ class Poller:
         page = self.client.get(
             "/v1/listings", {"_select": "ListingKey", "_limit": len(keys), "_filter": _by_key(keys)}
         )
-        live = {_listing_key(r) for r in page.results}
+        live = {_listing_key(r) for r in page.results} | {r.key for r in page.rejected}
         gone = [key for key in keys if key not in live]
         if len(gone) < len(keys):
             logger.warning(
@@ -865,7 +867,8 @@ class Poller:
 
     def _still_there(self, account_id: str) -> bool:
         try:
-            return bool(self.client.get(f"/v1/accounts/{account_id}").results)
+            page = self.client.get(f"/v1/accounts/{account_id}")
+            return bool(page.results or page.rejected)  # a broken record is still a record
         except NotFound:
             return False
 

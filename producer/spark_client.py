@@ -419,21 +419,10 @@ class SparkClient:
         token = start_token
         while True:
             page = self.get(path, {**(params or {}), "_skiptoken": token})
-            if page.results:
+            # a page of broken elements only is a page: its elements go to the dead letters
+            returned = bool(page.results or page.rejected)
+            if returned:
                 yield page, token
-            if not page.results or not page.skip_token or page.skip_token == token:
+            if not returned or not page.skip_token or page.skip_token == token:
                 return
             token = page.skip_token
-
-    def scan_skip(
-        self, path: str, params: dict[str, Any] | None = None, limit: int = 1000
-    ) -> Iterator[Page]:
-        """Page with ``_skip`` (accounts have no ``_skiptoken``); the caller de-duplicates."""
-        skip = 0
-        while True:
-            page = self.get(path, {**(params or {}), "_limit": limit, "_skip": skip})
-            if page.results:
-                yield page
-            if len(page.results) < limit:
-                return
-            skip += limit

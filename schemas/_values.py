@@ -218,6 +218,14 @@ def loads(text: str | bytes) -> Any:
     float cannot hold as :class:`~decimal.Decimal`.
     """
     raw = text.encode() if isinstance(text, str) else text
-    if _has_long_number(raw):
-        return json.loads(raw, parse_float=_exact_float)
-    return orjson.loads(raw)
+    if not _has_long_number(raw):
+        return orjson.loads(raw)
+    # refuse what orjson refuses, so both paths agree: NaN/Infinity, lone surrogates
+    value = json.loads(raw, parse_float=_exact_float, parse_constant=_not_json)
+    if b"\\ud" in raw or b"\\uD" in raw:
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError, a ValueError
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

@@ -102,6 +102,16 @@ def test_the_content_hash_ignores_key_order_and_sees_every_digit():
     assert content_hash(big) != content_hash(near)  # floats would make them equal
 
 
+@pytest.mark.parametrize("bad", [b'"b":NaN', b'"b":-Infinity', b'"b":"\\ud800"'])
+def test_the_exact_path_refuses_what_orjson_refuses(bad):
+    # a body with a long number takes the standard library's parser: it must agree with
+    # orjson's, or a lone surrogate gets in and crashes the encoder for good
+    for body in (b'{"a":1,' + bad + b"}", b'{"a":20140227182254340923000000,' + bad + b"}"):
+        with pytest.raises(ValueError):
+            json_loads(body)
+    assert json_loads(b'{"a":20140227182254340923000000,"b":"\\ud83d\\ude00"}')["b"] == "\U0001f600"
+
+
 def test_the_media_state_keeps_every_digit(tmp_path):
     items = json_loads(b'[{"Id":20140227182254340000000,"Size":0.12345678901234567891}]')
     state = open_state(str(tmp_path), "", "t")
@@ -150,6 +160,18 @@ def test_broken_elements_are_dead_lettered_and_the_rest_published(emulator, rela
             assert "expected a JSON object" in headers["dlq.error"]
     assert set(by_key) == set(escape)
     assert sorted(map(str, nulls)) == sorted(str(how["element"]) for how in element.values())
+
+
+def test_a_page_of_broken_records_only_is_dead_lettered_and_the_scan_goes_on(emulator, relay):
+    emu = emulator(listings=40, accounts=20, bad_records=0.3)
+    settings = relay(emu, page_size=1)  # a page whose one record is broken holds nothing sound
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+    truth = emu.truth()
+    escape, element = _bad(truth, "escape"), _bad(truth, "element")
+    assert escape and stats.completed
+    assert set(_latest(settings)) == set(truth["listings"]) - set(escape)
+    assert stats.dead_lettered == len(escape) + len(element)
 
 
 def test_a_refused_subresource_leaves_the_listing_published_without_it(emulator, relay):
