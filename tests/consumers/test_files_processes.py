@@ -17,17 +17,20 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from consumers.base import Batch, Event, SinkContext
+from consumers.files import FileSink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
 from consumers.files.sink import committed_files
 from consumers.runner import end_offsets
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
-from spark_relay.settings import replace
+from spark_relay.settings import Settings, replace
 from tests.consumers.kafka_events import Topics, committed, wait_for
 from tests.consumers.sink_events import parse_ts
 from tests.kafka_helpers import cli_env
@@ -211,3 +214,41 @@ def test_two_processes_on_one_directory_one_killed_twice_leave_every_event_once(
     assert listings == {k: parse_ts(v) for k, v in truth["listings"].items()}
     accounts = {r["key"] for r in records if r["topic"] == settings.topic("accounts")}
     assert accounts == set(truth["accounts"])
+
+
+def test_a_new_owner_deletes_only_the_temp_files_of_dead_writers(tmp_path):
+    """Sink level: a live writer's temporary file survives a new owner; revoked publishes, lost deletes."""
+    settings = Settings(state_dir=str(tmp_path / "state"), topic_prefix="own")
+    topic = "own.listings"
+
+    def sink() -> FileSink:
+        made = FileSink()
+        made.open(SinkContext(settings=settings, group_id="g", topics=(topic,), options={}))
+        return made
+
+    events = [
+        Event(topic, 0, n, f"K{n}", None, timestamp=datetime(2024, 5, 1, tzinfo=UTC))
+        for n in range(5)
+    ]
+    live = sink()
+    live.write(Batch(events))
+    live.commit(Batch(events).offsets())
+    folder = tmp_path / "state" / "files" / topic / "date=2024-05-01"
+    (mine,) = folder.glob(".*.tmp")
+    dead = folder / f".{topic}+0+{3:020d}.jsonl.999-dead.tmp"  # no process holds its lock
+    dead.write_bytes(b"")
+
+    other = sink()
+    assert other.stored_offsets([(topic, 0)]) == {(topic, 0): 0}
+    assert mine.exists() and not dead.exists()
+
+    live.revoked([(topic, 0)])  # published for the next owner, which resumes after it
+    assert not mine.exists()
+    assert other.stored_offsets([(topic, 0)]) == {(topic, 0): 5}
+
+    more = [Event(topic, 0, n, f"K{n}", None, timestamp=events[0].timestamp) for n in range(5, 8)]
+    other.write(Batch(more))
+    other.commit(Batch(more).offsets())
+    other.revoked([(topic, 0)], lost=True)  # lost: its next owner may have started, delete
+    assert not list(folder.glob(".*.tmp"))
+    assert sink().stored_offsets([(topic, 0)]) == {(topic, 0): 5}
