@@ -48,8 +48,7 @@ def compact_command(app: App, path, output, fmt, resources) -> None:
 
     Reads every published file of the listings and accounts topics, each (partition,
     offset) once, and keeps per key the greatest ModificationTimestamp (ties: the later
-    offset); a tombstone deletes the key and supersedes any later version fetched
-    before it. Writes one file.
+    offset); a tombstone deletes the key whatever came before it. Writes one file.
     """
     settings = app.settings()
     root = Path(path) if path else settings.state_path / "files"

@@ -7,12 +7,12 @@ file sink's root (any format, mixed is fine), each (partition, offset) once
 (files that overlap, as two writers of one partition can leave, never double
 an event), and keeps per key what every sink keeps, whatever the batches:
 
-- in offset order, a version replaces the held one unless its
+- in (partition, offset) order, a version replaces the held one unless its
   ModificationTimestamp is older (ties go to the later offset);
-- a tombstone deletes the key, whatever the versions before it, and is
-  remembered: a later version fetched before the tombstone was published
-  (``source.fetched_at`` older than the tombstone's Kafka timestamp: a stale
-  re-publish) is superseded; one fetched after it brings the key back.
+- a tombstone deletes the key, whatever the versions before it: an event
+  older than the delete (an earlier offset, as a re-delivery has) is
+  superseded. A version after the delete brings the key back, as it does in
+  the compacted topic and in the other sinks.
 
 Keys whose final state is deleted are left out; the survivors go to one file
 (through a temporary name and a rename, like the sink). Two passes over the
@@ -48,7 +48,7 @@ class CompactStats:
     files: int = 0
     records: int = 0
     duplicates: int = 0  # a (partition, offset) already read from another file
-    superseded: int = 0  # a version older than the one held, or than a delete
+    superseded: int = 0  # a version older than the one held
     keys: int = 0
     deleted: int = 0
     written: int = 0
@@ -59,9 +59,8 @@ class _Held:
     """Where a key stands after the records read so far."""
 
     place: tuple[int, int]  # (partition, offset) of the record that decides it
-    modified: datetime | None  # its ModificationTimestamp (None: a delete)
+    modified: datetime | None  # its ModificationTimestamp (None: unknown, or a delete)
     deleted: bool
-    deleted_at: datetime | None  # the Kafka timestamp of the latest delete (kept after a revival)
 
 
 def _moment(value: Any) -> datetime | None:
@@ -76,36 +75,23 @@ def _moment(value: Any) -> datetime | None:
     return None
 
 
-def _apply(held: _Held | None, record: dict[str, Any], stats: CompactStats) -> _Held | None:
-    """The key's state after ``record`` (the next one of the key in offset order)."""
+def _apply(held: _Held | None, record: dict[str, Any], stats: CompactStats) -> _Held:
+    """The key's state after ``record``, the key's next record in (partition, offset) order."""
     place = (record["partition"], record["offset"])
     value = record["value"]
     if value is None:
-        at = _moment(record["timestamp"])
-        if (
-            held is not None
-            and held.deleted_at is not None
-            and (at is None or at < held.deleted_at)
-        ):
-            at = held.deleted_at
-        return _Held(place, None, True, at)
+        return _Held(place, None, True)
     modified = _moment(value.get("ModificationTimestamp"))
-    if held is not None:
-        fetched = _moment((value.get("source") or {}).get("fetched_at"))
-        stale_after_delete = (
-            held.deleted_at is not None and fetched is not None and fetched < held.deleted_at
-        )
-        older = (
-            not held.deleted
-            and held.modified is not None
-            and modified is not None
-            and modified < held.modified
-        )
-        if stale_after_delete or older:
-            stats.superseded += 1
-            return held
-        return _Held(place, modified, False, held.deleted_at)
-    return _Held(place, modified, False, None)
+    if (
+        held is not None
+        and not held.deleted
+        and held.modified is not None
+        and modified is not None
+        and modified < held.modified
+    ):
+        stats.superseded += 1
+        return held
+    return _Held(place, modified, False)
 
 
 def _records(
