@@ -44,7 +44,9 @@ topic with its original coordinates.
 
 On a rebalance the runner finishes and commits the batch in hand before the
 partitions go (a batch is never half applied); partitions *lost* without a
-revoke (session timeout) drop their uncommitted messages. Setting ``stop``
+revoke (session timeout) drop their uncommitted messages. Either way a sink
+that has ``revoked(partitions, lost)`` is then told (the file sink publishes
+or deletes its open files there, before another process takes them over). Setting ``stop``
 (the CLI does on SIGTERM/SIGINT) finishes and commits the current batch, then
 :meth:`Runner.run` returns. With ``until_caught_up`` it returns once every
 assigned partition reached the end it had when the runner started.
@@ -740,7 +742,14 @@ class Runner:
             ", ".join(f"{t}[{p}]" for t, p in map(tp_of, partitions)),
         )
         self._flush()
+        self._release(partitions, lost=False)
         self._forget(partitions)
+
+    def _release(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Tell a sink that has ``revoked(partitions, lost)`` (optional) that partitions left."""
+        revoked = getattr(self.sink, "revoked", None)
+        if revoked is not None:
+            revoked([tp_of(p) for p in partitions], lost=lost)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp_of(p) for p in partitions}
@@ -749,6 +758,7 @@ class Runner:
         )
         self._pending = [m for m in self._pending if tp_of(m) not in lost]
         self._pending_offsets = {tp: o for tp, o in self._pending_offsets.items() if tp not in lost}
+        self._release(partitions, lost=True)
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:

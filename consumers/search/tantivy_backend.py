@@ -17,16 +17,25 @@ writer, commits the index, then commits versions, deletes and offsets to
 SQLite in one transaction. A crash between the two commits leaves
 the index ahead of the side table; the sink then resumes from the older
 offsets and re-applies the same events, which lands on the same documents:
-effectively exactly once. Tantivy allows one writer per index, so run one
-search sink process per index (scale out with the OpenSearch backend).
+effectively exactly once.
+
+Tantivy allows one writer per index, so the backend holds ``writer.lock``
+(an exclusive ``flock``, released by the kernel when the process dies, even by
+SIGKILL) with the holder's pid and host in it: a second search sink on the
+same index stops at once with a message naming the index and its holder.
+Scale out with the OpenSearch backend instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +46,7 @@ from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_mic
 from consumers.search.query import Condition
 from spark_relay.errors import SinkError, SinkUnavailableError
 
-__all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "open_index"]
+__all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "lock_writer", "open_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,19 +178,42 @@ def search(
     return result.count, hits
 
 
+def lock_writer(path: Path) -> int:
+    """Take ``<path>/writer.lock`` for this process (its descriptor); :class:`SinkError` names the holder."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise SinkError(
+            f"the search index at {path} is in use by another writer ({holder}): Tantivy allows "
+            "one writer per index, so run one search sink per index (to scale out, use "
+            "--backend opensearch)"
+        ) from None
+    os.ftruncate(fd, 0)
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+    return fd
+
+
 class TantivyBackend:
     """The search sink's default backend. Created at ``open``, closed at ``close``."""
 
     def __init__(self, path: Path, *, heap_size: int = 128_000_000) -> None:
         self.path = Path(path)
-        self.index = open_index(self.path / "index", create=True)
+        self._lock = lock_writer(self.path)
         try:
+            self.index = open_index(self.path / "index", create=True)
             self.writer = self.index.writer(heap_size)
-        except ValueError as e:
-            raise SinkError(
-                f"the search index at {self.path} is in use by another writer "
-                f"(one search sink per index): {e}"
-            ) from e
+        except BaseException as e:
+            os.close(self._lock)
+            if isinstance(e, ValueError):
+                raise SinkError(
+                    f"cannot open a writer on the search index at {self.path}: {e}"
+                ) from e
+            raise
         self.db = sqlite3.connect(self.path / "state.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -318,3 +350,4 @@ class TantivyBackend:
         """Release the writer's lock and the side table."""
         self.writer.wait_merging_threads()
         self.db.close()
+        os.close(self._lock)  # releases writer.lock
