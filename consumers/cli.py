@@ -21,7 +21,7 @@ import click
 
 from consumers.registry import SinkLoadError, cli_options_of, load_sink, sink_entry_points
 from consumers.runner import Replay, Runner, RunnerConfig, parse_offsets
-from spark_relay.cli import App
+from spark_relay.app import App
 from spark_relay.errors import EXIT_CODES, ConfigError
 from spark_relay.metrics import serve_metrics
 from spark_relay.settings import load_settings

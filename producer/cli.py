@@ -12,7 +12,7 @@ from contextlib import contextmanager, nullcontext
 import click
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES
 from spark_relay.health import HEALTH
 from spark_relay.metrics import serve_metrics

@@ -8,36 +8,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
-from typing import Any
 
 import click
 
 from spark_relay import __version__
+from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES, ConfigError, RelayError
 from spark_relay.logs import JsonFormatter, configure_logging
-from spark_relay.settings import Settings, describe, load_settings
+from spark_relay.settings import describe
 
-__all__ = ["main", "cli", "pass_app", "App"]
+__all__ = ["main", "cli"]
 
 logger = logging.getLogger(__name__)
 
 _EXIT_TEXT = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
-
-
-@dataclass
-class App:
-    """What every subcommand receives: the config file path and global overrides."""
-
-    config_file: str | None
-    overrides: dict[str, Any]
-    debug: bool
-
-    def settings(self, **overrides: Any) -> Settings:
-        return load_settings(self.config_file, **{**self.overrides, **overrides})
-
-
-pass_app = click.make_pass_decorator(App)
 
 
 @click.group(
