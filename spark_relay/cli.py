@@ -17,7 +17,7 @@ from spark_relay import __version__
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES, ConfigError, RelayError
 from spark_relay.logs import JsonFormatter, configure_logging
-from spark_relay.settings import Settings, describe, unknown_variables
+from spark_relay.settings import Settings, describe, mask_urls, unknown_variables
 
 __all__ = ["main", "cli"]
 
@@ -149,7 +149,7 @@ def _say_error(text: str) -> None:
     if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
         logger.error(text)
     else:
-        click.echo(text, err=True)
+        click.echo(mask_urls(text), err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

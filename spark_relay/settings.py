@@ -519,6 +519,10 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _secret_name(key: str) -> bool:
+    return any(word in key.lower() for word in ("password", "secret", "key", "token"))
+
+
 def describe(settings: Settings) -> dict[str, str]:
     """Settings as printable text, secrets and passwords in URLs masked (``spark-relay config``)."""
     shown = {}
@@ -526,12 +530,12 @@ def describe(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if f.name == "kafka":
             for key, raw in value.items():
-                secret = any(word in key for word in ("password", "secret", "key"))
-                shown[f"kafka:{key}"] = "********" if secret else raw
+                shown[f"kafka:{key}"] = "********" if _secret_name(key) else raw
         elif f.name == "sink":
             for sink, table in value.items():
                 for key, raw in table.items():
-                    shown[f"sink.{sink}.{key}"] = mask_urls(str(raw))
+                    text = "********" if _secret_name(key) else mask_urls(str(raw))
+                    shown[f"sink.{sink}.{key}"] = text
         else:
             shown[env_name(f.name)] = "" if value is None else mask_urls(str(value))
     return shown

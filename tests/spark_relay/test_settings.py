@@ -154,10 +154,18 @@ def test_the_config_file_comes_from_the_environment_and_the_flag_wins(tmp_path):
 
 def test_a_sink_table_in_the_file_holds_that_sinks_own_options(tmp_path):
     config = tmp_path / "relay.toml"
-    config.write_text('[sink.postgres]\nschema = "copy_b"\n[sink.files]\nmax_records = 5\n')
+    config.write_text(
+        '[sink.postgres]\nschema = "copy_b"\n[sink.files]\nmax_records = 5\n'
+        '[sink.mine]\napi_token = "t0ken"\n'
+    )
     settings = load_settings(config, environ={})
-    assert settings.sink == {"postgres": {"schema": "copy_b"}, "files": {"max_records": 5}}
+    assert settings.sink == {
+        "postgres": {"schema": "copy_b"},
+        "files": {"max_records": 5},
+        "mine": {"api_token": "t0ken"},
+    }
     assert describe(settings)["sink.postgres.schema"] == "copy_b"
+    assert describe(settings)["sink.mine.api_token"] == "********"
     config.write_text('[sink]\npostgres = "x"\n')
     with pytest.raises(ConfigError, match=r"\[sink.postgres\] must be a table"):
         load_settings(config, environ={})
