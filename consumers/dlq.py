@@ -40,8 +40,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from producer.publisher import PRODUCER_DEFAULTS
-from schemas.topics import DLQ_RETENTION_MS, dlq_topic, redrive_group
+from schemas.topics import DLQ_RETENTION_MS, MAX_MESSAGE_BYTES, dlq_topic, redrive_group
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import SINK_DEAD_LETTERS
 from spark_relay.settings import Settings
@@ -131,9 +130,7 @@ class DeadLetters:
         self.sink = sink
         self.topic = dlq_topic(settings.topic_prefix, sink)
         self._kafka = settings.kafka_config("producer")
-        poller_max = int(
-            self._kafka.get("message.max.bytes", PRODUCER_DEFAULTS["message.max.bytes"])
-        )
+        poller_max = int(self._kafka.get("message.max.bytes", MAX_MESSAGE_BYTES))
         #: The largest letter produced whole: what the poller may publish, plus the headers.
         self.max_bytes = poller_max + _HEADER_ROOM
         self._admin = settings.kafka_config("admin")

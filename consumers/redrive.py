@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from consumers.cli import sink_table
 from consumers.registry import cli_options_of, load_sink
 from consumers.runner import Runner, RunnerConfig, RunStats
 from spark_relay.errors import ConfigError
@@ -47,7 +48,11 @@ def redrive(
     cls = load_sink(sink)
     command = click.Command(sink, params=cli_options_of(cls))
     try:
-        with command.make_context(f"spark-relay dlq redrive {sink}", list(args)) as ctx:
+        with command.make_context(
+            f"spark-relay dlq redrive {sink}",
+            list(args),
+            default_map=sink_table(settings, sink, cls),
+        ) as ctx:
             options = dict(ctx.params)
     except click.ClickException as e:
         raise ConfigError(f"dlq redrive {sink}: {e.format_message()}") from e

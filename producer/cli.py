@@ -12,7 +12,7 @@ from contextlib import contextmanager, nullcontext
 import click
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES
 from spark_relay.health import HEALTH
 from spark_relay.metrics import serve_metrics
@@ -114,9 +114,9 @@ def _stop_on_signals() -> threading.Event:
 
 _metrics = click.option(
     "--metrics-port",
-    type=int,
-    envvar="SPARK_RELAY_METRICS_PORT",
-    help="Serve Prometheus metrics on this port (on SPARK_RELAY_METRICS_HOST, default 127.0.0.1).",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (SPARK_RELAY_METRICS_PORT), on "
+    "SPARK_RELAY_METRICS_HOST (default 127.0.0.1).",
 )
 _progress = click.option(
     "--progress/--no-progress",
@@ -152,8 +152,8 @@ def _procedure(name: str, doc: str, call, *options):
     @_metrics
     @pass_app
     def command(app: App, progress: bool | None, metrics_port: int | None, **flags) -> None:
-        settings = app.settings()
-        serve_metrics(metrics_port, settings.metrics_host)
+        settings = app.settings(metrics_port=metrics_port)
+        serve_metrics(settings.metrics_port or None, settings.metrics_host)
         with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
             stats = call(poller, **flags)
         click.echo(stats.summary())
@@ -215,8 +215,8 @@ def snapshot_command(
     """
     if republish and not restart:
         raise click.UsageError("--republish starts a new snapshot: give --restart as well")
-    settings = app.settings()
-    serve_metrics(metrics_port, settings.metrics_host)
+    settings = app.settings(metrics_port=metrics_port)
+    serve_metrics(settings.metrics_port or None, settings.metrics_host)
     with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
         click.echo(poller.snapshot(restart=restart, republish=republish).summary())
 
@@ -247,9 +247,12 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     from producer.daemon import run_daemon
 
     settings = app.settings(
-        update_interval=interval, accounts_interval=accounts_interval, purge_at=purge_at
+        update_interval=interval,
+        accounts_interval=accounts_interval,
+        purge_at=purge_at,
+        metrics_port=metrics_port,
     )
-    serve_metrics(metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port or None, settings.metrics_host)
     with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
         run_daemon(poller)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from schemas.topics import MAX_MESSAGE_BYTES
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import PUBLISHED
 
@@ -30,7 +31,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.size": 1_000_000,
     # a broker's default limit: a larger record is refused here, at produce(), where the
     # poller can dead-letter it, rather than by the broker after the fact
-    "message.max.bytes": 1_000_000,
+    "message.max.bytes": MAX_MESSAGE_BYTES,
     "queue.buffering.max.kbytes": 262_144,
 }
 

@@ -5,6 +5,7 @@ Downstream teams depend on this package; change it only in compatible steps
 ``schemas/history/`` against the current one).
 """
 
+from schemas._items import item_plan, items_from_record
 from schemas._values import dumps as json_dumps
 from schemas._values import loads as json_loads
 from schemas._values import parse_timestamp
@@ -63,4 +64,6 @@ __all__ = [
     "json_dumps",
     "json_loads",
     "parse_timestamp",
+    "item_plan",
+    "items_from_record",
 ]

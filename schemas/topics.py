@@ -24,6 +24,7 @@ __all__ = [
     "PURGE_RETENTION_MS",
     "DLQ_RETENTION_MS",
     "DELETE_RETENTION_MS",
+    "MAX_MESSAGE_BYTES",
     "dlq_topic",
     "dlq_spec",
     "TopicSpec",
@@ -44,6 +45,9 @@ PURGE_RETENTION_MS = 365 * 24 * 60 * 60 * 1000
 #: How long a compacted topic keeps a tombstone (``delete.retention.ms``): 7 days. A sink
 #: further behind than that may never read the tombstone (SPARK_RELAY_DELETE_RETENTION_DAYS).
 DELETE_RETENTION_MS = 7 * 24 * 60 * 60 * 1000
+#: The largest event our producers publish (their ``message.max.bytes``) unless
+#: SPARK_RELAY_KAFKA_MESSAGE_MAX_BYTES says otherwise: a broker's default limit.
+MAX_MESSAGE_BYTES = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import click
 
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
 
 __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]

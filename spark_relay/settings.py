@@ -4,28 +4,53 @@ Precedence, lowest first: defaults, the TOML file (``--config``), environment
 variables prefixed ``SPARK_RELAY_``, command-line flags. A wrong or missing
 value raises :class:`ConfigError` with one line that names the setting and
 what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
-``str`` never show it.
+``str`` never show it; a password inside a URL is masked wherever a URL is
+shown (:func:`mask_urls`: ``spark-relay config``, the logs).
+
+Every ``SPARK_RELAY_<NAME>`` is a field here, with two families beside them:
+``SPARK_RELAY_KAFKA_<SETTING>`` (librdkafka, ``[kafka]`` in TOML) and a sink's
+own options, ``SPARK_RELAY_<SINK>_<OPTION>`` (``--schema`` of the postgres sink
+is ``SPARK_RELAY_POSTGRES_SCHEMA``, ``[sink.postgres] schema`` in TOML), which
+the sink declares itself and ``spark-relay sink <name> --help`` lists. Any
+other ``SPARK_RELAY_*`` variable is a typo: :func:`unknown_variables`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from spark_relay.errors import ConfigError
 
-__all__ = ["Secret", "Settings", "load_settings", "ENV_PREFIX", "KAFKA_PASSTHROUGH_PREFIX"]
+__all__ = [
+    "Secret",
+    "Settings",
+    "load_settings",
+    "unknown_variables",
+    "mask_urls",
+    "ENV_PREFIX",
+    "KAFKA_PASSTHROUGH_PREFIX",
+    "SINK_PLUGINS",
+]
 
 ENV_PREFIX = "SPARK_RELAY_"
 #: ``SPARK_RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes librdkafka's ``security.protocol``.
 KAFKA_PASSTHROUGH_PREFIX = ENV_PREFIX + "KAFKA_"
+#: The entry-point group sinks register in; ``SPARK_RELAY_<SINK>_*`` are that sink's options.
+SINK_PLUGINS = "spark_relay.sinks"
+#: ``SPARK_RELAY_<FAMILY>_*`` variables that are not settings: librdkafka's, the emulator's,
+#: the devstack's and the tests' own.
+OTHER_FAMILIES = ("KAFKA_", "EMULATOR_", "DEVSTACK_", "TEST_")
 
 
 class Secret:
@@ -55,10 +80,18 @@ class Secret:
         return "********" if self._value else ""
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
+    return _URL_PASSWORD.sub(r"\1********@", text)
+
+
 def _url(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}: expected an http(s):// URL, got {value!r}")
+        raise ConfigError(f"{name}: expected an http(s):// URL, got {mask_urls(repr(value))}")
     return value.rstrip("/")
 
 
@@ -253,10 +286,46 @@ class Settings:
         _choice("zstd", "lz4", "snappy", "gzip", "none"),
         "Compression of the events we produce: zstd, lz4, snappy, gzip or none",
     )
+    metrics_port: int | None = _setting(
+        None,
+        lambda n, v: _int_range(n, v, 1, 65535),
+        "Port of /metrics, /healthz and /readyz (--metrics-port); empty: none",
+    )
+    # The sink runner (`spark-relay sink <name>`); a sink's own options are its [sink.<name>]
+    sink_group: str = _setting(
+        "",
+        None,
+        "Consumer group of a sink (--group; empty: spark-relay.<sink>); copies in one group "
+        "share the partitions",
+    )
+    sink_batch_size: int = _setting(
+        1000, lambda n, v: _int_range(n, v, 1, 1_000_000), "Messages per sink batch, at most"
+    )
+    sink_batch_ms: int = _setting(
+        500,
+        lambda n, v: _int_range(n, v, 0, 3_600_000),
+        "Milliseconds a sink batch waits for more messages after its first",
+    )
+    sink_dead_letter_limit: int = _setting(
+        100,
+        lambda n, v: _int_range(n, v, 0, 1_000_000_000),
+        "Dead letters in a row for one reason after which a sink stops (exit 6); 0: no limit",
+    )
+    config: str = _setting(
+        "", None, "TOML file of settings (--config), read before the environment and the flags"
+    )
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
     kafka: Mapping[str, str] = field(
         default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
     )
+    #: Each sink's own options from its TOML table ``[sink.<name>]``, by parameter name.
+    sink: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
+    )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return mask_urls(f"Settings({shown})")
 
     def require(self, *names: str) -> Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
@@ -314,6 +383,8 @@ def _doc(name: str) -> str:
 
 _SECRETS = {"api_key", "schema_registry_basic_auth"}
 _NAMES = {f.name for f in fields(Settings)}
+#: Fields with no variable of their own: tables of the TOML file, and the file itself.
+_TABLES = {"kafka", "sink"}
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:
@@ -343,9 +414,12 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
+    sink: dict[str, dict[str, Any]] = {}
 
+    config_file = config_file or environ.get(env_name("config")) or None
     if config_file is not None:
         path = Path(config_file)
+        values["config"] = str(path)
         try:
             document = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -359,6 +433,13 @@ def load_settings(
                         f"--config {path}: [kafka] must be a table of librdkafka settings"
                     )
                 kafka.update({str(k): str(v) for k, v in _flatten(raw).items()})
+            elif key == "sink":
+                sink.update(_sink_tables(raw, path))
+            elif key == "config":
+                raise ConfigError(
+                    f"--config {path}: config: name the file with --config or "
+                    f"{env_name('config')}, not inside it"
+                )
             elif key in _NAMES:
                 values[key] = _parse(key, raw, f"{key} in {path}")
             else:
@@ -370,7 +451,7 @@ def load_settings(
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name in _NAMES and name != "kafka":
+        if name in _NAMES and name not in _TABLES and name != "config":
             values[name] = _parse(name, raw, key)
         elif key.startswith(KAFKA_PASSTHROUGH_PREFIX):
             kafka[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = raw
@@ -378,7 +459,7 @@ def load_settings(
     for name, raw in overrides.items():
         if raw is None:
             continue
-        if name not in _NAMES:
+        if name not in _NAMES or name in _TABLES or name == "config":
             raise TypeError(f"unknown setting {name!r}")
         values[name] = _parse(name, raw, "--" + name.replace("_", "-"))
 
@@ -389,7 +470,42 @@ def load_settings(
     for codec in ("compression.type", "compression.codec"):
         if codec in kafka:
             raise ConfigError(f"kafka setting {codec}: set {env_name('compression')} instead")
-    return Settings(**values, kafka=kafka)
+    return Settings(**values, kafka=kafka, sink=sink)
+
+
+def _sink_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``[sink.<name>]`` tables: each sink's own options (checked by the sink's command)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: [sink] must hold one table per sink, [sink.<name>]")
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"--config {path}: [sink.{name}] must be a table of that sink's options"
+            )
+    return {name: dict(table) for name, table in raw.items()}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``SPARK_RELAY_*`` variable that is no setting, with the closest name.
+
+    Settings, librdkafka's ``SPARK_RELAY_KAFKA_*``, a registered sink's
+    ``SPARK_RELAY_<SINK>_*`` and the families in :data:`OTHER_FAMILIES` are known.
+    """
+    names = sorted(n.upper() for n in _NAMES - _TABLES)
+    families = OTHER_FAMILIES + tuple(
+        f"{ep.name.upper()}_" for ep in entry_points(group=SINK_PLUGINS)
+    )
+    lines = []
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :]
+        if name in names or name.startswith(families):
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "see `spark-relay config`"
+        lines.append(f"{key} is not a setting ({hint})")
+    return lines
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -403,17 +519,25 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _secret_name(key: str) -> bool:
+    return any(word in key.lower() for word in ("password", "secret", "key", "token"))
+
+
 def describe(settings: Settings) -> dict[str, str]:
-    """Settings as printable text, secrets masked (for ``spark-relay config``)."""
+    """Settings as printable text, secrets and passwords in URLs masked (``spark-relay config``)."""
     shown = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
         if f.name == "kafka":
             for key, raw in value.items():
-                secret = any(word in key for word in ("password", "secret", "key"))
-                shown[f"kafka:{key}"] = "********" if secret else raw
+                shown[f"kafka:{key}"] = "********" if _secret_name(key) else raw
+        elif f.name == "sink":
+            for sink, table in value.items():
+                for key, raw in table.items():
+                    text = "********" if _secret_name(key) else mask_urls(str(raw))
+                    shown[f"sink.{sink}.{key}"] = text
         else:
-            shown[env_name(f.name)] = str(value)
+            shown[env_name(f.name)] = "" if value is None else mask_urls(str(value))
     return shown
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from consumers.files.compact import COMPACT_FORMATS, compact
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 
 __all__ = ["files_group"]
 

@@ -45,8 +45,7 @@ from psycopg.pq import TransactionStatus
 
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
-from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA
-from schemas._items import item_plan, items_from_record
+from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA, item_plan, items_from_record
 from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
