@@ -3,6 +3,13 @@
 The subcommands are built from the entry points when they are asked for, so
 ``spark-relay --help`` imports no sink. Each has the common options below plus
 the sink's own ``cli_options``.
+
+The common options are settings (``SPARK_RELAY_SINK_GROUP``, ``SINK_BATCH_SIZE``,
+``SINK_BATCH_MS``, ``SINK_DEAD_LETTER_LIMIT``, ``METRICS_PORT``: flag, else
+environment, else TOML, else default). A sink's own options stay the sink's:
+flag, else its variable ``SPARK_RELAY_<SINK>_<OPTION>``, else the TOML table
+``[sink.<name>]`` (the root command hands it to click as the ``default_map``),
+else the option's default.
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ import click
 
 from consumers.registry import SinkLoadError, cli_options_of, load_sink, sink_entry_points
 from consumers.runner import Replay, Runner, RunnerConfig, parse_offsets
-from spark_relay.cli import App
+from spark_relay.app import App
 from spark_relay.errors import EXIT_CODES, ConfigError
 from spark_relay.metrics import serve_metrics
-from spark_relay.settings import load_settings
+from spark_relay.settings import Settings, load_settings
 
-__all__ = ["sink_group", "COMMON_OPTIONS"]
+__all__ = ["sink_group", "COMMON_OPTIONS", "sink_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ COMMON_OPTIONS = (
     "until_caught_up",
     "batch_size",
     "batch_ms",
+    "dead_letter_limit",
 )
 
 
@@ -48,9 +56,8 @@ def _common_options() -> list[click.Option]:
     return [
         click.Option(
             ["--group"],
-            envvar="SPARK_RELAY_SINK_GROUP",
-            show_envvar=True,
-            help="Consumer group id [default: spark-relay.<sink>]. Copies of a sink in one group "
+            help="Consumer group id (SPARK_RELAY_SINK_GROUP) [default: spark-relay.<sink>]. "
+            "Copies of a sink in one group "
             "share the partitions; give a second, independent copy (another schema, another "
             "index) its own group.",
         ),
@@ -80,27 +87,26 @@ def _common_options() -> list[click.Option]:
         click.Option(
             ["--batch-size"],
             type=click.IntRange(min=1),
-            default=1000,
-            show_default=True,
-            envvar="SPARK_RELAY_SINK_BATCH_SIZE",
-            show_envvar=True,
-            help="Messages per batch, at most.",
+            help="Messages per batch, at most (SPARK_RELAY_SINK_BATCH_SIZE) [default: 1000].",
         ),
         click.Option(
             ["--metrics-port"],
-            type=int,
-            envvar="SPARK_RELAY_METRICS_PORT",
-            help="Serve Prometheus metrics on this port (on SPARK_RELAY_METRICS_HOST, default "
-            "127.0.0.1).",
+            type=click.IntRange(1, 65535),
+            help="Serve Prometheus metrics on this port (SPARK_RELAY_METRICS_PORT), on "
+            "SPARK_RELAY_METRICS_HOST (default 127.0.0.1).",
         ),
         click.Option(
             ["--batch-ms"],
             type=click.IntRange(min=0),
-            default=500,
-            show_default=True,
-            envvar="SPARK_RELAY_SINK_BATCH_MS",
-            show_envvar=True,
-            help="Milliseconds a batch waits for more messages after its first.",
+            help="Milliseconds a batch waits for more messages after its first "
+            "(SPARK_RELAY_SINK_BATCH_MS) [default: 500].",
+        ),
+        click.Option(
+            ["--dead-letter-limit"],
+            type=click.IntRange(min=0),
+            help="Stop (exit 6) after more than this many dead letters in a row for one reason "
+            "(stage and error class): a storm says the sink or its input is broken. 0: no limit "
+            "(SPARK_RELAY_SINK_DEAD_LETTER_LIMIT) [default: 100].",
         ),
     ]
 
@@ -116,8 +122,35 @@ def parse_timestamp(text: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def runner_config(params: dict[str, Any], topic_prefix: str) -> RunnerConfig:
-    """A :class:`RunnerConfig` from the command's parameters (the common ones are removed)."""
+#: The common options that are settings, by parameter name.
+_SETTINGS = {
+    "group": "sink_group",
+    "batch_size": "sink_batch_size",
+    "batch_ms": "sink_batch_ms",
+    "dead_letter_limit": "sink_dead_letter_limit",
+    "metrics_port": "metrics_port",
+}
+
+
+def sink_table(settings: Settings, name: str, cls: type) -> dict[str, Any]:
+    """The sink's ``[sink.<name>]`` TOML table, every key one of its own options."""
+    table = dict(settings.sink.get(name, {}))
+    known = sorted(p.name for p in cli_options_of(cls) if p.name)
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{settings.config}: [sink.{name}] {key}: not an option of the {name} sink "
+                f"(its options: {', '.join(known) or 'none'})"
+            )
+    return table
+
+
+def runner_config(params: dict[str, Any], settings: Settings) -> RunnerConfig:
+    """A :class:`RunnerConfig` from the settings and the command's own parameters.
+
+    The common parameters are removed from ``params``; the settings already hold
+    the ones that are settings.
+    """
     common = {name: params.pop(name) for name in COMMON_OPTIONS}
     chosen = [
         flag
@@ -134,15 +167,16 @@ def runner_config(params: dict[str, Any], topic_prefix: str) -> RunnerConfig:
     if common["from_beginning"]:
         replay = Replay(beginning=True)
     elif common["from_offset"]:
-        replay = Replay(offsets=parse_offsets(common["from_offset"], topic_prefix))
+        replay = Replay(offsets=parse_offsets(common["from_offset"], settings.topic_prefix))
     elif common["from_timestamp"]:
         replay = Replay(timestamp=parse_timestamp(common["from_timestamp"]))
     return RunnerConfig(
-        group_id=common["group"] or None,
-        batch_size=common["batch_size"],
-        batch_ms=common["batch_ms"],
+        group_id=settings.sink_group or None,
+        batch_size=settings.sink_batch_size,
+        batch_ms=settings.sink_batch_ms,
         replay=replay,
         until_caught_up=common["until_caught_up"],
+        dead_letter_limit=settings.sink_dead_letter_limit,
         options=params,
     )
 
@@ -170,9 +204,12 @@ def _sink_command(name: str, cls: type) -> click.Command:
     def run(**params: Any) -> None:
         ctx = click.get_current_context()
         app = ctx.find_object(App)
-        settings = app.settings() if app is not None else load_settings()
-        serve_metrics(params.pop("metrics_port"), settings.metrics_host)
-        config = runner_config(params, settings.topic_prefix)
+        flags = {setting: params.get(name) for name, setting in _SETTINGS.items()}
+        settings = app.settings(**flags) if app is not None else load_settings(**flags)
+        sink_table(settings, name, cls)
+        params.pop("metrics_port")
+        serve_metrics(settings.metrics_port or None, settings.metrics_host)
+        config = runner_config(params, settings)
         with _stop_on_signals() as stop:
             stats = Runner(cls(), settings, config, stop=stop).run()
         click.echo(stats.summary())

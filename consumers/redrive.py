@@ -1,109 +1,60 @@
-"""``spark-relay dlq redrive <sink>``: send dead letters back to their topic after a fix.
+"""``spark-relay dlq redrive <sink> [SINK OPTIONS]``: apply a sink's dead letters again, after a fix.
 
-Each dead letter on ``<prefix>.dlq.<sink>`` is produced again to the topic
-named in its ``dlq.topic`` header, key and value bytes unchanged, with its
-original coordinates kept in ``redrive.topic``, ``redrive.partition`` and
-``redrive.offset`` headers (the ``dlq.*`` headers travel along too). Progress
-is committed in the consumer group ``spark-relay.redrive.<dlq topic>`` only
-after Kafka acknowledged the re-sent messages, so a crash re-sends at most the
-last batch (harmless: sinks skip events older than what they hold) and
-``spark-relay status`` counts only what is left to re-drive.
+A dead letter goes back to the sink that failed it, never to a source topic:
+appending an old event to a shared, compacted topic would make every
+subscriber apply it again, and after a purge it would resurrect the listing
+(compaction would then drop the tombstone for good). So the re-drive is the
+sink's own runner (:class:`consumers.runner.Runner` with ``redrive``) reading
+``<prefix>.dlq.<sink>`` in the group ``spark-relay.redrive.<dlq topic>`` up to
+the end it had at start. Each letter is decoded as the message it was, with
+its original topic, partition and offset, and applied through the sink's own
+write path, whose guard drops it when the sink holds something newer for the
+key: a later version, or a later delete (sinks remember deletes). Progress is
+committed like any batch, so ``spark-relay status`` counts only the letters
+left; a letter that fails again goes back to the dead-letter topic with its
+original coordinates and the new reason.
 
-Re-sent messages reach every sink of that topic again; the sinks' guard on
-ModificationTimestamp makes that harmless for the ones that applied it.
+The sink's options (``--schema``, ``--path``…) are given after its name, as
+for ``spark-relay sink <name>``, or through their environment variables.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+import click
 
-from consumers.dlq import dlq_topic
-from producer.publisher import Publisher
+from consumers.cli import sink_table
+from consumers.registry import cli_options_of, load_sink
+from consumers.runner import Runner, RunnerConfig, RunStats
 from spark_relay.errors import ConfigError
 from spark_relay.settings import Settings
-from spark_relay.status import redrive_group
 
-__all__ = ["redrive", "RedriveStats"]
+__all__ = ["redrive"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RedriveStats:
-    topic: str
-    resent: int = 0
-    skipped: int = 0
-
-    def summary(self) -> str:
-        return f"{self.topic}: {self.resent} re-sent, {self.skipped} without a source topic left"
-
-
-def _header(headers: list[tuple[str, bytes]], name: str) -> bytes | None:
-    return next((value for key, value in headers if key == name), None)
-
-
-def redrive(settings: Settings, sink: str, timeout: float = 60.0) -> RedriveStats:
-    """Re-send every dead letter of ``sink`` not re-driven yet; return what was done."""
-    topic = dlq_topic(settings.topic_prefix, sink)
-    stats = RedriveStats(topic)
-    consumer = Consumer(
-        settings.kafka_config(
-            "consumer",
-            **{
-                "group.id": redrive_group(topic),
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-            },
-        )
-    )
-    publisher = Publisher(settings.kafka_config("producer"))
+def redrive(
+    settings: Settings,
+    sink: str,
+    args: Sequence[str] = (),
+    *,
+    consumer_config: Mapping[str, Any] | None = None,
+) -> RunStats:
+    """Re-drive every dead letter of ``sink`` not re-driven yet; ``args`` are the sink's options."""
+    cls = load_sink(sink)
+    command = click.Command(sink, params=cli_options_of(cls))
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise ConfigError(f"no dead-letter topic {topic}: is {sink!r} the sink's name?")
-        partitions = [TopicPartition(topic, p) for p in metadata.partitions]
-        committed = consumer.committed(partitions, timeout=timeout)
-        consumer.assign(
-            [TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in committed]
-        )
-        remaining = {tp.partition for tp in partitions}
-        offsets: dict[int, int] = {}
-        deadline = time.monotonic() + timeout
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(message.partition())
-                continue
-            headers = message.headers() or []
-            source = _header(headers, "dlq.topic")
-            if source is None:
-                stats.skipped += 1
-            else:
-                coordinates = [
-                    ("redrive.topic", source),
-                    ("redrive.partition", _header(headers, "dlq.partition") or b""),
-                    ("redrive.offset", _header(headers, "dlq.offset") or b""),
-                ]
-                publisher.produce(
-                    source.decode(), message.key(), message.value(), headers + coordinates
-                )
-                stats.resent += 1
-            offsets[message.partition()] = message.offset() + 1
-        publisher.flush()
-        if offsets:
-            consumer.commit(
-                offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
-                asynchronous=False,
-            )
-    finally:
-        consumer.close()
-    logger.info(stats.summary())
-    return stats
+        with command.make_context(
+            f"spark-relay dlq redrive {sink}",
+            list(args),
+            default_map=sink_table(settings, sink, cls),
+        ) as ctx:
+            options = dict(ctx.params)
+    except click.ClickException as e:
+        raise ConfigError(f"dlq redrive {sink}: {e.format_message()}") from e
+    config = RunnerConfig(redrive=True, options=options, consumer_config=consumer_config or {})
+    return Runner(cls(), settings, config).run()

@@ -24,6 +24,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from spark_relay.errors import ConfigError
+from spark_relay.settings import SINK_PLUGINS
 
 __all__ = [
     "GROUP",
@@ -38,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The entry-point group sinks register in.
-GROUP = "spark_relay.sinks"
+GROUP = SINK_PLUGINS
 _REQUIRED = ("name", "resources", "open", "stored_offsets", "write", "commit", "close")
 
 

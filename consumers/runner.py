@@ -6,13 +6,17 @@ It collects messages into batches (``batch_size`` messages or ``batch_ms``
 milliseconds after the first, whichever comes first) and for each batch:
 
 1. decodes keys (UTF-8) and values (:meth:`schemas.Serde.deserialize`); a
-   message that cannot be decoded goes to the dead-letter topic;
+   message that cannot be decoded goes to the dead-letter topic (a registry in
+   trouble, not the message, stops the runner instead);
 2. calls ``sink.write(batch)``; if it raises, retries the batch's events one
    at a time (``write(Batch([event]))``) and dead-letters those that still fail
    (a :class:`SinkUnavailableError` is never retried: it stops the runner);
-3. waits until Kafka acknowledged the batch's dead letters;
+3. stops if more than ``dead_letter_limit`` letters in a row share one reason,
+   else waits until Kafka acknowledged the batch's dead letters;
 4. calls ``sink.commit(offsets)`` (the next offset of every partition of the
-   batch, dead letters included, so the partition moves on);
+   batch, dead letters included, so the partition moves on); if it raises
+   (other than :class:`SinkUnavailableError`), writes and commits the events
+   one at a time and dead-letters those whose commit fails;
 5. commits the same offsets to Kafka (``enable.auto.commit`` is off: no offset
    is ever committed ahead of the data), so the group's lag is visible to Kafka
    tools even for sinks that keep their own offsets.
@@ -20,7 +24,7 @@ milliseconds after the first, whichever comes first) and for each batch:
 Where a partition starts, on each assignment, first match wins:
 
 - a replay (``--from-beginning``, ``--from-offset``, ``--from-timestamp``),
-  the first time this process is assigned the partition;
+  once per run: for the partitions of the process's first assignment;
 - ``sink.stored_offsets(partitions)`` when it returns a dict (sinks that keep
   offsets with their data: effectively exactly once); a partition missing from
   it starts at the beginning, since the sink holds nothing from it;
@@ -28,9 +32,21 @@ Where a partition starts, on each assignment, first match wins:
   an event only if it is not older than what they hold, so re-deliveries are
   harmless).
 
+A re-drive (``redrive``, what ``spark-relay dlq redrive <sink>`` runs) reads
+the sink's own dead-letter topic instead, in the group
+``spark-relay.redrive.<dlq topic>``, until the end it had at start: each
+letter is decoded as the message it was (its ``dlq.*`` coordinates become the
+event's topic, partition and offset) and applied through ``sink.write`` like
+any event, so the sink's own guard drops it when the sink holds something
+newer for the key (a later version or a later delete). Nothing is appended
+to a source topic. A letter that fails again goes back to the dead-letter
+topic with its original coordinates.
+
 On a rebalance the runner finishes and commits the batch in hand before the
 partitions go (a batch is never half applied); partitions *lost* without a
-revoke (session timeout) drop their uncommitted messages. Setting ``stop``
+revoke (session timeout) drop their uncommitted messages. Either way a sink
+that has ``revoked(partitions, lost)`` is then told (the file sink publishes
+or deletes its open files there, before another process takes them over). Setting ``stop``
 (the CLI does on SIGTERM/SIGINT) finishes and commits the current batch, then
 :meth:`Runner.run` returns. With ``until_caught_up`` it returns once every
 assigned partition reached the end it had when the runner started.
@@ -70,10 +86,11 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumers.base import Batch, Event, Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
-from consumers.dlq import DeadLetters
+from consumers.dlq import DeadLetters, dlq_topic, error_class, origin_of, redrive_group
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
-from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
+from spark_relay.health import HEALTH
 from spark_relay.metrics import (
     SINK_APPLIED,
     SINK_BATCH_SECONDS,
@@ -81,7 +98,7 @@ from spark_relay.metrics import (
     SINK_NEWEST,
     observe_newest,
 )
-from spark_relay.settings import Settings
+from spark_relay.settings import CONSUMER_ONLY, Settings
 
 __all__ = [
     "Runner",
@@ -111,6 +128,12 @@ class RunnerConfig:
     batch_ms: int = 500
     replay: Replay | None = None
     until_caught_up: bool = False
+    #: Re-drive the sink's dead letters (until caught up) instead of reading its topics.
+    redrive: bool = False
+    #: Stop (SinkError) after more than this many dead letters in a row for one reason; 0: never.
+    dead_letter_limit: int = 100
+    #: Seconds between updates of the lag gauges, batch or no batch (a stuck sink's lag grows).
+    lag_seconds: float = 5.0
     #: Sink-specific options (``cli_options`` values), handed over in ``SinkContext.options``.
     options: Mapping[str, Any] = field(default_factory=dict)
     #: librdkafka consumer settings on top of the settings' pass-through ones.
@@ -121,6 +144,10 @@ class RunnerConfig:
             raise ConfigError(f"--batch-size: expected 1 or more, got {self.batch_size}")
         if self.batch_ms < 0:
             raise ConfigError(f"--batch-ms: expected 0 or more, got {self.batch_ms}")
+        if self.dead_letter_limit < 0:
+            raise ConfigError(
+                f"--dead-letter-limit: expected 0 (no limit) or more, got {self.dead_letter_limit}"
+            )
 
 
 @dataclass
@@ -144,6 +171,59 @@ class RunStats:
         )
 
 
+_CONSUMER_GROUP_HEARTBEAT = 68  # the API of the KIP-848 consumer group protocol
+#: Settings the broker owns under ``group.protocol=consumer``; librdkafka refuses them.
+_BROKER_SIDE = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+
+
+def _next_generation_group(consumer_config: dict[str, Any]) -> dict[str, Any]:
+    """``group.protocol=consumer`` (KIP-848): check the broker speaks it, drop what it owns.
+
+    Without the check librdkafka waits for an assignment that never comes.
+    """
+    dropped = [k for k in _BROKER_SIDE if k in consumer_config]
+    if dropped:
+        logger.info(
+            "group.protocol=consumer: the broker decides %s; ignoring them", ", ".join(dropped)
+        )
+    config = {k: v for k, v in consumer_config.items() if k not in dropped}
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    probe_log = logging.getLogger(f"{__name__}.apiversions")
+    probe_log.propagate = False
+    probe_log.setLevel(logging.DEBUG)
+    handler = Capture()
+    probe_log.addHandler(handler)
+    try:
+        admin = AdminClient(
+            {
+                k: v
+                for k, v in config.items()
+                if k not in CONSUMER_ONLY and k not in ("debug", "logger")
+            }
+            | {"debug": "feature", "logger": probe_log}
+        )
+        admin.list_topics(timeout=30)
+        admin.poll(0.5)
+    finally:
+        probe_log.removeHandler(handler)
+    if not any(f"({_CONSUMER_GROUP_HEARTBEAT}) Versions" in line for line in seen):
+        raise ConfigError(
+            "group.protocol=consumer (KIP-848) needs brokers with the ConsumerGroupHeartbeat API "
+            "(Apache Kafka 4.0 or later) and this cluster has none: unset "
+            "SPARK_RELAY_KAFKA_GROUP_PROTOCOL (or set it to classic)"
+        )
+    return config
+
+
+class _NotRedrivable(Exception):
+    """A dead letter that cannot be applied again: stored truncated, or from another topic."""
+
+
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Network errors of the HTTP clients the registry client may use (httpx2 when installed)."""
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
@@ -158,10 +238,23 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 _TRANSPORT_ERRORS = _transport_errors()
 
 
+#: Registry answers that say nothing about the message: credentials, a wrong URL, overload.
+_REGISTRY_TROUBLE = frozenset({401, 403, 404, 407, 408, 429})
+_SCHEMA_NOT_FOUND = 40403  # the registry's code for "no schema has this id": the message is bad
+
+
 def _is_unavailable(error: BaseException) -> bool:
-    """A decode failure that says nothing about the message: the registry is down or erring."""
+    """A decode failure that says nothing about the message: the registry is down or erring.
+
+    Only "no schema has this id" (404 with error code 40403) and other client
+    errors blame the message; 401, 403, a 404 of the registry itself (a wrong
+    URL), 407, 408, 429, 5xx and network errors stop the sink.
+    """
     if isinstance(error, SchemaRegistryError):
-        return not 400 <= error.http_status_code < 500
+        status = error.http_status_code
+        if status == 404:
+            return error.error_code != _SCHEMA_NOT_FOUND
+        return status in _REGISTRY_TROUBLE or not 400 <= status < 500
     return isinstance(error, _TRANSPORT_ERRORS)
 
 
@@ -179,8 +272,21 @@ class Runner:
         self.settings = settings
         self.config = config or RunnerConfig()
         self.stop = stop or threading.Event()
-        self.group_id = self.config.group_id or default_group(sink.name)
-        self.topics = tuple(settings.topic(resource) for resource in sink.resources)
+        self.sources = tuple(settings.topic(resource) for resource in sink.resources)
+        self.dlq_topic = dlq_topic(settings.topic_prefix, sink.name)
+        redrive = self.config.redrive
+        self.topics = (self.dlq_topic,) if redrive else self.sources  # what it consumes
+        self.group_id = self.config.group_id or (
+            redrive_group(self.dlq_topic) if redrive else default_group(sink.name)
+        )
+        self.until_caught_up = self.config.until_caught_up or redrive
+        named = self.config.replay.offsets if self.config.replay is not None else {}
+        unknown = sorted({t for t, _ in named if t is not None and t not in self.sources})
+        if unknown:
+            raise ConfigError(
+                f"--from-offset: {', '.join(unknown)} is not a topic of sink {sink.name}, "
+                f"which reads {', '.join(self.sources)}"
+            )
         self.stats = RunStats(sink.name)
         self._consumer: Consumer | None = None
         self._serde: Serde | None = None
@@ -191,10 +297,15 @@ class Runner:
         self._assigned: set[TP] = set()
         self._assigned_once = False
         self._cooperative = False
-        self._replayed: set[TP] = set()
+        self._replay_due = self.config.replay is not None and not redrive  # at the first assignment
         self._before: dict[TP, int] = {}  # timestamp replay: skip messages older than this (ms)
         self._ends: dict[TP, int] = {}
         self._position: dict[TP, int] = {}
+        self._streak: tuple[str, int] = ("", 0)  # dead letters in a row: reason, count
+        self._lag_stop = threading.Event()
+        self._letters: dict[int, tuple[str, str]] = {}  # id(message) → reason, error, this batch
+        self._kafka_down: str | None = None  # why Kafka is unreachable (readiness), if it is
+        self._kafka_probed = 0.0
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -212,25 +323,33 @@ class Runner:
             **config.consumer_config,
             "group.id": self.group_id,
             "enable.auto.commit": False,
-            "enable.partition.eof": config.until_caught_up,
+            "enable.partition.eof": self.until_caught_up,
+            "error_cb": self._on_kafka_error,
         }
+        if consumer_config.get("group.protocol") == "consumer":
+            consumer_config = _next_generation_group(consumer_config)
         self._dlq = DeadLetters(settings, self.sink.name)
         self.sink.open(
             SinkContext(
                 settings=settings,
                 group_id=self.group_id,
-                topics=self.topics,
+                topics=self.sources,
                 options=dict(config.options),
             )
         )
+        lag_timer: threading.Thread | None = None
+        unwatch = HEALTH.add_check(self.readiness)
         try:
             self._check_topics()
             self._dlq.ensure_topic()
-            if config.until_caught_up:
+            if self.until_caught_up:
                 self._ends = end_offsets(consumer_config, self.topics)
                 logger.info("catching up to %s", show_offsets(self._ends))
             strategy = str(consumer_config.get("partition.assignment.strategy", ""))
-            self._cooperative = "cooperative" in strategy
+            # KIP-848 assigns incrementally, as cooperative-sticky does
+            self._cooperative = (
+                "cooperative" in strategy or consumer_config.get("group.protocol") == "consumer"
+            )
             self._consumer = Consumer(consumer_config)
             self._consumer.subscribe(
                 list(self.topics),
@@ -244,13 +363,21 @@ class Runner:
                 ", ".join(self.topics),
                 self.group_id,
             )
+            lag_timer = threading.Thread(
+                target=self._lag_timer, args=(consumer_config,), name="lag", daemon=True
+            )
+            lag_timer.start()
             self._loop()
             self._flush()
         finally:
+            unwatch()
             # an error left a batch half done: drop it (nothing of it was committed)
             self._pending, self._pending_offsets = [], {}
+            self._lag_stop.set()
             try:
                 if self._consumer is not None:
+                    if lag_timer is not None:
+                        lag_timer.join()
                     self._consumer.close()
             finally:
                 try:
@@ -267,7 +394,9 @@ class Runner:
         assert consumer is not None
         batch_seconds = config.batch_ms / 1000
         while not self.stop.is_set():
-            if config.until_caught_up and self._caught_up():
+            HEALTH.beat()
+            self._probe_kafka()
+            if self.until_caught_up and self._caught_up():
                 logger.info("sink %s: caught up", self.sink.name)
                 return
             timeout = 0.2
@@ -283,6 +412,35 @@ class Runner:
                 or time.monotonic() - self._batch_started >= batch_seconds
             ):
                 self._flush()
+
+    # ---- health ---------------------------------------------------------------------
+
+    def readiness(self) -> str | None:
+        """``/readyz``: ``None`` when assigned by the group, connected and not stopping."""
+        if self.stop.is_set():
+            return f"sink {self.sink.name}: stopping"
+        if self._kafka_down:
+            return f"sink {self.sink.name}: Kafka unreachable ({self._kafka_down})"
+        if not self._assigned_once:
+            return f"sink {self.sink.name}: waiting for group {self.group_id} to assign partitions"
+        return None
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._kafka_down = error.str()
+        logger.warning("kafka: %s", error.str())
+
+    def _probe_kafka(self) -> None:
+        """While Kafka is marked unreachable, ask it for metadata every 5 s; an answer clears it."""
+        if self._kafka_down is None or time.monotonic() - self._kafka_probed < 5:
+            return
+        self._kafka_probed = time.monotonic()
+        try:
+            assert self._consumer is not None
+            self._consumer.list_topics(timeout=2)
+        except KafkaException:
+            return
+        self._kafka_down = None
 
     def _take(self, message: Message) -> None:
         error = message.error()
@@ -329,17 +487,26 @@ class Runner:
         sources: list[Message] = []
         for message in messages:
             try:
-                events.append(self._decode(message))
+                event = self._decode(message)
+            except _NotRedrivable as e:
+                logger.warning("%s: not re-driven", e)
+                continue
             except Exception as e:
                 if _is_unavailable(e):
                     raise SinkUnavailableError(f"schema registry unavailable: {e}") from e
-                dlq.send(message, e, "decode")
+                self._dead_letter(message, e, "decode")
                 continue
+            events.append(event)
             sources.append(message)
-        if events:
-            self._write(events, sources)
+        applied = self._write(events, sources) if events else []
+        self._check_storm(messages)
         dlq.flush()
-        self.sink.commit(dict(offsets))
+        try:
+            self.sink.commit(dict(offsets))
+        except SinkUnavailableError:
+            raise
+        except Exception as e:
+            self._commit_one_by_one(applied, offsets, e)
         self._commit_kafka(offsets)
         self.stats.batches += 1
         SINK_BATCH_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
@@ -349,29 +516,34 @@ class Runner:
     def _decode(self, message: Message) -> Event:
         serde = self._serde
         assert serde is not None
+        origin = origin_of(message, self.dlq_topic if self.config.redrive else "")
+        if origin.topic not in self.sources or origin.truncated:
+            raise _NotRedrivable(
+                f"{message.topic()}[{message.partition()}]@{message.offset()}: a letter of "
+                f"{origin.topic}[{origin.partition}]@{origin.offset}"
+                + (" stored truncated" if origin.truncated else " from no topic of this sink")
+            )
         key = serde.deserialize_key(message.key())
-        value = serde.deserialize(message.topic(), message.value())
-        kind, ms = message.timestamp()
+        value = serde.deserialize(origin.topic, message.value())
         return Event(
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
             key=key,
             value=value,
             timestamp=None
-            if kind == TIMESTAMP_NOT_AVAILABLE
-            else datetime.fromtimestamp(ms / 1000, UTC),
-            headers=tuple(message.headers() or ()),
+            if origin.timestamp is None
+            else datetime.fromtimestamp(origin.timestamp / 1000, UTC),
+            headers=origin.headers,
         )
 
-    def _write(self, events: list[Event], sources: list[Message]) -> None:
-        dlq = self._dlq
-        assert dlq is not None
+    def _write(self, events: list[Event], sources: list[Message]) -> list[tuple[Event, Message]]:
+        """Write the batch (else its events one by one); return the events written."""
         try:
             self.sink.write(Batch(events))
             self.stats.applied += len(events)
             self._observe_applied(events)
-            return
+            return list(zip(events, sources, strict=True))
         except SinkUnavailableError:
             raise
         except Exception as e:
@@ -382,15 +554,71 @@ class Runner:
                 type(e).__name__,
                 e,
             )
+        written = []
         for event, message in zip(events, sources, strict=True):
             try:
                 self.sink.write(Batch([event]))
                 self.stats.applied += 1
                 self._observe_applied([event])
+                written.append((event, message))
             except SinkUnavailableError:
                 raise
             except Exception as e:
-                dlq.send(message, e, "write")
+                self._dead_letter(message, e, "write")
+        return written
+
+    def _commit_one_by_one(
+        self, written: list[tuple[Event, Message]], offsets: Offsets, error: Exception
+    ) -> None:
+        """A commit failed for a reason other than the sink's store (a Tantivy add, an OpenSearch
+        item error): the sink dropped the writes since its last commit. Write and commit each
+        event alone, dead-letter those whose commit fails, then commit the batch's offsets."""
+        dlq = self._dlq
+        assert dlq is not None
+        logger.warning(
+            "sink %s: committing %d events failed (%s: %s); committing them one by one",
+            self.sink.name,
+            len(written),
+            type(error).__name__,
+            error,
+        )
+        for event, message in written:
+            try:
+                self.sink.write(Batch([event]))
+                self.sink.commit({tp_of(message): message.offset() + 1})
+            except SinkUnavailableError:
+                raise
+            except Exception as e:
+                self.stats.applied -= 1
+                self._dead_letter(message, e, "commit")
+                dlq.flush()  # before a later commit moves past it
+        self._letters = {}
+        self.sink.commit(dict(offsets))
+
+    def _dead_letter(self, message: Message, error: BaseException, stage: str) -> None:
+        assert self._dlq is not None
+        self._dlq.send(message, error, stage)
+        self._letters[id(message)] = (f"{stage} {error_class(error)}", str(error)[:300])
+
+    def _check_storm(self, messages: list[Message]) -> None:
+        """More than ``dead_letter_limit`` dead letters in a row for one reason stop the sink.
+
+        Like Kafka Connect's ``errors.tolerance``, but bounded: a storm of letters
+        for one reason says the sink or its input is broken, not the messages.
+        Called before the batch is committed, counting in the order messages came.
+        """
+        letters, self._letters = self._letters, {}
+        limit = self.config.dead_letter_limit
+        for message in messages:
+            reason, detail = letters.get(id(message), ("", ""))
+            count = self._streak[1] + 1 if reason and self._streak[0] == reason else 1
+            self._streak = (reason, count if reason else 0)
+            if limit and reason and count > limit:
+                raise SinkError(
+                    f"sink {self.sink.name}: more than {limit} dead letters in a row, each "
+                    f"{reason}: {detail}; stopping with this batch uncommitted. Fix the cause "
+                    "(or raise --dead-letter-limit) and start the sink again"
+                )
 
     def _observe_applied(self, events: list[Event]) -> None:
         """Metrics: events applied per topic, and the newest ModificationTimestamp applied."""
@@ -415,6 +643,37 @@ class Runner:
                 continue
             SINK_LAG.labels(self.sink.name, topic, str(partition)).set(max(0, high - position))
 
+    def _lag_timer(self, consumer_config: dict[str, Any]) -> None:
+        """Every ``lag_seconds``: each assigned partition's end minus the group's committed offset.
+
+        Runs beside the loop, so the gauges move even while a batch is stuck; it asks
+        through a client of its own (never a member of the group), not the loop's.
+        """
+        probe: Consumer | None = None
+        try:
+            while not self._lag_stop.wait(self.config.lag_seconds):
+                tps = sorted(self._assigned)
+                if not tps:
+                    continue
+                if probe is None:
+                    probe = Consumer({**consumer_config, "enable.partition.eof": False})
+                try:
+                    found = probe.committed([TopicPartition(t, p) for t, p in tps], timeout=5)
+                    for c in found:
+                        low, high = probe.get_watermark_offsets(
+                            TopicPartition(c.topic, c.partition), timeout=5
+                        )
+                        if (c.topic, c.partition) in self._assigned:
+                            done = c.offset if c.offset >= 0 else low
+                            SINK_LAG.labels(self.sink.name, c.topic, str(c.partition)).set(
+                                max(0, high - done)
+                            )
+                except KafkaException as e:
+                    logger.debug("lag: %s", e)
+        finally:
+            if probe is not None:
+                probe.close()
+
     def _commit_kafka(self, offsets: Offsets) -> None:
         assert self._consumer is not None
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -428,13 +687,16 @@ class Runner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [tp_of(p) for p in partitions]
-        replay = self._replay_starts(consumer, [tp for tp in tps if tp not in self._replayed])
-        stored = self.sink.stored_offsets(tps) if tps else None
+        # a replay applies once per run, to the first assignment: a partition gained at a later
+        # rebalance resumes where its last owner left off, it is not replayed again
+        replay = self._replay_starts(consumer, tps) if self._replay_due and tps else {}
+        self._replay_due = self._replay_due and not tps
+        # a re-drive resumes where its group left off: the sink's offsets are the source topics'
+        stored = self.sink.stored_offsets(tps) if tps and not self.config.redrive else None
         starts = []
         for p, tp in zip(partitions, tps, strict=True):
             if tp in replay:
                 p.offset, origin = replay[tp], "replay"
-                self._replayed.add(tp)
             elif stored is not None:
                 p.offset, origin = stored.get(tp, OFFSET_BEGINNING), "sink"
             else:
@@ -480,7 +742,14 @@ class Runner:
             ", ".join(f"{t}[{p}]" for t, p in map(tp_of, partitions)),
         )
         self._flush()
+        self._release(partitions, lost=False)
         self._forget(partitions)
+
+    def _release(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Tell a sink that has ``revoked(partitions, lost)`` (optional) that partitions left."""
+        revoked = getattr(self.sink, "revoked", None)
+        if revoked is not None:
+            revoked([tp_of(p) for p in partitions], lost=lost)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp_of(p) for p in partitions}
@@ -489,18 +758,28 @@ class Runner:
         )
         self._pending = [m for m in self._pending if tp_of(m) not in lost]
         self._pending_offsets = {tp: o for tp, o in self._pending_offsets.items() if tp not in lost}
+        self._release(partitions, lost=True)
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             tp = tp_of(p)
             self._assigned.discard(tp)
+            try:  # a partition no longer ours has no lag of ours
+                SINK_LAG.remove(self.sink.name, tp[0], str(tp[1]))
+            except KeyError:
+                pass
             self._position.pop(tp, None)
             self._before.pop(tp, None)
 
     def _check_topics(self) -> None:
         metadata = AdminClient(self.settings.kafka_config("admin")).list_topics(timeout=30)
         missing = [t for t in self.topics if t not in metadata.topics]
+        if missing and self.config.redrive:
+            raise ConfigError(
+                f"no dead-letter topic {self.dlq_topic}: sink {self.sink.name} has no dead letters "
+                f"(SPARK_RELAY_TOPIC_PREFIX={self.settings.topic_prefix})"
+            )
         if missing:
             raise ConfigError(
                 f"topic(s) {', '.join(missing)} do not exist: run `spark-relay topics create` "

@@ -11,7 +11,7 @@ import click
 from devstack.emulator.cli import emulator_command
 from devstack.kafka import DEVSTACK_ENV
 from devstack.stack import Devstack
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 
 __all__ = ["devstack_group", "emulator_command"]
 

@@ -7,13 +7,14 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import click
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES
+from spark_relay.health import HEALTH
 from spark_relay.metrics import serve_metrics
 from spark_relay.settings import Settings
 
@@ -26,11 +27,18 @@ _EXITS = "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in EXIT_CODES.it
 
 @contextmanager
 def build_poller(
-    settings: Settings, *, progress: bool | None = False, stop: threading.Event | None = None
+    settings: Settings,
+    *,
+    progress: bool | None = False,
+    stop: threading.Event | None = None,
+    exclusive: bool = False,
 ) -> Iterator:
     """A :class:`Poller` wired to the API, Kafka, the registry and the state store.
 
     ``progress``: True shows it, False hides it, None shows it when stderr is a terminal.
+    Every procedure takes the state's lock as it starts; ``exclusive`` takes it
+    at once and holds it until the block ends (``reconcile --repair``: from
+    before its scan to its last tombstone).
     """
     from producer.poller import Poller
     from producer.publisher import Publisher
@@ -44,16 +52,50 @@ def build_poller(
         settings.api_key,
         rate_limit=settings.rate_limit,
         timeout=settings.api_timeout,
+        stop=stop,
     )
     publisher = Publisher(settings.kafka_config("producer"))
     state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
+    _seed_checkpoint_times(state.last_runs())
+    unwatch = HEALTH.add_check(lambda: poller_readiness(settings))
     try:
-        yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+        with state.exclusive() if exclusive else nullcontext():
+            yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
     finally:
+        unwatch()
         publisher.close()
         client.close()
         state.close()
+
+
+def _seed_checkpoint_times(runs: dict) -> None:
+    """Metrics: each procedure's last success from the run log, so a restart does not reset it."""
+    from datetime import datetime
+
+    from spark_relay.metrics import CHECKPOINT_TIME
+
+    for procedure, entry in runs.items():
+        finished = (entry.get("last_ok") or {}).get("finished_at")
+        if finished:
+            CHECKPOINT_TIME.labels(procedure).set(datetime.fromisoformat(finished).timestamp())
+
+
+def poller_readiness(settings: Settings) -> str | None:
+    """``/readyz``: ``None`` when the state store answers and the newest run did not fail."""
+    from producer.state import open_state
+
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    try:
+        runs = [entry["last"] for entry in state.last_runs().values() if "last" in entry]
+    finally:
+        state.close()
+    if not runs:
+        return None
+    newest = max(runs, key=lambda run: run["started_at"])
+    if newest["status"].startswith("failed"):
+        return f"the last procedure {newest['status']}"
+    return None
 
 
 def _stop_on_signals() -> threading.Event:
@@ -72,9 +114,9 @@ def _stop_on_signals() -> threading.Event:
 
 _metrics = click.option(
     "--metrics-port",
-    type=int,
-    envvar="SPARK_RELAY_METRICS_PORT",
-    help="Serve Prometheus metrics on this port (on SPARK_RELAY_METRICS_HOST, default 127.0.0.1).",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (SPARK_RELAY_METRICS_PORT), on "
+    "SPARK_RELAY_METRICS_HOST (default 127.0.0.1).",
 )
 _progress = click.option(
     "--progress/--no-progress",
@@ -95,52 +137,75 @@ def poll_group() -> None:
     """
 
 
-def _procedure(name: str, doc: str, call):
+_force = click.option(
+    "--force",
+    is_flag=True,
+    help="Purge even more than SPARK_RELAY_PURGE_MAX_RATIO of the published keys (after "
+    "checking that the removals are real). The scan must still be complete, and every "
+    "candidate is still asked for again by key.",
+)
+
+
+def _procedure(name: str, doc: str, call, *options):
     @poll_group.command(name, help=doc, epilog=_EXITS)
     @_progress
     @_metrics
     @pass_app
-    def command(app: App, progress: bool | None, metrics_port: int | None) -> None:
-        settings = app.settings()
-        serve_metrics(metrics_port, settings.metrics_host)
+    def command(app: App, progress: bool | None, metrics_port: int | None, **flags) -> None:
+        settings = app.settings(metrics_port=metrics_port)
+        serve_metrics(settings.metrics_port or None, settings.metrics_host)
         with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
-            stats = call(poller)
+            stats = call(poller, **flags)
         click.echo(stats.summary())
 
+    for option in options:
+        command = option(command)
     return command
 
 
 _procedure(
     "update",
-    "One update window: listings with ModificationTimestamp between the last window's "
+    "Update windows: listings with ModificationTimestamp between the last window's "
     "upper bound minus SPARK_RELAY_OVERLAP minutes (default 20) and the API server's "
-    "clock. The upper bound is committed only after Kafka acknowledged every event; "
-    "records already published unchanged are skipped.",
+    "clock, in windows of at most SPARK_RELAY_UPDATE_WINDOW minutes (default 1440). "
+    "Each upper bound is committed only after Kafka acknowledged every event; "
+    "records already published unchanged, or older than the version published, are skipped.",
     lambda p: p.update(),
 )
 _procedure(
     "accounts",
     "A full scan of /v1/accounts with _skip, de-duplicated by Id within the scan; "
     "accounts whose content changed are published, accounts that vanished get a Purge "
-    "event and a tombstone.",
-    lambda p: p.accounts(),
+    "event and a tombstone, with the purge's guards (see `poll purge`).",
+    lambda p, force: p.accounts(force=force),
+    _force,
 )
 _procedure(
     "purge",
     "Scan every ListingKey (_select=ListingKey, _skiptoken paging) and, for each "
     "published listing the API no longer returns, publish a Purge event on "
-    "<prefix>.purges and a tombstone on <prefix>.listings. Runs in bounded memory.",
-    lambda p: p.purge(),
+    "<prefix>.purges and a tombstone on <prefix>.listings. Runs in bounded memory. "
+    "Guards: a scan that saw fewer keys than the API's TotalRows purges nothing; more "
+    "candidates than SPARK_RELAY_PURGE_MAX_RATIO (default 0.05) of the published keys "
+    "purge nothing without --force; each candidate is asked for again by key before its "
+    "tombstone. A refused purge exits 7.",
+    lambda p, force: p.purge(force=force),
+    _force,
 )
 
 
 @poll_group.command("snapshot", epilog=_EXITS)
 @click.option("--restart", is_flag=True, help="Start over even if a snapshot completed.")
+@click.option(
+    "--republish",
+    is_flag=True,
+    help="With --restart: publish every listing, unchanged or not (to refill a lost topic).",
+)
 @_progress
 @_metrics
 @pass_app
 def snapshot_command(
-    app: App, restart: bool, progress: bool | None, metrics_port: int | None
+    app: App, restart: bool, republish: bool, progress: bool | None, metrics_port: int | None
 ) -> None:
     """The initial download: every listing by _skiptoken, _limit=1000.
 
@@ -148,10 +213,12 @@ def snapshot_command(
     killed snapshot continues where it stopped. The API server's time at the
     start becomes the first update window's lower bound.
     """
-    settings = app.settings()
-    serve_metrics(metrics_port, settings.metrics_host)
+    if republish and not restart:
+        raise click.UsageError("--republish starts a new snapshot: give --restart as well")
+    settings = app.settings(metrics_port=metrics_port)
+    serve_metrics(settings.metrics_port or None, settings.metrics_host)
     with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
-        click.echo(poller.snapshot(restart=restart).summary())
+        click.echo(poller.snapshot(restart=restart, republish=republish).summary())
 
 
 @poll_group.command("run", epilog=_EXITS)
@@ -180,9 +247,12 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     from producer.daemon import run_daemon
 
     settings = app.settings(
-        update_interval=interval, accounts_interval=accounts_interval, purge_at=purge_at
+        update_interval=interval,
+        accounts_interval=accounts_interval,
+        purge_at=purge_at,
+        metrics_port=metrics_port,
     )
-    serve_metrics(metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port or None, settings.metrics_host)
     with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
         run_daemon(poller)
 

@@ -13,7 +13,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from producer.poller import Poller
-from spark_relay.errors import DeliveryError, TransientSourceError
+from spark_relay.errors import DeliveryError, PurgeRefused, TransientSourceError
+from spark_relay.health import HEALTH
 
 __all__ = ["run_daemon", "next_purge"]
 
@@ -42,42 +43,57 @@ RETRY_AFTER_FAILURE = 60.0
 
 
 def run_daemon(poller: Poller, tick: float = 1.0) -> None:
-    """Run the schedules until ``poller.stop`` is set.
+    """Run the schedules until ``poller.stop`` is set, holding the state's lock throughout.
 
     A procedure that fails on a transient error (the API kept failing after its
     retries, Kafka did not acknowledge) is logged and tried again a minute later:
-    it committed nothing, so nothing is lost. A permanent error (bad key,
+    it committed nothing past its last page, so nothing is lost; meanwhile the
+    other procedures keep their schedules, so a window that keeps failing does
+    not starve accounts and purge. A refused purge (incomplete scan, over the
+    ceiling) waits for its next scheduled run. A permanent error (bad key,
     forbidden, invalid filter) ends the daemon with its exit code.
     """
-    while not poller.stop.is_set():
-        try:
-            _run_due(poller, tick)
-            return
-        except (TransientSourceError, DeliveryError) as e:
-            logger.error("%s; trying again in %.0fs", e, RETRY_AFTER_FAILURE)
-            poller.stop.wait(RETRY_AFTER_FAILURE)
+    with poller.state.exclusive():
+        snapshot = poller.state.checkpoint("snapshot")
+        while not (snapshot and snapshot.get("done")) and not poller.stop.is_set():
+            try:
+                poller.snapshot()
+            except (TransientSourceError, DeliveryError) as e:
+                logger.error("%s; trying again in %.0fs", e, RETRY_AFTER_FAILURE)
+                poller.stop.wait(RETRY_AFTER_FAILURE)
+            snapshot = poller.state.checkpoint("snapshot")
+        _run_due(poller, tick)
+    logger.info("stopped on request; every checkpoint is committed")
 
 
 def _run_due(poller: Poller, tick: float) -> None:
     settings = poller.settings
-    snapshot = poller.state.checkpoint("snapshot")
-    if not (snapshot and snapshot.get("done")):
-        poller.snapshot()
+    held_off: dict[str, datetime] = {}  # procedure -> not before
     while not poller.stop.is_set():
+        HEALTH.beat()
         runs = poller.state.last_runs()
         now = datetime.now(UTC)
-        last_update = _finished(runs, "update")
-        if last_update is None or now - last_update >= timedelta(minutes=settings.update_interval):
-            poller.update()
+        last = {name: _finished(runs, name) for name in ("update", "accounts", "purge")}
+        due = {
+            "update": last["update"] is None
+            or now - last["update"] >= timedelta(minutes=settings.update_interval),
+            "accounts": last["accounts"] is None
+            or now - last["accounts"] >= timedelta(minutes=settings.accounts_interval),
+            "purge": now >= next_purge(last["purge"], settings.purge_at, now),
+        }
+        name = next((n for n, d in due.items() if d and held_off.get(n, now) <= now), None)
+        if name is None:
+            poller.stop.wait(tick)
             continue
-        last_accounts = _finished(runs, "accounts")
-        if last_accounts is None or now - last_accounts >= timedelta(
-            minutes=settings.accounts_interval
-        ):
-            poller.accounts()
-            continue
-        if now >= next_purge(_finished(runs, "purge"), settings.purge_at, now):
-            poller.purge()
-            continue
-        poller.stop.wait(tick)
-    logger.info("stopped on request; every checkpoint is committed")
+        try:
+            getattr(poller, name)()
+        except (TransientSourceError, DeliveryError) as e:
+            logger.error("%s failed: %s; trying it again in %.0fs", name, e, RETRY_AFTER_FAILURE)
+            held_off[name] = now + timedelta(seconds=RETRY_AFTER_FAILURE)
+        except PurgeRefused as e:
+            again = {
+                "accounts": now + timedelta(minutes=settings.accounts_interval),
+                "purge": next_purge(now, settings.purge_at, now),
+            }[name]
+            logger.error("%s; the %s runs again at %s", e, name, again.isoformat())
+            held_off[name] = again

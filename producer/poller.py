@@ -8,14 +8,24 @@ re-publishes at most that page, never skips one.
 - :meth:`Poller.snapshot`: listings by ``_skiptoken``, ``_limit=1000``; the
   server time at its start becomes the first update window's lower bound.
 - :meth:`Poller.update`: ``ModificationTimestamp bt <from>,<to>``, ``<from>`` the
-  last committed upper bound minus the overlap, ``<to>`` the server's clock.
+  last committed upper bound minus the overlap, ``<to>`` the server's clock; a
+  longer backlog is split into windows of ``update_window`` minutes, each
+  committed on its own, each page committed as it is published.
 - :meth:`Poller.accounts`: ``/v1/accounts`` by ``_skip``, de-duplicated by Id.
 - :meth:`Poller.purge`: a ``_select=ListingKey`` scan diffed against the keys
   published so far; each vanished key gets a Purge event and a tombstone.
+
+The guards of a purge (listings and accounts alike): the scan must be complete
+(as many keys as the API's ``TotalRows``), the candidates must stay under
+``purge_max_ratio`` of the published keys (unless forced), and each candidate
+is asked for again by key just before its tombstone (:meth:`Poller._gone`). A
+record older than the version last published for its key is never published.
+Every procedure holds the state's lock (:meth:`StateStore.exclusive`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -27,23 +37,23 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from producer.progress import Progress
 from producer.publisher import Publisher, RecordTooLarge
-from producer.spark_client import NotFound, Page, SparkClient
+from producer.spark_client import Forbidden, NotFound, Page, SparkClient
 from producer.state import StateStore
 from schemas import (
     InvalidRecord,
     Serde,
     Source,
     account_to_record,
+    json_dumps,
     listing_to_record,
+    parse_timestamp,
     purge_key,
     purge_record,
 )
 from schemas.topics import dlq_topic
-from spark_relay.errors import RelayError
+from spark_relay.errors import PurgeRefused, RelayError, TransientSourceError
 from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
 from spark_relay.settings import Settings
 
@@ -65,21 +75,70 @@ SUBRESOURCES = {
 
 #: Items per subresource page: the replication key's maximum for resources other than listings.
 SUBRESOURCE_PAGE = 200
+#: The accounts scan: a stable order for ``_skip`` paging, and TotalRows on every page.
+ACCOUNTS_SCAN = {"_orderby": "Id", "_pagination": 1}
 #: ListingKeys per ``ListingKey Eq … Or …`` request when reconcile re-fetches listings.
 RECONCILE_BATCH = 25
 
 
 def content_hash(record: Any) -> str:
-    """A digest of an API record as the API ordered it (a reordering only costs a re-publish)."""
-    return hashlib.blake2b(orjson.dumps(record), digest_size=16).hexdigest()
+    """A digest of an API record's content: keys sorted, numbers digit for digit."""
+    return hashlib.blake2b(json_dumps(record, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+#: Every timestamp the poller reads (API, state) goes through the contract's one parser.
+_parse_iso = parse_timestamp
+
+
+def _total_rows(page: Page) -> int | None:
+    """The ``Pagination.TotalRows`` of a page, when the API sent a whole number."""
+    total = (page.pagination or {}).get("TotalRows")
+    if type(total) is str and total.strip().isdigit():
+        return int(total)
+    return total if type(total) is int else None
+
+
+def _older(modified: Any, last: str | None) -> bool:
+    """Whether ``modified`` is before ``last``, the ModificationTimestamp last published."""
+    try:
+        return bool(last) and _parse_iso(modified) < _parse_iso(last)
+    except (TypeError, ValueError, AttributeError):
+        return False  # unreadable: the record's own checks decide
+
+
+def _listing_key(result: Any) -> Any:
+    if not isinstance(result, dict):
+        return None
+    return result.get("Id") or (result.get("StandardFields") or {}).get("ListingKey")
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _by_key(keys: list[str]) -> str:
+    """``ListingKey Eq 'a' Or ListingKey Eq 'b' …``."""
+    return " Or ".join(f"ListingKey Eq '{key}'" for key in keys)
+
+
+def _totals(totals: list[int | None] | None, page: Page) -> list[int | None]:
+    """``[first, latest]`` TotalRows a scan's pages reported (``_pagination=1``)."""
+    first, latest = totals or (None, None)
+    total = (page.pagination or {}).get("TotalRows")
+    if isinstance(total, (int, str)) and str(total).isdigit():
+        first, latest = first if first is not None else int(total), int(total)
+    return [first, latest]
 
 
 @dataclass
@@ -93,7 +152,9 @@ class RunStats:
     unchanged: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    subresources_missing: int = 0
     purged: int = 0
+    older: int = 0
     pages: int = 0
     window: list[str] | None = None
     seconds: float = 0.0
@@ -110,7 +171,8 @@ class RunStats:
         text = (
             f"{self.procedure} {'done' if self.completed else 'stopped'}: {self.records} records, "
             f"{self.published} published, {self.unchanged} unchanged, {self.duplicates} duplicates, "
-            f"{self.purged} purged, {self.dead_lettered} dead-lettered, {self.pages} pages, "
+            f"{self.purged} purged, {self.dead_lettered} dead-lettered, {self.older} older, "
+            f"{self.subresources_missing} subresources refused, {self.pages} pages, "
             f"{self.seconds:.1f}s, {rate:.0f} records/s"
         )
         if self.window:
@@ -209,13 +271,25 @@ class Poller:
     def _dead_letter(
         self, stats: RunStats, raw: Any, error: Exception, source: Source, key: str = ""
     ) -> None:
-        key = getattr(error, "key", None) or key
-        body = orjson.dumps(raw)
+        """Put ``raw`` (an API element, or its bytes) on the poller's dead-letter topic.
+
+        The headers are the sinks' ``dlq.*`` vocabulary, with the record's resource
+        and key: ``spark-relay dlq redrive poller`` re-fetches the key from the API.
+        """
+        key = getattr(error, "key", None) or key or ""
+        body = raw if isinstance(raw, bytes) else json_dumps(raw).encode()
+        if isinstance(error, RecordTooLarge):
+            stage = b"produce"
+        elif isinstance(error, InvalidRecord):
+            stage = b"convert"
+        else:
+            stage = b"fetch"
         headers = [  # the dlq.* vocabulary of the sinks' dead letters (consumers/dlq.py)
-            ("dlq.error", str(error).encode()),
-            ("dlq.error.class", type(error).__name__.encode()),
-            ("dlq.stage", b"convert" if isinstance(error, InvalidRecord) else b"produce"),
+            ("dlq.error", str(error)[:2000].encode()),
+            ("dlq.error.class", f"{type(error).__module__}.{type(error).__qualname__}".encode()),
+            ("dlq.stage", stage),
             ("dlq.resource", source.resource.encode()),
+            ("dlq.key", key.encode()),
             ("dlq.procedure", source.procedure.encode()),
             ("dlq.run_id", source.run_id.encode()),
         ]
@@ -226,6 +300,12 @@ class Poller:
         self.publisher.produce(self.dlq, key.encode(), body, headers)
         stats.dead_lettered += 1
         logger.warning("dead-lettered a %s record to %s: %s", source.resource, self.dlq, error)
+
+    def _dead_letter_rejected(self, page: Page, source: Source, stats: RunStats) -> None:
+        """Dead-letter the elements of a page that are not JSON objects (or not JSON)."""
+        for element in page.rejected:
+            error = InvalidRecord(source.resource, element.reason, element.key)
+            self._dead_letter(stats, element.text, error, source)
 
     def _produce(
         self, topic: str, key: str, value: bytes, raw: Any, source: Source, stats: RunStats
@@ -247,16 +327,23 @@ class Poller:
         return params
 
     def _publish_listings(
-        self, results: list[dict[str, Any]], source: Source, stats: RunStats, force: bool = False
+        self, page: Page, source: Source, stats: RunStats, force: bool = False
     ) -> tuple[list[tuple[str, str | None, str]], list[tuple[str, str, str | None, list]]]:
-        """Produce the listings that changed; return their index rows and media rows."""
-        stats.records += len(results)
-        keys = [r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in results]
+        """Produce the listings of ``page`` that changed; return their index rows and media rows.
+
+        A record that cannot become an event, or is too large for Kafka, goes to the
+        dead-letter topic; the others are published all the same.
+        """
+        stats.records += len(page.results) + len(page.rejected)
+        self._dead_letter_rejected(page, source, stats)
+        keys = [
+            r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in page.results
+        ]
         known = self.state.published("listings", [k for k in keys if isinstance(k, str)])
         rows, media_rows = [], []
-        for result, key in zip(results, keys, strict=True):
+        for result, key in zip(page.results, keys, strict=True):
             try:
-                media = self._refresh_subresources(result, key, known.get(key), source)
+                media = self._refresh_subresources(result, key, known.get(key), stats)
                 record = listing_to_record(result, source)
             except InvalidRecord as e:
                 self._dead_letter(stats, result, e, source)
@@ -279,12 +366,18 @@ class Poller:
         return rows, media_rows
 
     def _refresh_subresources(
-        self, result: dict[str, Any], key: Any, known: tuple[str | None, str] | None, source: Source
+        self,
+        result: dict[str, Any],
+        key: Any,
+        known: tuple[str | None, str] | None,
+        stats: RunStats,
     ) -> list[tuple[str, str, str | None, list]]:
         """Fetch the configured subresources whose change timestamp moved; carry the rest over.
 
         The fetched (or carried-over) items are nested into StandardFields as
         ``_expand`` nests them, so an event always holds the listing's whole state.
+        A subresource the API refuses for this listing (403 or 404) is left out of
+        the event, logged and counted; it is fetched again when its timestamp moves.
         """
         standard = result.get("StandardFields")
         if not self.subresources or not isinstance(standard, dict) or not isinstance(key, str):
@@ -300,7 +393,12 @@ class Poller:
             if previous is not None and previous[0] == stamp:
                 standard[name] = previous[1]
                 continue
-            items = self._subresource(key, segment)
+            try:
+                items = self._subresource(key, segment)
+            except (Forbidden, NotFound) as e:
+                stats.subresources_missing += 1
+                logger.warning("listing %s published without its %s: %s", key, name, e)
+                continue
             standard[name] = items
             rows.append((key, name, stamp, items))
         return rows
@@ -308,17 +406,14 @@ class Poller:
     def _subresource(self, key: str, segment: str) -> list[dict[str, Any]]:
         """Every item of one listing subresource, paged by ``_skip`` (200 at most per page)."""
         items: list[dict[str, Any]] = []
-        try:
-            while True:
-                page = self.client.get(
-                    f"/v1/listings/{key}/{segment}",
-                    {"_limit": SUBRESOURCE_PAGE, "_skip": len(items)},
-                )
-                items.extend(page.results)
-                if len(page.results) < SUBRESOURCE_PAGE:
-                    return items
-        except NotFound:
-            return items
+        while True:
+            page = self.client.get(
+                f"/v1/listings/{key}/{segment}",
+                {"_limit": SUBRESOURCE_PAGE, "_skip": len(items)},
+            )
+            items.extend(page.results)
+            if len(page.results) < SUBRESOURCE_PAGE:
+                return items
 
     def _commit(
         self,
@@ -356,6 +451,10 @@ class Poller:
         logger.info(stats.summary())
 
     def _guarded(self, stats: RunStats, body) -> RunStats:
+        with self.state.exclusive():  # before anything is written: a second poller stops here
+            return self._logged(stats, body)
+
+    def _logged(self, stats: RunStats, body) -> RunStats:
         started_at = datetime.now(UTC).isoformat()
         try:
             completed = body(stats)
@@ -369,11 +468,17 @@ class Poller:
 
     # -- the procedures ---------------------------------------------------
 
-    def snapshot(self, restart: bool = False) -> RunStats:
-        """The initial download; resumes from its checkpoint unless ``restart``."""
-        return self._guarded(self._run("snapshot"), lambda stats: self._snapshot(stats, restart))
+    def snapshot(self, restart: bool = False, republish: bool = False) -> RunStats:
+        """The initial download; resumes from its checkpoint unless ``restart``.
 
-    def _snapshot(self, stats: RunStats, restart: bool) -> bool:
+        ``republish`` publishes every listing, unchanged or not (a resumed snapshot
+        keeps the choice it started with): how a lost topic is filled again.
+        """
+        return self._guarded(
+            self._run("snapshot"), lambda stats: self._snapshot(stats, restart, republish)
+        )
+
+    def _snapshot(self, stats: RunStats, restart: bool, republish: bool = False) -> bool:
         checkpoint = None if restart else self.state.checkpoint("snapshot")
         if checkpoint and checkpoint.get("done"):
             logger.info(
@@ -387,6 +492,7 @@ class Poller:
                 "server_start": _iso(self._server_now()),
                 "done": False,
                 "run_id": stats.run_id,
+                "republish": republish,
             }
             self.state.set_checkpoint("snapshot", checkpoint)
         else:
@@ -409,7 +515,12 @@ class Poller:
                     run_id=checkpoint["run_id"],
                     fetched_at=page.server_time or datetime.now(UTC),
                 )
-                rows, media = self._publish_listings(page.results, source, stats)
+                rows, media = self._publish_listings(
+                    self._newer_only(page, stats),
+                    source,
+                    stats,
+                    force=bool(checkpoint.get("republish")),
+                )
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 self._commit("listings", rows, ("snapshot", checkpoint), media=media)
                 stats.pages += 1
@@ -426,18 +537,32 @@ class Poller:
         return True
 
     def update(self) -> RunStats:
-        """One bounded update window, from the last upper bound minus the overlap to now."""
+        """Update windows from the last upper bound minus the overlap to the server's clock."""
         return self._guarded(self._run("update"), self._update)
 
     def _update(self, stats: RunStats) -> bool:
+        """Catch up to the server's clock in windows of at most ``update_window`` minutes.
+
+        Each window's upper bound is committed when its last page is; each page's
+        published keys as soon as Kafka acknowledged it. So after days of downtime
+        a failure costs at most the window under way, and memory holds one page.
+        """
         checkpoint = self.state.checkpoint("update")
         if checkpoint is None:
             raise RelayError("no completed snapshot: run `spark-relay poll snapshot` first")
         lower = _parse_iso(checkpoint["upper"]) - timedelta(minutes=self.settings.overlap)
-        upper = self._server_now()
-        if upper <= lower:
-            upper = lower + timedelta(seconds=1)
-        stats.window = [_iso(lower), _iso(upper)]
+        now = max(self._server_now(), lower + timedelta(seconds=1))
+        span = timedelta(minutes=self.settings.update_window)
+        stats.window = [_iso(lower), _iso(now)]
+        while True:
+            upper = min(now, lower + span)
+            if not self._update_window(stats, lower, upper):
+                return False
+            if upper >= now:
+                return True
+            lower = upper
+
+    def _update_window(self, stats: RunStats, lower: datetime, upper: datetime) -> bool:
         source = Source(
             resource="listings",
             procedure="update",
@@ -450,50 +575,90 @@ class Poller:
             **self._listing_params(),
             "_filter": f"ModificationTimestamp Bt {_iso(lower)},{_iso(upper)}",
         }
-        params.pop("_select", None)  # an update carries whole records
-        rows, media = [], []
         for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
-            page_rows, page_media = self._publish_listings(page.results, source, stats)
-            rows += page_rows
-            media += page_media
+            rows, media = self._publish_listings(self._newer_only(page, stats), source, stats)
+            self._commit("listings", rows, None, media=media)
             stats.pages += 1
             if self.stop.is_set():
-                # the window is not committed: the next run repeats it (de-duplicated)
-                self._commit("listings", rows, None, media=media)
-                return False
-        self._commit(
-            "listings",
-            rows,
-            ("update", {"upper": _iso(upper), "run_id": stats.run_id}),
-            media=media,
-        )
+                return False  # the window is not committed: the next run repeats it
+        self._commit("listings", [], ("update", {"upper": _iso(upper), "run_id": stats.run_id}))
         return True
 
-    def accounts(self) -> RunStats:
-        """A full accounts scan by ``_skip``; changed accounts published, vanished ones purged."""
-        return self._guarded(self._run("accounts"), self._accounts)
+    def _newer_only(self, page: Page, stats: RunStats) -> Page:
+        """``page`` without the listings older than the version last published for their key.
 
-    def _accounts(self, stats: RunStats) -> bool:
+        A lagging replica may serve a record's previous version; publishing it
+        would put the older state over the newer one in every sink.
+        """
+        keys = [k for k in map(_listing_key, page.results) if isinstance(k, str)]
+        known = self.state.published("listings", keys)
+        kept = []
+        for result in page.results:
+            key = _listing_key(result)
+            modified = (
+                (result.get("StandardFields") or {}).get("ModificationTimestamp") if key else None
+            )
+            if key in known and _older(modified, known[key][0]):
+                stats.records += 1
+                self._skip_older("listings", key, modified, stats)
+                continue
+            kept.append(result)
+        return dataclasses.replace(page, results=kept)
+
+    def _skip_older(self, resource: str, key: str, modified: Any, stats: RunStats) -> None:
+        stats.older += 1
+        logger.warning(
+            "%s %s: the API served ModificationTimestamp %s, older than the version published; "
+            "not published (a lagging replica: the next window brings the current one)",
+            resource,
+            key,
+            modified,
+        )
+
+    def accounts(self, force: bool = False) -> RunStats:
+        """A full accounts scan by ``_skip``; changed accounts published, vanished ones purged."""
+        return self._guarded(self._run("accounts"), lambda stats: self._accounts(stats, force))
+
+    def _accounts(self, stats: RunStats, force: bool) -> bool:
         checkpoint = self.state.checkpoint("accounts") or {}
         if not checkpoint.get("skip"):
             self.state.reset_seen("accounts")
             checkpoint = {"skip": 0, "run_id": stats.run_id}
         run_id = checkpoint["run_id"]
+        # every record returned counts, duplicates too: an insert ahead of the cursor adds
+        # one to TotalRows and re-sends one record, a delete removes one of each
+        count, totals = checkpoint.get("count", 0), checkpoint.get("totals")
         bar = Progress("accounts", self._total("/v1/accounts"), force=self.progress)
         try:
             skip = checkpoint["skip"]
             while True:
-                page = self.client.get("/v1/accounts", {"_limit": self.page_size, "_skip": skip})
+                page = self.client.get(
+                    "/v1/accounts", {**ACCOUNTS_SCAN, "_limit": self.page_size, "_skip": skip}
+                )
+                totals = _totals(totals, page)
                 source = Source(
                     resource="accounts",
                     procedure="accounts",
                     run_id=run_id,
                     fetched_at=page.server_time or datetime.now(UTC),
                 )
+                got = len(page.results) + len(page.rejected)
+                total = _total_rows(page)
+                if not got and total is not None and skip < total:
+                    raise TransientSourceError(
+                        f"the accounts scan got an empty page at {skip:,} of {total:,} accounts; "
+                        "it resumes there next time"
+                    )
                 rows, seen = self._publish_accounts(page, source, stats)
-                skip += len(page.results)
-                last = len(page.results) < self.page_size
-                next_checkpoint = None if last else {"skip": skip, "run_id": run_id}
+                skip += got
+                count += got
+                # the scan ends on an empty page or at TotalRows; a short page is not the end
+                last = not got or (total is not None and skip >= total)
+                next_checkpoint = (
+                    None
+                    if last
+                    else {"skip": skip, "run_id": run_id, "count": count, "totals": totals}
+                )
                 self._commit("accounts", rows, ("accounts", next_checkpoint), seen=seen)
                 stats.pages += 1
                 bar.advance(len(page.results))
@@ -503,6 +668,7 @@ class Poller:
                     return False
         finally:
             bar.close()
+        self._require_complete("accounts", count, totals)
         self._purge_vanished(
             "accounts",
             Source(
@@ -512,28 +678,35 @@ class Poller:
                 fetched_at=datetime.now(UTC),
             ),
             stats,
+            force,
         )
         return True
 
     def _publish_accounts(
         self, page: Page, source: Source, stats: RunStats
     ) -> tuple[list[tuple[str, str | None, str]], list[str]]:
-        stats.records += len(page.results)
-        ids = [a.get("Id") for a in page.results if isinstance(a, dict)]
+        stats.records += len(page.results) + len(page.rejected)
+        self._dead_letter_rejected(page, source, stats)
+        ids = [a.get("Id") for a in page.results]
         already = self.state.seen_keys("accounts", [i for i in ids if isinstance(i, str)])
         known = self.state.published("accounts", [i for i in ids if isinstance(i, str)])
-        rows, seen = [], []
+        rows: list[tuple[str, str | None, str]] = []
+        seen = [r.key for r in page.rejected if r.key]  # broken, but returned: never purged
         for account in page.results:
-            key = account.get("Id") if isinstance(account, dict) else None
-            if key in already or key in seen:
+            key = account.get("Id")
+            if key is not None and (key in already or key in seen):
                 stats.duplicates += 1  # shifted by an insert between two _skip pages
                 continue
+            if isinstance(key, str):
+                seen.append(key)  # the API returns it, published or not: never a purge candidate
             try:
                 record = account_to_record(account, source)
             except InvalidRecord as e:
                 self._dead_letter(stats, account, e, source)
                 continue
-            seen.append(key)
+            if _older(account.get("ModificationTimestamp"), known.get(key, (None,))[0]):
+                self._skip_older("accounts", key, account.get("ModificationTimestamp"), stats)
+                continue
             digest = content_hash(account)
             if known.get(key, (None, None))[1] == digest:
                 stats.unchanged += 1
@@ -545,26 +718,28 @@ class Poller:
             rows.append((key, account.get("ModificationTimestamp"), digest))
         return rows, seen
 
-    def purge(self) -> RunStats:
+    def purge(self, force: bool = False) -> RunStats:
         """Scan every ListingKey; purge the published ones the API no longer returns."""
-        return self._guarded(self._run("purge"), self._purge)
+        return self._guarded(self._run("purge"), lambda stats: self._purge(stats, force))
 
-    def _purge(self, stats: RunStats) -> bool:
+    def _purge(self, stats: RunStats, force: bool) -> bool:
         checkpoint = self.state.checkpoint("purge")
         if checkpoint is None:
             self.state.reset_seen("listings")  # the checkpoint follows with the first page
-            checkpoint = {"token": "", "run_id": stats.run_id}
+            checkpoint = {"token": "", "run_id": stats.run_id, "totals": None}
         bar = Progress("purge scan", self._total("/v1/listings"), force=self.progress)
-        params = {"_limit": self.page_size, "_select": "ListingKey"}
+        params = {"_limit": self.page_size, "_select": "ListingKey", "_pagination": 1}
         try:
             pages = self.client.scan_skiptoken("/v1/listings", params, checkpoint["token"])
             for page, _token in _prefetch(pages):
-                keys = [
-                    r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey")
-                    for r in page.results
-                ]
+                keys = [_listing_key(r) for r in page.results]
+                keys += [r.key for r in page.rejected if r.key]  # broken, but returned: live
                 stats.records += len(keys)
-                checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
+                checkpoint = {
+                    **checkpoint,
+                    "token": page.skip_token or checkpoint["token"],
+                    "totals": _totals(checkpoint.get("totals"), page),
+                }
                 with self.state.transaction():
                     self.state.mark_seen("listings", [k for k in keys if isinstance(k, str)])
                     self.state.set_checkpoint("purge", checkpoint)
@@ -580,51 +755,87 @@ class Poller:
             run_id=checkpoint["run_id"],
             fetched_at=datetime.now(UTC),
         )
-        self._purge_vanished("listings", source, stats)
-        # the other direction: returned by the API, never published (a listing that became
-        # visible without its ModificationTimestamp moving, so no update window saw it)
+        try:
+            # what the scan returned, and what was published while it ran (a listing created
+            # behind the scan's cursor is never returned, but an update may publish it)
+            seen = self.state.seen_count("listings")
+            self._require_complete("listings", seen, checkpoint.get("totals"))
+            self._purge_vanished("listings", source, stats, force)
+        except PurgeRefused:
+            self.state.set_checkpoint("purge", None)  # the next purge scans afresh
+            raise
+        # the other direction: returned by the API, not live in our index (never published,
+        # or tombstoned by mistake): fetched again and published
         missed = [key for key, _ in self.state.unpublished("listings")]
         if missed:
-            logger.info("%d listings were never published: fetching them", len(missed))
+            logger.info(
+                "%d listings seen by the scan are not published: fetching them", len(missed)
+            )
             self._republish(missed, source, stats)
         self.state.set_checkpoint("purge", None)
         return True
 
-    def _republish(self, keys: list[str], source: Source, stats: RunStats) -> None:
-        """Fetch ``keys`` again (``ListingKey Eq … Or …``) and publish them, whatever the index says."""
-        params = {k: v for k, v in self._listing_params().items() if k != "_select"}
+    def _republish(self, keys: list[str], source: Source, stats: RunStats) -> set[str]:
+        """Fetch ``keys`` again (``ListingKey Eq … Or …``) and publish them, whatever the index says.
+
+        Returns the keys the API returned (published or dead-lettered).
+        """
+        params = self._listing_params()  # the fields every event carries, as a snapshot's
+        returned: set[str] = set()
         for start in range(0, len(keys), RECONCILE_BATCH):
             chunk = keys[start : start + RECONCILE_BATCH]
             query = " Or ".join(f"ListingKey Eq '{key}'" for key in chunk)
             page = self.client.get(
                 "/v1/listings", {**params, "_limit": len(chunk), "_filter": query}
             )
-            rows, media = self._publish_listings(page.results, source, stats, force=True)
+            rows, media = self._publish_listings(
+                self._newer_only(page, stats), source, stats, force=True
+            )
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
+            returned.update(r.get("Id") or "" for r in page.results)
+            returned.update(r.key or "" for r in page.rejected)
+        return returned
 
-    def _purge_vanished(self, resource: str, source: Source, stats: RunStats) -> None:
-        """A Purge event and a tombstone for each published key the scan did not see."""
+    def _purge_vanished(
+        self, resource: str, source: Source, stats: RunStats, force: bool = False
+    ) -> None:
+        """A Purge event and a tombstone for each published key the scan did not see,
+        unless there are more than the ceiling (``purge_max_ratio``) and ``force`` is off."""
+        candidates = self.state.vanished_count(resource)
+        published = self.state.published_count(resource)
+        ratio = self.settings.purge_max_ratio
+        if candidates > ratio * published and not force:
+            command = "purge" if resource == "listings" else "accounts"
+            raise PurgeRefused(
+                f"{resource} purge: {candidates} of {published} published keys "
+                f"({candidates / published:.1%}) are gone from the scan, over "
+                f"SPARK_RELAY_PURGE_MAX_RATIO={ratio:g}: nothing was purged. Check the API key's "
+                "access and the API's answers; if the removals are real, run "
+                f"`spark-relay poll {command} --force` once"
+            )
         self._purge_keys(resource, self.state.vanished(resource), source, stats)
 
     def _purge_keys(
         self, resource: str, keys: Iterable[tuple[str, str | None]], source: Source, stats: RunStats
     ) -> None:
+        """Purge the candidate ``(key, last modified)`` the API no longer returns when asked
+        by key now; the others are left alone (a scan or a sink's view was wrong)."""
         topic = self.serde.listings_topic if resource == "listings" else self.serde.accounts_topic
         batch: list[str] = []
-        for key, modified in keys:
-            if resource == "accounts" and self._still_there(key):
-                continue  # a _skip page shifted by a delete hid it; it was not removed
-            last = _parse_iso(modified) if modified else None
-            record = purge_record(resource, key, source, last_modification_timestamp=last)
-            self.publisher.produce(
-                self.serde.purges_topic,
-                self.serde.key(purge_key(resource, key)),
-                self.serde.serialize_purge(record),
-            )
-            self.publisher.produce(topic, self.serde.key(key), None)
-            batch.append(key)
-            stats.purged += 1
+        for chunk in _chunks(keys, RECONCILE_BATCH):
+            modified = dict(chunk)
+            for key in self._gone(resource, list(modified)):
+                last = _parse_iso(modified[key]) if modified[key] else None
+                record = purge_record(resource, key, source, last_modification_timestamp=last)
+                self.publisher.produce(
+                    self.serde.purges_topic,
+                    self.serde.key(purge_key(resource, key)),
+                    self.serde.serialize_purge(record),
+                )
+                self.publisher.produce(topic, self.serde.key(key), None)
+                batch.append(key)
+                stats.purged += 1
             if len(batch) >= self.page_size:
                 self.publisher.flush()
                 self.state.forget_published(resource, batch)
@@ -632,15 +843,61 @@ class Poller:
         self.publisher.flush()
         self.state.forget_published(resource, batch)
 
+    def _gone(self, resource: str, keys: list[str]) -> list[str]:
+        """Of ``keys``, those the API does not return when asked for them by key, now.
+
+        The one re-check before any tombstone, for the purge, the accounts scan
+        and ``reconcile --repair`` alike: a scan that shifted or a sink's stale
+        view never removes a live record.
+        """
+        if resource == "accounts":
+            return [key for key in keys if not self._still_there(key)]
+        page = self.client.get(
+            "/v1/listings", {"_select": "ListingKey", "_limit": len(keys), "_filter": _by_key(keys)}
+        )
+        live = {_listing_key(r) for r in page.results} | {r.key for r in page.rejected}
+        gone = [key for key in keys if key not in live]
+        if len(gone) < len(keys):
+            logger.warning(
+                "%d %s purge candidates are still returned by the API: kept",
+                len(keys) - len(gone),
+                resource,
+            )
+        return gone
+
     def _still_there(self, account_id: str) -> bool:
         try:
-            return bool(self.client.get(f"/v1/accounts/{account_id}").results)
+            page = self.client.get(f"/v1/accounts/{account_id}")
+            return bool(page.results or page.rejected)  # a broken record is still a record
         except NotFound:
             return False
 
+    def _require_complete(self, resource: str, count: int, totals: list[int | None] | None) -> None:
+        """A purge acts only on a scan that saw as many keys as the API's ``TotalRows``.
+
+        The lesser of the first and the latest TotalRows is the mark: records
+        created behind the scan's cursor raise the latest, records removed ahead
+        of it lower both the latest and the count. A page that ended the scan early
+        leaves the count short of both.
+        """
+        known = [t for t in totals or () if t is not None]
+        if not known:
+            raise PurgeRefused(
+                f"{resource} purge: the API sent no TotalRows with _pagination=1, so the scan "
+                "cannot be shown complete: nothing was purged"
+            )
+        if count < min(known):
+            raise PurgeRefused(
+                f"{resource} purge: the scan was incomplete, {count} keys of the {min(known)} "
+                "TotalRows the API reports (a page ended the scan early): nothing was purged; "
+                "the next run scans again"
+            )
+
     def reconcile(self, republish: Iterable[str], purge: Iterable[str]) -> RunStats:
         """Re-publish ``republish`` (fetched again, published whatever the index says) and
-        purge ``purge``: how ``spark-relay reconcile --repair`` heals every sink alike."""
+        purge those of ``purge`` the API no longer returns: how ``spark-relay reconcile
+        --repair`` heals every sink alike. ``reconcile --repair`` holds the state's lock
+        from before its scan, so nothing is published between its scan and this purge."""
         return self._guarded(
             self._run("reconcile"),
             lambda stats: self._reconcile(stats, list(republish), list(purge)),
@@ -658,4 +915,60 @@ class Poller:
         self._purge_keys(
             "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats
         )
+        return True
+
+    def redrive(self, listings: Iterable[str], accounts: Iterable[str]) -> RunStats:
+        """Fetch the keys of the poller's dead letters again; publish what the API holds now.
+
+        ``spark-relay dlq redrive poller`` calls this. A record still broken is
+        dead-lettered again; a key the API no longer returns is purged if it was published.
+        """
+        return self._guarded(
+            self._run("redrive"),
+            lambda stats: self._redrive(
+                stats, list(dict.fromkeys(listings)), list(dict.fromkeys(accounts))
+            ),
+        )
+
+    def _redrive(self, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
+        now = datetime.now(UTC)
+        source = Source(
+            resource="listings", procedure="redrive", run_id=stats.run_id, fetched_at=now
+        )
+        returned = self._republish(listings, source, stats)
+        gone = [key for key in listings if key not in returned]
+        known = self.state.published("listings", gone)
+        self._purge_keys("listings", [(k, known[k][0]) for k in gone if k in known], source, stats)
+
+        source = Source(
+            resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now
+        )
+        rows, gone = [], []
+        for account_id in accounts:
+            try:
+                page = self.client.get(f"/v1/accounts/{account_id}")
+            except NotFound:
+                gone.append(account_id)
+                continue
+            stats.records += len(page.results) + len(page.rejected)
+            self._dead_letter_rejected(page, source, stats)
+            if not page.results and not page.rejected:
+                gone.append(account_id)
+            for account in page.results:
+                try:
+                    record = account_to_record(account, source)
+                except InvalidRecord as e:
+                    self._dead_letter(stats, account, e, source, account_id)
+                    continue
+                value = self.serde.serialize_account(record)
+                if self._produce(
+                    self.serde.accounts_topic, record["Id"], value, account, source, stats
+                ):
+                    stats.published += 1
+                    rows.append(
+                        (record["Id"], account.get("ModificationTimestamp"), content_hash(account))
+                    )
+        self._commit("accounts", rows, None)
+        known = self.state.published("accounts", gone)
+        self._purge_keys("accounts", [(k, known[k][0]) for k in gone if k in known], source, stats)
         return True

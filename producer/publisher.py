@@ -13,10 +13,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from schemas.topics import MAX_MESSAGE_BYTES
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import PUBLISHED
 
-__all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge"]
+__all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge", "max_message_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,14 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.size": 1_000_000,
     # a broker's default limit: a larger record is refused here, at produce(), where the
     # poller can dead-letter it, rather than by the broker after the fact
-    "message.max.bytes": 1_000_000,
+    "message.max.bytes": MAX_MESSAGE_BYTES,
     "queue.buffering.max.kbytes": 262_144,
 }
+
+
+def max_message_bytes(kafka_config: dict[str, Any]) -> int:
+    """The largest event a producer with ``kafka_config`` accepts: its ``message.max.bytes``."""
+    return int({**PRODUCER_DEFAULTS, **kafka_config}["message.max.bytes"])
 
 
 class RecordTooLarge(ValueError):
@@ -46,7 +52,7 @@ class Publisher:
         config = {**PRODUCER_DEFAULTS, **kafka_config}
         self._producer = Producer(config)
         #: The largest event the producer accepts, in bytes.
-        self.max_bytes = int(config["message.max.bytes"])
+        self.max_bytes = max_message_bytes(config)
         self._errors: list[str] = []
         self._pending = 0
         self.delivered: Counter[str] = Counter()

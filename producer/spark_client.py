@@ -1,10 +1,15 @@
 """The Spark API over HTTP, and nothing else: auth, pacing, retries, paging.
 
 Retry decisions are data (:data:`RETRY_TABLE`): 429 and 5xx answers, timeouts,
-connection resets and truncated or invalid JSON are retried with exponential
+connection resets and truncated or unreadable JSON are retried with exponential
 backoff and jitter (``Retry-After`` honoured when the API sends it); 401, 403,
 an invalid filter and the other 4xx end the run at once. A client-side limiter
 keeps under the configured request rate instead of bouncing off 429s.
+
+Numbers are read exactly (integers beyond 64 bits, decimals longer than a double
+keeps). A body whose frame is whole but one element of ``Results`` is not a JSON
+object, or not valid JSON (an invalid escape), is not retried: the other
+elements are the page's ``results``, the broken ones its ``rejected``.
 
 The API key travels in the ``Authorization`` header only; it is never part of
 a URL, a log line or an exception message.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,21 +28,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import orjson
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_when_event_set,
     wait_exponential_jitter,
 )
 
+from schemas import json_dumps, json_loads
 from spark_relay import __version__
 from spark_relay.errors import PermanentSourceError, TransientSourceError
+from spark_relay.health import HEALTH
 from spark_relay.metrics import API_REQUESTS, API_RETRIES, RATE_LIMIT_WAIT
 from spark_relay.settings import Secret
 
-__all__ = ["SparkClient", "Page", "RateLimiter", "RETRY_TABLE", "NotFound"]
+__all__ = ["SparkClient", "Page", "Rejected", "RateLimiter", "RETRY_TABLE", "NotFound", "Forbidden"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,10 @@ class NotFound(PermanentSourceError):
     """The API answered 404 for a record or subresource."""
 
 
+class Forbidden(PermanentSourceError):
+    """The API answered 403 (the key may not see this resource)."""
+
+
 class _Retry(TransientSourceError):
     """Internal: a transient failure, with the server's Retry-After when it sent one."""
 
@@ -75,23 +87,117 @@ class _Retry(TransientSourceError):
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """An element of ``Results`` that is not a JSON object: its text, why, and its key if seen."""
+
+    text: bytes
+    reason: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class Page:
-    """One response of a collection: its records, the next skip token, the server's clock."""
+    """One response of a collection: its records, the next skip token, the server's clock.
+
+    ``results`` holds the JSON objects of ``Results``; ``rejected`` the other elements.
+    """
 
     results: list[dict[str, Any]]
     skip_token: str | None = None
     pagination: dict[str, Any] | None = None
     server_time: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+_RESULTS = re.compile(rb'"Results"\s*:\s*\[')
+_KEY = re.compile(rb'"(?:ListingKey|Id)"\s*:\s*"([^"\\]{1,200})"')
+_WHITESPACE = b" \t\r\n"
+
+
+def _value_end(body: bytes, i: int) -> int:
+    """Where the JSON value at ``body[i]`` ends (escapes not judged); ValueError if cut short."""
+    depth, n = 0, len(body)
+    while i < n:
+        c = body[i]
+        if c == 0x22:  # a string: on to its closing quote
+            i += 1
+            while i < n and body[i] != 0x22:
+                i += 2 if body[i] == 0x5C else 1
+            if i >= n:
+                break
+            i += 1
+            if depth == 0:
+                return i
+            continue
+        if c in b"[{":
+            depth += 1
+        elif c in b"]}":
+            if depth == 0:  # the array closes after a bare scalar
+                return i
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        elif c == 0x2C and depth == 0:  # the comma after a bare scalar
+            return i
+        i += 1
+    raise ValueError("cut short")
+
+
+def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
+    """A body with one element of ``Results`` broken: (document, objects, rejected elements).
+
+    None when the frame itself is broken (a truncated body is retried, not split).
+    """
+    found = _RESULTS.search(body)
+    if found is None:
+        return None
+    start = i = found.end()
+    elements: list[bytes] = []
+    try:
+        while True:
+            while i < len(body) and body[i] in _WHITESPACE:
+                i += 1
+            if i < len(body) and body[i] == 0x5D and not elements:  # "]": an empty array
+                break
+            end = _value_end(body, i)
+            elements.append(body[i:end].strip())
+            i = end
+            while i < len(body) and body[i] in _WHITESPACE:
+                i += 1
+            if i >= len(body) or body[i] not in b",]":
+                return None
+            if body[i] == 0x5D:
+                break
+            i += 1
+        document = json_loads(body[:start] + body[i:])
+    except ValueError:
+        return None
+    objects: list[Any] = []
+    rejected: list[Rejected] = []
+    for text in elements:
+        sniffed = _KEY.search(text)
+        key = sniffed.group(1).decode(errors="replace") if sniffed else None
+        try:
+            element = json_loads(text)
+        except ValueError as e:
+            rejected.append(Rejected(text, f"invalid JSON: {e}", key))
+            continue
+        objects.append(element)
+    return document, objects, rejected
 
 
 class RateLimiter:
-    """At most ``rate`` requests per second, spaced evenly (a token bucket of one)."""
+    """At most ``rate`` requests per second, spaced evenly (a token bucket of one).
 
-    def __init__(self, rate: float):
+    The wait ends early when ``stop`` is set, so a SIGTERM is not held up by it.
+    """
+
+    def __init__(self, rate: float, stop: threading.Event | None = None):
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
+        self._stop = stop or threading.Event()
         self.waited = 0.0
 
     def acquire(self) -> float:
@@ -100,7 +206,7 @@ class RateLimiter:
             wait = max(0.0, self._next - now)
             self._next = max(now, self._next) + self.interval
         if wait:
-            time.sleep(wait)
+            self._stop.wait(wait)
             self.waited += wait
             RATE_LIMIT_WAIT.inc(wait)
         return wait
@@ -144,6 +250,7 @@ class SparkClient:
         timeout: float = 60.0,
         max_attempts: int = 8,
         max_backoff: float = 60.0,
+        stop: threading.Event | None = None,
     ):
         if not api_key:
             raise PermanentSourceError(
@@ -159,9 +266,10 @@ class SparkClient:
                 "X-SparkApi-User-Agent": f"spark-relay/{__version__}",
             },
         )
-        self.limiter = RateLimiter(rate_limit)
+        self.stop = stop or threading.Event()
+        self.limiter = RateLimiter(rate_limit, self.stop)
         self.max_attempts = max_attempts
-        self.max_backoff = max_backoff
+        self.max_backoff = max_backoff  # also the cap on a server's Retry-After
         self.stats: dict[str, float] = {"requests": 0, "retries": 0, "rate_limited": 0}
         self.last_server_time: datetime | None = None
 
@@ -180,14 +288,17 @@ class SparkClient:
         """GET ``path`` with retries; a :class:`Page` on success, an error otherwise."""
         retrying = Retrying(
             retry=retry_if_exception_type(_Retry),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop_after_attempt(self.max_attempts) | stop_when_event_set(self.stop),
             wait=self._wait,
+            sleep=self.stop.wait,  # a SIGTERM ends the backoff at once
             before_sleep=self._before_sleep,
             reraise=True,
         )
         try:
             return retrying(self._get_once, path, params or {})
         except _Retry as e:
+            if self.stop.is_set():
+                raise TransientSourceError(f"GET {path}: stopped while retrying: {e}") from e
             raise TransientSourceError(
                 f"GET {path} failed after {self.max_attempts} attempts: {e}"
             ) from e
@@ -196,7 +307,9 @@ class SparkClient:
         backoff = wait_exponential_jitter(multiplier=0.5, max=self.max_backoff)(state)
         error = state.outcome.exception() if state.outcome else None
         retry_after = getattr(error, "retry_after", None)
-        return max(backoff, retry_after) if retry_after is not None else backoff
+        if retry_after is None:
+            return backoff
+        return min(max(backoff, retry_after), self.max_backoff)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.stats["retries"] += 1
@@ -213,6 +326,7 @@ class SparkClient:
         )
 
     def _get_once(self, path: str, params: dict[str, Any]) -> Page:
+        HEALTH.beat()
         self.limiter.acquire()
         self.stats["requests"] += 1
         try:
@@ -231,12 +345,20 @@ class SparkClient:
         if server_time is not None:
             self.last_server_time = server_time
 
+        elements: list[Any] | None = None
+        rejected: list[Rejected] = []
         try:
-            document = orjson.loads(body)
+            try:
+                document = json_loads(body)
+            except ValueError:
+                split = _split_results(body) if status < 300 else None
+                if split is None:
+                    raise
+                document, elements, rejected = split
             envelope = document["D"]
             if not isinstance(envelope, dict) or not envelope:
                 raise ValueError("empty D")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             if status < 300 or RETRY_TABLE.get(status, status >= 500):
                 raise _Retry(
                     f"HTTP {status} with a truncated or invalid body ({len(body)} bytes)",
@@ -249,12 +371,22 @@ class SparkClient:
             ) from None
 
         if status < 300 and envelope.get("Success") is not False:
+            results = []
+            for element in envelope.get("Results") or [] if elements is None else elements:
+                if isinstance(element, dict):
+                    results.append(element)
+                else:
+                    reason = f"expected a JSON object, got {type(element).__name__}"
+                    rejected.append(Rejected(json_dumps(element).encode(), reason))
+            if rejected:
+                logger.warning("GET %s: %d element(s) of Results rejected", path, len(rejected))
             return Page(
-                results=envelope.get("Results") or [],
+                results=results,
                 skip_token=envelope.get("SkipToken"),
                 pagination=envelope.get("Pagination"),
                 server_time=server_time,
                 raw=envelope,
+                rejected=rejected,
             )
 
         code = envelope.get("Code")
@@ -268,6 +400,8 @@ class SparkClient:
             raise _Retry(message, _retry_after(response))
         if status == 404:
             raise NotFound(f"GET {path}: {message}")
+        if status == 403:
+            raise Forbidden(f"GET {path}: {message} ({_HINTS[403]})")
         hint = _HINTS.get(status)
         raise PermanentSourceError(f"GET {path}: {message}" + (f" ({hint})" if hint else ""))
 
@@ -285,21 +419,10 @@ class SparkClient:
         token = start_token
         while True:
             page = self.get(path, {**(params or {}), "_skiptoken": token})
-            if page.results:
+            # a page of broken elements only is a page: its elements go to the dead letters
+            returned = bool(page.results or page.rejected)
+            if returned:
                 yield page, token
-            if not page.results or not page.skip_token or page.skip_token == token:
+            if not returned or not page.skip_token or page.skip_token == token:
                 return
             token = page.skip_token
-
-    def scan_skip(
-        self, path: str, params: dict[str, Any] | None = None, limit: int = 1000
-    ) -> Iterator[Page]:
-        """Page with ``_skip`` (accounts have no ``_skiptoken``); the caller de-duplicates."""
-        skip = 0
-        while True:
-            page = self.get(path, {**(params or {}), "_limit": limit, "_skip": skip})
-            if page.results:
-                yield page
-            if len(page.results) < limit:
-                return
-            skip += limit

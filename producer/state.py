@@ -14,8 +14,13 @@ so a million keys cost disk, not memory.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import socket
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from schemas import json_dumps, json_loads
+from spark_relay.errors import StateLocked
 
 __all__ = ["StateStore", "open_state", "state_schema"]
 
@@ -40,6 +48,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS media (
         key TEXT NOT NULL, name TEXT NOT NULL, changed TEXT, items TEXT NOT NULL,
         PRIMARY KEY (key, name))""",
+    """CREATE TABLE IF NOT EXISTS holder (id INTEGER PRIMARY KEY, text TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS runs (
         id TEXT PRIMARY KEY, procedure TEXT NOT NULL, started_at TEXT NOT NULL,
         finished_at TEXT, status TEXT NOT NULL, detail TEXT NOT NULL)""",
@@ -53,12 +62,21 @@ def _now() -> str:
 class StateStore:
     """Checkpoints and the published index over a DB-API connection (SQLite or psycopg)."""
 
-    def __init__(self, connection: Any, placeholder: str = "?", description: str = ""):
+    def __init__(
+        self,
+        connection: Any,
+        placeholder: str = "?",
+        description: str = "",
+        lock_path: Path | None = None,
+    ):
         self._db = connection
         self._ph = placeholder
         self._lock = threading.RLock()
         self._depth = 0
         self.description = description
+        self._lock_path = lock_path  # a file lock (SQLite); None: an advisory lock (PostgreSQL)
+        self._lock_file: int | None = None
+        self._held = 0
         with self.transaction() as cur:
             for statement in _SCHEMA:
                 cur.execute(statement)
@@ -85,6 +103,79 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    # -- one poller per state ---------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this state's lock while the block runs (re-entrant within this store).
+
+        SQLite: ``flock`` on ``poller.lock`` beside the database; PostgreSQL: a
+        session advisory lock on the state's schema. Either is released when the
+        process ends, however it ends. A second holder gets :class:`StateLocked`
+        at once, naming the first (pid, host, command, since when).
+        """
+        if not self._held:
+            self._acquire()
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held:
+                self._release()
+
+    def _acquire(self) -> None:
+        me = (
+            f"pid {os.getpid()} on {socket.gethostname()} "
+            f"({' '.join(['spark-relay', *sys.argv[1:]])}), since {_now()}"
+        )
+        if self._lock_path is not None:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace").strip()
+                os.close(fd)
+                raise StateLocked(self._locked_message(holder)) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, me.encode())
+            self._lock_file = fd
+            return
+        with self.transaction() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (self._advisory_key(),))
+            if not cur.fetchone()[0]:
+                cur.execute("SELECT text FROM holder WHERE id = 1")
+                row = cur.fetchone()
+                raise StateLocked(self._locked_message(row[0] if row else "unknown"))
+            cur.execute(
+                "INSERT INTO holder (id, text) VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET text = excluded.text",
+                (me,),
+            )
+
+    def _release(self) -> None:
+        if self._lock_path is not None:
+            if self._lock_file is not None:
+                os.close(self._lock_file)  # closing the descriptor releases the flock
+                self._lock_file = None
+            return
+        with self.transaction() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (self._advisory_key(),))
+
+    def _advisory_key(self) -> int:
+        digest = hashlib.blake2b(self.description.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def _locked_message(self, holder: str) -> str:
+        return (
+            f"another poller holds the state {self.description}: {holder}. "
+            "One poller per state: stop it first (SIGTERM lets it finish its page), "
+            "or give this one its own SPARK_RELAY_TOPIC_PREFIX and state"
+        )
 
     # -- checkpoints ------------------------------------------------------
 
@@ -188,7 +279,7 @@ class StateStore:
         with self.transaction() as cur:
             cur.execute(self._q("SELECT name, changed, items FROM media WHERE key = ?"), (key,))
             rows = cur.fetchall()
-        return {name: (changed, orjson.loads(items)) for name, changed, items in rows}
+        return {name: (changed, json_loads(items)) for name, changed, items in rows}
 
     def record_media(self, rows: Iterable[tuple[str, str, str | None, list[Any]]]) -> None:
         """Remember ``(key, name, change timestamp, items)`` (inside the caller's transaction)."""
@@ -199,7 +290,7 @@ class StateStore:
                     "ON CONFLICT (key, name) DO UPDATE SET changed = excluded.changed, "
                     "items = excluded.items"
                 ),
-                [(k, n, c, orjson.dumps(i).decode()) for k, n, c, i in rows],
+                [(k, n, c, json_dumps(i)) for k, n, c, i in rows],  # numbers exact
             )
 
     # -- scans: what the API still returns -------------------------------
@@ -223,6 +314,23 @@ class StateStore:
             "ORDER BY p.key LIMIT 5000",
             resource,
         )
+
+    def vanished_count(self, resource: str) -> int:
+        """How many keys :meth:`vanished` would yield (the purge ceiling is checked with it)."""
+        with self.transaction() as cur:
+            cur.execute(
+                self._q(
+                    "SELECT count(*) FROM published p WHERE p.resource = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM seen s WHERE s.resource = p.resource AND s.key = p.key)"
+                ),
+                (resource,),
+            )
+            return int(cur.fetchone()[0])
+
+    def seen_count(self, resource: str) -> int:
+        with self.transaction() as cur:
+            cur.execute(self._q("SELECT count(*) FROM seen WHERE resource = ?"), (resource,))
+            return int(cur.fetchone()[0])
 
     def unpublished(self, resource: str) -> Iterator[tuple[str, None]]:
         """Keys the finished scan saw that were never published (missed by every window)."""
@@ -329,4 +437,4 @@ def open_state(
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    return StateStore(connection, "?", f"sqlite ({path})")
+    return StateStore(connection, "?", f"sqlite ({path})", lock_path=path.with_name("poller.lock"))

@@ -5,6 +5,10 @@ Downstream teams depend on this package; change it only in compatible steps
 ``schemas/history/`` against the current one).
 """
 
+from schemas._items import item_plan, items_from_record
+from schemas._values import dumps as json_dumps
+from schemas._values import loads as json_loads
+from schemas._values import parse_timestamp
 from schemas.contract import (
     ACCOUNT_SCHEMA,
     LISTING_SCHEMA,
@@ -57,4 +61,9 @@ __all__ = [
     "Serde",
     "register_schemas",
     "subject_for",
+    "json_dumps",
+    "json_loads",
+    "parse_timestamp",
+    "item_plan",
+    "items_from_record",
 ]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ __all__ = [
     "to_double",
     "to_int",
     "to_timestamp",
+    "parse_timestamp",
     "to_date",
     "converter_for",
     "dumps",
@@ -39,8 +40,19 @@ MASK = "********"
 REJECT: Any = object()
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-# orjson reads integers beyond 64 bits as floats: texts that may hold one take the slow path
-_LONG_NUMBER = re.compile(rb"\d{20}")
+# orjson reads integers beyond 64 bits, and decimals with more digits than a double keeps, as
+# floats: a text with a bare number of 16 digits or more takes the exact path. To find one
+# fast (in C), digits and points become "0", blanks and minus signs go, and a run of 16 is
+# looked for after ":", "," or "[" (a number's place; a ListingKey's digits follow a quote).
+_DIGITS = bytes.maketrans(b"123456789.", b"0000000000")
+_DROPPED = b" \t\r\n-"
+_LONG = tuple(lead + b"0" * 16 for lead in (b":", b",", b"["))
+
+
+def _has_long_number(raw: bytes) -> bool:
+    """Whether ``raw`` (JSON) may hold a bare number of 16 digits or more."""
+    digits = raw.translate(_DIGITS, _DROPPED)
+    return any(digits.find(pattern) != -1 for pattern in _LONG)
 
 
 def to_text(value: Any) -> Any:
@@ -48,7 +60,7 @@ def to_text(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         return value
-    if kind is int or kind is float:
+    if kind is int or kind is float or kind is Decimal:
         return str(value)
     return REJECT
 
@@ -56,7 +68,7 @@ def to_text(value: Any) -> Any:
 def to_double(value: Any) -> Any:
     """A finite number from a number or from text such as ``" -116.3237"``."""
     kind = type(value)
-    if kind is float or kind is int:
+    if kind is float or kind is int or kind is Decimal:
         number = float(value)
     elif kind is str:
         try:
@@ -73,6 +85,10 @@ def to_int(value: Any) -> Any:
     kind = type(value)
     if kind is int:
         number = value
+    elif kind is Decimal:
+        number = int(value) if value.is_finite() and value == value.to_integral_value() else REJECT
+        if number is REJECT:
+            return REJECT
     elif kind is float or kind is str:
         if kind is str:
             try:
@@ -111,6 +127,12 @@ def to_timestamp(value: Any) -> Any:
         return REJECT
 
 
+def parse_timestamp(value: Any) -> datetime | None:
+    """The one timestamp parser: :func:`to_timestamp`, with None for anything not a timestamp."""
+    moment = to_timestamp(value)
+    return None if moment is REJECT else moment
+
+
 def to_date(value: Any) -> Any:
     """A date from ``YYYY-MM-DD``, an ISO datetime (its date) or ``MM/DD/YYYY``."""
     if type(value) is not str:
@@ -147,21 +169,63 @@ def converter_for(avro_type: Any) -> Callable[[Any], Any]:
         raise TypeError(f"no converter for Avro type {avro_type!r}") from None
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text of a decoded API value, values verbatim.
+def _exact_float(text: str) -> float | Decimal:
+    """A JSON decimal as a float when the float holds its value exactly, else as a Decimal."""
+    number = float(text)
+    if math.isfinite(number) and Decimal(repr(number)) == Decimal(text):
+        return number
+    return Decimal(text)
 
-    orjson does the work; integers beyond 64 bits (which orjson refuses) fall
-    back to the standard library, which writes them exactly.
+
+def _fragment(value: Any) -> Any:
+    """orjson's ``default``: a Decimal (or a big integer) written as its exact digits."""
+    if (type(value) is Decimal and value.is_finite()) or type(value) is int:
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _big_ints(value: Any) -> Any:
+    """``value`` with every integer beyond 64 bits wrapped for :func:`_fragment`."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _big_ints(v) for k, v in value.items()}
+    if kind is list:
+        return [_big_ints(v) for v in value]
+    if kind is int and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    return value
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> str:
+    """Compact JSON text of a decoded API value, values verbatim, numbers digit for digit.
+
+    orjson does the work; integers beyond 64 bits (which orjson refuses) and the
+    Decimals :func:`loads` made of long decimals are written as their exact digits.
+    ``sort_keys`` gives a text independent of the order the API sent the keys in.
     """
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
     try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return orjson.dumps(value, default=_fragment, option=option).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits
+        return orjson.dumps(_big_ints(value), default=_fragment, option=option).decode()
 
 
-def loads(text: str) -> Any:
-    """Decode JSON text written by :func:`dumps`, big integers exact."""
-    raw = text.encode()
-    if _LONG_NUMBER.search(raw):
-        return json.loads(text)
-    return orjson.loads(raw)
+def loads(text: str | bytes) -> Any:
+    """Decode JSON text, every number exact.
+
+    orjson does the work unless the text holds a bare number with 16 digits or
+    more; then the standard library reads it, integers exactly, and decimals a
+    float cannot hold as :class:`~decimal.Decimal`.
+    """
+    raw = text.encode() if isinstance(text, str) else text
+    if not _has_long_number(raw):
+        return orjson.loads(raw)
+    # refuse what orjson refuses, so both paths agree: NaN/Infinity, lone surrogates
+    value = json.loads(raw, parse_float=_exact_float, parse_constant=_not_json)
+    if b"\\ud" in raw or b"\\uD" in raw:
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError, a ValueError
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

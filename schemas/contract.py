@@ -56,7 +56,7 @@ ACCOUNT_SCHEMA = (_HERE / "Account.avsc").read_text()
 PURGE_SCHEMA = (_HERE / "Purge.avsc").read_text()
 
 #: Known values of ``source.procedure`` (an Avro string, so the list can grow).
-PROCEDURES = ("snapshot", "update", "purge", "accounts", "reconcile")
+PROCEDURES = ("snapshot", "update", "purge", "accounts", "reconcile", "redrive")
 #: Known values of ``source.resource`` and ``Purge.resource``.
 RESOURCES = ("listings", "accounts")
 

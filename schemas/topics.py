@@ -17,11 +17,14 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
 __all__ = [
+    "redrive_group",
     "LISTINGS",
     "ACCOUNTS",
     "PURGES",
     "PURGE_RETENTION_MS",
     "DLQ_RETENTION_MS",
+    "DELETE_RETENTION_MS",
+    "MAX_MESSAGE_BYTES",
     "dlq_topic",
     "dlq_spec",
     "TopicSpec",
@@ -39,6 +42,12 @@ PURGES = "purges"
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: How long purge events are kept: 365 days.
 PURGE_RETENTION_MS = 365 * 24 * 60 * 60 * 1000
+#: How long a compacted topic keeps a tombstone (``delete.retention.ms``): 7 days. A sink
+#: further behind than that may never read the tombstone (SPARK_RELAY_DELETE_RETENTION_DAYS).
+DELETE_RETENTION_MS = 7 * 24 * 60 * 60 * 1000
+#: The largest event our producers publish (their ``message.max.bytes``) unless
+#: SPARK_RELAY_KAFKA_MESSAGE_MAX_BYTES says otherwise: a broker's default limit.
+MAX_MESSAGE_BYTES = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,13 +74,31 @@ def dlq_topic(prefix: str, name: str) -> str:
     return f"{prefix}.dlq.{name}"
 
 
-def dlq_spec(prefix: str, name: str, replication_factor: int = 1) -> TopicSpec:
-    """The dead-letter topic of ``name``: one partition, deleted after 30 days."""
+def redrive_group(dlq: str) -> str:
+    """The consumer group ``spark-relay dlq redrive`` reads ``dlq`` in: what it has re-driven."""
+    return f"spark-relay.redrive.{dlq}"
+
+
+def _max_bytes(max_message_bytes: int | None) -> dict[str, str]:
+    return {} if max_message_bytes is None else {"max.message.bytes": str(max_message_bytes)}
+
+
+def dlq_spec(
+    prefix: str, name: str, replication_factor: int = 1, *, max_message_bytes: int | None = None
+) -> TopicSpec:
+    """The dead-letter topic of ``name``: one partition, deleted after 30 days.
+
+    ``max_message_bytes`` sets the topic's ``max.message.bytes`` (the producers' limit).
+    """
     return TopicSpec(
         name=dlq_topic(prefix, name),
         partitions=1,
         replication_factor=replication_factor,
-        config={"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+        config={
+            "cleanup.policy": "delete",
+            "retention.ms": str(DLQ_RETENTION_MS),
+            **_max_bytes(max_message_bytes),
+        },
     )
 
 
@@ -80,11 +107,27 @@ def topic_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}"
 
 
-def topic_specs(prefix: str, partitions: int = 6, replication_factor: int = 1) -> list[TopicSpec]:
-    """The three topics of the contract under ``prefix`` (listings, accounts, purges)."""
+def topic_specs(
+    prefix: str,
+    partitions: int = 6,
+    replication_factor: int = 1,
+    *,
+    delete_retention_ms: int = DELETE_RETENTION_MS,
+    max_message_bytes: int | None = None,
+) -> list[TopicSpec]:
+    """The three topics of the contract under ``prefix`` (listings, accounts, purges).
+
+    The compacted ones keep tombstones ``delete_retention_ms``; ``max_message_bytes``
+    sets every topic's ``max.message.bytes`` (the producers' limit).
+    """
     if partitions < 1 or replication_factor < 1:
         raise ValueError("partitions and replication_factor must be at least 1")
-    compacted = {"cleanup.policy": "compact"}
+    limit = _max_bytes(max_message_bytes)
+    compacted = {
+        "cleanup.policy": "compact",
+        "delete.retention.ms": str(delete_retention_ms),
+        **limit,
+    }
     return [
         TopicSpec(
             name=topic_name(prefix, LISTINGS),
@@ -102,7 +145,11 @@ def topic_specs(prefix: str, partitions: int = 6, replication_factor: int = 1) -
             name=topic_name(prefix, PURGES),
             partitions=partitions,
             replication_factor=replication_factor,
-            config={"cleanup.policy": "delete", "retention.ms": str(PURGE_RETENTION_MS)},
+            config={
+                "cleanup.policy": "delete",
+                "retention.ms": str(PURGE_RETENTION_MS),
+                **limit,
+            },
         ),
     ]
 

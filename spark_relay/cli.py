@@ -7,37 +7,23 @@ stderr and the exit code listed in ``spark-relay --help``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from spark_relay import __version__
+from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES, ConfigError, RelayError
-from spark_relay.logs import configure_logging
-from spark_relay.settings import Settings, describe, load_settings
+from spark_relay.logs import JsonFormatter, configure_logging
+from spark_relay.settings import Settings, describe, mask_urls, unknown_variables
 
-__all__ = ["main", "cli", "pass_app", "App"]
+__all__ = ["main", "cli"]
 
 logger = logging.getLogger(__name__)
 
 _EXIT_TEXT = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
-
-
-@dataclass
-class App:
-    """What every subcommand receives: the config file path and global overrides."""
-
-    config_file: str | None
-    overrides: dict[str, Any]
-    debug: bool
-
-    def settings(self, **overrides: Any) -> Settings:
-        return load_settings(self.config_file, **{**self.overrides, **overrides})
-
-
-pass_app = click.make_pass_decorator(App)
 
 
 @click.group(
@@ -53,8 +39,8 @@ pass_app = click.make_pass_decorator(App)
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    envvar="SPARK_RELAY_CONFIG",
-    help="TOML file with settings (keys as in `spark-relay config`, lower case; librdkafka settings in a [kafka] table).",
+    help="TOML file with settings (SPARK_RELAY_CONFIG; keys as in `spark-relay config`, lower "
+    "case; librdkafka settings in a [kafka] table, a sink's own options in [sink.<name>]).",
 )
 @click.option(
     "--log-format",
@@ -81,8 +67,22 @@ def cli(ctx: click.Context, config_file, log_format, log_level, debug) -> None:
     try:
         settings = app.settings()
         configure_logging(settings.log_level, settings.log_format)
+        ctx.default_map = _sink_tables(settings)
     except RelayError:
         configure_logging()  # the subcommand will report the config error itself
+    for line in unknown_variables(os.environ):
+        logger.warning("%s", line)
+
+
+def _sink_tables(settings: Settings) -> dict[str, Any]:
+    """click's ``default_map``: each ``[sink.<name>]`` table for the commands taking its options.
+
+    click ranks it below the flag and the option's variable, above the default.
+    """
+    tables = settings.sink
+    search = dict(tables.get("search", {}))
+    files_path = {k: v for k, v in tables.get("files", {}).items() if k == "path"}
+    return {"sink": tables, "search": search, "files": {"compact": files_path}}
 
 
 @cli.command("config")
@@ -90,9 +90,12 @@ def cli(ctx: click.Context, config_file, log_format, log_level, debug) -> None:
 def config_command(app: App) -> None:
     """Print the effective settings, one SPARK_RELAY_<NAME>=value per line, secrets masked.
 
-    Each is read from the environment variable of that name, else from the
-    --config TOML file (lower-case key), else its default; librdkafka
-    pass-through settings are shown as kafka:<property>.
+    Each is read from a flag, else the environment variable of that name, else
+    the --config TOML file (lower-case key), else its default. librdkafka
+    pass-through settings are shown as kafka:<property>, a sink's own options
+    from its [sink.<name>] table as sink.<name>.<option> (their variables,
+    SPARK_RELAY_<SINK>_<OPTION>, are listed by `spark-relay sink <name> --help`).
+    Passwords inside URLs are masked.
     """
     for name, value in describe(app.settings()).items():
         click.echo(f"{name}={value}")
@@ -141,6 +144,14 @@ def _devstack_commands() -> tuple[click.Command, ...]:
     return devstack_group, emulator_command
 
 
+def _say_error(text: str) -> None:
+    """One line on stderr: a JSON record when the logs are JSON (--log-format json), else text."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logger.error(text)
+    else:
+        click.echo(mask_urls(text), err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
@@ -155,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = click.get_current_context(silent=True)
         if ctx is not None and isinstance(ctx.find_object(App), App) and ctx.find_object(App).debug:
             logger.exception("failed")
-        click.echo(f"spark-relay: error: {e}", err=True)
+        _say_error(f"spark-relay: error: {e}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -10,8 +10,8 @@ from contextlib import ExitStack
 
 import click
 
-from spark_relay.cli import App, pass_app
-from spark_relay.errors import ConfigError
+from spark_relay.app import App, pass_app
+from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
 
 __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 
@@ -22,9 +22,9 @@ __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 def status_command(app: App, as_json: bool) -> None:
     """The poller's runs, every consumer group's lag per partition, the dead letters.
 
-    Exits 1 when the poller's last successful update is older than twice
+    Exits 7 when the poller's last successful update is older than twice
     SPARK_RELAY_UPDATE_INTERVAL or a dead-letter topic holds messages not yet
-    re-driven, so it can serve as a health check.
+    re-driven, so it can serve as a health check (1 is an unexpected error).
     """
     import json
 
@@ -36,7 +36,7 @@ def status_command(app: App, as_json: bool) -> None:
     else:
         click.echo("\n".join(render(status)))
     if not status.healthy:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 @click.command("reconcile")
@@ -69,7 +69,8 @@ def reconcile_command(
     Scans the API with _select=ListingKey,ModificationTimestamp, then reports per
     sink the keys missing, stale (older than the API's) and not purged. With
     --repair the poller re-publishes and purges them, so every sink heals the
-    same way once it consumed the events. Exits 1 when a sink differs.
+    same way once it consumed the events. Exits 7 when a sink differs (1 is an
+    unexpected error). With --json, stdout holds one JSON object per line only.
     """
     import json
 
@@ -82,7 +83,7 @@ def reconcile_command(
         "search": {"path": search_path},
         "files": {"path": files_path},
     }
-    with build_poller(settings) as poller:
+    with build_poller(settings, exclusive=repair) as poller:
         api = api_keys(poller.client, settings.page_size)
         findings = []
         for name in sinks or ("postgres", "search", "files"):
@@ -113,14 +114,19 @@ def reconcile_command(
             republish = sorted({k for f in findings for k in f.missing + f.stale})
             purge = sorted({k for f in findings for k in f.not_purged})
             stats = poller.reconcile(republish, purge)
-            click.echo(
-                f"repair: {stats.published} re-published, {stats.purged} purged; "
-                "the sinks heal as they consume them"
-            )
+            if as_json:
+                click.echo(
+                    json.dumps({"repair": {"republished": stats.published, "purged": stats.purged}})
+                )
+            else:
+                click.echo(
+                    f"repair: {stats.published} re-published, {stats.purged} purged; "
+                    "the sinks heal as they consume them"
+                )
     if not findings:
         raise ConfigError("no sink holds data with these settings: nothing to reconcile")
     if not all(f.converged for f in findings):
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 @click.group("dlq")
@@ -128,19 +134,34 @@ def dlq_group() -> None:
     """Dead-letter topics: <prefix>.dlq.<sink> holds what a sink could not decode or apply."""
 
 
-@dlq_group.command("redrive")
+@dlq_group.command(
+    "redrive", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
 @click.argument("sink")
+@click.argument("sink_options", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def redrive_command(app: App, sink: str) -> None:
-    """Re-send the dead letters of SINK to their original topic, after a fix.
+def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
+    """Apply the dead letters of SINK again, through SINK itself, after a fix.
 
-    Key and value are unchanged; the original topic, partition and offset travel
-    in redrive.* headers. Progress is committed, so each dead letter is re-sent
-    once and `spark-relay status` counts only those left.
+    \b
+    SINK_OPTIONS are the sink's own (e.g. `dlq redrive postgres --schema spark`).
+    A letter is applied only if the sink holds nothing newer for its key (a later
+    version or a later delete); nothing is appended to a source topic. Progress
+    is committed, so `spark-relay status` counts only the letters left; a letter
+    that fails again goes back to the dead-letter topic with the new reason.
+    SINK `poller` re-fetches the keys of the poller's dead letters from the API and
+    publishes their current state.
     """
+    if sink == "poller":
+        if sink_options:
+            raise click.UsageError("`dlq redrive poller` takes no options")
+        from producer.redrive import redrive_poller
+
+        click.echo(redrive_poller(app.settings()).summary())
+        return
     from consumers.redrive import redrive
 
-    click.echo(redrive(app.settings(), sink).summary())
+    click.echo(redrive(app.settings(), sink, sink_options).summary())
 
 
 @click.command("demo")
@@ -177,7 +198,7 @@ def demo_command(
     snapshot and the accounts scan while the three sinks consume, then ROUNDS of
     MLS change each followed by an update, then a purge; waits until every sink
     caught up and checks each against the emulator's ground truth. Exits 0 only
-    if every sink converged. With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
+    if every sink converged, 7 if one differs (1 is an unexpected error). With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
     set it runs against the real API and cluster instead.
     """
     import os
@@ -204,7 +225,7 @@ def demo_command(
                 signal.signal(sig, lambda *_: done.set())
             done.wait()
     if not result.converged:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 def _demo_summary(result, *, keep: bool, as_json: bool) -> None:

@@ -11,7 +11,10 @@ __all__ = [
     "DeliveryError",
     "SinkError",
     "SinkUnavailableError",
+    "PurgeRefused",
+    "StateLocked",
     "EXIT_CODES",
+    "EXIT_UNHEALTHY",
 ]
 
 
@@ -59,6 +62,22 @@ class SinkUnavailableError(SinkError):
     """A sink's store is unreachable or broken: stop without committing, never dead-letter."""
 
 
+class PurgeRefused(RelayError):
+    """A purge (or an accounts scan's purge) was not done: its scan was incomplete, or it
+    would remove more than SPARK_RELAY_PURGE_MAX_RATIO of the published keys."""
+
+    exit_code = 8
+
+
+class StateLocked(RelayError):
+    """Another poller holds this state's lock; the message names it (pid, host, command)."""
+
+    exit_code = 9
+
+
+#: ``status`` found a problem, ``reconcile`` or ``demo`` a sink that differs: a finding, not a crash.
+EXIT_UNHEALTHY = 7
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error",
@@ -67,4 +86,7 @@ EXIT_CODES = {
     4: "the Spark API refused the request (bad key, forbidden, invalid filter)",
     5: "Kafka did not acknowledge an event (no checkpoint moved)",
     6: "a sink failed",
+    EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
+    8: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
+    9: "another poller holds this state (the message names it); one poller per state",
 }

@@ -1,4 +1,8 @@
-"""Logging, configured once by the CLI: text for people, JSON lines for machines."""
+"""Logging, configured once by the CLI: text for people, JSON lines for machines.
+
+Either way a password inside a URL (``postgresql://user:password@host``) is
+masked in every line, whoever logged it (librdkafka and libraries included).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import logging
 import sys
 import time
+
+from spark_relay.settings import mask_urls
 
 __all__ = ["configure_logging"]
 
@@ -26,7 +32,17 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return mask_urls(json.dumps(entry, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message>``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_urls(super().format(record))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -34,7 +50,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

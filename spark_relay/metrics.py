@@ -1,17 +1,32 @@
-"""Prometheus metrics of the poller and the sinks (``--metrics-port``).
+"""Prometheus metrics of the poller and the sinks, and their health endpoints (``--metrics-port``).
 
-Names follow Prometheus conventions; every series a user would alert on is
-here. Freshness in business time: each process exports the newest
-ModificationTimestamp it handled, so
-``spark_relay_poller_newest_modification_seconds - on() spark_relay_sink_newest_modification_seconds``
-says how far behind a sink's data is, whatever the offset lag.
+Names follow Prometheus conventions: counters end in ``_total``, moments in
+``_timestamp_seconds``, durations in ``_duration_seconds``, and
+``spark_relay_build_info`` carries the version. Freshness in business time:
+the poller and every sink export the newest ModificationTimestamp they
+handled, so (with the ``pipeline`` label the scrape configuration adds, see
+``deploy/prometheus/prometheus.yml``)::
+
+    max by (pipeline) (spark_relay_poller_newest_modification_timestamp_seconds)
+      - on (pipeline) group_right
+    max by (pipeline, sink) (last_over_time(spark_relay_sink_newest_modification_timestamp_seconds[1h]))
+
+says how far behind each sink's data is, whatever the offset lag. The same
+port serves ``/healthz`` and ``/readyz`` (:mod:`spark_relay.health`).
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info, make_wsgi_app
+
+from spark_relay import __version__
+from spark_relay.health import HEALTH
 
 __all__ = [
     "API_REQUESTS",
@@ -25,10 +40,14 @@ __all__ = [
     "SINK_DEAD_LETTERS",
     "SINK_LAG",
     "SINK_NEWEST",
+    "observe_newest",
     "serve_metrics",
 ]
 
 logger = logging.getLogger(__name__)
+
+BUILD_INFO = Info("spark_relay_build", "The spark-relay version and Python that run this process")
+BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
 
 API_REQUESTS = Counter(
     "spark_relay_api_requests", "Spark API responses by HTTP status (0: no response)", ["status"]
@@ -47,7 +66,7 @@ CHECKPOINT_TIME = Gauge(
     ["procedure"],
 )
 POLLER_NEWEST = Gauge(
-    "spark_relay_poller_newest_modification_seconds",
+    "spark_relay_poller_newest_modification_timestamp_seconds",
     "Newest ModificationTimestamp the poller published, epoch seconds",
 )
 SINK_APPLIED = Counter(
@@ -56,7 +75,7 @@ SINK_APPLIED = Counter(
     ["sink", "topic"],
 )
 SINK_BATCH_SECONDS = Histogram(
-    "spark_relay_sink_batch_seconds", "Seconds to write and commit one batch", ["sink"]
+    "spark_relay_sink_batch_duration_seconds", "Seconds to write and commit one batch", ["sink"]
 )
 SINK_DEAD_LETTERS = Counter(
     "spark_relay_sink_dead_letters", "Messages a sink sent to its dead-letter topic", ["sink"]
@@ -67,22 +86,55 @@ SINK_LAG = Gauge(
     ["sink", "topic", "partition"],
 )
 SINK_NEWEST = Gauge(
-    "spark_relay_sink_newest_modification_seconds",
+    "spark_relay_sink_newest_modification_timestamp_seconds",
     "Newest ModificationTimestamp a sink applied, epoch seconds",
     ["sink"],
 )
 
-
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
-    """Serve ``/metrics`` on ``port`` in a background thread (no-op for ``None``)."""
-    if port is None:
-        return
-    start_http_server(port, addr=host)
-    logger.info("metrics on http://%s:%d/metrics", host, port)
+_newest: dict[tuple[int, tuple[tuple[str, str], ...]], float] = {}
+_newest_lock = threading.Lock()
 
 
 def observe_newest(gauge: Gauge, moment_seconds: float, **labels: str) -> None:
-    """Raise ``gauge`` to ``moment_seconds`` if that is newer than what it holds."""
-    target = gauge.labels(**labels) if labels else gauge
-    if moment_seconds > target._value.get():  # noqa: SLF001 - prometheus_client has no max()
-        target.set(moment_seconds)
+    """Raise ``gauge`` to ``moment_seconds`` if that is newer than what it was set to."""
+    key = (id(gauge), tuple(sorted(labels.items())))
+    with _newest_lock:
+        if moment_seconds <= _newest.get(key, float("-inf")):
+            return
+        _newest[key] = moment_seconds
+        (gauge.labels(**labels) if labels else gauge).set(moment_seconds)
+
+
+_metrics_app = make_wsgi_app()
+
+
+def _app(environ, start_response):
+    """``/healthz`` and ``/readyz`` (200 ``ok`` or 503 and the reason); anything else: metrics."""
+    path = environ.get("PATH_INFO", "")
+    if path not in ("/healthz", "/readyz"):
+        return _metrics_app(environ, start_response)
+    reason = HEALTH.live() if path == "/healthz" else HEALTH.ready()
+    body = f"{reason or 'ok'}\n".encode()
+    start_response(
+        "200 OK" if reason is None else "503 Service Unavailable",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # one line per scrape: not wanted
+        pass
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (no-op for ``None``)."""
+    if port is None:
+        return
+    server = make_server(host, port, _app, _Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    logger.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)

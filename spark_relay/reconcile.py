@@ -8,8 +8,10 @@ ModificationTimestamp) and *not purged* keys (held, no longer returned).
 
 ``--repair`` heals through the poller, so every sink is healed the same way:
 missing and stale listings are fetched again and re-published (procedure
-``reconcile``, whatever the published index says), and not-purged keys get a
-Purge event and a tombstone.
+``reconcile``, whatever the published index says), and not-purged keys that
+the API does not return when asked for them by key, at repair time, get a
+Purge event and a tombstone. The repair holds the poller's state lock from
+before its scan, so nothing is published between the scan and the purge.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.spark_client import SparkClient
-from spark_relay.errors import ConfigError
+from spark_relay.errors import ConfigError, TransientSourceError
 from spark_relay.settings import Settings
 
 __all__ = ["SINK_READERS", "Finding", "SinkNotSetUp", "api_keys", "compare", "holdings"]
@@ -41,14 +43,26 @@ def _utc(moment: Any) -> datetime:
 
 
 def api_keys(client: SparkClient, page_size: int = 1000) -> dict[str, datetime]:
-    """Every live ListingKey with its ModificationTimestamp, from one ``_skiptoken`` scan."""
-    params = {"_limit": page_size, "_select": "ListingKey,ModificationTimestamp"}
+    """Every live ListingKey with its ModificationTimestamp, from one ``_skiptoken`` scan.
+
+    A scan that saw fewer keys than the API's ``TotalRows`` (a page ended it
+    early) is an error, not a smaller MLS: a report or a repair built on it
+    would call live listings "not purged".
+    """
+    params = {"_limit": page_size, "_select": "ListingKey,ModificationTimestamp", "_pagination": 1}
     keys: dict[str, datetime] = {}
+    total = None
     for page, _ in client.scan_skiptoken("/v1/listings", params):
+        total = (page.pagination or {}).get("TotalRows", total)
         for result in page.results:
             fields = result.get("StandardFields") or {}
             key = result.get("Id") or fields.get("ListingKey")
             keys[key] = _utc(fields["ModificationTimestamp"])
+    if total is None or len(keys) < int(total):
+        raise TransientSourceError(
+            f"the API scan ended early: {len(keys)} listings of the {total} TotalRows it "
+            "reports; run reconcile again"
+        )
     return keys
 
 

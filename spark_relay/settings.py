@@ -4,27 +4,53 @@ Precedence, lowest first: defaults, the TOML file (``--config``), environment
 variables prefixed ``SPARK_RELAY_``, command-line flags. A wrong or missing
 value raises :class:`ConfigError` with one line that names the setting and
 what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
-``str`` never show it.
+``str`` never show it; a password inside a URL is masked wherever a URL is
+shown (:func:`mask_urls`: ``spark-relay config``, the logs).
+
+Every ``SPARK_RELAY_<NAME>`` is a field here, with two families beside them:
+``SPARK_RELAY_KAFKA_<SETTING>`` (librdkafka, ``[kafka]`` in TOML) and a sink's
+own options, ``SPARK_RELAY_<SINK>_<OPTION>`` (``--schema`` of the postgres sink
+is ``SPARK_RELAY_POSTGRES_SCHEMA``, ``[sink.postgres] schema`` in TOML), which
+the sink declares itself and ``spark-relay sink <name> --help`` lists. Any
+other ``SPARK_RELAY_*`` variable is a typo: :func:`unknown_variables`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from spark_relay.errors import ConfigError
 
-__all__ = ["Secret", "Settings", "load_settings", "ENV_PREFIX", "KAFKA_PASSTHROUGH_PREFIX"]
+__all__ = [
+    "Secret",
+    "Settings",
+    "load_settings",
+    "unknown_variables",
+    "mask_urls",
+    "ENV_PREFIX",
+    "KAFKA_PASSTHROUGH_PREFIX",
+    "SINK_PLUGINS",
+]
 
 ENV_PREFIX = "SPARK_RELAY_"
 #: ``SPARK_RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes librdkafka's ``security.protocol``.
 KAFKA_PASSTHROUGH_PREFIX = ENV_PREFIX + "KAFKA_"
+#: The entry-point group sinks register in; ``SPARK_RELAY_<SINK>_*`` are that sink's options.
+SINK_PLUGINS = "spark_relay.sinks"
+#: ``SPARK_RELAY_<FAMILY>_*`` variables that are not settings: librdkafka's, the emulator's,
+#: the devstack's and the tests' own.
+OTHER_FAMILIES = ("KAFKA_", "EMULATOR_", "DEVSTACK_", "TEST_")
 
 
 class Secret:
@@ -54,10 +80,18 @@ class Secret:
         return "********" if self._value else ""
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
+    return _URL_PASSWORD.sub(r"\1********@", text)
+
+
 def _url(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}: expected an http(s):// URL, got {value!r}")
+        raise ConfigError(f"{name}: expected an http(s):// URL, got {mask_urls(repr(value))}")
     return value.rstrip("/")
 
 
@@ -92,6 +126,13 @@ def _non_negative_float(name: str, value: str) -> float:
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if number < 0:
         raise ConfigError(f"{name}: expected a number of 0 or more, got {value!r}")
+    return number
+
+
+def _ratio(name: str, value: str) -> float:
+    number = _non_negative_float(name, value)
+    if number > 1:
+        raise ConfigError(f"{name}: expected a share from 0 to 1 (0.05 is 5%), got {value!r}")
     return number
 
 
@@ -130,6 +171,15 @@ def _expansions(name: str, value: str, custom: bool = True) -> str:
         raise ConfigError(
             f"{name}: expected names from {', '.join(EXPANSIONS)}, got {', '.join(unknown)}"
         )
+    return ",".join(names)
+
+
+def _selection(name: str, value: str) -> str:
+    """A ``_select`` list; an event needs the key and the ModificationTimestamp."""
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    missing = [n for n in ("ListingKey", "ModificationTimestamp") if n not in names]
+    if missing:
+        raise ConfigError(f"{name}: every event needs {' and '.join(missing)}; add it to the list")
     return ",".join(names)
 
 
@@ -206,24 +256,76 @@ class Settings:
     overlap: float = _setting(20.0, _non_negative_float, "Minutes each update window reaches back")
     accounts_interval: float = _setting(60.0, _positive_float, "Minutes between accounts scans")
     purge_at: str = _setting("03:00", _hhmm, "UTC time of day of the daily purge")
+    purge_max_ratio: float = _setting(
+        0.05,
+        lambda n, v: _ratio(n, v),
+        "Largest share of the published keys one purge may remove without --force",
+    )
+    update_window: float = _setting(
+        1440.0, _positive_float, "Minutes one update window spans at most (a backlog is split)"
+    )
     expand: str = _setting(
         "", _expansions, "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses"
     )
     subresources: str = _setting(
         "",
-        _expansions,
+        lambda n, v: _expansions(n, v, custom=False),  # CustomFields* have no subresource path
         "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
-    select: str = _setting("", None, "_select for snapshots (empty: every field)")
+    select: str = _setting(
+        "", _selection, "_select for every listing request but the purge scan (empty: every field)"
+    )
+    delete_retention_days: float = _setting(
+        7.0,
+        _positive_float,
+        "Days a compacted topic keeps a tombstone (delete.retention.ms); status warns "
+        "when a sink is further behind",
+    )
     compression: str = _setting(
         "zstd",
         _choice("zstd", "lz4", "snappy", "gzip", "none"),
         "Compression of the events we produce: zstd, lz4, snappy, gzip or none",
     )
+    metrics_port: int | None = _setting(
+        None,
+        lambda n, v: _int_range(n, v, 1, 65535),
+        "Port of /metrics, /healthz and /readyz (--metrics-port); empty: none",
+    )
+    # The sink runner (`spark-relay sink <name>`); a sink's own options are its [sink.<name>]
+    sink_group: str = _setting(
+        "",
+        None,
+        "Consumer group of a sink (--group; empty: spark-relay.<sink>); copies in one group "
+        "share the partitions",
+    )
+    sink_batch_size: int = _setting(
+        1000, lambda n, v: _int_range(n, v, 1, 1_000_000), "Messages per sink batch, at most"
+    )
+    sink_batch_ms: int = _setting(
+        500,
+        lambda n, v: _int_range(n, v, 0, 3_600_000),
+        "Milliseconds a sink batch waits for more messages after its first",
+    )
+    sink_dead_letter_limit: int = _setting(
+        100,
+        lambda n, v: _int_range(n, v, 0, 1_000_000_000),
+        "Dead letters in a row for one reason after which a sink stops (exit 6); 0: no limit",
+    )
+    config: str = _setting(
+        "", None, "TOML file of settings (--config), read before the environment and the flags"
+    )
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
     kafka: Mapping[str, str] = field(
         default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
     )
+    #: Each sink's own options from its TOML table ``[sink.<name>]``, by parameter name.
+    sink: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
+    )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return mask_urls(f"Settings({shown})")
 
     def require(self, *names: str) -> Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
@@ -247,9 +349,12 @@ class Settings:
             "admin": CONSUMER_ONLY | PRODUCER_ONLY,
         }.get(role, frozenset())
         passthrough = {k: v for k, v in self.kafka.items() if k not in skip}
+        config = {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
         if role == "producer":
-            passthrough["compression.type"] = self.compression
-        return {"bootstrap.servers": self.kafka_bootstrap, **passthrough, **extra}
+            config["compression.type"] = self.compression
+        if role != "any":  # librdkafka's log lines through Python logging (JSON with the rest)
+            config["logger"] = logging.getLogger("librdkafka")
+        return config
 
     def registry_config(self) -> dict[str, str]:
         """The configuration of confluent-kafka's ``SchemaRegistryClient``."""
@@ -278,6 +383,8 @@ def _doc(name: str) -> str:
 
 _SECRETS = {"api_key", "schema_registry_basic_auth"}
 _NAMES = {f.name for f in fields(Settings)}
+#: Fields with no variable of their own: tables of the TOML file, and the file itself.
+_TABLES = {"kafka", "sink"}
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:
@@ -307,9 +414,12 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
+    sink: dict[str, dict[str, Any]] = {}
 
+    config_file = config_file or environ.get(env_name("config")) or None
     if config_file is not None:
         path = Path(config_file)
+        values["config"] = str(path)
         try:
             document = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -323,6 +433,13 @@ def load_settings(
                         f"--config {path}: [kafka] must be a table of librdkafka settings"
                     )
                 kafka.update({str(k): str(v) for k, v in _flatten(raw).items()})
+            elif key == "sink":
+                sink.update(_sink_tables(raw, path))
+            elif key == "config":
+                raise ConfigError(
+                    f"--config {path}: config: name the file with --config or "
+                    f"{env_name('config')}, not inside it"
+                )
             elif key in _NAMES:
                 values[key] = _parse(key, raw, f"{key} in {path}")
             else:
@@ -334,7 +451,7 @@ def load_settings(
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name in _NAMES and name != "kafka":
+        if name in _NAMES and name not in _TABLES and name != "config":
             values[name] = _parse(name, raw, key)
         elif key.startswith(KAFKA_PASSTHROUGH_PREFIX):
             kafka[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = raw
@@ -342,7 +459,7 @@ def load_settings(
     for name, raw in overrides.items():
         if raw is None:
             continue
-        if name not in _NAMES:
+        if name not in _NAMES or name in _TABLES or name == "config":
             raise TypeError(f"unknown setting {name!r}")
         values[name] = _parse(name, raw, "--" + name.replace("_", "-"))
 
@@ -353,7 +470,42 @@ def load_settings(
     for codec in ("compression.type", "compression.codec"):
         if codec in kafka:
             raise ConfigError(f"kafka setting {codec}: set {env_name('compression')} instead")
-    return Settings(**values, kafka=kafka)
+    return Settings(**values, kafka=kafka, sink=sink)
+
+
+def _sink_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``[sink.<name>]`` tables: each sink's own options (checked by the sink's command)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: [sink] must hold one table per sink, [sink.<name>]")
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"--config {path}: [sink.{name}] must be a table of that sink's options"
+            )
+    return {name: dict(table) for name, table in raw.items()}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``SPARK_RELAY_*`` variable that is no setting, with the closest name.
+
+    Settings, librdkafka's ``SPARK_RELAY_KAFKA_*``, a registered sink's
+    ``SPARK_RELAY_<SINK>_*`` and the families in :data:`OTHER_FAMILIES` are known.
+    """
+    names = sorted(n.upper() for n in _NAMES - _TABLES)
+    families = OTHER_FAMILIES + tuple(
+        f"{ep.name.upper()}_" for ep in entry_points(group=SINK_PLUGINS)
+    )
+    lines = []
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :]
+        if name in names or name.startswith(families):
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "see `spark-relay config`"
+        lines.append(f"{key} is not a setting ({hint})")
+    return lines
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -367,17 +519,25 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _secret_name(key: str) -> bool:
+    return any(word in key.lower() for word in ("password", "secret", "key", "token"))
+
+
 def describe(settings: Settings) -> dict[str, str]:
-    """Settings as printable text, secrets masked (for ``spark-relay config``)."""
+    """Settings as printable text, secrets and passwords in URLs masked (``spark-relay config``)."""
     shown = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
         if f.name == "kafka":
             for key, raw in value.items():
-                secret = any(word in key for word in ("password", "secret", "key"))
-                shown[f"kafka:{key}"] = "********" if secret else raw
+                shown[f"kafka:{key}"] = "********" if _secret_name(key) else raw
+        elif f.name == "sink":
+            for sink, table in value.items():
+                for key, raw in table.items():
+                    text = "********" if _secret_name(key) else mask_urls(str(raw))
+                    shown[f"sink.{sink}.{key}"] = text
         else:
-            shown[env_name(f.name)] = str(value)
+            shown[env_name(f.name)] = "" if value is None else mask_urls(str(value))
     return shown
 
 

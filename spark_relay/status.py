@@ -1,34 +1,37 @@
 """``spark-relay status``: the poller's runs, every consumer group's lag, the dead letters.
 
 Healthy means: the poller's last successful update is younger than twice its
-interval, and every dead-letter topic is empty (nothing left to re-drive).
-The command exits 1 otherwise, so it can serve as a health check.
+interval, no dead-letter topic holds a letter still retained and not yet
+re-driven (counted from the later of the topic's low watermark and the
+re-drive group's offset: letters that expired with the topic's retention are
+no longer counted), and no consumer group is further behind on a compacted
+topic than the topic keeps tombstones (``SPARK_RELAY_DELETE_RETENTION_DAYS``):
+such a group may never see a deletion, and ``spark-relay reconcile --repair``
+purges what it missed.
+The command exits 7 otherwise, so it can serve as a health check.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumers.runner import end_offsets
 from producer.state import open_state
+from schemas.topics import redrive_group
 from spark_relay.settings import Settings
 
-__all__ = ["Status", "collect_status", "redrive_group"]
+__all__ = ["Status", "collect_status"]
 
 logger = logging.getLogger(__name__)
 
 PROCEDURES = ("snapshot", "update", "accounts", "purge")
-
-
-def redrive_group(dlq_topic: str) -> str:
-    """The consumer group ``spark-relay dlq redrive`` commits to: what it has re-sent."""
-    return f"spark-relay.redrive.{dlq_topic}"
 
 
 @dataclass
@@ -110,9 +113,82 @@ def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dic
     return groups
 
 
+def _unread_since(settings: Settings, positions: list[TopicPartition]) -> dict:
+    """(topic, partition) → the timestamp (ms) of the first message not read at ``positions``."""
+    consumer = Consumer(
+        settings.kafka_config(
+            "consumer", **{"group.id": "spark-relay.status", "enable.auto.commit": False}
+        )
+    )
+    found: dict[tuple[str, int], int] = {}
+    try:
+        consumer.assign(positions)
+        deadline = time.monotonic() + 15
+        while len(found) < len(positions) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            where = (message.topic(), message.partition())
+            if where not in found:
+                found[where] = message.timestamp()[1]
+                consumer.pause([TopicPartition(*where)])
+    finally:
+        consumer.close()
+    return found
+
+
+def _tombstones_at_risk(settings: Settings, status: Status, now: datetime) -> None:
+    """A problem for each group further behind on a compacted topic than its tombstones last."""
+    compacted = {settings.topic("listings"), settings.topic("accounts")}
+    lagging = [
+        (group, name, p)
+        for group, info in status.groups.items()
+        for name, p in info["partitions"].items()
+        if p["lag"] and name.rpartition("[")[0] in compacted
+    ]
+    if not lagging:
+        return
+    limit = timedelta(days=settings.delete_retention_days)
+    behind: dict[str, timedelta] = {}
+    for group in dict.fromkeys(group for group, _, _ in lagging):
+        positions = []
+        for _, name, p in (entry for entry in lagging if entry[0] == group):
+            topic, _, partition = name.rpartition("[")
+            positions.append(TopicPartition(topic, int(partition[:-1]), p["committed"]))
+        stamps = _unread_since(settings, positions).values()
+        if stamps:
+            age = now - datetime.fromtimestamp(min(stamps) / 1000, UTC)
+            if age > limit:
+                behind[group] = age
+    for group, age in behind.items():
+        status.problems.append(
+            f"consumer group {group} is {age.total_seconds() / 86400:.1f} days behind, more than "
+            f"the {settings.delete_retention_days:g} days compacted topics keep tombstones: it "
+            "may miss deletions; let it catch up, then run `spark-relay reconcile --repair`"
+        )
+
+
+def _low_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The first offset still retained of every partition of ``topics``."""
+    consumer = Consumer(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}))
+    try:
+        metadata = consumer.list_topics(timeout=15)
+        lows = {}
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=15
+                )
+                lows[(topic, partition)] = low
+        return lows
+    finally:
+        consumer.close()
+
+
 def _dead_letters(
     settings: Settings, admin: AdminClient, dlq_topics: list[str], ends: dict, status: Status
 ) -> None:
+    lows = _low_watermarks(settings, dlq_topics) if dlq_topics else {}
     for topic in dlq_topics:
         group = redrive_group(topic)
         result = admin.list_consumer_group_offsets(
@@ -129,7 +205,8 @@ def _dead_letters(
         depth = 0
         for (name, partition), end in ends.items():
             if name == topic:
-                depth += max(0, end - done.get(partition, 0))
+                start = max(done.get(partition, 0), lows.get((name, partition), 0))
+                depth += max(0, end - start)
         status.dead_letters[topic] = depth
         if depth:
             status.problems.append(f"{topic} holds {depth} dead letter(s)")
@@ -151,6 +228,7 @@ def collect_status(settings: Settings) -> Status:
         else {}
     )
     status.groups = _groups(settings, admin, data_topics, ends)
+    _tombstones_at_risk(settings, status, now)
     _dead_letters(settings, admin, dlq_topics, ends, status)
     return status
 

@@ -60,3 +60,66 @@ def test_compose_uses_the_settings_names():
     assert not unknown, (
         f"docker-compose.yml uses names the settings object does not read: {unknown}"
     )
+
+
+def _services() -> dict:
+    import yaml
+
+    return yaml.safe_load(_compose())["services"]
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", text)
+    assert match, text
+    return int(match[1] or 0) * 60 + int(match[2] or 0)
+
+
+def test_compose_comes_up_as_shipped():
+    """Each point that kept the file from coming up, read from the resolved configuration."""
+    services = _services()
+    ours = {n for n, s in services.items() if s["image"] == "spark-relay:local"}
+    # one image, built once; everything else pinned to an exact version
+    assert [n for n, s in services.items() if "build" in s] == ["volume-owner"]
+    for name, spec in services.items():
+        if name not in ours:
+            tag = spec["image"].rpartition(":")[2]
+            assert re.fullmatch(r"v?\d+(\.\d+){1,2}", tag), f"{name}: {spec['image']} is not pinned"
+    one_shots = {n for n, s in services.items() if s.get("restart", "no") == "no"}
+    assert one_shots == {"topics", "volume-owner"}
+    for name, spec in services.items():
+        if name in one_shots:
+            continue
+        assert spec["restart"] == "unless-stopped", name
+        assert "healthcheck" in spec, f"{name} has no healthcheck"
+        for needed, condition in spec.get("depends_on", {}).items():
+            expected = (
+                "service_completed_successfully" if needed in one_shots else "service_healthy"
+            )
+            assert condition["condition"] == expected, (name, needed, condition)
+    # each waits for what it needs to be healthy
+    assert set(services["topics"]["depends_on"]) == {"kafka", "schema-registry"}
+    assert services["topics"]["depends_on"]["schema-registry"]["condition"] == "service_healthy"
+    assert "postgres" in services["poller"]["depends_on"]  # its state is in PostgreSQL
+    assert "opensearch" in services["sink-search"]["depends_on"]
+    assert "postgres" in services["sink-postgres"]["depends_on"]
+    # Kafka writes where its volume is
+    kafka = services["kafka"]
+    log_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(v.split(":")[1] == log_dir for v in kafka["volumes"]), kafka["volumes"]
+    # an EXTERNAL listener a team on the host can reach, and nothing beyond 127.0.0.1
+    assert "EXTERNAL://127.0.0.1:9094" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    for name, spec in services.items():
+        for port in spec.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert any(str(p).startswith("127.0.0.1:9094:9094") for p in kafka["ports"])
+    # the relay user owns every volume our processes write to
+    owner = services["volume-owner"]
+    owned = {v.split(":")[1] for v in owner["volumes"]}
+    assert set(owner["entrypoint"][3:]) == owned
+    for name in ours - one_shots:
+        mounted = {v.split(":")[1] for v in services[name].get("volumes", [])}
+        assert mounted <= owned, (name, mounted - owned)
+    # time to finish a page (the poller) or a batch (the sinks) after SIGTERM
+    assert _seconds(services["poller"]["stop_grace_period"]) >= 120
+    for name in ours - one_shots - {"poller"}:
+        assert _seconds(services[name]["stop_grace_period"]) >= 60, name

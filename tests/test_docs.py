@@ -38,5 +38,15 @@ def test_readme_lists_every_setting():
 
     readme = (ROOT / "README.md").read_text()
     for field in fields(Settings):
-        if field.name != "kafka":
+        if field.name not in ("kafka", "sink"):  # the [kafka] and [sink.<name>] tables
             assert f"`{env_name(field.name)}`" in readme, env_name(field.name)
+
+
+def test_readme_lists_every_option_of_the_built_in_sinks():
+    from consumers.registry import cli_options_of, load_sink
+
+    readme = (ROOT / "README.md").read_text()
+    for name in ("postgres", "search", "files"):
+        for option in cli_options_of(load_sink(name)):
+            assert option.envvar == f"SPARK_RELAY_{name.upper()}_{option.name.upper()}"
+            assert f"| `{option.envvar}` | `[sink.{name}] {option.name}` |" in readme, option.envvar

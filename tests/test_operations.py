@@ -22,6 +22,7 @@ from devstack.emulator import Emulator, EmulatorConfig
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from producer.cli import build_poller
 from producer.topics import ensure_contract
+from spark_relay.errors import EXIT_UNHEALTHY
 from spark_relay.reconcile import _utc, holdings
 from spark_relay.settings import replace
 from spark_relay.status import collect_status
@@ -134,7 +135,7 @@ def test_status_is_unhealthy_without_a_recent_update(settings):
     result = subprocess.run(
         [BIN, "status"], capture_output=True, text=True, env=cli_env(settings), timeout=60
     )
-    assert result.returncode == 1
+    assert result.returncode == EXIT_UNHEALTHY
     assert "not completed an update window" in result.stdout
 
 
@@ -165,7 +166,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
     report = subprocess.run(
         [*command, "--repair"], capture_output=True, text=True, env=cli_env(settings), timeout=120
     )
-    assert report.returncode == 1, report.stderr  # it differed
+    assert report.returncode == EXIT_UNHEALTHY, report.stderr  # it differed
     assert re.search(
         rf"postgres: \d+ held, {len(deleted)} missing, 1 stale, {len(removed)} not purged",
         report.stdout,
@@ -179,7 +180,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
     assert again.returncode == 0 and "matches the API" in again.stdout
 
 
-def test_dead_letters_are_redriven_once_to_their_topic(settings):
+def test_dead_letters_are_redriven_through_their_sink_never_to_their_topic(settings):
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(settings.topic("listings"), key=b"broken", value=b"\x00garbage")
     assert producer.flush(10) == 0
@@ -195,26 +196,14 @@ def test_dead_letters_are_redriven_once_to_their_topic(settings):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "1 re-sent" in result.stdout
-    resent = [
-        (k, v, dict(h))
-        for k, v, h in read_topic(settings.kafka_bootstrap, settings.topic("listings"))
-        if k == "broken"
-    ]
-    assert len(resent) == 2  # the original and the re-driven copy
-    key, value, headers = resent[1]
-    assert value == b"\x00garbage"
-    assert headers["redrive.topic"] == settings.topic("listings").encode()
-    assert headers["redrive.partition"].isdigit() and headers["redrive.offset"] == b"0"
-    assert collect_status(settings).dead_letters[dlq] == 0
-    again = subprocess.run(
-        [BIN, "dlq", "redrive", "files"],
-        capture_output=True,
-        text=True,
-        env=cli_env(settings),
-        timeout=60,
-    )
-    assert "0 re-sent" in again.stdout
+    assert "sink files: 1 messages, 0 applied, 1 dead-lettered" in result.stdout
+    listings = read_topic(settings.kafka_bootstrap, settings.topic("listings"))
+    assert [k for k, _, _ in listings] == ["broken"]  # nothing appended to the source topic
+    letters = [dict(h) for _, _, h in read_topic(settings.kafka_bootstrap, dlq)]
+    assert len(letters) == 2  # still undecodable: back in the DLQ, with its first coordinates
+    assert letters[1]["dlq.topic"] == settings.topic("listings").encode()
+    assert letters[1]["dlq.offset"] == b"0" and letters[1]["dlq.stage"] == b"decode"
+    assert collect_status(settings).dead_letters[dlq] == 1  # the first was re-driven
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -290,8 +279,8 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
     )
     assert _metric(later, "spark_relay_published_records_total") >= 600
     assert _metric(later, "spark_relay_checkpoint_timestamp_seconds") > 0
-    assert _metric(later, "spark_relay_poller_newest_modification_seconds") > 0
+    assert _metric(later, "spark_relay_poller_newest_modification_timestamp_seconds") > 0
     assert _metric(sink_values, "spark_relay_sink_applied_records_total") >= 600
-    assert _metric(sink_values, "spark_relay_sink_batch_seconds_count") > 0
-    assert _metric(sink_values, "spark_relay_sink_newest_modification_seconds") > 0
+    assert _metric(sink_values, "spark_relay_sink_batch_duration_seconds_count") > 0
+    assert _metric(sink_values, "spark_relay_sink_newest_modification_timestamp_seconds") > 0
     assert "spark_relay_sink_lag_messages" in " ".join(sink_values)

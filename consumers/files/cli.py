@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from consumers.files.compact import COMPACT_FORMATS, compact
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 
 __all__ = ["files_group"]
 
@@ -44,10 +44,11 @@ def files_group() -> None:
 )
 @pass_app
 def compact_command(app: App, path, output, fmt, resources) -> None:
-    """Export the current state: the latest record of every key, tombstoned keys left out.
+    """Export the current state: the newest record of every key, deleted keys left out.
 
-    Reads every committed file of the listings and accounts topics (latest = highest
-    partition and offset, as Kafka's compaction keeps) and writes one file.
+    Reads every published file of the listings and accounts topics, each (partition,
+    offset) once, and keeps per key the greatest ModificationTimestamp (ties: the later
+    offset); a tombstone deletes the key whatever came before it. Writes one file.
     """
     settings = app.settings()
     root = Path(path) if path else settings.state_path / "files"
@@ -57,6 +58,7 @@ def compact_command(app: App, path, output, fmt, resources) -> None:
     target = Path(output) if output else root / f"{settings.topic_prefix}-current.{fmt}"
     stats = compact(root, topics, target, fmt)
     click.echo(
-        f"{target}: {stats.written} records ({stats.deleted} deleted keys left out) "
+        f"{target}: {stats.written} records ({stats.deleted} deleted keys left out, "
+        f"{stats.superseded} superseded, {stats.duplicates} duplicates skipped) "
         f"from {stats.records} records in {stats.files} files"
     )

@@ -1,24 +1,34 @@
-"""The compacted "current state" export: one file with the latest record of every live key.
+"""The compacted "current state" export: one file with the newest record of every live key.
 
 ``spark-relay files compact [--path DIR] [--output FILE] [--format jsonl|parquet]``
 
-Reads every committed file of the listings and accounts topics under the file
-sink's root (any format, mixed is fine), keeps for each key the record with
-the highest ``(partition, offset)`` — the latest in offset order, which is
-what a compacted topic keeps — drops keys whose latest record is a
-tombstone, and writes the survivors to one file (through a temporary name
-and a rename, like the sink). Two passes over the files: the first keeps
-only ``key → (partition, offset)``, so memory grows with the number of keys,
-not with their records.
+Reads every published file of the listings and accounts topics under the
+file sink's root (any format, mixed is fine), each (partition, offset) once
+(files that overlap, as two writers of one partition can leave, never double
+an event), and keeps per key what every sink keeps, whatever the batches:
+
+- in (partition, offset) order, a version replaces the held one unless its
+  ModificationTimestamp is older (ties go to the later offset);
+- a tombstone deletes the key, whatever the versions before it: an event
+  older than the delete (an earlier offset, as a re-delivery has) is
+  superseded. A version after the delete brings the key back, as it does in
+  the compacted topic and in the other sinks.
+
+Keys whose final state is deleted are left out; the survivors go to one file
+(through a temporary name and a rename, like the sink). Two passes over the
+files: the first keeps only ``key → (place, timestamps)``, so memory grows
+with the number of keys, not with their records.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from consumers.files.formats import format_of, get_format
 from consumers.files.sink import committed_files
@@ -37,9 +47,66 @@ class CompactStats:
 
     files: int = 0
     records: int = 0
+    duplicates: int = 0  # a (partition, offset) already read from another file
+    superseded: int = 0  # a version older than the one held
     keys: int = 0
     deleted: int = 0
     written: int = 0
+
+
+@dataclass(slots=True)
+class _Held:
+    """Where a key stands after the records read so far."""
+
+    place: tuple[int, int]  # (partition, offset) of the record that decides it
+    modified: datetime | None  # its ModificationTimestamp (None: unknown, or a delete)
+    deleted: bool
+
+
+def _moment(value: Any) -> datetime | None:
+    """A timestamp as an aware UTC datetime, from a datetime or ISO 8601 text."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    return None
+
+
+def _apply(held: _Held | None, record: dict[str, Any], stats: CompactStats) -> _Held:
+    """The key's state after ``record``, the key's next record in (partition, offset) order."""
+    place = (record["partition"], record["offset"])
+    value = record["value"]
+    if value is None:
+        return _Held(place, None, True)
+    modified = _moment(value.get("ModificationTimestamp"))
+    if (
+        held is not None
+        and not held.deleted
+        and held.modified is not None
+        and modified is not None
+        and modified < held.modified
+    ):
+        stats.superseded += 1
+        return held
+    return _Held(place, modified, False)
+
+
+def _records(
+    files: Sequence[tuple[str, int, int, Path]], stats: CompactStats | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(topic, record)`` of every file, each (topic, partition, offset) once, in offset order."""
+    high: dict[tuple[str, int], int] = {}
+    for topic, partition, _, path in files:
+        for record in format_of(path).read(path):
+            if record["offset"] <= high.get((topic, partition), -1):
+                if stats is not None:
+                    stats.duplicates += 1
+                continue
+            high[(topic, partition)] = record["offset"]
+            yield topic, record
 
 
 def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl") -> CompactStats:
@@ -53,47 +120,47 @@ def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl")
         for partition, first, path in committed_files(Path(root), topic)
     )
     stats = CompactStats(files=len(files))
-    latest: dict[tuple[str, str], tuple[int, int]] = {}
-    for topic, _, _, path in files:
-        for record in format_of(path).read(path):
-            stats.records += 1
-            if record["key"] is None:
-                continue
+    state: dict[tuple[str, str], _Held] = {}
+    for topic, record in _records(files, stats):
+        stats.records += 1
+        if record["key"] is not None:
             slot = (topic, record["key"])
-            place = (record["partition"], record["offset"])
-            if latest.get(slot, (-1, -1)) < place:
-                latest[slot] = place
-    stats.keys = len(latest)
+            state[slot] = _apply(state.get(slot), record, stats)
+    stats.keys = len(state)
+    stats.deleted = sum(held.deleted for held in state.values())
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     writer = writer_format.open(tmp, topics[0] if topics else "")
     try:
-        for topic, _, _, path in files:
-            chosen = []
-            for record in format_of(path).read(path):
-                key = record["key"]
-                if key is None or latest.get((topic, key)) != (
-                    record["partition"],
-                    record["offset"],
-                ):
-                    continue
-                if record["value"] is None:
-                    stats.deleted += 1
-                else:
-                    chosen.append(record)
-            writer.write(chosen)
-            stats.written += len(chosen)
+        chosen = []
+        for topic, record in _records(files):
+            held = state.get((topic, record["key"]))
+            if (
+                held is not None
+                and not held.deleted
+                and held.place == (record["partition"], record["offset"])
+            ):
+                chosen.append(writer_format.encode(record))
+            if len(chosen) >= 1000:
+                writer.write(chosen)
+                stats.written += len(chosen)
+                chosen = []
+        writer.write(chosen)
+        stats.written += len(chosen)
     finally:
         writer.close()
     os.replace(tmp, output)
     logger.info(
-        "compacted %d records of %d files into %s: %d live keys, %d deleted",
+        "compacted %d records of %d files into %s: %d live keys, %d deleted, "
+        "%d superseded, %d duplicates",
         stats.records,
         stats.files,
         output,
         stats.written,
         stats.deleted,
+        stats.superseded,
+        stats.duplicates,
     )
     return stats

@@ -17,8 +17,14 @@ Every format writes and reads the same *envelope*, one per Kafka message::
   ``topic, partition, offset, key, timestamp`` plus ``value`` as JSON text
   (the same text as a ``jsonl`` value), one row group per file.
 
-A writer is opened on a temporary path by the sink, fed with
-:meth:`RecordWriter.write` at each commit, and closed before the rename.
+The sink encodes each envelope with :meth:`Format.encode` when the event is
+written (so a record the format cannot hold fails its batch, and the runner
+dead-letters it), opens a writer on a temporary path, feeds it the encoded
+items with :meth:`RecordWriter.write` at each commit, and closes it before
+the rename (or aborts it, and deletes the file, after a failure).
+
+Readers tolerate a truncated last line of a JSON Lines file (a write cut
+short): it is left out with a warning, and ``last_offset`` is the line before.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
 
 import fastavro
+import fastavro.validation
 import orjson
 from fastavro.write import Writer as AvroWriter
 
@@ -66,15 +73,22 @@ def _default(obj: Any) -> Any:
 class RecordWriter(Protocol):
     """An open file of one format."""
 
-    def write(self, records: Sequence[dict[str, Any]]) -> None: ...
+    def write(self, items: Sequence[Any]) -> None:
+        """Append items made by the format's ``encode``."""
 
     def close(self) -> None:
         """Flush, fsync and close the file."""
+
+    def abort(self) -> None:
+        """Close without finishing the file (the caller deletes it)."""
 
 
 class Format(Protocol):
     name: ClassVar[str]
     extension: ClassVar[str]
+
+    def encode(self, record: dict[str, Any]) -> Any:
+        """The item a writer appends for ``record``; raises if the format cannot hold it."""
 
     def open(self, path: Path, topic: str) -> RecordWriter: ...
 
@@ -98,16 +112,22 @@ class _JsonLinesWriter:
     def __init__(self, path: Path) -> None:
         self.handle = open(path, "wb")  # noqa: SIM115 - closed in close()
 
-    def write(self, records: Sequence[dict[str, Any]]) -> None:
-        self.handle.write(b"".join(orjson.dumps(r, default=_default) + b"\n" for r in records))
+    def write(self, items: Sequence[bytes]) -> None:
+        self.handle.write(b"".join(items))
 
     def close(self) -> None:
         _fsync_close(self.handle)
+
+    def abort(self) -> None:
+        self.handle.close()
 
 
 class JsonLines:
     name: ClassVar[str] = "jsonl"
     extension: ClassVar[str] = "jsonl"
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        return orjson.dumps(record, default=_default) + b"\n"
 
     def open(self, path: Path, topic: str) -> RecordWriter:
         return _JsonLinesWriter(path)
@@ -115,11 +135,17 @@ class JsonLines:
     def read(self, path: Path) -> Iterator[dict[str, Any]]:
         with open(path, "rb") as handle:
             for line in handle:
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     yield orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    if line.endswith(b"\n"):
+                        raise ValueError(f"{path}: a line is not JSON: {line[:80]!r}") from None
+                    logger.warning("%s: a truncated last line is left out", path)
 
     def last_offset(self, path: Path) -> int | None:
-        """The offset of the last line, reading the file backwards from its end."""
+        """The offset of the last complete line, reading the file backwards from its end."""
         with open(path, "rb") as handle:
             handle.seek(0, 2)
             end = handle.tell()
@@ -128,10 +154,19 @@ class JsonLines:
                 start = max(0, end - step)
                 handle.seek(start)
                 tail = handle.read(end - start) + tail
+                if not tail.endswith(b"\n") and b"\n" in tail:
+                    tail = tail[: tail.rindex(b"\n") + 1]  # a truncated last line
+                    logger.warning("%s: a truncated last line is left out", path)
                 lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
                 if len(lines) == 2 or start == 0:
                     last = lines[-1]
-                    return orjson.loads(last)["offset"] if last.strip() else None
+                    if not last.strip():
+                        return None
+                    try:
+                        return orjson.loads(last)["offset"]
+                    except orjson.JSONDecodeError:  # the only line, truncated
+                        logger.warning("%s: a truncated last line is left out", path)
+                        return None
                 end = start
         return None
 
@@ -164,13 +199,12 @@ def envelope_schema(topic: str) -> dict[str, Any]:
 
 
 class _AvroWriter:
-    def __init__(self, path: Path, topic: str) -> None:
+    def __init__(self, path: Path, schema: Any) -> None:
         self.handle = open(path, "wb")  # noqa: SIM115 - closed in close()
-        schema = fastavro.parse_schema(envelope_schema(topic))
         self.writer = AvroWriter(self.handle, schema, codec="deflate")
 
-    def write(self, records: Sequence[dict[str, Any]]) -> None:
-        for record in records:
+    def write(self, items: Sequence[dict[str, Any]]) -> None:
+        for record in items:
             self.writer.write(record)
         self.writer.flush()
 
@@ -178,13 +212,29 @@ class _AvroWriter:
         self.writer.flush()
         _fsync_close(self.handle)
 
+    def abort(self) -> None:
+        self.handle.close()
+
 
 class Avro:
     name: ClassVar[str] = "avro"
     extension: ClassVar[str] = "avro"
 
+    def __init__(self) -> None:
+        self._schemas: dict[str, Any] = {}
+
+    def _schema(self, topic: str) -> Any:
+        if topic not in self._schemas:
+            self._schemas[topic] = fastavro.parse_schema(envelope_schema(topic))
+        return self._schemas[topic]
+
+    def encode(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record itself, once checked against its topic's Envelope schema."""
+        fastavro.validation.validate(record, self._schema(record["topic"]), raise_errors=True)
+        return record
+
     def open(self, path: Path, topic: str) -> RecordWriter:
-        return _AvroWriter(path, topic)
+        return _AvroWriter(path, self._schema(topic))
 
     def read(self, path: Path) -> Iterator[dict[str, Any]]:
         with open(path, "rb") as handle:
@@ -233,16 +283,14 @@ class _ParquetWriter:
         self.columns: dict[str, list[Any]] = {n: [] for n in _parquet_schema(self.pa).names}
         path.touch()
 
-    def write(self, records: Sequence[dict[str, Any]]) -> None:
-        columns = self.columns
-        for r in records:
-            columns["topic"].append(r["topic"])
-            columns["partition"].append(r["partition"])
-            columns["offset"].append(r["offset"])
-            columns["key"].append(r["key"])
-            columns["timestamp"].append(r["timestamp"])
-            text = value_json(r["value"])
-            columns["value"].append(None if text is None else text.decode())
+    def write(self, items: Sequence[tuple[Any, ...]]) -> None:
+        if not items:
+            return
+        for column, values in zip(self.columns.values(), zip(*items, strict=True), strict=True):
+            column.extend(values)
+
+    def abort(self) -> None:
+        self.columns = {}
 
     def close(self) -> None:
         table = self.pa.table(self.columns, schema=_parquet_schema(self.pa))
@@ -260,6 +308,18 @@ class Parquet:
 
     def __init__(self) -> None:
         _pyarrow()  # fail at open, with the extra to install
+
+    def encode(self, record: dict[str, Any]) -> tuple[Any, ...]:
+        """One row: the coordinates, then the value as JSON text."""
+        text = value_json(record["value"])
+        return (
+            record["topic"],
+            record["partition"],
+            record["offset"],
+            record["key"],
+            record["timestamp"],
+            None if text is None else text.decode(),
+        )
 
     def open(self, path: Path, topic: str) -> RecordWriter:
         return _ParquetWriter(path)

@@ -11,35 +11,54 @@ Layout (``--path`` defaults to ``<state_dir>/files``)::
   so a re-run puts an event in the same folder). Without one, the value's
   ModificationTimestamp (or ``detected_at``); else ``1970-01-01``.
 - A file holds consecutive events of one topic-partition and one date. It is
-  written as ``.<name>.tmp`` next to its final name and renamed (after an
-  fsync) when it *rotates*: at ``--max-records`` events, when it has been
-  open ``--max-seconds`` (checked at each commit, so only while events
-  flow; 0 disables), when the date changes, at every partition assignment
-  (a rebalance), and at ``close``.
-- The committed files are the sink's offsets: ``stored_offsets`` is the last
+  written as ``.<name>.<writer id>.tmp`` next to its final name and
+  *published* (fsync, then a hard link to the final name) when it rotates:
+  at ``--max-records`` events, when it has been open ``--max-seconds``
+  (checked at each commit, so only while events flow; 0 disables), when the
+  date changes, when its partition is revoked, and at ``close``.
+- A file is published only after its events are committed: ``write`` encodes
+  the events (a record the format cannot hold fails its batch, for the runner
+  to dead-letter), ``commit`` appends them, closes the files that are due and
+  publishes them last. If any step of a commit fails, the sink deletes every
+  open temporary file, refuses further work (:class:`SinkUnavailableError`)
+  and publishes nothing at ``close``: a restart resumes from the published files.
+- The published files are the sink's offsets: ``stored_offsets`` is the last
   offset of the newest file of each partition, plus one (0 when it has no
-  file). A crash loses only ``.tmp`` files; the re-run starts from the same
+  file). A crash loses only temporary files; the re-run starts from the same
   first offset, so it writes the same file name again, never a duplicate.
   Events below that offset (re-deliveries, a ``--from-beginning`` replay) are
   dropped: to rebuild the files, point ``--path`` at an empty directory.
+- Several processes of one group may share a directory. A revoked partition's
+  file is published before the partition moves on (the runner calls
+  :meth:`FileSink.revoked`), so the next owner resumes right after it; a
+  partition *lost* without a revoke has its file deleted instead (its next
+  owner may already have started). Each process holds an exclusive ``flock``
+  on its temporary files: a new owner deletes only the temporary files whose
+  writer died, never a live process's. Publishing never overwrites a file
+  that holds more: if the name exists (two owners after a lost partition),
+  the file reaching the higher offset stays. ``files compact`` reads each
+  (partition, offset) once, so overlapping files never double an event.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
+import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import click
 
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.files.formats import FORMATS, Format, RecordWriter, format_of, get_format
+from spark_relay.errors import SinkError, SinkUnavailableError
 
 __all__ = ["FileSink", "file_name", "parse_name", "committed_files", "envelope", "day_of"]
 
@@ -114,6 +133,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_if_abandoned(tmp: Path) -> bool:
+    """Delete a temporary file whose writer is gone (its ``flock`` is free); True if deleted."""
+    try:
+        fd = os.open(tmp, os.O_RDWR)  # NFS emulates flock with write locks
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live process is writing it
+    else:
+        tmp.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Staged:
+    """An event written but not committed yet: where it goes and its encoded item."""
+
+    tp: TopicPartition
+    offset: int
+    day: str
+    item: Any
+
+
 @dataclass
 class _OpenFile:
     tmp: Path
@@ -121,8 +167,11 @@ class _OpenFile:
     day: str
     first: int
     writer: RecordWriter
+    lock: BinaryIO  # holds an exclusive flock on ``tmp`` while this process writes it
     started: float = field(default_factory=time.monotonic)
     count: int = 0
+    last: int = -1
+    items: list[Any] = field(default_factory=list)  # staged in this commit, not appended yet
 
 
 class FileSink:
@@ -168,9 +217,12 @@ class FileSink:
         self.format: Format | None = None
         self.max_records = 10_000
         self.max_seconds = 300.0
+        self.writer_id = f"{os.getpid()}-{secrets.token_hex(3)}"
         self._open: dict[TopicPartition, _OpenFile] = {}
+        self._closed: list[_OpenFile] = []  # closed in the commit in hand, not published yet
         self._next: dict[TopicPartition, int] = {}
-        self._pending: list[Event] = []
+        self._pending: list[_Staged] = []
+        self._failed: BaseException | None = None
 
     def open(self, ctx: SinkContext) -> None:
         """Called once before the first batch: read the options (parquet checks for pyarrow here)."""
@@ -183,29 +235,46 @@ class FileSink:
         self.root.mkdir(parents=True, exist_ok=True)
         logger.info("file sink writing %s files under %s", self.format.name, self.root)
 
-    # ---- offsets ---------------------------------------------------------------------------
+    # ---- offsets and ownership -------------------------------------------------------------
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets:
-        """Called after each assignment: the next offset after the committed files, per partition.
-
-        Every open file is committed first (they hold committed events only): a
-        partition this consumer lost may now be written by another one.
-        """
-        for tp in list(self._open):
-            self._rotate(tp)
+        """Called after each assignment: the next offset after the published files, per partition."""
+        self._check()
         offsets = {}
         for tp in partitions:
+            if tp in self._open:  # still open from before (a runner that did not call revoked)
+                self._guarded(self._publish_open, tp)
             self._next.pop(tp, None)
             offsets[tp] = self._next_offset(tp)
         return offsets
+
+    def revoked(self, partitions: Sequence[TopicPartition], lost: bool = False) -> None:
+        """Called when partitions leave this consumer, after their last commit.
+
+        Revoked: their open files are published, so the next owner resumes
+        right after them. Lost (taken without a revoke; the next owner may
+        have started already): their open files are deleted instead.
+        """
+        gone = set(partitions)
+        self._pending = [s for s in self._pending if s.tp not in gone]
+        for tp in gone:
+            self._next.pop(tp, None)
+            if tp not in self._open:
+                continue
+            if lost or self._failed is not None:
+                self._discard(self._open.pop(tp))
+            else:
+                self._guarded(self._publish_open, tp)
 
     def _next_offset(self, tp: TopicPartition) -> int:
         """The first offset not in a file yet; on first sight, read from the newest file."""
         if tp not in self._next:
             topic, partition = tp
             for stale in (self.root / topic).glob(f"date=*/.{topic}+{partition}+*.tmp"):
-                logger.info("%s[%d]: removing %s, left by an earlier run", topic, partition, stale)
-                stale.unlink()
+                if _remove_if_abandoned(stale):
+                    logger.info(
+                        "%s[%d]: removed %s, left by a dead writer", topic, partition, stale
+                    )
             newest = max(
                 (
                     (first, path)
@@ -214,81 +283,172 @@ class FileSink:
                 ),
                 default=None,
             )
-            last = None
-            if newest is not None:
-                reader = format_of(newest[1])
-                last = reader.last_offset(newest[1]) if reader is not None else None
-            self._next[tp] = 0 if last is None else last + 1
+            if newest is None:
+                self._next[tp] = 0
+            else:
+                first, path = newest
+                reader = format_of(path)
+                last = reader.last_offset(path) if reader is not None else None
+                # an empty file (left by an older version) holds nothing from its first offset
+                self._next[tp] = first if last is None else last + 1
         return self._next[tp]
 
     # ---- writing ---------------------------------------------------------------------------
 
     def write(self, batch: Batch) -> None:
-        """Called per batch: stage its events; nothing reaches a file before ``commit``."""
-        self._pending.extend(batch)
+        """Called per batch: encode and stage its events; nothing reaches a file before ``commit``."""
+        self._check()
+        assert self.format is not None
+        staged = []
+        for event in batch:
+            try:
+                item = self.format.encode(envelope(event))
+            except Exception as e:
+                raise SinkError(
+                    f"{event.topic}[{event.partition}]@{event.offset}: cannot be written "
+                    f"as {self.format.name}: {e}"
+                ) from e
+            staged.append(
+                _Staged((event.topic, event.partition), event.offset, day_of(event), item)
+            )
+        self._pending.extend(staged)
 
     def commit(self, offsets: Offsets) -> None:
-        """Append the staged events to their open files, then rotate the files that are due.
+        """Append the staged events to their files, close the files that are due, publish them.
 
-        Appended events are durable once their file rotates; until then the
-        committed files (what ``stored_offsets`` reads) end before them.
+        Raising (:class:`SinkUnavailableError`) means nothing of this commit
+        and nothing of the files still open was published, and never will be
+        by this sink: restart to resume from the published files.
         """
-        events, self._pending = self._pending, []
-        groups: list[tuple[_OpenFile, list[dict[str, Any]]]] = []
-        for event in events:
-            tp = (event.topic, event.partition)
-            if event.offset < self._next_offset(tp):
+        self._check()
+        staged, self._pending = self._pending, []
+        self._guarded(self._append, staged)
+
+    def _append(self, staged: list[_Staged]) -> None:
+        for event in staged:
+            if event.offset < self._next_offset(event.tp):
                 continue  # already in a file (a re-delivery)
-            day = day_of(event)
-            current = self._open.get(tp)
-            if current is not None and (current.day != day or current.count >= self.max_records):
-                self._flush(groups)
-                self._rotate(tp)
+            current = self._open.get(event.tp)
+            if current is not None and (
+                current.day != event.day or current.count >= self.max_records
+            ):
+                self._close(event.tp)
                 current = None
             if current is None:
-                current = self._start(event, day)
-            if not groups or groups[-1][0] is not current:
-                groups.append((current, []))
-            groups[-1][1].append(envelope(event))
+                current = self._start(event)
+            current.items.append(event.item)
             current.count += 1
-            self._next[tp] = event.offset + 1
-        self._flush(groups)
+            current.last = event.offset
+            self._next[event.tp] = event.offset + 1
+        for current in self._open.values():
+            self._flush(current)
         now = time.monotonic()
         for tp, current in list(self._open.items()):
             aged = self.max_seconds > 0 and now - current.started >= self.max_seconds
             if current.count >= self.max_records or aged:
-                self._rotate(tp)
+                self._close(tp)
+        closed, self._closed = self._closed, []
+        for i, current in enumerate(closed):
+            try:
+                self._publish(current)
+            except BaseException:
+                self._closed = closed[i:]
+                raise
 
-    def _start(self, event: Event, day: str) -> _OpenFile:
+    def _start(self, event: _Staged) -> _OpenFile:
         assert self.format is not None
-        folder = self.root / event.topic / f"date={day}"
+        topic, partition = event.tp
+        folder = self.root / topic / f"date={event.day}"
         folder.mkdir(parents=True, exist_ok=True)
-        name = file_name(event.topic, event.partition, event.offset, self.format.extension)
-        tmp = folder / f".{name}.tmp"
-        current = _OpenFile(
-            tmp, folder / name, day, event.offset, self.format.open(tmp, event.topic)
-        )
-        self._open[(event.topic, event.partition)] = current
+        name = file_name(topic, partition, event.offset, self.format.extension)
+        tmp = folder / f".{name}.{self.writer_id}.tmp"
+        lock = open(tmp, "x+b")  # noqa: SIM115 - closed when the file is published or deleted
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            writer = self.format.open(tmp, topic)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            lock.close()
+            raise
+        current = _OpenFile(tmp, folder / name, event.day, event.offset, writer, lock)
+        self._open[event.tp] = current
         return current
 
     @staticmethod
-    def _flush(groups: list[tuple[_OpenFile, list[dict[str, Any]]]]) -> None:
-        for current, records in groups:
-            current.writer.write(records)
-        groups.clear()
+    def _flush(current: _OpenFile) -> None:
+        items, current.items = current.items, []
+        if items:
+            current.writer.write(items)
 
-    def _rotate(self, tp: TopicPartition) -> None:
-        """Close the open file of ``tp`` and give it its final name."""
+    def _close(self, tp: TopicPartition) -> None:
+        """Finish the open file of ``tp``; it is published at the end of the commit."""
         current = self._open.pop(tp)
+        self._closed.append(current)
+        self._flush(current)
         current.writer.close()
-        os.replace(current.tmp, current.final)
+
+    def _publish(self, current: _OpenFile) -> None:
+        """Give a closed file its final name, never replacing a published file that holds more."""
+        try:
+            os.link(current.tmp, current.final)
+        except FileExistsError:
+            reader = format_of(current.final)
+            theirs = reader.last_offset(current.final) if reader is not None else None
+            if theirs is not None and theirs >= current.last:
+                logger.warning(
+                    "%s exists up to offset %d (another writer): dropping ours",
+                    current.final,
+                    theirs,
+                )
+            else:
+                logger.warning("%s exists, ours goes further: replacing it", current.final)
+                os.replace(current.tmp, current.final)
+        current.tmp.unlink(missing_ok=True)
         _fsync_dir(current.final.parent)
-        logger.info(
-            "%s[%d]: committed %s (%d events)", tp[0], tp[1], current.final.name, current.count
-        )
+        current.lock.close()
+        logger.info("published %s (%d events)", current.final.name, current.count)
+
+    def _publish_open(self, tp: TopicPartition) -> None:
+        self._close(tp)
+        current = self._closed.pop()
+        self._publish(current)
+
+    # ---- failures --------------------------------------------------------------------------
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run ``step``; if it fails, abandon every unpublished file and stop the sink."""
+        try:
+            step(*args)
+        except Exception as e:
+            self._failed = e
+            for current in [*self._closed, *self._open.values()]:
+                self._discard(current)
+            self._closed, self._open, self._next, self._pending = [], {}, {}, []
+            raise SinkUnavailableError(
+                f"file sink under {self.root}: {type(e).__name__}: {e} (its unpublished files "
+                "were deleted; restart to resume from the published files)"
+            ) from e
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise SinkUnavailableError(
+                f"file sink under {self.root} failed earlier ({self._failed}): restart it"
+            )
+
+    @staticmethod
+    def _discard(current: _OpenFile) -> None:
+        """Delete an unpublished file (what it held is read again from Kafka by its next owner)."""
+        try:
+            current.writer.abort()
+        except Exception as e:
+            logger.debug("aborting %s: %s", current.tmp, e)
+        current.tmp.unlink(missing_ok=True)
+        current.lock.close()
+        logger.info("deleted %s, unpublished", current.tmp.name)
 
     def close(self) -> None:
-        """Called once at shutdown: commit every open file (they hold committed events only)."""
+        """Called once at shutdown: publish every open file (they hold committed events only)."""
         self._pending = []
-        for tp in list(self._open):
-            self._rotate(tp)
+        if self._failed is None:
+            for tp in list(self._open):
+                self._guarded(self._publish_open, tp)

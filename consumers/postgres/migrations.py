@@ -231,11 +231,30 @@ COMMENT ON TABLE {schema}.kafka_offsets IS
 """
 )
 
+_V2 = """
+CREATE TABLE {schema}.deletes (
+    resource text NOT NULL,
+    key text NOT NULL,
+    kafka_partition integer NOT NULL,
+    kafka_offset bigint NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (resource, key)
+);
+COMMENT ON TABLE {schema}.deletes IS
+    'The last tombstone applied per key (kept for good): an event older than it is superseded.';
+
+ALTER TABLE {schema}.kafka_offsets ADD COLUMN group_id text NOT NULL DEFAULT 'spark-relay.postgres';
+ALTER TABLE {schema}.kafka_offsets ALTER COLUMN group_id DROP DEFAULT;
+ALTER TABLE {schema}.kafka_offsets DROP CONSTRAINT kafka_offsets_pkey;
+ALTER TABLE {schema}.kafka_offsets ADD PRIMARY KEY (group_id, topic, partition);
+"""
+
 #: Every migration, in order. Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "listings, accounts, listing_history, purges, kafka_offsets, listing_display", _V1
     ),
+    Migration(2, "deletes (remembered tombstones), kafka_offsets keyed by consumer group", _V2),
 )
 
 

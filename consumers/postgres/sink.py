@@ -45,8 +45,7 @@ from psycopg.pq import TransactionStatus
 
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
-from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA
-from schemas._items import item_plan, items_from_record
+from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA, item_plan, items_from_record
 from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
@@ -184,6 +183,7 @@ class PostgresSink:
     def __init__(self) -> None:
         self.conn: psycopg.Connection | None = None
         self.schema = DEFAULT_SCHEMA
+        self.group = ""
         self._tables: dict[str, tuple[Table, tuple[str, ...], dict[str, sql.Composable]]] = {}
         self._stage_ready = False
 
@@ -198,6 +198,7 @@ class PostgresSink:
                 "(`spark-relay devstack up` prints one for a local server)"
             )
         self.schema = ctx.options.get("schema") or DEFAULT_SCHEMA
+        self.group = ctx.group_id
         if not _SCHEMA_NAME.match(self.schema):
             raise ConfigError(
                 f"--schema: expected letters, digits and '_' (at most 63), got {self.schema!r}"
@@ -231,25 +232,29 @@ class PostgresSink:
         conn = self._conn()
         wanted = set(partitions)
         query = sql.SQL(
-            "SELECT topic, partition, next_offset FROM {}.kafka_offsets WHERE topic = ANY(%s)"
+            "SELECT topic, partition, next_offset FROM {}.kafka_offsets "
+            "WHERE group_id = %s AND topic = ANY(%s)"
         ).format(sql.Identifier(self.schema))
         try:
             with conn.transaction():
-                rows = conn.execute(query, [sorted({t for t, _ in wanted})]).fetchall()
+                rows = conn.execute(query, [self.group, sorted({t for t, _ in wanted})]).fetchall()
         except psycopg.Error as e:
             raise SinkUnavailableError(f"postgres sink: reading stored offsets failed: {e}") from e
         return {(t, p): o for t, p, o in rows if (t, p) in wanted}
 
     def commit(self, offsets: Offsets) -> None:
-        """Called after the batch's writes: store ``offsets`` and commit rows and offsets together."""
+        """Called after the batch's writes: store ``offsets`` (the group's) and commit rows and offsets together."""
         conn = self._conn()
         query = sql.SQL(
-            "INSERT INTO {}.kafka_offsets (topic, partition, next_offset) VALUES (%s, %s, %s) "
-            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            "INSERT INTO {}.kafka_offsets (group_id, topic, partition, next_offset) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (group_id, topic, partition) "
+            "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
         ).format(sql.Identifier(self.schema))
         try:
             with conn.cursor() as cur:
-                cur.executemany(query, [(t, p, o) for (t, p), o in sorted(offsets.items())])
+                cur.executemany(
+                    query, [(self.group, t, p, o) for (t, p), o in sorted(offsets.items())]
+                )
             conn.commit()
         except psycopg.Error as e:
             raise SinkUnavailableError(f"postgres sink: commit failed: {e}") from e
@@ -300,6 +305,7 @@ class PostgresSink:
                     row.append(event.value is None)
                     copy.write_row(row)
             if any(event.value is None for event in events):
+                cur.execute(statements["remember"])
                 cur.execute(statements["delete"])
             cur.execute(statements["upsert"])
             if "history" in statements:
@@ -372,31 +378,57 @@ class PostgresSink:
             for c in columns
             if c != table.key
         )
-        if table.name == "listings":
-            newer = sql.SQL("t.{mt} <= EXCLUDED.{mt}").format(mt=mt)
-        else:  # an account's ModificationTimestamp may be null: then offset order decides
+        # the row came after the event: same partition, later offset (keys stay in one partition)
+        later_row = sql.SQL(
+            "(t.kafka_partition = EXCLUDED.kafka_partition AND t.kafka_offset > EXCLUDED.kafka_offset)"
+        )
+        newer = sql.SQL(
+            "t.{mt} < EXCLUDED.{mt} OR (t.{mt} = EXCLUDED.{mt} AND NOT {later_row})"
+        ).format(mt=mt, later_row=later_row)
+        if table.name == "accounts":  # a ModificationTimestamp may be null: offset order decides
             newer = sql.SQL(
-                "t.{mt} IS NULL OR EXCLUDED.{mt} IS NULL OR t.{mt} <= EXCLUDED.{mt}"
-            ).format(mt=mt)
+                "((t.{mt} IS NULL OR EXCLUDED.{mt} IS NULL) AND NOT {later_row}) OR {newer}"
+            ).format(mt=mt, later_row=later_row, newer=newer)
+        resource = sql.Literal(table.name)
+        deletes = sql.SQL("{}.deletes").format(schema)
         statements: dict[str, sql.Composable] = {
             "truncate": sql.SQL("TRUNCATE {}").format(stage),
             "copy": sql.SQL("COPY {stage} ({cols}, seq, deleted) FROM STDIN").format(
                 stage=stage, cols=cols
             ),
+            # remember each key's last tombstone, so an older event is superseded for good
+            "remember": sql.SQL(
+                "INSERT INTO {deletes} AS d (resource, key, kafka_partition, kafka_offset) "
+                "SELECT DISTINCT ON ({key}) {resource}, {key}, kafka_partition, kafka_offset "
+                "FROM {stage} WHERE deleted ORDER BY {key}, kafka_offset DESC "
+                "ON CONFLICT (resource, key) DO UPDATE SET kafka_partition = EXCLUDED.kafka_partition, "
+                "kafka_offset = EXCLUDED.kafka_offset, deleted_at = now() "
+                "WHERE d.kafka_partition <> EXCLUDED.kafka_partition OR d.kafka_offset < EXCLUDED.kafka_offset"
+            ).format(deletes=deletes, key=key, resource=resource, stage=stage),
+            # a tombstone deletes the row unless the row came after it
             "delete": sql.SQL(
-                "DELETE FROM {target} t USING {stage} s WHERE s.deleted AND t.{key} = s.{key}"
+                "DELETE FROM {target} t USING {stage} s WHERE s.deleted AND t.{key} = s.{key} "
+                "AND NOT (t.kafka_partition = s.kafka_partition AND t.kafka_offset > s.kafka_offset)"
             ).format(target=target, stage=stage, key=key),
             "upsert": sql.SQL(
                 "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM ("
-                # per key, among the events after its last tombstone: the newest
-                # ModificationTimestamp (offset order breaks ties), as across batches
-                "SELECT DISTINCT ON ({key}) * FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM "
-                "{stage} d WHERE d.deleted AND d.{key} = s.{key} AND d.seq > s.seq) "
-                "ORDER BY {key}, s.deleted, s.{mt} DESC NULLS LAST, s.seq DESC) last "
-                "WHERE NOT last.deleted "
+                # per key, among the events after its last remembered tombstone: the newest
+                # ModificationTimestamp, ties to the later offset, as across batches
+                "SELECT DISTINCT ON ({key}) * FROM {stage} s WHERE NOT s.deleted AND NOT EXISTS "
+                "(SELECT 1 FROM {deletes} d WHERE d.resource = {resource} AND d.key = s.{key} "
+                "AND d.kafka_partition = s.kafka_partition AND d.kafka_offset > s.kafka_offset) "
+                "ORDER BY {key}, s.{mt} DESC NULLS LAST, s.kafka_offset DESC) last "
                 "ON CONFLICT ({key}) DO UPDATE SET {updates}, applied_at = now() WHERE {newer}"
             ).format(
-                target=target, cols=cols, key=key, stage=stage, updates=updates, newer=newer, mt=mt
+                target=target,
+                cols=cols,
+                key=key,
+                stage=stage,
+                updates=updates,
+                newer=newer,
+                mt=mt,
+                deletes=deletes,
+                resource=resource,
             ),
         }
         if table.history:

@@ -11,7 +11,7 @@ import orjson
 
 from consumers.search.query import WhereError, parse_where
 from consumers.search.sink import default_index_name, default_index_path
-from spark_relay.cli import App, pass_app
+from spark_relay.app import App, pass_app
 
 __all__ = ["search_command", "format_table"]
 

@@ -8,14 +8,20 @@ For teams that run a cluster (``spark-relay sink search --backend opensearch
   normalizer, numbers as double/long, ModificationTimestamp as ``date``);
 - at every sink commit: ``POST _bulk`` (NDJSON, in chunks) with, per listing
   event, ``index`` carrying ``version`` = ModificationTimestamp in
-  microseconds since the epoch and ``version_type=external``, so the cluster
-  keeps the newer document whatever the order of arrival (a 409 version
-  conflict means "already newer" and is not an error);
+  microseconds since the epoch and ``version_type=external_gte``, so the
+  cluster keeps the newer document whatever the order of arrival, and a
+  re-publish with the same timestamp is applied, as PostgreSQL applies it
+  (a 409 version conflict means "already newer" and is not an error);
 - per tombstone, ``delete`` *without* a version: a tombstone has no
   ModificationTimestamp, and offset order is the truth (the poller only
   publishes a tombstone after the listing vanished), so the delete is
   unconditional and a later event for the key brings it back, exactly like
-  the Tantivy backend. A 404 on delete is not an error.
+  the Tantivy backend. A 404 on delete is not an error. The tombstone is also
+  remembered in ``<index>-deletes`` (``_id`` the key, ``version`` its offset,
+  ``external_gte``, so the latest stays), and before each ``_bulk`` the
+  remembered deletes of its keys are read (``_mget``): an event older than its
+  key's delete (the same partition, an earlier offset; a re-delivery or a
+  re-drive) is not sent.
 
 Offsets are not stored in the cluster: ``stored_offsets`` returns None and
 the runner resumes from Kafka's committed offsets (at least once; replays are
@@ -36,7 +42,7 @@ from consumers.base import Offsets, TopicPartition
 from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
 from consumers.search.tantivy_backend import Change
-from spark_relay.errors import SinkError
+from spark_relay.errors import SinkError, SinkUnavailableError
 
 __all__ = [
     "OpenSearchBackend",
@@ -86,18 +92,31 @@ def _source(document: dict[str, Any]) -> dict[str, Any]:
     return source
 
 
-def bulk_body(index: str, changes: Sequence[Change]) -> bytes:
-    """The NDJSON body of one ``_bulk`` request, one or two lines per change, in order."""
+def bulk_body(index: str, changes: Sequence[Change], deletes: str | None = None) -> bytes:
+    """The NDJSON body of one ``_bulk`` request, in order; tombstones remembered in ``deletes``."""
     lines = []
     for change in changes:
         if change.document is None:
             lines.append(orjson.dumps({"delete": {"_index": index, "_id": change.key}}))
+            if deletes is not None:
+                remember = {
+                    "_index": deletes,
+                    "_id": change.key,
+                    "version": change.offset,
+                    "version_type": "external_gte",
+                }
+                lines.append(orjson.dumps({"index": remember}))
+                lines.append(
+                    orjson.dumps(
+                        {"kafka_partition": change.partition, "kafka_offset": change.offset}
+                    )
+                )
             continue
         action = {
             "_index": index,
             "_id": change.key,
             "version": change.modified,
-            "version_type": "external",
+            "version_type": "external_gte",
         }
         lines.append(orjson.dumps({"index": action}))
         lines.append(orjson.dumps(_source(change.document)))
@@ -143,13 +162,22 @@ class OpenSearchBackend:
     def __init__(self, url: str, index: str, *, client: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
         self.index = index
+        self.deletes = f"{index}-deletes"
         self.client = client or httpx.Client(timeout=60.0)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, missing_ok: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
         try:
             response = self.client.request(method, f"{self.url}/{path}", **kwargs)
         except httpx.HTTPError as e:
-            raise SinkError(f"{method} {self.url}/{path}: {e}") from e
+            raise SinkUnavailableError(f"{method} {self.url}/{path}: {e}") from e
+        if response.status_code in (401, 403, 408, 429) or response.status_code >= 500:
+            raise SinkUnavailableError(
+                f"{method} {self.url}/{path}: HTTP {response.status_code}: {response.text[:500]}"
+            )
+        if missing_ok and response.status_code == 404:
+            return {}
         if response.status_code >= 300:
             raise SinkError(
                 f"{method} {self.url}/{path}: HTTP {response.status_code}: {response.text[:500]}"
@@ -168,22 +196,46 @@ class OpenSearchBackend:
     def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
         """Send ``changes`` in order, in chunks; raise :class:`SinkError` on any real failure."""
         counts = {"indexed": 0, "deleted": 0, "stale": 0}
-        for start in range(0, len(changes), _BULK_ACTIONS):
-            chunk = changes[start : start + _BULK_ACTIONS]
+        keys = sorted({c.key for c in changes if c.document is not None})
+        remembered = self._remembered(keys) if keys else {}
+        kept = []
+        for change in changes:  # in order: an event before its key's last delete is superseded
+            last = remembered.get(change.key)
+            older = last is not None and last[0] == change.partition and last[1] > change.offset
+            if change.document is None:
+                if not older:
+                    remembered[change.key] = (change.partition, change.offset)
+            elif older:
+                counts["stale"] += 1
+                continue
+            kept.append(change)
+        for start in range(0, len(kept), _BULK_ACTIONS):
+            chunk = kept[start : start + _BULK_ACTIONS]
             answer = self._request(
                 "POST",
                 "_bulk",
-                content=bulk_body(self.index, chunk),
+                content=bulk_body(self.index, chunk, self.deletes),
                 headers={"Content-Type": "application/x-ndjson"},
             )
             self._count(answer, counts)
         return counts
 
-    @staticmethod
-    def _count(answer: dict[str, Any], counts: dict[str, int]) -> None:
-        failures = []
+    def _remembered(self, keys: list[str]) -> dict[str, tuple[int, int]]:
+        """``key → (partition, offset)`` of the last delete remembered for each of ``keys``."""
+        answer = self._request("POST", f"{self.deletes}/_mget", missing_ok=True, json={"ids": keys})
+        found = {}
+        for doc in answer.get("docs", []):
+            source = doc.get("_source") or {}
+            if doc.get("found") and "kafka_offset" in source:
+                found[doc["_id"]] = (source["kafka_partition"], source["kafka_offset"])
+        return found
+
+    def _count(self, answer: dict[str, Any], counts: dict[str, int]) -> None:
+        failures, unavailable = [], []
         for item in answer.get("items", []):
             (action, result), *_ = item.items()
+            if result.get("_index") == self.deletes and result.get("status") in (200, 201, 409):
+                continue  # a delete remembered (or a later one already was)
             status = result.get("status", 200)
             if action == "delete" and status in (200, 404):
                 counts["deleted"] += 1
@@ -191,8 +243,14 @@ class OpenSearchBackend:
                 counts["stale"] += 1
             elif status < 300:
                 counts["indexed"] += 1
+            elif status == 429 or status >= 500:  # the cluster is overloaded or failing
+                unavailable.append(f"{result.get('_id')}: {status} {result.get('error')}")
             else:
                 failures.append(f"{result.get('_id')}: {status} {result.get('error')}")
+        if unavailable:
+            raise SinkUnavailableError(
+                f"_bulk: {len(unavailable)} actions refused by the cluster, first: {unavailable[0]}"
+            )
         if failures:
             raise SinkError(f"_bulk: {len(failures)} actions failed, first: {failures[0]}")
 

@@ -45,7 +45,7 @@ def change_of(event: Event) -> Change:
             raise SinkError(
                 f"{event.topic}[{event.partition}]@{event.offset}: tombstone without a key"
             )
-        return Change(event.key, None, None)
+        return Change(event.key, None, None, event.partition, event.offset)
     key = event.value.get("ListingKey") or event.key
     modified = event.value.get("ModificationTimestamp")
     if not key or modified is None:
@@ -54,7 +54,9 @@ def change_of(event: Event) -> Change:
             "ListingKey or ModificationTimestamp"
         )
     try:
-        return Change(key, to_micros(modified), document_of(event.value))
+        return Change(
+            key, to_micros(modified), document_of(event.value), event.partition, event.offset
+        )
     except (TypeError, ValueError) as e:
         raise SinkError(f"{event.topic}[{event.partition}]@{event.offset}: {e}") from e
 

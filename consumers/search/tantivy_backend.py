@@ -3,26 +3,39 @@
 Layout of ``<state_dir>/search/<topic_prefix>/`` (or ``--path``)::
 
     index/        the Tantivy index (segments, meta.json)
-    state.sqlite  versions (ListingKey → ModificationTimestamp in µs) and offsets
+    state.sqlite  versions (ListingKey → ModificationTimestamp in µs, partition, offset),
+                  deletes (ListingKey → the last tombstone's partition and offset) and offsets
 
 :meth:`TantivyBackend.apply` runs at every sink commit: it resolves the
-changes against the held versions (an older event never replaces a newer
-document; a tombstone deletes the document *and forgets the version*, so an
-event after a tombstone in offset order brings the listing back), applies
-them to the index writer, commits the index, then commits versions and
-offsets to SQLite in one transaction. A crash between the two commits leaves
+changes one by one, in order, against the held versions and deletes: an
+event older than the document (ModificationTimestamp, ties to the later
+offset) or than the key's last tombstone (an earlier offset) is skipped; a
+tombstone deletes the document unless the document came after it, and is
+remembered for good, so an event after it brings the listing back while an
+older one re-delivered later does not. It applies the result to the index
+writer, commits the index, then commits versions, deletes and offsets to
+SQLite in one transaction. A crash between the two commits leaves
 the index ahead of the side table; the sink then resumes from the older
 offsets and re-applies the same events, which lands on the same documents:
-effectively exactly once. Tantivy allows one writer per index, so run one
-search sink process per index (scale out with the OpenSearch backend).
+effectively exactly once.
+
+Tantivy allows one writer per index, so the backend holds ``writer.lock``
+(an exclusive ``flock``, released by the kernel when the process dies, even by
+SIGKILL) with the holder's pid and host in it: a second search sink on the
+same index stops at once with a message naming the index and its holder.
+Scale out with the OpenSearch backend instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +44,9 @@ import tantivy
 from consumers.base import Offsets, TopicPartition
 from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
-from spark_relay.errors import SinkError
+from spark_relay.errors import SinkError, SinkUnavailableError
 
-__all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "open_index"]
+__all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "lock_writer", "open_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,8 @@ class Change:
     key: str
     modified: int | None  # µs since the epoch; None for a tombstone
     document: dict[str, Any] | None
+    partition: int = -1  # where the event was: offsets order a tombstone and a version
+    offset: int = -1
 
 
 def build_schema() -> tantivy.Schema:
@@ -163,24 +178,58 @@ def search(
     return result.count, hits
 
 
+def lock_writer(path: Path) -> int:
+    """Take ``<path>/writer.lock`` for this process (its descriptor); :class:`SinkError` names the holder."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise SinkError(
+            f"the search index at {path} is in use by another writer ({holder}): Tantivy allows "
+            "one writer per index, so run one search sink per index (to scale out, use "
+            "--backend opensearch)"
+        ) from None
+    os.ftruncate(fd, 0)
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+    return fd
+
+
 class TantivyBackend:
     """The search sink's default backend. Created at ``open``, closed at ``close``."""
 
     def __init__(self, path: Path, *, heap_size: int = 128_000_000) -> None:
         self.path = Path(path)
-        self.index = open_index(self.path / "index", create=True)
+        self._lock = lock_writer(self.path)
         try:
+            self.index = open_index(self.path / "index", create=True)
             self.writer = self.index.writer(heap_size)
-        except ValueError as e:
-            raise SinkError(
-                f"the search index at {self.path} is in use by another writer "
-                f"(one search sink per index): {e}"
-            ) from e
+        except BaseException as e:
+            os.close(self._lock)
+            if isinstance(e, ValueError):
+                raise SinkError(
+                    f"cannot open a writer on the search index at {self.path}: {e}"
+                ) from e
+            raise
         self.db = sqlite3.connect(self.path / "state.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS versions (key TEXT PRIMARY KEY, modified INTEGER NOT NULL)"
+        )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(versions)")}
+        for column in ("kafka_partition", "kafka_offset"):
+            if column not in columns:  # an index made before deletes were remembered
+                self.db.execute(
+                    f"ALTER TABLE versions ADD COLUMN {column} INTEGER NOT NULL DEFAULT -1"
+                )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS deletes (key TEXT PRIMARY KEY,"
+            " kafka_partition INTEGER NOT NULL, kafka_offset INTEGER NOT NULL,"
+            " deleted_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
         )
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
@@ -200,33 +249,45 @@ class TantivyBackend:
 
     # ---- writing ----------------------------------------------------------------
 
-    def _versions(self, keys: Iterable[str]) -> dict[str, int]:
+    def _held(self, table: str, columns: str, keys: Iterable[str]) -> dict[str, tuple]:
         keys = list(keys)
-        held: dict[str, int] = {}
+        held: dict[str, tuple] = {}
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            held.update(
-                self.db.execute(f"SELECT key, modified FROM versions WHERE key IN ({marks})", chunk)
-            )
+            query = f"SELECT key, {columns} FROM {table} WHERE key IN ({marks})"
+            held.update((key, tuple(rest)) for key, *rest in self.db.execute(query, chunk))
         return held
 
     def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
         """Apply ``changes`` (in offset order) and commit them with ``offsets``; return counts."""
-        held = self._versions({c.key for c in changes})
+        keys = {c.key for c in changes}
+        held = self._held("versions", "modified, kafka_partition, kafka_offset", keys)
+        deletes = self._held("deletes", "kafka_partition, kafka_offset", keys)
+        remembered: dict[str, tuple] = {}
         final: dict[str, Change] = {}
         stale = 0
         for change in changes:
+            where = (change.partition, change.offset)
             if change.document is None:
-                final[change.key] = change
-                held.pop(change.key, None)
+                row = held.get(change.key)
+                if not (row and row[1] == change.partition and row[2] > change.offset):
+                    final[change.key] = change  # the document did not come after the tombstone
+                    held.pop(change.key, None)
+                last = deletes.get(change.key)
+                if not (last and last[0] == change.partition and last[1] > change.offset):
+                    deletes[change.key] = remembered[change.key] = where
                 continue
-            current = held.get(change.key)
-            if current is not None and change.modified < current:
-                stale += 1
+            last = deletes.get(change.key)
+            row = held.get(change.key)
+            after_row = row and row[1] == change.partition and row[2] > change.offset
+            if (last and last[0] == change.partition and last[1] > change.offset) or (
+                row and (row[0] > change.modified or (row[0] == change.modified and after_row))
+            ):
+                stale += 1  # older than the document, or than the key's last tombstone
                 continue
             final[change.key] = change
-            held[change.key] = change.modified
+            held[change.key] = (change.modified, *where)
         added = deleted = 0
         try:
             for key, change in final.items():
@@ -238,22 +299,38 @@ class TantivyBackend:
                     added += 1
             if final:
                 self.writer.commit()
-        except (ValueError, OSError) as e:
+        except ValueError as e:  # a document the index refuses: the runner finds which one
             self.writer.rollback()
             raise SinkError(f"search index at {self.path}: commit failed: {e}") from e
-        self._commit_state(final, offsets)
+        except OSError as e:  # the disk, not the document
+            self.writer.rollback()
+            raise SinkUnavailableError(f"search index at {self.path}: {e}") from e
+        self._commit_state(final, remembered, offsets)
         if stale:
             logger.info("search: %d events older than the indexed document were skipped", stale)
         return {"indexed": added, "deleted": deleted, "stale": stale}
 
-    def _commit_state(self, final: dict[str, Change], offsets: Offsets) -> None:
+    def _commit_state(
+        self, final: dict[str, Change], remembered: dict[str, tuple], offsets: Offsets
+    ) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT INTO versions (key, modified) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET modified = excluded.modified",
-                [(k, c.modified) for k, c in final.items() if c.document is not None],
+                "INSERT INTO versions (key, modified, kafka_partition, kafka_offset)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET modified = excluded.modified,"
+                " kafka_partition = excluded.kafka_partition, kafka_offset = excluded.kafka_offset",
+                [
+                    (k, c.modified, c.partition, c.offset)
+                    for k, c in final.items()
+                    if c.document is not None
+                ],
+            )
+            db.executemany(
+                "INSERT INTO deletes (key, kafka_partition, kafka_offset) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET kafka_partition = excluded.kafka_partition,"
+                " kafka_offset = excluded.kafka_offset, deleted_at = CURRENT_TIMESTAMP",
+                [(k, p, o) for k, (p, o) in remembered.items()],
             )
             db.executemany(
                 "DELETE FROM versions WHERE key = ?",
@@ -273,3 +350,4 @@ class TantivyBackend:
         """Release the writer's lock and the side table."""
         self.writer.wait_merging_threads()
         self.db.close()
+        os.close(self._lock)  # releases writer.lock

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from consumers.base import Batch, Event, SinkContext
 from consumers.dlq import dlq_topic
 from consumers.postgres import PostgresSink
-from consumers.postgres.migrations import MIGRATIONS
+from consumers.postgres.migrations import MIGRATIONS, migrate
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
@@ -301,6 +302,84 @@ def test_tombstones_delete_and_offset_order_decides_within_and_across_batches(ma
     ]
 
 
+def _cut_sequence() -> list[Event]:
+    """One partition's events: ties, older versions, deletes before and after versions."""
+    feed = Feed()
+    return [
+        feed.listing("A", "2024-05-02T00:00:00Z", ListPrice=1.0),
+        feed.listing("A", "2024-05-01T00:00:00Z", ListPrice=2.0),  # older: ignored
+        feed.listing("B", "2024-05-01T00:00:00Z"),
+        feed.tombstone("B"),  # a delete after a version wins
+        feed.listing("C", "2024-05-03T00:00:00Z"),
+        feed.listing("A", "2024-05-02T00:00:00Z", ListPrice=3.0),  # a tie: the later offset wins
+        feed.listing("B", "2024-04-01T00:00:00Z"),  # after its tombstone: re-created, older or not
+        feed.tombstone("C"),
+        feed.listing("C", "2024-05-01T00:00:00Z"),
+        feed.listing("D", "2024-05-05T00:00:00Z"),
+        feed.listing("D", "2024-05-04T00:00:00Z"),
+        feed.tombstone("D"),
+        feed.listing("E", "2024-05-01T00:00:00Z", ListPrice=8.0),
+        feed.listing("E", "2024-05-01T00:00:00Z", ListPrice=9.0),
+    ]
+
+
+_CUT_RESULT = [
+    ("A", ts("2024-05-02T00:00:00Z"), Decimal("3.00")),
+    ("B", ts("2024-04-01T00:00:00Z"), Decimal("250000.00")),
+    ("C", ts("2024-05-01T00:00:00Z"), Decimal("250000.00")),
+    ("E", ts("2024-05-01T00:00:00Z"), Decimal("9.00")),
+]
+
+
+@pytest.mark.parametrize("size", [14, 7, 5, 3, 1])
+def test_the_result_does_not_depend_on_where_batches_are_cut(make_sink, db, size):
+    conn, schema = db
+    sink = make_sink(schema)
+    events = _cut_sequence()
+    for start in range(0, len(events), size):
+        apply(sink, *events[start : start + size])
+    columns = '"ListingKey", "ModificationTimestamp", "ListPrice"'
+    assert rows(conn, schema, columns=columns) == _CUT_RESULT
+    # a replay of everything, or a late re-delivery of one old event, changes nothing
+    apply(sink, *events)
+    apply(sink, events[9])  # D's version: older than D's remembered delete
+    apply(sink, events[2])  # B's first version: older than B's delete and re-creation
+    assert rows(conn, schema, columns=columns) == _CUT_RESULT
+    remembered = conn.execute(
+        f'SELECT key, kafka_offset FROM "{schema}".deletes ORDER BY 1'
+    ).fetchall()
+    assert remembered == [("B", 3), ("C", 7), ("D", 11)]
+
+
+def test_stored_offsets_belong_to_the_consumer_group(make_settings, database_url, db):
+    conn, schema = db
+    opened = []
+
+    def sink_of(group: str) -> PostgresSink:
+        sink = PostgresSink()
+        sink.open(
+            SinkContext(
+                settings=make_settings(database_url=database_url),
+                group_id=group,
+                topics=(TOPIC,),
+                options={"schema": schema},
+            )
+        )
+        opened.append(sink)
+        return sink
+
+    try:
+        main, rebuild = sink_of("spark-relay.postgres"), sink_of("rebuild-1")
+        feed = Feed()
+        apply(main, feed.listing("A"), feed.listing("B"))
+        apply(rebuild, Feed().listing("A"))  # a one-off rebuild group, from the beginning
+        assert main.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}
+        assert rebuild.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 1}
+    finally:
+        for sink in opened:
+            sink.close()
+
+
 def test_offsets_commit_with_the_rows_and_uncommitted_writes_vanish(make_sink, db):
     conn, schema = db
     sink = make_sink(schema)
@@ -424,6 +503,61 @@ def test_a_record_postgres_rejects_goes_to_the_dead_letter_topic(
     assert conn.execute(
         f'SELECT next_offset FROM "{schema}".kafka_offsets WHERE partition = 1'
     ).fetchone() == (4,)
+
+
+def _compacted(topics: Topics) -> dict[str, datetime]:
+    """What a compacted ``<prefix>.listings`` says: the last value per key, tombstones removed."""
+    last: dict[str, bytes | None] = {}
+    for key, value, _ in read_raw(topics.settings, topics.listings):
+        last[key.decode()] = value
+    return {
+        key: topics.serde.deserialize(topics.listings, value)["ModificationTimestamp"]
+        for key, value in last.items()
+        if value is not None
+    }
+
+
+def test_a_redrive_applies_a_letter_only_if_the_sink_holds_nothing_newer(
+    make_settings, make_topics, database_url, db
+):
+    from consumers.dlq import redrive_group
+    from consumers.redrive import redrive
+    from spark_relay.cli import _register, cli
+
+    conn, schema = db
+    topics = make_topics(make_settings(database_url=database_url), partitions=2)
+    with psycopg.connect(database_url) as setup:
+        migrate(setup, schema)  # a constraint rejects the city, until the fix drops it
+        setup.execute(f"""ALTER TABLE "{schema}".listings ADD CONSTRAINT c CHECK ("City" <> 'X')""")
+    bad = {"City": "X"}
+    topics.listing(listing("PURGED", "2024-05-01T00:00:00Z", **bad), partition=0)
+    topics.listing(listing("UPDATED", "2024-05-01T00:00:00Z", **bad), partition=0)
+    topics.listing(listing("WAITING", "2024-05-01T00:00:00Z", **bad), partition=0)
+    topics.listing(None, key="PURGED", partition=0)  # purged since
+    topics.listing(listing("UPDATED", "2024-05-02T00:00:00Z"), partition=0)  # updated since
+    topics.flush()
+    assert run_sink(topics.settings, schema).stats.dead_letters == 3
+    assert [k for k, _ in rows(conn, schema)] == ["UPDATED"]
+    before = read_raw(topics.settings, topics.listings)
+
+    conn.execute(f'ALTER TABLE "{schema}".listings DROP CONSTRAINT c')
+    stats = redrive(topics.settings, "postgres", ["--schema", schema], consumer_config=FAST_GROUP)
+    assert (stats.consumed, stats.applied, stats.dead_letters) == (3, 3, 0)
+
+    expected = [("UPDATED", ts("2024-05-02T00:00:00Z")), ("WAITING", ts("2024-05-01T00:00:00Z"))]
+    assert rows(conn, schema) == expected  # the purged key stays purged, the newer row stays
+    assert read_raw(topics.settings, topics.listings) == before  # nothing appended
+    assert sorted(_compacted(topics).items()) == expected
+    dlq = dlq_topic(topics.settings.topic_prefix, "postgres")
+    assert committed(topics.settings, redrive_group(dlq), dlq, 1) == {0: 3}
+    # the main group's stored offsets did not move; a second re-drive finds nothing left
+    assert _offsets(conn, schema)[(topics.listings, 0)] == 5
+    _register()
+    env = _env(topics.settings, database_url)
+    result = CliRunner().invoke(cli, ["dlq", "redrive", "postgres", "--schema", schema], env=env)
+    assert result.exit_code == 0, result.output
+    assert "sink postgres: 0 messages" in result.output
+    assert rows(conn, schema) == expected
 
 
 def _truth_listings(truth) -> list[tuple[str, datetime]]:

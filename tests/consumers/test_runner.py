@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -10,13 +11,14 @@ from importlib.metadata import EntryPoint
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka import Producer
 
 import consumers.registry as registry
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.cli import parse_timestamp, sink_group
 from consumers.dlq import HEADERS, dlq_topic
 from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
-from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
 from spark_relay.settings import replace
 from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
 
@@ -397,7 +399,11 @@ def test_a_registry_that_cannot_be_reached_is_not_the_messages_fault():
     assert _is_unavailable(httpx2.ConnectError("refused"))  # what the registry client raises
     assert _is_unavailable(httpx.ReadTimeout("slow"))
     assert _is_unavailable(SchemaRegistryError(503, 50301, "unavailable"))
+    for status in (401, 403, 407, 408, 429, 500, 502):
+        assert _is_unavailable(SchemaRegistryError(status, -1, "trouble")), status
+    assert _is_unavailable(SchemaRegistryError(404, -1, "HTTP 404 Not Found"))  # a wrong URL
     assert not _is_unavailable(SchemaRegistryError(404, 40403, "Schema 99 not found"))
+    assert not _is_unavailable(SchemaRegistryError(422, 42201, "invalid"))
     assert not _is_unavailable(SerializationError("Invalid magic byte"))
     assert not _is_unavailable(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
 
@@ -411,3 +417,261 @@ def test_the_runner_stops_when_the_registry_is_down(topics):
         run(sink, settings)
     assert sink.commits == []
     assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+
+
+class _TroubledRegistry:
+    """A registry endpoint on 127.0.0.1 answering every request with one HTTP status."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+
+        answer = json.dumps({"error_code": status * 100 + 1, "message": f"status {status}"})
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = answer.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 429, 503, "wrong path"])
+def test_registry_trouble_stops_the_sink_and_dead_letters_nothing(topics, status):
+    topics.listing(listing("R1"))
+    topics.flush()
+    troubled = None
+    if status == "wrong path":  # the devstack registry, under a path it does not serve
+        url = topics.settings.schema_registry_url.rstrip("/") + "/no/such/path"
+    else:
+        troubled = _TroubledRegistry(status)
+        url = troubled.url
+    try:
+        sink = RecordingSink()
+        with pytest.raises(SinkUnavailableError, match="schema registry"):
+            run(sink, replace(topics.settings, schema_registry_url=url))
+    finally:
+        if troubled is not None:
+            troubled.close()
+    assert sink.commits == []
+    assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+
+
+def test_a_storm_of_dead_letters_for_one_reason_stops_the_sink(topics):
+    for n in range(3):  # alternating reasons never make a storm
+        topics.send(topics.listings, f"JUNK{n}".encode(), b"junk", partition=0)
+        topics.listing(listing(f"NEG{n}", ListPrice=-1.0), partition=0)
+    topics.listing(listing("FINE"), partition=0)
+    topics.flush()
+    reject = lambda e: e.value["ListPrice"] == -1.0  # noqa: E731
+    sink = RecordingSink(reject=reject)
+    runner = run(sink, topics.settings, dead_letter_limit=2)
+    assert sink.keys() == ["FINE"] and runner.stats.dead_letters == 6
+
+    for n in range(4):
+        topics.send(topics.listings, f"BAD{n}".encode(), b"junk", partition=0)
+    topics.flush()
+    sink = RecordingSink(reject=reject)
+    with pytest.raises(
+        SinkError, match=r"more than 3 dead letters in a row, each decode .*SerializationError"
+    ):
+        run(sink, topics.settings, dead_letter_limit=3)
+    assert sink.commits == []  # the batch in hand is not committed
+    assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {0: 7}
+
+
+def test_a_letter_as_large_as_the_poller_allows_is_kept_whole_and_a_larger_one_truncated(topics):
+    big = Producer({**topics.settings.kafka_config(), "message.max.bytes": 3_000_000})
+    near_limit = b"n" * 999_990  # the poller publishes up to message.max.bytes (1,000,000)
+    beyond = b"b" * 1_500_000  # another producer allowed more than the poller does
+    big.produce(topics.listings, key=b"NEAR", value=near_limit, partition=0)
+    big.produce(topics.listings, key=b"BEYOND", value=beyond, partition=0)
+    assert big.flush(30) == 0
+    topics.listing(listing("AFTER"), partition=0)
+    topics.flush()
+
+    sink = RecordingSink()
+    runner = run(sink, topics.settings)
+    assert sink.keys() == ["AFTER"] and runner.stats.dead_letters == 2
+    letters = {
+        key: (value, headers)
+        for key, value, headers in read_raw(
+            topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")
+        )
+    }
+    value, headers = letters[b"NEAR"]
+    assert value == near_limit and "dlq.truncated" not in headers
+    value, headers = letters[b"BEYOND"]
+    assert headers["dlq.truncated"] == b"1500000" and beyond.startswith(value) and value
+    assert (headers["dlq.topic"], headers["dlq.partition"], headers["dlq.offset"]) == (
+        topics.listings.encode(),
+        b"0",
+        b"1",
+    )
+    assert headers["dlq.stage"] == b"decode" and headers["dlq.error.class"].endswith(
+        b"SerializationError"
+    )
+
+
+def test_an_event_the_sink_cannot_commit_is_dead_lettered_alone(topics):
+    for n in range(5):
+        topics.listing(listing(f"C{n}", ListPrice=-1.0 if n == 2 else 1.0), partition=1)
+    topics.flush()
+
+    class FailsAtCommit(RecordingSink):  # like a Tantivy add or an OpenSearch item error
+        def commit(self, offsets):
+            if any(e.value["ListPrice"] == -1.0 for e in self.staged):
+                self.staged = []  # the sink drops what it could not commit
+                raise ValueError("cannot index a negative price")
+            super().commit(offsets)
+
+    sink = FailsAtCommit()
+    runner = run(sink, topics.settings)
+    assert sink.keys() == ["C0", "C1", "C3", "C4"]
+    assert sink.commits[-1] == {(topics.listings, 1): 5}
+    assert committed(topics.settings, runner.group_id, topics.listings, 3) == {1: 5}
+    (letter,) = read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording"))
+    assert letter[0] == b"C2" and letter[2]["dlq.stage"] == b"commit"
+    assert letter[2]["dlq.error"] == b"cannot index a negative price"
+    assert runner.stats.applied == 4 and runner.stats.dead_letters == 1
+
+
+def test_the_kip_848_group_protocol_is_refused_with_a_clear_message_by_a_broker_without_it(topics):
+    # the devstack broker has no ConsumerGroupHeartbeat API: librdkafka would wait forever
+    sink = RecordingSink()
+    config = {**FAST_GROUP, "group.protocol": "consumer"}
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"group.protocol=consumer \(KIP-848\) needs brokers"):
+        run(sink, topics.settings, consumer_config=config)
+    assert time.monotonic() - started < 30
+    assert sink.commits == []
+
+
+def test_the_kip_848_probe_sees_the_apis_of_the_broker(topics, monkeypatch):
+    from consumers import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "_CONSUMER_GROUP_HEARTBEAT", 11)  # JoinGroup: every broker
+    config = runner_module._next_generation_group(
+        {**topics.settings.kafka_config("consumer"), **FAST_GROUP, "group.protocol": "consumer"}
+    )
+    assert config["group.protocol"] == "consumer" and "session.timeout.ms" not in config
+
+
+def test_from_offset_naming_a_topic_the_sink_does_not_read_is_an_error(make_settings):
+    settings = make_settings()
+    for text in ("nosuch:0:1", "accounts:0:1", "other.listings:0:5"):
+        replay = Replay(offsets=parse_offsets(text, settings.topic_prefix))
+        with pytest.raises(
+            ConfigError, match=r"--from-offset: .* is not a topic of sink recording"
+        ):
+            Runner(RecordingSink(), settings, RunnerConfig(replay=replay))
+
+
+class AssignmentsSink(RecordingSink):
+    """Records the partitions of every assignment (``stored_offsets`` is asked at each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assignments: list[list[TopicPartition]] = []
+
+    def stored_offsets(self, partitions):
+        self.assignments.append(sorted(partitions))
+        return None
+
+
+def test_a_replay_applies_once_per_run_not_at_every_reassignment(topics):
+    for n in range(9):
+        topics.listing(listing(f"K{n}"), partition=n % 3)
+    topics.flush()
+    run(RecordingSink(), topics.settings)  # the group is at the end of every partition
+
+    def start(sink, **config):
+        stop = threading.Event()
+        runner = Runner(
+            sink,
+            topics.settings,
+            RunnerConfig(consumer_config=FAST_GROUP, batch_ms=50, **config),
+            stop,
+        )
+        thread = threading.Thread(target=runner.run)
+        thread.start()
+        return stop, thread
+
+    other = AssignmentsSink()
+    stop_other, other_thread = start(other)
+    replaying = AssignmentsSink()
+    stop_replaying = None
+    try:
+        wait_for(lambda: other.assignments and other.assignments[-1], what="the first member")
+        stop_replaying, replaying_thread = start(replaying, replay=Replay(beginning=True))
+        wait_for(lambda: replaying.assignments and replaying.assignments[-1], what="a split")
+        first = replaying.assignments[-1]
+        assert 0 < len(first) < 3
+        wait_for(lambda: len(replaying.keys()) == 3 * len(first), what="the replay")
+        stop_other.set()
+        other_thread.join(30)
+        wait_for(
+            lambda: len(replaying.assignments[-1]) == 3,
+            timeout=60,
+            what="the partitions taken over",
+        )
+        time.sleep(1.5)  # a replay of the new partitions would have arrived by now
+        replayed = {int(k[1:]) % 3 for k in replaying.keys()}
+        assert replayed == {p for _, p in first}
+        assert len(replaying.keys()) == 3 * len(first)  # each once
+    finally:
+        stop_other.set()
+        if stop_replaying is not None:
+            stop_replaying.set()
+            replaying_thread.join(30)
+        other_thread.join(30)
+
+
+def test_lag_gauges_update_on_a_timer_and_drop_revoked_partitions(topics):
+    from prometheus_client import REGISTRY
+
+    gate = threading.Event()
+
+    class Stuck(RecordingSink):
+        name = "stuck"
+
+        def write(self, batch):
+            gate.wait(60)  # a sink stuck on its store
+            super().write(batch)
+
+    def lag():
+        labels = {"sink": "stuck", "topic": topics.listings, "partition": "0"}
+        return REGISTRY.get_sample_value("spark_relay_sink_lag_messages", labels)
+
+    topics.listing(listing("S0"), partition=0)
+    topics.flush()
+    stop = threading.Event()
+    config = RunnerConfig(consumer_config=FAST_GROUP, batch_ms=10, lag_seconds=0.2)
+    runner = Runner(Stuck(), topics.settings, config, stop)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_for(lambda: lag() == 1, what="the lag of the first message")
+        for n in range(1, 4):
+            topics.listing(listing(f"S{n}"), partition=0)
+            topics.flush()
+        wait_for(lambda: lag() == 4, what="the lag growing while the sink is stuck")
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert lag() is None  # revoked at the end: no gauge left behind

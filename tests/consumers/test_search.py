@@ -18,7 +18,7 @@ from consumers.search.query import WhereError, parse_where
 from consumers.search.sink import change_of
 from consumers.search.tantivy_backend import TantivyBackend, search
 from spark_relay.cli import _register, cli
-from spark_relay.errors import SinkError
+from spark_relay.errors import SinkError, SinkUnavailableError
 from spark_relay.settings import Settings
 from tests.consumers.sink_events import EventStream, parse_ts
 
@@ -110,6 +110,59 @@ def test_a_tombstone_deletes_and_a_later_event_brings_the_listing_back(make_sink
     older = dict(record, ModificationTimestamp=parse_ts("2002-02-02T00:00:00Z"))
     feed(sink, [stream.event(key, older)])
     assert indexed(settings)[key] == parse_ts("2002-02-02T00:00:00Z")
+
+
+def _cut_sequence(stream: EventStream) -> tuple[list[Event], dict]:
+    """Events of five keys with ties, older versions and deletes; and the result they must give."""
+    a, b, c, d, e = stream.mls.live_keys[:5]
+
+    def version(key, when, price=100.0):
+        return stream.event(
+            key, dict(stream.record(key), ModificationTimestamp=parse_ts(when), ListPrice=price)
+        )
+
+    events = [
+        version(a, "2024-05-02T00:00:00Z", 1.0),
+        version(a, "2024-05-01T00:00:00Z", 2.0),  # older: ignored
+        version(b, "2024-05-01T00:00:00Z"),
+        stream.event(b, None),  # a delete after a version wins
+        version(c, "2024-05-03T00:00:00Z"),
+        version(a, "2024-05-02T00:00:00Z", 3.0),  # a tie: the later offset wins
+        version(b, "2024-04-01T00:00:00Z"),  # after its tombstone: re-created
+        stream.event(c, None),
+        version(c, "2024-05-01T00:00:00Z"),
+        version(d, "2024-05-05T00:00:00Z"),
+        version(d, "2024-05-04T00:00:00Z"),
+        stream.event(d, None),
+        version(e, "2024-05-01T00:00:00Z", 8.0),
+        version(e, "2024-05-01T00:00:00Z", 9.0),
+    ]
+    result = {
+        a: ("2024-05-02T00:00:00Z", 3.0),
+        b: ("2024-04-01T00:00:00Z", 100.0),
+        c: ("2024-05-01T00:00:00Z", 100.0),
+        e: ("2024-05-01T00:00:00Z", 9.0),
+    }
+    return events, {k: (parse_ts(t), p) for k, (t, p) in result.items()}
+
+
+def _prices(settings: Settings) -> dict:
+    _, hits = search(index_dir(settings), None, [], 0)
+    return {h["ListingKey"]: (parse_ts(h["ModificationTimestamp"]), h["ListPrice"]) for h in hits}
+
+
+@pytest.mark.parametrize("size", [14, 7, 5, 3, 1])
+def test_the_result_does_not_depend_on_where_batches_are_cut(make_sink, settings, size):
+    stream = EventStream("srch", listings=5)
+    events, result = _cut_sequence(stream)
+    sink = make_sink()
+    feed(sink, events, size)
+    assert _prices(settings) == result
+    # a replay of everything, or a late re-delivery of one old event, changes nothing
+    feed(sink, events)
+    feed(sink, [events[9]])  # a version older than its key's remembered delete
+    feed(sink, [events[2]])  # older than the delete and the re-creation after it
+    assert _prices(settings) == result
 
 
 def test_offsets_are_committed_with_the_index_and_uncommitted_writes_vanish(make_sink, settings):
@@ -257,21 +310,38 @@ def test_search_command_json_table_limit_and_errors(make_sink, settings):
 
 
 class Capture:
+    """A cluster's answers: ``answers`` maps a document id to its item status; ``-deletes``
+    indexes keep what is indexed into them, as a cluster would, for ``_mget``."""
+
     def __init__(self, answers=None):
         self.requests: list[httpx.Request] = []
         self.answers = answers or {}
+        self.kept: dict[tuple[str, str], dict] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         body = request.content.decode()
+        if request.url.path.endswith("/_mget"):
+            index = request.url.path.strip("/").split("/")[0]
+            ids = json.loads(body)["ids"]
+            docs = [
+                {"_id": i, "found": (index, i) in self.kept, "_source": self.kept.get((index, i))}
+                for i in ids
+            ]
+            return httpx.Response(200, json={"docs": docs})
         if request.url.path == "/_bulk":
             items = []
             lines = [json.loads(line) for line in body.splitlines()]
-            for line in lines:
+            for n, line in enumerate(lines):
                 if "index" in line or "delete" in line:
                     ((action, meta),) = line.items()
                     status = self.answers.get(meta["_id"], 404 if action == "delete" else 201)
-                    items.append({action: {"_id": meta["_id"], "status": status}})
+                    if meta["_index"].endswith("-deletes"):
+                        self.kept[(meta["_index"], meta["_id"])] = lines[n + 1]
+                        status = 201
+                    items.append(
+                        {action: {"_index": meta["_index"], "_id": meta["_id"], "status": status}}
+                    )
             return httpx.Response(200, json={"errors": False, "items": items})
         return httpx.Response(200, json={"acknowledged": True})
 
@@ -301,7 +371,10 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
     ]
     sink.write(Batch(events))
     sink.commit(Batch(events).offsets())
-    bulk = capture.requests[1]
+    mget = capture.requests[1]
+    assert str(mget.url) == "http://search:9200/srch-listings-deletes/_mget"
+    assert json.loads(mget.content) == {"ids": sorted([a, c])}
+    bulk = capture.requests[2]
     assert (bulk.method, str(bulk.url)) == ("POST", "http://search:9200/_bulk")
     assert bulk.headers["content-type"] == "application/x-ndjson"
     assert bulk.content.endswith(b"\n")
@@ -314,22 +387,31 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
                 "_index": "srch-listings",
                 "_id": a,
                 "version": to_micros(events[0].value["ModificationTimestamp"]),
-                "version_type": "external",
+                "version_type": "external_gte",
             }
         },
         expected_a,
         {"delete": {"_index": "srch-listings", "_id": b}},
         {
             "index": {
+                "_index": "srch-listings-deletes",
+                "_id": b,
+                "version": events[1].offset,
+                "version_type": "external_gte",
+            }
+        },
+        {"kafka_partition": events[1].partition, "kafka_offset": events[1].offset},
+        {
+            "index": {
                 "_index": "srch-listings",
                 "_id": c,
                 "version": to_micros(events[2].value["ModificationTimestamp"]),
-                "version_type": "external",
+                "version_type": "external_gte",
             }
         },
-        lines[4],
+        lines[6],
     ]
-    assert lines[4]["ListingKey"] == c and lines[4]["ListPrice"] == events[2].value["ListPrice"]
+    assert lines[6]["ListingKey"] == c and lines[6]["ListPrice"] == events[2].value["ListPrice"]
     assert sink.stored_offsets([("srch.listings", 0)]) is None  # Kafka's offsets are used
 
 
@@ -342,6 +424,14 @@ def test_opensearch_item_failures_fail_the_commit():
     )
     with pytest.raises(SinkError, match="1 actions failed"):
         backend.apply([change_of(stream.event(key, stream.record(key)))], {})
+    # a cluster that is overloaded or failing is not the record's fault: the sink stops
+    for status in (429, 503):
+        capture = Capture({key: status})
+        backend = OpenSearchBackend(
+            "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+        )
+        with pytest.raises(SinkUnavailableError):
+            backend.apply([change_of(stream.event(key, stream.record(key)))], {})
 
 
 def test_opensearch_search_body():
@@ -411,3 +501,112 @@ def test_end_to_end_the_index_holds_the_emulators_ground_truth(make_settings):
     # the offsets live with the index: a second run starts where the first ended
     again = run_sink(SearchSink(), settings)
     assert again.consumed == 0
+
+
+def test_a_redrive_applies_a_letter_only_if_the_index_holds_nothing_newer(
+    make_settings, monkeypatch
+):
+    import consumers.search.sink as search_sink
+    from consumers.redrive import redrive
+    from tests.consumers.kafka_events import FAST_GROUP, Topics, listing, read_raw
+    from tests.consumers.sink_events import run_sink
+
+    settings = make_settings()
+    topics = Topics(settings, partitions=2)
+    try:
+        bad = {"City": "X"}
+        topics.listing(listing("PURGED", "2024-05-01T00:00:00Z", **bad), partition=0)
+        topics.listing(listing("UPDATED", "2024-05-01T00:00:00Z", **bad), partition=0)
+        topics.listing(listing("WAITING", "2024-05-01T00:00:00Z", **bad), partition=0)
+        topics.listing(None, key="PURGED", partition=0)  # purged since
+        topics.listing(listing("UPDATED", "2024-05-02T00:00:00Z"), partition=0)  # updated since
+        topics.flush()
+        real = search_sink.change_of
+
+        def reject_x(event):  # the bug the operator fixes before re-driving
+            if event.value is not None and event.value["City"] == "X":
+                raise SinkError("no city X")
+            return real(event)
+
+        monkeypatch.setattr(search_sink, "change_of", reject_x)
+        assert run_sink(SearchSink(), settings).dead_letters == 3
+        monkeypatch.undo()
+        before = read_raw(settings, topics.listings)
+        stats = redrive(settings, "search", [], consumer_config=FAST_GROUP)
+        assert (stats.consumed, stats.dead_letters) == (3, 0)
+        index = Path(settings.state_dir) / "search" / settings.topic_prefix / "index"
+        _, hits = search(index, None, [], 0)
+        assert sorted((h["ListingKey"], h["ModificationTimestamp"]) for h in hits) == [
+            ("UPDATED", "2024-05-02T00:00:00Z"),
+            ("WAITING", "2024-05-01T00:00:00Z"),
+        ]
+        assert read_raw(settings, topics.listings) == before  # nothing appended
+        # the sink's options follow its name; every letter was re-driven: none is left
+        again = redrive(
+            settings, "search", ["--path", str(index.parent)], consumer_config=FAST_GROUP
+        )
+        assert again.consumed == 0
+    finally:
+        topics.close()
+
+
+def test_an_opensearch_item_error_dead_letters_that_event_alone(make_settings):
+    from consumers.dlq import dlq_topic
+    from tests.consumers.kafka_events import Topics, listing, read_raw
+    from tests.consumers.sink_events import run_sink
+
+    settings = make_settings()
+    topics = Topics(settings, partitions=1)
+    try:
+        for key in ("OK1", "REFUSED", "OK2"):
+            topics.listing(listing(key))
+        topics.flush()
+        capture = Capture({"REFUSED": 400})
+        client = httpx.Client(transport=httpx.MockTransport(capture))
+        stats = run_sink(
+            SearchSink(),
+            settings,
+            backend="opensearch",
+            url="http://search:9200",
+            http_client=client,
+        )
+        assert (stats.applied, stats.dead_letters) == (2, 1)
+        ((key, _, headers),) = read_raw(settings, dlq_topic(settings.topic_prefix, "search"))
+        assert key == b"REFUSED" and headers["dlq.stage"] == b"commit"
+        assert b"1 actions failed" in headers["dlq.error"]
+        indexed_ok = {
+            json.loads(line)["index"]["_id"]
+            for request in capture.requests
+            if request.url.path == "/_bulk"
+            for line in request.content.splitlines()
+            if b'"index"' in line
+        }
+        assert indexed_ok >= {"OK1", "OK2"}
+    finally:
+        topics.close()
+
+
+def test_opensearch_remembers_deletes_so_an_older_event_is_not_sent_again():
+    stream = EventStream("srch", listings=2)
+    key, other = stream.mls.live_keys
+    capture = Capture()
+    backend = OpenSearchBackend(
+        "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+    )
+    version = stream.event(key, stream.record(key))
+    tombstone = stream.event(key, None)
+    counts = backend.apply([change_of(version), change_of(tombstone)], {})
+    assert capture.kept[("x-deletes", key)] == {
+        "kafka_partition": tombstone.partition,
+        "kafka_offset": tombstone.offset,
+    }
+    assert counts == {"indexed": 1, "deleted": 1, "stale": 0}
+    # the old version again (a replay, a re-drive): superseded, never sent
+    later = stream.event(other, stream.record(other))
+    counts = backend.apply([change_of(version), change_of(later)], {})
+    assert counts == {"indexed": 1, "deleted": 0, "stale": 1}
+    sent = [json.loads(line) for line in capture.requests[-1].content.splitlines()]
+    assert [line["index"]["_id"] for line in sent if "index" in line] == [other]
+    # a version after the delete brings the listing back
+    again = stream.event(key, stream.record(key))
+    assert backend.apply([change_of(again)], {})["indexed"] == 1

@@ -14,48 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import pytest
 
-from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
 from producer.spark_client import SparkClient
-from producer.topics import ensure_contract
 from schemas import listing_from_record
 from tests.kafka_helpers import cli_env, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
 API_HEADERS = {"Authorization": "Bearer devstack-key", "X-SparkApi-User-Agent": "spark-relay-tests"}
-
-
-@pytest.fixture
-def emulator():
-    """``emulator(**config)`` starts an emulator that stops after the test."""
-    started = []
-
-    def start(**config) -> Emulator:
-        config.setdefault("seed", 7)
-        config.setdefault("filter_cache_seconds", 0)
-        config.setdefault("require_user_agent", True)  # the API requires X-SparkApi-User-Agent
-        instance = Emulator(EmulatorConfig(**config)).start()
-        started.append(instance)
-        return instance
-
-    yield start
-    for instance in started:
-        instance.stop()
-
-
-@pytest.fixture
-def relay(make_settings):
-    """Settings for the poller against ``emu``, with topics and schemas in place."""
-
-    def make(emu: Emulator, **overrides):
-        overrides.setdefault("rate_limit", 1000)
-        settings = make_settings(api_url=emu.url, api_key="devstack-key", **overrides)
-        list(ensure_contract(settings))
-        return settings
-
-    return make
 
 
 def _keys(settings, topic: str) -> collections.Counter:
@@ -360,7 +326,7 @@ def test_people_see_progress_and_machines_get_json_logs(emulator, relay):
 
 def test_accounts_that_vanish_are_purged(emulator, relay):
     emu = emulator(listings=50, accounts=30)
-    settings = relay(emu)
+    settings = relay(emu, purge_max_ratio=0.1)  # 2 of 37 is over the default 5% ceiling
     created = emu.create_accounts(3)
     with build_poller(settings) as poller:
         poller.accounts()
@@ -437,7 +403,9 @@ def test_a_record_too_large_for_kafka_is_dead_lettered_and_the_run_goes_on(emula
     for key, value, headers in letters:
         headers = dict(headers)
         assert (
-            headers["dlq.error.class"] == b"RecordTooLarge" and headers["dlq.stage"] == b"produce"
+            headers["dlq.error.class"] == b"producer.publisher.RecordTooLarge"
+            and headers["dlq.stage"] == b"produce"
+            and headers["dlq.key"] == key.encode()
         )
         assert key in emu.truth()["listings"]
         assert len(value) <= limit // 2 and int(headers["dlq.truncated"]) > len(value)

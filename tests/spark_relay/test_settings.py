@@ -112,3 +112,106 @@ def test_secret_equality_without_exposure():
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
     assert not Secret("") and Secret("x")
     assert isinstance(Settings().api_key, Secret)
+
+
+# ---- one settings model (issue 14, item 3) --------------------------------------------
+
+SINK_RUNNER = {
+    "sink_group": ("copy-a", "copy-b", "copy-c"),
+    "sink_batch_size": ("10", "20", "30"),
+    "sink_batch_ms": ("100", "200", "300"),
+    "sink_dead_letter_limit": ("1", "2", "3"),
+    "metrics_port": ("9101", "9102", "9103"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SINK_RUNNER))
+def test_defaults_then_file_then_environment_then_flags(tmp_path, name):
+    from_file, from_env, from_flag = SINK_RUNNER[name]
+    config = tmp_path / "relay.toml"
+    config.write_text(f'{name} = "{from_file}"\n')
+    env = {f"SPARK_RELAY_{name.upper()}": from_env}
+    default = getattr(load_settings(environ={}), name)
+    assert str(getattr(load_settings(config, environ={}), name)) == from_file != str(default)
+    assert str(getattr(load_settings(config, environ=env), name)) == from_env
+    flagged = load_settings(config, environ=env, **{name: from_flag})
+    assert str(getattr(flagged, name)) == from_flag
+
+
+def test_the_config_file_comes_from_the_environment_and_the_flag_wins(tmp_path):
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text('topic_prefix = "first"\n')
+    second.write_text('topic_prefix = "second"\n')
+    env = {"SPARK_RELAY_CONFIG": str(first)}
+    assert load_settings(environ=env).topic_prefix == "first"
+    assert load_settings(environ=env).config == str(first)
+    assert load_settings(second, environ=env).topic_prefix == "second"
+    inner = tmp_path / "inner.toml"
+    inner.write_text(f'config = "{first}"\n')
+    with pytest.raises(ConfigError, match="config: .*--config or SPARK_RELAY_CONFIG"):
+        load_settings(inner, environ={})
+
+
+def test_a_sink_table_in_the_file_holds_that_sinks_own_options(tmp_path):
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        '[sink.postgres]\nschema = "copy_b"\n[sink.files]\nmax_records = 5\n'
+        '[sink.mine]\napi_token = "t0ken"\n'
+    )
+    settings = load_settings(config, environ={})
+    assert settings.sink == {
+        "postgres": {"schema": "copy_b"},
+        "files": {"max_records": 5},
+        "mine": {"api_token": "t0ken"},
+    }
+    assert describe(settings)["sink.postgres.schema"] == "copy_b"
+    assert describe(settings)["sink.mine.api_token"] == "********"
+    config.write_text('[sink]\npostgres = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[sink.postgres\] must be a table"):
+        load_settings(config, environ={})
+
+
+def test_a_password_in_a_url_is_masked_in_config_and_in_logs(capsys):
+    from spark_relay.logs import configure_logging
+
+    url = "postgresql://relay:pa55-w0rd@db.example:5432/relay"
+    settings = load_settings(
+        environ={
+            "SPARK_RELAY_DATABASE_URL": url,
+            "SPARK_RELAY_SCHEMA_REGISTRY_URL": "https://reg:hunter22@registry.example",
+        }
+    )
+    shown = describe(settings)
+    assert shown["SPARK_RELAY_DATABASE_URL"] == "postgresql://relay:********@db.example:5432/relay"
+    assert shown["SPARK_RELAY_SCHEMA_REGISTRY_URL"] == "https://reg:********@registry.example"
+    assert "pa55-w0rd" not in repr(settings) and "hunter22" not in repr(settings)
+    assert settings.database_url == url  # the sink still connects with the real one
+    for fmt in ("text", "json"):
+        configure_logging("INFO", fmt)
+        logging.getLogger("t").warning("cannot connect to %s", url)
+        logging.getLogger("t").warning(f"registry {settings.schema_registry_url} down")
+        err = capsys.readouterr().err
+        assert "pa55-w0rd" not in err and "hunter22" not in err
+        assert "relay:********@db.example" in err
+    logging.getLogger().handlers.clear()
+
+
+def test_an_unknown_variable_gets_a_warning_naming_the_closest(caplog):
+    from spark_relay.settings import unknown_variables
+
+    env = {
+        "SPARK_RELAY_LOG_LEVL": "DEBUG",
+        "SPARK_RELAY_TOTALLY_ELSE": "1",
+        "SPARK_RELAY_LOG_LEVEL": "INFO",  # known
+        "SPARK_RELAY_KAFKA_ACKS": "all",  # librdkafka pass-through
+        "SPARK_RELAY_EMULATOR_PORT": "8123",  # the emulator's own
+        "SPARK_RELAY_POSTGRES_SCHEMA": "x",  # a sink's own option
+        "SPARK_RELAY_FILES_PATH": "/tmp/x",
+        "SPARK_RELAY_TEST_ANYTHING": "1",  # tests and the devstack
+        "SPARK_RELAY_DEVSTACK_ANYTHING": "1",
+        "SPARK_RELAY_CONFIG": "",
+    }
+    assert unknown_variables(env) == [
+        "SPARK_RELAY_LOG_LEVL is not a setting (did you mean SPARK_RELAY_LOG_LEVEL?)",
+        "SPARK_RELAY_TOTALLY_ELSE is not a setting (see `spark-relay config`)",
+    ]
