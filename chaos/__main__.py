@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from chaos.campaign import OPT_IN, SeedResult, run_seed
+from chaos.campaign import SeedResult, run_seed
 
 __all__ = ["main", "summary"]
 
@@ -51,10 +51,10 @@ def summary(results: list[SeedResult], rounds: int) -> dict:
     }
 
 
-def replay_command(result: SeedResult, listings: int, with_options: list[str]) -> str:
+def replay_command(result: SeedResult, listings: int) -> str:
     return (
         f"{sys.executable} -m chaos --seed {result.seed} --rounds {result.rounds} "
-        f"--listings {listings} --keep --verbose" + "".join(f" --with {o}" for o in with_options)
+        f"--listings {listings} --keep --verbose"
     )
 
 
@@ -70,14 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep converged seeds' directories")
     parser.add_argument("--verbose", action="store_true", help="echo every act on stderr")
-    parser.add_argument(
-        "--with",
-        dest="with_options",
-        action="append",
-        default=[],
-        choices=sorted(OPT_IN),
-        help="also use this emulator option (off by default, see docs/guarantees.md)",
-    )
     args = parser.parse_args(argv)
     # SIGTERM (a timeout, Ctrl-C in make) unwinds like Ctrl-C, so the world's processes stop
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -115,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             if r.key_in_logs:
                 print(f"      the API key appears in: {', '.join(r.key_in_logs)}")
             print(f"      state and logs kept in {r.root}")
-            print(
-                f"      replay: {replay_command(r, args.listings, args.with_options)}", flush=True
-            )
+            print(f"      replay: {replay_command(r, args.listings)}", flush=True)
     line = summary(results, args.rounds)
     line["wall_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(line), flush=True)

@@ -42,19 +42,14 @@ ACTS = (
 TOPIC_PREFIX = "spark"
 
 
-def emulator_kinds(extra: tuple[str, ...] = ()) -> set[str]:
+def emulator_kinds() -> set[str]:
     """Options and fault kinds this emulator knows (branch ``emulator`` adds some)."""
     text = subprocess.run(
         [sys.executable, "-m", "devstack.emulator", "--help"], capture_output=True, text=True
     ).stdout
     kinds = {k for k in ("cut", "stale") if k in text}
     kinds |= {o for o in ("--bare-numbers", "--bad-records") if o in text}
-    return kinds - OPT_IN | (OPT_IN & set(extra)) if extra else kinds - OPT_IN
-
-
-#: Emulator options left out unless asked for (``--with``): ``--bad-records`` stalls the
-#: poller's snapshot for good until issue 10 item 8 lands (see docs/guarantees.md).
-OPT_IN = {"--bad-records"}
+    return kinds
 
 
 def plan(seed: int, rounds: int, known: set[str]) -> dict[str, Any]:
@@ -167,14 +162,13 @@ def run_seed(
     *,
     echo: bool = False,
     keep: bool = False,
-    with_options: tuple[str, ...] = (),
     settle_timeout: float = 240.0,
 ) -> SeedResult:
     """Run one seed in ``root`` (emptied first); the directory is removed when it converged."""
     started = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    p = plan(seed, rounds, emulator_kinds(with_options))
+    p = plan(seed, rounds, emulator_kinds())
     (root / "plan.json").write_text(json.dumps(p, indent=1))
     result = SeedResult(seed, rounds, root=str(root))
     world = World(root, seed, listings, p["api_key"], p["faults"])
