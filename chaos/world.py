@@ -141,6 +141,9 @@ class World:
                 "SPARK_RELAY_SINK_BATCH_MS": "100",
                 "SPARK_RELAY_SINK_BATCH_SIZE": "50",
                 "SPARK_RELAY_LOG_LEVEL": "INFO",
+                # a round removes up to 3% of the listings, eight rounds between purges: far
+                # more churn than an MLS day, so the ceiling of the purge guard is raised
+                "SPARK_RELAY_PURGE_MAX_RATIO": "0.5",
                 "PYTHONUNBUFFERED": "1",
             }
         )
