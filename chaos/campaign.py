@@ -197,6 +197,7 @@ def run_seed(
         _check(world, log, result, extra_stores)
         stats, _ = world.admin("GET", "/_emulator/stats")
         log("emulator_stats", **{k: v for k, v in stats.items() if k != "fault_log"})
+        log("stale_served", keys=[e[2] for e in stats.get("fault_log", []) if e[1] == "stale"])
         result.faults.update({k: n for k, n in stats.get("faults", {}).items()})
         result.faults["rate_limited"] += stats.get("rate_limited", 0)
         f = p["faults"]
@@ -389,6 +390,7 @@ def _truth(world: World) -> dict[str, dict[str, datetime | None]]:
 
 def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
     truth = _truth(world)
+    (world.root / "truth.json").write_text(json.dumps(truth, default=str))  # for a post-mortem
     bootstrap, registry = world.broker.bootstrap, world.registry_url
     from confluent_kafka.admin import AdminClient
 
