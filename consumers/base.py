@@ -98,6 +98,9 @@ class SinkContext:
     group_id: str
     topics: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    #: True under ``spark-relay dlq redrive``: the batches hold dead letters with their original
+    #: coordinates, older than what the sink already applied of their partitions.
+    redrive: bool = False
 
     @property
     def state_dir(self) -> Path:

@@ -335,6 +335,7 @@ class Runner:
                 group_id=self.group_id,
                 topics=self.sources,
                 options=dict(config.options),
+                redrive=config.redrive,
             )
         )
         lag_timer: threading.Thread | None = None
