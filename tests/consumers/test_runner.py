@@ -675,3 +675,20 @@ def test_lag_gauges_update_on_a_timer_and_drop_revoked_partitions(topics):
         thread.join(30)
     assert not thread.is_alive()
     assert lag() is None  # revoked at the end: no gauge left behind
+
+
+def test_every_optional_hook_the_runner_calls_is_documented():
+    import re
+    from pathlib import Path
+
+    import consumers.base
+    import consumers.runner
+
+    root = Path(__file__).parent.parent.parent
+    source = Path(consumers.runner.__file__).read_text()
+    hooks = set(re.findall(r'getattr\(self\.sink, "(\w+)"', source))
+    assert hooks >= {"revoked"}
+    guide = (root / "docs" / "writing-a-sink.md").read_text()
+    for hook in hooks:
+        assert f"Optional: ``{hook}(" in consumers.base.__doc__
+        assert f"| `{hook}(" in guide
