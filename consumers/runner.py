@@ -38,7 +38,10 @@ the sink's own dead-letter topic instead, in the group
 letter is decoded as the message it was (its ``dlq.*`` coordinates become the
 event's topic, partition and offset) and applied through ``sink.write`` like
 any event, so the sink's own guard drops it when the sink holds something
-newer for the key (a later version or a later delete). Nothing is appended
+newer for the key (a later version or a later delete). A letter stored
+truncated is replaced by its original, read again from its source topic at its
+coordinates; if the topic no longer holds it, it is logged (WARNING) and
+listed in ``RunStats.not_redriven`` and the summary. Nothing is appended
 to a source topic. A letter that fails again goes back to the dead-letter
 topic with its original coordinates.
 
@@ -86,7 +89,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumers.base import Batch, Event, Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
-from consumers.dlq import DeadLetters, dlq_topic, error_class, origin_of, redrive_group
+from consumers.dlq import DeadLetters, Origin, dlq_topic, error_class, origin_of, redrive_group
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
@@ -159,16 +162,25 @@ class RunStats:
     applied: int = 0
     dead_letters: int = 0
     batches: int = 0
+    #: Re-drive: letters not applied, with their coordinates (their originals are gone).
+    not_redriven: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
 
     def summary(self) -> str:
         rate = self.consumed / self.elapsed if self.elapsed > 0 else 0.0
-        return (
+        text = (
             f"sink {self.sink}: {self.consumed} messages, {self.applied} applied, "
             f"{self.dead_letters} dead-lettered, {self.batches} batches, "
             f"{self.elapsed:.1f}s, {rate:.0f} messages/s"
         )
+        if self.not_redriven:
+            text += (
+                f"; {len(self.not_redriven)} letters NOT re-driven (see the warnings): "
+                + ", ".join(self.not_redriven[:10])
+                + (" …" if len(self.not_redriven) > 10 else "")
+            )
+        return text
 
 
 _CONSUMER_GROUP_HEARTBEAT = 68  # the API of the KIP-848 consumer group protocol
@@ -221,7 +233,15 @@ def _next_generation_group(consumer_config: dict[str, Any]) -> dict[str, Any]:
 
 
 class _NotRedrivable(Exception):
-    """A dead letter that cannot be applied again: stored truncated, or from another topic."""
+    """A dead letter that cannot be applied again: from no topic of this sink."""
+
+
+class _Truncated(Exception):
+    """A dead letter stored truncated: its original is read again from its source topic."""
+
+    def __init__(self, origin: Origin) -> None:
+        super().__init__(f"{origin.topic}[{origin.partition}]@{origin.offset}")
+        self.origin = origin
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -289,6 +309,9 @@ class Runner:
             )
         self.stats = RunStats(sink.name)
         self._consumer: Consumer | None = None
+        self._consumer_settings: dict[str, Any] = {}
+        self._reader: Consumer | None = None  # reads truncated letters' originals again
+        self._source_ends: Offsets | None = None
         self._serde: Serde | None = None
         self._dlq: DeadLetters | None = None
         self._pending: list[Message] = []  # to decode and apply
@@ -328,6 +351,9 @@ class Runner:
         }
         if consumer_config.get("group.protocol") == "consumer":
             consumer_config = _next_generation_group(consumer_config)
+        self._consumer_settings = {
+            k: v for k, v in consumer_config.items() if k not in ("group.protocol", "error_cb")
+        }
         self._dlq = DeadLetters(settings, self.sink.name)
         self.sink.open(
             SinkContext(
@@ -376,6 +402,8 @@ class Runner:
             self._pending, self._pending_offsets = [], {}
             self._lag_stop.set()
             try:
+                if self._reader is not None:
+                    self._reader.close()
                 if self._consumer is not None:
                     if lag_timer is not None:
                         lag_timer.join()
@@ -486,10 +514,21 @@ class Runner:
         assert dlq is not None
         events: list[Event] = []
         sources: list[Message] = []
-        for message in messages:
+        for letter in messages:
+            message = letter
             try:
-                event = self._decode(message)
+                try:
+                    event = self._decode(letter)
+                except _Truncated as e:
+                    found = self._reread(e.origin)
+                    if found is None:
+                        continue
+                    message = found
+                    event = self._decode(message)
+            except SinkUnavailableError:
+                raise
             except _NotRedrivable as e:
+                self.stats.not_redriven.append(str(e))
                 logger.warning("%s: not re-driven", e)
                 continue
             except Exception as e:
@@ -518,12 +557,13 @@ class Runner:
         serde = self._serde
         assert serde is not None
         origin = origin_of(message, self.dlq_topic if self.config.redrive else "")
-        if origin.topic not in self.sources or origin.truncated:
+        if origin.topic not in self.sources:
             raise _NotRedrivable(
                 f"{message.topic()}[{message.partition()}]@{message.offset()}: a letter of "
-                f"{origin.topic}[{origin.partition}]@{origin.offset}"
-                + (" stored truncated" if origin.truncated else " from no topic of this sink")
+                f"{origin.topic}[{origin.partition}]@{origin.offset}, no topic of this sink"
             )
+        if origin.truncated:
+            raise _Truncated(origin)
         key = serde.deserialize_key(message.key())
         value = serde.deserialize(origin.topic, message.value())
         return Event(
@@ -537,6 +577,58 @@ class Runner:
             else datetime.fromtimestamp(origin.timestamp / 1000, UTC),
             headers=origin.headers,
         )
+
+    def _reread(self, origin: Origin) -> Message | None:
+        """The original of a letter stored truncated, read again at its coordinates.
+
+        None when the source topic no longer holds it: compaction removed it
+        because its key has a later record there (which this sink read after it),
+        or retention did; the letter is then reported, not applied.
+        """
+        where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
+        if self._source_ends is None:  # an offset at or past the end: the topic was recreated
+            self._source_ends = end_offsets(self._consumer_settings, self.sources)
+        if origin.offset >= self._source_ends.get((origin.topic, origin.partition), 0):
+            return self._gone(where)
+        if self._reader is None:
+            self._reader = Consumer(
+                {
+                    **self._consumer_settings,
+                    "group.id": f"{self.group_id}.reread",
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "error",  # an offset no longer held is an answer
+                }
+            )
+        self._reader.assign([TopicPartition(origin.topic, origin.partition, origin.offset)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = self._reader.poll(1.0)
+            if found is None:
+                continue
+            error = found.error()
+            gone = (
+                KafkaError._PARTITION_EOF,
+                KafkaError._AUTO_OFFSET_RESET,
+                KafkaError.OFFSET_OUT_OF_RANGE,
+            )
+            if error is not None and error.code() not in gone:
+                raise SinkUnavailableError(f"reading {where} again: {error.str()}")
+            if error is None and found.offset() == origin.offset:
+                logger.info("%s: letter stored truncated, its original read again", where)
+                return found
+            break
+        else:
+            raise SinkUnavailableError(f"reading {where} again: no answer in 60 s")
+        return self._gone(where)
+
+    def _gone(self, where: str) -> None:
+        self.stats.not_redriven.append(where)
+        logger.warning(
+            "%s: letter stored truncated and its original is no longer in the topic (compacted "
+            "away by a later record of its key, or expired): not re-driven",
+            where,
+        )
+        return None
 
     def _write(self, events: list[Event], sources: list[Message]) -> list[tuple[Event, Message]]:
         """Write the batch (else its events one by one); return the events written."""
