@@ -27,7 +27,9 @@ Where a partition starts, on each assignment, first match wins:
   once per run: for the partitions of the process's first assignment;
 - ``sink.stored_offsets(partitions)`` when it returns a dict (sinks that keep
   offsets with their data: effectively exactly once); a partition missing from
-  it starts at the beginning, since the sink holds nothing from it;
+  it starts at the beginning, since the sink holds nothing from it; a stored
+  offset beyond the partition's end stops the runner (:class:`SinkError`): the
+  topic was recreated and the sink's state belongs to the old one;
 - the group's committed offset, else the beginning (at least once; sinks apply
   an event only if it is not older than what they hold, so re-deliveries are
   harmless).
@@ -786,6 +788,8 @@ class Runner:
         self._replay_due = self._replay_due and not tps
         # a re-drive resumes where its group left off: the sink's offsets are the source topics'
         stored = self.sink.stored_offsets(tps) if tps and not self.config.redrive else None
+        if tps and not self.config.redrive:
+            self._check_within_ends(consumer, stored, replay)
         starts = []
         for p, tp in zip(partitions, tps, strict=True):
             if tp in replay:
@@ -803,6 +807,41 @@ class Runner:
             consumer.assign(partitions)
             self._assigned = set(tps)
         self._assigned_once = True
+
+    def _check_within_ends(
+        self,
+        consumer: Consumer,
+        stored: Offsets | None,
+        replay: dict[TP, int],
+    ) -> None:
+        """Stop if the sink's stored offset is beyond its partition's end: a recreated topic.
+
+        (A group's committed offsets go with the deleted topic; the sink's own do not.)
+        The topic's offsets restarted, so what the sink holds (rows, remembered deletes keyed by
+        partition and offset, stored offsets) belongs to the old topic: resuming would wait
+        for offsets that mean other events, or suppress new events as "older".
+        """
+        suspect = {}
+        for tp, offset in (stored or {}).items():
+            if tp in replay:
+                continue
+            _, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=30)
+            if offset > high:  # ListOffsets may answer short on Tansu: confirm with a fetch
+                suspect[tp] = offset
+        if not suspect:
+            return
+        ends = end_offsets(self._consumer_settings, sorted({t for t, _ in suspect}))
+        for (topic, partition), offset in sorted(suspect.items()):
+            end = ends.get((topic, partition), 0)
+            if offset > end:
+                raise SinkError(
+                    f"sink {self.sink.name}: its stored offset for {topic}[{partition}] is {offset}, "
+                    f"beyond the partition's end ({end}): the topic was deleted and recreated, "
+                    "so its offsets restarted and what this sink holds (its data, remembered "
+                    "deletes and offsets) belongs to the old topic. Rebuild the sink into a "
+                    "fresh target (an empty --path, a new --schema or index) with a new --group, "
+                    "or reset its state; see docs/operating.md, 'A topic was lost'"
+                )
 
     def _replay_starts(self, consumer: Consumer, tps: Sequence[TP]) -> dict[TP, int]:
         replay = self.config.replay
