@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from consumers.files.formats import format_of
-from consumers.files.sink import committed_files
+from consumers.files.sink import FileSink, committed_files
+from consumers.runner import Runner, RunnerConfig
+from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from spark_relay.errors import SinkError
 from tests.consumers.kafka_events import Topics, listing
 from tests.consumers.test_files_failures import run_files
@@ -41,8 +44,20 @@ def test_a_sink_whose_offsets_are_beyond_a_recreated_topics_end_stops_and_says_w
         for n in range(2):
             topics.listing(listing(f"NEW{n}"))
         topics.flush()
-        with pytest.raises(SinkError) as stopped:
-            run_files(settings, tmp_path / "files", "files")
+        stop = threading.Event()  # without the check the sink would wait for offset 5 forever
+        config = RunnerConfig(
+            group_id="files",
+            until_caught_up=True,
+            options={"path": str(tmp_path / "files")},
+            consumer_config=DEVSTACK_CONSUMER_SETTINGS,
+        )
+        timer = threading.Timer(60, stop.set)
+        timer.start()
+        try:
+            with pytest.raises(SinkError) as stopped:
+                Runner(FileSink(), settings, config, stop=stop).run()
+        finally:
+            timer.cancel()
         message = str(stopped.value)
         assert f"stored offset for {topics.listings}[0] is 5, beyond the partition's end (2)" in (
             message
