@@ -16,6 +16,16 @@ Call order, per consumer::
                                    together with ``offsets`` when the sink can
     close()                        once, after the last commit or on shutdown
 
+Optional: ``revoked(partitions, lost)``, if the sink defines it, is called when
+partitions leave this consumer at a rebalance, after the last commit of their
+events (the runner finishes the batch in hand first). ``lost`` is False for a
+revoke (the sink may flush what it holds of them: the next owner resumes from
+its stored offsets) and True when they were taken without a revoke (a session
+timeout: their uncommitted messages were dropped, and another process may
+already own them, so drop what is held of them, never publish it). A sink that
+keeps nothing per partition need not define it; ``stored_offsets`` is called
+again when partitions come back.
+
 ``offsets`` are *next* offsets: ``{(topic, partition): offset_of_last_event + 1}``,
 as Kafka commits them, so "resume after this" needs no arithmetic.
 
@@ -98,6 +108,9 @@ class SinkContext:
     group_id: str
     topics: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    #: True under ``spark-relay dlq redrive``: the batches hold dead letters with their original
+    #: coordinates, older than what the sink already applied of their partitions.
+    redrive: bool = False
 
     @property
     def state_dir(self) -> Path:
@@ -122,3 +135,6 @@ class Sink(Protocol):
     def commit(self, offsets: Offsets) -> None: ...
 
     def close(self) -> None: ...
+
+    # Optional, not part of the protocol's check (see the module docstring):
+    # def revoked(self, partitions: Sequence[TopicPartition], lost: bool = False) -> None: ...

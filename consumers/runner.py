@@ -27,7 +27,9 @@ Where a partition starts, on each assignment, first match wins:
   once per run: for the partitions of the process's first assignment;
 - ``sink.stored_offsets(partitions)`` when it returns a dict (sinks that keep
   offsets with their data: effectively exactly once); a partition missing from
-  it starts at the beginning, since the sink holds nothing from it;
+  it starts at the beginning, since the sink holds nothing from it; a stored
+  offset beyond the partition's end stops the runner (:class:`SinkError`): the
+  topic was recreated and the sink's state belongs to the old one;
 - the group's committed offset, else the beginning (at least once; sinks apply
   an event only if it is not older than what they hold, so re-deliveries are
   harmless).
@@ -38,7 +40,10 @@ the sink's own dead-letter topic instead, in the group
 letter is decoded as the message it was (its ``dlq.*`` coordinates become the
 event's topic, partition and offset) and applied through ``sink.write`` like
 any event, so the sink's own guard drops it when the sink holds something
-newer for the key (a later version or a later delete). Nothing is appended
+newer for the key (a later version or a later delete). A letter stored
+truncated is replaced by its original, read again from its source topic at its
+coordinates; if the topic no longer holds it, it is logged (WARNING) and
+listed in ``RunStats.not_redriven`` and the summary. Nothing is appended
 to a source topic. A letter that fails again goes back to the dead-letter
 topic with its original coordinates.
 
@@ -86,7 +91,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumers.base import Batch, Event, Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
-from consumers.dlq import DeadLetters, dlq_topic, error_class, origin_of, redrive_group
+from consumers.dlq import DeadLetters, Origin, dlq_topic, error_class, origin_of, redrive_group
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
@@ -159,16 +164,25 @@ class RunStats:
     applied: int = 0
     dead_letters: int = 0
     batches: int = 0
+    #: Re-drive: letters not applied, with their coordinates (their originals are gone).
+    not_redriven: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
 
     def summary(self) -> str:
         rate = self.consumed / self.elapsed if self.elapsed > 0 else 0.0
-        return (
+        text = (
             f"sink {self.sink}: {self.consumed} messages, {self.applied} applied, "
             f"{self.dead_letters} dead-lettered, {self.batches} batches, "
             f"{self.elapsed:.1f}s, {rate:.0f} messages/s"
         )
+        if self.not_redriven:
+            text += (
+                f"; {len(self.not_redriven)} letters NOT re-driven (see the warnings): "
+                + ", ".join(self.not_redriven[:10])
+                + (" …" if len(self.not_redriven) > 10 else "")
+            )
+        return text
 
 
 _CONSUMER_GROUP_HEARTBEAT = 68  # the API of the KIP-848 consumer group protocol
@@ -221,7 +235,15 @@ def _next_generation_group(consumer_config: dict[str, Any]) -> dict[str, Any]:
 
 
 class _NotRedrivable(Exception):
-    """A dead letter that cannot be applied again: stored truncated, or from another topic."""
+    """A dead letter that cannot be applied again: from no topic of this sink."""
+
+
+class _Truncated(Exception):
+    """A dead letter stored truncated: its original is read again from its source topic."""
+
+    def __init__(self, origin: Origin) -> None:
+        super().__init__(f"{origin.topic}[{origin.partition}]@{origin.offset}")
+        self.origin = origin
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -289,6 +311,9 @@ class Runner:
             )
         self.stats = RunStats(sink.name)
         self._consumer: Consumer | None = None
+        self._consumer_settings: dict[str, Any] = {}
+        self._reader: Consumer | None = None  # reads truncated letters' originals again
+        self._source_ends: Offsets | None = None
         self._serde: Serde | None = None
         self._dlq: DeadLetters | None = None
         self._pending: list[Message] = []  # to decode and apply
@@ -328,6 +353,9 @@ class Runner:
         }
         if consumer_config.get("group.protocol") == "consumer":
             consumer_config = _next_generation_group(consumer_config)
+        self._consumer_settings = {
+            k: v for k, v in consumer_config.items() if k not in ("group.protocol", "error_cb")
+        }
         self._dlq = DeadLetters(settings, self.sink.name)
         self.sink.open(
             SinkContext(
@@ -335,6 +363,7 @@ class Runner:
                 group_id=self.group_id,
                 topics=self.sources,
                 options=dict(config.options),
+                redrive=config.redrive,
             )
         )
         lag_timer: threading.Thread | None = None
@@ -375,6 +404,8 @@ class Runner:
             self._pending, self._pending_offsets = [], {}
             self._lag_stop.set()
             try:
+                if self._reader is not None:
+                    self._reader.close()
                 if self._consumer is not None:
                     if lag_timer is not None:
                         lag_timer.join()
@@ -485,10 +516,21 @@ class Runner:
         assert dlq is not None
         events: list[Event] = []
         sources: list[Message] = []
-        for message in messages:
+        for letter in messages:
+            message = letter
             try:
-                event = self._decode(message)
+                try:
+                    event = self._decode(letter)
+                except _Truncated as e:
+                    found = self._reread(e.origin)
+                    if found is None:
+                        continue
+                    message = found
+                    event = self._decode(message)
+            except SinkUnavailableError:
+                raise
             except _NotRedrivable as e:
+                self.stats.not_redriven.append(str(e))
                 logger.warning("%s: not re-driven", e)
                 continue
             except Exception as e:
@@ -517,12 +559,13 @@ class Runner:
         serde = self._serde
         assert serde is not None
         origin = origin_of(message, self.dlq_topic if self.config.redrive else "")
-        if origin.topic not in self.sources or origin.truncated:
+        if origin.topic not in self.sources:
             raise _NotRedrivable(
                 f"{message.topic()}[{message.partition()}]@{message.offset()}: a letter of "
-                f"{origin.topic}[{origin.partition}]@{origin.offset}"
-                + (" stored truncated" if origin.truncated else " from no topic of this sink")
+                f"{origin.topic}[{origin.partition}]@{origin.offset}, no topic of this sink"
             )
+        if origin.truncated:
+            raise _Truncated(origin)
         key = serde.deserialize_key(message.key())
         value = serde.deserialize(origin.topic, message.value())
         return Event(
@@ -536,6 +579,58 @@ class Runner:
             else datetime.fromtimestamp(origin.timestamp / 1000, UTC),
             headers=origin.headers,
         )
+
+    def _reread(self, origin: Origin) -> Message | None:
+        """The original of a letter stored truncated, read again at its coordinates.
+
+        None when the source topic no longer holds it: compaction removed it
+        because its key has a later record there (which this sink read after it),
+        or retention did; the letter is then reported, not applied.
+        """
+        where = f"{origin.topic}[{origin.partition}]@{origin.offset}"
+        if self._source_ends is None:  # an offset at or past the end: the topic was recreated
+            self._source_ends = end_offsets(self._consumer_settings, self.sources)
+        if origin.offset >= self._source_ends.get((origin.topic, origin.partition), 0):
+            return self._gone(where)
+        if self._reader is None:
+            self._reader = Consumer(
+                {
+                    **self._consumer_settings,
+                    "group.id": f"{self.group_id}.reread",
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "error",  # an offset no longer held is an answer
+                }
+            )
+        self._reader.assign([TopicPartition(origin.topic, origin.partition, origin.offset)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = self._reader.poll(1.0)
+            if found is None:
+                continue
+            error = found.error()
+            gone = (
+                KafkaError._PARTITION_EOF,
+                KafkaError._AUTO_OFFSET_RESET,
+                KafkaError.OFFSET_OUT_OF_RANGE,
+            )
+            if error is not None and error.code() not in gone:
+                raise SinkUnavailableError(f"reading {where} again: {error.str()}")
+            if error is None and found.offset() == origin.offset:
+                logger.info("%s: letter stored truncated, its original read again", where)
+                return found
+            break
+        else:
+            raise SinkUnavailableError(f"reading {where} again: no answer in 60 s")
+        return self._gone(where)
+
+    def _gone(self, where: str) -> None:
+        self.stats.not_redriven.append(where)
+        logger.warning(
+            "%s: letter stored truncated and its original is no longer in the topic (compacted "
+            "away by a later record of its key, or expired): not re-driven",
+            where,
+        )
+        return None
 
     def _write(self, events: list[Event], sources: list[Message]) -> list[tuple[Event, Message]]:
         """Write the batch (else its events one by one); return the events written."""
@@ -693,6 +788,8 @@ class Runner:
         self._replay_due = self._replay_due and not tps
         # a re-drive resumes where its group left off: the sink's offsets are the source topics'
         stored = self.sink.stored_offsets(tps) if tps and not self.config.redrive else None
+        if tps and not self.config.redrive:
+            self._check_within_ends(consumer, stored, replay)
         starts = []
         for p, tp in zip(partitions, tps, strict=True):
             if tp in replay:
@@ -710,6 +807,41 @@ class Runner:
             consumer.assign(partitions)
             self._assigned = set(tps)
         self._assigned_once = True
+
+    def _check_within_ends(
+        self,
+        consumer: Consumer,
+        stored: Offsets | None,
+        replay: dict[TP, int],
+    ) -> None:
+        """Stop if the sink's stored offset is beyond its partition's end: a recreated topic.
+
+        (A group's committed offsets go with the deleted topic; the sink's own do not.)
+        The topic's offsets restarted, so what the sink holds (rows, remembered deletes keyed by
+        partition and offset, stored offsets) belongs to the old topic: resuming would wait
+        for offsets that mean other events, or suppress new events as "older".
+        """
+        suspect = {}
+        for tp, offset in (stored or {}).items():
+            if tp in replay:
+                continue
+            _, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=30)
+            if offset > high:  # ListOffsets may answer short on Tansu: confirm with a fetch
+                suspect[tp] = offset
+        if not suspect:
+            return
+        ends = end_offsets(self._consumer_settings, sorted({t for t, _ in suspect}))
+        for (topic, partition), offset in sorted(suspect.items()):
+            end = ends.get((topic, partition), 0)
+            if offset > end:
+                raise SinkError(
+                    f"sink {self.sink.name}: its stored offset for {topic}[{partition}] is {offset}, "
+                    f"beyond the partition's end ({end}): the topic was deleted and recreated, "
+                    "so its offsets restarted and what this sink holds (its data, remembered "
+                    "deletes and offsets) belongs to the old topic. Rebuild the sink into a "
+                    "fresh target (an empty --path, a new --schema or index) with a new --group, "
+                    "or reset its state; see docs/operating.md, 'A topic was lost'"
+                )
 
     def _replay_starts(self, consumer: Consumer, tps: Sequence[TP]) -> dict[TP, int]:
         replay = self.config.replay

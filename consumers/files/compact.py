@@ -3,7 +3,8 @@
 ``spark-relay files compact [--path DIR] [--output FILE] [--format jsonl|parquet]``
 
 Reads every published file of the listings and accounts topics under the
-file sink's root (any format, mixed is fine), each (partition, offset) once
+file sink's root (any format, mixed is fine), and the re-driven letters
+(``<topic>/redriven/``) in their (partition, offset) place, each (partition, offset) once
 (files that overlap, as two writers of one partition can leave, never double
 an event), and keeps per key what every sink keeps, whatever the batches:
 
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.files.formats import format_of, get_format
-from consumers.files.sink import committed_files
+from consumers.files.sink import committed_files, redriven_files
 from spark_relay.errors import ConfigError
 
 __all__ = ["CompactStats", "compact", "COMPACT_FORMATS"]
@@ -95,18 +96,42 @@ def _apply(held: _Held | None, record: dict[str, Any], stats: CompactStats) -> _
 
 
 def _records(
-    files: Sequence[tuple[str, int, int, Path]], stats: CompactStats | None = None
+    files: Sequence[tuple[str, int, int, Path]],
+    letters: dict[tuple[str, int], list[tuple[int, Path]]],
+    stats: CompactStats | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(topic, record)`` of every file, each (topic, partition, offset) once, in offset order."""
+    """``(topic, record)`` of every file, each (topic, partition, offset) once, in offset order.
+
+    ``letters`` (re-driven, one record per file, few) are slotted in before the
+    first record of their partition that comes after them.
+    """
     high: dict[tuple[str, int], int] = {}
+    waiting = {tp: sorted(found) for tp, found in letters.items()}
+
+    def letters_before(tp: tuple[str, int], offset: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        queue = waiting.get(tp, [])
+        while queue and queue[0][0] < offset:
+            _, path = queue.pop(0)
+            for record in format_of(path).read(path):
+                if record["offset"] <= high.get(tp, -1):
+                    if stats is not None:
+                        stats.duplicates += 1
+                    continue
+                high[tp] = record["offset"]
+                yield tp[0], record
+
     for topic, partition, _, path in files:
+        tp = (topic, partition)
         for record in format_of(path).read(path):
-            if record["offset"] <= high.get((topic, partition), -1):
+            yield from letters_before(tp, record["offset"])
+            if record["offset"] <= high.get(tp, -1):
                 if stats is not None:
                     stats.duplicates += 1
                 continue
-            high[(topic, partition)] = record["offset"]
+            high[tp] = record["offset"]
             yield topic, record
+    for tp in sorted(waiting):
+        yield from letters_before(tp, float("inf"))
 
 
 def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl") -> CompactStats:
@@ -119,9 +144,13 @@ def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl")
         for topic in topics
         for partition, first, path in committed_files(Path(root), topic)
     )
-    stats = CompactStats(files=len(files))
+    letters: dict[tuple[str, int], list[tuple[int, Path]]] = {}
+    for topic in topics:
+        for partition, offset, path in redriven_files(Path(root), topic):
+            letters.setdefault((topic, partition), []).append((offset, path))
+    stats = CompactStats(files=len(files) + sum(map(len, letters.values())))
     state: dict[tuple[str, str], _Held] = {}
-    for topic, record in _records(files, stats):
+    for topic, record in _records(files, letters, stats):
         stats.records += 1
         if record["key"] is not None:
             slot = (topic, record["key"])
@@ -135,7 +164,7 @@ def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl")
     writer = writer_format.open(tmp, topics[0] if topics else "")
     try:
         chosen = []
-        for topic, record in _records(files):
+        for topic, record in _records(files, letters):
             held = state.get((topic, record["key"]))
             if (
                 held is not None

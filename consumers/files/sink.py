@@ -28,6 +28,11 @@ Layout (``--path`` defaults to ``<state_dir>/files``)::
   first offset, so it writes the same file name again, never a duplicate.
   Events below that offset (re-deliveries, a ``--from-beginning`` replay) are
   dropped: to rebuild the files, point ``--path`` at an empty directory.
+- Re-driven dead letters (``spark-relay dlq redrive files``: the runner sets
+  ``SinkContext.redrive``) are below that offset by nature, so each goes to a
+  file of its own, ``<topic>/redriven/<topic>+<partition>+<offset>.<ext>``
+  (a re-run rewrites it); ``files compact`` reads it in its (partition,
+  offset) place, where the newer-wins and delete rules decide as for any event.
 - Several processes of one group may share a directory. A revoked partition's
   file is published before the partition moves on (the runner calls
   :meth:`FileSink.revoked`), so the next owner resumes right after it; a
@@ -60,9 +65,20 @@ from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.files.formats import FORMATS, Format, RecordWriter, format_of, get_format
 from spark_relay.errors import SinkError, SinkUnavailableError
 
-__all__ = ["FileSink", "file_name", "parse_name", "committed_files", "envelope", "day_of"]
+__all__ = [
+    "FileSink",
+    "file_name",
+    "parse_name",
+    "committed_files",
+    "redriven_files",
+    "envelope",
+    "day_of",
+]
 
 logger = logging.getLogger(__name__)
+
+#: The folder of a topic that holds its re-driven dead letters, one file each.
+REDRIVEN = "redriven"
 
 _NAME = re.compile(
     r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<offset>\d{20})\.(?P<ext>\w+)$"
@@ -85,6 +101,14 @@ def parse_name(name: str) -> tuple[str, int, int] | None:
 def committed_files(root: Path, topic: str) -> Iterator[tuple[int, int, Path]]:
     """``(partition, first offset, path)`` of every committed file of ``topic`` under ``root``."""
     for path in (Path(root) / topic).glob("date=*/*"):
+        parsed = parse_name(path.name)
+        if parsed is not None and parsed[0] == topic and format_of(path) is not None:
+            yield parsed[1], parsed[2], path
+
+
+def redriven_files(root: Path, topic: str) -> Iterator[tuple[int, int, Path]]:
+    """``(partition, offset, path)`` of every re-driven letter of ``topic`` under ``root``."""
+    for path in (Path(root) / topic / REDRIVEN).glob("*"):
         parsed = parse_name(path.name)
         if parsed is not None and parsed[0] == topic and format_of(path) is not None:
             yield parsed[1], parsed[2], path
@@ -223,6 +247,7 @@ class FileSink:
         self._next: dict[TopicPartition, int] = {}
         self._pending: list[_Staged] = []
         self._failed: BaseException | None = None
+        self.redrive = False
 
     def open(self, ctx: SinkContext) -> None:
         """Called once before the first batch: read the options (parquet checks for pyarrow here)."""
@@ -233,6 +258,7 @@ class FileSink:
         seconds = options.get("max_seconds")
         self.max_seconds = 300.0 if seconds is None else float(seconds)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.redrive = ctx.redrive
         logger.info("file sink writing %s files under %s", self.format.name, self.root)
 
     # ---- offsets and ownership -------------------------------------------------------------
@@ -322,7 +348,32 @@ class FileSink:
         """
         self._check()
         staged, self._pending = self._pending, []
-        self._guarded(self._append, staged)
+        self._guarded(self._write_letters if self.redrive else self._append, staged)
+
+    def _write_letters(self, staged: list[_Staged]) -> None:
+        """A re-drive: each letter into a file of its own, named by its original coordinates.
+
+        The partition's files went past these offsets long ago (the sink skipped
+        the letters), so a letter is not appended to them: it goes to
+        ``<topic>/redriven/<topic>+<partition>+<offset>.<ext>``, which a re-run
+        rewrites, and ``files compact`` reads it in its offset order.
+        """
+        assert self.format is not None
+        for event in staged:
+            topic, partition = event.tp
+            folder = self.root / topic / REDRIVEN
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / file_name(topic, partition, event.offset, self.format.extension)
+            tmp = folder / f".{final.name}.{self.writer_id}.tmp"
+            writer = self.format.open(tmp, topic)
+            try:
+                writer.write([event.item])
+                writer.close()
+                os.replace(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(folder)
+            logger.info("re-driven letter written to %s", final)
 
     def _append(self, staged: list[_Staged]) -> None:
         for event in staged:

@@ -11,6 +11,9 @@ Per batch (one ``write``), inside a savepoint of the commit's transaction:
    ModificationTimestamp is **older than or equal to** the event's: an older
    event never overwrites a newer row, and a re-publish with the same
    timestamp and corrected content wins (replays apply the same content again);
+   accounts, whose timestamp may be null, follow offset order around a null
+   (only a key's events from its last null one on are candidates, and they
+   replace the stored row when the batch held a null after it);
 4. listings: one ``listing_history`` row per version (``ON CONFLICT DO
    NOTHING``, so re-deliveries add nothing); purges: one ``purges`` row.
 
@@ -385,10 +388,25 @@ class PostgresSink:
         newer = sql.SQL(
             "t.{mt} < EXCLUDED.{mt} OR (t.{mt} = EXCLUDED.{mt} AND NOT {later_row})"
         ).format(mt=mt, later_row=later_row)
-        if table.name == "accounts":  # a ModificationTimestamp may be null: offset order decides
+        # accounts: a ModificationTimestamp may be null, and then offset order decides (the
+        # fold of ``newer`` event by event). Within a batch that means: only the events at or
+        # after the key's last null-timestamp event count, and the chosen one replaces the
+        # stored row whatever its timestamp when the batch held a null after that row.
+        after_null: sql.Composable = sql.SQL("")
+        if table.name == "accounts":
+            null_after_row = sql.SQL(
+                "EXISTS (SELECT 1 FROM {stage} n WHERE n.{key} = t.{key} AND NOT n.deleted "
+                "AND n.{mt} IS NULL AND NOT (t.kafka_partition = n.kafka_partition "
+                "AND t.kafka_offset > n.kafka_offset))"
+            ).format(stage=stage, key=key, mt=mt)
             newer = sql.SQL(
-                "((t.{mt} IS NULL OR EXCLUDED.{mt} IS NULL) AND NOT {later_row}) OR {newer}"
-            ).format(mt=mt, later_row=later_row, newer=newer)
+                "((t.{mt} IS NULL OR EXCLUDED.{mt} IS NULL) AND NOT {later_row}) "
+                "OR {null_after_row} OR {newer}"
+            ).format(mt=mt, later_row=later_row, null_after_row=null_after_row, newer=newer)
+            after_null = sql.SQL(
+                "AND NOT EXISTS (SELECT 1 FROM {stage} n WHERE n.{key} = s.{key} "
+                "AND NOT n.deleted AND n.{mt} IS NULL AND n.seq > s.seq) "
+            ).format(stage=stage, key=key, mt=mt)
         resource = sql.Literal(table.name)
         deletes = sql.SQL("{}.deletes").format(schema)
         statements: dict[str, sql.Composable] = {
@@ -417,7 +435,7 @@ class PostgresSink:
                 "SELECT DISTINCT ON ({key}) * FROM {stage} s WHERE NOT s.deleted AND NOT EXISTS "
                 "(SELECT 1 FROM {deletes} d WHERE d.resource = {resource} AND d.key = s.{key} "
                 "AND d.kafka_partition = s.kafka_partition AND d.kafka_offset > s.kafka_offset) "
-                "ORDER BY {key}, s.{mt} DESC NULLS LAST, s.kafka_offset DESC) last "
+                "{after_null}ORDER BY {key}, s.{mt} DESC NULLS LAST, s.kafka_offset DESC) last "
                 "ON CONFLICT ({key}) DO UPDATE SET {updates}, applied_at = now() WHERE {newer}"
             ).format(
                 target=target,
@@ -429,6 +447,7 @@ class PostgresSink:
                 mt=mt,
                 deletes=deletes,
                 resource=resource,
+                after_null=after_null,
             ),
         }
         if table.history:

@@ -14,14 +14,20 @@ For teams that run a cluster (``spark-relay sink search --backend opensearch
   (a 409 version conflict means "already newer" and is not an error);
 - per tombstone, ``delete`` *without* a version: a tombstone has no
   ModificationTimestamp, and offset order is the truth (the poller only
-  publishes a tombstone after the listing vanished), so the delete is
-  unconditional and a later event for the key brings it back, exactly like
-  the Tantivy backend. A 404 on delete is not an error. The tombstone is also
-  remembered in ``<index>-deletes`` (``_id`` the key, ``version`` its offset,
-  ``external_gte``, so the latest stays), and before each ``_bulk`` the
-  remembered deletes of its keys are read (``_mget``): an event older than its
-  key's delete (the same partition, an earlier offset; a re-delivery or a
-  re-drive) is not sent.
+  publishes a tombstone after the listing vanished), so a later event for the
+  key brings it back, exactly like the Tantivy backend. A 404 on delete is not
+  an error. The tombstone is also remembered in ``<index>-deletes`` (``_id``
+  the key, ``version`` its offset, ``external_gte``, so the latest stays).
+- every document carries its ``kafka_partition`` and ``kafka_offset`` in
+  ``_source``, and before each ``_bulk`` one ``_mget`` reads, for its keys, the
+  indexed document's version and coordinates and the remembered delete. Events
+  are then resolved in order as the Tantivy backend resolves them, and these
+  are not sent (a re-delivery, a ``--from-offset`` replay, a re-drive): an
+  event older than its key's delete (the same partition, an earlier offset); a
+  version with the document's timestamp from an earlier offset of its
+  partition (``external_gte`` alone would let it overwrite the later one); a
+  tombstone from before the document (the same partition, an earlier offset),
+  which would delete a listing published again after it.
 
 Offsets are not stored in the cluster: ``stored_offsets`` returns None and
 the runner resumes from Kafka's committed offsets (at least once; replays are
@@ -119,7 +125,9 @@ def bulk_body(index: str, changes: Sequence[Change], deletes: str | None = None)
             "version_type": "external_gte",
         }
         lines.append(orjson.dumps({"index": action}))
-        lines.append(orjson.dumps(_source(change.document)))
+        source = _source(change.document)
+        source.update(kafka_partition=change.partition, kafka_offset=change.offset)
+        lines.append(orjson.dumps(source))
     return b"\n".join(lines) + b"\n"
 
 
@@ -196,18 +204,28 @@ class OpenSearchBackend:
     def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
         """Send ``changes`` in order, in chunks; raise :class:`SinkError` on any real failure."""
         counts = {"indexed": 0, "deleted": 0, "stale": 0}
-        keys = sorted({c.key for c in changes if c.document is not None})
-        remembered = self._remembered(keys) if keys else {}
+        keys = sorted({c.key for c in changes})
+        held, remembered = self._held(keys) if keys else ({}, {})
         kept = []
-        for change in changes:  # in order: an event before its key's last delete is superseded
+        for change in changes:  # in order, as the Tantivy backend resolves them
+            where = (change.partition, change.offset)
             last = remembered.get(change.key)
-            older = last is not None and last[0] == change.partition and last[1] > change.offset
+            row = held.get(change.key)
+            after_row = row is not None and row[1] == change.partition and row[2] > change.offset
             if change.document is None:
-                if not older:
-                    remembered[change.key] = (change.partition, change.offset)
-            elif older:
-                counts["stale"] += 1
+                if not (last and last[0] == change.partition and last[1] > change.offset):
+                    remembered[change.key] = where
+                if after_row:  # the document came after the tombstone: it stays
+                    counts["stale"] += 1
+                    continue
+                held.pop(change.key, None)
+            elif (last and last[0] == change.partition and last[1] > change.offset) or (
+                row and (row[0] > change.modified or (row[0] == change.modified and after_row))
+            ):
+                counts["stale"] += 1  # older than the document, or than the key's last delete
                 continue
+            else:
+                held[change.key] = (change.modified, *where)
             kept.append(change)
         for start in range(0, len(kept), _BULK_ACTIONS):
             chunk = kept[start : start + _BULK_ACTIONS]
@@ -220,15 +238,29 @@ class OpenSearchBackend:
             self._count(answer, counts)
         return counts
 
-    def _remembered(self, keys: list[str]) -> dict[str, tuple[int, int]]:
-        """``key → (partition, offset)`` of the last delete remembered for each of ``keys``."""
-        answer = self._request("POST", f"{self.deletes}/_mget", missing_ok=True, json={"ids": keys})
-        found = {}
-        for doc in answer.get("docs", []):
+    def _held(
+        self, keys: list[str]
+    ) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int]]]:
+        """One ``_mget``: ``key → (version, partition, offset)`` of the indexed documents, and
+        ``key → (partition, offset)`` of the last delete remembered, for each of ``keys``."""
+        docs = [
+            {"_index": index, "_id": key, "_source": ["kafka_partition", "kafka_offset"]}
+            for key in keys
+            for index in (self.index, self.deletes)
+        ]
+        answer = self._request("POST", "_mget", missing_ok=True, json={"docs": docs})
+        held: dict[str, tuple[int, int, int]] = {}
+        remembered: dict[str, tuple[int, int]] = {}
+        for doc in answer.get("docs", []):  # a missing index answers an error per doc
             source = doc.get("_source") or {}
-            if doc.get("found") and "kafka_offset" in source:
-                found[doc["_id"]] = (source["kafka_partition"], source["kafka_offset"])
-        return found
+            if not doc.get("found") or "kafka_offset" not in source:
+                continue
+            where = (source["kafka_partition"], source["kafka_offset"])
+            if doc.get("_index") == self.deletes:
+                remembered[doc["_id"]] = where
+            elif "_version" in doc:
+                held[doc["_id"]] = (doc["_version"], *where)
+        return held, remembered
 
     def _count(self, answer: dict[str, Any], counts: dict[str, int]) -> None:
         failures, unavailable = [], []

@@ -351,6 +351,43 @@ def test_the_result_does_not_depend_on_where_batches_are_cut(make_sink, db, size
     assert remembered == [("B", 3), ("C", 7), ("D", 11)]
 
 
+def _account_sequence() -> list[Event]:
+    """One partition's account events, some without a ModificationTimestamp, keys interleaved."""
+    feed = Feed(ACCOUNTS_TOPIC)
+    may = "2024-05-0{}T00:00:00Z".format
+    return [
+        feed("X", account("X", "x1", may(2))),
+        feed("Y", account("Y", "y1", may(1))),
+        feed("Z", account("Z", "z1", None)),
+        feed("W", account("W", "w1", may(5))),
+        feed("X", account("X", "x2", None)),  # a null: offset order decides, it wins
+        feed("Y", account("Y", "y2", may(3))),
+        feed("Z", account("Z", "z2", may(2))),  # after a null: wins
+        feed("W", account("W", "w2", None)),
+        feed("X", account("X", "x3", may(1))),  # after a null: wins, older or not
+        feed("Y", account("Y", "y3", None)),  # the last word, though y2 is newer
+        feed("Z", account("Z", "z3", may(1))),  # older than z2: ignored
+        feed("W", account("W", "w3", None)),
+        feed("W", account("W", "w4", may(1))),
+        feed("W", account("W", "w5", may(2))),
+        feed("V", account("V", "v1", may(4))),
+        feed("V", account("V", "v2", None)),
+    ]
+
+
+_ACCOUNT_RESULT = [("V", "v2"), ("W", "w5"), ("X", "x3"), ("Y", "y3"), ("Z", "z2")]
+
+
+@pytest.mark.parametrize("size", [16, 8, 5, 3, 1])
+def test_accounts_with_null_timestamps_end_the_same_whatever_the_batches(make_sink, db, size):
+    conn, schema = db
+    sink = make_sink(schema)
+    events = _account_sequence()
+    for start in range(0, len(events), size):
+        apply(sink, *events[start : start + size])
+    assert rows(conn, schema, "accounts", '"Id", "Name"') == _ACCOUNT_RESULT
+
+
 def test_stored_offsets_belong_to_the_consumer_group(make_settings, database_url, db):
     conn, schema = db
     opened = []

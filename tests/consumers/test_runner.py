@@ -675,3 +675,62 @@ def test_lag_gauges_update_on_a_timer_and_drop_revoked_partitions(topics):
         thread.join(30)
     assert not thread.is_alive()
     assert lag() is None  # revoked at the end: no gauge left behind
+
+
+def test_every_optional_hook_the_runner_calls_is_documented():
+    import re
+    from pathlib import Path
+
+    import consumers.base
+    import consumers.runner
+
+    root = Path(__file__).parent.parent.parent
+    source = Path(consumers.runner.__file__).read_text()
+    hooks = set(re.findall(r'getattr\(self\.sink, "(\w+)"', source))
+    assert hooks >= {"revoked"}
+    guide = (root / "docs" / "writing-a-sink.md").read_text()
+    for hook in hooks:
+        assert f"Optional: ``{hook}(" in consumers.base.__doc__
+        assert f"| `{hook}(" in guide
+
+
+def test_a_truncated_letter_is_redriven_from_its_original_and_a_lost_one_is_reported(
+    topics, caplog
+):
+    settings = topics.settings
+    big = Producer({**settings.kafka_config(), "message.max.bytes": 3_000_000})
+    remarks = "r" * 1_200_000  # larger than a dead letter may be: stored truncated
+    record = listing("BIG", PublicRemarks=remarks)
+    big.produce(
+        topics.listings, key=b"BIG", value=topics.serde.serialize_listing(record), partition=0
+    )
+    assert big.flush(30) == 0
+    topics.listing(listing("AFTER"), partition=0)
+    topics.flush()
+    run(RecordingSink(reject=lambda e: e.key == "BIG"), settings)
+    dlq = dlq_topic(settings.topic_prefix, "recording")
+    ((_, _, headers),) = read_raw(settings, dlq)
+    assert headers["dlq.truncated"] and headers["dlq.offset"] == b"0"
+    # a letter whose original the topic no longer holds (compacted away, expired)
+    lost = [
+        ("dlq.topic", topics.listings.encode()),
+        ("dlq.partition", b"0"),
+        ("dlq.offset", b"999"),
+        ("dlq.truncated", b"2000000"),
+    ]
+    big.produce(dlq, key=b"LOST", value=b"cut", headers=lost)
+    assert big.flush(30) == 0
+
+    sink = RecordingSink()
+    runner = run(sink, settings, redrive=True)
+    (event,) = sink.applied
+    assert (event.key, event.topic, event.partition, event.offset) == ("BIG", topics.listings, 0, 0)
+    assert event.value["PublicRemarks"] == remarks
+    assert runner.stats.not_redriven == [f"{topics.listings}[0]@999"]
+    assert f"1 letters NOT re-driven (see the warnings): {topics.listings}[0]@999" in (
+        runner.stats.summary()
+    )
+    assert any(
+        r.levelname == "WARNING" and f"{topics.listings}[0]@999" in r.getMessage()
+        for r in caplog.records
+    )

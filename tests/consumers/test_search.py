@@ -310,24 +310,28 @@ def test_search_command_json_table_limit_and_errors(make_sink, settings):
 
 
 class Capture:
-    """A cluster's answers: ``answers`` maps a document id to its item status; ``-deletes``
-    indexes keep what is indexed into them, as a cluster would, for ``_mget``."""
+    """A cluster's answers: ``answers`` maps a document id to its item status. Otherwise it
+    keeps what is indexed as a cluster would (``external_gte`` versions, deletes), for
+    ``_mget``."""
 
     def __init__(self, answers=None):
         self.requests: list[httpx.Request] = []
         self.answers = answers or {}
         self.kept: dict[tuple[str, str], dict] = {}
+        self.versions: dict[tuple[str, str], int] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         body = request.content.decode()
-        if request.url.path.endswith("/_mget"):
-            index = request.url.path.strip("/").split("/")[0]
-            ids = json.loads(body)["ids"]
-            docs = [
-                {"_id": i, "found": (index, i) in self.kept, "_source": self.kept.get((index, i))}
-                for i in ids
-            ]
+        if request.url.path == "/_mget":
+            docs = []
+            for wanted in json.loads(body)["docs"]:
+                slot = (wanted["_index"], wanted["_id"])
+                doc = {"_index": slot[0], "_id": slot[1], "found": slot in self.kept}
+                if slot in self.kept:
+                    doc["_source"] = self.kept[slot]
+                    doc["_version"] = self.versions[slot]
+                docs.append(doc)
             return httpx.Response(200, json={"docs": docs})
         if request.url.path == "/_bulk":
             items = []
@@ -335,13 +339,20 @@ class Capture:
             for n, line in enumerate(lines):
                 if "index" in line or "delete" in line:
                     ((action, meta),) = line.items()
-                    status = self.answers.get(meta["_id"], 404 if action == "delete" else 201)
+                    slot = (meta["_index"], meta["_id"])
+                    status = self.answers.get(meta["_id"])
                     if meta["_index"].endswith("-deletes"):
-                        self.kept[(meta["_index"], meta["_id"])] = lines[n + 1]
                         status = 201
-                    items.append(
-                        {action: {"_index": meta["_index"], "_id": meta["_id"], "status": status}}
-                    )
+                    if status is None and action == "delete":
+                        status = 200 if self.kept.pop(slot, None) is not None else 404
+                        self.versions.pop(slot, None)
+                    elif status is None:
+                        newer = self.versions.get(slot, -1) > meta["version"]
+                        status = 409 if newer else 201
+                    if action == "index" and status < 300:
+                        self.kept[slot] = lines[n + 1]
+                        self.versions[slot] = meta["version"]
+                    items.append({action: {"_index": slot[0], "_id": slot[1], "status": status}})
             return httpx.Response(200, json={"errors": False, "items": items})
         return httpx.Response(200, json={"acknowledged": True})
 
@@ -372,15 +383,26 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
     sink.write(Batch(events))
     sink.commit(Batch(events).offsets())
     mget = capture.requests[1]
-    assert str(mget.url) == "http://search:9200/srch-listings-deletes/_mget"
-    assert json.loads(mget.content) == {"ids": sorted([a, c])}
+    assert str(mget.url) == "http://search:9200/_mget"
+    assert json.loads(mget.content) == {
+        "docs": [
+            {"_index": index, "_id": key, "_source": ["kafka_partition", "kafka_offset"]}
+            for key in sorted([a, b, c])
+            for index in ("srch-listings", "srch-listings-deletes")
+        ]
+    }
     bulk = capture.requests[2]
     assert (bulk.method, str(bulk.url)) == ("POST", "http://search:9200/_bulk")
     assert bulk.headers["content-type"] == "application/x-ndjson"
     assert bulk.content.endswith(b"\n")
     lines = [orjson.loads(line) for line in bulk.content.splitlines()]
     doc_a = change_of(events[0]).document
-    expected_a = dict(doc_a, ModificationTimestamp=from_micros(doc_a["ModificationTimestamp"]))
+    expected_a = dict(
+        doc_a,
+        ModificationTimestamp=from_micros(doc_a["ModificationTimestamp"]),
+        kafka_partition=events[0].partition,
+        kafka_offset=events[0].offset,
+    )
     assert lines == [
         {
             "index": {
@@ -610,3 +632,33 @@ def test_opensearch_remembers_deletes_so_an_older_event_is_not_sent_again():
     # a version after the delete brings the listing back
     again = stream.event(key, stream.record(key))
     assert backend.apply([change_of(again)], {})["indexed"] == 1
+
+
+def test_opensearch_keeps_the_later_offset_against_equal_timestamps_and_older_tombstones(tmp_path):
+    stream = EventStream("srch", listings=2)
+    tied, back = stream.mls.live_keys
+    capture = Capture()
+    backend = OpenSearchBackend(
+        "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+    )
+    tantivy = TantivyBackend(tmp_path / "index")
+    record = stream.record(tied)
+    first = stream.event(tied, dict(record, ListPrice=1.0))
+    second = stream.event(tied, dict(record, ListPrice=2.0))  # the same time, a later offset
+    version = stream.event(back, stream.record(back))
+    tombstone = stream.event(back, None)
+    again = stream.event(back, stream.record(back))  # published again after its purge
+    events = [first, second, version, tombstone, again]
+    for target in (backend, tantivy):
+        target.apply([change_of(e) for e in events], {})
+        # a --from-offset replay or a re-drive of the earlier events, each in its own batch
+        for event in (first, tombstone):
+            counts = target.apply([change_of(event)], {})
+            assert counts["indexed"] == counts["deleted"] == 0
+    assert [r.url.path for r in capture.requests] == ["/_mget", "/_bulk", "/_mget", "/_mget"]
+    assert capture.kept[("x", tied)]["ListPrice"] == 2.0
+    assert capture.kept[("x", tied)]["kafka_offset"] == second.offset
+    assert capture.kept[("x", back)]["kafka_offset"] == again.offset
+    _, hits = search(tmp_path / "index" / "index", None, [], 0)
+    assert sorted(h["ListingKey"] for h in hits) == sorted([tied, back])
+    tantivy.close()
