@@ -155,6 +155,7 @@ class RunStats:
     subresources_missing: int = 0
     purged: int = 0
     older: int = 0
+    lagging: int = 0
     pages: int = 0
     window: list[str] | None = None
     seconds: float = 0.0
@@ -172,6 +173,7 @@ class RunStats:
             f"{self.procedure} {'done' if self.completed else 'stopped'}: {self.records} records, "
             f"{self.published} published, {self.unchanged} unchanged, {self.duplicates} duplicates, "
             f"{self.purged} purged, {self.dead_lettered} dead-lettered, {self.older} older, "
+            f"{self.lagging} lagging, "
             f"{self.subresources_missing} subresources refused, {self.pages} pages, "
             f"{self.seconds:.1f}s, {rate:.0f} records/s"
         )
@@ -575,14 +577,65 @@ class Poller:
             **self._listing_params(),
             "_filter": f"ModificationTimestamp Bt {_iso(lower)},{_iso(upper)}",
         }
+        lagging: set[str] = set()
         for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
+            lagging.update(self._below(page, lower, stats))
             rows, media = self._publish_listings(self._newer_only(page, stats), source, stats)
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
             if self.stop.is_set():
                 return False  # the window is not committed: the next run repeats it
+        if lagging:
+            self._refetch_lagging(sorted(lagging), lower, source, stats)
         self._commit("listings", [], ("update", {"upper": _iso(upper), "run_id": stats.run_id}))
         return True
+
+    def _below(self, page: Page, lower: datetime, stats: RunStats) -> list[str]:
+        """The keys of ``page`` served with a ModificationTimestamp before the window's ``lower``.
+
+        A window's filter cannot match such a version: a lagging replica served it in
+        place of one inside the window, which may be newer than the version published.
+        """
+        keys = []
+        for result in page.results:
+            key = _listing_key(result)
+            modified = (result.get("StandardFields") or {}).get("ModificationTimestamp")
+            if isinstance(key, str) and _older(modified, _iso(lower)):
+                keys.append(key)
+                stats.lagging += 1
+                logger.warning(
+                    "listings %s: a window from %s served ModificationTimestamp %s "
+                    "(a lagging replica): fetching it again by key",
+                    key,
+                    _iso(lower),
+                    modified,
+                )
+        return keys
+
+    def _refetch_lagging(
+        self, keys: list[str], lower: datetime, source: Source, stats: RunStats
+    ) -> None:
+        """Fetch ``keys`` by key and publish what is newer; raise if still before ``lower``.
+
+        Committing the window over a version still lagging could hide the newer one
+        for good, so the window stays uncommitted and the next update asks again.
+        """
+        params = self._listing_params()
+        still: list[str] = []
+        for chunk in _chunks(keys, RECONCILE_BATCH):
+            page = self.client.get(
+                "/v1/listings", {**params, "_limit": len(chunk), "_filter": _by_key(chunk)}
+            )
+            rows, media = self._publish_listings(self._newer_only(page, stats), source, stats)
+            self._commit("listings", rows, None, media=media)
+            stats.pages += 1
+            still.extend(self._below(page, lower, stats))
+        if still:
+            raise TransientSourceError(
+                f"listings {', '.join(still)}: still served below the window's lower bound "
+                f"{_iso(lower)} when fetched by key (a lagging replica); the window is not "
+                "committed and the next update repeats it"
+            )
 
     def _newer_only(self, page: Page, stats: RunStats) -> Page:
         """``page`` without the listings older than the version last published for their key.
