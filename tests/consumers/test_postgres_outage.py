@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -233,3 +235,53 @@ def test_the_sink_waits_out_a_broken_database_and_loses_nothing(setup, members):
     member.stop()
     assert member.error is None, repr(member.error)
     assert member.runner.stats.dead_letters == 0
+
+
+def test_partitions_assigned_while_the_database_is_down_start_once_it_is_back(
+    make_settings, database_url, members
+):
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        name = f"d_{uuid.uuid4().hex[:10]}"
+        admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlsplit(database_url)._replace(path=f"/{name}").geturl()
+        settings = make_settings(database_url=url)
+        topics = Topics(settings, PARTITIONS)
+        schema = "s"
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                group = f"g-{settings.topic_prefix}"
+                a = members(settings, schema, group)
+                b = members(settings, schema, group)
+                c = members(settings, schema, group)
+                wait_for(lambda: _everything_assigned(a, b, c), timeout=60, what="a split in 3")
+                _publish(topics, 0, 200)
+                _converged(conn, schema, topics, keys=200)
+                # the database refuses connections and ends the members' own; c leaves, so a
+                # and b are assigned partitions while their sink cannot say where to start
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                c.stop()
+                wait_for(
+                    lambda: (
+                        _everything_assigned(a, b)
+                        and all(
+                            "waiting for its store" in (m.runner.readiness() or "") for m in (a, b)
+                        )
+                    ),
+                    timeout=30,
+                    what="a and b holding every partition, waiting for the database",
+                )
+                _publish(topics, 200, 100)
+                time.sleep(2)
+                assert _offsets(conn, schema) and a.alive and b.alive
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                _converged(conn, schema, topics, keys=300)
+                for member in (a, b):
+                    member.stop()
+                    assert member.error is None, repr(member.error)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            topics.close()
