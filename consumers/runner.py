@@ -461,7 +461,7 @@ class Runner:
                     self._sink_failed(e)
                 else:
                     self._sink_back()
-            if self.until_caught_up and self._caught_up():
+            if self.until_caught_up and self._sink_down is None and self._caught_up():
                 logger.info("sink %s: caught up", self.sink.name)
                 return
             timeout = 0.2
