@@ -8,6 +8,7 @@ one consumer group on the devstack broker.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -169,7 +170,22 @@ def test_members_whose_database_breaks_in_a_rebalance_stay_and_the_group_moves_o
         assert member.error is None, repr(member.error)
 
 
-def test_members_failing_in_a_rebalance_leave_the_group_at_once(setup, members):
+def _assigned_after_failing(caplog, member) -> bool:
+    """Whether ``member`` completed a rebalance (took an assignment) after failing in one."""
+    failed = False
+    for record in caplog.records:
+        if record.thread != member.thread.ident:
+            continue
+        message = record.getMessage()
+        if "(in a rebalance)" in message:
+            failed = True
+        elif failed and message.startswith("assigned:"):
+            return True
+    return False
+
+
+def test_members_failing_in_a_rebalance_let_it_complete_then_stop(setup, members, caplog):
+    caplog.set_level(logging.INFO, logger="consumers.runner")
     settings, topics, schema, conn = setup
     group = f"g-{settings.topic_prefix}"
     a = members(settings, schema, group, batch_ms=10_000)
@@ -194,13 +210,13 @@ def test_members_failing_in_a_rebalance_leave_the_group_at_once(setup, members):
         lambda: a.runner._pending and b.runner._pending, timeout=30, what="both holding a batch"
     )
     c = members(settings, schema, group)
-    started = time.monotonic()
-    wait_for(lambda: not a.alive and not b.alive, timeout=30, what="a and b to stop")
+    wait_for(lambda: not a.alive and not b.alive, timeout=60, what="a and b to stop")
     assert "refused for this test" in str(a.error) and "refused for this test" in str(b.error)
-    # they left the group: c holds every partition without waiting for their sessions to end
-    wait_for(lambda: _everything_assigned(c), timeout=30, what="c to hold every partition")
-    assert time.monotonic() - started < 30
-    _converged(conn, schema, topics, keys=200)
+    # the error did not leave the callback: each let the rebalance complete, then stopped
+    # (c holding every partition afterwards is not asserted: on Tansu a member can stay
+    # unassigned when two others leave at once, fix or no fix; docs/guarantees.md)
+    assert _assigned_after_failing(caplog, a) and _assigned_after_failing(caplog, b)
+    assert c.alive and c.error is None
 
 
 def test_the_sink_waits_out_a_broken_database_and_loses_nothing(setup, members):
