@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 import threading
 from typing import Any
 from urllib.parse import parse_qs
@@ -71,6 +72,12 @@ LIST_FIELDS = frozenset(
     {"City", "StateOrProvince", "PropertyType", "PropertySubType", "StandardStatus", "MlsStatus"}
     | set(CHOICE_FIELDS)
 )
+
+
+#: A ``_filter`` that only lists keys (``ListingKey Eq '…' Or ListingKey Eq '…'``), the
+#: purge's and reconcile's re-check by key: answered by lookup instead of a scan.
+_KEY = re.compile(r"ListingKey Eq '([^']*)'")
+_KEY_LIST = re.compile(r"ListingKey Eq '[^']*'(?: Or ListingKey Eq '[^']*')*")
 
 
 class SparkAPI:
@@ -189,8 +196,12 @@ class SparkAPI:
             if hit is not None and now - hit[0] < ttl_ms:
                 with mls.lock:  # the cached index, with current content; removed ones vanish
                     return [k for k in hit[1] if mls.listings[k].live]
+        wanted = _KEY_LIST.fullmatch(text) and _KEY.findall(text)
         with mls.lock:
-            keys = [k for k in mls.live_keys if predicate(self._getter(mls.listings[k], now))]
+            if wanted:  # ListingKey Eq … Or …: looked up, as an indexed API would (same answer)
+                keys = sorted(k for k in set(wanted) if k in mls.listings and mls.listings[k].live)
+            else:
+                keys = [k for k in mls.live_keys if predicate(self._getter(mls.listings[k], now))]
         if ttl_ms > 0:
             with self._cache_lock:
                 if len(self._cache) > 10_000:

@@ -57,6 +57,22 @@ def _tz(hours: int):
     return timezone(timedelta(hours=hours))
 
 
+def test_a_list_of_keys_answers_as_the_general_filter_does(make_emulator):
+    emu = make_emulator(listings=200, filter_cache_seconds=0)
+    removed = emu.advance(minutes=5, modify=0, create=0, remove=0.05, media=0)["removed"]
+    live = sorted(emu.truth()["listings"])
+    asked = [live[150], removed[0], "20000101000000000000000000", live[3], live[3], live[77]]
+    by_keys = " Or ".join(f"ListingKey Eq '{key}'" for key in asked)
+    with client_for(emu) as client:
+
+        def ids(text: str) -> list[str]:
+            d = client.get("/v1/listings", params={"_filter": text, "_limit": 25}).json()["D"]
+            return [r["Id"] for r in d["Results"]]
+
+        # the first is looked up by key, the second (in parentheses) evaluated on every listing
+        assert ids(by_keys) == ids(f"({by_keys})") == [live[3], live[77], live[150]]
+
+
 def test_fractional_seconds_or_and_listingkey_eq(shared, shared_client):
     truth = shared.truth()["listings"]
     keys = sorted(truth)
