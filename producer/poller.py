@@ -25,6 +25,7 @@ Every procedure holds the state's lock (:meth:`StateStore.exclusive`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from producer.committer import Committer
 from producer.progress import Progress
 from producer.publisher import Publisher, RecordTooLarge
 from producer.spark_client import Forbidden, NotFound, Page, SparkClient
@@ -247,6 +249,8 @@ class Poller:
         self.expand = [n for n in settings.expand.split(",") if n]
         self.subresources = [n for n in settings.subresources.split(",") if n]
         self.page_size = settings.page_size
+        #: Commits pages behind the fetch while a procedure runs (see :meth:`_commit`).
+        self._committer: Committer | None = None
 
     # -- helpers ----------------------------------------------------------
 
@@ -341,7 +345,7 @@ class Poller:
         keys = [
             r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in page.results
         ]
-        known = self.state.published("listings", [k for k in keys if isinstance(k, str)])
+        known = self._published("listings", [k for k in keys if isinstance(k, str)])
         rows, media_rows = [], []
         for result, key in zip(page.results, keys, strict=True):
             try:
@@ -426,20 +430,66 @@ class Poller:
         media: Iterable[tuple[str, str, str | None, list]] = (),
         seen: Iterable[str] = (),
     ) -> None:
-        """Wait for Kafka, then record what was published and the next checkpoint, atomically."""
-        self.publisher.flush()
-        with self.state.transaction():
-            self.state.record_published(resource, rows)
-            if resource == "listings" and rows and self.state.checkpoint("purge") is not None:
-                # a purge scan is under way: what was just published is live, whatever
-                # part of the key range the scan has passed already
-                self.state.mark_seen("listings", [row[0] for row in rows])
-            self.state.record_media(media)
-            self.state.mark_seen(resource, seen)
+        """Once Kafka acknowledged what was produced so far, record what was published and
+        the next checkpoint, atomically.
+
+        In a procedure this happens on the committer's thread while the next page is
+        fetched and produced, commits in the order made; :meth:`_published` and
+        :meth:`_seen` read the rows of commits still under way before the state's.
+        """
+        media, seen = list(media), list(seen)
+
+        def write() -> None:
+            with self.state.transaction():
+                self.state.record_published(resource, rows)
+                if resource == "listings" and rows and self.state.checkpoint("purge") is not None:
+                    # a purge scan is under way: what was just published is live, whatever
+                    # part of the key range the scan has passed already
+                    self.state.mark_seen("listings", [row[0] for row in rows])
+                self.state.record_media(media)
+                self.state.mark_seen(resource, seen)
+                if checkpoint is not None:
+                    self.state.set_checkpoint(*checkpoint)
             if checkpoint is not None:
-                self.state.set_checkpoint(*checkpoint)
-        if checkpoint is not None:
-            CHECKPOINT_TIME.labels(checkpoint[0]).set_to_current_time()
+                CHECKPOINT_TIME.labels(checkpoint[0]).set_to_current_time()
+
+        if self._committer is None:
+            self.publisher.flush()
+            write()
+            return
+        pending: dict[Any, Any] = {("published", resource, row[0]): row[1:] for row in rows}
+        pending.update({("seen", resource, key): True for key in seen})
+        self._committer.submit(write, pending)
+
+    def _drain(self) -> None:
+        """Wait for the commits under way: before reading the state beyond single keys."""
+        if self._committer is not None:
+            self._committer.drain()
+
+    def _published(self, resource: str, keys: list[str]) -> dict[str, tuple[str | None, str]]:
+        """``{key: (modified, hash)}`` of the published ``keys``, commits under way included."""
+        if self._committer is None:
+            return self.state.published(resource, keys)
+        # the commits under way first: one that ends in between is in the state read next
+        pending = self._committer.pending(("published", resource, key) for key in keys)
+        known = self.state.published(resource, keys)
+        known.update({name[2]: row for name, row in pending.items()})
+        return known
+
+    def _seen(self, resource: str, keys: list[str]) -> set[str]:
+        """The ``keys`` marked seen by this scan, commits under way included."""
+        if self._committer is None:
+            return set(self.state.seen_keys(resource, keys))
+        pending = self._committer.pending(("seen", resource, key) for key in keys)
+        return set(self.state.seen_keys(resource, keys)) | {name[2] for name in pending}
+
+    @contextlib.contextmanager
+    def _pipelined(self) -> Iterator[None]:
+        with Committer(self.publisher) as self._committer:
+            try:
+                yield
+            finally:
+                self._committer = None
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
         self.state.record_run(
@@ -459,7 +509,8 @@ class Poller:
     def _logged(self, stats: RunStats, body) -> RunStats:
         started_at = datetime.now(UTC).isoformat()
         try:
-            completed = body(stats)
+            with self._pipelined():
+                completed = body(stats)
         except BaseException as e:
             stats.finish(False)
             self._log_run(stats, started_at, f"failed: {type(e).__name__}: {e}"[:500])
@@ -505,7 +556,7 @@ class Poller:
             run_id=checkpoint["run_id"],
             fetched_at=datetime.now(UTC),
         )
-        bar = Progress("snapshot", self._total("/v1/listings"), force=self.progress)
+        bar = Progress("snapshot", lambda: self._total("/v1/listings"), force=self.progress)
         pages = self.client.scan_skiptoken(
             "/v1/listings", self._listing_params(), checkpoint["token"]
         )
@@ -531,6 +582,7 @@ class Poller:
                     return False
         finally:
             bar.close()
+        self._drain()
         with self.state.transaction():
             self.state.set_checkpoint("snapshot", {**checkpoint, "done": True})
             if self.state.checkpoint("update") is None:
@@ -644,7 +696,7 @@ class Poller:
         would put the older state over the newer one in every sink.
         """
         keys = [k for k in map(_listing_key, page.results) if isinstance(k, str)]
-        known = self.state.published("listings", keys)
+        known = self._published("listings", keys)
         kept = []
         for result in page.results:
             key = _listing_key(result)
@@ -681,7 +733,7 @@ class Poller:
         # every record returned counts, duplicates too: an insert ahead of the cursor adds
         # one to TotalRows and re-sends one record, a delete removes one of each
         count, totals = checkpoint.get("count", 0), checkpoint.get("totals")
-        bar = Progress("accounts", self._total("/v1/accounts"), force=self.progress)
+        bar = Progress("accounts", lambda: self._total("/v1/accounts"), force=self.progress)
         try:
             skip = checkpoint["skip"]
             while True:
@@ -741,8 +793,8 @@ class Poller:
         stats.records += len(page.results) + len(page.rejected)
         self._dead_letter_rejected(page, source, stats)
         ids = [a.get("Id") for a in page.results]
-        already = self.state.seen_keys("accounts", [i for i in ids if isinstance(i, str)])
-        known = self.state.published("accounts", [i for i in ids if isinstance(i, str)])
+        already = self._seen("accounts", [i for i in ids if isinstance(i, str)])
+        known = self._published("accounts", [i for i in ids if isinstance(i, str)])
         rows: list[tuple[str, str | None, str]] = []
         seen = [r.key for r in page.rejected if r.key]  # broken, but returned: never purged
         for account in page.results:
@@ -780,7 +832,7 @@ class Poller:
         if checkpoint is None:
             self.state.reset_seen("listings")  # the checkpoint follows with the first page
             checkpoint = {"token": "", "run_id": stats.run_id, "totals": None}
-        bar = Progress("purge scan", self._total("/v1/listings"), force=self.progress)
+        bar = Progress("purge scan", lambda: self._total("/v1/listings"), force=self.progress)
         params = {"_limit": self.page_size, "_select": "ListingKey", "_pagination": 1}
         try:
             pages = self.client.scan_skiptoken("/v1/listings", params, checkpoint["token"])
@@ -793,15 +845,15 @@ class Poller:
                     "token": page.skip_token or checkpoint["token"],
                     "totals": _totals(checkpoint.get("totals"), page),
                 }
-                with self.state.transaction():
-                    self.state.mark_seen("listings", [k for k in keys if isinstance(k, str)])
-                    self.state.set_checkpoint("purge", checkpoint)
+                seen = [k for k in keys if isinstance(k, str)]
+                self._commit("listings", [], ("purge", checkpoint), seen=seen)
                 stats.pages += 1
                 bar.advance(len(keys))
                 if self.stop.is_set():
                     return False
         finally:
             bar.close()
+        self._drain()
         source = Source(
             resource="listings",
             procedure="purge",
@@ -848,6 +900,7 @@ class Poller:
             stats.pages += 1
             returned.update(r.get("Id") or "" for r in page.results)
             returned.update(r.key or "" for r in page.rejected)
+        self._drain()
         return returned
 
     def _purge_vanished(
@@ -855,6 +908,7 @@ class Poller:
     ) -> None:
         """A Purge event and a tombstone for each published key the scan did not see,
         unless there are more than the ceiling (``purge_max_ratio``) and ``force`` is off."""
+        self._drain()
         candidates = self.state.vanished_count(resource)
         published = self.state.published_count(resource)
         ratio = self.settings.purge_max_ratio
@@ -1022,6 +1076,7 @@ class Poller:
                         (record["Id"], account.get("ModificationTimestamp"), content_hash(account))
                     )
         self._commit("accounts", rows, None)
+        self._drain()
         known = self.state.published("accounts", gone)
         self._purge_keys("accounts", [(k, known[k][0]) for k in gone if k in known], source, stats)
         return True
