@@ -415,3 +415,13 @@ def replace_kafka(settings, kafka: dict):
     import dataclasses
 
     return dataclasses.replace(settings, kafka={**settings.kafka, **kafka})
+
+
+def test_the_total_is_asked_for_only_when_progress_shows(emulator, relay):
+    settings = relay(emulator(listings=1500, accounts=50))
+    requests = {}
+    for progress in (False, True):
+        with build_poller(settings, progress=progress) as poller:
+            poller.snapshot(restart=True)
+            requests[progress] = poller.client.stats["requests"]
+    assert requests[True] == requests[False] + 1  # the TotalRows of the progress bar
