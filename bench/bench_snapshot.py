@@ -87,25 +87,18 @@ def steps(settings) -> None:
     )
     records = [listing_to_record(r, source) for r in results]
     timings: dict[str, float] = {"JSON parse": _per_listing(lambda: json_loads(body), n)}
-    encode = getattr(poller_module, "encode_listings", None)
     with build_poller(settings) as poller:
         serde = poller.serde
-        if encode is None:  # the poller before issue 15: one pass per step
-            timings["record conversion"] = _per_listing(
-                lambda: [listing_to_record(r, source) for r in results], n
-            )
-            timings["hashing"] = _per_listing(
-                lambda: [poller_module.content_hash(r) for r in results], n
-            )
-            timings["Avro encoding"] = _per_listing(
-                lambda: [serde.serialize_listing(r) for r in records], n
-            )
-            values = [serde.serialize_listing(r) for r in records]
-        else:
-            timings["conversion + hash + Avro"] = _per_listing(
-                lambda: encode(results, source, serde.listings_encoder), n
-            )
-            values = [e.value for e in encode(results, source, serde.listings_encoder)]
+        timings["record conversion"] = _per_listing(
+            lambda: [listing_to_record(r, source) for r in results], n
+        )
+        timings["hashing"] = _per_listing(
+            lambda: [poller_module.content_hash(r) for r in results], n
+        )
+        timings["Avro encoding"] = _per_listing(
+            lambda: [serde.serialize_listing(r) for r in records], n
+        )
+        values = [serde.serialize_listing(r) for r in records]
         keys = [serde.key(r["ListingKey"]) for r in records]
         publisher, topic = poller.publisher, serde.listings_topic
 

@@ -1,9 +1,10 @@
 """The replication procedures of the Spark guide: fetch → publish → checkpoint.
 
-Each procedure is resumable. A page (or an update window) is published, then
-flushed; only when Kafka acknowledged every event of it are the published
-keys and the next checkpoint written, in one state transaction. A crash
-re-publishes at most that page, never skips one.
+Each procedure is resumable. A page (or an update window) is published; only
+when Kafka acknowledged every event of it are the published keys and the next
+checkpoint written, in one state transaction, by the committer's thread while
+the next page is fetched and produced (:mod:`producer.committer`), in order. A
+crash re-publishes at most the pages in flight (three), never skips one.
 
 - :meth:`Poller.snapshot`: listings by ``_skiptoken``, ``_limit=1000``; the
   server's clock at its start (the ``Date`` of its first page) becomes the first
