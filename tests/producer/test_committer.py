@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from devstack._net import free_port
+from producer.cli import build_poller
 from producer.committer import Committer
 from producer.publisher import Publisher
 from spark_relay.errors import DeliveryError
@@ -46,3 +47,17 @@ def test_a_failed_delivery_stops_every_later_write_and_reaches_the_caller(make_s
     assert committer.pending([("published", "listings", "k")]) == {
         ("published", "listings", "k"): 1
     }
+
+
+def test_the_poller_reads_a_commit_under_way_before_the_state(emulator, relay):
+    settings = relay(emulator(listings=10, accounts=5))
+    row = ("K1", "2026-01-02T00:00:00Z", "h2")
+    with build_poller(settings) as poller, poller._pipelined():
+        with poller.state.transaction():  # the state held: the committer's write waits for it
+            poller._commit("listings", [row], None, seen=["K1"])
+            assert poller.state.published("listings", ["K1"]) == {}
+            assert poller._published("listings", ["K1"]) == {"K1": row[1:]}
+            assert poller._seen("listings", ["K1"]) == {"K1"}
+        poller._drain()
+        assert tuple(poller.state.published("listings", ["K1"])["K1"]) == row[1:]
+        assert poller._committer.pending([("published", "listings", "K1")]) == {}
