@@ -357,7 +357,7 @@ class Poller:
             r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in page.results
         ]
         known = self._published("listings", [k for k in keys if isinstance(k, str)])
-        rows, media_rows = [], []
+        rows, media_rows, newest = [], [], None
         for result, key in zip(page.results, keys, strict=True):
             try:
                 media = self._refresh_subresources(result, key, known.get(key), stats)
@@ -378,8 +378,10 @@ class Poller:
                 continue
             stats.published += 1
             rows.append((record["ListingKey"], modified, digest))
-            observe_newest(POLLER_NEWEST, record["ModificationTimestamp"].timestamp())
+            newest = max(newest or record["ModificationTimestamp"], record["ModificationTimestamp"])
             media_rows.extend(media)
+        if newest is not None:
+            observe_newest(POLLER_NEWEST, newest.timestamp())
         return rows, media_rows
 
     def _refresh_subresources(

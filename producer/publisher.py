@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -54,15 +55,16 @@ class Delivery:
 
     def __init__(self) -> None:
         self.produced = 0
-        self.acked: list[None] = []
+        #: The topic of each event acknowledged (None: a delivery failed).
+        self.acked: list[str | None] = []
         self.errors: list[str] = []
 
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self.errors.append(f"{message.topic()}[{message.key()!r}]: {error}")
+            self.acked.append(None)
         else:
-            PUBLISHED.labels(message.topic()).inc()
-        self.acked.append(None)
+            self.acked.append(message.topic())
 
     @property
     def done(self) -> bool:
@@ -119,6 +121,9 @@ class Publisher:
         deadline = time.monotonic() + timeout
         while not delivery.done and time.monotonic() < deadline:
             self._producer.poll(0.05)
+        for topic, count in Counter(delivery.acked).items():
+            if topic is not None:
+                PUBLISHED.labels(topic).inc(count)
         if delivery.errors or not delivery.done:
             errors = delivery.errors
             remaining = delivery.produced - len(delivery.acked)
