@@ -34,11 +34,13 @@ lint: install
 bench: install
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
-# The convergence campaign (docs/guarantees.md): SEEDS worlds of ROUNDS rounds of seeded chaos.
+# The convergence campaign (docs/guarantees.md): SEEDS worlds of ROUNDS rounds of seeded chaos,
+# JOBS of them side by side (each its own broker, registry, PostgreSQL and emulator).
 SEEDS  ?= 3
 ROUNDS ?= 8
+JOBS   ?= 1
 chaos: install
-	$(BIN)/python -m chaos --seeds $(SEEDS) --rounds $(ROUNDS)
+	$(BIN)/python -m chaos --seeds $(SEEDS) --rounds $(ROUNDS) --jobs $(JOBS)
 
 # Re-pin the runtime after changing pyproject.toml's dependencies (needs PyPI).
 lock: install

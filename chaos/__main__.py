@@ -7,6 +7,8 @@ Exits 0 only when every seed converged. A failing seed keeps its directory
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import signal
 import sys
@@ -58,6 +60,34 @@ def replay_command(result: SeedResult, listings: int) -> str:
     )
 
 
+def _run_seed(
+    seed: int, *, rounds: int, listings: int, root: Path, echo: bool, keep: bool
+) -> SeedResult:
+    return run_seed(seed, rounds, listings, root / f"seed-{seed}", echo=echo, keep=keep)
+
+
+def report(r: SeedResult, listings: int) -> SeedResult:
+    """Print one seed's line of the table (and how to replay it, when it failed)."""
+    acts = {**r.kills, **r.restarts, **r.acts}
+    print(
+        f"{r.seed:>5} {'converged' if r.converged else 'FAILED':<10} {r.seconds:>5.0f} "
+        f"{r.keys_checked:>6} {r.lost:>4} {r.resurrected:>5} {r.stale:>5} {r.duplicates:>4} "
+        f"{r.dead_letters:>4}  {', '.join(f'{k}={v}' for k, v in sorted(acts.items()))}",
+        flush=True,
+    )
+    if not r.converged:
+        if r.error:
+            print(f"      error: {r.error}")
+        for store in r.stores:
+            if store["lost"] or store["resurrected"] or store["stale"] or store["duplicates"]:
+                print(f"      {json.dumps(store)}")
+        if r.key_in_logs:
+            print(f"      the API key appears in: {', '.join(r.key_in_logs)}")
+        print(f"      state and logs kept in {r.root}")
+        print(f"      replay: {replay_command(r, listings)}", flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
@@ -68,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path("/tmp/spark-relay-chaos"), help="worlds' directories"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds run side by side, each its own world (1)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep converged seeds' directories")
     parser.add_argument("--verbose", action="store_true", help="echo every act on stderr")
     args = parser.parse_args(argv)
@@ -75,39 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     seeds = args.seed or list(range(args.first, args.first + args.seeds))
     started = time.monotonic()
-    results = []
+    results: list[SeedResult] = []
     print(
         f"{'seed':>5} {'result':<10} {'secs':>5} {'keys':>6} {'lost':>4} {'resur':>5} "
         f"{'stale':>5} {'dups':>4} {'dlq':>4}  acts",
         flush=True,
     )
-    for seed in seeds:
-        r = run_seed(
-            seed,
-            args.rounds,
-            args.listings,
-            args.dir / f"seed-{seed}",
-            echo=args.verbose,
-            keep=args.keep,
-        )
-        results.append(r)
-        acts = {**r.kills, **r.restarts, **r.acts}
-        print(
-            f"{seed:>5} {'converged' if r.converged else 'FAILED':<10} {r.seconds:>5.0f} "
-            f"{r.keys_checked:>6} {r.lost:>4} {r.resurrected:>5} {r.stale:>5} {r.duplicates:>4} "
-            f"{r.dead_letters:>4}  {', '.join(f'{k}={v}' for k, v in sorted(acts.items()))}",
-            flush=True,
-        )
-        if not r.converged:
-            if r.error:
-                print(f"      error: {r.error}")
-            for store in r.stores:
-                if store["lost"] or store["resurrected"] or store["stale"] or store["duplicates"]:
-                    print(f"      {json.dumps(store)}")
-            if r.key_in_logs:
-                print(f"      the API key appears in: {', '.join(r.key_in_logs)}")
-            print(f"      state and logs kept in {r.root}")
-            print(f"      replay: {replay_command(r, args.listings)}", flush=True)
+    run = functools.partial(
+        _run_seed,
+        rounds=args.rounds,
+        listings=args.listings,
+        root=args.dir,
+        echo=args.verbose,
+        keep=args.keep,
+    )
+    if args.jobs <= 1:
+        results = [report(run(seed), args.listings) for seed in seeds]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(run, seed) for seed in seeds]
+            for done in concurrent.futures.as_completed(futures):
+                results.append(report(done.result(), args.listings))
+        results.sort(key=lambda r: r.seed)
     line = summary(results, args.rounds)
     line["wall_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(line), flush=True)

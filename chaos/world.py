@@ -109,6 +109,10 @@ class World:
             f["spec"],
             "--fault-timeout-seconds",
             "3",
+            # a lagging replica is at most 10 minutes behind, inside the poller's 20-minute
+            # window overlap; docs/guarantees.md says what a longer lag costs
+            "--stale-lag-seconds",
+            "600",
             "--rate-limit",
             f["rate_limit"],
             "--filter-cache-seconds",

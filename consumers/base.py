@@ -26,6 +26,13 @@ already own them, so drop what is held of them, never publish it). A sink that
 keeps nothing per partition need not define it; ``stored_offsets`` is called
 again when partitions come back.
 
+Raising :class:`~spark_relay.errors.SinkUnavailableError` from any call says
+the store is down, not the record: the runner stops with nothing committed.
+Raising its subclass :class:`~spark_relay.errors.SinkRetriableError` says the
+store broke off and dropped everything since the last commit (a lost
+connection): the runner waits, then calls again from the batch's first
+``write`` (or ``stored_offsets`` again), so the next call may reconnect.
+
 ``offsets`` are *next* offsets: ``{(topic, partition): offset_of_last_event + 1}``,
 as Kafka commits them, so "resume after this" needs no arithmetic.
 

@@ -10,7 +10,10 @@ milliseconds after the first, whichever comes first) and for each batch:
    trouble, not the message, stops the runner instead);
 2. calls ``sink.write(batch)``; if it raises, retries the batch's events one
    at a time (``write(Batch([event]))``) and dead-letters those that still fail
-   (a :class:`SinkUnavailableError` is never retried: it stops the runner);
+   (a :class:`SinkUnavailableError` is never retried: it stops the runner; a
+   :class:`SinkRetriableError`, the store broke off, keeps the batch and pauses
+   the partitions, and the whole batch is applied again after 1, 2, 4 … 30 s,
+   polling meanwhile so the group keeps this member);
 3. stops if more than ``dead_letter_limit`` letters in a row share one reason,
    else waits until Kafka acknowledged the batch's dead letters;
 4. calls ``sink.commit(offsets)`` (the next offset of every partition of the
@@ -48,8 +51,12 @@ to a source topic. A letter that fails again goes back to the dead-letter
 topic with its original coordinates.
 
 On a rebalance the runner finishes and commits the batch in hand before the
-partitions go (a batch is never half applied); partitions *lost* without a
-revoke (session timeout) drop their uncommitted messages. Either way a sink
+partitions go (a batch is never half applied; if the sink cannot commit it,
+it is dropped and the next owner reads it again); partitions *lost* without a
+revoke (session timeout) drop their uncommitted messages. No error leaves a
+rebalance callback: a retriable one waits as above (partitions whose start
+the sink cannot tell yet stay paused until it can), any other is raised once
+the rebalance is complete, so the process leaves a stable group. Either way a sink
 that has ``revoked(partitions, lost)`` is then told (the file sink publishes
 or deletes its open files there, before another process takes them over). Setting ``stop``
 (the CLI does on SIGTERM/SIGINT) finishes and commits the current batch, then
@@ -94,7 +101,7 @@ from consumers.base import TopicPartition as TP
 from consumers.dlq import DeadLetters, Origin, dlq_topic, error_class, origin_of, redrive_group
 from consumers.positions import Replay, end_offsets, offset_text, parse_offsets, show_offsets, tp_of
 from schemas import Serde
-from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 from spark_relay.health import HEALTH
 from spark_relay.metrics import (
     SINK_APPLIED,
@@ -331,6 +338,13 @@ class Runner:
         self._letters: dict[int, tuple[str, str]] = {}  # id(message) → reason, error, this batch
         self._kafka_down: str | None = None  # why Kafka is unreachable (readiness), if it is
         self._kafka_probed = 0.0
+        self._sink_down: str | None = None  # why the sink's store is unreachable, if it is
+        self._retry_at = 0.0  # when to try the sink again
+        self._backoff = 0.0
+        self._unstarted: set[TP] = set()  # assigned, paused: the sink could not say where to start
+        self._start_at: dict[TP, int] = {}  # started late: skip what the group's offset re-reads
+        self._revoked_at: float | None = None  # revoked, the assignment to come (eager protocol)
+        self._failed: BaseException | None = None  # raised in a rebalance callback, raised later
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -397,6 +411,8 @@ class Runner:
             )
             lag_timer.start()
             self._loop()
+            if self._failed is not None:  # stopped before the rebalance it failed in completed
+                raise self._failed
             self._flush()
         finally:
             unwatch()
@@ -427,22 +443,65 @@ class Runner:
         while not self.stop.is_set():
             HEALTH.beat()
             self._probe_kafka()
-            if self.until_caught_up and self._caught_up():
+            if self._failed is not None and (
+                self._revoked_at is None or time.monotonic() - self._revoked_at > 60
+            ):
+                # once the rebalance is complete: a member of a stable group leaves it at once
+                raise self._failed
+            if self._sink_down is None or time.monotonic() >= self._retry_at:
+                try:
+                    self._start_deferred()
+                    if self._pending_offsets and (
+                        self._sink_down is not None
+                        or len(self._pending) >= config.batch_size
+                        or time.monotonic() - self._batch_started >= batch_seconds
+                    ):
+                        self._flush()
+                except SinkRetriableError as e:
+                    self._sink_failed(e)
+                else:
+                    self._sink_back()
+            if self.until_caught_up and self._sink_down is None and self._caught_up():
                 logger.info("sink %s: caught up", self.sink.name)
                 return
             timeout = 0.2
-            if self._pending_offsets:
+            if self._pending_offsets and self._sink_down is None:
                 timeout = max(
                     0.0, min(timeout, self._batch_started + batch_seconds - time.monotonic())
                 )
             room = config.batch_size - len(self._pending)
             for message in consumer.consume(num_messages=max(room, 1), timeout=timeout):
                 self._take(message)
-            if self._pending_offsets and (
-                len(self._pending) >= config.batch_size
-                or time.monotonic() - self._batch_started >= batch_seconds
-            ):
-                self._flush()
+
+    def _sink_failed(self, error: SinkRetriableError) -> None:
+        """The sink's store broke off: hold the batch, pause the partitions, try again later.
+
+        The loop goes on polling meanwhile, so rebalances complete and the group
+        keeps this member; nothing is committed until the sink writes again.
+        """
+        assert self._consumer is not None
+        self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
+        self._retry_at = time.monotonic() + self._backoff
+        self._sink_down = str(error)
+        self._consumer.pause(self._consumer.assignment())
+        logger.warning(
+            "sink %s: %s; holding %d messages uncommitted (%s), trying again in %.0f s",
+            self.sink.name,
+            error,
+            len(self._pending),
+            show_offsets(self._pending_offsets) or "none",
+            self._backoff,
+        )
+
+    def _sink_back(self) -> None:
+        if self._sink_down is None:
+            return
+        assert self._consumer is not None
+        logger.info("sink %s: resuming", self.sink.name)
+        self._sink_down, self._backoff = None, 0.0
+        self._consumer.resume(
+            [p for p in self._consumer.assignment() if tp_of(p) not in self._unstarted]
+        )
 
     # ---- health ---------------------------------------------------------------------
 
@@ -452,6 +511,8 @@ class Runner:
             return f"sink {self.sink.name}: stopping"
         if self._kafka_down:
             return f"sink {self.sink.name}: Kafka unreachable ({self._kafka_down})"
+        if self._sink_down:
+            return f"sink {self.sink.name}: waiting for its store ({self._sink_down})"
         if not self._assigned_once:
             return f"sink {self.sink.name}: waiting for group {self.group_id} to assign partitions"
         return None
@@ -484,9 +545,12 @@ class Runner:
                 raise KafkaException(error)
             logger.warning("consumer error on %s[%s]: %s", tp[0], tp[1], error)
             return
+        offset = message.offset()
+        if offset < self._start_at.get(tp, 0):
+            return  # a late start: the group's offset re-read what the sink holds
+        self._start_at.pop(tp, None)
         if not self._pending_offsets:
             self._batch_started = time.monotonic()
-        offset = message.offset()
         self._pending_offsets[tp] = offset + 1
         self._position[tp] = offset + 1
         self.stats.consumed += 1
@@ -509,9 +573,17 @@ class Runner:
         """Decode, write, dead-letter, commit the batch in hand."""
         if not self._pending_offsets:
             return
-        started = time.perf_counter()
-        messages, offsets = self._pending, self._pending_offsets
+        streak, applied = self._streak, self.stats.applied
+        try:
+            self._apply(self._pending, self._pending_offsets)
+        except SinkRetriableError:
+            # the sink dropped what it had not committed: the whole batch is applied again
+            self._streak, self._letters, self.stats.applied = streak, {}, applied
+            raise
         self._pending, self._pending_offsets = [], {}
+
+    def _apply(self, messages: list[Message], offsets: Offsets) -> None:
+        started = time.perf_counter()
         dlq = self._dlq
         assert dlq is not None
         events: list[Event] = []
@@ -780,20 +852,33 @@ class Runner:
 
     # ---- rebalances ----------------------------------------------------------------
 
+    # No error leaves a rebalance callback: librdkafka would complete the rebalance behind the
+    # error and the process would stop mid-join, which can hold the whole group without
+    # partitions (seen on Tansu). A callback records the error; the loop raises it once the
+    # rebalance is complete, or, for a sink whose store broke off, waits and tries again.
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked_at = None
         tps = [tp_of(p) for p in partitions]
-        # a replay applies once per run, to the first assignment: a partition gained at a later
-        # rebalance resumes where its last owner left off, it is not replayed again
-        replay = self._replay_starts(consumer, tps) if self._replay_due and tps else {}
-        self._replay_due = self._replay_due and not tps
-        # a re-drive resumes where its group left off: the sink's offsets are the source topics'
-        stored = self.sink.stored_offsets(tps) if tps and not self.config.redrive else None
-        if tps and not self.config.redrive:
-            self._check_within_ends(consumer, stored, replay)
+        replay: dict[TP, int] = {}
+        stored: Offsets | None = None
+        try:
+            # a replay applies once per run, to the first assignment: a partition gained at a
+            # later rebalance resumes where its last owner left off, it is not replayed again
+            replay = self._replay_starts(consumer, tps) if self._replay_due and tps else {}
+            self._replay_due = self._replay_due and not tps
+            stored = self._stored_offsets(consumer, tps, replay)
+        except SinkRetriableError as e:  # started once the sink answers (_start_deferred)
+            self._unstarted |= {tp for tp in tps if tp not in replay}
+            self._sink_broke_off(e)
+        except Exception as e:
+            self._fail_after_rebalance(e)
         starts = []
         for p, tp in zip(partitions, tps, strict=True):
             if tp in replay:
                 p.offset, origin = replay[tp], "replay"
+            elif tp in self._unstarted:
+                origin = "waiting for the sink"
             elif stored is not None:
                 p.offset, origin = stored.get(tp, OFFSET_BEGINNING), "sink"
             else:
@@ -807,6 +892,44 @@ class Runner:
             consumer.assign(partitions)
             self._assigned = set(tps)
         self._assigned_once = True
+        waiting = [p for p, tp in zip(partitions, tps, strict=True) if tp in self._unstarted]
+        if waiting:
+            consumer.pause(waiting)
+
+    def _stored_offsets(
+        self, consumer: Consumer, tps: Sequence[TP], replay: dict[TP, int]
+    ) -> Offsets | None:
+        """Where the sink says to start ``tps`` (None: where the group left off)."""
+        # a re-drive resumes where its group left off: the sink's offsets are the source topics'
+        if not tps or self.config.redrive:
+            return None
+        stored = self.sink.stored_offsets(tps)
+        self._check_within_ends(consumer, stored, replay)
+        return stored
+
+    def _start_deferred(self) -> None:
+        """Start the partitions assigned while the sink's store was down, where it says now.
+
+        They were assigned paused from the group's offset, which is never ahead of the
+        sink's (Kafka's commit follows the sink's): seek, and skip anything before.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        tps = sorted(self._unstarted & self._assigned)
+        self._unstarted = set(tps)
+        if not tps:
+            return
+        stored = self._stored_offsets(consumer, tps, {})
+        starts = []
+        for tp in tps:
+            if stored is not None:
+                offset = stored.get(tp, OFFSET_BEGINNING)
+                consumer.seek(TopicPartition(*tp, offset))
+                self._start_at[tp] = max(offset, 0)
+                starts.append(f"{tp[0]}[{tp[1]}] {offset_text(offset)} (sink)")
+        logger.info("started late: %s", "; ".join(starts) or "where the group left off")
+        self._unstarted = set()
+        consumer.resume([TopicPartition(*tp) for tp in tps])
 
     def _check_within_ends(
         self,
@@ -873,25 +996,61 @@ class Runner:
             "revoking %s: committing the batch in hand",
             ", ".join(f"{t}[{p}]" for t, p in map(tp_of, partitions)),
         )
-        self._flush()
+        if not self._cooperative:
+            self._revoked_at = time.monotonic()
+        try:
+            if self._sink_down is None:
+                self._flush()
+        except SinkRetriableError as e:
+            self._sink_broke_off(e)
+        except Exception as e:
+            self._fail_after_rebalance(e)
+        if self._pending_offsets:
+            # nothing of it is committed: the next owner starts where the sink's offsets say
+            logger.warning(
+                "revoking with %d messages uncommitted (%s): the next owner reads them again",
+                len(self._pending),
+                show_offsets(self._pending_offsets),
+            )
+            self._drop({tp_of(p) for p in partitions})
         self._release(partitions, lost=False)
         self._forget(partitions)
-
-    def _release(self, partitions: list[TopicPartition], lost: bool) -> None:
-        """Tell a sink that has ``revoked(partitions, lost)`` (optional) that partitions left."""
-        revoked = getattr(self.sink, "revoked", None)
-        if revoked is not None:
-            revoked([tp_of(p) for p in partitions], lost=lost)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp_of(p) for p in partitions}
         logger.warning(
             "lost %s: dropping their uncommitted messages", ", ".join(f"{t}[{p}]" for t, p in lost)
         )
-        self._pending = [m for m in self._pending if tp_of(m) not in lost]
-        self._pending_offsets = {tp: o for tp, o in self._pending_offsets.items() if tp not in lost}
+        self._drop(lost)
         self._release(partitions, lost=True)
         self._forget(partitions)
+
+    def _release(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Tell a sink that has ``revoked(partitions, lost)`` (optional) that partitions left."""
+        revoked = getattr(self.sink, "revoked", None)
+        if revoked is None:
+            return
+        try:
+            revoked([tp_of(p) for p in partitions], lost=lost)
+        except Exception as e:
+            self._fail_after_rebalance(e)
+
+    def _sink_broke_off(self, error: SinkRetriableError) -> None:
+        """In a callback: the loop tries the sink again once the rebalance is done."""
+        logger.warning("sink %s: %s (in a rebalance)", self.sink.name, error)
+        self._sink_down = self._sink_down or str(error)
+
+    def _fail_after_rebalance(self, error: Exception) -> None:
+        """In a callback: the loop raises ``error`` once the rebalance is done (the first one)."""
+        logger.error(
+            "sink %s: %s: %s (in a rebalance)", self.sink.name, type(error).__name__, error
+        )
+        self._failed = self._failed or error
+
+    def _drop(self, tps: set[TP]) -> None:
+        """Forget the uncommitted messages of ``tps``."""
+        self._pending = [m for m in self._pending if tp_of(m) not in tps]
+        self._pending_offsets = {tp: o for tp, o in self._pending_offsets.items() if tp not in tps}
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
@@ -903,6 +1062,8 @@ class Runner:
                 pass
             self._position.pop(tp, None)
             self._before.pop(tp, None)
+            self._start_at.pop(tp, None)
+            self._unstarted.discard(tp)
 
     def _check_topics(self) -> None:
         metadata = AdminClient(self.settings.kafka_config("admin")).list_topics(timeout=30)

@@ -54,16 +54,48 @@ def run_daemon(poller: Poller, tick: float = 1.0) -> None:
     forbidden, invalid filter) ends the daemon with its exit code.
     """
     with poller.state.exclusive():
-        snapshot = poller.state.checkpoint("snapshot")
-        while not (snapshot and snapshot.get("done")) and not poller.stop.is_set():
+        while not poller.stop.is_set():
             try:
-                poller.snapshot()
-            except (TransientSourceError, DeliveryError) as e:
-                logger.error("%s; trying again in %.0fs", e, RETRY_AFTER_FAILURE)
-                poller.stop.wait(RETRY_AFTER_FAILURE)
-            snapshot = poller.state.checkpoint("snapshot")
-        _run_due(poller, tick)
+                _snapshot_first(poller)
+                _run_due(poller, tick)
+            except poller.state.unavailable as e:
+                _reconnect(poller, e)
     logger.info("stopped on request; every checkpoint is committed")
+
+
+def _snapshot_first(poller: Poller) -> None:
+    snapshot = poller.state.checkpoint("snapshot")
+    while not (snapshot and snapshot.get("done")) and not poller.stop.is_set():
+        try:
+            poller.snapshot()
+        except (TransientSourceError, DeliveryError) as e:
+            logger.error("%s; trying again in %.0fs", e, RETRY_AFTER_FAILURE)
+            poller.stop.wait(RETRY_AFTER_FAILURE)
+        snapshot = poller.state.checkpoint("snapshot")
+
+
+def _reconnect(poller: Poller, error: Exception) -> None:
+    """The state's database went away (a restart): connect again, backing off, until it answers.
+
+    What was in flight is not lost: the interrupted procedure committed nothing past
+    its last checkpoint and runs again from there. The lock is taken again with the
+    new session; if another poller took it meanwhile, :class:`StateLocked` ends this one.
+    """
+    wait = 1.0
+    logger.error("the state store broke off (%s); connecting again", str(error).strip())
+    while not poller.stop.wait(wait):
+        try:
+            poller.state.reconnect()
+        except poller.state.unavailable as e:
+            wait = min(wait * 2, 30.0)
+            logger.warning(
+                "the state store is still unreachable (%s); trying again in %.0fs",
+                str(e).strip(),
+                wait,
+            )
+        else:
+            logger.info("the state store reconnected; the interrupted procedure runs again")
+            return
 
 
 def _run_due(poller: Poller, tick: float) -> None:

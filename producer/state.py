@@ -22,8 +22,8 @@ import socket
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,12 +64,16 @@ class StateStore:
 
     def __init__(
         self,
-        connection: Any,
+        connect: Callable[[], Any],
         placeholder: str = "?",
         description: str = "",
         lock_path: Path | None = None,
+        unavailable: tuple[type[Exception], ...] = (),
     ):
-        self._db = connection
+        self._connect = connect
+        self._db = connect()
+        #: The errors that mean the database went away (a restart): :meth:`reconnect` cures them.
+        self.unavailable = unavailable
         self._ph = placeholder
         self._lock = threading.RLock()
         self._depth = 0
@@ -100,6 +104,20 @@ class StateStore:
             self._depth -= 1
             if self._depth == 0:
                 self._db.commit()
+
+    def reconnect(self) -> None:
+        """A new connection after the database went away; the lock is taken again if held.
+
+        A PostgreSQL advisory lock ends with its session: if another poller took it
+        meanwhile, :class:`StateLocked` says so and this one must stop.
+        """
+        with self._lock:
+            with suppress(Exception):
+                self._db.close()
+            self._db = self._connect()
+            self._depth = 0
+            if self._held and self._lock_path is None:
+                self._acquire()
 
     def close(self) -> None:
         self._db.close()
@@ -163,7 +181,7 @@ class StateStore:
                 os.close(self._lock_file)  # closing the descriptor releases the flock
                 self._lock_file = None
             return
-        with self.transaction() as cur:
+        with suppress(*self.unavailable), self.transaction() as cur:  # gone with its session
             cur.execute("SELECT pg_advisory_unlock(%s)", (self._advisory_key(),))
 
     def _advisory_key(self) -> int:
@@ -427,14 +445,31 @@ def open_state(
         from psycopg import sql
 
         schema = state_schema(topic_prefix)
-        connection = psycopg.connect(database_url)
-        connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-        connection.commit()
-        return StateStore(connection, "%s", f"postgresql (schema {schema})")
+
+        def connect_postgres() -> Any:
+            connection = psycopg.connect(database_url)
+            connection.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
+            connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            connection.commit()
+            return connection
+
+        return StateStore(
+            connect_postgres,
+            "%s",
+            f"postgresql (schema {schema})",
+            unavailable=(psycopg.OperationalError,),
+        )
     path = Path(state_dir) / "poller.sqlite3"
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return StateStore(connection, "?", f"sqlite ({path})", lock_path=path.with_name("poller.lock"))
+
+    def connect_sqlite() -> Any:
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    return StateStore(
+        connect_sqlite, "?", f"sqlite ({path})", lock_path=path.with_name("poller.lock")
+    )

@@ -11,6 +11,7 @@ __all__ = [
     "DeliveryError",
     "SinkError",
     "SinkUnavailableError",
+    "SinkRetriableError",
     "PurgeRefused",
     "StateLocked",
     "EXIT_CODES",
@@ -60,6 +61,10 @@ class SinkError(RelayError):
 
 class SinkUnavailableError(SinkError):
     """A sink's store is unreachable or broken: stop without committing, never dead-letter."""
+
+
+class SinkRetriableError(SinkUnavailableError):
+    """A sink's store broke off (a lost connection) and dropped what was not committed: retry later."""
 
 
 class PurgeRefused(RelayError):

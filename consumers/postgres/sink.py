@@ -22,7 +22,10 @@ table holds, and an event after it in the same partition re-creates the row,
 even with an older timestamp. A failing batch rolls back to its savepoint, so
 the runner can retry its events one by one and dead-letter the ones PostgreSQL
 rejects (a ``DataError`` such as a price beyond ``numeric(14,2)``, or an
-``IntegrityError``); any other database error stops the sink
+``IntegrityError``). A broken connection (``OperationalError``: a restart, a
+terminated backend) drops it and everything not committed
+(:class:`SinkRetriableError`): the runner waits and applies the batch again,
+and the next call connects anew. Any other database error stops the sink
 (:class:`SinkUnavailableError`) with nothing committed.
 
 ``commit(offsets)`` writes the next offsets into ``kafka_offsets`` and commits
@@ -49,7 +52,7 @@ from psycopg.pq import TransactionStatus
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
 from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA, item_plan, items_from_record
-from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
 
@@ -185,6 +188,7 @@ class PostgresSink:
 
     def __init__(self) -> None:
         self.conn: psycopg.Connection | None = None
+        self.url = ""
         self.schema = DEFAULT_SCHEMA
         self.group = ""
         self._tables: dict[str, tuple[Table, tuple[str, ...], dict[str, sql.Composable]]] = {}
@@ -206,17 +210,35 @@ class PostgresSink:
             raise ConfigError(
                 f"--schema: expected letters, digits and '_' (at most 63), got {self.schema!r}"
             )
+        self.url = url
+        self._connect()
+        logger.info("postgres sink: schema %s ready", self.schema)
+
+    def _connect(self) -> psycopg.Connection:
+        """Connect, migrate, prepare the statements (a temporary table lives in its session)."""
         try:
             self.conn = psycopg.connect(
-                url, autocommit=False, application_name=f"spark-relay sink {self.name}"
+                self.url, autocommit=False, application_name=f"spark-relay sink {self.name}"
             )
             migrate(self.conn, self.schema)
             for resource, table in (("listings", LISTINGS), ("accounts", ACCOUNTS)):
                 self._tables[resource] = self._prepare(table)
             self.conn.commit()
         except psycopg.OperationalError as e:
-            raise SinkUnavailableError(f"postgres sink: cannot connect or migrate: {e}") from e
-        logger.info("postgres sink: schema %s ready", self.schema)
+            self._drop_connection()
+            raise SinkRetriableError(f"postgres sink: cannot connect or migrate: {e}") from e
+        return self.conn
+
+    def _broke_off(self, error: psycopg.Error | None) -> SinkRetriableError:
+        """The connection broke: drop it, and with it everything not committed."""
+        self._drop_connection()
+        detail = f"{type(error).__name__}: {error}".strip() if error else "the connection is broken"
+        return SinkRetriableError(f"postgres sink: {detail}; uncommitted writes dropped")
+
+    def _drop_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         """Called once at shutdown: roll back whatever was not committed, disconnect."""
@@ -241,6 +263,8 @@ class PostgresSink:
         try:
             with conn.transaction():
                 rows = conn.execute(query, [self.group, sorted({t for t, _ in wanted})]).fetchall()
+        except psycopg.OperationalError as e:
+            raise self._broke_off(e) from e
         except psycopg.Error as e:
             raise SinkUnavailableError(f"postgres sink: reading stored offsets failed: {e}") from e
         return {(t, p): o for t, p, o in rows if (t, p) in wanted}
@@ -259,6 +283,8 @@ class PostgresSink:
                     query, [(self.group, t, p, o) for (t, p), o in sorted(offsets.items())]
                 )
             conn.commit()
+        except psycopg.OperationalError as e:
+            raise self._broke_off(e) from e
         except psycopg.Error as e:
             raise SinkUnavailableError(f"postgres sink: commit failed: {e}") from e
 
@@ -280,13 +306,20 @@ class PostgresSink:
                 purges = [e for e in batch.by_resource("purges") if e.value is not None]
                 if purges:
                     self._record_purges(purges)
+        except psycopg.OperationalError as e:
+            raise self._broke_off(e) from e
         except (psycopg.DataError, psycopg.IntegrityError):
+            if conn.broken:
+                raise self._broke_off(None) from None
             raise  # the batch holds a record PostgreSQL rejects: the runner finds it
         except psycopg.Error as e:
+            if conn.broken:
+                raise self._broke_off(e) from e
             raise SinkUnavailableError(f"postgres sink: {type(e).__name__}: {e}") from e
-        finally:
-            if conn.broken or conn.info.transaction_status == TransactionStatus.INERROR:
-                raise SinkUnavailableError("postgres sink: the connection is broken")
+        if conn.broken:
+            raise self._broke_off(None)
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            raise SinkUnavailableError("postgres sink: the transaction failed")
 
     def _apply(self, resource: str, events: list[Event]) -> None:
         conn = self._conn()
@@ -459,9 +492,13 @@ class PostgresSink:
         return table, columns, statements
 
     def _conn(self) -> psycopg.Connection:
-        if self.conn is None:
+        """The connection; a new one after a break (the runner applies the batch again)."""
+        if self.conn is not None:
+            return self.conn
+        if not self.url:
             raise SinkError("postgres sink: not open")
-        return self.conn
+        logger.info("postgres sink: connecting again")
+        return self._connect()
 
 
 class _Projected(Table):

@@ -274,8 +274,10 @@ class SparkAPI:
         with mls.lock:
             states = [mls.listings[k] for k in page_keys]
             if fault == "stale":  # a lagging replica: one record at its previous version
+                lag = self.config.stale_lag_seconds
+                since = None if lag is None else mls.clock.now_ms() - lag * 1000
                 for i, key in enumerate(page_keys):
-                    if key in mls.previous:
+                    if key in mls.previous and (since is None or states[i].mod_ms > since):
                         states[i] = mls.previous[key]
                         applied.extend(("stale", key))
                         break

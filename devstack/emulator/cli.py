@@ -193,6 +193,12 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "which the API documents as required.",
 )
 @click.option(
+    "--stale-lag-seconds",
+    type=click.FloatRange(0),
+    envvar=_ENV + "STALE_LAG_SECONDS",
+    help="How far behind a 'stale' replica may be, on the API's clock (default: any change).",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -216,6 +222,7 @@ def emulator_command(
     bare_numbers,
     bad_records,
     require_user_agent,
+    stale_lag_seconds,
     start_time,
 ) -> None:
     """Serve an emulated Spark API replication endpoint until Ctrl-C or SIGTERM.
@@ -246,6 +253,7 @@ def emulator_command(
         start_time=start,
         retry_after=retry_after,
         fault_timeout_seconds=fault_timeout_seconds,
+        stale_lag_seconds=stale_lag_seconds,
     )
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())

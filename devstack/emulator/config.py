@@ -59,6 +59,9 @@ class EmulatorConfig:
     start_time: datetime | None = None  # virtual clock start; default now (UTC)
     retry_after: int | None = None  # seconds to put in Retry-After on 429 (None: no header)
     fault_timeout_seconds: float = 30.0  # how long a "timeout" fault holds the connection
+    # how far behind a "stale" replica may be: only a change younger than this (on the API's
+    # clock) can be served at its previous version; None: any change, however old
+    stale_lag_seconds: float | None = None
     bare_numbers: float = 0.0  # share of listings with ids and ListPrice as bare JSON numbers
     bad_records: float = 0.0  # share of listings served broken (see broken.BAD_KINDS)
     require_user_agent: bool = (

@@ -80,6 +80,21 @@ def test_stale_serves_one_record_of_the_page_at_its_previous_version(make_emulat
     assert all(r["StandardFields"]["ModificationTimestamp"] == current[r["Id"]] for r in fresh)
 
 
+@pytest.mark.parametrize("lag_minutes, served_stale", [(20, False), (120, True)])
+def test_a_replica_lags_by_at_most_stale_lag_seconds(make_emulator, lag_minutes, served_stale):
+    emu = make_emulator(listings=60, faults="stale:1.0", stale_lag_seconds=lag_minutes * 60)
+    emu.advance(minutes=60, modify=0.2, media=0.1, remove=0, create=0, accounts_modify=0)
+    emu.advance(minutes=30, modify=0, media=0, remove=0, create=0, accounts_modify=0)
+    # every change is 30 to 90 minutes old: a 20-minute replica has them all
+    with client_for(emu) as client:
+        served = client.get("/v1/listings", params={"_limit": 60}).json()["D"]["Results"]
+        stats = client.get("/_emulator/stats").json()
+    current = emu.truth()["listings"]
+    old = [r for r in served if r["StandardFields"]["ModificationTimestamp"] != current[r["Id"]]]
+    assert len(old) == (1 if served_stale else 0)
+    assert ("stale" in stats["faults"]) is served_stale
+
+
 def test_bare_numbers_keep_every_digit_in_the_body_and_the_truth(make_emulator):
     emu = make_emulator(listings=200, bare_numbers=0.25)
     truth = emu.truth()["bare_numbers"]

@@ -393,3 +393,51 @@ def test_a_refused_purge_in_the_daemon_waits_for_its_next_schedule(emulator, rel
     assert len(purges) == 1 and purges[0].startswith("failed: PurgeRefused"), purges
     assert sum(procedure == "update" and status == "ok" for procedure, status in runs) >= 2
     assert _tombstones(settings) == set()
+
+
+def test_the_daemon_rides_through_a_lost_state_connection_and_keeps_its_lock(
+    emulator, relay, database_url
+):
+    import psycopg
+
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu, database_url=database_url)
+    env = cli_env(settings, update_interval="0.02")
+    first = subprocess.Popen(
+        [BIN, "poll", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        done = False
+        while time.monotonic() < deadline and not done:
+            done = bool((_state(settings).checkpoint("snapshot") or {}).get("done"))
+            time.sleep(0.2)
+        assert done
+        key = _state(settings)._advisory_key() & 0xFFFFFFFFFFFFFFFF
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            killed = conn.execute(  # the server ends the session holding the lock: a restart
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND granted AND classid::bigint = %s AND objid::bigint = %s",
+                [key >> 32, key & 0xFFFFFFFF],
+            ).fetchall()
+        assert killed == [(True,)]
+        time.sleep(3)
+        assert first.poll() is None  # still replicating, not exited
+        second = subprocess.run(
+            [BIN, "poll", "update"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == StateLocked.exit_code, second.stderr  # the lock is back
+        emu.advance(minutes=5, modify=0.05, create=0, remove=0, media=0)
+        deadline = time.monotonic() + 60
+        published = 0
+        while time.monotonic() < deadline and not published:
+            published = (_state(settings).last_runs().get("update", {}).get("last_ok") or {}).get(
+                "published", 0
+            )
+            time.sleep(0.5)
+        assert published > 0
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 0, stderr
+    assert "state store" in stderr and "reconnected" in stderr
