@@ -790,7 +790,7 @@ class Poller:
         finally:
             bar.close()
         self._require_complete("accounts", count, totals)
-        self._purge_vanished(
+        return self._purge_vanished(
             "accounts",
             Source(
                 resource="accounts",
@@ -801,7 +801,6 @@ class Poller:
             stats,
             force,
         )
-        return True
 
     def _publish_accounts(
         self, page: Page, source: Source, stats: RunStats
@@ -881,7 +880,8 @@ class Poller:
             # behind the scan's cursor is never returned, but an update may publish it)
             seen = self.state.seen_count("listings")
             self._require_complete("listings", seen, checkpoint.get("totals"))
-            self._purge_vanished("listings", source, stats, force)
+            if not self._purge_vanished("listings", source, stats, force):
+                return False  # stopped: the next purge re-checks what is left
         except PurgeRefused:
             self.state.set_checkpoint("purge", None)  # the next purge scans afresh
             raise
@@ -921,9 +921,10 @@ class Poller:
 
     def _purge_vanished(
         self, resource: str, source: Source, stats: RunStats, force: bool = False
-    ) -> None:
+    ) -> bool:
         """A Purge event and a tombstone for each published key the scan did not see,
-        unless there are more than the ceiling (``purge_max_ratio``) and ``force`` is off."""
+        unless there are more than the ceiling (``purge_max_ratio``) and ``force`` is off.
+        False if stopped before every candidate was re-checked."""
         self._drain()
         candidates = self.state.vanished_count(resource)
         published = self.state.published_count(resource)
@@ -937,13 +938,16 @@ class Poller:
                 "access and the API's answers; if the removals are real, run "
                 f"`spark-relay poll {command} --force` once"
             )
-        self._purge_keys(resource, self.state.vanished(resource), source, stats)
+        return self._purge_keys(resource, self.state.vanished(resource), source, stats)
 
     def _purge_keys(
         self, resource: str, keys: Iterable[tuple[str, str | None]], source: Source, stats: RunStats
-    ) -> None:
+    ) -> bool:
         """Purge the candidate ``(key, last modified)`` the API no longer returns when asked
-        by key now; the others are left alone (a scan or a sink's view was wrong)."""
+        by key now; the others are left alone (a scan or a sink's view was wrong).
+
+        False if stopped first: what was purged is committed, the rest is left for later.
+        """
         topic = self.serde.listings_topic if resource == "listings" else self.serde.accounts_topic
         batch: list[str] = []
         for chunk in _chunks(keys, RECONCILE_BATCH):
@@ -959,12 +963,15 @@ class Poller:
                 self.publisher.produce(topic, self.serde.key(key), None)
                 batch.append(key)
                 stats.purged += 1
-            if len(batch) >= self.page_size:
+            if len(batch) >= self.page_size or self.stop.is_set():
                 self.publisher.flush()
                 self.state.forget_published(resource, batch)
                 batch = []
+            if self.stop.is_set():
+                return False
         self.publisher.flush()
         self.state.forget_published(resource, batch)
+        return True
 
     def _gone(self, resource: str, keys: list[str]) -> list[str]:
         """Of ``keys``, those the API does not return when asked for them by key, now.
@@ -1035,10 +1042,9 @@ class Poller:
         )
         self._republish(republish, source, stats)
         known = self.state.published("listings", purge)
-        self._purge_keys(
+        return self._purge_keys(
             "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats
         )
-        return True
 
     def redrive(self, listings: Iterable[str], accounts: Iterable[str]) -> RunStats:
         """Fetch the keys of the poller's dead letters again; publish what the API holds now.
@@ -1061,7 +1067,10 @@ class Poller:
         returned = self._republish(listings, source, stats)
         gone = [key for key in listings if key not in returned]
         known = self.state.published("listings", gone)
-        self._purge_keys("listings", [(k, known[k][0]) for k in gone if k in known], source, stats)
+        if not self._purge_keys(
+            "listings", [(k, known[k][0]) for k in gone if k in known], source, stats
+        ):
+            return False
 
         source = Source(
             resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now
@@ -1094,5 +1103,6 @@ class Poller:
         self._commit("accounts", rows, None)
         self._drain()
         known = self.state.published("accounts", gone)
-        self._purge_keys("accounts", [(k, known[k][0]) for k in gone if k in known], source, stats)
-        return True
+        return self._purge_keys(
+            "accounts", [(k, known[k][0]) for k in gone if k in known], source, stats
+        )

@@ -108,7 +108,8 @@ def test_kill_9_mid_snapshot_then_restart_loses_nothing(emulator, relay):
     subprocess.run([BIN, "poll", "snapshot"], env=env, check=True, capture_output=True, timeout=120)
     counts = _keys(settings, settings.topic("listings"))
     assert set(counts) == set(emu.truth()["listings"])
-    assert sum(counts.values()) - len(counts) <= 1000  # at most one page re-published
+    # at most the pages in flight: committed, queued, produced (producer/committer.py)
+    assert sum(counts.values()) - len(counts) <= 3 * 1000
 
 
 def _keys_published(settings) -> int:
