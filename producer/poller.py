@@ -1,12 +1,14 @@
 """The replication procedures of the Spark guide: fetch → publish → checkpoint.
 
-Each procedure is resumable. A page (or an update window) is published, then
-flushed; only when Kafka acknowledged every event of it are the published
-keys and the next checkpoint written, in one state transaction. A crash
-re-publishes at most that page, never skips one.
+Each procedure is resumable. A page (or an update window) is published; only
+when Kafka acknowledged every event of it are the published keys and the next
+checkpoint written, in one state transaction, by the committer's thread while
+the next page is fetched and produced (:mod:`producer.committer`), in order. A
+crash re-publishes at most the pages in flight (three), never skips one.
 
 - :meth:`Poller.snapshot`: listings by ``_skiptoken``, ``_limit=1000``; the
-  server time at its start becomes the first update window's lower bound.
+  server's clock at its start (the ``Date`` of its first page) becomes the first
+  update window's lower bound.
 - :meth:`Poller.update`: ``ModificationTimestamp bt <from>,<to>``, ``<from>`` the
   last committed upper bound minus the overlap, ``<to>`` the server's clock; a
   longer backlog is split into windows of ``update_window`` minutes, each
@@ -25,6 +27,7 @@ Every procedure holds the state's lock (:meth:`StateStore.exclusive`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -37,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from producer.committer import Committer
 from producer.progress import Progress
 from producer.publisher import Publisher, RecordTooLarge
 from producer.spark_client import Forbidden, NotFound, Page, SparkClient
@@ -81,9 +85,18 @@ ACCOUNTS_SCAN = {"_orderby": "Id", "_pagination": 1}
 RECONCILE_BATCH = 25
 
 
+#: hashlib lets the GIL go while it hashes 2 KiB or more; taking it back means waiting
+#: behind the page being parsed: the text is fed in smaller pieces.
+_HASH_PIECE = 2047
+
+
 def content_hash(record: Any) -> str:
     """A digest of an API record's content: keys sorted, numbers digit for digit."""
-    return hashlib.blake2b(json_dumps(record, sort_keys=True).encode(), digest_size=16).hexdigest()
+    text = memoryview(json_dumps(record, sort_keys=True).encode())
+    digest = hashlib.blake2b(digest_size=16)
+    for start in range(0, len(text), _HASH_PIECE):
+        digest.update(text[start : start + _HASH_PIECE])
+    return digest.hexdigest()
 
 
 def _iso(moment: datetime) -> str:
@@ -247,6 +260,8 @@ class Poller:
         self.expand = [n for n in settings.expand.split(",") if n]
         self.subresources = [n for n in settings.subresources.split(",") if n]
         self.page_size = settings.page_size
+        #: Commits pages behind the fetch while a procedure runs (see :meth:`_commit`).
+        self._committer: Committer | None = None
 
     # -- helpers ----------------------------------------------------------
 
@@ -341,8 +356,8 @@ class Poller:
         keys = [
             r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in page.results
         ]
-        known = self.state.published("listings", [k for k in keys if isinstance(k, str)])
-        rows, media_rows = [], []
+        known = self._published("listings", [k for k in keys if isinstance(k, str)])
+        rows, media_rows, newest = [], [], None
         for result, key in zip(page.results, keys, strict=True):
             try:
                 media = self._refresh_subresources(result, key, known.get(key), stats)
@@ -363,8 +378,10 @@ class Poller:
                 continue
             stats.published += 1
             rows.append((record["ListingKey"], modified, digest))
-            observe_newest(POLLER_NEWEST, record["ModificationTimestamp"].timestamp())
+            newest = max(newest or record["ModificationTimestamp"], record["ModificationTimestamp"])
             media_rows.extend(media)
+        if newest is not None:
+            observe_newest(POLLER_NEWEST, newest.timestamp())
         return rows, media_rows
 
     def _refresh_subresources(
@@ -426,20 +443,66 @@ class Poller:
         media: Iterable[tuple[str, str, str | None, list]] = (),
         seen: Iterable[str] = (),
     ) -> None:
-        """Wait for Kafka, then record what was published and the next checkpoint, atomically."""
-        self.publisher.flush()
-        with self.state.transaction():
-            self.state.record_published(resource, rows)
-            if resource == "listings" and rows and self.state.checkpoint("purge") is not None:
-                # a purge scan is under way: what was just published is live, whatever
-                # part of the key range the scan has passed already
-                self.state.mark_seen("listings", [row[0] for row in rows])
-            self.state.record_media(media)
-            self.state.mark_seen(resource, seen)
+        """Once Kafka acknowledged what was produced so far, record what was published and
+        the next checkpoint, atomically.
+
+        In a procedure this happens on the committer's thread while the next page is
+        fetched and produced, commits in the order made; :meth:`_published` and
+        :meth:`_seen` read the rows of commits still under way before the state's.
+        """
+        media, seen = list(media), list(seen)
+
+        def write() -> None:
+            with self.state.transaction():
+                self.state.record_published(resource, rows)
+                if resource == "listings" and rows and self.state.checkpoint("purge") is not None:
+                    # a purge scan is under way: what was just published is live, whatever
+                    # part of the key range the scan has passed already
+                    self.state.mark_seen("listings", [row[0] for row in rows])
+                self.state.record_media(media)
+                self.state.mark_seen(resource, seen)
+                if checkpoint is not None:
+                    self.state.set_checkpoint(*checkpoint)
             if checkpoint is not None:
-                self.state.set_checkpoint(*checkpoint)
-        if checkpoint is not None:
-            CHECKPOINT_TIME.labels(checkpoint[0]).set_to_current_time()
+                CHECKPOINT_TIME.labels(checkpoint[0]).set_to_current_time()
+
+        if self._committer is None:
+            self.publisher.flush()
+            write()
+            return
+        pending: dict[Any, Any] = {("published", resource, row[0]): row[1:] for row in rows}
+        pending.update({("seen", resource, key): True for key in seen})
+        self._committer.submit(write, pending)
+
+    def _drain(self) -> None:
+        """Wait for the commits under way: before reading the state beyond single keys."""
+        if self._committer is not None:
+            self._committer.drain()
+
+    def _published(self, resource: str, keys: list[str]) -> dict[str, tuple[str | None, str]]:
+        """``{key: (modified, hash)}`` of the published ``keys``, commits under way included."""
+        if self._committer is None:
+            return self.state.published(resource, keys)
+        # the commits under way first: one that ends in between is in the state read next
+        pending = self._committer.pending(("published", resource, key) for key in keys)
+        known = self.state.published(resource, keys)
+        known.update({name[2]: row for name, row in pending.items()})
+        return known
+
+    def _seen(self, resource: str, keys: list[str]) -> set[str]:
+        """The ``keys`` marked seen by this scan, commits under way included."""
+        if self._committer is None:
+            return set(self.state.seen_keys(resource, keys))
+        pending = self._committer.pending(("seen", resource, key) for key in keys)
+        return set(self.state.seen_keys(resource, keys)) | {name[2] for name in pending}
+
+    @contextlib.contextmanager
+    def _pipelined(self) -> Iterator[None]:
+        with Committer(self.publisher) as self._committer:
+            try:
+                yield
+            finally:
+                self._committer = None
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
         self.state.record_run(
@@ -459,7 +522,8 @@ class Poller:
     def _logged(self, stats: RunStats, body) -> RunStats:
         started_at = datetime.now(UTC).isoformat()
         try:
-            completed = body(stats)
+            with self._pipelined():
+                completed = body(stats)
         except BaseException as e:
             stats.finish(False)
             self._log_run(stats, started_at, f"failed: {type(e).__name__}: {e}"[:500])
@@ -488,15 +552,14 @@ class Poller:
                 checkpoint.get("server_start"),
             )
             return True
-        if checkpoint is None:
+        if checkpoint is None:  # written with the first page, its clock the server's start
             checkpoint = {
                 "token": "",
-                "server_start": _iso(self._server_now()),
+                "server_start": None,
                 "done": False,
                 "run_id": stats.run_id,
                 "republish": republish,
             }
-            self.state.set_checkpoint("snapshot", checkpoint)
         else:
             logger.info("resuming the snapshot after skip token %r", checkpoint["token"])
         source = Source(
@@ -505,12 +568,14 @@ class Poller:
             run_id=checkpoint["run_id"],
             fetched_at=datetime.now(UTC),
         )
-        bar = Progress("snapshot", self._total("/v1/listings"), force=self.progress)
+        bar = Progress("snapshot", lambda: self._total("/v1/listings"), force=self.progress)
         pages = self.client.scan_skiptoken(
             "/v1/listings", self._listing_params(), checkpoint["token"]
         )
         try:
             for page, _token in _prefetch(pages):
+                if checkpoint["server_start"] is None:  # the Date of the first page
+                    checkpoint["server_start"] = _iso(page.server_time or self._server_now())
                 source = Source(
                     resource="listings",
                     procedure="snapshot",
@@ -531,6 +596,9 @@ class Poller:
                     return False
         finally:
             bar.close()
+        if checkpoint["server_start"] is None:  # not one page
+            checkpoint["server_start"] = _iso(self._server_now())
+        self._drain()
         with self.state.transaction():
             self.state.set_checkpoint("snapshot", {**checkpoint, "done": True})
             if self.state.checkpoint("update") is None:
@@ -644,7 +712,7 @@ class Poller:
         would put the older state over the newer one in every sink.
         """
         keys = [k for k in map(_listing_key, page.results) if isinstance(k, str)]
-        known = self.state.published("listings", keys)
+        known = self._published("listings", keys)
         kept = []
         for result in page.results:
             key = _listing_key(result)
@@ -681,7 +749,7 @@ class Poller:
         # every record returned counts, duplicates too: an insert ahead of the cursor adds
         # one to TotalRows and re-sends one record, a delete removes one of each
         count, totals = checkpoint.get("count", 0), checkpoint.get("totals")
-        bar = Progress("accounts", self._total("/v1/accounts"), force=self.progress)
+        bar = Progress("accounts", lambda: self._total("/v1/accounts"), force=self.progress)
         try:
             skip = checkpoint["skip"]
             while True:
@@ -722,7 +790,7 @@ class Poller:
         finally:
             bar.close()
         self._require_complete("accounts", count, totals)
-        self._purge_vanished(
+        return self._purge_vanished(
             "accounts",
             Source(
                 resource="accounts",
@@ -733,7 +801,6 @@ class Poller:
             stats,
             force,
         )
-        return True
 
     def _publish_accounts(
         self, page: Page, source: Source, stats: RunStats
@@ -741,8 +808,8 @@ class Poller:
         stats.records += len(page.results) + len(page.rejected)
         self._dead_letter_rejected(page, source, stats)
         ids = [a.get("Id") for a in page.results]
-        already = self.state.seen_keys("accounts", [i for i in ids if isinstance(i, str)])
-        known = self.state.published("accounts", [i for i in ids if isinstance(i, str)])
+        already = self._seen("accounts", [i for i in ids if isinstance(i, str)])
+        known = self._published("accounts", [i for i in ids if isinstance(i, str)])
         rows: list[tuple[str, str | None, str]] = []
         seen = [r.key for r in page.rejected if r.key]  # broken, but returned: never purged
         for account in page.results:
@@ -780,7 +847,7 @@ class Poller:
         if checkpoint is None:
             self.state.reset_seen("listings")  # the checkpoint follows with the first page
             checkpoint = {"token": "", "run_id": stats.run_id, "totals": None}
-        bar = Progress("purge scan", self._total("/v1/listings"), force=self.progress)
+        bar = Progress("purge scan", lambda: self._total("/v1/listings"), force=self.progress)
         params = {"_limit": self.page_size, "_select": "ListingKey", "_pagination": 1}
         try:
             pages = self.client.scan_skiptoken("/v1/listings", params, checkpoint["token"])
@@ -793,15 +860,15 @@ class Poller:
                     "token": page.skip_token or checkpoint["token"],
                     "totals": _totals(checkpoint.get("totals"), page),
                 }
-                with self.state.transaction():
-                    self.state.mark_seen("listings", [k for k in keys if isinstance(k, str)])
-                    self.state.set_checkpoint("purge", checkpoint)
+                seen = [k for k in keys if isinstance(k, str)]
+                self._commit("listings", [], ("purge", checkpoint), seen=seen)
                 stats.pages += 1
                 bar.advance(len(keys))
                 if self.stop.is_set():
                     return False
         finally:
             bar.close()
+        self._drain()
         source = Source(
             resource="listings",
             procedure="purge",
@@ -813,7 +880,8 @@ class Poller:
             # behind the scan's cursor is never returned, but an update may publish it)
             seen = self.state.seen_count("listings")
             self._require_complete("listings", seen, checkpoint.get("totals"))
-            self._purge_vanished("listings", source, stats, force)
+            if not self._purge_vanished("listings", source, stats, force):
+                return False  # stopped: the next purge re-checks what is left
         except PurgeRefused:
             self.state.set_checkpoint("purge", None)  # the next purge scans afresh
             raise
@@ -848,13 +916,16 @@ class Poller:
             stats.pages += 1
             returned.update(r.get("Id") or "" for r in page.results)
             returned.update(r.key or "" for r in page.rejected)
+        self._drain()
         return returned
 
     def _purge_vanished(
         self, resource: str, source: Source, stats: RunStats, force: bool = False
-    ) -> None:
+    ) -> bool:
         """A Purge event and a tombstone for each published key the scan did not see,
-        unless there are more than the ceiling (``purge_max_ratio``) and ``force`` is off."""
+        unless there are more than the ceiling (``purge_max_ratio``) and ``force`` is off.
+        False if stopped before every candidate was re-checked."""
+        self._drain()
         candidates = self.state.vanished_count(resource)
         published = self.state.published_count(resource)
         ratio = self.settings.purge_max_ratio
@@ -867,13 +938,16 @@ class Poller:
                 "access and the API's answers; if the removals are real, run "
                 f"`spark-relay poll {command} --force` once"
             )
-        self._purge_keys(resource, self.state.vanished(resource), source, stats)
+        return self._purge_keys(resource, self.state.vanished(resource), source, stats)
 
     def _purge_keys(
         self, resource: str, keys: Iterable[tuple[str, str | None]], source: Source, stats: RunStats
-    ) -> None:
+    ) -> bool:
         """Purge the candidate ``(key, last modified)`` the API no longer returns when asked
-        by key now; the others are left alone (a scan or a sink's view was wrong)."""
+        by key now; the others are left alone (a scan or a sink's view was wrong).
+
+        False if stopped first: what was purged is committed, the rest is left for later.
+        """
         topic = self.serde.listings_topic if resource == "listings" else self.serde.accounts_topic
         batch: list[str] = []
         for chunk in _chunks(keys, RECONCILE_BATCH):
@@ -889,12 +963,15 @@ class Poller:
                 self.publisher.produce(topic, self.serde.key(key), None)
                 batch.append(key)
                 stats.purged += 1
-            if len(batch) >= self.page_size:
+            if len(batch) >= self.page_size or self.stop.is_set():
                 self.publisher.flush()
                 self.state.forget_published(resource, batch)
                 batch = []
+            if self.stop.is_set():
+                return False
         self.publisher.flush()
         self.state.forget_published(resource, batch)
+        return True
 
     def _gone(self, resource: str, keys: list[str]) -> list[str]:
         """Of ``keys``, those the API does not return when asked for them by key, now.
@@ -965,10 +1042,9 @@ class Poller:
         )
         self._republish(republish, source, stats)
         known = self.state.published("listings", purge)
-        self._purge_keys(
+        return self._purge_keys(
             "listings", [(key, known.get(key, (None,))[0]) for key in purge], source, stats
         )
-        return True
 
     def redrive(self, listings: Iterable[str], accounts: Iterable[str]) -> RunStats:
         """Fetch the keys of the poller's dead letters again; publish what the API holds now.
@@ -991,7 +1067,10 @@ class Poller:
         returned = self._republish(listings, source, stats)
         gone = [key for key in listings if key not in returned]
         known = self.state.published("listings", gone)
-        self._purge_keys("listings", [(k, known[k][0]) for k in gone if k in known], source, stats)
+        if not self._purge_keys(
+            "listings", [(k, known[k][0]) for k in gone if k in known], source, stats
+        ):
+            return False
 
         source = Source(
             resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now
@@ -1022,6 +1101,8 @@ class Poller:
                         (record["Id"], account.get("ModificationTimestamp"), content_hash(account))
                     )
         self._commit("accounts", rows, None)
+        self._drain()
         known = self.state.published("accounts", gone)
-        self._purge_keys("accounts", [(k, known[k][0]) for k in gone if k in known], source, stats)
-        return True
+        return self._purge_keys(
+            "accounts", [(k, known[k][0]) for k in gone if k in known], source, stats
+        )

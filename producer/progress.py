@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import click
 
@@ -25,17 +26,19 @@ class Progress:
     def __init__(
         self,
         label: str,
-        total: int | None = None,
+        total: int | Callable[[], int | None] | None = None,
         *,
         force: bool | None = None,
         every: float = PLAIN_EVERY,
     ):
+        terminal = sys.stderr.isatty()
+        self.enabled = terminal if force is None else force
+        if callable(total):  # asked for only when it is shown (one request to the API)
+            total = total() if self.enabled else None
         self.label = label
         self.total = total or None
         self.count = 0
         self.every = every
-        terminal = sys.stderr.isatty()
-        self.enabled = terminal if force is None else force
         self._started = self._printed = time.monotonic()
         self._bar = None
         if self.enabled and terminal:

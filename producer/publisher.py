@@ -8,6 +8,7 @@ caller moves a checkpoint only after Kafka acknowledged everything before it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,7 +18,7 @@ from schemas.topics import MAX_MESSAGE_BYTES
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import PUBLISHED
 
-__all__ = ["Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge", "max_message_bytes"]
+__all__ = ["Delivery", "Publisher", "PRODUCER_DEFAULTS", "RecordTooLarge", "max_message_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +46,45 @@ class RecordTooLarge(ValueError):
     """An event larger than ``message.max.bytes``: no broker would take it."""
 
 
+class Delivery:
+    """The events produced since the previous :meth:`Publisher.seal`, and their acknowledgements.
+
+    Delivery callbacks may run on any thread that polls the producer; they only
+    append to lists, which the GIL keeps whole.
+    """
+
+    def __init__(self) -> None:
+        self.produced = 0
+        #: The topic of each event acknowledged (None: a delivery failed).
+        self.acked: list[str | None] = []
+        self.errors: list[str] = []
+
+    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.errors.append(f"{message.topic()}[{message.key()!r}]: {error}")
+            self.acked.append(None)
+        else:
+            self.acked.append(message.topic())
+
+    @property
+    def done(self) -> bool:
+        return len(self.acked) >= self.produced
+
+
 class Publisher:
-    """Produce keyed values (``None`` = tombstone) and account for their delivery."""
+    """Produce keyed values (``None`` = tombstone) and account for their delivery.
+
+    :meth:`seal` closes the events produced so far into a :class:`Delivery`;
+    :meth:`wait` (on any thread) returns once Kafka acknowledged all of them,
+    while later events are being produced.
+    """
 
     def __init__(self, kafka_config: dict[str, Any]):
         config = {**PRODUCER_DEFAULTS, **kafka_config}
         self._producer = Producer(config)
         #: The largest event the producer accepts, in bytes.
         self.max_bytes = max_message_bytes(config)
-        self._errors: list[str] = []
-        self._pending = 0
-        self.delivered: Counter[str] = Counter()
-
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        self._pending -= 1
-        if error is not None:
-            self._errors.append(f"{message.topic()}[{message.key()!r}]: {error}")
-        else:
-            self.delivered[message.topic()] += 1
-            PUBLISHED.labels(message.topic()).inc()
+        self._current = Delivery()
 
     def produce(
         self,
@@ -72,13 +93,14 @@ class Publisher:
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        delivery = self._current
         while True:
             try:
                 self._producer.produce(
-                    topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery
+                    topic, key=key, value=value, headers=headers, on_delivery=delivery.on_delivery
                 )
-                self._pending += 1
-                break
+                delivery.produced += 1
+                return
             except BufferError:  # the local queue is full: let deliveries drain
                 self._producer.poll(0.1)
             except KafkaException as e:
@@ -88,17 +110,31 @@ class Publisher:
                         f"{size:,} bytes is more than message.max.bytes allows"
                     ) from e
                 raise
-        self._producer.poll(0)
 
-    def flush(self, timeout: float = 120.0) -> None:
-        """Wait until every produced event is acknowledged; raise if any was not."""
-        remaining = self._producer.flush(timeout)
-        if self._errors or remaining:
-            errors, self._errors = self._errors, []
+    def seal(self) -> Delivery:
+        """The events produced since the last seal; those produced next belong to the next."""
+        delivery, self._current = self._current, Delivery()
+        return delivery
+
+    def wait(self, delivery: Delivery, timeout: float = 120.0) -> None:
+        """Serve delivery callbacks until ``delivery`` is acknowledged; raise if any failed."""
+        deadline = time.monotonic() + timeout
+        while not delivery.done and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        for topic, count in Counter(delivery.acked).items():
+            if topic is not None:
+                PUBLISHED.labels(topic).inc(count)
+        if delivery.errors or not delivery.done:
+            errors = delivery.errors
+            remaining = delivery.produced - len(delivery.acked)
             detail = "; ".join(errors[:3]) or f"{remaining} events unacknowledged after {timeout}s"
             raise DeliveryError(
                 f"Kafka did not acknowledge {len(errors) or remaining} event(s): {detail}"
             )
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Wait until every event produced so far is acknowledged; raise if any was not."""
+        self.wait(self.seal(), timeout)
 
     def close(self) -> None:
         self._producer.flush(10)

@@ -441,3 +441,26 @@ def test_the_daemon_rides_through_a_lost_state_connection_and_keeps_its_lock(
         _, stderr = first.communicate(timeout=60)
     assert first.returncode == 0, stderr
     assert "state store" in stderr and "reconnected" in stderr
+
+
+def test_a_stop_during_the_purge_recheck_ends_it_and_the_next_purge_finishes_it(emulator, relay):
+    emu = emulator(listings=400, accounts=20)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        removed = set(emu.advance(minutes=30, modify=0, create=0, remove=0.2, media=0)["removed"])
+        recheck = poller._gone
+
+        def then_stop(resource, keys):  # SIGTERM arrives while the candidates are re-checked
+            poller.stop.set()
+            return recheck(resource, keys)
+
+        poller._gone = then_stop
+        stopped = poller.purge(force=True)
+        poller._gone = recheck
+        poller.stop.clear()
+        assert not stopped.completed and 0 < stopped.purged < len(removed)
+        finished = poller.purge(force=True)
+    assert finished.completed
+    assert stopped.purged + finished.purged == len(removed)
+    assert _tombstones(settings) == removed

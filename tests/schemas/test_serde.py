@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 from datetime import UTC, datetime
 
@@ -168,3 +169,28 @@ def test_create_topics_on_the_broker(kafka_bootstrap, topic_prefix):
         entries = described[spec.name]
         for key, value in spec.config.items():
             assert entries[key].value == value, (spec.name, key)
+
+
+def test_the_encoder_writes_the_bytes_of_confluents_serializer(
+    registry_url, topic_prefix, source, api_results, account_source
+):
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    serde = Serde(_client(registry_url), topic_prefix)
+    cases = [
+        (f"{topic_prefix}.listings", LISTING_SCHEMA, listing_to_record(listing, source))
+        for name in ("multiple.json", "with_photos.json", "with_documents.json", "with_vtour.json")
+        for listing in api_results("listings", name)
+    ]
+    cases += [
+        (f"{topic_prefix}.accounts", ACCOUNT_SCHEMA, account_to_record(account, account_source))
+        for name in ("all.json", "office.json")
+        for account in api_results("accounts", name)
+    ]
+    cases.append((f"{topic_prefix}.purges", PURGE_SCHEMA, purge_record("listings", "k1", source)))
+    for topic, text, record in cases:
+        stock = AvroSerializer(_client(registry_url), text)
+        expected = stock(record, SerializationContext(topic, MessageField.VALUE))
+        assert serde.encoder(topic)(record) == expected
+        assert pickle.loads(pickle.dumps(serde.encoder(topic)))(record) == expected
