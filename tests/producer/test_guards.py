@@ -265,14 +265,23 @@ def test_days_of_backlog_are_caught_up_in_windows_each_committed(emulator, relay
         poller.client.max_attempts = 2
         committed = []
         set_checkpoint = poller.state.set_checkpoint
+        update_window = poller._update_window
 
-        def fail_after_the_first_window(name, value):
+        def record(name, value):
             set_checkpoint(name, value)
             if name == "update":
                 committed.append(value["upper"])
-                _faults(emu, "500:1.0")  # the API goes away during the second window
 
-        monkeypatch.setattr(poller.state, "set_checkpoint", fail_after_the_first_window)
+        windows = []
+
+        def fail_from_the_second_window(stats, lower, upper):
+            windows.append(upper)
+            if len(windows) == 2:  # the API goes away as the second window starts
+                _faults(emu, "500:1.0")
+            return update_window(stats, lower, upper)
+
+        monkeypatch.setattr(poller.state, "set_checkpoint", record)
+        monkeypatch.setattr(poller, "_update_window", fail_from_the_second_window)
         with pytest.raises(TransientSourceError):
             poller.update()
         monkeypatch.undo()
