@@ -227,6 +227,10 @@ def test_prometheus_sees_freshness_and_lag_move(
             )
             assert [a["metric"]["pipeline"] for a in down] == [pipeline]
 
+            # every listing changes while search is down: a backlog that one event per batch
+            # takes longer to apply than the lag's first sample (5 s after the start)
+            emulator.advance(minutes=45, modify=1.0, create=0.0, remove=0.0, media=0.0)
+            settles(POLLER_NEWEST, "pipeline", {pipeline: newest_truth()})
             # search starts again, one event per batch: its lag shows, then it catches up
             search = next(s for s in long_running if s.name == by_kind["search"])
             running.start(replace(search, env={**search.env, "SPARK_RELAY_SINK_BATCH_SIZE": "1"}))
