@@ -4,9 +4,8 @@ Values are Avro with the Confluent framing (magic byte 0, 4-byte schema id,
 Avro binary), byte for byte what confluent-kafka's ``AvroSerializer`` writes with
 the default TopicNameStrategy, so subjects are ``<topic>-value`` and any
 Confluent-aware reader (Kafka Connect, ksqlDB, Flink, confluent-kafka) decodes
-them without our code. :class:`AvroEncoder` writes them with fastavro directly:
-the same bytes without the serializer's per-call lookups, and it can be sent to
-another process. Keys are plain UTF-8 strings (``StringSerializer('utf_8')``).
+them without our code. :class:`AvroEncoder` writes them with the schema's
+compiled writer (``schemas/_avro.py``): the same bytes, about three times faster. Keys are plain UTF-8 strings (``StringSerializer('utf_8')``).
 
 Readers decode with the current schema as the reader schema, so an event
 written with an older released version arrives in today's shape (new fields
@@ -15,11 +14,9 @@ take their defaults).
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
-import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import (
@@ -29,6 +26,7 @@ from confluent_kafka.serialization import (
     StringSerializer,
 )
 
+from schemas._avro import record_writer
 from schemas._values import loads
 from schemas.contract import ACCOUNT_SCHEMA, LISTING_SCHEMA, PURGE_SCHEMA
 from schemas.topics import ACCOUNTS, LISTINGS, PURGES, topic_name
@@ -66,14 +64,10 @@ class AvroEncoder:
     def __init__(self, schema_id: int, schema_text: str):
         self.schema_id = schema_id
         self.schema_text = schema_text
-        self._prefix = b"\0" + schema_id.to_bytes(4, "big")
-        self._schema = fastavro.parse_schema(loads(schema_text))
+        self._write = record_writer(loads(schema_text), b"\0" + schema_id.to_bytes(4, "big"))
 
     def __call__(self, record: dict[str, Any]) -> bytes:
-        out = io.BytesIO()
-        out.write(self._prefix)
-        fastavro.schemaless_writer(out, self._schema, record)
-        return out.getvalue()
+        return self._write(record)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return AvroEncoder, (self.schema_id, self.schema_text)
