@@ -16,7 +16,17 @@ from schemas._avro import record_writer
 
 _TEXTS = ["", "a", "Spokane", "é", "日本語", "🏠 with a house", "x" * 70, "y" * 9000, "\x00\n\t"]
 _NUMBERS = [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**31 - 1, -(2**31)]
-_LONGS = [*_NUMBERS, 2**31, -(2**31) - 1, 2**62, 2**63 - 1, -(2**63)]
+_LONGS = [
+    *_NUMBERS,
+    2**31,
+    -(2**31) - 1,
+    2**27,
+    -(2**27) - 1,
+    2**55,
+    -(2**55) - 1,
+    2**63 - 1,
+    -(2**63),
+]
 _DOUBLES = [0.0, -0.0, 1.5, -116.3237, 1e308, 5e-324, float("inf"), 425000, -3]
 _ZONES = [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
 
