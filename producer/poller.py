@@ -51,6 +51,7 @@ from schemas import (
     Source,
     account_to_record,
     json_dumps,
+    listing_text,
     listing_to_record,
     parse_timestamp,
     purge_key,
@@ -92,7 +93,12 @@ _HASH_PIECE = 2047
 
 def content_hash(record: Any) -> str:
     """A digest of an API record's content: keys sorted, numbers digit for digit."""
-    text = memoryview(json_dumps(record, sort_keys=True).encode())
+    return _digest(json_dumps(record, sort_keys=True))
+
+
+def _digest(text: str) -> str:
+    """The digest of a record's sorted JSON text (:func:`content_hash`)."""
+    text = memoryview(text.encode())
     digest = hashlib.blake2b(digest_size=16)
     for start in range(0, len(text), _HASH_PIECE):
         digest.update(text[start : start + _HASH_PIECE])
@@ -366,7 +372,7 @@ class Poller:
                 self._dead_letter(stats, result, e, source)
                 continue
             modified = (result.get("StandardFields") or {}).get("ModificationTimestamp")
-            digest = content_hash(result)
+            digest = _digest(listing_text(result, record))  # content_hash(result), sooner
             if not force and known.get(key, (None, None))[1] == digest:
                 stats.unchanged += 1
                 continue

@@ -4,7 +4,8 @@
 ``Listing`` record; ``listing_from_record`` gives the element back, equal key
 for key and value for value. What makes that lossless:
 
-- StandardFields travel verbatim as JSON text (``standard_fields_json``),
+- StandardFields travel verbatim as JSON text (``standard_fields_json``, keys
+  sorted, so the text is also what the poller's content hash is taken of),
   except the expansion lists, which travel as typed arrays whose items keep
   whatever they cannot type in their own ``extra_json``;
 - CustomFields, CustomFieldsRaw and CustomFieldsExpandedRaw travel verbatim
@@ -27,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from schemas._items import ItemPlan, item_plan, items_from_record, items_to_record
 from schemas._values import MASK, REJECT, converter_for, dumps, loads, to_timestamp
 
@@ -41,6 +44,7 @@ __all__ = [
     "Source",
     "listing_to_record",
     "listing_from_record",
+    "listing_text",
     "account_to_record",
     "account_from_record",
     "purge_record",
@@ -164,6 +168,8 @@ def _typed(
 
 
 def _masked(fields: Mapping[str, Any]) -> list[str]:
+    if MASK not in fields.values():  # the usual case, looked for in C
+        return []
     return [name for name, value in fields.items() if value == MASK]
 
 
@@ -220,13 +226,26 @@ def listing_to_record(listing: Mapping[str, Any], source: Source) -> dict[str, A
             expanded.append(name)
     if expanded:
         rest = {name: value for name, value in standard.items() if name not in expanded}
-        record["standard_fields_json"] = dumps(rest)
+        record["standard_fields_json"] = dumps(rest, sort_keys=True)
     else:
-        record["standard_fields_json"] = dumps(standard)
+        record["standard_fields_json"] = dumps(standard, sort_keys=True)
     record["masked_fields"] = _masked(standard)
     record["unparsed_fields"] = unparsed
     record["source"] = source.as_record()
     return record
+
+
+def listing_text(listing: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    """``listing`` as JSON text with the keys sorted at every level, numbers digit for digit
+    (what the poller's content hash is taken of), given its ``Listing`` record.
+
+    The record's ``standard_fields_json`` is that text of StandardFields when no
+    expansion list was taken out of it: then it is not written a second time.
+    """
+    if any(record.get(name) is not None for name in _LISTING_ARRAYS):
+        return dumps(listing, sort_keys=True)
+    standard = orjson.Fragment(record["standard_fields_json"])
+    return dumps({**listing, "StandardFields": standard}, sort_keys=True)
 
 
 def listing_from_record(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,10 @@ from schemas import (
     LISTING_SCHEMA,
     PURGE_SCHEMA,
     InvalidRecord,
+    json_dumps,
+    json_loads,
     listing_from_record,
+    listing_text,
     listing_to_record,
 )
 
@@ -417,3 +420,28 @@ def test_listing_schema_types_what_downstream_queries_use():
         assert branch(name)["type"] == "array", name
     source = {f["name"] for f in fields["source"]["fields"]}
     assert source == {"resource", "procedure", "run_id", "window_from", "window_to", "fetched_at"}
+
+
+@pytest.mark.parametrize("name", LISTING_FILES)
+def test_the_listing_text_is_the_sorted_json_of_the_listing(name, api_results, source):
+    for listing in api_results("listings", name):
+        expected = json_dumps(listing, sort_keys=True)
+        assert listing_text(listing, listing_to_record(listing, source)) == expected
+        shuffled = dict(reversed(listing.items()))  # the API's key order does not count
+        shuffled["StandardFields"] = dict(reversed(listing["StandardFields"].items()))
+        assert listing_text(shuffled, listing_to_record(shuffled, source)) == expected
+
+
+def test_the_listing_text_keeps_every_digit(make_listing, source):
+    text = json_dumps(make_listing(top={"Zeta": 1}, BigId=1))
+    text = text.replace(
+        '"BigId":1',
+        '"BigId":123456789012345678901234567890,"Dec":0.1000000000000000055511151231257827',
+    )
+    listing = json_loads(text)
+    expected = json_dumps(listing, sort_keys=True)
+    assert (
+        "123456789012345678901234567890" in expected
+        and "0.1000000000000000055511151231257827" in expected
+    )
+    assert listing_text(listing, listing_to_record(listing, source)) == expected
