@@ -119,6 +119,8 @@ def to_timestamp(value: Any) -> Any:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         return REJECT
+    if moment.tzinfo is UTC:  # "Z" or "+00:00": as the API sends them
+        return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     try:

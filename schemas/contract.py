@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from schemas._items import ItemPlan, item_plan, items_from_record, items_to_record
-from schemas._values import MASK, REJECT, converter_for, dumps, loads, to_timestamp
+from schemas._values import MASK, REJECT, converter_for, dumps, loads, to_text, to_timestamp
 
 __all__ = [
     "LISTING_SCHEMA",
@@ -153,10 +153,14 @@ def _typed(
 ) -> list[str]:
     """Fill ``record`` with the typed fields of ``plan``; return the names left unparsed."""
     unparsed = []
+    get = fields.get
     for name, convert in plan:
-        value = fields.get(name)
+        value = get(name)
         if value is None or value == MASK:
             record[name] = None
+            continue
+        if convert is to_text and type(value) is str:  # half of a listing's typed fields
+            record[name] = value
             continue
         typed = convert(value)
         if typed is REJECT:

@@ -23,7 +23,6 @@ from confluent_kafka.serialization import (
     MessageField,
     SerializationContext,
     StringDeserializer,
-    StringSerializer,
 )
 
 from schemas._avro import record_writer
@@ -100,7 +99,6 @@ class Serde:
             for name, text in SCHEMAS.items()
         }
         self._any_deserializer = AvroDeserializer(registry_client)
-        self._key_serializer = StringSerializer("utf_8")
         self._key_deserializer = StringDeserializer("utf_8")
 
     def encoder(self, topic: str) -> AvroEncoder:
@@ -131,8 +129,8 @@ class Serde:
         return self._serialize(self.purges_topic, record)
 
     def key(self, key: str) -> bytes:
-        """A message key: the UTF-8 bytes of ``key``."""
-        return self._key_serializer(key, SerializationContext("", MessageField.KEY))
+        """A message key: the UTF-8 bytes of ``key`` (what ``StringSerializer('utf_8')`` writes)."""
+        return key.encode()
 
     def deserialize_key(self, data: bytes | None) -> str | None:
         """The text of a message key (None for a null key)."""
