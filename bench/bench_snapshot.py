@@ -75,7 +75,7 @@ def _per_listing(step, n: int, repeat: int = 3) -> float:
 def steps(settings) -> None:
     """Time each step of the pipeline alone over one page, in µs per listing."""
     from producer import poller as poller_module
-    from schemas import Source, json_loads, listing_to_record
+    from schemas import Source, json_loads, listing_text, listing_to_record
 
     with SparkClient(settings.api_url, Secret("devstack-key"), rate_limit=1000) as client:
         response = client._http.get("/v1/listings", params={"_limit": 1000})
@@ -93,7 +93,11 @@ def steps(settings) -> None:
             lambda: [listing_to_record(r, source) for r in results], n
         )
         timings["hashing"] = _per_listing(
-            lambda: [poller_module.content_hash(r) for r in results], n
+            lambda: [
+                poller_module._digest(listing_text(r, c))
+                for r, c in zip(results, records, strict=True)
+            ],
+            n,
         )
         timings["Avro encoding"] = _per_listing(
             lambda: [serde.serialize_listing(r) for r in records], n
