@@ -171,8 +171,9 @@ def _typed(
     return unparsed
 
 
-def _masked(fields: Mapping[str, Any]) -> list[str]:
-    if MASK not in fields.values():  # the usual case, looked for in C
+def _masked(fields: Mapping[str, Any], text: str | None = None) -> list[str]:
+    """The names of ``fields`` whose value is the mask; ``text``, when given, their JSON text."""
+    if text is not None and f'"{MASK}"' not in text:  # the usual case, found in C
         return []
     return [name for name, value in fields.items() if value == MASK]
 
@@ -233,7 +234,7 @@ def listing_to_record(listing: Mapping[str, Any], source: Source) -> dict[str, A
         record["standard_fields_json"] = dumps(rest, sort_keys=True)
     else:
         record["standard_fields_json"] = dumps(standard, sort_keys=True)
-    record["masked_fields"] = _masked(standard)
+    record["masked_fields"] = _masked(standard, record["standard_fields_json"])
     record["unparsed_fields"] = unparsed
     record["source"] = source.as_record()
     return record
@@ -299,7 +300,7 @@ def account_to_record(account: Mapping[str, Any], source: Source) -> dict[str, A
     record["primary_email"] = _primary(account.get("Emails"), "Address")
     record["primary_phone"] = _primary(account.get("Phones"), "Number")
     record["record_json"] = dumps(account)
-    record["masked_fields"] = _masked(account)
+    record["masked_fields"] = _masked(account, record["record_json"])
     record["unparsed_fields"] = unparsed
     record["source"] = source.as_record()
     return record
