@@ -75,6 +75,9 @@ def report(r: SeedResult, listings: int) -> SeedResult:
         f"{r.dead_letters:>4}  {', '.join(f'{k}={v}' for k, v in sorted(acts.items()))}",
         flush=True,
     )
+    if r.converged and r.crashes:
+        crashed = ", ".join(f"{name} {n}x" for name, n in sorted(r.crashes.items()))
+        print(f"      converged, but {crashed} crashed: logs kept in {r.root}", flush=True)
     if not r.converged:
         if r.error:
             print(f"      error: {r.error}")

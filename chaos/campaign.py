@@ -224,9 +224,29 @@ def run_seed(
         or result.key_in_logs
     )
     log("finished", converged=result.converged, seconds=round(result.seconds, 1))
-    if result.converged and not keep:
-        shutil.rmtree(root, ignore_errors=True)
+    if not keep:
+        tidy(root, result)
     return result
+
+
+#: What a converged seed whose processes crashed keeps: enough to read why.
+CRASH_EVIDENCE = ("logs", "campaign.log", "plan.json")
+
+
+def tidy(root: Path, result: SeedResult) -> None:
+    """Remove a converged seed's directory; keep a failed one whole, and the logs, the
+    campaign log and the plan of a converged seed that saw a process crash."""
+    if not result.converged:
+        return
+    if not result.crashes:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for entry in root.iterdir():
+        if entry.name not in CRASH_EVIDENCE:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
 
 
 def _act(world: World, act: dict, log: _Log, result: SeedResult, extra: list) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chaos import check
 from chaos.__main__ import summary
-from chaos.campaign import plan, run_seed
+from chaos.campaign import SeedResult, plan, run_seed, tidy
 
 T1 = datetime(2026, 1, 1, tzinfo=UTC)
 T2 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -36,6 +36,34 @@ def test_a_short_seed_converges():
     log = [json.loads(x) for x in (root / "campaign.log").read_text().splitlines()]
     assert all(entry["wall"] and "virtual" in entry for entry in log)
     shutil.rmtree(root)  # kept when the test fails, for the post-mortem
+
+
+def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):
+    def world(name: str, crashes: dict[str, int], converged: bool = True) -> Path:
+        root = tmp_path / name
+        (root / "logs").mkdir(parents=True)
+        (root / "logs" / "sink-postgres-a.log").write_text("Traceback …")
+        (root / "state" / "pg").mkdir(parents=True)
+        (root / "campaign.log").write_text("{}")
+        (root / "plan.json").write_text("{}")
+        (root / "error.txt").write_text("")
+        result = SeedResult(1, 3, root=str(root), converged=converged)
+        result.crashes.update(crashes)
+        tidy(root, result)
+        return root
+
+    assert not world("clean", {}).exists()
+    crashed = world("crashed", {"postgres-a": 1})
+    assert sorted(p.name for p in crashed.iterdir()) == ["campaign.log", "logs", "plan.json"]
+    assert (crashed / "logs" / "sink-postgres-a.log").read_text() == "Traceback …"
+    failed = world("failed", {}, converged=False)
+    assert sorted(p.name for p in failed.iterdir()) == [
+        "campaign.log",
+        "error.txt",
+        "logs",
+        "plan.json",
+        "state",
+    ]
 
 
 def test_the_same_seed_plans_the_same_campaign():
