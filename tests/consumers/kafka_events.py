@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -20,6 +21,7 @@ __all__ = [
     "account",
     "SOURCE",
     "committed",
+    "postgres_offsets",
     "FAST_GROUP",
     "read_raw",
     "wait_for",
@@ -121,6 +123,20 @@ def committed(settings: Settings, group: str, topic: str, partitions: int) -> di
         return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
     finally:
         consumer.close()
+
+
+def postgres_offsets(conn: psycopg.Connection, schema: str) -> dict[tuple[str, int], int]:
+    """The offsets a PostgreSQL sink stored in ``schema`` ((topic, partition) → next offset;
+    none before the sink created its tables)."""
+    try:
+        return {
+            (t, p): o
+            for t, p, o in conn.execute(
+                f'SELECT topic, partition, next_offset FROM "{schema}".kafka_offsets'
+            )
+        }
+    except psycopg.errors.UndefinedTable:
+        return {}
 
 
 def wait_for(
