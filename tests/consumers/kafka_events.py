@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from producer.topics import ensure_contract
 from schemas import Serde, Source, account_to_record, listing_to_record
 from spark_relay.settings import Settings
+from tests.kafka_helpers import read_to_end
 
 __all__ = [
     "Topics",
@@ -155,29 +156,9 @@ def read_raw(
     settings: Settings, topic: str, timeout: float = 60.0
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every message of ``topic`` as ``(key bytes, value bytes, headers)``, up to partition EOF."""
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": "test-raw-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+    return read_to_end(
+        {**settings.kafka_config(), "group.id": "test-raw-reader"},
+        topic,
+        lambda message: (message.key(), message.value(), dict(message.headers() or [])),
+        timeout,
     )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining, out = set(partitions), []
-        deadline = time.monotonic() + timeout
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(message.partition())
-                continue
-            out.append((message.key(), message.value(), dict(message.headers() or [])))
-        assert not remaining, f"{topic}: no end of partitions {sorted(remaining)}"
-        return out
-    finally:
-        consumer.close()
