@@ -9,31 +9,34 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-__all__ = ["read_topic", "cli_env"]
+__all__ = ["read_to_end", "read_topic", "cli_env"]
+
+T = TypeVar("T")
 
 
-def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, timeout: float = 60.0):
-    """``[(key, value, headers)]`` in offset order per partition; values decoded with a registry."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "test-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    decode = AvroDeserializer(SchemaRegistryClient({"url": registry_url})) if registry_url else None
+def read_to_end(
+    config: dict[str, Any], topic: str, convert: Callable[[Message], T], timeout: float = 60.0
+) -> list[T]:
+    """``convert(message)`` of every message of ``topic``, in offset order per partition.
+
+    Each partition is read from offset 0 to its partition-EOF event by a consumer of
+    ``config`` (the broker and a ``group.id``) that never commits; ``convert`` is called
+    while that consumer is open. Raises ``AssertionError`` if a partition's end is not
+    reached within ``timeout`` seconds.
+    """
+    consumer = Consumer({**config, "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining = set(partitions)
-        out = []
+        remaining, out = set(partitions), []
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
             message = consumer.poll(0.5)
@@ -43,11 +46,7 @@ def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, time
                 if message.error().code() == KafkaError._PARTITION_EOF:
                     remaining.discard(message.partition())
                 continue
-            value = message.value()
-            if decode is not None and value is not None:
-                value = decode(value, SerializationContext(topic, MessageField.VALUE))
-            key = message.key().decode() if message.key() is not None else None
-            out.append((key, value, message.headers() or []))
+            out.append(convert(message))
         if remaining:
             raise AssertionError(
                 f"{topic}: did not reach the end of partitions {sorted(remaining)}"
@@ -55,6 +54,22 @@ def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, time
         return out
     finally:
         consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, timeout: float = 60.0):
+    """``[(key, value, headers)]`` in offset order per partition; values decoded with a registry."""
+    decode = AvroDeserializer(SchemaRegistryClient({"url": registry_url})) if registry_url else None
+
+    def entry(message: Message) -> tuple[str | None, Any, list[tuple[str, bytes]]]:
+        value = message.value()
+        if decode is not None and value is not None:
+            value = decode(value, SerializationContext(topic, MessageField.VALUE))
+        key = message.key().decode() if message.key() is not None else None
+        return key, value, message.headers() or []
+
+    return read_to_end(
+        {"bootstrap.servers": bootstrap, "group.id": "test-reader"}, topic, entry, timeout
+    )
 
 
 def cli_env(settings, **overrides: str) -> dict[str, str]:

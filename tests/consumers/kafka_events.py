@@ -6,13 +6,15 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from producer.topics import ensure_contract
 from schemas import Serde, Source, account_to_record, listing_to_record
 from spark_relay.settings import Settings
+from tests.kafka_helpers import read_to_end
 
 __all__ = [
     "Topics",
@@ -20,6 +22,7 @@ __all__ = [
     "account",
     "SOURCE",
     "committed",
+    "postgres_offsets",
     "FAST_GROUP",
     "read_raw",
     "wait_for",
@@ -123,6 +126,20 @@ def committed(settings: Settings, group: str, topic: str, partitions: int) -> di
         consumer.close()
 
 
+def postgres_offsets(conn: psycopg.Connection, schema: str) -> dict[tuple[str, int], int]:
+    """The offsets a PostgreSQL sink stored in ``schema`` ((topic, partition) → next offset;
+    none before the sink created its tables)."""
+    try:
+        return {
+            (t, p): o
+            for t, p, o in conn.execute(
+                f'SELECT topic, partition, next_offset FROM "{schema}".kafka_offsets'
+            )
+        }
+    except psycopg.errors.UndefinedTable:
+        return {}
+
+
 def wait_for(
     predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"
 ) -> Any:
@@ -139,29 +156,9 @@ def read_raw(
     settings: Settings, topic: str, timeout: float = 60.0
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every message of ``topic`` as ``(key bytes, value bytes, headers)``, up to partition EOF."""
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": "test-raw-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+    return read_to_end(
+        {**settings.kafka_config(), "group.id": "test-raw-reader"},
+        topic,
+        lambda message: (message.key(), message.value(), dict(message.headers() or [])),
+        timeout,
     )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining, out = set(partitions), []
-        deadline = time.monotonic() + timeout
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(message.partition())
-                continue
-            out.append((message.key(), message.value(), dict(message.headers() or [])))
-        assert not remaining, f"{topic}: no end of partitions {sorted(remaining)}"
-        return out
-    finally:
-        consumer.close()

@@ -39,6 +39,7 @@ from tests.consumers.kafka_events import (
     account,
     committed,
     listing,
+    postgres_offsets,
     read_raw,
     wait_for,
 )
@@ -588,7 +589,7 @@ def test_a_redrive_applies_a_letter_only_if_the_sink_holds_nothing_newer(
     dlq = dlq_topic(topics.settings.topic_prefix, "postgres")
     assert committed(topics.settings, redrive_group(dlq), dlq, 1) == {0: 3}
     # the main group's stored offsets did not move; a second re-drive finds nothing left
-    assert _offsets(conn, schema)[(topics.listings, 0)] == 5
+    assert postgres_offsets(conn, schema)[(topics.listings, 0)] == 5
     _register()
     env = _env(topics.settings, database_url)
     result = CliRunner().invoke(cli, ["dlq", "redrive", "postgres", "--schema", schema], env=env)
@@ -710,18 +711,6 @@ def _env(settings, database_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def _offsets(conn, schema: str) -> dict[tuple[str, int], int]:
-    try:
-        return {
-            (t, p): o
-            for t, p, o in conn.execute(
-                f'SELECT topic, partition, next_offset FROM "{schema}".kafka_offsets'
-            )
-        }
-    except psycopg.errors.UndefinedTable:
-        return {}
-
-
 def _log_has(path: Path, text: str) -> bool:
     return path.exists() and text in path.read_text()
 
@@ -782,7 +771,9 @@ def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
                 snapshot.start()
                 # kill the second copy while it is working through its partitions
                 wait_for(
-                    lambda: any(_offsets(conn, schema).get(tp, 0) > 0 for tp in victim_partitions),
+                    lambda: any(
+                        postgres_offsets(conn, schema).get(tp, 0) > 0 for tp in victim_partitions
+                    ),
                     timeout=60,
                     interval=0.02,
                     what="the second copy's first commit",
@@ -797,7 +788,9 @@ def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
             truth = emu.truth()
         ends = _end_offsets(topics)
         wait_for(
-            lambda: all(_offsets(conn, schema).get(tp, 0) >= o for tp, o in ends.items() if o),
+            lambda: all(
+                postgres_offsets(conn, schema).get(tp, 0) >= o for tp, o in ends.items() if o
+            ),
             timeout=120,
             what="the survivor to catch up",
         )
@@ -813,7 +806,7 @@ def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(30) == 0, logs[0].read_text()[-3000:]
         for topic in (topics.listings, topics.accounts):
-            stored = {p: o for (t, p), o in _offsets(conn, schema).items() if t == topic}
+            stored = {p: o for (t, p), o in postgres_offsets(conn, schema).items() if t == topic}
             assert committed(settings, "spark-relay.postgres", topic, 4) == stored
     finally:
         for process in copies:
@@ -862,13 +855,15 @@ def test_sigterm_mid_stream_commits_the_current_batch_and_exits_0(
     )
     try:
         wait_for(
-            lambda: sum(_offsets(conn, schema).values()) > 0, timeout=60, what="the first batches"
+            lambda: sum(postgres_offsets(conn, schema).values()) > 0,
+            timeout=60,
+            what="the first batches",
         )
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=30)
         assert process.returncode == 0, log.read_text()[-3000:]
         assert "sink postgres:" in out
-        stored = {p: o for (_, p), o in _offsets(conn, schema).items()}
+        stored = {p: o for (_, p), o in postgres_offsets(conn, schema).items()}
         assert 0 < sum(stored.values()) < 3000  # stopped mid-stream
         assert committed(settings, "g-term", topics.listings, 2) == stored
         assert conn.execute(f'SELECT count(*) FROM "{schema}".listings').fetchone()[0] == sum(

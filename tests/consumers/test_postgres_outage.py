@@ -19,7 +19,7 @@ import pytest
 
 from consumers.postgres import PostgresSink
 from consumers.runner import Runner, RunnerConfig, end_offsets
-from tests.consumers.kafka_events import FAST_GROUP, Topics, listing, wait_for
+from tests.consumers.kafka_events import FAST_GROUP, Topics, listing, postgres_offsets, wait_for
 
 PARTITIONS = 4
 SINK_APP = "spark-relay sink postgres"
@@ -86,18 +86,6 @@ def setup(make_settings, database_url):
     topics.close()
 
 
-def _offsets(conn, schema: str) -> dict[tuple[str, int], int]:
-    try:
-        return {
-            (t, p): o
-            for t, p, o in conn.execute(
-                f'SELECT topic, partition, next_offset FROM "{schema}".kafka_offsets'
-            )
-        }
-    except psycopg.errors.UndefinedTable:
-        return {}
-
-
 def _converged(conn, schema: str, topics: Topics, keys: int) -> None:
     """Every event applied exactly once: offsets at the ends, every row, no duplicate version."""
     ends = end_offsets(
@@ -105,11 +93,11 @@ def _converged(conn, schema: str, topics: Topics, keys: int) -> None:
         [topics.listings, topics.accounts, topics.purges],
     )
     wait_for(
-        lambda: all(_offsets(conn, schema).get(tp, 0) >= o for tp, o in ends.items() if o),
+        lambda: all(postgres_offsets(conn, schema).get(tp, 0) >= o for tp, o in ends.items() if o),
         timeout=60,
         what="the stored offsets to reach the ends",
     )
-    assert {tp: o for tp, o in _offsets(conn, schema).items() if o} == {
+    assert {tp: o for tp, o in postgres_offsets(conn, schema).items() if o} == {
         tp: o for tp, o in ends.items() if o
     }
     count, distinct = conn.execute(
@@ -231,7 +219,7 @@ def test_the_sink_waits_out_a_broken_database_and_loses_nothing(setup, members):
 
     publisher = threading.Thread(target=publish)
     publisher.start()
-    wait_for(lambda: _offsets(conn, schema), timeout=30, what="the first commit")
+    wait_for(lambda: postgres_offsets(conn, schema), timeout=30, what="the first commit")
     # a restart window: for 3 s every connection of the sink is ended as soon as it is seen
     waiting: set[str] = set()
     deadline = time.monotonic() + 3
@@ -292,7 +280,7 @@ def test_partitions_assigned_while_the_database_is_down_start_once_it_is_back(
                 )
                 _publish(topics, 200, 100)
                 time.sleep(2)
-                assert _offsets(conn, schema) and a.alive and b.alive
+                assert postgres_offsets(conn, schema) and a.alive and b.alive
                 admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
                 _converged(conn, schema, topics, keys=300)
                 for member in (a, b):

@@ -13,6 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,6 +54,18 @@ def _latest(settings) -> dict:
         settings.kafka_bootstrap, settings.topic("listings"), settings.schema_registry_url
     ):
         latest[key] = value
+    return latest
+
+
+def _assert_current(settings, emu, keys=None) -> dict:
+    """Assert that the latest event of each of ``keys`` (default: every listing the API has)
+    carries the ModificationTimestamp the API serves now; the latest events by key."""
+    latest = _latest(settings)
+    truth = emu.truth()["listings"]
+    for key in truth if keys is None else keys:
+        assert latest[key] is not None, key
+        modified = listing_from_record(latest[key])["StandardFields"]["ModificationTimestamp"]
+        assert modified == truth[key], key
     return latest
 
 
@@ -192,14 +207,7 @@ def test_a_key_tombstoned_by_mistake_is_published_again(emulator, relay):
         assert poller.update().published == 0  # no window sees them: they did not change
         stats = poller.purge()
     assert stats.purged == 0 and stats.published == len(mistaken)
-    latest = _latest(settings)
-    truth = emu.truth()["listings"]
-    for key in mistaken:
-        assert latest[key] is not None, key
-        assert (
-            listing_from_record(latest[key])["StandardFields"]["ModificationTimestamp"]
-            == (truth[key])
-        )
+    _assert_current(settings, emu, mistaken)
 
 
 # -- item 7: never publish an older version --------------------------------------------
@@ -217,13 +225,7 @@ def test_an_older_version_served_by_a_lagging_replica_is_not_published(emulator,
             poller.update()  # the overlap re-reads the same window; its re-fetch lags too
     served_old = {entry[2] for entry in emu.stats_snapshot()["fault_log"] if entry[1] == "stale"}
     assert served_old
-    latest = _latest(settings)
-    truth = emu.truth()["listings"]
-    for key in served_old:
-        assert (
-            listing_from_record(latest[key])["StandardFields"]["ModificationTimestamp"]
-            == (truth[key])
-        )
+    _assert_current(settings, emu, served_old)
 
 
 def test_a_window_answered_below_its_bound_is_refetched_and_not_committed(emulator, relay):
@@ -241,12 +243,7 @@ def test_a_window_answered_below_its_bound_is_refetched_and_not_committed(emulat
         _faults(emu, "")
         stats = poller.update()  # the uncommitted window is asked again
     assert served_old and stats.completed
-    latest = _latest(settings)
-    truth = emu.truth()["listings"]
-    for key, modified in truth.items():
-        assert (
-            listing_from_record(latest[key])["StandardFields"]["ModificationTimestamp"] == modified
-        ), key
+    _assert_current(settings, emu)
 
 
 # -- item 5: bounded update windows after downtime -------------------------------------
@@ -293,13 +290,8 @@ def test_days_of_backlog_are_caught_up_in_windows_each_committed(emulator, relay
         _faults(emu, "")
         stats = poller.update()
     assert stats.completed
-    latest = {k: v for k, v in _latest(settings).items() if v is not None}
-    truth = emu.truth()["listings"]
-    assert set(latest) == set(truth)
-    for key, modified in truth.items():
-        assert listing_from_record(latest[key])["StandardFields"]["ModificationTimestamp"] == (
-            modified
-        )
+    latest = _assert_current(settings, emu)
+    assert {k for k, v in latest.items() if v is not None} == set(emu.truth()["listings"])
 
 
 def test_a_window_that_keeps_failing_does_not_starve_accounts_and_purge(
@@ -336,16 +328,28 @@ def test_a_window_that_keeps_failing_does_not_starve_accounts_and_purge(
 # -- item 6: one poller per state ------------------------------------------------------
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
-def test_a_second_poller_on_one_state_exits_at_once_naming_the_first(
-    emulator, relay, store, request
-):
-    emu = emulator(listings=300, accounts=20)
-    database = request.getfixturevalue("database_url") if store == "postgresql" else ""
-    settings = relay(emu, database_url=database or None)
+@dataclass
+class _Daemon:
+    """A ``spark-relay poll run`` subprocess, its environment, and its stderr once it ended."""
+
+    process: subprocess.Popen
+    env: dict[str, str]
+    stderr: str = ""
+
+
+@contextmanager
+def _daemon(settings) -> Iterator[_Daemon]:
+    """``spark-relay poll run`` on ``settings``, yielded once its snapshot is committed.
+
+    On the way out it is sent SIGTERM and its stderr kept; after a block that did not
+    raise, the daemon must have exited 0.
+    """
     env = cli_env(settings, update_interval="0.02")
-    first = subprocess.Popen(
-        [BIN, "poll", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    daemon = _Daemon(
+        subprocess.Popen(
+            [BIN, "poll", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ),
+        env,
     )
     try:
         deadline = time.monotonic() + 60
@@ -353,11 +357,31 @@ def test_a_second_poller_on_one_state_exits_at_once_naming_the_first(
         while time.monotonic() < deadline and not done:  # the daemon's snapshot is committed
             done = bool((_state(settings).checkpoint("snapshot") or {}).get("done"))
             time.sleep(0.2)
-        assert done and first.poll() is None
+        assert done and daemon.process.poll() is None
+        yield daemon
+    finally:
+        daemon.process.send_signal(signal.SIGTERM)
+        _, daemon.stderr = daemon.process.communicate(timeout=60)
+    assert daemon.process.returncode == 0, daemon.stderr
+
+
+def _state(settings):
+    return open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_second_poller_on_one_state_exits_at_once_naming_the_first(
+    emulator, relay, store, request
+):
+    emu = emulator(listings=300, accounts=20)
+    database = request.getfixturevalue("database_url") if store == "postgresql" else ""
+    settings = relay(emu, database_url=database or None)
+    with _daemon(settings) as daemon:
+        first = daemon.process
         for command in (["poll", "update"], ["poll", "purge"], ["reconcile", "--repair"]):
             started = time.monotonic()
             second = subprocess.run(
-                [BIN, *command], env=env, capture_output=True, text=True, timeout=60
+                [BIN, *command], env=daemon.env, capture_output=True, text=True, timeout=60
             )
             assert second.returncode == StateLocked.exit_code, (command, second.stderr)
             assert time.monotonic() - started < 15
@@ -372,14 +396,6 @@ def test_a_second_poller_on_one_state_exits_at_once_naming_the_first(
                 break
             time.sleep(0.5)
         assert runs["update"]["last_ok"]["published"] > 0
-    finally:
-        first.send_signal(signal.SIGTERM)
-        _, stderr = first.communicate(timeout=60)
-    assert first.returncode == 0, stderr
-
-
-def _state(settings):
-    return open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
 
 
 def test_a_refused_purge_in_the_daemon_waits_for_its_next_schedule(emulator, relay):
@@ -411,17 +427,7 @@ def test_the_daemon_rides_through_a_lost_state_connection_and_keeps_its_lock(
 
     emu = emulator(listings=300, accounts=20)
     settings = relay(emu, database_url=database_url)
-    env = cli_env(settings, update_interval="0.02")
-    first = subprocess.Popen(
-        [BIN, "poll", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        done = False
-        while time.monotonic() < deadline and not done:
-            done = bool((_state(settings).checkpoint("snapshot") or {}).get("done"))
-            time.sleep(0.2)
-        assert done
+    with _daemon(settings) as daemon:
         key = _state(settings)._advisory_key() & 0xFFFFFFFFFFFFFFFF
         with psycopg.connect(database_url, autocommit=True) as conn:
             killed = conn.execute(  # the server ends the session holding the lock: a restart
@@ -431,9 +437,9 @@ def test_the_daemon_rides_through_a_lost_state_connection_and_keeps_its_lock(
             ).fetchall()
         assert killed == [(True,)]
         time.sleep(3)
-        assert first.poll() is None  # still replicating, not exited
+        assert daemon.process.poll() is None  # still replicating, not exited
         second = subprocess.run(
-            [BIN, "poll", "update"], env=env, capture_output=True, text=True, timeout=60
+            [BIN, "poll", "update"], env=daemon.env, capture_output=True, text=True, timeout=60
         )
         assert second.returncode == StateLocked.exit_code, second.stderr  # the lock is back
         emu.advance(minutes=5, modify=0.05, create=0, remove=0, media=0)
@@ -445,11 +451,7 @@ def test_the_daemon_rides_through_a_lost_state_connection_and_keeps_its_lock(
             )
             time.sleep(0.5)
         assert published > 0
-    finally:
-        first.send_signal(signal.SIGTERM)
-        _, stderr = first.communicate(timeout=60)
-    assert first.returncode == 0, stderr
-    assert "state store" in stderr and "reconnected" in stderr
+    assert "state store" in daemon.stderr and "reconnected" in daemon.stderr
 
 
 def test_a_stop_during_the_purge_recheck_ends_it_and_the_next_purge_finishes_it(emulator, relay):
