@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
 import struct
 from datetime import UTC, datetime
 
@@ -193,4 +192,3 @@ def test_the_encoder_writes_the_bytes_of_confluents_serializer(
         stock = AvroSerializer(_client(registry_url), text)
         expected = stock(record, SerializationContext(topic, MessageField.VALUE))
         assert serde.encoder(topic)(record) == expected
-        assert pickle.loads(pickle.dumps(serde.encoder(topic)))(record) == expected
