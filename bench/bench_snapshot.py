@@ -74,7 +74,7 @@ def _per_listing(step, n: int, repeat: int = 3) -> float:
 
 def steps(settings) -> None:
     """Time each step of the pipeline alone over one page, in µs per listing."""
-    from producer import poller as poller_module
+    from producer.converter import digest
     from schemas import Source, json_loads, listing_text, listing_to_record
 
     with SparkClient(settings.api_url, Secret("devstack-key"), rate_limit=1000) as client:
@@ -94,7 +94,7 @@ def steps(settings) -> None:
         )
         timings["hashing"] = _per_listing(
             lambda: [
-                poller_module._digest(listing_text(r, c))
+                digest(listing_text(r, c).encode())
                 for r, c in zip(results, records, strict=True)
             ],
             n,

@@ -29,21 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from producer.committer import Committer
+from producer.converter import Converted, Converter, Invalid, convert_listing, cores, digest
 from producer.progress import Progress
 from producer.publisher import Publisher, RecordTooLarge
-from producer.spark_client import Forbidden, NotFound, Page, SparkClient
+from producer.spark_client import Forbidden, NotFound, Page, Parse, SparkClient, parse_success
 from producer.state import StateStore
 from schemas import (
     InvalidRecord,
@@ -51,8 +51,6 @@ from schemas import (
     Source,
     account_to_record,
     json_dumps,
-    listing_text,
-    listing_to_record,
     parse_timestamp,
     purge_key,
     purge_record,
@@ -84,25 +82,13 @@ SUBRESOURCE_PAGE = 200
 ACCOUNTS_SCAN = {"_orderby": "Id", "_pagination": 1}
 #: ListingKeys per ``ListingKey Eq … Or …`` request when reconcile re-fetches listings.
 RECONCILE_BATCH = 25
-
-
-#: hashlib lets the GIL go while it hashes 2 KiB or more; taking it back means waiting
-#: behind the page being parsed: the text is fed in smaller pieces.
-_HASH_PIECE = 2047
+#: Pages of fewer listings are converted on the poller's thread (:meth:`Poller._ahead`).
+AHEAD_MIN = 100
 
 
 def content_hash(record: Any) -> str:
     """A digest of an API record's content: keys sorted, numbers digit for digit."""
-    return _digest(json_dumps(record, sort_keys=True))
-
-
-def _digest(text: str) -> str:
-    """The digest of a record's sorted JSON text (:func:`content_hash`)."""
-    text = memoryview(text.encode())
-    digest = hashlib.blake2b(digest_size=16)
-    for start in range(0, len(text), _HASH_PIECE):
-        digest.update(text[start : start + _HASH_PIECE])
-    return digest.hexdigest()
+    return digest(json_dumps(record, sort_keys=True).encode())
 
 
 def _iso(moment: datetime) -> str:
@@ -268,6 +254,8 @@ class Poller:
         self.page_size = settings.page_size
         #: Commits pages behind the fetch while a procedure runs (see :meth:`_commit`).
         self._committer: Committer | None = None
+        #: Converts listings ahead of the publishing while a procedure runs (:meth:`_ahead`).
+        self._converter: Converter | None = None
 
     # -- helpers ----------------------------------------------------------
 
@@ -350,12 +338,19 @@ class Poller:
         return params
 
     def _publish_listings(
-        self, page: Page, source: Source, stats: RunStats, force: bool = False
+        self,
+        page: Page,
+        source: Source,
+        stats: RunStats,
+        force: bool = False,
+        converted: dict[int, Converted | Invalid] | None = None,
     ) -> tuple[list[tuple[str, str | None, str]], list[tuple[str, str, str | None, list]]]:
         """Produce the listings of ``page`` that changed; return their index rows and media rows.
 
-        A record that cannot become an event, or is too large for Kafka, goes to the
-        dead-letter topic; the others are published all the same.
+        ``converted`` holds the listings already converted (by :meth:`_ahead`), by
+        ``id()``; the others are converted here. A record that cannot become an event,
+        or is too large for Kafka, goes to the dead-letter topic; the others are
+        published all the same.
         """
         stats.records += len(page.results) + len(page.rejected)
         self._dead_letter_rejected(page, source, stats)
@@ -363,28 +358,25 @@ class Poller:
             r.get("Id") or (r.get("StandardFields") or {}).get("ListingKey") for r in page.results
         ]
         known = self._published("listings", [k for k in keys if isinstance(k, str)])
+        encode = self.serde.encoder(self.serde.listings_topic)
         rows, media_rows, newest = [], [], None
         for result, key in zip(page.results, keys, strict=True):
-            try:
-                media = self._refresh_subresources(result, key, known.get(key), stats)
-                record = listing_to_record(result, source)
-            except InvalidRecord as e:
-                self._dead_letter(stats, result, e, source)
+            media = self._refresh_subresources(result, key, known.get(key), stats)
+            event = (converted or {}).get(id(result)) or convert_listing(result, source, encode)
+            if isinstance(event, Invalid):
+                self._dead_letter(stats, event.text, event.error, source)
                 continue
-            modified = (result.get("StandardFields") or {}).get("ModificationTimestamp")
-            digest = _digest(listing_text(result, record))  # content_hash(result), sooner
-            if not force and known.get(key, (None, None))[1] == digest:
+            if not force and known.get(key, (None, None))[1] == event.digest:
                 stats.unchanged += 1
                 continue
-            value = self.serde.serialize_listing(record)
-            listing_key = record["ListingKey"]
             if not self._produce(
-                self.serde.listings_topic, listing_key, value, result, source, stats
+                self.serde.listings_topic, event.key, event.value, event.text, source, stats
             ):
                 continue
             stats.published += 1
-            rows.append((record["ListingKey"], modified, digest))
-            newest = max(newest or record["ModificationTimestamp"], record["ModificationTimestamp"])
+            modified = (result.get("StandardFields") or {}).get("ModificationTimestamp")
+            rows.append((event.key, modified, event.digest))
+            newest = max(newest or event.modified, event.modified)
             media_rows.extend(media)
         if newest is not None:
             observe_newest(POLLER_NEWEST, newest.timestamp())
@@ -504,11 +496,47 @@ class Poller:
 
     @contextlib.contextmanager
     def _pipelined(self) -> Iterator[None]:
-        with Committer(self.publisher) as self._committer:
-            try:
+        try:
+            with Committer(self.publisher) as self._committer:
                 yield
-            finally:
-                self._committer = None
+        finally:
+            self._committer = None
+            if self._converter is not None:
+                self._converter.close()
+                self._converter = None
+
+    def _ahead(
+        self,
+        scan: Callable[[Parse], Iterator[tuple[Page, str]]],
+        source_of: Callable[[datetime | None], Source],
+    ) -> Iterator[tuple[Page, Source, dict[int, Converted | Invalid]]]:
+        """The pages of ``scan``, each with its source and its listings' events so far.
+
+        Once a page of ``AHEAD_MIN`` listings or more came (and when the machine has
+        more than one core and no subresource is fetched), the pages are read and
+        converted by a :class:`~producer.converter.Converter`'s worker processes while
+        the pages before are published here; the next pages are fetched meanwhile
+        (:func:`_prefetch`). Events are keyed by ``id()`` of the page's results; a
+        listing without one is converted on this thread. What is published is still
+        decided here, page after page, after the page before was produced.
+        """
+
+        def parse(body: bytes, server_time: datetime | None) -> Page | None:
+            if self._converter is None or not self._converter.ready:
+                return parse_success(body, server_time)
+            return self._converter.parse(body, server_time, source_of(server_time))
+
+        for page, _token in _prefetch(scan(parse)):
+            ahead = self._converter.events(page) if self._converter is not None else None
+            if ahead is None:
+                if len(page.results) >= AHEAD_MIN and not self.subresources and cores() > 1:
+                    if self._converter is None:  # it starts while this page is published
+                        encoder = self.serde.encoder(self.serde.listings_topic)
+                        self._converter = Converter(encoder)
+                yield page, source_of(page.server_time), {}
+                continue
+            events, source = ahead
+            yield page, source, dict(zip(map(id, page.results), events, strict=True))
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
         self.state.record_run(
@@ -568,31 +596,30 @@ class Poller:
             }
         else:
             logger.info("resuming the snapshot after skip token %r", checkpoint["token"])
-        source = Source(
-            resource="listings",
-            procedure="snapshot",
-            run_id=checkpoint["run_id"],
-            fetched_at=datetime.now(UTC),
-        )
         bar = Progress("snapshot", lambda: self._total("/v1/listings"), force=self.progress)
-        pages = self.client.scan_skiptoken(
-            "/v1/listings", self._listing_params(), checkpoint["token"]
-        )
+        params, start = self._listing_params(), checkpoint["token"]
+
+        def scan(parse: Parse) -> Iterator[tuple[Page, str]]:
+            return self.client.scan_skiptoken("/v1/listings", params, start, parse)
+
+        def source_of(server_time: datetime | None) -> Source:
+            return Source(
+                resource="listings",
+                procedure="snapshot",
+                run_id=checkpoint["run_id"],
+                fetched_at=server_time or datetime.now(UTC),
+            )
+
         try:
-            for page, _token in _prefetch(pages):
+            for page, source, converted in self._ahead(scan, source_of):
                 if checkpoint["server_start"] is None:  # the Date of the first page
                     checkpoint["server_start"] = _iso(page.server_time or self._server_now())
-                source = Source(
-                    resource="listings",
-                    procedure="snapshot",
-                    run_id=checkpoint["run_id"],
-                    fetched_at=page.server_time or datetime.now(UTC),
-                )
                 rows, media = self._publish_listings(
                     self._newer_only(page, stats),
                     source,
                     stats,
                     force=bool(checkpoint.get("republish")),
+                    converted=converted,
                 )
                 checkpoint = {**checkpoint, "token": page.skip_token or checkpoint["token"]}
                 self._commit("listings", rows, ("snapshot", checkpoint), media=media)
@@ -652,9 +679,15 @@ class Poller:
             "_filter": f"ModificationTimestamp Bt {_iso(lower)},{_iso(upper)}",
         }
         lagging: set[str] = set()
-        for page, _token in _prefetch(self.client.scan_skiptoken("/v1/listings", params)):
+
+        def scan(parse: Parse) -> Iterator[tuple[Page, str]]:
+            return self.client.scan_skiptoken("/v1/listings", params, "", parse)
+
+        for page, _, converted in self._ahead(scan, lambda server_time: source):
             lagging.update(self._below(page, lower, stats))
-            rows, media = self._publish_listings(self._newer_only(page, stats), source, stats)
+            rows, media = self._publish_listings(
+                self._newer_only(page, stats), source, stats, converted=converted
+            )
             self._commit("listings", rows, None, media=media)
             stats.pages += 1
             if self.stop.is_set():
@@ -756,12 +789,28 @@ class Poller:
         # one to TotalRows and re-sends one record, a delete removes one of each
         count, totals = checkpoint.get("count", 0), checkpoint.get("totals")
         bar = Progress("accounts", lambda: self._total("/v1/accounts"), force=self.progress)
-        try:
-            skip = checkpoint["skip"]
+
+        def scan(skip: int) -> Iterator[tuple[Page, int]]:
+            """The pages from ``skip`` on, each with the skip after it."""
             while True:
                 page = self.client.get(
                     "/v1/accounts", {**ACCOUNTS_SCAN, "_limit": self.page_size, "_skip": skip}
                 )
+                got = len(page.results) + len(page.rejected)
+                total = _total_rows(page)
+                if not got and total is not None and skip < total:
+                    raise TransientSourceError(
+                        f"the accounts scan got an empty page at {skip:,} of {total:,} accounts; "
+                        "it resumes there next time"
+                    )
+                skip += got
+                yield page, skip
+                # the scan ends on an empty page or at TotalRows; a short page is not the end
+                if not got or (total is not None and skip >= total):
+                    return
+
+        try:
+            for page, skip in _prefetch(scan(checkpoint["skip"])):
                 totals = _totals(totals, page)
                 source = Source(
                     resource="accounts",
@@ -771,15 +820,8 @@ class Poller:
                 )
                 got = len(page.results) + len(page.rejected)
                 total = _total_rows(page)
-                if not got and total is not None and skip < total:
-                    raise TransientSourceError(
-                        f"the accounts scan got an empty page at {skip:,} of {total:,} accounts; "
-                        "it resumes there next time"
-                    )
                 rows, seen = self._publish_accounts(page, source, stats)
-                skip += got
                 count += got
-                # the scan ends on an empty page or at TotalRows; a short page is not the end
                 last = not got or (total is not None and skip >= total)
                 next_checkpoint = (
                     None
@@ -789,9 +831,7 @@ class Poller:
                 self._commit("accounts", rows, ("accounts", next_checkpoint), seen=seen)
                 stats.pages += 1
                 bar.advance(len(page.results))
-                if last:
-                    break
-                if self.stop.is_set():
+                if self.stop.is_set() and not last:
                     return False
         finally:
             bar.close()

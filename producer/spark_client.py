@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from schemas import json_dumps, json_loads
+from producer.pages import Page, Parse, Rejected, parse_success, read_envelope
 from spark_relay import __version__
 from spark_relay.errors import PermanentSourceError, TransientSourceError
 from spark_relay.health import HEALTH
@@ -84,107 +82,6 @@ class _Retry(TransientSourceError):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An element of ``Results`` that is not a JSON object: its text, why, and its key if seen."""
-
-    text: bytes
-    reason: str
-    key: str | None = None
-
-
-@dataclass(frozen=True)
-class Page:
-    """One response of a collection: its records, the next skip token, the server's clock.
-
-    ``results`` holds the JSON objects of ``Results``; ``rejected`` the other elements.
-    """
-
-    results: list[dict[str, Any]]
-    skip_token: str | None = None
-    pagination: dict[str, Any] | None = None
-    server_time: datetime | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-    rejected: list[Rejected] = field(default_factory=list)
-
-
-_RESULTS = re.compile(rb'"Results"\s*:\s*\[')
-_KEY = re.compile(rb'"(?:ListingKey|Id)"\s*:\s*"([^"\\]{1,200})"')
-_WHITESPACE = b" \t\r\n"
-
-
-def _value_end(body: bytes, i: int) -> int:
-    """Where the JSON value at ``body[i]`` ends (escapes not judged); ValueError if cut short."""
-    depth, n = 0, len(body)
-    while i < n:
-        c = body[i]
-        if c == 0x22:  # a string: on to its closing quote
-            i += 1
-            while i < n and body[i] != 0x22:
-                i += 2 if body[i] == 0x5C else 1
-            if i >= n:
-                break
-            i += 1
-            if depth == 0:
-                return i
-            continue
-        if c in b"[{":
-            depth += 1
-        elif c in b"]}":
-            if depth == 0:  # the array closes after a bare scalar
-                return i
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        elif c == 0x2C and depth == 0:  # the comma after a bare scalar
-            return i
-        i += 1
-    raise ValueError("cut short")
-
-
-def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
-    """A body with one element of ``Results`` broken: (document, objects, rejected elements).
-
-    None when the frame itself is broken (a truncated body is retried, not split).
-    """
-    found = _RESULTS.search(body)
-    if found is None:
-        return None
-    start = i = found.end()
-    elements: list[bytes] = []
-    try:
-        while True:
-            while i < len(body) and body[i] in _WHITESPACE:
-                i += 1
-            if i < len(body) and body[i] == 0x5D and not elements:  # "]": an empty array
-                break
-            end = _value_end(body, i)
-            elements.append(body[i:end].strip())
-            i = end
-            while i < len(body) and body[i] in _WHITESPACE:
-                i += 1
-            if i >= len(body) or body[i] not in b",]":
-                return None
-            if body[i] == 0x5D:
-                break
-            i += 1
-        document = json_loads(body[:start] + body[i:])
-    except ValueError:
-        return None
-    objects: list[Any] = []
-    rejected: list[Rejected] = []
-    for text in elements:
-        sniffed = _KEY.search(text)
-        key = sniffed.group(1).decode(errors="replace") if sniffed else None
-        try:
-            element = json_loads(text)
-        except ValueError as e:
-            rejected.append(Rejected(text, f"invalid JSON: {e}", key))
-            continue
-        objects.append(element)
-    return document, objects, rejected
 
 
 class RateLimiter:
@@ -284,8 +181,14 @@ class SparkClient:
 
     # -- one request ------------------------------------------------------
 
-    def get(self, path: str, params: dict[str, Any] | None = None) -> Page:
-        """GET ``path`` with retries; a :class:`Page` on success, an error otherwise."""
+    def get(
+        self, path: str, params: dict[str, Any] | None = None, parse: Parse | None = None
+    ) -> Page:
+        """GET ``path`` with retries; a :class:`Page` on success, an error otherwise.
+
+        ``parse`` reads a 2xx body in place of the client (see :func:`parse_success`,
+        the client's own reading); when it returns None, the client reads the body.
+        """
         retrying = Retrying(
             retry=retry_if_exception_type(_Retry),
             stop=stop_after_attempt(self.max_attempts) | stop_when_event_set(self.stop),
@@ -295,7 +198,7 @@ class SparkClient:
             reraise=True,
         )
         try:
-            return retrying(self._get_once, path, params or {})
+            return retrying(self._get_once, path, params or {}, parse)
         except _Retry as e:
             if self.stop.is_set():
                 raise TransientSourceError(f"GET {path}: stopped while retrying: {e}") from e
@@ -325,7 +228,7 @@ class SparkClient:
             error,
         )
 
-    def _get_once(self, path: str, params: dict[str, Any]) -> Page:
+    def _get_once(self, path: str, params: dict[str, Any], parse: Parse | None) -> Page:
         HEALTH.beat()
         self.limiter.acquire()
         self.stats["requests"] += 1
@@ -345,20 +248,18 @@ class SparkClient:
         if server_time is not None:
             self.last_server_time = server_time
 
-        elements: list[Any] | None = None
-        rejected: list[Rejected] = []
+        if status < 300:
+            page = (parse or parse_success)(body, server_time)
+            if page is not None:
+                if page.rejected:
+                    logger.warning(
+                        "GET %s: %d element(s) of Results rejected", path, len(page.rejected)
+                    )
+                return page
+        # not a plain success: a broken body, Success false, or an error
         try:
-            try:
-                document = json_loads(body)
-            except ValueError:
-                split = _split_results(body) if status < 300 else None
-                if split is None:
-                    raise
-                document, elements, rejected = split
-            envelope = document["D"]
-            if not isinstance(envelope, dict) or not envelope:
-                raise ValueError("empty D")
-        except (KeyError, TypeError, ValueError):
+            envelope, _, _ = read_envelope(body, status)
+        except ValueError:
             if status < 300 or RETRY_TABLE.get(status, status >= 500):
                 raise _Retry(
                     f"HTTP {status} with a truncated or invalid body ({len(body)} bytes)",
@@ -369,25 +270,6 @@ class SparkClient:
             raise PermanentSourceError(
                 f"GET {path}: HTTP {status} {response.reason_phrase}"
             ) from None
-
-        if status < 300 and envelope.get("Success") is not False:
-            results = []
-            for element in envelope.get("Results") or [] if elements is None else elements:
-                if isinstance(element, dict):
-                    results.append(element)
-                else:
-                    reason = f"expected a JSON object, got {type(element).__name__}"
-                    rejected.append(Rejected(json_dumps(element).encode(), reason))
-            if rejected:
-                logger.warning("GET %s: %d element(s) of Results rejected", path, len(rejected))
-            return Page(
-                results=results,
-                skip_token=envelope.get("SkipToken"),
-                pagination=envelope.get("Pagination"),
-                server_time=server_time,
-                raw=envelope,
-                rejected=rejected,
-            )
 
         code = envelope.get("Code")
         message = f"HTTP {status}, Spark code {code}: {envelope.get('Message', 'no message')}"
@@ -408,7 +290,11 @@ class SparkClient:
     # -- paging -----------------------------------------------------------
 
     def scan_skiptoken(
-        self, path: str, params: dict[str, Any] | None = None, start_token: str = ""
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        start_token: str = "",
+        parse: Parse | None = None,
     ) -> Iterator[tuple[Page, str]]:
         """Follow ``_skiptoken`` from ``start_token``; yields (page, token that fetched it).
 
@@ -418,7 +304,7 @@ class SparkClient:
         """
         token = start_token
         while True:
-            page = self.get(path, {**(params or {}), "_skiptoken": token})
+            page = self.get(path, {**(params or {}), "_skiptoken": token}, parse)
             # a page of broken elements only is a page: its elements go to the dead letters
             returned = bool(page.results or page.rejected)
             if returned:

@@ -25,7 +25,9 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-__all__ = ["record_writer"]
+from schemas._values import loads
+
+__all__ = ["AvroEncoder", "record_writer"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
@@ -257,3 +259,15 @@ def record_writer(schema: dict[str, Any], prefix: bytes = b"") -> Callable[[Any]
         return b"".join(parts)
 
     return encode
+
+
+class AvroEncoder:
+    """Records of one schema in the Confluent wire format."""
+
+    def __init__(self, schema_id: int, schema_text: str):
+        self.schema_id = schema_id
+        self.schema_text = schema_text
+        self._write = record_writer(loads(schema_text), b"\0" + schema_id.to_bytes(4, "big"))
+
+    def __call__(self, record: dict[str, Any]) -> bytes:
+        return self._write(record)

@@ -83,6 +83,9 @@ class InvalidRecord(ValueError):
         where = f"{resource} record" + (f" {key!r}" if key else "")
         super().__init__(f"invalid {where}: {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # the poller's converter sends it between processes
+        return type(self), (self.resource, self.reason, self.key)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Source:

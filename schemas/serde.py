@@ -26,8 +26,7 @@ from confluent_kafka.serialization import (
     StringDeserializer,
 )
 
-from schemas._avro import record_writer
-from schemas._values import loads
+from schemas._avro import AvroEncoder
 from schemas.contract import ACCOUNT_SCHEMA, LISTING_SCHEMA, PURGE_SCHEMA
 from schemas.topics import ACCOUNTS, LISTINGS, PURGES, topic_name
 
@@ -56,18 +55,6 @@ def register_schemas(registry_client: SchemaRegistryClient, prefix: str) -> dict
         ids[subject] = registry_client.register_schema(subject, Schema(text, "AVRO"))
         logger.info("schema of %s registered with id %d", subject, ids[subject])
     return ids
-
-
-class AvroEncoder:
-    """Records of one schema in the Confluent wire format."""
-
-    def __init__(self, schema_id: int, schema_text: str):
-        self.schema_id = schema_id
-        self.schema_text = schema_text
-        self._write = record_writer(loads(schema_text), b"\0" + schema_id.to_bytes(4, "big"))
-
-    def __call__(self, record: dict[str, Any]) -> bytes:
-        return self._write(record)
 
 
 class Serde:

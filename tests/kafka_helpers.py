@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -17,7 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-__all__ = ["read_to_end", "read_topic", "cli_env"]
+__all__ = ["read_to_end", "read_topic", "cli_env", "converter_workers"]
 
 T = TypeVar("T")
 
@@ -91,3 +92,18 @@ def cli_env(settings, **overrides: str) -> dict[str, str]:
     }
     env.update({f"SPARK_RELAY_{name.upper()}": value for name, value in values.items() if value})
     return env
+
+
+def converter_workers(parent: int | None = None) -> list[int]:
+    """The pids of the poller's converter processes (``producer.converter``) started by
+    ``parent`` (by anyone when None: a worker whose poller died has a new parent)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"producer.converter import work" in command and parent in (None, ppid):
+            pids.append(int(stat.parent.name))
+    return pids

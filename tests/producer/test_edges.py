@@ -208,7 +208,7 @@ def test_a_refused_subresource_leaves_the_listing_published_without_it(emulator,
     ],
 )
 def test_a_broken_frame_is_not_split_into_records(body):
-    from producer.spark_client import _split_results
+    from producer.pages import _split_results
 
     assert _split_results(body) is None
 

@@ -149,8 +149,8 @@ def test_purge_candidates_are_rechecked_by_key(emulator, relay, monkeypatch):
     hidden = sorted(emu.truth()["listings"])[700]
     real_get = SparkClient.get
 
-    def get(self, path, params=None):
-        page = real_get(self, path, params)
+    def get(self, path, params=None, parse=None):
+        page = real_get(self, path, params, parse)
         if (params or {}).get("_select") == "ListingKey" and "_skiptoken" in (params or {}):
             results = [r for r in page.results if r.get("Id") != hidden]
             if len(results) < len(page.results):

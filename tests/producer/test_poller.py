@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 
 from producer.cli import build_poller
+from producer.converter import cores
 from producer.spark_client import SparkClient
 from schemas import listing_from_record
-from tests.kafka_helpers import cli_env, read_topic
+from tests.kafka_helpers import cli_env, converter_workers, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
 API_HEADERS = {"Authorization": "Bearer devstack-key", "X-SparkApi-User-Agent": "spark-relay-tests"}
@@ -101,9 +102,16 @@ def test_kill_9_mid_snapshot_then_restart_loses_nothing(emulator, relay):
         if checkpoint and '"token":"' in checkpoint and _keys_published(settings) >= 2000:
             break
         time.sleep(0.05)
+    workers = converter_workers(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert '"done":true' not in (_checkpoint(Path(settings.state_dir), "snapshot") or "")
+    if cores() > 1:  # its converter processes end with it
+        assert len(workers) == 2
+        deadline = time.monotonic() + 10
+        while set(workers) & set(converter_workers()):
+            assert time.monotonic() < deadline, "the converter processes outlived the poller"
+            time.sleep(0.05)
 
     subprocess.run([BIN, "poll", "snapshot"], env=env, check=True, capture_output=True, timeout=120)
     counts = _keys(settings, settings.topic("listings"))
@@ -140,8 +148,8 @@ def test_accounts_created_during_a_skip_scan(emulator, relay, monkeypatch):
     created = []
     real_get = SparkClient.get
 
-    def get(self, path, params=None):
-        page = real_get(self, path, params)
+    def get(self, path, params=None, parse=None):
+        page = real_get(self, path, params, parse)
         if path == "/v1/accounts" and (params or {}).get("_skip") == 0 and not created:
             # records inserted ahead of the next page shift it, as the guide warns
             created.extend(emu.create_accounts(5, position="first"))

@@ -1,0 +1,294 @@
+"""Pages of listings read and turned into events in worker processes, ahead of the poller.
+
+In one process, the parse of a page (orjson holds the interpreter lock for the
+whole body) and the conversion, hashing and Avro encoding of its listings ran
+one after the other, whatever the threads. A :class:`Converter` hands each page's
+body, as the API sent it, to one of two worker processes, in turn. The worker:
+
+1. reads the body as :func:`producer.spark_client.parse_success` does and
+   answers at once with the page's *head*: its skip token, pagination and, per
+   listing, a stub of the fields the poller decides with (key and
+   ModificationTimestamp), so the next page is requested while it goes on;
+2. converts, hashes and encodes each listing (:func:`convert_listing`) and
+   answers with the events, in the page's order.
+
+Nothing is produced or committed by a worker: what the poller publishes, and in
+which order, is decided on its thread, with the state, as without workers. A body
+that is not a plain success is read by the client itself (its retries, errors).
+If a worker dies, the procedure fails and the next run resumes from its
+checkpoint. The workers end with the procedure, or with the poller's process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from producer.pages import Page, parse_success
+from schemas import InvalidRecord, Source, json_dumps, listing_text, listing_to_record
+from schemas._avro import AvroEncoder
+
+__all__ = ["Converted", "Converter", "Invalid", "convert_listing", "cores", "digest"]
+
+logger = logging.getLogger(__name__)
+
+#: hashlib lets the GIL go while it hashes 2 KiB or more; taking it back means waiting
+#: behind the page being parsed: the text is fed in smaller pieces.
+_HASH_PIECE = 2047
+
+
+def digest(text: bytes) -> str:
+    """The content hash of a record's sorted JSON text (:func:`producer.poller.content_hash`)."""
+    data = memoryview(text)
+    hashed = hashlib.blake2b(digest_size=16)
+    for start in range(0, len(data), _HASH_PIECE):
+        hashed.update(data[start : start + _HASH_PIECE])
+    return hashed.hexdigest()
+
+
+class Converted(NamedTuple):
+    """One listing made an event: key, ModificationTimestamp, content hash, Avro value, and
+    the listing's sorted JSON text (what a dead letter holds if Kafka refuses the value)."""
+
+    key: str
+    modified: datetime
+    digest: str
+    value: bytes
+    text: bytes
+
+
+class Invalid(NamedTuple):
+    """A listing that cannot be an event: why, and its JSON text for the dead letter."""
+
+    error: InvalidRecord
+    text: bytes
+
+
+def convert_listing(
+    listing: Mapping[str, Any], source: Source, encode: AvroEncoder
+) -> Converted | Invalid:
+    """The event of one API listing, or why it cannot be one."""
+    try:
+        record = listing_to_record(listing, source)
+    except InvalidRecord as e:
+        return Invalid(e, json_dumps(listing).encode())
+    text = listing_text(listing, record).encode()
+    modified = record["ModificationTimestamp"]
+    return Converted(record["ListingKey"], modified, digest(text), encode(record), text)
+
+
+def _stub(listing: dict[str, Any]) -> dict[str, Any]:
+    """What the poller reads of a listing besides its event: key and ModificationTimestamp."""
+    standard = listing.get("StandardFields")
+    if not isinstance(standard, dict):
+        return listing  # no event can be made of it: the dead letter needs all of it
+    return {
+        "Id": listing.get("Id"),
+        "StandardFields": {
+            "ListingKey": standard.get("ListingKey"),
+            "ModificationTimestamp": standard.get("ModificationTimestamp"),
+        },
+    }
+
+
+def work(fd: int) -> None:
+    """A worker process's loop on its socket ``fd``: the listings schema (id, text) in,
+    then (number, body, server time, source) in; a head, then the events, out."""
+    # A signal to the whole process group (Ctrl-C, a service manager's SIGTERM) is
+    # the poller's to handle: it stops gracefully, then ends its workers, which also
+    # end when the poller's process is gone (their socket reads end of file).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A page is a million fresh objects without a cycle among them: a collection every
+    # 700 allocations (the default) only walks them again and again.
+    gc.set_threshold(100_000, 50, 50)
+    connection = Connection(fd)
+    encode = AvroEncoder(*connection.recv())
+    connection.send((-1, "ready", None))
+    while True:
+        try:
+            message = connection.recv()
+        except EOFError:  # the poller's process is gone
+            return
+        if message is None:  # the poller is done
+            return
+        number, body, server_time, source = message
+        try:
+            page = parse_success(body, server_time)
+            del body
+            if page is None:
+                connection.send((number, "head", None))
+                continue
+            stubs = [_stub(listing) for listing in page.results]
+            head = Page(stubs, page.skip_token, page.pagination, server_time, page.rejected)
+            connection.send((number, "head", head))
+            events = [convert_listing(listing, source, encode) for listing in page.results]
+            connection.send((number, "events", events))
+        except Exception as e:  # handed to the poller, which fails the run
+            connection.send((number, "error", e))
+
+
+#: Where ``producer`` is imported from: the workers import it from there too.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class _Worker:
+    """One worker process (``python -c``: it imports the conversion only, not the
+    poller's ``__main__`` as multiprocessing's spawn would) and its socket."""
+
+    def __init__(self, encoder: AvroEncoder) -> None:
+        ours, theirs = socket.socketpair()
+        path = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"from producer.converter import work; work({theirs.fileno()})"],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        theirs.close()
+        self.connection = Connection(ours.detach())
+        self.connection.send((encoder.schema_id, encoder.schema_text))
+        self.lock = threading.Lock()
+        self.sending = threading.Lock()  # a page and the end must not interleave
+        self.ready = threading.Event()
+        self.closing = False
+        self.lost: Exception | None = None  # why the worker is gone, once it is
+        self.waiting: dict[int, tuple[Future, Future]] = {}
+        self.reader = threading.Thread(target=self._read, name="converter-read", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        """Hand each answer of the worker to its page's futures."""
+        try:
+            while True:
+                number, kind, value = self.connection.recv()
+                if kind == "ready":
+                    self.ready.set()
+                    continue
+                with self.lock:
+                    head, events = self.waiting[number]
+                    if kind != "head" or value is None:  # the page's last answer
+                        del self.waiting[number]
+                if kind == "error":
+                    for future in (head, events):
+                        if not future.done():
+                            future.set_exception(value)
+                elif kind == "head":
+                    head.set_result(value)
+                    if value is None:  # not a plain success: the client reads it, no events
+                        events.set_result(None)
+                else:
+                    events.set_result(value)
+        except (EOFError, OSError) as e:
+            code = self.process.poll()
+            if not self.ready.is_set() and not self.closing:
+                logger.warning(
+                    "a converter process did not start (exit code %s): listings are "
+                    "converted in the poller's process",
+                    code,
+                )
+            lost = RuntimeError(f"a converter process ended (exit code {code})")
+            lost.__cause__ = e
+            with self.lock:
+                self.lost = lost
+                waiting, self.waiting = list(self.waiting.values()), {}
+            for futures in waiting:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(lost)
+
+    def submit(self, number: int, body: bytes, server_time: Any, source: Source):
+        futures = (Future(), Future())
+        with self.lock:
+            if self.lost is not None:
+                for future in futures:
+                    future.set_exception(self.lost)
+                return futures
+            self.waiting[number] = futures
+        with self.sending, contextlib.suppress(OSError):  # gone: its reader fails the futures
+            self.connection.send((number, body, server_time, source))
+        return futures
+
+    def close(self) -> None:
+        self.closing = True
+        with contextlib.suppress(OSError), self.sending:  # OSError: a worker already gone
+            self.connection.send(None)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(timeout=10)  # it ends on the worker's end closing
+        self.connection.close()
+
+
+class Converter:
+    """Two worker processes reading and converting pages of listings, in turn.
+
+    :meth:`parse` is a ``parse`` for :meth:`producer.spark_client.SparkClient.get`:
+    it returns the page's head (stubs for results) once the worker read the body;
+    :meth:`events` then waits for the page's events, aligned with the head's results.
+    """
+
+    def __init__(self, encoder: AvroEncoder, workers: int = 2) -> None:
+        self._workers = [_Worker(encoder) for _ in range(workers)]
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        #: id(page) → (page, its events, their source), for the pages parse returned
+        self._events: dict[int, tuple[Page, Future, Source]] = {}
+
+    @property
+    def ready(self) -> bool:
+        """Whether every worker started (imports take a while): till then, pages are read here."""
+        return all(worker.ready.is_set() for worker in self._workers)
+
+    def parse(self, body: bytes, server_time: datetime | None, source: Source) -> Page | None:
+        """Read ``body`` in a worker, which goes on to make ``source``'s events of it."""
+        number = next(self._turn)
+        worker = self._workers[number % len(self._workers)]
+        head, events = worker.submit(number, body, server_time, source)
+        page = head.result()
+        if page is not None:
+            with self._lock:
+                self._events[id(page)] = (page, events, source)
+        return page
+
+    def events(self, page: Page) -> tuple[list[Converted | Invalid], Source] | None:
+        """The events of a page :meth:`parse` returned, and their source; None for another."""
+        with self._lock:
+            waiting = self._events.get(id(page))
+            if waiting is None or waiting[0] is not page:
+                return None
+            del self._events[id(page)]
+        _, events, source = waiting
+        return events.result(), source
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+    def __enter__(self) -> Converter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0))

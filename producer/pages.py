@@ -1,0 +1,171 @@
+"""Pages of the Spark API as the client reads them, apart from HTTP: light enough for
+the poller's converter processes (:mod:`producer.converter`) to import.
+
+Numbers are read exactly (integers beyond 64 bits, decimals longer than a double
+keeps). A body whose frame is whole but one element of ``Results`` is not a JSON
+object, or not valid JSON (an invalid escape), is still a page: the other elements
+are its ``results``, the broken ones its ``rejected``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from schemas import json_dumps, json_loads
+
+__all__ = ["Page", "Parse", "Rejected", "parse_success", "read_envelope"]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An element of ``Results`` that is not a JSON object: its text, why, and its key if seen."""
+
+    text: bytes
+    reason: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One response of a collection: its records, the next skip token, the server's clock.
+
+    ``results`` holds the JSON objects of ``Results``; ``rejected`` the other elements.
+    """
+
+    results: list[dict[str, Any]]
+    skip_token: str | None = None
+    pagination: dict[str, Any] | None = None
+    server_time: datetime | None = None
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+#: Reads a 2xx body (bytes, the server's clock) into a Page, or None: see :meth:`SparkClient.get`.
+Parse = Callable[[bytes, "datetime | None"], "Page | None"]
+
+_RESULTS = re.compile(rb'"Results"\s*:\s*\[')
+_KEY = re.compile(rb'"(?:ListingKey|Id)"\s*:\s*"([^"\\]{1,200})"')
+_WHITESPACE = b" \t\r\n"
+
+
+def _value_end(body: bytes, i: int) -> int:
+    """Where the JSON value at ``body[i]`` ends (escapes not judged); ValueError if cut short."""
+    depth, n = 0, len(body)
+    while i < n:
+        c = body[i]
+        if c == 0x22:  # a string: on to its closing quote
+            i += 1
+            while i < n and body[i] != 0x22:
+                i += 2 if body[i] == 0x5C else 1
+            if i >= n:
+                break
+            i += 1
+            if depth == 0:
+                return i
+            continue
+        if c in b"[{":
+            depth += 1
+        elif c in b"]}":
+            if depth == 0:  # the array closes after a bare scalar
+                return i
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        elif c == 0x2C and depth == 0:  # the comma after a bare scalar
+            return i
+        i += 1
+    raise ValueError("cut short")
+
+
+def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
+    """A body with one element of ``Results`` broken: (document, objects, rejected elements).
+
+    None when the frame itself is broken (a truncated body is retried, not split).
+    """
+    found = _RESULTS.search(body)
+    if found is None:
+        return None
+    start = i = found.end()
+    elements: list[bytes] = []
+    try:
+        while True:
+            while i < len(body) and body[i] in _WHITESPACE:
+                i += 1
+            if i < len(body) and body[i] == 0x5D and not elements:  # "]": an empty array
+                break
+            end = _value_end(body, i)
+            elements.append(body[i:end].strip())
+            i = end
+            while i < len(body) and body[i] in _WHITESPACE:
+                i += 1
+            if i >= len(body) or body[i] not in b",]":
+                return None
+            if body[i] == 0x5D:
+                break
+            i += 1
+        document = json_loads(body[:start] + body[i:])
+    except ValueError:
+        return None
+    objects: list[Any] = []
+    rejected: list[Rejected] = []
+    for text in elements:
+        sniffed = _KEY.search(text)
+        key = sniffed.group(1).decode(errors="replace") if sniffed else None
+        try:
+            element = json_loads(text)
+        except ValueError as e:
+            rejected.append(Rejected(text, f"invalid JSON: {e}", key))
+            continue
+        objects.append(element)
+    return document, objects, rejected
+
+
+def read_envelope(
+    body: bytes, status: int
+) -> tuple[dict[str, Any], list[Any] | None, list[Rejected]]:
+    """The envelope ``D`` of a body; with the elements of ``Results`` and the rejected ones
+    when one element is broken (a success only). ValueError when the body is not one."""
+    elements: list[Any] | None = None
+    rejected: list[Rejected] = []
+    try:
+        try:
+            document = json_loads(body)
+        except ValueError:
+            split = _split_results(body) if status < 300 else None
+            if split is None:
+                raise
+            document, elements, rejected = split
+        envelope = document["D"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"no envelope: {e}") from None
+    if not isinstance(envelope, dict) or not envelope:
+        raise ValueError("empty D")
+    return envelope, elements, rejected
+
+
+def parse_success(body: bytes, server_time: datetime | None) -> Page | None:
+    """The :class:`Page` of a 2xx body, as :meth:`SparkClient.get` reads it; None when the
+    body is not a plain success (broken, or ``Success: false``): the client decides then."""
+    try:
+        envelope, elements, rejected = read_envelope(body, 200)
+    except ValueError:
+        return None
+    if envelope.get("Success") is False:
+        return None
+    results = []
+    for element in envelope.get("Results") or [] if elements is None else elements:
+        if isinstance(element, dict):
+            results.append(element)
+        else:
+            reason = f"expected a JSON object, got {type(element).__name__}"
+            rejected.append(Rejected(json_dumps(element).encode(), reason))
+    return Page(
+        results=results,
+        skip_token=envelope.get("SkipToken"),
+        pagination=envelope.get("Pagination"),
+        server_time=server_time,
+        rejected=rejected,
+    )

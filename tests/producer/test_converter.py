@@ -1,0 +1,154 @@
+"""The converter's worker processes: the poller's own reading and conversion, and their end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from producer.cli import build_poller
+from producer.converter import Converter, Invalid, convert_listing, cores
+from producer.pages import parse_success
+from producer.poller import content_hash
+from schemas import LISTING_SCHEMA, Source, json_dumps, json_loads
+from schemas.serde import AvroEncoder
+from tests.kafka_helpers import converter_workers, read_topic
+
+API_HEADERS = {"Authorization": "Bearer devstack-key", "X-SparkApi-User-Agent": "spark-relay-tests"}
+SOURCE = Source(
+    resource="listings", procedure="snapshot", run_id="r1", fetched_at=datetime.now(UTC)
+)
+ENCODER = AvroEncoder(7, LISTING_SCHEMA)
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.skipif(cores() < 2, reason="the poller starts no converter on one core")
+
+
+def _body(emu, limit: int) -> bytes:
+    with httpx.Client(base_url=emu.url, headers=API_HEADERS) as http:
+        return http.get("/v1/listings", params={"_limit": limit}).content
+
+
+def _started(converter: Converter) -> Converter:
+    deadline = time.monotonic() + 30
+    while not converter.ready:
+        assert time.monotonic() < deadline, "the converter's workers did not start"
+        time.sleep(0.02)
+    return converter
+
+
+def _plain(event):
+    """An event as comparable data (exceptions compare by identity)."""
+    if isinstance(event, Invalid):
+        return ("invalid", str(event.error), event.error.key, event.text)
+    return event
+
+
+def _workers() -> list[int]:
+    return converter_workers(os.getpid())
+
+
+def _invalid_listings(body: bytes) -> bytes:
+    """The page with two listings no event can be made of (the emulator serves none)."""
+    document = json_loads(body)
+    results = document["D"]["Results"]
+    first, second = [i for i, r in enumerate(results) if isinstance(r, dict)][:2]
+    del results[first]["StandardFields"]
+    del results[second]["StandardFields"]["ModificationTimestamp"]
+    return json_dumps(document).encode()
+
+
+def test_a_page_read_and_converted_in_a_worker_is_the_page_read_and_converted_here(emulator):
+    broken = emulator(listings=400, accounts=20, bad_records=0.1, bare_numbers=0.1, masked=0.1)
+    clean = emulator(listings=60, accounts=20, bare_numbers=0.2, masked=0.1)
+    seen = []  # per body: (rejected elements, invalid listings)
+    for body in (_body(broken, 400), _invalid_listings(_body(clean, 60))):
+        here = parse_success(body, NOW)
+        with Converter(ENCODER) as converter:
+            head = _started(converter).parse(body, NOW, SOURCE)
+            events, source = converter.events(head)
+            assert converter.events(head) is None  # handed over once
+
+        assert source == SOURCE
+        assert (head.skip_token, head.pagination, head.server_time) == (
+            here.skip_token,
+            here.pagination,
+            NOW,
+        )
+        assert head.rejected == here.rejected  # broken elements, as the client has them
+        assert len(head.results) == len(events) == len(here.results)
+        for stub, listing in zip(head.results, here.results, strict=True):
+            assert stub.get("Id") == listing.get("Id")
+            standard = listing.get("StandardFields")
+            if isinstance(standard, dict):
+                for name in ("ListingKey", "ModificationTimestamp"):
+                    assert stub["StandardFields"][name] == standard.get(name)
+
+        expected = [convert_listing(listing, SOURCE, ENCODER) for listing in here.results]
+        assert [_plain(e) for e in events] == [_plain(e) for e in expected]
+        for event, listing in zip(events, here.results, strict=True):
+            if not isinstance(event, Invalid):  # the digest the state keeps: content_hash's
+                assert event.digest == content_hash(listing)
+        seen.append((len(here.rejected), sum(isinstance(e, Invalid) for e in events)))
+    assert seen[0][0] > 0  # the emulator's broken elements, in the first body
+    assert seen[1] == (0, 2)  # the listings broken here, in the second
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"D":{"Success":false,"Code":1550,"Message":"Over rate limit"}}',
+        b'{"D":{"Success":true,"Results":[{"Id":"1"},{"Id":"2"',  # cut short
+        b'{"D":[]}',
+    ],
+)
+def test_a_body_that_is_not_a_plain_success_is_left_to_the_client(body):
+    with Converter(ENCODER) as converter:
+        assert _started(converter).parse(body, NOW, SOURCE) is None
+        assert parse_success(body, NOW) is None
+
+
+def test_a_worker_that_dies_fails_its_pages_with_a_clear_error(emulator):
+    body = _body(emulator(listings=50, accounts=20), 50)
+    with Converter(ENCODER) as converter:
+        _started(converter)
+        for pid in _workers():
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="a converter process ended"):
+            for _ in range(2):  # one page each
+                converter.parse(body, NOW, SOURCE)
+
+
+def test_a_snapshot_whose_worker_dies_fails_and_the_next_run_resumes(emulator, relay):
+    emu = emulator(listings=3000, accounts=20, latency_ms=100)
+    settings = relay(emu, page_size=200)
+    killed = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            workers = _workers()
+            if len(workers) == 2:
+                time.sleep(0.5)  # some pages through the workers first
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    with build_poller(settings) as poller, pytest.raises(RuntimeError, match="converter"):
+        poller.snapshot()
+    killer.join()
+    assert killed
+    assert _workers() == []  # the other one ended with the failed run
+
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+    assert stats.completed
+    keys = {k for k, _, _ in read_topic(settings.kafka_bootstrap, settings.topic("listings"))}
+    assert keys == set(emu.truth()["listings"])
