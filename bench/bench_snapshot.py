@@ -4,6 +4,8 @@ For each latency (none, and 800 ms per request like a remote API), one run of:
 - the bare scan: the same ``_skiptoken`` pages fetched and parsed, nothing else;
 - ``Poller.snapshot``: fetch, convert, Avro-encode, produce, flush, checkpoint.
 The ratio says what the pipeline costs over the API alone (1.0: all of it hidden).
+Each snapshot row ends with the CPU time of the poller's process and of its two
+converter processes (``producer/converter.py``), beside the snapshot's wall time.
 
 The emulator runs in its own process (``python -m devstack.emulator``), as a
 remote API would: its page generation does not compete for the poller's GIL.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import resource
 import subprocess
 import sys
 import time
@@ -51,6 +54,14 @@ def emulator_process(listings: int, latency_ms: float) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait()
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of its ended children (the converter processes end
+    with the snapshot; the emulator and the broker run on)."""
+    ours = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ours.ru_utime + ours.ru_stime, children.ru_utime + children.ru_stime
 
 
 def bare_scan(url: str) -> tuple[int, float]:
@@ -94,8 +105,7 @@ def steps(settings) -> None:
         )
         timings["hashing"] = _per_listing(
             lambda: [
-                digest(listing_text(r, c).encode())
-                for r, c in zip(results, records, strict=True)
+                digest(listing_text(r, c).encode()) for r, c in zip(results, records, strict=True)
             ],
             n,
         )
@@ -155,13 +165,18 @@ def main() -> None:
                 settings = settings_for(tmp, broker, registry, url, f"b{int(latency)}")
                 list(ensure_contract(settings))
                 with build_poller(settings) as poller:
+                    cpu = _cpu()
                     started = time.perf_counter()
                     stats = poller.snapshot()
                     elapsed = time.perf_counter() - started
+                    ours, workers = (
+                        after - before for after, before in zip(_cpu(), cpu, strict=True)
+                    )
                 assert stats.published == count == args.listings
                 print(
                     f"{latency:>7.0f}ms {count / bare:>16,.0f} {count / elapsed:>15,.0f} "
-                    f"{bare / elapsed:>6.2f}"
+                    f"{bare / elapsed:>6.2f}   CPU: poller {ours:.2f} s, "
+                    f"converters {workers:.2f} s, in {elapsed:.2f} s"
                 )
 
 

@@ -154,11 +154,13 @@ class _Worker:
     def __init__(self, encoder: AvroEncoder) -> None:
         ours, theirs = socket.socketpair()
         path = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+        # the worker needs none of the settings: the API key stays with the poller
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
         self.process = subprocess.Popen(
             [sys.executable, "-c", f"from producer.converter import work; work({theirs.fileno()})"],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": path},
+            env={**env, "PYTHONPATH": path},
         )
         theirs.close()
         self.connection = Connection(ours.detach())

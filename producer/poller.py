@@ -512,13 +512,13 @@ class Poller:
     ) -> Iterator[tuple[Page, Source, dict[int, Converted | Invalid]]]:
         """The pages of ``scan``, each with its source and its listings' events so far.
 
-        Once a page of ``AHEAD_MIN`` listings or more came (and when the machine has
-        more than one core and no subresource is fetched), the pages are read and
-        converted by a :class:`~producer.converter.Converter`'s worker processes while
-        the pages before are published here; the next pages are fetched meanwhile
-        (:func:`_prefetch`). Events are keyed by ``id()`` of the page's results; a
-        listing without one is converted on this thread. What is published is still
-        decided here, page after page, after the page before was produced.
+        Once a page of ``AHEAD_MIN`` listings or more came (see :meth:`_converting`),
+        the pages are read and converted by a :class:`~producer.converter.Converter`'s
+        worker processes (``SPARK_RELAY_CONVERTERS``) while the pages before are
+        published here; the next pages are fetched meanwhile (:func:`_prefetch`).
+        Events are keyed by ``id()`` of the page's results; a listing without one is
+        converted on this thread. What is published is still decided here, page after
+        page, after the page before was produced.
         """
 
         def parse(body: bytes, server_time: datetime | None) -> Page | None:
@@ -529,14 +529,23 @@ class Poller:
         for page, _token in _prefetch(scan(parse)):
             ahead = self._converter.events(page) if self._converter is not None else None
             if ahead is None:
-                if len(page.results) >= AHEAD_MIN and not self.subresources and cores() > 1:
-                    if self._converter is None:  # it starts while this page is published
-                        encoder = self.serde.encoder(self.serde.listings_topic)
-                        self._converter = Converter(encoder)
+                if self._converter is None and self._converting(page):
+                    encoder = self.serde.encoder(self.serde.listings_topic)
+                    # it starts while this page is published
+                    self._converter = Converter(encoder, self.settings.converters)
                 yield page, source_of(page.server_time), {}
                 continue
             events, source = ahead
             yield page, source, dict(zip(map(id, page.results), events, strict=True))
+
+    def _converting(self, page: Page) -> bool:
+        """Whether pages like ``page`` are worth converters (see :meth:`_ahead`)."""
+        return (
+            len(page.results) >= AHEAD_MIN
+            and self.settings.converters > 0
+            and cores() > 1
+            and not self.subresources  # nested into the listings before their conversion
+        )
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
         self.state.record_run(

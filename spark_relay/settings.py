@@ -252,6 +252,11 @@ class Settings:
         1000, lambda n, v: _int_range(n, v, 1, 1000), "Records per API page (_limit), 1 to 1000"
     )
     api_timeout: float = _setting(60.0, _positive_float, "Seconds to wait for one API response")
+    converters: int = _setting(
+        2,
+        lambda n, v: _int_range(n, v, 0, 16),
+        "Processes beside the poller reading and converting pages of listings (0: none)",
+    )
     update_interval: float = _setting(15.0, _positive_float, "Minutes between update windows")
     overlap: float = _setting(20.0, _non_negative_float, "Minutes each update window reaches back")
     accounts_interval: float = _setting(60.0, _positive_float, "Minutes between accounts scans")

@@ -149,7 +149,10 @@ class _Handler(BaseHTTPRequestHandler):
         number = emu.stats.next_request()
         fault = emu.faults.draw()
         if emu.config.latency_ms > 0:
-            emu._stop.wait(emu.config.latency_ms * emu._jitter.uniform(0.75, 1.25) / 1000)
+            # the same request waits as long every time: two scans of the same pages
+            # (a bench's bare scan and a snapshot) wait alike, side by side
+            jitter = random.Random(f"{emu.config.seed}:{self.path}").uniform(0.75, 1.25)
+            emu._stop.wait(emu.config.latency_ms * jitter / 1000)
         if fault is not None and fault not in DATA_FAULTS:
             emu.stats.fault(number, fault)
             logger.debug("request %d: injecting fault %s", number, fault)
@@ -250,7 +253,6 @@ class Emulator:
         self.stats = Stats()
         self.faults = FaultInjector(config.faults, config.seed)
         self.limiter = RateLimiter(config.rate_limit)
-        self._jitter = random.Random()
         self._stop = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -152,3 +154,33 @@ def test_a_snapshot_whose_worker_dies_fails_and_the_next_run_resumes(emulator, r
     assert stats.completed
     keys = {k for k, _, _ in read_topic(settings.kafka_bootstrap, settings.topic("listings"))}
     assert keys == set(emu.truth()["listings"])
+
+
+@pytest.mark.parametrize("converters", [0, 1, 2])
+def test_the_poller_starts_the_converters_configured_without_its_settings(
+    emulator, relay, monkeypatch, converters
+):
+    monkeypatch.setenv("SPARK_RELAY_API_KEY", "devstack-key")  # as a deployment sets it
+    emu = emulator(listings=2000, accounts=20, latency_ms=100)
+    settings = relay(emu, page_size=200, converters=converters)
+    seen: dict[int, bytes] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for pid in _workers():
+                with contextlib.suppress(OSError):
+                    seen.setdefault(pid, Path(f"/proc/{pid}/environ").read_bytes())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with build_poller(settings) as poller:
+            assert poller.snapshot().published == 2000
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) == converters
+    assert all(b"SPARK_RELAY_" not in environ for environ in seen.values())
+    assert _workers() == []
