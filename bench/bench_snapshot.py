@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -62,6 +64,48 @@ def _cpu() -> tuple[float, float]:
     ours = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ours.ru_utime + ours.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # ended
+        return 0.0
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+@contextlib.contextmanager
+def _memory() -> Iterator[dict[str, float]]:
+    """Peak resident memory, sampled every 50 ms: this process (the poller, with the
+    bench's broker clients and registry), and its converter processes together."""
+    peaks = {"poller": 0.0, "converters": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peaks["poller"] = max(peaks["poller"], _rss_mib(os.getpid()))
+            children = b" ".join(map(_read, Path("/proc/self/task").glob("*/children")))
+            workers = [
+                pid
+                for pid in map(int, children.split())
+                if b"producer.converter import work" in _read(Path(f"/proc/{pid}/cmdline"))
+            ]
+            peaks["converters"] = max(peaks["converters"], sum(map(_rss_mib, workers)))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()
 
 
 def bare_scan(url: str) -> tuple[int, float]:
@@ -164,7 +208,7 @@ def main() -> None:
                 count, bare = bare_scan(url)
                 settings = settings_for(tmp, broker, registry, url, f"b{int(latency)}")
                 list(ensure_contract(settings))
-                with build_poller(settings) as poller:
+                with build_poller(settings) as poller, _memory() as rss:
                     cpu = _cpu()
                     started = time.perf_counter()
                     stats = poller.snapshot()
@@ -176,7 +220,8 @@ def main() -> None:
                 print(
                     f"{latency:>7.0f}ms {count / bare:>16,.0f} {count / elapsed:>15,.0f} "
                     f"{bare / elapsed:>6.2f}   CPU: poller {ours:.2f} s, "
-                    f"converters {workers:.2f} s, in {elapsed:.2f} s"
+                    f"converters {workers:.2f} s, in {elapsed:.2f} s; peak RSS: the bench's "
+                    f"process {rss['poller']:.0f} MiB, converters {rss['converters']:.0f} MiB"
                 )
 
 

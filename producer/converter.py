@@ -63,13 +63,14 @@ def digest(text: bytes) -> str:
 
 class Converted(NamedTuple):
     """One listing made an event: key, ModificationTimestamp, content hash, Avro value, and
-    the listing's sorted JSON text (what a dead letter holds if Kafka refuses the value)."""
+    for a value near the topic's limit the listing's sorted JSON text, what a dead letter
+    holds if Kafka refuses the value (kept for those only: a page of texts is 7 MB)."""
 
     key: str
     modified: datetime
     digest: str
     value: bytes
-    text: bytes
+    text: bytes | None
 
 
 class Invalid(NamedTuple):
@@ -80,16 +81,20 @@ class Invalid(NamedTuple):
 
 
 def convert_listing(
-    listing: Mapping[str, Any], source: Source, encode: AvroEncoder
+    listing: Mapping[str, Any], source: Source, encode: AvroEncoder, large: int
 ) -> Converted | Invalid:
-    """The event of one API listing, or why it cannot be one."""
+    """The event of one API listing, or why it cannot be one; its text kept when its value
+    is ``large`` bytes or more."""
     try:
         record = listing_to_record(listing, source)
     except InvalidRecord as e:
         return Invalid(e, json_dumps(listing).encode())
     text = listing_text(listing, record).encode()
-    modified = record["ModificationTimestamp"]
-    return Converted(record["ListingKey"], modified, digest(text), encode(record), text)
+    value = encode(record)
+    kept = text if len(value) >= large else None
+    return Converted(
+        record["ListingKey"], record["ModificationTimestamp"], digest(text), value, kept
+    )
 
 
 def _stub(listing: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +123,8 @@ def work(fd: int) -> None:
     # 700 allocations (the default) only walks them again and again.
     gc.set_threshold(100_000, 50, 50)
     connection = Connection(fd)
-    encode = AvroEncoder(*connection.recv())
+    schema_id, schema_text, large = connection.recv()
+    encode = AvroEncoder(schema_id, schema_text)
     connection.send((-1, "ready", None))
     while True:
         try:
@@ -128,17 +134,23 @@ def work(fd: int) -> None:
         if message is None:  # the poller is done
             return
         number, body, server_time, source = message
+        del message
         try:
             page = parse_success(body, server_time)
-            del body
+            del body  # a page at a time: the body, then its listings
             if page is None:
                 connection.send((number, "head", None))
                 continue
             stubs = [_stub(listing) for listing in page.results]
             head = Page(stubs, page.skip_token, page.pagination, server_time, page.rejected)
             connection.send((number, "head", head))
-            events = [convert_listing(listing, source, encode) for listing in page.results]
+            del head, stubs
+            listings, events = page.results, []
+            for i in range(len(listings)):
+                events.append(convert_listing(listings[i], source, encode, large))
+                listings[i] = None  # its memory goes as its event's comes
             connection.send((number, "events", events))
+            del events
         except Exception as e:  # handed to the poller, which fails the run
             connection.send((number, "error", e))
 
@@ -151,7 +163,7 @@ class _Worker:
     """One worker process (``python -c``: it imports the conversion only, not the
     poller's ``__main__`` as multiprocessing's spawn would) and its socket."""
 
-    def __init__(self, encoder: AvroEncoder) -> None:
+    def __init__(self, encoder: AvroEncoder, large: int) -> None:
         ours, theirs = socket.socketpair()
         path = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
         # the worker needs none of the settings: the API key stays with the poller
@@ -164,7 +176,7 @@ class _Worker:
         )
         theirs.close()
         self.connection = Connection(ours.detach())
-        self.connection.send((encoder.schema_id, encoder.schema_text))
+        self.connection.send((encoder.schema_id, encoder.schema_text, large))
         self.lock = threading.Lock()
         self.sending = threading.Lock()  # a page and the end must not interleave
         self.ready = threading.Event()
@@ -247,8 +259,10 @@ class Converter:
     :meth:`events` then waits for the page's events, aligned with the head's results.
     """
 
-    def __init__(self, encoder: AvroEncoder, workers: int = 2) -> None:
-        self._workers = [_Worker(encoder) for _ in range(workers)]
+    def __init__(self, encoder: AvroEncoder, workers: int = 2, large: int = 500_000) -> None:
+        """``large``: the value size from which an event keeps its text (half the largest
+        event the producer accepts, say)."""
+        self._workers = [_Worker(encoder, large) for _ in range(workers)]
         self._turn = itertools.count()
         self._lock = threading.Lock()
         #: id(page) → (page, its events, their source), for the pages parse returned

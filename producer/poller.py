@@ -4,7 +4,10 @@ Each procedure is resumable. A page (or an update window) is published; only
 when Kafka acknowledged every event of it are the published keys and the next
 checkpoint written, in one state transaction, by the committer's thread while
 the next page is fetched and produced (:mod:`producer.committer`), in order. A
-crash re-publishes at most the pages in flight (three), never skips one.
+crash re-publishes at most the pages in flight (three), never skips one. Pages
+of listings are read and converted ahead by worker processes
+(:mod:`producer.converter`, see :meth:`Poller._ahead`); what is published is
+decided here.
 
 - :meth:`Poller.snapshot`: listings by ``_skiptoken``, ``_limit=1000``; the
   server's clock at its start (the ``Date`` of its first page) becomes the first
@@ -362,7 +365,9 @@ class Poller:
         rows, media_rows, newest = [], [], None
         for result, key in zip(page.results, keys, strict=True):
             media = self._refresh_subresources(result, key, known.get(key), stats)
-            event = (converted or {}).get(id(result)) or convert_listing(result, source, encode)
+            event = (converted or {}).get(id(result)) or convert_listing(
+                result, source, encode, self.publisher.max_bytes // 2
+            )
             if isinstance(event, Invalid):
                 self._dead_letter(stats, event.text, event.error, source)
                 continue
@@ -370,7 +375,12 @@ class Poller:
                 stats.unchanged += 1
                 continue
             if not self._produce(
-                self.serde.listings_topic, event.key, event.value, event.text, source, stats
+                self.serde.listings_topic,
+                event.key,
+                event.value,
+                event.text or result,
+                source,
+                stats,
             ):
                 continue
             stats.published += 1
@@ -532,7 +542,9 @@ class Poller:
                 if self._converter is None and self._converting(page):
                     encoder = self.serde.encoder(self.serde.listings_topic)
                     # it starts while this page is published
-                    self._converter = Converter(encoder, self.settings.converters)
+                    self._converter = Converter(
+                        encoder, self.settings.converters, self.publisher.max_bytes // 2
+                    )
                 yield page, source_of(page.server_time), {}
                 continue
             events, source = ahead

@@ -27,6 +27,7 @@ SOURCE = Source(
 )
 ENCODER = AvroEncoder(7, LISTING_SCHEMA)
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+LARGE = 8_000  # some listings' values are larger, some smaller: texts kept for those only
 
 pytestmark = pytest.mark.skipif(cores() < 2, reason="the poller starts no converter on one core")
 
@@ -69,9 +70,10 @@ def test_a_page_read_and_converted_in_a_worker_is_the_page_read_and_converted_he
     broken = emulator(listings=400, accounts=20, bad_records=0.1, bare_numbers=0.1, masked=0.1)
     clean = emulator(listings=60, accounts=20, bare_numbers=0.2, masked=0.1)
     seen = []  # per body: (rejected elements, invalid listings)
+    kept = set()  # whether an event kept its text
     for body in (_body(broken, 400), _invalid_listings(_body(clean, 60))):
         here = parse_success(body, NOW)
-        with Converter(ENCODER) as converter:
+        with Converter(ENCODER, 2, LARGE) as converter:
             head = _started(converter).parse(body, NOW, SOURCE)
             events, source = converter.events(head)
             assert converter.events(head) is None  # handed over once
@@ -91,14 +93,16 @@ def test_a_page_read_and_converted_in_a_worker_is_the_page_read_and_converted_he
                 for name in ("ListingKey", "ModificationTimestamp"):
                     assert stub["StandardFields"][name] == standard.get(name)
 
-        expected = [convert_listing(listing, SOURCE, ENCODER) for listing in here.results]
+        expected = [convert_listing(listing, SOURCE, ENCODER, LARGE) for listing in here.results]
         assert [_plain(e) for e in events] == [_plain(e) for e in expected]
         for event, listing in zip(events, here.results, strict=True):
             if not isinstance(event, Invalid):  # the digest the state keeps: content_hash's
                 assert event.digest == content_hash(listing)
+                kept.add(event.text is not None)
         seen.append((len(here.rejected), sum(isinstance(e, Invalid) for e in events)))
     assert seen[0][0] > 0  # the emulator's broken elements, in the first body
     assert seen[1] == (0, 2)  # the listings broken here, in the second
+    assert kept == {True, False}  # texts kept for the large values only (equal to here's)
 
 
 @pytest.mark.parametrize(
@@ -110,14 +114,14 @@ def test_a_page_read_and_converted_in_a_worker_is_the_page_read_and_converted_he
     ],
 )
 def test_a_body_that_is_not_a_plain_success_is_left_to_the_client(body):
-    with Converter(ENCODER) as converter:
+    with Converter(ENCODER, 2, LARGE) as converter:
         assert _started(converter).parse(body, NOW, SOURCE) is None
         assert parse_success(body, NOW) is None
 
 
 def test_a_worker_that_dies_fails_its_pages_with_a_clear_error(emulator):
     body = _body(emulator(listings=50, accounts=20), 50)
-    with Converter(ENCODER) as converter:
+    with Converter(ENCODER, 2, LARGE) as converter:
         _started(converter)
         for pid in _workers():
             os.kill(pid, signal.SIGKILL)
