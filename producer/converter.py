@@ -42,8 +42,17 @@ from typing import Any, NamedTuple
 from producer.pages import Page, parse_success
 from schemas import InvalidRecord, Source, json_dumps, listing_text, listing_to_record
 from schemas._avro import AvroEncoder
+from spark_relay.errors import TransientSourceError
 
-__all__ = ["Converted", "Converter", "Invalid", "convert_listing", "cores", "digest"]
+__all__ = [
+    "Converted",
+    "Converter",
+    "ConverterLost",
+    "Invalid",
+    "convert_listing",
+    "cores",
+    "digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,11 @@ def digest(text: bytes) -> str:
     for start in range(0, len(data), _HASH_PIECE):
         hashed.update(data[start : start + _HASH_PIECE])
     return hashed.hexdigest()
+
+
+class ConverterLost(TransientSourceError):
+    """A converter process ended (killed, out of memory) or its answers could not be read:
+    the run under way fails, the next one resumes from its checkpoint."""
 
 
 class Converted(NamedTuple):
@@ -123,7 +137,10 @@ def work(fd: int) -> None:
     # 700 allocations (the default) only walks them again and again.
     gc.set_threshold(100_000, 50, 50)
     connection = Connection(fd)
-    schema_id, schema_text, large = connection.recv()
+    try:
+        schema_id, schema_text, large = connection.recv()
+    except EOFError:  # the poller gave up on it
+        return
     encode = AvroEncoder(schema_id, schema_text)
     connection.send((-1, "ready", None))
     while True:
@@ -165,18 +182,26 @@ class _Worker:
 
     def __init__(self, encoder: AvroEncoder, large: int) -> None:
         ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
         path = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
         # the worker needs none of the settings: the API key stays with the poller
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", f"from producer.converter import work; work({theirs.fileno()})"],
-            pass_fds=[theirs.fileno()],
+            # -P: the poller's code, not whatever `producer` the working directory holds
+            [sys.executable, "-P", "-c", f"from producer.converter import work; work({fd})"],
+            pass_fds=[fd],
             stdin=subprocess.DEVNULL,
             env={**env, "PYTHONPATH": path},
         )
         theirs.close()
         self.connection = Connection(ours.detach())
-        self.connection.send((encoder.schema_id, encoder.schema_text, large))
+        try:
+            self.connection.send((encoder.schema_id, encoder.schema_text, large))
+        except OSError:  # it died at once
+            self.process.kill()
+            self.process.wait()
+            self.connection.close()
+            raise
         self.lock = threading.Lock()
         self.sending = threading.Lock()  # a page and the end must not interleave
         self.ready = threading.Event()
@@ -208,7 +233,10 @@ class _Worker:
                         events.set_result(None)
                 else:
                     events.set_result(value)
-        except (EOFError, OSError) as e:
+        except BaseException as e:  # EOF, or anything that leaves this worker's pages unanswered
+            if not isinstance(e, (EOFError, OSError)):  # the worker may run on: end it
+                self.process.kill()
+                self.process.wait()
             code = self.process.poll()
             if not self.ready.is_set() and not self.closing:
                 logger.warning(
@@ -216,7 +244,7 @@ class _Worker:
                     "converted in the poller's process",
                     code,
                 )
-            lost = RuntimeError(f"a converter process ended (exit code {code})")
+            lost = ConverterLost(f"a converter process ended (exit code {code}): {e!r}")
             lost.__cause__ = e
             with self.lock:
                 self.lost = lost
@@ -261,8 +289,16 @@ class Converter:
 
     def __init__(self, encoder: AvroEncoder, workers: int = 2, large: int = 500_000) -> None:
         """``large``: the value size from which an event keeps its text (half the largest
-        event the producer accepts, say)."""
-        self._workers = [_Worker(encoder, large) for _ in range(workers)]
+        event the producer accepts, say). OSError if a worker cannot be started (the
+        ones started are ended)."""
+        self._closed = False
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(workers):
+                self._workers.append(_Worker(encoder, large))
+        except OSError:
+            self.close()
+            raise
         self._turn = itertools.count()
         self._lock = threading.Lock()
         #: id(page) → (page, its events, their source), for the pages parse returned
@@ -274,7 +310,10 @@ class Converter:
         return all(worker.ready.is_set() for worker in self._workers)
 
     def parse(self, body: bytes, server_time: datetime | None, source: Source) -> Page | None:
-        """Read ``body`` in a worker, which goes on to make ``source``'s events of it."""
+        """Read ``body`` in a worker, which goes on to make ``source``'s events of it;
+        read it here once the converter is closed (a fetch that outlived its procedure)."""
+        if self._closed:
+            return parse_success(body, server_time)
         number = next(self._turn)
         worker = self._workers[number % len(self._workers)]
         head, events = worker.submit(number, body, server_time, source)
@@ -295,6 +334,7 @@ class Converter:
         return events.result(), source
 
     def close(self) -> None:
+        self._closed = True
         for worker in self._workers:
             worker.close()
 
@@ -307,4 +347,6 @@ class Converter:
 
 def cores() -> int:
     """The cores this process may run on."""
-    return len(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -259,6 +259,7 @@ class Poller:
         self._committer: Committer | None = None
         #: Converts listings ahead of the publishing while a procedure runs (:meth:`_ahead`).
         self._converter: Converter | None = None
+        self._converters_failed = False  # could not start: not tried again in this procedure
 
     # -- helpers ----------------------------------------------------------
 
@@ -365,9 +366,10 @@ class Poller:
         rows, media_rows, newest = [], [], None
         for result, key in zip(page.results, keys, strict=True):
             media = self._refresh_subresources(result, key, known.get(key), stats)
-            event = (converted or {}).get(id(result)) or convert_listing(
-                result, source, encode, self.publisher.max_bytes // 2
-            )
+            if converted:  # read by a converter: ``result`` is a stub, never to be converted
+                event = converted[id(result)]
+            else:
+                event = convert_listing(result, source, encode, self.publisher.max_bytes // 2)
             if isinstance(event, Invalid):
                 self._dead_letter(stats, event.text, event.error, source)
                 continue
@@ -511,6 +513,7 @@ class Poller:
                 yield
         finally:
             self._committer = None
+            self._converters_failed = False
             if self._converter is not None:
                 self._converter.close()
                 self._converter = None
@@ -532,29 +535,42 @@ class Poller:
         """
 
         def parse(body: bytes, server_time: datetime | None) -> Page | None:
-            if self._converter is None or not self._converter.ready:
+            converter = self._converter  # read once: the procedure may end meanwhile
+            if converter is None or not converter.ready:
                 return parse_success(body, server_time)
-            return self._converter.parse(body, server_time, source_of(server_time))
+            return converter.parse(body, server_time, source_of(server_time))
 
         for page, _token in _prefetch(scan(parse)):
-            ahead = self._converter.events(page) if self._converter is not None else None
+            converter = self._converter
+            ahead = converter.events(page) if converter is not None else None
             if ahead is None:
-                if self._converter is None and self._converting(page):
-                    encoder = self.serde.encoder(self.serde.listings_topic)
-                    # it starts while this page is published
-                    self._converter = Converter(
-                        encoder, self.settings.converters, self.publisher.max_bytes // 2
-                    )
+                if converter is None and self._converting(page):
+                    self._start_converter()  # it starts while this page is published
                 yield page, source_of(page.server_time), {}
                 continue
             events, source = ahead
             yield page, source, dict(zip(map(id, page.results), events, strict=True))
+
+    def _start_converter(self) -> None:
+        encoder = self.serde.encoder(self.serde.listings_topic)
+        try:
+            self._converter = Converter(
+                encoder, self.settings.converters, self.publisher.max_bytes // 2
+            )
+        except OSError as e:
+            self._converters_failed = True
+            logger.warning(
+                "could not start the converter processes (%s): listings are converted in "
+                "the poller's process for the rest of this run",
+                e,
+            )
 
     def _converting(self, page: Page) -> bool:
         """Whether pages like ``page`` are worth converters (see :meth:`_ahead`)."""
         return (
             len(page.results) >= AHEAD_MIN
             and self.settings.converters > 0
+            and not self._converters_failed
             and cores() > 1
             and not self.subresources  # nested into the listings before their conversion
         )

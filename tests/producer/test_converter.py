@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from producer.cli import build_poller
-from producer.converter import Converter, Invalid, convert_listing, cores
+from producer.converter import Converter, ConverterLost, Invalid, convert_listing, cores
 from producer.pages import parse_success
 from producer.poller import content_hash
 from schemas import LISTING_SCHEMA, Source, json_dumps, json_loads
@@ -125,7 +126,7 @@ def test_a_worker_that_dies_fails_its_pages_with_a_clear_error(emulator):
         _started(converter)
         for pid in _workers():
             os.kill(pid, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="a converter process ended"):
+        with pytest.raises(ConverterLost, match="a converter process ended"):
             for _ in range(2):  # one page each
                 converter.parse(body, NOW, SOURCE)
 
@@ -147,7 +148,8 @@ def test_a_snapshot_whose_worker_dies_fails_and_the_next_run_resumes(emulator, r
 
     killer = threading.Thread(target=kill_a_worker)
     killer.start()
-    with build_poller(settings) as poller, pytest.raises(RuntimeError, match="converter"):
+    # a TransientSourceError: `poll run` retries it
+    with build_poller(settings) as poller, pytest.raises(ConverterLost, match="converter"):
         poller.snapshot()
     killer.join()
     assert killed
@@ -188,3 +190,27 @@ def test_the_poller_starts_the_converters_configured_without_its_settings(
     assert len(seen) == converters
     assert all(b"SPARK_RELAY_" not in environ for environ in seen.values())
     assert _workers() == []
+
+
+def test_converters_that_cannot_start_leave_the_conversion_to_the_poller(
+    emulator, relay, monkeypatch, caplog
+):
+    emu = emulator(listings=600, accounts=20)
+    settings = relay(emu, page_size=200)
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):  # the second worker cannot be forked (EAGAIN, ENOMEM)
+        if started:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+    assert stats.completed and stats.published == 600
+    assert "could not start the converter processes" in caplog.text
+    assert started and started[0].poll() is not None  # the one started was ended
+    keys = {k for k, _, _ in read_topic(settings.kafka_bootstrap, settings.topic("listings"))}
+    assert keys == set(emu.truth()["listings"])
