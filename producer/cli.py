@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
 import click
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -17,6 +18,9 @@ from spark_relay.errors import EXIT_CODES
 from spark_relay.health import HEALTH
 from spark_relay.metrics import serve_metrics
 from spark_relay.settings import Settings
+
+if TYPE_CHECKING:
+    from producer.state import StateStore
 
 __all__ = ["poll_group", "topics_group", "build_poller"]
 
@@ -32,13 +36,15 @@ def build_poller(
     progress: bool | None = False,
     stop: threading.Event | None = None,
     exclusive: bool = False,
+    state: StateStore | None = None,
 ) -> Iterator:
     """A :class:`Poller` wired to the API, Kafka, the registry and the state store.
 
     ``progress``: True shows it, False hides it, None shows it when stderr is a terminal.
     Every procedure takes the state's lock as it starts; ``exclusive`` takes it
     at once and holds it until the block ends (``reconcile --repair``: from
-    before its scan to its last tombstone).
+    before its scan to its last tombstone). ``state``: a store opened already
+    (``poll run`` waits for it); it is closed with the rest.
     """
     from producer.poller import Poller
     from producer.publisher import Publisher
@@ -55,7 +61,8 @@ def build_poller(
         stop=stop,
     )
     publisher = Publisher(settings.kafka_config("producer"))
-    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    if state is None:
+        state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     _seed_checkpoint_times(state.last_runs())
     unwatch = HEALTH.add_check(lambda: poller_readiness(settings))
@@ -244,7 +251,8 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
 
     SIGTERM (or Ctrl-C) lets the current page finish and commit, then exits 0.
     """
-    from producer.daemon import run_daemon
+    from producer.daemon import run_daemon, wait_for_state
+    from producer.state import open_state
 
     settings = app.settings(
         update_interval=interval,
@@ -252,8 +260,16 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
         purge_at=purge_at,
         metrics_port=metrics_port,
     )
+    settings.require("api_key", "kafka_bootstrap", "schema_registry_url")
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
-    with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
+    stop = _stop_on_signals()
+    state = wait_for_state(
+        lambda: open_state(settings.state_dir, settings.database_url, settings.topic_prefix), stop
+    )
+    if state is None:
+        logger.info("stopped on request before the state store answered")
+        return
+    with build_poller(settings, progress=progress, stop=stop, state=state) as poller:
         run_daemon(poller)
 
 

@@ -10,13 +10,21 @@ current page finish and commit; then the daemon exits 0.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from producer.poller import Poller
-from spark_relay.errors import DeliveryError, PurgeRefused, TransientSourceError
+from producer.state import StateStore
+from spark_relay.errors import (
+    DeliveryError,
+    PurgeRefused,
+    StateUnavailable,
+    TransientSourceError,
+)
 from spark_relay.health import HEALTH
 
-__all__ = ["run_daemon", "next_purge"]
+__all__ = ["run_daemon", "next_purge", "wait_for_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,21 +89,65 @@ def _reconnect(poller: Poller, error: Exception) -> None:
     its last checkpoint and runs again from there. The lock is taken again with the
     new session; if another poller took it meanwhile, :class:`StateLocked` ends this one.
     """
-    wait = 1.0
     logger.error("the state store broke off (%s); connecting again", str(error).strip())
-    while not poller.stop.wait(wait):
+    if _until_reachable(poller.state.reconnect, poller.state.unavailable, poller.stop):
+        logger.info("the state store reconnected; the interrupted procedure runs again")
+
+
+def wait_for_state(
+    open_state: Callable[[], StateStore], stop: threading.Event
+) -> StateStore | None:
+    """``poll run``'s state store, once its database answers; ``None`` if stopped before.
+
+    A daemon started before its database (a cluster coming up, a restart) waits for
+    it as it waits when the database goes away later: alive, not ready (``/readyz``
+    says why), trying again with a growing pause and a line for each attempt.
+    """
+    opened: list[StateStore] = []
+    waiting = ["the state store has not answered yet"]
+    unwatch = HEALTH.add_check(lambda: None if opened else waiting[0])
+
+    def attempt() -> None:
         try:
-            poller.state.reconnect()
-        except poller.state.unavailable as e:
-            wait = min(wait * 2, 30.0)
+            opened.append(open_state())
+        except StateUnavailable as e:
+            waiting[0] = f"waiting for the state store: {str(e).strip()}"
+            raise
+
+    try:
+        _until_reachable(attempt, (StateUnavailable,), stop, first_wait=0.0)
+    finally:
+        unwatch()
+    return opened[0] if opened else None
+
+
+#: The longest pause between two attempts to reach the state's database.
+MAX_STATE_WAIT = 30.0
+
+
+def _until_reachable(
+    attempt: Callable[[], object],
+    unavailable: tuple[type[Exception], ...],
+    stop: threading.Event,
+    first_wait: float = 1.0,
+) -> bool:
+    """Call ``attempt`` until it raises none of ``unavailable``, backing off up to
+    :data:`MAX_STATE_WAIT`; False when ``stop`` was set first."""
+    wait = first_wait
+    while not stop.wait(wait):
+        HEALTH.beat()  # waiting is the loop turning, not a hung process
+        try:
+            attempt()
+        except unavailable as e:
+            wait = min(max(wait * 2, 1.0), MAX_STATE_WAIT)
             logger.warning(
-                "the state store is still unreachable (%s); trying again in %.0fs",
+                "the state store is unreachable (%s); trying again in %.0fs",
                 str(e).strip(),
                 wait,
             )
         else:
-            logger.info("the state store reconnected; the interrupted procedure runs again")
-            return
+            return True
+    return False
 
 
 def _run_due(poller: Poller, tick: float) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 import orjson
 
 from schemas import json_dumps, json_loads
-from spark_relay.errors import StateLocked
+from spark_relay import postgres
+from spark_relay.errors import StateLocked, StateUnavailable
 
 __all__ = ["StateStore", "open_state", "state_schema"]
 
@@ -427,6 +428,15 @@ class StateStore:
         return out
 
 
+@contextmanager
+def _reachable(lost: type[Exception]) -> Iterator[None]:
+    """``lost`` (the driver's error for a database that did not answer) as :class:`StateUnavailable`."""
+    try:
+        yield
+    except lost as e:
+        raise StateUnavailable(f"the state database cannot be reached: {str(e).strip()}") from e
+
+
 def state_schema(topic_prefix: str) -> str:
     """The PostgreSQL schema of one prefix's state: ``spark_relay_state_<prefix>``."""
     return "spark_relay_state_" + "".join(c if c.isalnum() else "_" for c in topic_prefix.lower())
@@ -447,20 +457,23 @@ def open_state(
         schema = state_schema(topic_prefix)
 
         def connect_postgres() -> Any:
-            connection = psycopg.connect(database_url)
-            connection.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-            )
-            connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-            connection.commit()
+            # keepalives both ways: a lost node's advisory lock ends within about a minute
+            with _reachable(psycopg.OperationalError):
+                connection = postgres.connect(database_url)
+                connection.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                )
+                connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+                connection.commit()
             return connection
 
-        return StateStore(
-            connect_postgres,
-            "%s",
-            f"postgresql (schema {schema})",
-            unavailable=(psycopg.OperationalError,),
-        )
+        with _reachable(psycopg.OperationalError):
+            return StateStore(
+                connect_postgres,
+                "%s",
+                f"postgresql (schema {schema})",
+                unavailable=(psycopg.OperationalError, StateUnavailable),
+            )
     path = Path(state_dir) / "poller.sqlite3"
     path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -14,6 +14,8 @@ __all__ = [
     "SinkRetriableError",
     "PurgeRefused",
     "StateLocked",
+    "StateUnavailable",
+    "ClockSkew",
     "EXIT_CODES",
     "EXIT_UNHEALTHY",
 ]
@@ -80,6 +82,19 @@ class StateLocked(RelayError):
     exit_code = 9
 
 
+class StateUnavailable(RelayError):
+    """The state store's database cannot be reached (down, restarting, or a wrong URL)."""
+
+    exit_code = 10
+
+
+class ClockSkew(RelayError):
+    """The API sent no ``Date`` header and the local clock is further from the API's than
+    SPARK_RELAY_OVERLAP: an update window could miss changes, so none is run."""
+
+    exit_code = 11
+
+
 #: ``status`` found a problem, ``reconcile`` or ``demo`` a sink that differs: a finding, not a crash.
 EXIT_UNHEALTHY = 7
 
@@ -94,4 +109,6 @@ EXIT_CODES = {
     EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
     8: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
     9: "another poller holds this state (the message names it); one poller per state",
+    10: "the state database cannot be reached (`poll run` waits for it instead)",
+    11: "no Date header from the API and the local clock is off by more than SPARK_RELAY_OVERLAP",
 }

