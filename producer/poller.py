@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from producer.clock import api_now
 from producer.committer import Committer
 from producer.converter import Converted, Converter, Invalid, convert_listing, cores, digest
 from producer.progress import Progress
@@ -268,12 +269,8 @@ class Poller:
         return RunStats(procedure, f"{procedure}-{stamp}-{uuid.uuid4().hex[:6]}")
 
     def _server_now(self) -> datetime:
-        """The API's clock (its ``Date`` header); the local clock, with a warning, without one."""
-        page = self.client.get("/v1/listings", {"_limit": 1, "_select": "ListingKey"})
-        if page.server_time is None:
-            logger.warning("the API sent no Date header: using the local clock for the window")
-            return datetime.now(UTC).replace(microsecond=0)
-        return page.server_time
+        """The API's clock (:func:`producer.clock.api_now`)."""
+        return api_now(self.client, timedelta(minutes=self.settings.overlap))
 
     def _total(self, path: str, params: dict[str, Any] | None = None) -> int | None:
         try:

@@ -204,6 +204,14 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     envvar=_ENV + "START_TIME",
     help="Start of the virtual clock, UTC (default: now).",
 )
+@click.option(
+    "--date-header/--no-date-header",
+    default=True,
+    show_default=True,
+    envvar=_ENV + "DATE_HEADER",
+    help="Send the virtual clock in a Date header on every answer; without it a client "
+    "must find the API's clock another way.",
+)
 def emulator_command(
     host,
     port,
@@ -224,6 +232,7 @@ def emulator_command(
     require_user_agent,
     stale_lag_seconds,
     start_time,
+    date_header,
 ) -> None:
     """Serve an emulated Spark API replication endpoint until Ctrl-C or SIGTERM.
 
@@ -254,6 +263,7 @@ def emulator_command(
         retry_after=retry_after,
         fault_timeout_seconds=fault_timeout_seconds,
         stale_lag_seconds=stale_lag_seconds,
+        date_header=date_header,
     )
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())

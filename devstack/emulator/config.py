@@ -67,6 +67,7 @@ class EmulatorConfig:
     require_user_agent: bool = (
         False  # answer 400/1016 to API requests without X-SparkApi-User-Agent
     )
+    date_header: bool = True  # False: no Date header (the client must find the API's clock)
 
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:

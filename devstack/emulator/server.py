@@ -73,6 +73,11 @@ class _Handler(BaseHTTPRequestHandler):
     def date_time_string(self, timestamp: float | None = None) -> str:
         return http_date(self.server.emulator.clock.now_ms())
 
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "date" and not self.server.emulator.config.date_header:
+            return  # an API that does not say its clock (EmulatorConfig.date_header)
+        super().send_header(keyword, value)
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors the HTTP layer raises, in Spark's envelope (a too-long URL: 400 / 1041)."""
         if code == 414:

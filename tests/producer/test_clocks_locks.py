@@ -8,20 +8,25 @@ and started as a test needs it.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from devstack._net import free_port
+from producer.cli import build_poller
 from producer.state import open_state
+from schemas import parse_timestamp
 from spark_relay import postgres
-from spark_relay.errors import StateUnavailable
+from spark_relay.errors import ClockSkew, StateUnavailable
 from tests.deploy_stack import wait_for
 from tests.kafka_helpers import cli_env
 
@@ -66,13 +71,18 @@ class TcpPostgres:
 
 
 @pytest.fixture(scope="module")
-def tcp_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpPostgres]:
-    server = TcpPostgres(tmp_path_factory.mktemp("tcp-postgres") / "data", free_port())
+def tcp_postgres() -> Iterator[TcpPostgres]:
+    # not under pytest's temporary root: that is private to root (0700), and the server runs
+    # as another user when the tests run as root
+    root = Path(tempfile.mkdtemp(prefix="spark-relay-tcp-postgres-"))
+    root.chmod(0o755)
+    server = TcpPostgres(root / "data", free_port())
     try:
         yield server
     finally:
         if server.running():
             server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- keepalives ---------------------------------------------------------------------
@@ -183,3 +193,67 @@ def test_poll_run_started_before_its_database_waits_for_it(tcp_postgres, emulato
             tcp_postgres.stop()
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
+
+
+# -- the API's clock without a Date header ----------------------------------------------
+
+
+def test_the_emulator_can_leave_out_the_date_header(emulator):
+    with_date, without = (
+        emulator(listings=5, accounts=1),
+        emulator(listings=5, accounts=1, date_header=False),
+    )
+    headers = {"Authorization": "Bearer devstack-key", "X-SparkApi-User-Agent": "t"}
+    assert "date" in httpx.get(f"{with_date.url}/v1/listings", headers=headers).headers
+    answer = httpx.get(f"{without.url}/v1/listings", headers=headers)
+    assert answer.status_code == 200 and "date" not in answer.headers
+
+
+def test_without_a_date_header_an_api_clock_ahead_of_ours_is_an_error(emulator, relay):
+    """The local clock behind the API's by more than the overlap: the update stops with
+    ClockSkew (exit 11) and one clear line, and no window is committed."""
+    emu = emulator(listings=200, accounts=5, date_header=False)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        before = poller.state.checkpoint("update")
+        emu.advance(minutes=60, modify=0.1, create=0, remove=0, media=0)  # the API's clock: +1 h
+        with pytest.raises(ClockSkew, match="no Date header"):
+            poller.update()
+        assert poller.state.checkpoint("update") == before
+    result = subprocess.run(
+        [BIN, "poll", "update"], env=cli_env(settings), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == ClockSkew.exit_code == 11, result.stderr[-3000:]
+    assert "SPARK_RELAY_OVERLAP" in result.stderr and "Traceback" not in result.stderr
+
+
+def _published_everything(settings, truth: dict) -> list[str]:
+    """The live keys whose published ModificationTimestamp is not the API's (empty: none)."""
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    try:
+        published = state.published("listings", truth["listings"])
+    finally:
+        state.close()
+    return [
+        key
+        for key, modified in truth["listings"].items()
+        if key not in published or parse_timestamp(published[key][0]) != parse_timestamp(modified)
+    ]
+
+
+def test_without_a_date_header_a_local_clock_ahead_of_the_apis_loses_no_change(emulator, relay):
+    """The local clock 3 h ahead of the API's, which no answer of the API can tell from a
+    quiet feed: each window ends at the API's newest change, so the next one still sees
+    every change made after it."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    emu = emulator(listings=300, accounts=5, date_header=False, start_time=start)
+    settings = relay(emu)
+    with build_poller(settings) as poller:
+        poller.snapshot()
+        poller.update()
+        for _ in range(2):
+            changed = emu.advance(minutes=10, modify=0.1, create=0.02, remove=0, media=0)
+            assert changed["modified"]
+            poller.update()
+    assert _published_everything(settings, emu.truth()) == []
