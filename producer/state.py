@@ -458,16 +458,15 @@ def open_state(
 
         def connect_postgres() -> Any:
             # keepalives both ways: a lost node's advisory lock ends within about a minute
-            with _reachable(psycopg.OperationalError):
-                connection = postgres.connect(database_url)
-                connection.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-                )
-                connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-                connection.commit()
+            connection = postgres.connect(database_url)
+            connection.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
+            connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            connection.commit()
             return connection
 
-        with _reachable(psycopg.OperationalError):
+        with _reachable(psycopg.OperationalError):  # the first connection (reconnect: unavailable)
             return StateStore(
                 connect_postgres,
                 "%s",
