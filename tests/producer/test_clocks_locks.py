@@ -143,6 +143,14 @@ def test_a_setting_in_the_url_wins_over_ours():
     assert "-c tcp_keepalives_count=3" in params["options"]
 
 
+def test_the_shared_connect_takes_psycopg_keywords_and_parameters(database_url):
+    """What a sink needs of :func:`spark_relay.postgres.connect` (issue 22, item 8)."""
+    with postgres.connect(database_url, autocommit=True, application_name="a sink") as conn:
+        assert conn.autocommit
+        assert conn.execute("SHOW application_name").fetchone()[0] == "a sink"
+        assert conn.info.get_parameters()["connect_timeout"] == "10"
+
+
 def test_a_state_database_that_does_not_answer_is_one_clear_error(tmp_path):
     with pytest.raises(StateUnavailable, match="cannot be reached"):
         open_state(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", "x")
@@ -257,3 +265,23 @@ def test_without_a_date_header_a_local_clock_ahead_of_the_apis_loses_no_change(e
             assert changed["modified"]
             poller.update()
     assert _published_everything(settings, emu.truth()) == []
+
+
+def test_sigterm_while_waiting_for_the_state_database_exits_at_once(emulator, relay, tmp_path):
+    emu = emulator(listings=5, accounts=1)
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens
+    settings = relay(emu, database_url=url)
+    log = tmp_path / "poller.stderr"
+    with log.open("w") as stderr:
+        poller = subprocess.Popen(
+            [BIN, "poll", "run"], env=cli_env(settings), stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    try:
+        wait_for(lambda: "state store is unreachable" in log.read_text(), 60, "an attempt")
+        poller.send_signal(signal.SIGTERM)
+        assert poller.wait(10) == 0, log.read_text()[-3000:]
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.wait()
+    assert "Traceback" not in log.read_text()
