@@ -192,7 +192,7 @@ def test_poller_is_not_ready_after_a_failed_procedure_or_without_its_state(make_
     health = Health()
     unreachable = make_settings(database_url=f"postgresql://relay@127.0.0.1:{free_port()}/relay")
     health.add_check(lambda: poller_readiness(unreachable))
-    assert "OperationalError" in health.ready()
+    assert "StateUnavailable: the state database cannot be reached" in health.ready()
 
 
 def test_sink_is_ready_once_assigned_and_not_while_stopping(make_settings):
