@@ -103,22 +103,23 @@ def wait_for_state(
     it as it waits when the database goes away later: alive, not ready (``/readyz``
     says why), trying again with a growing pause and a line for each attempt.
     """
-    opened: list[StateStore] = []
-    waiting = ["the state store has not answered yet"]
-    unwatch = HEALTH.add_check(lambda: None if opened else waiting[0])
+    opened: StateStore | None = None
+    reason = "the state store has not answered yet"
+    unwatch = HEALTH.add_check(lambda: reason)  # removed once it answers
 
     def attempt() -> None:
+        nonlocal opened, reason
         try:
-            opened.append(open_state())
+            opened = open_state()
         except StateUnavailable as e:
-            waiting[0] = f"waiting for the state store: {str(e).strip()}"
+            reason = f"waiting for the state store: {e}"
             raise
 
     try:
         _until_reachable(attempt, (StateUnavailable,), stop, first_wait=0.0)
     finally:
         unwatch()
-    return opened[0] if opened else None
+    return opened
 
 
 #: The longest pause between two attempts to reach the state's database.

@@ -428,15 +428,6 @@ class StateStore:
         return out
 
 
-@contextmanager
-def _reachable(lost: type[Exception]) -> Iterator[None]:
-    """``lost`` (the driver's error for a database that did not answer) as :class:`StateUnavailable`."""
-    try:
-        yield
-    except lost as e:
-        raise StateUnavailable(f"the state database cannot be reached: {str(e).strip()}") from e
-
-
 def state_schema(topic_prefix: str) -> str:
     """The PostgreSQL schema of one prefix's state: ``spark_relay_state_<prefix>``."""
     return "spark_relay_state_" + "".join(c if c.isalnum() else "_" for c in topic_prefix.lower())
@@ -466,13 +457,16 @@ def open_state(
             connection.commit()
             return connection
 
-        with _reachable(psycopg.OperationalError):  # the first connection (reconnect: unavailable)
+        try:
             return StateStore(
                 connect_postgres,
                 "%s",
                 f"postgresql (schema {schema})",
-                unavailable=(psycopg.OperationalError, StateUnavailable),
+                unavailable=(psycopg.OperationalError,),
             )
+        except psycopg.OperationalError as e:  # the first connection; later ones: reconnect()
+            reason = " ".join(str(e).split())  # one line: /readyz and the logs show it
+            raise StateUnavailable(f"the state database cannot be reached: {reason}") from e
     path = Path(state_dir) / "poller.sqlite3"
     path.parent.mkdir(parents=True, exist_ok=True)
 

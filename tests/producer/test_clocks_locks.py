@@ -181,7 +181,10 @@ def test_poll_run_started_before_its_database_waits_for_it(tcp_postgres, emulato
         wait_for(lambda: log.read_text().count("state store is unreachable") >= 2, 60, "2 attempts")
         assert poller.poll() is None, log.read_text()[-3000:]
         status, reason = wait_for(lambda: _ready(port), 30, "/readyz to answer")
-        assert status == 503 and "state store" in reason, reason
+        assert (
+            status == 503
+            and "waiting for the state store: the state database cannot be reached" in reason
+        ), reason
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         tcp_postgres.start()
         wait_for(lambda: _ready(port)[0] == 200, 120, "/readyz ready once the database is up")
