@@ -5,6 +5,12 @@ devstack once per run (Tansu broker, Schema Registry, embedded PostgreSQL);
 when ``SPARK_RELAY_KAFKA_BOOTSTRAP``, ``SPARK_RELAY_SCHEMA_REGISTRY_URL`` or
 ``SPARK_RELAY_DATABASE_URL`` are set, it uses those instead, so the same suite
 runs against a real cluster. Every test gets its own topic prefix.
+
+``make test`` runs the suite in pytest-xdist workers (pyproject's addopts). Each
+worker is its own pytest session, so each starts its own devstack on free ports
+in its own temporary directory; against a configured PostgreSQL, each worker
+gets a database of its own (``<database>_<worker>``), since tests name their
+schemas without knowing about each other's workers.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from devstack.kafka import KafkaBroker
@@ -48,9 +56,23 @@ def registry_url(services_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(services_dir: Path) -> Iterator[str]:
-    with Postgres(os.environ.get("SPARK_RELAY_DATABASE_URL", ""), services_dir) as postgres:
+def database_url(services_dir: Path, worker_id: str) -> Iterator[str]:
+    configured = os.environ.get("SPARK_RELAY_DATABASE_URL", "")
+    if configured and worker_id != "master":
+        yield _worker_database(configured, worker_id)
+        return
+    with Postgres(configured, services_dir) as postgres:
         yield postgres.url
+
+
+def _worker_database(url: str, worker_id: str) -> str:
+    """A database of this xdist worker's own on the configured server, created if absent."""
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'postgres'}_{worker_id}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            admin.execute(f'CREATE DATABASE "{name}"')
+    return parts._replace(path=f"/{name}").geturl()
 
 
 @pytest.fixture
