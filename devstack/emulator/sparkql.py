@@ -41,17 +41,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: A zone offset's sign: ``+`` or ``-``, never a space (sparkql's DATETIME token).
+_SIGN = r"[+\-]"
 _TOKEN = re.compile(
     r"""\s*(?:
       (?P<lparen>\() | (?P<rparen>\)) | (?P<comma>,)
-    | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+\-]\d{2}:?\d{2})?)
+    | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|{SIGN}\d{2}:?\d{2})?)
     | (?P<date>\d{4}-\d{2}-\d{2})
     | (?P<string>'(?:[^'\\]|\\.)*')
     | (?P<number>-?\d+(?:\.\d+)?)
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<custom>"[^"]*"\."[^"]*")
     | (?P<bad>\S)
-    )""",
+    )""".replace("{SIGN}", _SIGN),
     re.VERBOSE,
 )
 _OPS = {"eq", "ne", "gt", "ge", "lt", "le", "bt"}
@@ -63,7 +65,8 @@ MAX_DEPTH = 2
 NOW = "\x00now"
 _DAY_MS = 86_400_000
 _DT = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|([+\-])(\d{2}):?(\d{2}))?$"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+    rf"(Z|({_SIGN})(\d{{2}}):?(\d{{2}}))?$"
 )
 
 
