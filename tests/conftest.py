@@ -15,7 +15,10 @@ schemas without knowing about each other's workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,9 +33,34 @@ from devstack.registry import RegistryServer
 from spark_relay.settings import KAFKA_PASSTHROUGH_PREFIX, Settings, load_settings
 
 
+@contextlib.contextmanager
+def _open_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory others can reach, removed afterwards.
+
+    Not under pytest's basetemp: the embedded PostgreSQL runs as a user of its
+    own, which must reach its data directory, and every pytest session that
+    starts (another worktree's, a mutant's) makes ``/tmp/pytest-of-<user>``
+    private again, cutting a running server off its files.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("devstack")
+def services_dir() -> Iterator[Path]:
+    with _open_dir("spark-relay-devstack-") as path:
+        yield path
+
+
+@pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """Like ``tmp_path``, for a test that starts an embedded PostgreSQL in it."""
+    with _open_dir("spark-relay-test-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
