@@ -240,7 +240,10 @@ def run_mutant(mutant: Mutant, root: Path, args: argparse.Namespace) -> Outcome:
     try:
         scratch.chmod(0o755)
         copy = scratch_copy(root, scratch / "tree")
-        check_imports(copy)
+        try:
+            check_imports(copy)
+        except RuntimeError as e:
+            return Outcome(mutant, "error", str(e))
         target = copy / mutant.file
         text = target.read_text()
         if text.count(mutant.find) != 1:
