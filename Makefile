@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install deps demo test lint bench chaos lock runtime-check clean
+.PHONY: install deps demo test lint bench chaos mutants lock runtime-check clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ ROUNDS ?= 8
 JOBS   ?= 1
 chaos: install
 	$(BIN)/python -m chaos --seeds $(SEEDS) --rounds $(ROUNDS) --jobs $(JOBS)
+
+# Mutation testing (docs/guarantees.md): each mutant of mutants/*.toml applied in a scratch copy
+# of the tree, its tests run there (and the campaign, for mutants that ask for it), JOBS side by
+# side; exits non-zero when one survives. MUTANTS_ARGS: e.g. --only NAME, --no-chaos, --keep.
+MUTANTS_ARGS ?=
+mutants: install
+	$(BIN)/python -m chaos.mutants --jobs $(JOBS) $(MUTANTS_ARGS)
 
 # Re-pin the runtime after changing pyproject.toml's dependencies (needs PyPI).
 lock: install

@@ -5,15 +5,26 @@ devstack once per run (Tansu broker, Schema Registry, embedded PostgreSQL);
 when ``SPARK_RELAY_KAFKA_BOOTSTRAP``, ``SPARK_RELAY_SCHEMA_REGISTRY_URL`` or
 ``SPARK_RELAY_DATABASE_URL`` are set, it uses those instead, so the same suite
 runs against a real cluster. Every test gets its own topic prefix.
+
+``make test`` runs the suite in pytest-xdist workers (pyproject's addopts). Each
+worker is its own pytest session, so each starts its own devstack on free ports
+in its own temporary directory; against a configured PostgreSQL, each worker
+gets a database of its own (``<database>_<worker>``), since tests name their
+schemas without knowing about each other's workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from devstack.kafka import KafkaBroker
@@ -22,9 +33,34 @@ from devstack.registry import RegistryServer
 from spark_relay.settings import KAFKA_PASSTHROUGH_PREFIX, Settings, load_settings
 
 
+@contextlib.contextmanager
+def _open_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory others can reach, removed afterwards.
+
+    Not under pytest's basetemp: the embedded PostgreSQL runs as a user of its
+    own, which must reach its data directory, and every pytest session that
+    starts (another worktree's, a mutant's) makes ``/tmp/pytest-of-<user>``
+    private again, cutting a running server off its files.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("devstack")
+def services_dir() -> Iterator[Path]:
+    with _open_dir("spark-relay-devstack-") as path:
+        yield path
+
+
+@pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """Like ``tmp_path``, for a test that starts an embedded PostgreSQL in it."""
+    with _open_dir("spark-relay-test-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +84,23 @@ def registry_url(services_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(services_dir: Path) -> Iterator[str]:
-    with Postgres(os.environ.get("SPARK_RELAY_DATABASE_URL", ""), services_dir) as postgres:
+def database_url(services_dir: Path, worker_id: str) -> Iterator[str]:
+    configured = os.environ.get("SPARK_RELAY_DATABASE_URL", "")
+    if configured and worker_id != "master":
+        yield _worker_database(configured, worker_id)
+        return
+    with Postgres(configured, services_dir) as postgres:
         yield postgres.url
+
+
+def _worker_database(url: str, worker_id: str) -> str:
+    """A database of this xdist worker's own on the configured server, created if absent."""
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'postgres'}_{worker_id}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            admin.execute(f'CREATE DATABASE "{name}"')
+    return parts._replace(path=f"/{name}").geturl()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,8 +22,11 @@ T2 = datetime(2026, 1, 2, tzinfo=UTC)
 
 def test_a_short_seed_converges():
     # not under pytest's tmp_path: that is private to root, and the embedded PostgreSQL runs
-    # as its own user, which must reach its data directory to be stopped and restarted
-    root = Path("/tmp/spark-relay-chaos-test/seed-7")
+    # as its own user, which must reach its data directory to be stopped and restarted; a
+    # directory of its own, so suites running side by side (xdist, mutants) never share it
+    parent = Path(tempfile.mkdtemp(prefix="spark-relay-chaos-test-"))
+    parent.chmod(0o755)
+    root = parent / "seed-7"
     result = run_seed(7, rounds=3, listings=150, root=root, keep=True)
 
     line = summary([result], 3)
@@ -35,7 +39,7 @@ def test_a_short_seed_converges():
     assert sum(result.kills.values()) + sum(result.restarts.values()) + sum(result.acts.values())
     log = [json.loads(x) for x in (root / "campaign.log").read_text().splitlines()]
     assert all(entry["wall"] and "virtual" in entry for entry in log)
-    shutil.rmtree(root)  # kept when the test fails, for the post-mortem
+    shutil.rmtree(parent)  # kept when the test fails, for the post-mortem
 
 
 def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):

@@ -75,9 +75,9 @@ def _truth(emulator) -> dict:
     return {k: _utc(v) for k, v in emulator.truth()["listings"].items()}
 
 
-def test_demo_converges_and_prints_json(tmp_path):
+def test_demo_converges_and_prints_json(open_tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
+    env["SPARK_RELAY_STATE_DIR"] = str(open_tmp_path)
     result = subprocess.run(
         [BIN, "demo", "--listings", "800", "--rounds", "2", "--json"],
         capture_output=True,
@@ -93,7 +93,7 @@ def test_demo_converges_and_prints_json(tmp_path):
         assert sink["rows"] == summary["listings"] and sink["lag"] == 0 and sink["matches"]
     assert "matches the ground truth" in result.stderr and "spark-relay search" in result.stderr
     # the counts match what the files show
-    state = tmp_path / "demo" / "state"
+    state = open_tmp_path / "demo" / "state"
     assert (
         len(holdings("files", replace(load_state_settings(state), topic_prefix="spark")))
         == summary["listings"]

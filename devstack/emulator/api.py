@@ -171,8 +171,8 @@ class SparkAPI:
                         "Token": e.token,
                         "Status": "Fatal",
                         "Message": e.message,
-                        "Syntax": True,
-                        "Constraint": False,
+                        "Syntax": not e.constraint,
+                        "Constraint": e.constraint,
                     }
                 ]
                 raise Reject(
@@ -231,7 +231,7 @@ class SparkAPI:
     def _listings(
         self, params: dict[str, str], api_key: str, fault: str | None, applied: list[Any]
     ) -> bytes:
-        limit = integer(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["listings"], "listings")
+        limit = integer(params, "_limit", DEFAULT_LIMIT, 0, MAX_LIMIT["listings"], "listings")
         skip = first_row(params, limit, "listings")
         mode = pagination_mode(params)
         select = self._select(params)
@@ -363,14 +363,15 @@ class SparkAPI:
                     403, 1500, "The requested resource is not available at your service level"
                 )
             raise not_found(f"{name} of listing {key}")
-        limit = integer(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
+        # no _limit: every item; _limit=0 (the docs allow >= 0): none
+        limit = integer(params, "_limit", -1, 0, MAX_LIMIT["other"], "listing subresources")
         skip = integer(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
         items = self.mls.expansion(state, name)
         if rest:
             items = [i for i in items if i["Id"] == rest[0]]
             if not items:
                 raise not_found(f"{name} item {rest[0]}")
-        elif limit:
+        elif limit >= 0:
             items = items[skip : skip + limit]
         return orjson.dumps({"D": {"Success": True, "Results": items}})
 
@@ -416,7 +417,7 @@ class SparkAPI:
                 "The _skiptoken parameter is not supported for the accounts "
                 "resource; paginate with _skip",
             )
-        limit = integer(params, "_limit", DEFAULT_LIMIT, 1, MAX_LIMIT["accounts"], "accounts")
+        limit = integer(params, "_limit", DEFAULT_LIMIT, 0, MAX_LIMIT["accounts"], "accounts")
         skip = first_row(params, limit, "accounts")
         mode = pagination_mode(params)
         names = [n.strip() for n in params.get("_select", "").split(",") if n.strip()]

@@ -106,13 +106,23 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=_rate_limit,
     metavar="REQ/SECONDS",
     envvar=_ENV + "RATE_LIMIT",
-    help="Answer 429 / code 1550 beyond REQ requests in any SECONDS window per key, e.g. 100/60.",
+    help="Answer code 1550 beyond REQ requests in any SECONDS window per key, e.g. 100/60.",
+)
+@click.option(
+    "--rate-limit-status",
+    default=429,
+    show_default=True,
+    type=click.Choice(["429", "503"]),
+    callback=lambda _ctx, _param, value: int(value),
+    envvar=_ENV + "RATE_LIMIT_STATUS",
+    help="HTTP status of a code 1550 answer: 429 as the error-code table says, or 503 as one "
+    "copy of the docs says.",
 )
 @click.option(
     "--retry-after",
     type=click.IntRange(1),
     envvar=_ENV + "RETRY_AFTER",
-    help="Put a Retry-After header (seconds) on 429 answers; none by default, like the real API.",
+    help="Put a Retry-After header (seconds) on 1550 answers; none by default, like the real API.",
 )
 @click.option(
     "--faults",
@@ -221,6 +231,7 @@ def emulator_command(
     api_key,
     latency_ms,
     rate_limit,
+    rate_limit_status,
     retry_after,
     faults,
     fault_timeout_seconds,
@@ -261,6 +272,7 @@ def emulator_command(
         require_user_agent=require_user_agent,
         start_time=start,
         retry_after=retry_after,
+        rate_limit_status=rate_limit_status,
         fault_timeout_seconds=fault_timeout_seconds,
         stale_lag_seconds=stale_lag_seconds,
         date_header=date_header,

@@ -16,6 +16,7 @@ __all__ = [
     "DATA_FAULTS",
     "FAULT_KINDS",
     "LAST_PAGE_MODES",
+    "RATE_LIMIT_STATUSES",
     "parse_faults",
     "parse_rate_limit",
 ]
@@ -30,6 +31,9 @@ FAULT_KINDS = ("500", "503", "timeout", "truncate", "reset", "cut", "stale")
 DATA_FAULTS = ("cut", "stale")
 #: How the last page of a ``_skiptoken`` scan ends.
 LAST_PAGE_MODES = ("empty", "missing", "same")
+#: The HTTP status of a code 1550 answer: the error-code table says 429, one copy of the
+#: docs says 503. A client must back off on either.
+RATE_LIMIT_STATUSES = (429, 503)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +61,8 @@ class EmulatorConfig:
     last_page: str = "empty"  # "empty" | "missing" | "same"
     masked: float = 0.0  # share of listings with "********" masked values
     start_time: datetime | None = None  # virtual clock start; default now (UTC)
-    retry_after: int | None = None  # seconds to put in Retry-After on 429 (None: no header)
+    retry_after: int | None = None  # seconds to put in Retry-After on 1550 (None: no header)
+    rate_limit_status: int = 429  # HTTP status of a 1550 answer (RATE_LIMIT_STATUSES)
     fault_timeout_seconds: float = 30.0  # how long a "timeout" fault holds the connection
     # how far behind a "stale" replica may be: only a change younger than this (on the API's
     # clock) can be served at its previous version; None: any change, however old
@@ -72,6 +77,11 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:
             raise ValueError("listings must be >= 0 and accounts >= 1")
+        if self.rate_limit_status not in RATE_LIMIT_STATUSES:
+            raise ValueError(
+                f"rate_limit_status must be one of {RATE_LIMIT_STATUSES}, "
+                f"got {self.rate_limit_status!r}"
+            )
         if self.last_page not in LAST_PAGE_MODES:
             raise ValueError(f"last_page must be one of {LAST_PAGE_MODES}, got {self.last_page!r}")
         for name in ("masked", "bare_numbers", "bad_records"):

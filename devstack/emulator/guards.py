@@ -104,11 +104,11 @@ class Stats:
             self.requests += 1
             return self.requests
 
-    def status(self, code: int) -> None:
-        """Count a response status."""
+    def status(self, code: int, rate_limited: bool = False) -> None:
+        """Count a response status (``rate_limited``: a code 1550 answer)."""
         with self._lock:
             self.by_status[str(code)] += 1
-            if code == 429:
+            if rate_limited:
                 self.rate_limited += 1
 
     def fault(self, number: int, kind: str, *detail: Any) -> None:

@@ -131,13 +131,15 @@ def pagination(total: int, limit: int, skip: int, with_offset: bool) -> dict[str
     """The Pagination hash; ``CurrentOffset`` replaces ``CurrentPage`` when ``_skip`` was sent.
 
     No rows is still one (empty) page, as the fixture constraints_with_pagination.json shows.
+    ``_limit=0`` (which the docs allow: ``>= 0``) asks for pages that hold no row: the rows
+    are counted, none is returned, and there are no pages (our reading; no source shows it).
     """
-    pages = max(1, math.ceil(total / limit))
+    pages = max(1, math.ceil(total / limit)) if limit else 0
     block = {"TotalRows": total, "PageSize": limit, "TotalPages": pages}
     if with_offset:
         block["CurrentOffset"] = skip
     else:
-        block["CurrentPage"] = skip // limit + 1
+        block["CurrentPage"] = skip // limit + 1 if limit else 1
     return block
 
 

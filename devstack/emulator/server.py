@@ -187,9 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, _NO_USER_AGENT)
             return
         if not emu.limiter.allow(token.strip()):
-            emu.stats.status(429)
+            status = emu.config.rate_limit_status
+            emu.stats.status(status, rate_limited=True)
             extra = {"Retry-After": str(emu.config.retry_after)} if emu.config.retry_after else None
-            self._send(429, _RATE_LIMITED, extra)
+            self._send(status, _RATE_LIMITED, extra)
             return
         if method != "GET":  # a replication key reads only: every /v1 path is read-only
             status, body = (

@@ -10,6 +10,13 @@ sparkql's ``days`` gives a date), decimals for decimal fields, quoted strings
 with ``\\`` escapes and ``*`` wildcards, comma lists after ``Eq``/``Ne``. A field the
 resource does not know, a wrong literal type or bad syntax raises
 :class:`SparkQLError`, which the API answers with HTTP 400 / code 1040.
+
+The limits of sparkql 1.3.4 (``parser_compatibility.rb``) hold too: at most
+:data:`MAX_EXPRESSIONS` conditions in a filter, :data:`MAX_VALUES` values in one
+condition's list, and conditions nested in at most :data:`MAX_DEPTH` parentheses.
+Going over one is a *constraint* error (``constraint=True``), not a syntax error.
+A zone offset is signed ``+`` or ``-``: a space there (an unencoded ``+`` in a
+URL) is a syntax error, as sparkql's DATETIME token has no room for it.
 """
 
 from __future__ import annotations
@@ -22,39 +29,56 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["NOW", "SparkQLError", "compile_filter", "parse_datetime_literal"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXPRESSIONS",
+    "MAX_VALUES",
+    "NOW",
+    "SparkQLError",
+    "compile_filter",
+    "parse_datetime_literal",
+]
 
 logger = logging.getLogger(__name__)
 
+#: A zone offset's sign: ``+`` or ``-``, never a space (sparkql's DATETIME token).
+_SIGN = r"[+\-]"
 _TOKEN = re.compile(
     r"""\s*(?:
       (?P<lparen>\() | (?P<rparen>\)) | (?P<comma>,)
-    | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+\- ]\d{2}:?\d{2})?)
+    | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|{SIGN}\d{2}:?\d{2})?)
     | (?P<date>\d{4}-\d{2}-\d{2})
     | (?P<string>'(?:[^'\\]|\\.)*')
     | (?P<number>-?\d+(?:\.\d+)?)
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<custom>"[^"]*"\."[^"]*")
     | (?P<bad>\S)
-    )""",
+    )""".replace("{SIGN}", _SIGN),
     re.VERBOSE,
 )
 _OPS = {"eq", "ne", "gt", "ge", "lt", "le", "bt"}
+#: sparkql's MAXIMUM_EXPRESSIONS, MAXIMUM_MULTIPLE_VALUES and MAXIMUM_LEVEL_DEPTH.
+MAX_EXPRESSIONS = 75
+MAX_VALUES = 200
+MAX_DEPTH = 2
 #: The name a predicate's getter answers with the current instant (epoch ms), for now()/days().
 NOW = "\x00now"
 _DAY_MS = 86_400_000
 _DT = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|([+\- ])(\d{2}):?(\d{2}))?$"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+    rf"(Z|({_SIGN})(\d{{2}}):?(\d{{2}}))?$"
 )
 
 
 class SparkQLError(ValueError):
-    """An invalid ``_filter``: the message, and the token it failed at."""
+    """An invalid ``_filter``: the message, the token it failed at, and whether it broke a
+    limit (``constraint``) rather than the grammar."""
 
-    def __init__(self, message: str, token: str = "") -> None:
+    def __init__(self, message: str, token: str = "", constraint: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.token = token
+        self.constraint = constraint
 
 
 def parse_datetime_literal(text: str) -> int:
@@ -100,6 +124,12 @@ def compile_filter(text: str, fields: dict[str, str]) -> Callable[[Callable[[str
     predicate = parser.expression()
     if parser.pos != len(tokens):
         raise SparkQLError(f"unexpected '{tokens[parser.pos][1]}'", tokens[parser.pos][1])
+    if parser.conditions > MAX_EXPRESSIONS:
+        raise SparkQLError(
+            f"You have exceeded the maximum expression count ({parser.conditions} > "
+            f"{MAX_EXPRESSIONS} expressions in a filter)",
+            constraint=True,
+        )
     return predicate
 
 
@@ -108,6 +138,8 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.fields = fields
+        self.depth = 0  # parentheses open around the current token
+        self.conditions = 0
 
     def peek(self) -> tuple[str, str]:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else ("end", "")
@@ -146,14 +178,24 @@ class _Parser:
             return lambda get: not inner(get)
         if self.peek()[0] == "lparen":
             self.pos += 1
+            self.depth += 1
             inner = self.expression()
             if self.take()[0] != "rparen":
                 raise SparkQLError("missing ')'", ")")
+            self.depth -= 1
             return inner
         return self.condition()
 
     def condition(self):
         kind, field = self.take()
+        self.conditions += 1
+        if self.depth > MAX_DEPTH:
+            raise SparkQLError(
+                f"You have exceeded the maximum nesting level ({self.depth} > {MAX_DEPTH} "
+                "levels of parentheses)",
+                field,
+                constraint=True,
+            )
         if kind == "custom":
             raise SparkQLError(f"custom field {field} is not searchable here", field)
         if kind != "word":
@@ -169,6 +211,13 @@ class _Parser:
         while self.peek()[0] == "comma":
             self.pos += 1
             values.append(self.value(ftype))
+        if len(values) > MAX_VALUES:
+            raise SparkQLError(
+                f"You have exceeded the maximum value count ({len(values)} > {MAX_VALUES} "
+                "values in a single expression)",
+                field,
+                constraint=True,
+            )
         if ftype == "character" and op not in ("eq", "ne"):
             raise SparkQLError(f"{field} supports only Eq and Ne", op)
         if any(callable(v) for v in values):  # now()/days(): resolved when evaluated

@@ -119,6 +119,7 @@ def test_two_processes_on_one_directory_one_killed_twice_leave_every_event_once(
         )
         config = EmulatorConfig(listings=4000, accounts=40, seed=21, filter_cache_seconds=0)
         with Emulator(config) as emu:
+            # slow while the victim is killed, so the snapshot streams through both kills
             poller_settings = replace(
                 settings, api_url=emu.url, api_key=emu.config.api_key, page_size=50, rate_limit=1.5
             )
@@ -157,8 +158,12 @@ def test_two_processes_on_one_directory_one_killed_twice_leave_every_event_once(
                     # the restarted victim takes partitions back from the live survivor
                     victim = start(f"b{round_}")
                     processes.append(victim)
-                snapshot.join()
                 assert kills == 2
+                assert snapshot.is_alive(), "the snapshot ended before the victim came back"
+                poller.stop.set()  # then at full speed: the rest of the snapshot and the others
+                snapshot.join()
+            with build_poller(replace(poller_settings, rate_limit=1000)) as poller:
+                assert poller.snapshot().completed  # resumed where the slow one stopped
                 emu.advance(minutes=60, modify=0.1, create=0.02, remove=0.03, accounts_modify=0.1)
                 assert poller.accounts().completed
                 assert poller.update().completed

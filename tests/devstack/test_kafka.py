@@ -100,9 +100,9 @@ def test_broker_stops_and_frees_its_port():
         assert s.connect_ex(("127.0.0.1", broker.port)) != 0
 
 
-def test_devstack_check_command(tmp_path):
+def test_devstack_check_command(open_tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
+    env["SPARK_RELAY_STATE_DIR"] = str(open_tmp_path)
     result = subprocess.run(
         [BIN, "devstack", "check"], capture_output=True, text=True, env=env, timeout=120
     )
@@ -110,9 +110,9 @@ def test_devstack_check_command(tmp_path):
     assert "read back" in result.stdout
 
 
-def test_devstack_up_prints_exports_and_stops_on_sigterm(tmp_path):
+def test_devstack_up_prints_exports_and_stops_on_sigterm(open_tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env["SPARK_RELAY_STATE_DIR"] = str(tmp_path)
+    env["SPARK_RELAY_STATE_DIR"] = str(open_tmp_path)
     process = subprocess.Popen(
         [BIN, "devstack", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )

@@ -135,21 +135,28 @@ def test_a_snapshot_whose_worker_dies_fails_and_the_next_run_resumes(emulator, r
     emu = emulator(listings=3000, accounts=20, latency_ms=100)
     settings = relay(emu, page_size=200)
     killed = []
+    running: list = []
 
     def kill_a_worker() -> None:
+        # once both workers are ready (a worker killed before it is ready only means the
+        # pages are converted in the poller) and some pages went through them
         deadline = time.monotonic() + 60
+        since = None
         while time.monotonic() < deadline and not killed:
+            converter = running[0]._converter if running else None
             workers = _workers()
-            if len(workers) == 2:
-                time.sleep(0.5)  # some pages through the workers first
+            if since is None and converter and converter.ready and len(workers) == 2:
+                since = emu.stats.requests
+            if since is not None and emu.stats.requests >= since + 2:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append(workers[0])
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_a_worker)
     killer.start()
     # a TransientSourceError: `poll run` retries it
     with build_poller(settings) as poller, pytest.raises(ConverterLost, match="converter"):
+        running.append(poller)
         poller.snapshot()
     killer.join()
     assert killed

@@ -1,13 +1,24 @@
 """The daemon's schedules, against the emulator, the broker and the registry."""
 
 import threading
-import time
 from datetime import UTC, datetime
 
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
 from producer.daemon import next_purge, run_daemon
+from producer.state import open_state
 from producer.topics import ensure_contract
+from tests.consumers.kafka_events import wait_for
+
+
+def _every_procedure_ran(settings) -> bool:
+    """Whether snapshot, update, accounts and purge each have a run that ended well."""
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    try:
+        runs = state.last_runs()
+    finally:
+        state.close()
+    return all(runs.get(p, {}).get("last_ok") for p in ("snapshot", "update", "accounts", "purge"))
 
 
 def test_next_purge_is_daily_at_the_set_time():
@@ -37,7 +48,7 @@ def test_daemon_runs_every_procedure_on_its_schedule_and_stops_cleanly(make_sett
         with build_poller(settings) as poller:
             thread = threading.Thread(target=run_daemon, args=(poller, 0.1))
             thread.start()
-            time.sleep(8)
+            wait_for(lambda: _every_procedure_ran(settings), 60, what="every procedure to run")
             poller.stop.set()
             thread.join(30)
             assert not thread.is_alive()
