@@ -12,16 +12,19 @@ For teams that run a cluster (``spark-relay sink search --backend opensearch
   cluster keeps the newer document whatever the order of arrival, and a
   re-publish with the same timestamp is applied, as PostgreSQL applies it
   (a 409 version conflict means "already newer" and is not an error);
-- per tombstone, ``delete`` *without* a version: a tombstone has no
-  ModificationTimestamp, and offset order is the truth (the poller only
-  publishes a tombstone after the listing vanished), so a later event for the
-  key brings it back, exactly like the Tantivy backend. A 404 on delete is not
-  an error. The tombstone is also remembered in ``<index>-deletes`` (``_id``
+- per tombstone, ``delete`` at the indexed document's own version
+  (``external_gte``; without a version when no document is known): a
+  tombstone has no ModificationTimestamp, and offset order is the truth, so a
+  later event for the key brings it back, exactly like the Tantivy backend,
+  even with the same ModificationTimestamp (a delete without a version would
+  move the cluster's version of the key one past it, and the cluster would
+  refuse the re-published document with a 409 for ``index.gc_deletes``). A
+  404 on delete is not an error. The tombstone is also remembered in ``<index>-deletes`` (``_id``
   the key, ``version`` its offset, ``external_gte``, so the latest stays).
 - every document carries its ``kafka_partition`` and ``kafka_offset`` in
   ``_source``, and before each ``_bulk`` one ``_mget`` reads, for its keys, the
   indexed document's version and coordinates and the remembered delete. Events
-  are then resolved in order as the Tantivy backend resolves them, and these
+  are then resolved in order by :func:`consumers.newer.step`, and these
   are not sent (a re-delivery, a ``--from-offset`` replay, a re-drive): an
   event older than its key's delete (the same partition, an earlier offset); a
   version with the document's timestamp from an earlier offset of its
@@ -39,12 +42,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import orjson
 
 from consumers.base import Offsets, TopicPartition
+from consumers.newer import Held, Place, Version, step
 from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
 from consumers.search.tantivy_backend import Change
@@ -103,7 +108,10 @@ def bulk_body(index: str, changes: Sequence[Change], deletes: str | None = None)
     lines = []
     for change in changes:
         if change.document is None:
-            lines.append(orjson.dumps({"delete": {"_index": index, "_id": change.key}}))
+            delete = {"_index": index, "_id": change.key}
+            if change.modified is not None:
+                delete.update(version=change.modified, version_type="external_gte")
+            lines.append(orjson.dumps({"delete": delete}))
             if deletes is not None:
                 remember = {
                     "_index": deletes,
@@ -206,27 +214,27 @@ class OpenSearchBackend:
         counts = {"indexed": 0, "deleted": 0, "stale": 0}
         keys = sorted({c.key for c in changes})
         held, remembered = self._held(keys) if keys else ({}, {})
+        state = {
+            key: Held(
+                Version(held[key][0], Place(*held[key][1:])) if key in held else None,
+                Place(*remembered[key]) if key in remembered else None,
+            )
+            for key in keys
+        }
         kept = []
-        for change in changes:  # in order, as the Tantivy backend resolves them
-            where = (change.partition, change.offset)
-            last = remembered.get(change.key)
-            row = held.get(change.key)
-            after_row = row is not None and row[1] == change.partition and row[2] > change.offset
-            if change.document is None:
-                if not (last and last[0] == change.partition and last[1] > change.offset):
-                    remembered[change.key] = where
-                if after_row:  # the document came after the tombstone: it stays
-                    counts["stale"] += 1
-                    continue
-                held.pop(change.key, None)
-            elif (last and last[0] == change.partition and last[1] > change.offset) or (
-                row and (row[0] > change.modified or (row[0] == change.modified and after_row))
-            ):
-                counts["stale"] += 1  # older than the document, or than the key's last delete
-                continue
+        for change in changes:  # in order, by the rule every sink keeps
+            place = Place(change.partition, change.offset)
+            before = state.get(change.key, Held())
+            version = None if change.document is None else Version(change.modified, place)
+            state[change.key], applied = step(before, version, place)
+            if not applied:
+                counts["stale"] += 1
+            elif change.document is None and before.version is not None:
+                # the delete at the document's own version: a later index of that same
+                # version (the key published again) is then not refused as older
+                kept.append(replace(change, modified=before.version.modified))
             else:
-                held[change.key] = (change.modified, *where)
-            kept.append(change)
+                kept.append(change)
         for start in range(0, len(kept), _BULK_ACTIONS):
             chunk = kept[start : start + _BULK_ACTIONS]
             answer = self._request(
