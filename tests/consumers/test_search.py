@@ -395,7 +395,11 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
     assert str(mget.url) == "http://search:9200/_mget"
     assert json.loads(mget.content) == {
         "docs": [
-            {"_index": index, "_id": key, "_source": ["kafka_partition", "kafka_offset"]}
+            {
+                "_index": index,
+                "_id": key,
+                "_source": ["kafka_partition", "kafka_offset", "ModificationTimestamp", "version"],
+            }
             for key in sorted([a, b, c])
             for index in ("srch-listings", "srch-listings-deletes")
         ]
@@ -630,6 +634,7 @@ def test_opensearch_remembers_deletes_so_an_older_event_is_not_sent_again():
     assert capture.kept[("x-deletes", key)] == {
         "kafka_partition": tombstone.partition,
         "kafka_offset": tombstone.offset,
+        "version": change_of(version).modified,  # the document's, deleted at its version
     }
     assert counts == {"indexed": 1, "deleted": 1, "stale": 0}
     # the old version again (a replay, a re-drive): superseded, never sent
@@ -695,3 +700,9 @@ def test_opensearch_indexes_a_key_published_again_after_its_tombstone_with_the_s
     backend.client = httpx.Client(transport=httpx.MockTransport(capture))
     backend.apply([change_of(e) for e in (version, tombstone, again)], {})
     assert capture.kept[("x", key)]["kafka_offset"] == again.offset
+    # after a tombstone, a version brings the key back whatever its timestamp
+    older = dict(record, ModificationTimestamp=parse_ts("2001-01-01T00:00:00Z"))
+    gone, back = stream.event(key, None), stream.event(key, older)
+    assert backend.apply([change_of(gone)], {})["deleted"] == 1
+    assert backend.apply([change_of(back)], {})["indexed"] == 1
+    assert capture.kept[("x", key)]["kafka_offset"] == back.offset
