@@ -44,14 +44,20 @@ from operator import itemgetter
 from typing import Any, ClassVar
 
 import click
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
-from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA, item_plan, items_from_record
+from schemas import (
+    ACCOUNT_SCHEMA,
+    LISTING_SCHEMA,
+    item_plan,
+    items_from_record,
+    json_dumps,
+    json_loads,
+)
 from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
@@ -72,8 +78,31 @@ _JSON_TEXT = {
 _META = ("kafka_partition", "kafka_offset")
 
 
+def _no_nul(value: Any) -> Any:
+    """``value`` with every NUL character of its texts (keys too) written as ``\\u0000``:
+    PostgreSQL's text and jsonb cannot hold the character itself."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    return value
+
+
 def _dumps(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+    """JSON text for a jsonb column: numbers digit for digit (the exact writer), NULs escaped."""
+    if value is None:
+        return None
+    text = json_dumps(value)
+    return json_dumps(_no_nul(value)) if "\\u0000" in text else text
+
+
+def _json_text(text: str | None) -> str | None:
+    """A contract ``*_json`` text for a jsonb column: as it is, unless it holds a NUL."""
+    if text is None or "\\u0000" not in text:
+        return text
+    return json_dumps(_no_nul(json_loads(text)))
 
 
 class Table:
@@ -118,18 +147,32 @@ class Table:
             *_META,
         )
         self._scalars = itemgetter(*scalars)
+        self._scalar_names = tuple(scalars)
         self._arrays = arrays
         self._texts = tuple(field for field, _ in texts)
         self._plain = tuple(plain)
 
     def row(self, value: dict[str, Any], event: Event) -> list[Any]:
-        """The table row of one event's record, in :attr:`columns` order."""
+        """The table row of one event's record, in :attr:`columns` order.
+
+        A typed text column cannot hold a NUL character: it is left null and named in
+        ``unparsed_fields``, as the contract does with a value it cannot convert (the
+        verbatim value is in the JSON).
+        """
         row = list(self._scalars(value))
+        nul = [
+            n
+            for n, v in zip(self._scalar_names, row, strict=True)
+            if type(v) is str and "\x00" in v and n != self.key  # a key is never nulled
+        ]
+        if nul:
+            value = dict(value, unparsed_fields=[*(value.get("unparsed_fields") or ()), *nul])
+            row = [None if n in nul else v for n, v in zip(self._scalar_names, row, strict=True)]
         for name_, plan in self._arrays:
             items = value.get(name_)
             row.append(None if items is None else _dumps(items_from_record(items, plan)))
         for field in self._texts:
-            row.append(value.get(field))
+            row.append(_json_text(value.get(field)))
         for field in self._plain:
             item = value.get(field)
             row.append(_dumps(item) if isinstance(item, dict) else item)
