@@ -36,6 +36,7 @@ exactly once).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -441,7 +442,10 @@ class PostgresSink:
         keep = [i for i, c in enumerate(table.columns) if c in existing]
         if missing:
             table = _Projected(table, keep, columns)  # type: ignore[assignment]
-        stage = sql.Identifier(f"stage_{self.schema}_{table.name}")
+        # session-private, and never cut at PostgreSQL's 63 bytes: a long schema name made
+        # the staging tables of listings and accounts one table
+        digest = hashlib.sha256(self.schema.encode()).hexdigest()[:16]
+        stage = sql.Identifier(f"stage_{table.name}_{digest}")
         target = sql.SQL("{}.{}").format(schema, sql.Identifier(table.name))
         cols = sql.SQL(", ").join(map(sql.Identifier, columns))
         key = sql.Identifier(table.key)

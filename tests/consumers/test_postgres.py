@@ -287,6 +287,21 @@ def test_every_value_the_contract_allows_is_stored(make_sink, db):
     ).fetchone() == (True,)
 
 
+def test_staging_tables_of_a_long_schema_name_do_not_collide(make_sink, database_url):
+    """PostgreSQL cuts names at 63 bytes: the staging tables of listings and accounts of a
+    schema with a long name must stay two tables."""
+    schema = "s" + "x" * 62  # the longest name the sink accepts
+    sink = make_sink(schema)
+    feed, accounts = Feed(), Feed(ACCOUNTS_TOPIC)
+    apply(sink, feed.listing("L1"), accounts("AG1", account("AG1", "Ann")), feed.listing("L2"))
+    with psycopg.connect(database_url) as conn:
+        assert [
+            k for (k,) in conn.execute(f'SELECT "ListingKey" FROM "{schema}".listings ORDER BY 1')
+        ] == ["L1", "L2"]
+        assert conn.execute(f'SELECT "Id" FROM "{schema}".accounts').fetchall() == [("AG1",)]
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 def test_an_older_event_never_overwrites_a_newer_row_and_an_equal_one_does(make_sink, db):
     conn, schema = db
     sink = make_sink(schema)
