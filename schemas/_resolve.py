@@ -82,19 +82,15 @@ class Resolver:
         ]
         self._names = frozenset(f["name"] for f in fields)
         self._reader_types = {f["name"]: f["type"] for f in fields}
-        self._alike: dict[str, bool] = {}  # writer schema text → resolves to itself
 
     def same_fields(self, writer_schema: str) -> bool:
-        """Whether ``writer_schema`` has the reader's fields with the reader's types (cached):
-        then its records need no resolving."""
-        if writer_schema not in self._alike:
-            writer = json.loads(writer_schema)
-            types = {f["name"]: f["type"] for f in writer.get("fields", [])}
-            self._alike[writer_schema] = set(types) == self._names and all(
-                json.dumps(types[name], sort_keys=True) == json.dumps(t, sort_keys=True)
-                for name, t in self._reader_types.items()
-            )
-        return self._alike[writer_schema]
+        """Whether ``writer_schema`` has the reader's fields with the reader's types: then
+        its records need no resolving (the caller keeps the answer per schema id)."""
+        types = {f["name"]: f["type"] for f in json.loads(writer_schema).get("fields", [])}
+        return set(types) == self._names and all(
+            json.dumps(types[name], sort_keys=True) == json.dumps(kind, sort_keys=True)
+            for name, kind in self._reader_types.items()
+        )
 
     def resolve(self, record: dict[str, Any]) -> dict[str, Any]:
         """``record`` (decoded with another schema) as the reader's schema would hold it."""

@@ -93,6 +93,7 @@ class Serde:
         self._resolvers = {
             topic_name(topic_prefix, name): Resolver(text) for name, text in SCHEMAS.items()
         }
+        self._alike: dict[tuple[str, int], bool] = {}  # (topic, writer id) → needs no resolving
         self._any_deserializer = AvroDeserializer(registry_client)
         self._key_deserializer = StringDeserializer("utf_8")
 
@@ -145,5 +146,9 @@ class Serde:
         resolver = self._resolvers.get(topic)
         if resolver is None:
             return record
-        writer = self.registry_client.get_schema(int.from_bytes(value[1:5], "big")).schema_str
-        return record if resolver.same_fields(writer) else resolver.resolve(record)
+        schema_id = int.from_bytes(value[1:5], "big")
+        alike = self._alike.get((topic, schema_id))
+        if alike is None:
+            writer = self.registry_client.get_schema(schema_id).schema_str
+            alike = self._alike[(topic, schema_id)] = resolver.same_fields(writer)
+        return record if alike else resolver.resolve(record)

@@ -17,8 +17,9 @@ Per batch (one ``write``), inside a savepoint of the commit's transaction:
 4. listings: one ``listing_history`` row per version (``ON CONFLICT DO
    NOTHING``, so re-deliveries add nothing); purges: one ``purges`` row.
 
-Offset order is the truth within a partition: a tombstone deletes whatever the
-table holds, and an event after it in the same partition re-creates the row,
+This SQL mirrors the one newer-wins rule, :func:`consumers.newer.step`
+(``tests/consumers/test_newer_wins.py`` holds it to it). Offset order is the
+truth within a partition: a tombstone deletes whatever the table holds, and an event after it in the same partition re-creates the row,
 even with an older timestamp. A failing batch rolls back to its savepoint, so
 the runner can retry its events one by one and dead-letter the ones PostgreSQL
 rejects (a ``DataError`` such as a price beyond ``numeric(14,2)``, or an
