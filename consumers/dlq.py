@@ -4,7 +4,7 @@ A dead letter is the original message, key and value bytes unchanged, with the
 reason in its headers:
 
 =================  ==============================================================
-``dlq.error``      the error message (at most 2,000 characters)
+``dlq.error``      the error (≤ 2,000 characters; passwords in URLs masked)
 ``dlq.error.class`` the error's class, ``module.QualName``
 ``dlq.stage``      ``decode`` (bytes the registry or Avro could not read) or
                    ``write`` (a record the sink rejected on its own)
@@ -43,7 +43,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from schemas.topics import DLQ_RETENTION_MS, MAX_MESSAGE_BYTES, dlq_topic, redrive_group
 from spark_relay.errors import DeliveryError
 from spark_relay.metrics import SINK_DEAD_LETTERS
-from spark_relay.settings import Settings
+from spark_relay.settings import Settings, mask_urls
 
 __all__ = [
     "DeadLetters",
@@ -188,7 +188,7 @@ class DeadLetters:
             )
         origin = origin_of(message, self.topic)
         headers: list[tuple[str, Any]] = [
-            ("dlq.error", str(error)[:_MAX_ERROR] or repr(error)),
+            ("dlq.error", mask_urls(str(error) or repr(error))[:_MAX_ERROR]),  # as the logs
             ("dlq.error.class", error_class(error)),
             ("dlq.stage", stage),
             ("dlq.topic", origin.topic),

@@ -8,9 +8,12 @@ them without our code. :class:`AvroEncoder` writes them with the schema's
 compiled writer (``schemas/_avro.py``): the same bytes, about 2.5 times faster.
 Keys are plain UTF-8 strings (``StringSerializer('utf_8')``).
 
-Readers decode with the current schema as the reader schema, so an event
-written with an older released version arrives in today's shape (new fields
-take their defaults).
+Readers decode with the writer's schema (the registry's, by the id in the
+message) and resolve the record to the current schema (``schemas/_resolve.py``):
+an event of an older version arrives in today's shape (new fields take their
+defaults), and one of a newer version too, whatever it added (a field, a union
+branch, a wider number), so a sink not yet upgraded never stalls on a producer
+that was.
 """
 
 from __future__ import annotations
@@ -27,10 +30,18 @@ from confluent_kafka.serialization import (
 )
 
 from schemas._avro import AvroEncoder
+from schemas._resolve import Resolver, UnresolvableRecord
 from schemas.contract import ACCOUNT_SCHEMA, LISTING_SCHEMA, PURGE_SCHEMA
 from schemas.topics import ACCOUNTS, LISTINGS, PURGES, topic_name
 
-__all__ = ["AvroEncoder", "Serde", "register_schemas", "subject_for", "SCHEMAS"]
+__all__ = [
+    "AvroEncoder",
+    "Serde",
+    "UnresolvableRecord",
+    "register_schemas",
+    "subject_for",
+    "SCHEMAS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +90,10 @@ class Serde:
         self.auto_register = auto_register
         self._schemas = {topic_name(topic_prefix, name): text for name, text in SCHEMAS.items()}
         self._encoders: dict[str, AvroEncoder] = {}
-        self._deserializers = {
-            topic_name(topic_prefix, name): AvroDeserializer(registry_client, text)
-            for name, text in SCHEMAS.items()
+        self._resolvers = {
+            topic_name(topic_prefix, name): Resolver(text) for name, text in SCHEMAS.items()
         }
+        self._alike: dict[tuple[str, int], bool] = {}  # (topic, writer id) → needs no resolving
         self._any_deserializer = AvroDeserializer(registry_client)
         self._key_deserializer = StringDeserializer("utf_8")
 
@@ -124,11 +135,20 @@ class Serde:
     def deserialize(self, topic: str, value: bytes | None) -> dict[str, Any] | None:
         """The record in a message value of ``topic``; ``None`` for a tombstone.
 
-        Values of our topics are read with the current schema; any other topic's
-        with the writer's schema. Raises confluent-kafka's ``SerializationError``
-        for bytes that are not in the wire format.
+        Values are decoded with their writer's schema; those of our topics are then
+        resolved to the current schema. Raises confluent-kafka's ``SerializationError``
+        for bytes that are not in the wire format, :class:`UnresolvableRecord` for a
+        value the current schema cannot hold in a field it cannot leave null.
         """
         if value is None:
             return None
-        deserializer = self._deserializers.get(topic, self._any_deserializer)
-        return deserializer(value, SerializationContext(topic, MessageField.VALUE))
+        record = self._any_deserializer(value, SerializationContext(topic, MessageField.VALUE))
+        resolver = self._resolvers.get(topic)
+        if resolver is None:
+            return record
+        schema_id = int.from_bytes(value[1:5], "big")
+        alike = self._alike.get((topic, schema_id))
+        if alike is None:
+            writer = self.registry_client.get_schema(schema_id).schema_str
+            alike = self._alike[(topic, schema_id)] = resolver.same_fields(writer)
+        return record if alike else resolver.resolve(record)

@@ -6,14 +6,11 @@ Reads every published file of the listings and accounts topics under the
 file sink's root (any format, mixed is fine), and the re-driven letters
 (``<topic>/redriven/``) in their (partition, offset) place, each (partition, offset) once
 (files that overlap, as two writers of one partition can leave, never double
-an event), and keeps per key what every sink keeps, whatever the batches:
-
-- in (partition, offset) order, a version replaces the held one unless its
-  ModificationTimestamp is older (ties go to the later offset);
-- a tombstone deletes the key, whatever the versions before it: an event
-  older than the delete (an earlier offset, as a re-delivery has) is
-  superseded. A version after the delete brings the key back, as it does in
-  the compacted topic and in the other sinks.
+an event), and keeps per key what every sink keeps, whatever the batches: the records are
+folded in (partition, offset) order by :func:`consumers.newer.step` (a newer
+ModificationTimestamp wins, ties go to the later offset, a null one leaves it
+to offset order; a tombstone deletes the versions before it, and a version
+after it brings the key back, as it does in the compacted topic).
 
 Keys whose final state is deleted are left out; the survivors go to one file
 (through a temporary name and a rename, like the sink). Two passes over the
@@ -33,6 +30,7 @@ from typing import Any
 
 from consumers.files.formats import format_of, get_format
 from consumers.files.sink import committed_files, redriven_files
+from consumers.newer import Held, Place, Version, step
 from spark_relay.errors import ConfigError
 
 __all__ = ["CompactStats", "compact", "COMPACT_FORMATS"]
@@ -55,15 +53,6 @@ class CompactStats:
     written: int = 0
 
 
-@dataclass(slots=True)
-class _Held:
-    """Where a key stands after the records read so far."""
-
-    place: tuple[int, int]  # (partition, offset) of the record that decides it
-    modified: datetime | None  # its ModificationTimestamp (None: unknown, or a delete)
-    deleted: bool
-
-
 def _moment(value: Any) -> datetime | None:
     """A timestamp as an aware UTC datetime, from a datetime or ISO 8601 text."""
     if isinstance(value, str):
@@ -76,23 +65,15 @@ def _moment(value: Any) -> datetime | None:
     return None
 
 
-def _apply(held: _Held | None, record: dict[str, Any], stats: CompactStats) -> _Held:
+def _apply(held: Held | None, record: dict[str, Any], stats: CompactStats) -> Held:
     """The key's state after ``record``, the key's next record in (partition, offset) order."""
-    place = (record["partition"], record["offset"])
+    place = Place(record["partition"], record["offset"])
     value = record["value"]
-    if value is None:
-        return _Held(place, None, True)
-    modified = _moment(value.get("ModificationTimestamp"))
-    if (
-        held is not None
-        and not held.deleted
-        and held.modified is not None
-        and modified is not None
-        and modified < held.modified
-    ):
+    version = None if value is None else Version(_moment(value.get("ModificationTimestamp")), place)
+    held, applied = step(held or Held(), version, place)
+    if not applied:
         stats.superseded += 1
-        return held
-    return _Held(place, modified, False)
+    return held
 
 
 def _records(
@@ -149,14 +130,14 @@ def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl")
         for partition, offset, path in redriven_files(Path(root), topic):
             letters.setdefault((topic, partition), []).append((offset, path))
     stats = CompactStats(files=len(files) + sum(map(len, letters.values())))
-    state: dict[tuple[str, str], _Held] = {}
+    state: dict[tuple[str, str], Held] = {}
     for topic, record in _records(files, letters, stats):
         stats.records += 1
         if record["key"] is not None:
             slot = (topic, record["key"])
             state[slot] = _apply(state.get(slot), record, stats)
     stats.keys = len(state)
-    stats.deleted = sum(held.deleted for held in state.values())
+    stats.deleted = sum(held.version is None for held in state.values())
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +149,8 @@ def compact(root: Path, topics: Sequence[str], output: Path, fmt: str = "jsonl")
             held = state.get((topic, record["key"]))
             if (
                 held is not None
-                and not held.deleted
-                and held.place == (record["partition"], record["offset"])
+                and held.version is not None
+                and held.version.place == Place(record["partition"], record["offset"])
             ):
                 chosen.append(writer_format.encode(record))
             if len(chosen) >= 1000:

@@ -15,7 +15,8 @@ Every format writes and reads the same *envelope*, one per Kafka message::
   cannot be written to it (the sink only reads our three topics).
 - ``parquet`` (needs ``pip install 'spark-relay[parquet]'``): columns
   ``topic, partition, offset, key, timestamp`` plus ``value`` as JSON text
-  (the same text as a ``jsonl`` value), one row group per file.
+  (the same text as a ``jsonl`` value), a row group each
+  ``PARQUET_ROW_GROUP`` (10,000) rows, so a writer holds at most that many.
 
 The sink encodes each envelope with :meth:`Format.encode` when the event is
 written (so a record the format cannot hold fails its batch, and the runner
@@ -274,32 +275,47 @@ def _parquet_schema(pa: Any) -> Any:
     )
 
 
+#: Rows a Parquet writer holds before it writes them out as one row group.
+PARQUET_ROW_GROUP = 10_000
+
+
 class _ParquetWriter:
-    """Rows are held until ``close`` and written as one row group (files are bounded by --max-records)."""
+    """Rows are written as a row group each time :data:`PARQUET_ROW_GROUP` of them are held,
+    the rest at ``close``: memory is bounded by the row group, not by the file."""
 
     def __init__(self, path: Path) -> None:
         self.pa, self.pq = _pyarrow()
         self.path = path
-        self.columns: dict[str, list[Any]] = {n: [] for n in _parquet_schema(self.pa).names}
-        path.touch()
+        self.schema = _parquet_schema(self.pa)
+        self.rows: list[tuple[Any, ...]] = []
+        self.groups = 0
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed by close or abort
+        self.writer = self.pq.ParquetWriter(self.handle, self.schema, compression="zstd")
+
+    def _row_group(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        columns = zip(*rows, strict=True) if rows else [[] for _ in self.schema.names]
+        table = self.pa.table(
+            dict(zip(self.schema.names, columns, strict=True)), schema=self.schema
+        )
+        self.writer.write_table(table)
+        self.groups += 1
 
     def write(self, items: Sequence[tuple[Any, ...]]) -> None:
-        if not items:
-            return
-        for column, values in zip(self.columns.values(), zip(*items, strict=True), strict=True):
-            column.extend(values)
+        self.rows.extend(items)
+        while len(self.rows) >= PARQUET_ROW_GROUP:
+            self._row_group(self.rows[:PARQUET_ROW_GROUP])
+            del self.rows[:PARQUET_ROW_GROUP]
 
     def abort(self) -> None:
-        self.columns = {}
+        self.rows = []
+        self.handle.close()
 
     def close(self) -> None:
-        table = self.pa.table(self.columns, schema=_parquet_schema(self.pa))
-        with open(self.path, "wb") as handle:
-            self.pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            import os
-
-            os.fsync(handle.fileno())
+        if self.rows or not self.groups:  # the rest; a file without rows still gets its schema
+            self._row_group(self.rows)
+        self.rows = []
+        self.writer.close()
+        _fsync_close(self.handle)
 
 
 class Parquet:

@@ -19,9 +19,11 @@ Layout (``--path`` defaults to ``<state_dir>/files``)::
 - A file is published only after its events are committed: ``write`` encodes
   the events (a record the format cannot hold fails its batch, for the runner
   to dead-letter), ``commit`` appends them, closes the files that are due and
-  publishes them last. If any step of a commit fails, the sink deletes every
-  open temporary file, refuses further work (:class:`SinkUnavailableError`)
-  and publishes nothing at ``close``: a restart resumes from the published files.
+  publishes them last. If any step of a commit (or of ``close``) fails or is
+  interrupted (a second SIGTERM, any ``BaseException``), the sink deletes every
+  unpublished file, rotated or open, refuses further work
+  (:class:`SinkUnavailableError`) and publishes nothing at ``close``: a restart
+  resumes from the published files.
 - The published files are the sink's offsets: ``stored_offsets`` is the last
   offset of the newest file of each partition, plus one (0 when it has no
   file). A crash loses only temporary files; the re-run starts from the same
@@ -467,14 +469,22 @@ class FileSink:
     # ---- failures --------------------------------------------------------------------------
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
-        """Run ``step``; if it fails, abandon every unpublished file and stop the sink."""
+        """Run ``step``; if it fails, abandon every unpublished file and stop the sink.
+
+        Anything that interrupts a step counts, a second SIGTERM's ``SystemExit`` or a
+        ``KeyboardInterrupt`` too (re-raised as they are): a file rotated in the commit in
+        hand is never left unpublished while a newer file of its partition is published
+        (by ``close``), which would lose its offsets; all of them go together.
+        """
         try:
             step(*args)
-        except Exception as e:
+        except BaseException as e:
             self._failed = e
             for current in [*self._closed, *self._open.values()]:
                 self._discard(current)
             self._closed, self._open, self._next, self._pending = [], {}, {}, []
+            if not isinstance(e, Exception):
+                raise
             raise SinkUnavailableError(
                 f"file sink under {self.root}: {type(e).__name__}: {e} (its unpublished files "
                 "were deleted; restart to resume from the published files)"

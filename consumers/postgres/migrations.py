@@ -249,12 +249,29 @@ ALTER TABLE {schema}.kafka_offsets DROP CONSTRAINT kafka_offsets_pkey;
 ALTER TABLE {schema}.kafka_offsets ADD PRIMARY KEY (group_id, topic, partition);
 """
 
+_PRICES = ("ListPrice", "OriginalListPrice", "ClosePrice")
+# numeric(14,2) refused prices of 1e12 and more (a whole listing dead-lettered); numeric has
+# no limit and holds the contract's double digit for digit
+_V3 = (
+    "DROP VIEW {schema}.listing_display;\n"
+    + "".join(
+        f'ALTER TABLE {{schema}}.{table} ALTER COLUMN "{column}" TYPE numeric;\n'
+        for table in ("listings", "listing_history")
+        for column in _PRICES
+    )
+    + _display_view()
+    + """COMMENT ON VIEW {schema}.listing_display IS
+    'Listings with agent, office and company names, phones and e-mails taken from accounts, as the Spark replication guide recommends.';
+"""
+)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "listings, accounts, listing_history, purges, kafka_offsets, listing_display", _V1
     ),
     Migration(2, "deletes (remembered tombstones), kafka_offsets keyed by consumer group", _V2),
+    Migration(3, "prices as numeric without a limit (1e12 and more)", _V3),
 )
 
 

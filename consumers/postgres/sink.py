@@ -17,8 +17,9 @@ Per batch (one ``write``), inside a savepoint of the commit's transaction:
 4. listings: one ``listing_history`` row per version (``ON CONFLICT DO
    NOTHING``, so re-deliveries add nothing); purges: one ``purges`` row.
 
-Offset order is the truth within a partition: a tombstone deletes whatever the
-table holds, and an event after it in the same partition re-creates the row,
+This SQL mirrors the one newer-wins rule, :func:`consumers.newer.step`
+(``tests/consumers/test_newer_wins.py`` holds it to it). Offset order is the
+truth within a partition: a tombstone deletes whatever the table holds, and an event after it in the same partition re-creates the row,
 even with an older timestamp. A failing batch rolls back to its savepoint, so
 the runner can retry its events one by one and dead-letter the ones PostgreSQL
 rejects (a ``DataError`` such as a price beyond ``numeric(14,2)``, or an
@@ -36,22 +37,20 @@ exactly once).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from operator import itemgetter
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import click
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
-from schemas import ACCOUNT_SCHEMA, LISTING_SCHEMA, item_plan, items_from_record
+from consumers.postgres.rows import ACCOUNTS, LISTINGS, Projected, Table, dumps
 from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
@@ -60,108 +59,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = "spark"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-#: Avro fields holding JSON text: column name, without the ``_json`` suffix.
-_JSON_TEXT = {
-    "standard_fields_json": "standard_fields",
-    "custom_fields_json": "custom_fields",
-    "custom_fields_raw_json": "custom_fields_raw",
-    "custom_fields_expanded_raw_json": "custom_fields_expanded_raw",
-    "extra_json": "extra",
-    "record_json": "record",
-}
-_META = ("kafka_partition", "kafka_offset")
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-class Table:
-    """How the events of one topic become rows of one table, derived from the contract's schema.
-
-    Typed scalar fields keep their names; typed arrays become JSONB of the API's
-    own items; ``*_json`` text becomes JSONB under the name without ``_json``;
-    ``source`` becomes JSONB; ``masked_fields``/``unparsed_fields`` text arrays.
-    """
-
-    def __init__(self, name: str, key: str, schema_text: str, history: Sequence[str] = ()) -> None:
-        self.name = name
-        self.key = key
-        self.history = tuple(history)
-        fields = json.loads(schema_text)["fields"]
-        scalars: list[str] = []
-        arrays: list[tuple[str, Any]] = []
-        texts: list[tuple[str, str]] = []
-        plain: list[str] = []
-        for field in fields:
-            name_, kind = field["name"], field["type"]
-            branch = [b for b in kind if b != "null"][0] if isinstance(kind, list) else kind
-            if name_ in _JSON_TEXT:
-                texts.append((name_, _JSON_TEXT[name_]))
-            elif name_ == "source":
-                plain.append(name_)
-            elif (
-                isinstance(branch, dict)
-                and branch.get("type") == "array"
-                and isinstance(branch["items"], dict)
-            ):
-                arrays.append((name_, item_plan(branch["items"])))
-            elif isinstance(branch, dict) and branch.get("type") == "array":
-                plain.append(name_)  # masked_fields, unparsed_fields: text[]
-            else:
-                scalars.append(name_)
-        self.columns: tuple[str, ...] = (
-            *scalars,
-            *(name_ for name_, _ in arrays),
-            *(column for _, column in texts),
-            *plain,
-            *_META,
-        )
-        self._scalars = itemgetter(*scalars)
-        self._arrays = arrays
-        self._texts = tuple(field for field, _ in texts)
-        self._plain = tuple(plain)
-
-    def row(self, value: dict[str, Any], event: Event) -> list[Any]:
-        """The table row of one event's record, in :attr:`columns` order."""
-        row = list(self._scalars(value))
-        for name_, plan in self._arrays:
-            items = value.get(name_)
-            row.append(None if items is None else _dumps(items_from_record(items, plan)))
-        for field in self._texts:
-            row.append(value.get(field))
-        for field in self._plain:
-            item = value.get(field)
-            row.append(_dumps(item) if isinstance(item, dict) else item)
-        row.append(event.partition)
-        row.append(event.offset)
-        return row
-
-    def empty_row(self, key: str, event: Event) -> list[Any]:
-        """A tombstone's row: the key and the Kafka position, nothing else."""
-        row: list[Any] = [None] * len(self.columns)
-        row[self.columns.index(self.key)] = key
-        row[-2], row[-1] = event.partition, event.offset
-        return row
-
-
-LISTINGS = Table(
-    "listings",
-    "ListingKey",
-    LISTING_SCHEMA,
-    history=(
-        "ListingKey",
-        "ModificationTimestamp",
-        "StandardStatus",
-        "MlsStatus",
-        "ListPrice",
-        "OriginalListPrice",
-        "ClosePrice",
-        "kafka_partition",
-        "kafka_offset",
-    ),
-)
-ACCOUNTS = Table("accounts", "Id", ACCOUNT_SCHEMA)
 
 
 class PostgresSink:
@@ -363,7 +260,7 @@ class PostgresSink:
                     v["run_id"],
                     v["detected_at"],
                     v.get("last_modification_timestamp"),
-                    _dumps(v.get("source")),
+                    dumps(v.get("source")),
                 )
             )
         with self._conn().cursor() as cur:
@@ -397,8 +294,11 @@ class PostgresSink:
         columns = tuple(c for c in table.columns if c in existing)
         keep = [i for i, c in enumerate(table.columns) if c in existing]
         if missing:
-            table = _Projected(table, keep, columns)  # type: ignore[assignment]
-        stage = sql.Identifier(f"stage_{self.schema}_{table.name}")
+            table = Projected(table, keep, columns)  # type: ignore[assignment]
+        # session-private, and never cut at PostgreSQL's 63 bytes: a long schema name made
+        # the staging tables of listings and accounts one table
+        digest = hashlib.sha256(self.schema.encode()).hexdigest()[:16]
+        stage = sql.Identifier(f"stage_{table.name}_{digest}")
         target = sql.SQL("{}.{}").format(schema, sql.Identifier(table.name))
         cols = sql.SQL(", ").join(map(sql.Identifier, columns))
         key = sql.Identifier(table.key)
@@ -499,21 +399,3 @@ class PostgresSink:
             raise SinkError("postgres sink: not open")
         logger.info("postgres sink: connecting again")
         return self._connect()
-
-
-class _Projected(Table):
-    """A table whose rows skip the columns the database lacks."""
-
-    def __init__(self, table: Table, keep: list[int], columns: tuple[str, ...]) -> None:  # noqa: D107
-        self.__dict__.update(table.__dict__)
-        self._base = table
-        self._keep = keep
-        self.columns = columns
-
-    def row(self, value: dict[str, Any], event: Event) -> list[Any]:
-        full = self._base.row(value, event)
-        return [full[i] for i in self._keep]
-
-    def empty_row(self, key: str, event: Event) -> list[Any]:
-        full = self._base.empty_row(key, event)
-        return [full[i] for i in self._keep]

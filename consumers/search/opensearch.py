@@ -12,16 +12,19 @@ For teams that run a cluster (``spark-relay sink search --backend opensearch
   cluster keeps the newer document whatever the order of arrival, and a
   re-publish with the same timestamp is applied, as PostgreSQL applies it
   (a 409 version conflict means "already newer" and is not an error);
-- per tombstone, ``delete`` *without* a version: a tombstone has no
-  ModificationTimestamp, and offset order is the truth (the poller only
-  publishes a tombstone after the listing vanished), so a later event for the
-  key brings it back, exactly like the Tantivy backend. A 404 on delete is not
-  an error. The tombstone is also remembered in ``<index>-deletes`` (``_id``
+- per tombstone, ``delete`` at the indexed document's own version
+  (``external_gte``; without a version when no document is known): a
+  tombstone has no ModificationTimestamp, and offset order is the truth, so a
+  later event for the key brings it back, exactly like the Tantivy backend,
+  even with the same ModificationTimestamp (a delete without a version would
+  move the cluster's version of the key one past it, and the cluster would
+  refuse the re-published document with a 409 for ``index.gc_deletes``). A
+  404 on delete is not an error. The tombstone is also remembered in ``<index>-deletes`` (``_id``
   the key, ``version`` its offset, ``external_gte``, so the latest stays).
 - every document carries its ``kafka_partition`` and ``kafka_offset`` in
   ``_source``, and before each ``_bulk`` one ``_mget`` reads, for its keys, the
   indexed document's version and coordinates and the remembered delete. Events
-  are then resolved in order as the Tantivy backend resolves them, and these
+  are then resolved in order by :func:`consumers.newer.step`, and these
   are not sent (a re-delivery, a ``--from-offset`` replay, a re-drive): an
   event older than its key's delete (the same partition, an earlier offset); a
   version with the document's timestamp from an earlier offset of its
@@ -39,13 +42,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 
 from consumers.base import Offsets, TopicPartition
-from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros
+from consumers.newer import Held, Place, Version, step
+from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros, to_micros
 from consumers.search.query import Condition
 from consumers.search.tantivy_backend import Change
 from spark_relay.errors import SinkError, SinkUnavailableError
@@ -98,12 +103,24 @@ def _source(document: dict[str, Any]) -> dict[str, Any]:
     return source
 
 
-def bulk_body(index: str, changes: Sequence[Change], deletes: str | None = None) -> bytes:
-    """The NDJSON body of one ``_bulk`` request, in order; tombstones remembered in ``deletes``."""
+def _micros(text: str) -> int:
+    """Microseconds since the epoch of the ISO 8601 text :func:`_source` stores."""
+    return to_micros(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def bulk_body(
+    index: str, actions: Sequence[tuple[Change, int | None]], deletes: str | None = None
+) -> bytes:
+    """The NDJSON body of one ``_bulk`` request: ``(change, external version)`` in order (a
+    tombstone's version: the one to delete at, None for none); tombstones remembered in
+    ``deletes`` with that version."""
     lines = []
-    for change in changes:
+    for change, version in actions:
         if change.document is None:
-            lines.append(orjson.dumps({"delete": {"_index": index, "_id": change.key}}))
+            delete = {"_index": index, "_id": change.key}
+            if version is not None:
+                delete.update(version=version, version_type="external_gte")
+            lines.append(orjson.dumps({"delete": delete}))
             if deletes is not None:
                 remember = {
                     "_index": deletes,
@@ -112,16 +129,15 @@ def bulk_body(index: str, changes: Sequence[Change], deletes: str | None = None)
                     "version_type": "external_gte",
                 }
                 lines.append(orjson.dumps({"index": remember}))
-                lines.append(
-                    orjson.dumps(
-                        {"kafka_partition": change.partition, "kafka_offset": change.offset}
-                    )
-                )
+                where = {"kafka_partition": change.partition, "kafka_offset": change.offset}
+                if version is not None:
+                    where["version"] = version
+                lines.append(orjson.dumps(where))
             continue
         action = {
             "_index": index,
             "_id": change.key,
-            "version": change.modified,
+            "version": version,
             "version_type": "external_gte",
         }
         lines.append(orjson.dumps({"index": action}))
@@ -205,30 +221,23 @@ class OpenSearchBackend:
         """Send ``changes`` in order, in chunks; raise :class:`SinkError` on any real failure."""
         counts = {"indexed": 0, "deleted": 0, "stale": 0}
         keys = sorted({c.key for c in changes})
-        held, remembered = self._held(keys) if keys else ({}, {})
-        kept = []
-        for change in changes:  # in order, as the Tantivy backend resolves them
-            where = (change.partition, change.offset)
-            last = remembered.get(change.key)
-            row = held.get(change.key)
-            after_row = row is not None and row[1] == change.partition and row[2] > change.offset
-            if change.document is None:
-                if not (last and last[0] == change.partition and last[1] > change.offset):
-                    remembered[change.key] = where
-                if after_row:  # the document came after the tombstone: it stays
-                    counts["stale"] += 1
-                    continue
-                held.pop(change.key, None)
-            elif (last and last[0] == change.partition and last[1] > change.offset) or (
-                row and (row[0] > change.modified or (row[0] == change.modified and after_row))
-            ):
-                counts["stale"] += 1  # older than the document, or than the key's last delete
+        state, cluster = self._held(keys) if keys else ({}, {})
+        actions: list[tuple[Change, int | None]] = []
+        for change in changes:  # in order, by the rule every sink keeps
+            place = Place(change.partition, change.offset)
+            version = None if change.document is None else Version(change.modified, place)
+            state[change.key], applied = step(state.get(change.key, Held()), version, place)
+            if not applied:
+                counts["stale"] += 1
                 continue
-            else:
-                held[change.key] = (change.modified, *where)
-            kept.append(change)
-        for start in range(0, len(kept), _BULK_ACTIONS):
-            chunk = kept[start : start + _BULK_ACTIONS]
+            # the cluster's version of the key only grows: a version after a delete, or a
+            # re-publish at the deleted document's timestamp, is not refused as older
+            known = cluster.get(change.key)
+            if change.document is not None:
+                cluster[change.key] = max(change.modified, known or 0)
+            actions.append((change, cluster.get(change.key)))
+        for start in range(0, len(actions), _BULK_ACTIONS):
+            chunk = actions[start : start + _BULK_ACTIONS]
             answer = self._request(
                 "POST",
                 "_bulk",
@@ -238,29 +247,37 @@ class OpenSearchBackend:
             self._count(answer, counts)
         return counts
 
-    def _held(
-        self, keys: list[str]
-    ) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int]]]:
-        """One ``_mget``: ``key → (version, partition, offset)`` of the indexed documents, and
-        ``key → (partition, offset)`` of the last delete remembered, for each of ``keys``."""
+    def _held(self, keys: list[str]) -> tuple[dict[str, Held], dict[str, int]]:
+        """One ``_mget`` for ``keys``: what the index holds of each (its document's timestamp
+        and place, its remembered delete), and the cluster's version of each (the document's,
+        else the one its remembered delete was made at)."""
+        fields = ["kafka_partition", "kafka_offset", "ModificationTimestamp", "version"]
         docs = [
-            {"_index": index, "_id": key, "_source": ["kafka_partition", "kafka_offset"]}
+            {"_index": index, "_id": key, "_source": fields}
             for key in keys
             for index in (self.index, self.deletes)
         ]
         answer = self._request("POST", "_mget", missing_ok=True, json={"docs": docs})
-        held: dict[str, tuple[int, int, int]] = {}
-        remembered: dict[str, tuple[int, int]] = {}
+        versions: dict[str, Version] = {}
+        deleted: dict[str, Place] = {}
+        cluster: dict[str, int] = {}
         for doc in answer.get("docs", []):  # a missing index answers an error per doc
             source = doc.get("_source") or {}
             if not doc.get("found") or "kafka_offset" not in source:
                 continue
-            where = (source["kafka_partition"], source["kafka_offset"])
+            key = doc["_id"]
+            place = Place(source["kafka_partition"], source["kafka_offset"])
             if doc.get("_index") == self.deletes:
-                remembered[doc["_id"]] = where
+                deleted[key] = place
+                if source.get("version") is not None:
+                    cluster.setdefault(key, source["version"])
             elif "_version" in doc:
-                held[doc["_id"]] = (doc["_version"], *where)
-        return held, remembered
+                modified = source.get("ModificationTimestamp")
+                modified = _micros(modified) if modified else doc["_version"]
+                versions[key] = Version(modified, place)
+                cluster[key] = doc["_version"]
+        state = {key: Held(versions.get(key), deleted.get(key)) for key in {*versions, *deleted}}
+        return state, cluster
 
     def _count(self, answer: dict[str, Any], counts: dict[str, int]) -> None:
         failures, unavailable = [], []

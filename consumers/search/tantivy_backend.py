@@ -42,11 +42,20 @@ from typing import Any
 import tantivy
 
 from consumers.base import Offsets, TopicPartition
+from consumers.newer import Held, Place, Version, step
 from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
 from spark_relay.errors import SinkError, SinkUnavailableError
 
-__all__ = ["Change", "TantivyBackend", "build_schema", "build_query", "lock_writer", "open_index"]
+__all__ = [
+    "Change",
+    "TantivyBackend",
+    "resolve_changes",
+    "build_schema",
+    "build_query",
+    "lock_writer",
+    "open_index",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +74,24 @@ class Change:
     document: dict[str, Any] | None
     partition: int = -1  # where the event was: offsets order a tombstone and a version
     offset: int = -1
+
+
+def resolve_changes(
+    changes: Sequence[Change], state: dict[str, Held]
+) -> tuple[dict[str, Change], int]:
+    """Fold ``changes`` (in offset order) into ``state`` with :func:`consumers.newer.step`:
+    ``(key → the change that decides it, count of changes superseded)``."""
+    final: dict[str, Change] = {}
+    stale = 0
+    for change in changes:
+        place = Place(change.partition, change.offset)
+        version = None if change.document is None else Version(change.modified, place)
+        state[change.key], applied = step(state.get(change.key, Held()), version, place)
+        if applied:
+            final[change.key] = change
+        else:
+            stale += 1
+    return final, stale
 
 
 def build_schema() -> tantivy.Schema:
@@ -262,32 +289,22 @@ class TantivyBackend:
     def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
         """Apply ``changes`` (in offset order) and commit them with ``offsets``; return counts."""
         keys = {c.key for c in changes}
-        held = self._held("versions", "modified, kafka_partition, kafka_offset", keys)
+        versions = self._held("versions", "modified, kafka_partition, kafka_offset", keys)
         deletes = self._held("deletes", "kafka_partition, kafka_offset", keys)
-        remembered: dict[str, tuple] = {}
-        final: dict[str, Change] = {}
-        stale = 0
-        for change in changes:
-            where = (change.partition, change.offset)
-            if change.document is None:
-                row = held.get(change.key)
-                if not (row and row[1] == change.partition and row[2] > change.offset):
-                    final[change.key] = change  # the document did not come after the tombstone
-                    held.pop(change.key, None)
-                last = deletes.get(change.key)
-                if not (last and last[0] == change.partition and last[1] > change.offset):
-                    deletes[change.key] = remembered[change.key] = where
-                continue
-            last = deletes.get(change.key)
-            row = held.get(change.key)
-            after_row = row and row[1] == change.partition and row[2] > change.offset
-            if (last and last[0] == change.partition and last[1] > change.offset) or (
-                row and (row[0] > change.modified or (row[0] == change.modified and after_row))
-            ):
-                stale += 1  # older than the document, or than the key's last tombstone
-                continue
-            final[change.key] = change
-            held[change.key] = (change.modified, *where)
+        state = {
+            key: Held(
+                Version(versions[key][0], Place(*versions[key][1:])) if key in versions else None,
+                Place(*deletes[key]) if key in deletes else None,
+            )
+            for key in keys
+        }
+        final, stale = resolve_changes(changes, state)
+        remembered = {
+            key: (held.deleted.partition, held.deleted.offset)
+            for key, held in state.items()
+            if held.deleted is not None
+            and (key not in deletes or Place(*deletes[key]) != held.deleted)
+        }
         added = deleted = 0
         try:
             for key, change in final.items():

@@ -305,3 +305,31 @@ def test_end_to_end_files_and_their_compaction_match_the_ground_truth(make_setti
     before = tree(settings)
     assert run_sink(FileSink(), settings, format="parquet").consumed == 0
     assert tree(settings) == before
+
+
+def test_parquet_writes_row_groups_as_they_fill_and_compaction_streams(
+    make_sink, settings, tmp_path, monkeypatch
+):
+    """Memory is bounded by the row group, not by the file (--max-records) or the export."""
+    import pyarrow.parquet as pq
+
+    from consumers.files import formats
+
+    monkeypatch.setattr(formats, "PARQUET_ROW_GROUP", 40)
+    stream = EventStream(PREFIX, listings=150)
+    events = stream.snapshot()
+    sink = make_sink(format="parquet", max_records=1000, max_seconds=0)
+    feed(sink, events, size=25)
+    sink.close()  # publishes the open files
+    held = []
+    for topic in TOPICS:
+        for _, _, path in committed_files(root(settings), topic):
+            held.append(path)
+            groups = pq.ParquetFile(path).metadata.num_row_groups
+            rows = pq.ParquetFile(path).metadata.num_rows
+            assert groups == -(-rows // 40), path  # full row groups of 40, then the rest
+    assert held
+    output = tmp_path / "current.parquet"
+    stats = compact(root(settings), [stream.topic], output, "parquet")
+    assert stats.written == len(stream.truth()) > 40
+    assert pq.ParquetFile(output).metadata.num_row_groups == -(-stats.written // 40)

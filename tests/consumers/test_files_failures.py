@@ -93,8 +93,10 @@ class Fault:
         return self.calls == self.nth
 
 
-def _inject(monkeypatch, step: str, fault: Fault) -> None:
-    disk_full = OSError(errno.ENOSPC, "No space left on device (injected)")
+def _inject(monkeypatch, step: str, fault: Fault, stop: BaseException | None = None) -> None:
+    """Make ``step`` fail at its ``fault.nth`` call: with a disk or I/O error, or with ``stop``
+    (what a signal raises where it lands, e.g. ``SystemExit(130)``, the second SIGTERM)."""
+    disk_full = stop or OSError(errno.ENOSPC, "No space left on device (injected)")
     if step == "open":
         original_open = formats.JsonLines.open
 
@@ -110,6 +112,8 @@ def _inject(monkeypatch, step: str, fault: Fault) -> None:
         def write(self, items):
             original_write(self, items)
             if fault.due():
+                if stop is not None:
+                    raise stop
                 self.handle.flush()
                 size = self.handle.tell()
                 self.handle.truncate(size - 25)
@@ -122,7 +126,7 @@ def _inject(monkeypatch, step: str, fault: Fault) -> None:
 
         def close(self):
             if fault.due():
-                raise OSError(errno.EIO, "Input/output error (injected)")
+                raise stop or OSError(errno.EIO, "Input/output error (injected)")
             original_close(self)
 
         monkeypatch.setattr(formats._JsonLinesWriter, "close", close)
@@ -131,7 +135,7 @@ def _inject(monkeypatch, step: str, fault: Fault) -> None:
 
         def link(source, target, *args, **kwargs):
             if fault.due():
-                raise OSError(errno.EIO, "Input/output error (injected)")
+                raise stop or OSError(errno.EIO, "Input/output error (injected)")
             return original_link(source, target, *args, **kwargs)
 
         monkeypatch.setattr(files_sink.os, "link", link)
@@ -140,7 +144,7 @@ def _inject(monkeypatch, step: str, fault: Fault) -> None:
 
         def fsync_dir(path):
             if fault.due():
-                raise OSError(errno.EIO, "Input/output error (injected)")
+                raise stop or OSError(errno.EIO, "Input/output error (injected)")
             original_fsync(path)
 
         monkeypatch.setattr(files_sink, "_fsync_dir", fsync_dir)
@@ -164,6 +168,31 @@ def test_a_failure_at_any_step_of_a_commit_then_a_restart_leaves_no_duplicate_an
     held(path, settings)
 
     run_files(settings, path, "g-fault")  # the restart
+    assert_whole(path)
+    assert_exactly_the_topics(path, settings)
+
+
+@pytest.mark.parametrize("step", ["open", "write", "close", "publish", "fsync-dir"])
+@pytest.mark.parametrize("nth", [2, 3])
+def test_a_second_sigterm_inside_any_step_of_a_rotating_commit_loses_nothing(
+    make_settings, tmp_path, monkeypatch, step, nth
+):
+    """The second SIGTERM exits at once (``SystemExit(130)`` from the handler, wherever the
+    process is): a file rotated in that commit and not yet published must not be left behind
+    while a newer file of its partition is published at close (its offsets were lost)."""
+    settings = make_settings()
+    publish(settings)
+    path = tmp_path / "files"
+    fault = Fault(nth)
+    with monkeypatch.context() as patch:
+        _inject(patch, step, fault, SystemExit(130))
+        with pytest.raises(SystemExit):
+            run_files(settings, path, "g-stop")
+    assert fault.calls >= fault.nth, "the signal never landed"
+    assert_whole(path)
+    held(path, settings)
+
+    run_files(settings, path, "g-stop")  # the restart
     assert_whole(path)
     assert_exactly_the_topics(path, settings)
 

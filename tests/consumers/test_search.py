@@ -311,8 +311,9 @@ def test_search_command_json_table_limit_and_errors(make_sink, settings):
 
 class Capture:
     """A cluster's answers: ``answers`` maps a document id to its item status. Otherwise it
-    keeps what is indexed as a cluster would (``external_gte`` versions, deletes), for
-    ``_mget``."""
+    keeps what is indexed as a cluster would, for ``_mget``: ``external_gte`` versions, and
+    a deleted document's version (a delete without one moves it on by one, as OpenSearch's
+    internal versioning does), which later writes must not be below."""
 
     def __init__(self, answers=None):
         self.requests: list[httpx.Request] = []
@@ -343,12 +344,20 @@ class Capture:
                     status = self.answers.get(meta["_id"])
                     if meta["_index"].endswith("-deletes"):
                         status = 201
-                    if status is None and action == "delete":
+                    current = self.versions.get(slot, -1)  # a deleted document's too
+                    if status is None and action == "delete" and "version" in meta:
+                        if current > meta["version"]:
+                            status = 409
+                        else:
+                            status = 200 if self.kept.pop(slot, None) is not None else 404
+                            self.versions[slot] = meta["version"]
+                    elif status is None and action == "delete":
+                        # internal versioning: a delete moves the version on by one, and the
+                        # cluster keeps it (index.gc_deletes, 60 s) to refuse older writes
                         status = 200 if self.kept.pop(slot, None) is not None else 404
-                        self.versions.pop(slot, None)
+                        self.versions[slot] = current + 1
                     elif status is None:
-                        newer = self.versions.get(slot, -1) > meta["version"]
-                        status = 409 if newer else 201
+                        status = 409 if current > meta["version"] else 201
                     if action == "index" and status < 300:
                         self.kept[slot] = lines[n + 1]
                         self.versions[slot] = meta["version"]
@@ -386,7 +395,11 @@ def test_opensearch_sends_the_template_and_external_versions(make_sink):
     assert str(mget.url) == "http://search:9200/_mget"
     assert json.loads(mget.content) == {
         "docs": [
-            {"_index": index, "_id": key, "_source": ["kafka_partition", "kafka_offset"]}
+            {
+                "_index": index,
+                "_id": key,
+                "_source": ["kafka_partition", "kafka_offset", "ModificationTimestamp", "version"],
+            }
             for key in sorted([a, b, c])
             for index in ("srch-listings", "srch-listings-deletes")
         ]
@@ -621,6 +634,7 @@ def test_opensearch_remembers_deletes_so_an_older_event_is_not_sent_again():
     assert capture.kept[("x-deletes", key)] == {
         "kafka_partition": tombstone.partition,
         "kafka_offset": tombstone.offset,
+        "version": change_of(version).modified,  # the document's, deleted at its version
     }
     assert counts == {"indexed": 1, "deleted": 1, "stale": 0}
     # the old version again (a replay, a re-drive): superseded, never sent
@@ -662,3 +676,33 @@ def test_opensearch_keeps_the_later_offset_against_equal_timestamps_and_older_to
     _, hits = search(tmp_path / "index" / "index", None, [], 0)
     assert sorted(h["ListingKey"] for h in hits) == sorted([tied, back])
     tantivy.close()
+
+
+def test_opensearch_indexes_a_key_published_again_after_its_tombstone_with_the_same_timestamp():
+    stream = EventStream("srch", listings=1)
+    (key,) = stream.mls.live_keys
+    capture = Capture()
+    backend = OpenSearchBackend(
+        "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
+    )
+    record = stream.record(key)
+    version = stream.event(key, record)
+    tombstone = stream.event(key, None)
+    again = stream.event(key, dict(record, ListPrice=7.0))  # the same ModificationTimestamp
+    backend.apply([change_of(version)], {})
+    backend.apply([change_of(tombstone)], {})
+    assert ("x", key) not in capture.kept
+    counts = backend.apply([change_of(again)], {})
+    assert counts == {"indexed": 1, "deleted": 0, "stale": 0}
+    assert capture.kept[("x", key)]["ListPrice"] == 7.0
+    # and within one batch
+    capture = Capture()
+    backend.client = httpx.Client(transport=httpx.MockTransport(capture))
+    backend.apply([change_of(e) for e in (version, tombstone, again)], {})
+    assert capture.kept[("x", key)]["kafka_offset"] == again.offset
+    # after a tombstone, a version brings the key back whatever its timestamp
+    older = dict(record, ModificationTimestamp=parse_ts("2001-01-01T00:00:00Z"))
+    gone, back = stream.event(key, None), stream.event(key, older)
+    assert backend.apply([change_of(gone)], {})["deleted"] == 1
+    assert backend.apply([change_of(back)], {})["indexed"] == 1
+    assert capture.kept[("x", key)]["kafka_offset"] == back.offset
