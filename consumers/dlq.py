@@ -42,6 +42,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.topics import DLQ_RETENTION_MS, MAX_MESSAGE_BYTES, dlq_topic, redrive_group
 from spark_relay.errors import DeliveryError
+from spark_relay.masking import mask
 from spark_relay.metrics import SINK_DEAD_LETTERS
 from spark_relay.settings import Settings
 
@@ -188,7 +189,7 @@ class DeadLetters:
             )
         origin = origin_of(message, self.topic)
         headers: list[tuple[str, Any]] = [
-            ("dlq.error", str(error)[:_MAX_ERROR] or repr(error)),
+            ("dlq.error", mask(str(error))[:_MAX_ERROR] or mask(repr(error))),
             ("dlq.error.class", error_class(error)),
             ("dlq.stage", stage),
             ("dlq.topic", origin.topic),

@@ -60,6 +60,7 @@ from schemas import (
 )
 from schemas.topics import dlq_topic
 from spark_relay.errors import PurgeRefused, RelayError, TransientSourceError
+from spark_relay.masking import mask
 from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
 from spark_relay.settings import Settings
 
@@ -300,7 +301,7 @@ class Poller:
         else:
             stage = b"fetch"
         headers = [  # the dlq.* vocabulary of the sinks' dead letters (consumers/dlq.py)
-            ("dlq.error", str(error)[:2000].encode()),
+            ("dlq.error", mask(str(error))[:2000].encode()),
             ("dlq.error.class", f"{type(error).__module__}.{type(error).__qualname__}".encode()),
             ("dlq.stage", stage),
             ("dlq.resource", source.resource.encode()),
