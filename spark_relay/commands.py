@@ -194,32 +194,33 @@ def demo_command(
 ) -> None:
     """The whole pipeline on this machine: emulator → poller → Kafka → PostgreSQL, search, files.
 
-    Starts the devstack and the Spark API emulator, creates the topics, runs the
-    snapshot and the accounts scan while the three sinks consume, then ROUNDS of
-    MLS change each followed by an update, then a purge; waits until every sink
-    caught up and checks each against the emulator's ground truth. Exits 0 only
-    if every sink converged, 7 if one differs (1 is an unexpected error). With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
-    set it runs against the real API and cluster instead.
-    """
-    import os
+    Starts the devstack and the Spark API emulator in a new directory of its own,
+    creates the topics (prefix `demo`), runs the snapshot and the accounts scan
+    while the three sinks consume, then ROUNDS of MLS change each followed by an
+    update, then a purge; waits until every sink caught up and checks each against
+    the emulator's ground truth. Exits 0 only if every sink converged, 7 if one
+    differs (1 is an unexpected error).
 
+    It touches nothing it did not create: exported SPARK_RELAY_* settings and
+    --config are ignored, so it never reaches a production cluster, database or
+    API.
+    """
     from spark_relay.demo import run_demo
     from spark_relay.logs import configure_logging
 
-    settings = app.settings()
-    if app.overrides.get("log_level") is None and "SPARK_RELAY_LOG_LEVEL" not in os.environ:
-        configure_logging("WARNING", settings.log_format)  # the progress lines tell the story
+    log_format = app.overrides.get("log_format") or "text"
+    configure_logging(app.overrides.get("log_level") or "WARNING", log_format)
     with ExitStack() as services:  # the devstack and the emulator, stopped on the way out
         result = run_demo(
-            settings,
             listings=listings,
             rounds=rounds,
             seed=seed,
             services=services,
             say=lambda text: click.echo(text, err=as_json),
+            log_format=log_format,
         )
         _demo_summary(result, keep=keep, as_json=as_json)
-        if keep and result.environment:
+        if keep:
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: done.set())
@@ -239,23 +240,18 @@ def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
         f"{'truth':<10} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
     ]
     env = result.environment
-    if env:
-        lines += [
-            "",
-            "Try:"
-            + (
-                ""
-                if keep
-                else " (PostgreSQL stopped with the demo: run it with --keep "
-                "to query it, or set SPARK_RELAY_DATABASE_URL)"
-            ),
-            f'  psql \'{env["SPARK_RELAY_DATABASE_URL"]}\' -c \'SELECT "ListingKey", "ListPrice", '
-            f"list_agent_name FROM spark.listing_display LIMIT 5'",
-            f"  SPARK_RELAY_STATE_DIR={env['SPARK_RELAY_STATE_DIR']} spark-relay search "
-            "'garage' --where 'ListPrice<500000' --limit 5",
-            f"  ls -R {env['SPARK_RELAY_STATE_DIR']}/files | head",
-        ]
-    if keep and env:
+    state = env["SPARK_RELAY_STATE_DIR"]
+    lines += [
+        "",
+        f"Everything the demo wrote is in {result.directory}. Try:"
+        + ("" if keep else " (PostgreSQL stopped with the demo: run it with --keep to query it)"),
+        f'  psql \'{env["SPARK_RELAY_DATABASE_URL"]}\' -c \'SELECT "ListingKey", "ListPrice", '
+        f"list_agent_name FROM spark.listing_display LIMIT 5'",
+        f"  SPARK_RELAY_STATE_DIR={state} SPARK_RELAY_TOPIC_PREFIX={env['SPARK_RELAY_TOPIC_PREFIX']} "
+        "spark-relay search 'garage' --where 'ListPrice<500000' --limit 5",
+        f"  ls -R {state}/files | head",
+    ]
+    if keep:
         from devstack.kafka import DEVSTACK_ENV  # the embedded demo ran the devstack
 
         lines += [
