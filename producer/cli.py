@@ -188,7 +188,7 @@ _procedure(
     "Guards: a scan that saw fewer keys than the API's TotalRows purges nothing; more "
     "candidates than SPARK_RELAY_PURGE_MAX_RATIO (default 0.05) of the published keys "
     "purge nothing without --force; each candidate is asked for again by key before its "
-    "tombstone. A refused purge exits 7.",
+    "tombstone. A refused purge exits 8.",
     lambda p, force: p.purge(force=force),
     _force,
 )

@@ -94,4 +94,5 @@ EXIT_CODES = {
     EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
     8: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
     9: "another poller holds this state (the message names it); one poller per state",
+    130: "interrupted (Ctrl-C, or a second SIGTERM while stopping)",
 }
