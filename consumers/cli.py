@@ -31,6 +31,7 @@ from consumers.runner import Replay, Runner, RunnerConfig, parse_offsets
 from spark_relay.app import App
 from spark_relay.errors import EXIT_CODES, ConfigError
 from spark_relay.metrics import serve_metrics
+from spark_relay.reach import reach
 from spark_relay.settings import Settings, load_settings
 
 __all__ = ["sink_group", "COMMON_OPTIONS", "sink_table"]
@@ -207,6 +208,7 @@ def _sink_command(name: str, cls: type) -> click.Command:
         flags = {setting: params.get(name) for name, setting in _SETTINGS.items()}
         settings = app.settings(**flags) if app is not None else load_settings(**flags)
         sink_table(settings, name, cls)
+        reach(settings, "kafka", "registry", *getattr(cls, "services", ()))
         params.pop("metrics_port")
         serve_metrics(settings.metrics_port or None, settings.metrics_host)
         config = runner_config(params, settings)

@@ -69,6 +69,14 @@ def build_poller(
         state.close()
 
 
+def _command_poller(settings: Settings, progress: bool | None):
+    """A command's poller, once each service it needs answered (else one line, exit 10)."""
+    from spark_relay.reach import reach
+
+    reach(settings, "api", "kafka", "registry", "postgres")
+    return build_poller(settings, progress=progress, stop=_stop_on_signals())
+
+
 def _seed_checkpoint_times(runs: dict) -> None:
     """Metrics: each procedure's last success from the run log, so a restart does not reset it."""
     from datetime import datetime
@@ -154,7 +162,7 @@ def _procedure(name: str, doc: str, call, *options):
     def command(app: App, progress: bool | None, metrics_port: int | None, **flags) -> None:
         settings = app.settings(metrics_port=metrics_port)
         serve_metrics(settings.metrics_port or None, settings.metrics_host)
-        with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
+        with _command_poller(settings, progress) as poller:
             stats = call(poller, **flags)
         click.echo(stats.summary())
 
@@ -217,7 +225,7 @@ def snapshot_command(
         raise click.UsageError("--republish starts a new snapshot: give --restart as well")
     settings = app.settings(metrics_port=metrics_port)
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
-    with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
+    with _command_poller(settings, progress) as poller:
         click.echo(poller.snapshot(restart=restart, republish=republish).summary())
 
 
@@ -253,7 +261,7 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
         metrics_port=metrics_port,
     )
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
-    with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
+    with _command_poller(settings, progress) as poller:
         run_daemon(poller)
 
 
@@ -276,7 +284,8 @@ def topics_create_command(app: App, partitions: int, replication_factor: int) ->
     """Create <prefix>.listings, .accounts (compacted), .purges and the dead-letter
     topic, and register the schemas (subjects <topic>-value). Idempotent."""
     from producer.topics import ensure_contract
+    from spark_relay.reach import reach
 
-    settings = app.settings()
+    settings = reach(app.settings(), "kafka", "registry")
     for line in ensure_contract(settings, partitions, replication_factor):
         click.echo(line)

@@ -12,6 +12,7 @@ import click
 
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
+from spark_relay.reach import reach
 
 __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 
@@ -30,7 +31,7 @@ def status_command(app: App, as_json: bool) -> None:
 
     from spark_relay.status import collect_status, render
 
-    status = collect_status(app.settings().require("kafka_bootstrap"))
+    status = collect_status(reach(app.settings().require("kafka_bootstrap"), "kafka", "postgres"))
     if as_json:
         click.echo(json.dumps(status.as_dict(), default=str))
     else:
@@ -77,7 +78,7 @@ def reconcile_command(
     from producer.cli import build_poller
     from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings
 
-    settings = app.settings()
+    settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
     options = {
         "postgres": {"schema": postgres_schema},
         "search": {"path": search_path},
@@ -157,11 +158,15 @@ def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
             raise click.UsageError("`dlq redrive poller` takes no options")
         from producer.redrive import redrive_poller
 
-        click.echo(redrive_poller(app.settings()).summary())
+        settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
+        click.echo(redrive_poller(settings).summary())
         return
     from consumers.redrive import redrive
+    from consumers.registry import load_sink
 
-    click.echo(redrive(app.settings(), sink, sink_options).summary())
+    services = getattr(load_sink(sink), "services", ())
+    settings = reach(app.settings(), "kafka", "registry", *services)
+    click.echo(redrive(settings, sink, sink_options).summary())
 
 
 @click.command("demo")

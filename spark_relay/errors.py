@@ -14,6 +14,7 @@ __all__ = [
     "SinkRetriableError",
     "PurgeRefused",
     "StateLocked",
+    "Unreachable",
     "EXIT_CODES",
     "EXIT_UNHEALTHY",
 ]
@@ -80,6 +81,13 @@ class StateLocked(RelayError):
     exit_code = 9
 
 
+class Unreachable(RelayError):
+    """Kafka, the registry, PostgreSQL or the API did not answer a command's first call within
+    SPARK_RELAY_CONNECT_TIMEOUT; the message names the setting, where it points and what failed."""
+
+    exit_code = 10
+
+
 #: ``status`` found a problem, ``reconcile`` or ``demo`` a sink that differs: a finding, not a crash.
 EXIT_UNHEALTHY = 7
 
@@ -94,5 +102,7 @@ EXIT_CODES = {
     EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
     8: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
     9: "another poller holds this state (the message names it); one poller per state",
+    10: "a service did not answer: Kafka, the registry, PostgreSQL or the API "
+    "(the message names the setting)",
     130: "interrupted (Ctrl-C, or a second SIGTERM while stopping)",
 }

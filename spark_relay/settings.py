@@ -238,6 +238,12 @@ class Settings:
     topic_prefix: str = _setting("spark", _topic_prefix, "Prefix of every topic name")
     log_format: str = _setting("text", _choice("text", "json"), "Log format: text or json")
     log_level: str = _setting("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level")
+    connect_timeout: float = _setting(
+        5.0,
+        _positive_float,
+        "Seconds a command waits for Kafka, the registry, PostgreSQL or the API to answer "
+        "its first call before it stops, naming the setting",
+    )
     metrics_host: str = _setting(
         "127.0.0.1", None, "Address the --metrics-port endpoint listens on (0.0.0.0 in a container)"
     )

@@ -30,6 +30,7 @@ MEANS = {
     7: ("status", "unhealthy", "differ", "reconcile", "demo", "health"),
     8: ("purge",),
     9: ("poller", "lock"),
+    10: ("kafka", "registry", "postgresql", "api", "answer", "reach"),
     130: ("interrupt", "ctrl-c", "sigint", "abort", "signal"),
 }
 
