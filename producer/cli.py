@@ -57,11 +57,19 @@ def build_poller(
     publisher = Publisher(settings.kafka_config("producer"))
     state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
-    _seed_checkpoint_times(state.last_runs())
-    unwatch = HEALTH.add_check(lambda: poller_readiness(settings))
+    runs = state.last_runs()
+    _seed_checkpoint_times(runs)
+    poller = Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+    newest = max(
+        (e["last"] for e in runs.values() if "last" in e),
+        key=lambda run: run["started_at"],
+        default=None,
+    )
+    poller.last_status = newest["status"] if newest else None
+    unwatch = HEALTH.add_check(lambda: poller_readiness(poller))
     try:
         with state.exclusive() if exclusive else nullcontext():
-            yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+            yield poller
     finally:
         unwatch()
         publisher.close()
@@ -89,21 +97,11 @@ def _seed_checkpoint_times(runs: dict) -> None:
             CHECKPOINT_TIME.labels(procedure).set(datetime.fromisoformat(finished).timestamp())
 
 
-def poller_readiness(settings: Settings) -> str | None:
-    """``/readyz``: ``None`` when the state store answers and the newest run did not fail."""
-    from producer.state import open_state
-
-    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
-    try:
-        runs = [entry["last"] for entry in state.last_runs().values() if "last" in entry]
-    finally:
-        state.close()
-    if not runs:
-        return None
-    newest = max(runs, key=lambda run: run["started_at"])
-    if newest["status"].startswith("failed"):
-        return f"the last procedure {newest['status']}"
-    return None
+def poller_readiness(poller) -> str | None:
+    """``/readyz``: ``None`` unless the newest procedure failed; from what the poller holds
+    (no query, no connection: a probe costs the state store nothing)."""
+    status = poller.last_status
+    return f"the last procedure {status}" if status and status.startswith("failed") else None
 
 
 def _stop_on_signals() -> threading.Event:

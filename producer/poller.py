@@ -250,6 +250,8 @@ class Poller:
         self.publisher = publisher
         self.serde = serde
         self.state = state
+        #: The status of the newest procedure run, as the run log has it; None before any.
+        self.last_status: str | None = None
         self.stop = stop or threading.Event()
         self.progress = progress
         self.dlq = dlq_topic(settings.topic_prefix, "poller")
@@ -577,6 +579,7 @@ class Poller:
         )
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
+        self.last_status = status  # /readyz reads it (producer.cli.poller_readiness)
         self.state.record_run(
             stats.run_id,
             stats.procedure,
