@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES
 from spark_relay.health import HEALTH
-from spark_relay.metrics import serve_metrics
+from spark_relay.metrics import serve_metrics, start_poller
 from spark_relay.settings import Settings
 
 __all__ = ["poll_group", "topics_group", "build_poller"]
@@ -59,6 +59,7 @@ def build_poller(
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     runs = state.last_runs()
     _seed_checkpoint_times(runs)
+    start_poller([settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")])
     poller = Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
     newest = max(
         (e["last"] for e in runs.values() if "last" in e),
@@ -251,6 +252,8 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     SIGTERM (or Ctrl-C) lets the current page finish and commit, then exits 0.
     """
     from producer.daemon import run_daemon
+    from schemas.topics import dlq_topic, redrive_group
+    from spark_relay.dead_letters import watch as watch_dead_letters
 
     settings = app.settings(
         update_interval=interval,
@@ -259,6 +262,8 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
         metrics_port=metrics_port,
     )
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
+    letters = dlq_topic(settings.topic_prefix, "poller")
+    watch_dead_letters(settings, "poller", letters, redrive_group(letters))
     with _command_poller(settings, progress) as poller:
         run_daemon(poller)
 

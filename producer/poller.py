@@ -61,7 +61,13 @@ from schemas import (
 from schemas.topics import dlq_topic
 from spark_relay.errors import PurgeRefused, RelayError, TransientSourceError
 from spark_relay.masking import mask
-from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
+from spark_relay.metrics import (
+    CHECKPOINT_TIME,
+    POLLER_DEAD_LETTERS,
+    POLLER_NEWEST,
+    PURGES_REFUSED,
+    observe_newest,
+)
 from spark_relay.settings import Settings
 
 __all__ = ["Poller", "RunStats", "content_hash"]
@@ -317,6 +323,7 @@ class Poller:
             body = body[:room]
         self.publisher.produce(self.dlq, key.encode(), body, headers)
         stats.dead_lettered += 1
+        POLLER_DEAD_LETTERS.labels(source.resource).inc()
         logger.warning("dead-lettered a %s record to %s: %s", source.resource, self.dlq, error)
 
     def _dead_letter_rejected(self, page: Page, source: Source, stats: RunStats) -> None:
@@ -600,6 +607,8 @@ class Poller:
             with self._pipelined():
                 completed = body(stats)
         except BaseException as e:
+            if isinstance(e, PurgeRefused):
+                PURGES_REFUSED.labels(stats.procedure).inc()
             stats.finish(False)
             self._log_run(stats, started_at, f"failed: {type(e).__name__}: {e}"[:500])
             raise

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from consumers.runner import end_offsets
 from producer.state import open_state
 from schemas.topics import redrive_group
+from spark_relay.dead_letters import waiting
 from spark_relay.settings import Settings
 
 __all__ = ["Status", "collect_status"]
@@ -168,45 +169,9 @@ def _tombstones_at_risk(settings: Settings, status: Status, now: datetime) -> No
         )
 
 
-def _low_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
-    """The first offset still retained of every partition of ``topics``."""
-    consumer = Consumer(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}))
-    try:
-        metadata = consumer.list_topics(timeout=15)
-        lows = {}
-        for topic in topics:
-            for partition in metadata.topics[topic].partitions:
-                low, _ = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=15
-                )
-                lows[(topic, partition)] = low
-        return lows
-    finally:
-        consumer.close()
-
-
-def _dead_letters(
-    settings: Settings, admin: AdminClient, dlq_topics: list[str], ends: dict, status: Status
-) -> None:
-    lows = _low_watermarks(settings, dlq_topics) if dlq_topics else {}
+def _dead_letters(settings: Settings, dlq_topics: list[str], status: Status) -> None:
     for topic in dlq_topics:
-        group = redrive_group(topic)
-        result = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)], request_timeout=15
-        )
-        try:
-            done = {
-                tp.partition: tp.offset
-                for tp in result[group].result().topic_partitions or []
-                if tp.topic == topic and tp.offset >= 0
-            }
-        except Exception:  # the group does not exist: nothing re-driven yet
-            done = {}
-        depth = 0
-        for (name, partition), end in ends.items():
-            if name == topic:
-                start = max(done.get(partition, 0), lows.get((name, partition), 0))
-                depth += max(0, end - start)
+        depth = waiting(settings, topic, redrive_group(topic))
         status.dead_letters[topic] = depth
         if depth:
             status.problems.append(f"{topic} holds {depth} dead letter(s)")
@@ -229,7 +194,7 @@ def collect_status(settings: Settings) -> Status:
     )
     status.groups = _groups(settings, admin, data_topics, ends)
     _tombstones_at_risk(settings, status, now)
-    _dead_letters(settings, admin, dlq_topics, ends, status)
+    _dead_letters(settings, dlq_topics, status)
     return status
 
 
