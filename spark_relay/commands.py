@@ -19,9 +19,15 @@ __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--verbose", "-v", is_flag=True, help="Show every partition of each consumer group.")
 @pass_app
-def status_command(app: App, as_json: bool) -> None:
-    """The poller's runs, every consumer group's lag per partition, the dead letters.
+def status_command(app: App, as_json: bool, verbose: bool) -> None:
+    """A dashboard: problems, the poller's procedures, each consumer group, the dead letters.
+
+    One table of procedures (last success, its age, records, published, when it
+    is due next), one line per consumer group (total lag, the age of its oldest
+    unread event, its dead letters waiting, ok or not); partitions with
+    --verbose. --json prints everything, for machines.
 
     Exits 7 when the poller's last successful update is older than twice
     SPARK_RELAY_UPDATE_INTERVAL or a dead-letter topic holds messages not yet
@@ -35,7 +41,7 @@ def status_command(app: App, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status.as_dict(), default=str))
     else:
-        click.echo("\n".join(render(status)))
+        click.echo("\n".join(render(status, verbose=verbose)))
     if not status.healthy:
         raise SystemExit(EXIT_UNHEALTHY)
 

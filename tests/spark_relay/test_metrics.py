@@ -25,7 +25,9 @@ def test_the_poller_counts_refused_purges_and_dead_letters_from_zero(make_settin
             for procedure in ("purge", "accounts"):  # there, at 0 or more, before any purge
                 assert _sample("spark_relay_purges_refused_total", procedure=procedure) is not None
             for resource in ("listings", "accounts"):
-                assert _sample("spark_relay_poller_dead_letters_total", resource=resource) is not None
+                assert (
+                    _sample("spark_relay_poller_dead_letters_total", resource=resource) is not None
+                )
             letters = _sample("spark_relay_poller_dead_letters_total", resource="listings")
             stats = poller.snapshot()
             assert stats.dead_lettered > 0
