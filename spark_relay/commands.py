@@ -55,12 +55,17 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     help="A sink to check (repeatable; default: every built-in sink).",
 )
 @click.option(
-    "--postgres-schema", default="spark", show_default=True, help="Schema of the postgres sink."
+    "--postgres-schema",
+    help="Schema of the postgres sink [default: as the sink resolves it, SPARK_RELAY_POSTGRES_SCHEMA].",
 )
 @click.option(
-    "--search-path", help="Index directory of the search sink (default under the state dir)."
+    "--search-path",
+    help="Tantivy index of the search sink [default: as the sink resolves it, SPARK_RELAY_SEARCH_*].",
 )
-@click.option("--files-path", help="Directory of the files sink (default under the state dir).")
+@click.option(
+    "--files-path",
+    help="Directory of the files sink [default: as the sink resolves it, SPARK_RELAY_FILES_PATH].",
+)
 @click.option(
     "--repair",
     is_flag=True,
@@ -74,7 +79,10 @@ def reconcile_command(
     """Compare the API's keys and ModificationTimestamps with what each sink holds.
 
     Scans the API with _select=ListingKey,ModificationTimestamp, then reports per
-    sink the keys missing, stale (older than the API's) and not purged. With
+    sink the keys missing, stale (older than the API's) and not purged. Each sink
+    is read where its own settings put it (SPARK_RELAY_POSTGRES_SCHEMA,
+    SPARK_RELAY_SEARCH_BACKEND/_PATH/_URL/_INDEX, SPARK_RELAY_FILES_PATH, or its
+    [sink.<name>] table), as `spark-relay sink <name>` would. With
     --repair the poller re-publishes and purges them, so every sink heals the
     same way once it consumed the events. Exits 7 when a sink differs (1 is an
     unexpected error). With --json, stdout holds one JSON object per line only.
@@ -82,14 +90,19 @@ def reconcile_command(
     import json
 
     from producer.cli import build_poller
-    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings
+    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings, sink_options
 
     settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
-    options = {
-        "postgres": {"schema": postgres_schema},
-        "search": {"path": search_path},
-        "files": {"path": files_path},
-    }
+    options = {name: sink_options(name, settings) for name in ("postgres", "search", "files")}
+    for sink, key, value in (
+        ("postgres", "schema", postgres_schema),
+        ("search", "path", search_path),
+        ("files", "path", files_path),
+    ):
+        if value:
+            options[sink][key] = value
+            if sink == "search":
+                options[sink]["backend"] = "tantivy"
     with build_poller(settings, exclusive=repair) as poller:
         api = api_keys(poller.client, settings.page_size)
         findings = []

@@ -16,7 +16,6 @@ directory is written.
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import threading
@@ -27,13 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
-from consumers.registry import cli_options_of, load_sink
+from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig, default_group, end_offsets
 from producer.cli import build_poller
 from producer.topics import ensure_contract
-from spark_relay.reconcile import _utc, holdings
+from spark_relay.reconcile import _utc, holdings, sink_options
 from spark_relay.settings import Settings, load_settings
 
 __all__ = ["run_demo", "DemoResult", "SINKS"]
@@ -72,7 +69,7 @@ class _LiveSink:
 
     def __init__(self, name: str, settings: Settings, consumer_config: dict[str, Any]):
         cls = load_sink(name)
-        options = _defaults(cli_options_of(cls))
+        options = sink_options(name, settings, read_environment=False)
         self.name = name
         self.options = options
         self.stop = threading.Event()
@@ -96,14 +93,6 @@ class _LiveSink:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(60)
-
-
-def _defaults(params: list[click.Parameter]) -> dict[str, Any]:
-    """Each option as its command resolves it with no flag and no variable: its default."""
-    unbound = [copy.copy(param) for param in params]
-    for param in unbound:
-        param.envvar = None  # an exported SPARK_RELAY_<SINK>_* is an operator's, not the demo's
-    return click.Command("demo", params=unbound).make_context("demo", []).params
 
 
 def _lag(settings: Settings, sink: str, ends: dict) -> int:

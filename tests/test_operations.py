@@ -316,3 +316,80 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
     assert _metric(sink_values, "spark_relay_sink_batch_duration_seconds_count") > 0
     assert _metric(sink_values, "spark_relay_sink_newest_modification_timestamp_seconds") > 0
     assert "spark_relay_sink_lag_messages" in " ".join(sink_values)
+
+
+class _OpenSearchIndex:
+    """An OpenSearch index as reconcile reads it (``_search``, ``search_after`` by ``_id``),
+    on a socket: there is no cluster here. It holds what a search sink would have indexed."""
+
+    def __init__(self, index: str, documents: dict[str, str]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        served = sorted(documents.items())
+        self.requests: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:  # noqa: N805 - the handler's own self
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                self.requests.append(body)
+                if handler.path != f"/{index}/_search":
+                    handler.send_response(404)
+                    handler.end_headers()
+                    return
+                after = (body.get("search_after") or [""])[0]
+                page = [(k, v) for k, v in served if k > after][: body["size"]]
+                hits = [
+                    {
+                        "_id": k,
+                        "sort": [k],
+                        "_source": {"ListingKey": k, "ModificationTimestamp": v},
+                    }
+                    for k, v in page
+                ]
+                answer = json.dumps({"hits": {"hits": hits}}).encode()
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(answer)))
+                handler.end_headers()
+                handler.wfile.write(answer)
+
+            def log_message(handler, *args) -> None:  # noqa: N805
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_reconcile_reads_each_sink_where_its_own_settings_put_it(settings, emulator, tmp_path):
+    with build_poller(settings) as poller:
+        poller.snapshot()
+    schema, files = f"{settings.topic_prefix}_own", tmp_path / "own-files"
+    _sink("postgres", settings, schema=schema)
+    _sink("files", settings, path=str(files))
+    truth = _truth(emulator)
+    index = _OpenSearchIndex("own-index", {k: v.isoformat() for k, v in truth.items()})
+    try:
+        env = cli_env(
+            settings,
+            postgres_schema=schema,
+            files_path=str(files),
+            search_backend="opensearch",
+            search_url=index.url,
+            search_index="own-index",
+        )
+        result = subprocess.run(
+            [BIN, "reconcile", "--json"], capture_output=True, text=True, env=env, timeout=120
+        )
+    finally:
+        index.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    findings = {line["sink"]: line for line in map(json.loads, result.stdout.splitlines())}
+    assert set(findings) == {"postgres", "search", "files"}, result.stderr
+    for finding in findings.values():
+        assert finding["converged"] and finding["held"] == len(truth), finding
+    assert len(index.requests) >= 1 and index.requests[0]["size"] >= 1
