@@ -103,6 +103,7 @@ def _postgres(settings: Settings) -> None:
 def _api(settings: Settings) -> None:
     import httpx
 
+    settings.require("api_key")  # a command that needs the API needs its key: say so first
     try:
         httpx.get(settings.api_url, timeout=settings.connect_timeout)  # any answer will do
     except httpx.HTTPError as e:
