@@ -25,8 +25,9 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     """A dashboard: problems, the poller's procedures, each consumer group, the dead letters.
 
     One table of procedures (last success, its age, records, published, when it
-    is due next), one line per consumer group (total lag, the age of its oldest
-    unread event, its dead letters waiting, ok or not); partitions with
+    is due next), one line per consumer group (total lag, its freshness in business
+    time: how far the oldest listing change it has still to read is behind the newest
+    published, its dead letters waiting, ok or not); partitions with
     --verbose. --json prints everything, for machines.
 
     Exits 7 when the poller's last successful update is older than twice

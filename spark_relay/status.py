@@ -131,14 +131,14 @@ def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dic
     return groups
 
 
-def _unread_since(settings: Settings, positions: list[TopicPartition]) -> dict:
-    """(topic, partition) → the timestamp (ms) of the first message not read at ``positions``."""
+def _messages_at(settings: Settings, positions: list[TopicPartition]) -> dict:
+    """(topic, partition) → the first message at or after each of ``positions``."""
     consumer = Consumer(
         settings.kafka_config(
             "consumer", **{"group.id": "spark-relay.status", "enable.auto.commit": False}
         )
     )
-    found: dict[tuple[str, int], int] = {}
+    found: dict[tuple[str, int], Any] = {}
     try:
         consumer.assign(positions)
         deadline = time.monotonic() + 15
@@ -148,7 +148,7 @@ def _unread_since(settings: Settings, positions: list[TopicPartition]) -> dict:
                 continue
             where = (message.topic(), message.partition())
             if where not in found:
-                found[where] = message.timestamp()[1]
+                found[where] = message
                 consumer.pause([TopicPartition(*where)])
     finally:
         consumer.close()
@@ -168,7 +168,7 @@ def _oldest_unread(settings: Settings, status: Status, now: datetime) -> None:
                 positions.append(TopicPartition(topic, int(partition[:-1]), p["committed"]))
         if not positions:
             continue
-        stamps = _unread_since(settings, positions)
+        stamps = {w: m.timestamp()[1] for w, m in _messages_at(settings, positions).items()}
         if not stamps:
             continue
         oldest = datetime.fromtimestamp(min(stamps.values()) / 1000, UTC)
@@ -184,6 +184,43 @@ def _oldest_unread(settings: Settings, status: Status, now: datetime) -> None:
                 "tombstones: it may miss deletions; let it catch up, then run "
                 "`spark-relay reconcile --repair`"
             )
+
+
+def _freshness(settings: Settings, status: Status, ends: dict) -> None:
+    """Each group's freshness in business time: 0 when it has read every listing event, else
+    the newest ModificationTimestamp on the listings topic (each partition's last event)
+    minus the oldest among the events it has still to read (each partition's first)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from schemas import Serde
+
+    listings = settings.topic("listings")
+    serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
+
+    def moments(positions: list[TopicPartition]) -> list[datetime]:
+        records = (
+            serde.deserialize(listings, message.value())
+            for message in _messages_at(settings, positions).values()
+        )
+        return [r["ModificationTimestamp"] for r in records if r is not None]  # not tombstones
+
+    head = max(
+        moments(
+            [TopicPartition(t, p, end - 1) for (t, p), end in ends.items() if t == listings and end]
+        ),
+        default=None,
+    )
+    for info in status.groups.values():
+        mine = {n: p for n, p in info["partitions"].items() if n.startswith(listings + "[")}
+        if not mine or head is None:
+            continue
+        unread = [
+            TopicPartition(listings, int(name.rpartition("[")[2][:-1]), p["committed"])
+            for name, p in mine.items()
+            if p["lag"]
+        ]
+        oldest = min(moments(unread), default=head) if unread else head
+        info["freshness_seconds"] = max(0.0, (head - oldest).total_seconds())
 
 
 def _dead_letters(settings: Settings, dlq_topics: list[str], status: Status) -> None:
@@ -211,6 +248,8 @@ def collect_status(settings: Settings) -> Status:
     )
     status.groups = _groups(settings, admin, data_topics, ends)
     _oldest_unread(settings, status, now)
+    if settings.schema_registry_url:  # the events' ModificationTimestamps need their schemas
+        _freshness(settings, status, ends)
     _dead_letters(settings, dlq_topics, status)
     for group, info in status.groups.items():
         sink = group.removeprefix("spark-relay.") if group.startswith("spark-relay.") else None
@@ -293,17 +332,15 @@ def render(status: Status, verbose: bool = False, now: datetime | None = None) -
             )
     lines += _table(rows, right={3, 4}) + failures + ["", "consumer groups:"]
     if status.groups:
-        rows = [["group", "lag", "oldest unread", "dead letters", "health"]]
+        rows = [["group", "lag", "freshness", "dead letters", "health"]]
         for group, info in status.groups.items():
-            oldest = info.get("oldest_unread")
+            fresh = info.get("freshness_seconds")
             letters = info.get("dead_letters")
             rows.append(
                 [
                     group,
                     f"{info['lag']:,}",
-                    _span((now - datetime.fromisoformat(oldest)).total_seconds()) + " old"
-                    if oldest
-                    else "-",
+                    "-" if fresh is None else "current" if fresh == 0 else f"{_span(fresh)} behind",
                     "-" if letters is None else f"{letters:,}",
                     "ok" if info.get("healthy", True) else "NOT OK",
                 ]

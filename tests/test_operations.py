@@ -152,6 +152,8 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     group = status.groups["spark-relay.search"]
     assert group["lag"] == published
     assert status.healthy, status.problems  # a recent update, no dead letters
+    # freshness in business time: the MLS moved 30 minutes, the stopped sink did not follow
+    assert 0 < group["freshness_seconds"] <= 30 * 60 + 60, group
 
     result = subprocess.run(
         [BIN, "status", "--json"], capture_output=True, text=True, env=cli_env(settings), timeout=60
@@ -160,7 +162,8 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     assert json.loads(result.stdout)["consumer_groups"]["spark-relay.search"]["lag"] == published
 
     _sink("search", settings)
-    assert collect_status(settings).groups["spark-relay.search"]["lag"] == 0
+    caught_up = collect_status(settings).groups["spark-relay.search"]
+    assert caught_up["lag"] == 0 and caught_up["freshness_seconds"] == 0, caught_up
 
 
 def test_status_is_unhealthy_without_a_recent_update(settings):
