@@ -38,7 +38,9 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
 
     from spark_relay.status import collect_status, render
 
-    status = collect_status(reach(app.settings().require("kafka_bootstrap"), "kafka", "postgres"))
+    settings = app.settings().require("kafka_bootstrap")
+    registry = ("registry",) if settings.schema_registry_url else ()  # for the freshness
+    status = collect_status(reach(settings, "kafka", *registry, "postgres"))
     if as_json:
         click.echo(json.dumps(status.as_dict(), default=str))
     else:

@@ -31,7 +31,7 @@ COMMANDS = {
     "sink postgres": ("kafka", "registry", "postgres"),
     "sink search": ("kafka", "registry"),
     "sink files": ("kafka", "registry"),
-    "status": ("kafka", "postgres"),
+    "status": ("kafka", "registry", "postgres"),
     "reconcile": ("api", "kafka", "registry", "postgres"),
     "dlq redrive postgres": ("kafka", "registry", "postgres"),
     "dlq redrive poller": ("api", "kafka", "registry", "postgres"),
