@@ -198,11 +198,15 @@ def _freshness(settings: Settings, status: Status, ends: dict) -> None:
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
 
     def moments(positions: list[TopicPartition]) -> list[datetime]:
-        records = (
-            serde.deserialize(listings, message.value())
-            for message in _messages_at(settings, positions).values()
-        )
-        return [r["ModificationTimestamp"] for r in records if r is not None]  # not tombstones
+        found = []
+        for message in _messages_at(settings, positions).values():
+            try:
+                record = serde.deserialize(listings, message.value())
+            except Exception:  # a message no sink can read either (it is a dead letter)
+                continue
+            if record is not None:  # a tombstone carries no moment
+                found.append(record["ModificationTimestamp"])
+        return found
 
     head = max(
         moments(
