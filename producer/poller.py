@@ -65,6 +65,7 @@ from spark_relay.metrics import (
     CHECKPOINT_TIME,
     POLLER_DEAD_LETTERS,
     POLLER_NEWEST,
+    PROCEDURE_FAILURES,
     PURGES_REFUSED,
     observe_newest,
 )
@@ -609,6 +610,7 @@ class Poller:
         except BaseException as e:
             if isinstance(e, PurgeRefused):
                 PURGES_REFUSED.labels(stats.procedure).inc()
+            PROCEDURE_FAILURES.labels(stats.procedure).inc()
             stats.finish(False)
             self._log_run(stats, started_at, f"failed: {type(e).__name__}: {e}"[:500])
             raise

@@ -42,6 +42,7 @@ __all__ = [
     "SINK_NEWEST",
     "POLLER_DEAD_LETTERS",
     "PURGES_REFUSED",
+    "PROCEDURE_FAILURES",
     "DEAD_LETTERS_WAITING",
     "start_poller",
     "start_sink",
@@ -106,6 +107,11 @@ PURGES_REFUSED = Counter(
     "Purges a guard refused (scan incomplete, or over SPARK_RELAY_PURGE_MAX_RATIO), by procedure",
     ["procedure"],
 )
+PROCEDURE_FAILURES = Counter(
+    "spark_relay_procedure_failures",
+    "Procedure runs that failed (a guard tripped, an error after every retry), by procedure",
+    ["procedure"],
+)
 DEAD_LETTERS_WAITING = Gauge(
     "spark_relay_dead_letters_waiting",
     "Dead letters retained and not yet re-driven in <prefix>.dlq.<dlq> (what `status` counts)",
@@ -122,6 +128,8 @@ def start_poller(topics: list[str]) -> None:
         POLLER_DEAD_LETTERS.labels(resource)
     for procedure in ("purge", "accounts"):
         PURGES_REFUSED.labels(procedure)
+    for procedure in ("snapshot", "update", "accounts", "purge", "reconcile", "redrive"):
+        PROCEDURE_FAILURES.labels(procedure)
     DEAD_LETTERS_WAITING.labels("poller")
 
 

@@ -63,6 +63,7 @@ def test_every_alert_has_a_runbook_in_the_operating_guide():
         "SparkRelaySinkLagGrowing",
         "SparkRelayDeadLettersWaiting",
         "SparkRelayPurgeRefused",
+        "SparkRelayProcedureKeepsFailing",
         "SparkRelayProcessDown",
     }
     for rule in rules:

@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
 from producer.topics import ensure_contract
-from spark_relay.errors import PurgeRefused
+from spark_relay.errors import PermanentSourceError, PurgeRefused
 
 
 def _sample(name: str, **labels: str) -> float | None:
@@ -40,3 +40,16 @@ def test_the_poller_counts_refused_purges_and_dead_letters_from_zero(make_settin
             with pytest.raises(PurgeRefused):
                 poller.purge()
             assert _sample("spark_relay_purges_refused_total", procedure="purge") == refused + 1
+
+
+def test_every_failed_procedure_is_counted(make_settings):
+    with Emulator(EmulatorConfig(listings=20, accounts=5, seed=6, filter_cache_seconds=0)) as emu:
+        settings = make_settings(api_url=emu.url, api_key="not-the-key", rate_limit=1000)
+        list(ensure_contract(settings))
+        with build_poller(settings) as poller:
+            before = _sample("spark_relay_procedure_failures_total", procedure="update")
+            assert before is not None  # at 0 or more before the first failure
+            with pytest.raises(PermanentSourceError):  # the API refuses the key
+                poller.update()
+            after = _sample("spark_relay_procedure_failures_total", procedure="update")
+            assert after == before + 1
