@@ -47,9 +47,9 @@ def test_every_failed_procedure_is_counted(make_settings):
         settings = make_settings(api_url=emu.url, api_key="not-the-key", rate_limit=1000)
         list(ensure_contract(settings))
         with build_poller(settings) as poller:
-            before = _sample("spark_relay_procedure_failures_total", procedure="update")
+            before = _sample("spark_relay_procedure_failures_total", procedure="snapshot")
             assert before is not None  # at 0 or more before the first failure
             with pytest.raises(PermanentSourceError):  # the API refuses the key
-                poller.update()
-            after = _sample("spark_relay_procedure_failures_total", procedure="update")
+                poller.snapshot()
+            after = _sample("spark_relay_procedure_failures_total", procedure="snapshot")
             assert after == before + 1
