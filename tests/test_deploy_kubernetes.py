@@ -149,6 +149,7 @@ def test_locked_down_with_the_images_numeric_user(documents):
     dockerfile = (ROOT / "Dockerfile").read_text()
     (user,) = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     uid, _, gid = user.partition(":")
+    state_dir = _by_name(documents)[("ConfigMap", "spark-relay")]["data"]["SPARK_RELAY_STATE_DIR"]
     assert uid.isdigit() and int(uid) > 0, "a numeric user, so runAsNonRoot can verify it"
     for doc, pod, container in _containers(documents):
         pod_context = pod["securityContext"]
@@ -160,6 +161,8 @@ def test_locked_down_with_the_images_numeric_user(documents):
         assert context["capabilities"]["drop"] == ["ALL"], doc["metadata"]["name"]
         mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
         assert "/tmp" in mounts, "a writable /tmp beside the read-only root"
+        if container["name"] != "topics":  # the state dir, writable, for every process
+            assert state_dir in mounts, doc["metadata"]["name"]
 
 
 def test_probes_ports_and_resources(documents):
