@@ -16,10 +16,12 @@ COPY schemas ./schemas
 COPY producer ./producer
 COPY consumers ./consumers
 RUN pip install --no-cache-dir --no-deps . \
-    && useradd --system --home /var/lib/spark-relay relay \
-    && mkdir -p /var/lib/spark-relay && chown relay /var/lib/spark-relay
+    && groupadd --system --gid 10001 relay \
+    && useradd --system --uid 10001 --gid 10001 --home /var/lib/spark-relay relay \
+    && mkdir -p /var/lib/spark-relay && chown 10001:10001 /var/lib/spark-relay
 
-USER relay
+# numeric, so Kubernetes' runAsNonRoot can verify it (deploy/kubernetes: runAsUser 10001)
+USER 10001:10001
 VOLUME /var/lib/spark-relay
 ENTRYPOINT ["spark-relay"]
 CMD ["--help"]

@@ -28,9 +28,12 @@ import click
 
 from consumers.registry import SinkLoadError, cli_options_of, load_sink, sink_entry_points
 from consumers.runner import Replay, Runner, RunnerConfig, parse_offsets
+from schemas.topics import dlq_topic, redrive_group
 from spark_relay.app import App
+from spark_relay.dead_letters import watch as watch_dead_letters
 from spark_relay.errors import EXIT_CODES, ConfigError
 from spark_relay.metrics import serve_metrics
+from spark_relay.reach import reach
 from spark_relay.settings import Settings, load_settings
 
 __all__ = ["sink_group", "COMMON_OPTIONS", "sink_table"]
@@ -207,8 +210,11 @@ def _sink_command(name: str, cls: type) -> click.Command:
         flags = {setting: params.get(name) for name, setting in _SETTINGS.items()}
         settings = app.settings(**flags) if app is not None else load_settings(**flags)
         sink_table(settings, name, cls)
+        reach(settings, "kafka", "registry", *getattr(cls, "services", ()))
         params.pop("metrics_port")
         serve_metrics(settings.metrics_port or None, settings.metrics_host)
+        letters = dlq_topic(settings.topic_prefix, name)
+        watch_dead_letters(settings, name, letters, redrive_group(letters))
         config = runner_config(params, settings)
         with _stop_on_signals() as stop:
             stats = Runner(cls(), settings, config, stop=stop).run()

@@ -42,8 +42,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.topics import DLQ_RETENTION_MS, MAX_MESSAGE_BYTES, dlq_topic, redrive_group
 from spark_relay.errors import DeliveryError
+from spark_relay.masking import mask
 from spark_relay.metrics import SINK_DEAD_LETTERS
-from spark_relay.settings import Settings, mask_urls
+from spark_relay.settings import Settings
 
 __all__ = [
     "DeadLetters",
@@ -188,7 +189,7 @@ class DeadLetters:
             )
         origin = origin_of(message, self.topic)
         headers: list[tuple[str, Any]] = [
-            ("dlq.error", mask_urls(str(error) or repr(error))[:_MAX_ERROR]),  # as the logs
+            ("dlq.error", mask(str(error) or repr(error))[:_MAX_ERROR]),  # as the logs
             ("dlq.error.class", error_class(error)),
             ("dlq.stage", stage),
             ("dlq.topic", origin.topic),

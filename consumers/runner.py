@@ -109,6 +109,7 @@ from spark_relay.metrics import (
     SINK_LAG,
     SINK_NEWEST,
     observe_newest,
+    start_sink,
 )
 from spark_relay.settings import CONSUMER_ONLY, Settings
 
@@ -371,6 +372,7 @@ class Runner:
             k: v for k, v in consumer_config.items() if k not in ("group.protocol", "error_cb")
         }
         self._dlq = DeadLetters(settings, self.sink.name)
+        start_sink(self.sink.name, list(self.sources))  # every series at 0 from the first scrape
         self.sink.open(
             SinkContext(
                 settings=settings,

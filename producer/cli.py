@@ -16,7 +16,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES
 from spark_relay.health import HEALTH
-from spark_relay.metrics import serve_metrics
+from spark_relay.metrics import serve_metrics, start_poller
 from spark_relay.settings import Settings
 
 if TYPE_CHECKING:
@@ -64,16 +64,33 @@ def build_poller(
     if state is None:
         state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
-    _seed_checkpoint_times(state.last_runs())
-    unwatch = HEALTH.add_check(lambda: poller_readiness(settings))
+    runs = state.last_runs()
+    _seed_checkpoint_times(runs)
+    start_poller([settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")])
+    poller = Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+    newest = max(
+        (e["last"] for e in runs.values() if "last" in e),
+        key=lambda run: run["started_at"],
+        default=None,
+    )
+    poller.last_status = newest["status"] if newest else None
+    unwatch = HEALTH.add_check(lambda: poller_readiness(poller))
     try:
         with state.exclusive() if exclusive else nullcontext():
-            yield Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
+            yield poller
     finally:
         unwatch()
         publisher.close()
         client.close()
         state.close()
+
+
+def _command_poller(settings: Settings, progress: bool | None):
+    """A command's poller, once each service it needs answered (else one line, exit 10)."""
+    from spark_relay.reach import reach
+
+    reach(settings, "api", "kafka", "registry", "postgres")
+    return build_poller(settings, progress=progress, stop=_stop_on_signals())
 
 
 def _seed_checkpoint_times(runs: dict) -> None:
@@ -88,21 +105,11 @@ def _seed_checkpoint_times(runs: dict) -> None:
             CHECKPOINT_TIME.labels(procedure).set(datetime.fromisoformat(finished).timestamp())
 
 
-def poller_readiness(settings: Settings) -> str | None:
-    """``/readyz``: ``None`` when the state store answers and the newest run did not fail."""
-    from producer.state import open_state
-
-    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
-    try:
-        runs = [entry["last"] for entry in state.last_runs().values() if "last" in entry]
-    finally:
-        state.close()
-    if not runs:
-        return None
-    newest = max(runs, key=lambda run: run["started_at"])
-    if newest["status"].startswith("failed"):
-        return f"the last procedure {newest['status']}"
-    return None
+def poller_readiness(poller) -> str | None:
+    """``/readyz``: ``None`` unless the newest procedure failed; from what the poller holds
+    (no query, no connection: a probe costs the state store nothing)."""
+    status = poller.last_status
+    return f"the last procedure {status}" if status and status.startswith("failed") else None
 
 
 def _stop_on_signals() -> threading.Event:
@@ -161,7 +168,7 @@ def _procedure(name: str, doc: str, call, *options):
     def command(app: App, progress: bool | None, metrics_port: int | None, **flags) -> None:
         settings = app.settings(metrics_port=metrics_port)
         serve_metrics(settings.metrics_port or None, settings.metrics_host)
-        with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
+        with _command_poller(settings, progress) as poller:
             stats = call(poller, **flags)
         click.echo(stats.summary())
 
@@ -195,7 +202,7 @@ _procedure(
     "Guards: a scan that saw fewer keys than the API's TotalRows purges nothing; more "
     "candidates than SPARK_RELAY_PURGE_MAX_RATIO (default 0.05) of the published keys "
     "purge nothing without --force; each candidate is asked for again by key before its "
-    "tombstone. A refused purge exits 7.",
+    "tombstone. A refused purge exits 8.",
     lambda p, force: p.purge(force=force),
     _force,
 )
@@ -224,7 +231,7 @@ def snapshot_command(
         raise click.UsageError("--republish starts a new snapshot: give --restart as well")
     settings = app.settings(metrics_port=metrics_port)
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
-    with build_poller(settings, progress=progress, stop=_stop_on_signals()) as poller:
+    with _command_poller(settings, progress) as poller:
         click.echo(poller.snapshot(restart=restart, republish=republish).summary())
 
 
@@ -253,6 +260,9 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     """
     from producer.daemon import run_daemon, wait_for_state
     from producer.state import open_state
+    from schemas.topics import dlq_topic, redrive_group
+    from spark_relay.dead_letters import watch as watch_dead_letters
+    from spark_relay.reach import reach
 
     settings = app.settings(
         update_interval=interval,
@@ -262,6 +272,9 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     )
     settings.require("api_key", "kafka_bootstrap", "schema_registry_url")
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
+    # A first mistake in the API, Kafka or registry settings is one line (exit 10); the state
+    # database is waited for (not ready, backing off), as when it goes away later.
+    reach(settings, "api", "kafka", "registry")
     stop = _stop_on_signals()
     state = wait_for_state(
         lambda: open_state(settings.state_dir, settings.database_url, settings.topic_prefix), stop
@@ -269,6 +282,8 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     if state is None:
         logger.info("stopped on request before the state store answered")
         return
+    letters = dlq_topic(settings.topic_prefix, "poller")
+    watch_dead_letters(settings, "poller", letters, redrive_group(letters))
     with build_poller(settings, progress=progress, stop=stop, state=state) as poller:
         run_daemon(poller)
 
@@ -292,7 +307,8 @@ def topics_create_command(app: App, partitions: int, replication_factor: int) ->
     """Create <prefix>.listings, .accounts (compacted), .purges and the dead-letter
     topic, and register the schemas (subjects <topic>-value). Idempotent."""
     from producer.topics import ensure_contract
+    from spark_relay.reach import reach
 
-    settings = app.settings()
+    settings = reach(app.settings(), "kafka", "registry")
     for line in ensure_contract(settings, partitions, replication_factor):
         click.echo(line)

@@ -61,7 +61,15 @@ from schemas import (
 )
 from schemas.topics import dlq_topic
 from spark_relay.errors import PurgeRefused, RelayError, TransientSourceError
-from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
+from spark_relay.masking import mask
+from spark_relay.metrics import (
+    CHECKPOINT_TIME,
+    POLLER_DEAD_LETTERS,
+    POLLER_NEWEST,
+    PROCEDURE_FAILURES,
+    PURGES_REFUSED,
+    observe_newest,
+)
 from spark_relay.settings import Settings
 
 __all__ = ["Poller", "RunStats", "content_hash"]
@@ -250,6 +258,8 @@ class Poller:
         self.publisher = publisher
         self.serde = serde
         self.state = state
+        #: The status of the newest procedure run, as the run log has it; None before any.
+        self.last_status: str | None = None
         self.stop = stop or threading.Event()
         self.progress = progress
         self.dlq = dlq_topic(settings.topic_prefix, "poller")
@@ -297,7 +307,7 @@ class Poller:
         else:
             stage = b"fetch"
         headers = [  # the dlq.* vocabulary of the sinks' dead letters (consumers/dlq.py)
-            ("dlq.error", str(error)[:2000].encode()),
+            ("dlq.error", mask(str(error))[:2000].encode()),
             ("dlq.error.class", f"{type(error).__module__}.{type(error).__qualname__}".encode()),
             ("dlq.stage", stage),
             ("dlq.resource", source.resource.encode()),
@@ -311,6 +321,7 @@ class Poller:
             body = body[:room]
         self.publisher.produce(self.dlq, key.encode(), body, headers)
         stats.dead_lettered += 1
+        POLLER_DEAD_LETTERS.labels(source.resource).inc()
         logger.warning("dead-lettered a %s record to %s: %s", source.resource, self.dlq, error)
 
     def _dead_letter_rejected(self, page: Page, source: Source, stats: RunStats) -> None:
@@ -573,6 +584,7 @@ class Poller:
         )
 
     def _log_run(self, stats: RunStats, started_at: str, status: str) -> None:
+        self.last_status = status  # /readyz reads it (producer.cli.poller_readiness)
         self.state.record_run(
             stats.run_id,
             stats.procedure,
@@ -593,6 +605,9 @@ class Poller:
             with self._pipelined():
                 completed = body(stats)
         except BaseException as e:
+            if isinstance(e, PurgeRefused):
+                PURGES_REFUSED.labels(stats.procedure).inc()
+            PROCEDURE_FAILURES.labels(stats.procedure).inc()
             stats.finish(False)
             self._log_run(stats, started_at, f"failed: {type(e).__name__}: {e}"[:500])
             raise

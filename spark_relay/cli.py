@@ -17,7 +17,8 @@ from spark_relay import __version__
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_CODES, ConfigError, RelayError
 from spark_relay.logs import JsonFormatter, configure_logging
-from spark_relay.settings import Settings, describe, mask_urls, unknown_variables
+from spark_relay.masking import mask
+from spark_relay.settings import Settings, describe, unknown_variables
 
 __all__ = ["main", "cli"]
 
@@ -95,7 +96,8 @@ def config_command(app: App) -> None:
     pass-through settings are shown as kafka:<property>, a sink's own options
     from its [sink.<name>] table as sink.<name>.<option> (their variables,
     SPARK_RELAY_<SINK>_<OPTION>, are listed by `spark-relay sink <name> --help`).
-    Passwords inside URLs are masked.
+    Secrets are masked (spark_relay.masking): passwords in URLs, settings named
+    password, secret, token or key, sasl.*config, the API key.
     """
     for name, value in describe(app.settings()).items():
         click.echo(f"{name}={value}")
@@ -149,7 +151,7 @@ def _say_error(text: str) -> None:
     if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
         logger.error(text)
     else:
-        click.echo(mask_urls(text), err=True)
+        click.echo(mask(text), err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

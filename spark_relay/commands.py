@@ -12,15 +12,23 @@ import click
 
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
+from spark_relay.reach import reach
 
 __all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
 
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--verbose", "-v", is_flag=True, help="Show every partition of each consumer group.")
 @pass_app
-def status_command(app: App, as_json: bool) -> None:
-    """The poller's runs, every consumer group's lag per partition, the dead letters.
+def status_command(app: App, as_json: bool, verbose: bool) -> None:
+    """A dashboard: problems, the poller's procedures, each consumer group, the dead letters.
+
+    One table of procedures (last success, its age, records, published, when it
+    is due next), one line per consumer group (total lag, its freshness in business
+    time: how far the oldest listing change it has still to read is behind the newest
+    published, its dead letters waiting, ok or not); partitions with
+    --verbose. --json prints everything, for machines.
 
     Exits 7 when the poller's last successful update is older than twice
     SPARK_RELAY_UPDATE_INTERVAL or a dead-letter topic holds messages not yet
@@ -30,11 +38,13 @@ def status_command(app: App, as_json: bool) -> None:
 
     from spark_relay.status import collect_status, render
 
-    status = collect_status(app.settings().require("kafka_bootstrap"))
+    settings = app.settings().require("kafka_bootstrap")
+    registry = ("registry",) if settings.schema_registry_url else ()  # for the freshness
+    status = collect_status(reach(settings, "kafka", *registry, "postgres"))
     if as_json:
         click.echo(json.dumps(status.as_dict(), default=str))
     else:
-        click.echo("\n".join(render(status)))
+        click.echo("\n".join(render(status, verbose=verbose)))
     if not status.healthy:
         raise SystemExit(EXIT_UNHEALTHY)
 
@@ -48,12 +58,17 @@ def status_command(app: App, as_json: bool) -> None:
     help="A sink to check (repeatable; default: every built-in sink).",
 )
 @click.option(
-    "--postgres-schema", default="spark", show_default=True, help="Schema of the postgres sink."
+    "--postgres-schema",
+    help="Schema of the postgres sink [default: as the sink resolves it, SPARK_RELAY_POSTGRES_SCHEMA].",
 )
 @click.option(
-    "--search-path", help="Index directory of the search sink (default under the state dir)."
+    "--search-path",
+    help="Tantivy index of the search sink [default: as the sink resolves it, SPARK_RELAY_SEARCH_*].",
 )
-@click.option("--files-path", help="Directory of the files sink (default under the state dir).")
+@click.option(
+    "--files-path",
+    help="Directory of the files sink [default: as the sink resolves it, SPARK_RELAY_FILES_PATH].",
+)
 @click.option(
     "--repair",
     is_flag=True,
@@ -67,7 +82,10 @@ def reconcile_command(
     """Compare the API's keys and ModificationTimestamps with what each sink holds.
 
     Scans the API with _select=ListingKey,ModificationTimestamp, then reports per
-    sink the keys missing, stale (older than the API's) and not purged. With
+    sink the keys missing, stale (older than the API's) and not purged. Each sink
+    is read where its own settings put it (SPARK_RELAY_POSTGRES_SCHEMA,
+    SPARK_RELAY_SEARCH_BACKEND/_PATH/_URL/_INDEX, SPARK_RELAY_FILES_PATH, or its
+    [sink.<name>] table), as `spark-relay sink <name>` would. With
     --repair the poller re-publishes and purges them, so every sink heals the
     same way once it consumed the events. Exits 7 when a sink differs (1 is an
     unexpected error). With --json, stdout holds one JSON object per line only.
@@ -75,14 +93,19 @@ def reconcile_command(
     import json
 
     from producer.cli import build_poller
-    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings
+    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings, sink_options
 
-    settings = app.settings()
-    options = {
-        "postgres": {"schema": postgres_schema},
-        "search": {"path": search_path},
-        "files": {"path": files_path},
-    }
+    settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
+    options = {name: sink_options(name, settings) for name in ("postgres", "search", "files")}
+    for sink, key, value in (
+        ("postgres", "schema", postgres_schema),
+        ("search", "path", search_path),
+        ("files", "path", files_path),
+    ):
+        if value:
+            options[sink][key] = value
+            if sink == "search":
+                options[sink]["backend"] = "tantivy"
     with build_poller(settings, exclusive=repair) as poller:
         api = api_keys(poller.client, settings.page_size)
         findings = []
@@ -157,11 +180,15 @@ def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
             raise click.UsageError("`dlq redrive poller` takes no options")
         from producer.redrive import redrive_poller
 
-        click.echo(redrive_poller(app.settings()).summary())
+        settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
+        click.echo(redrive_poller(settings).summary())
         return
     from consumers.redrive import redrive
+    from consumers.registry import load_sink
 
-    click.echo(redrive(app.settings(), sink, sink_options).summary())
+    services = getattr(load_sink(sink), "services", ())
+    settings = reach(app.settings(), "kafka", "registry", *services)
+    click.echo(redrive(settings, sink, sink_options).summary())
 
 
 @click.command("demo")
@@ -194,32 +221,33 @@ def demo_command(
 ) -> None:
     """The whole pipeline on this machine: emulator → poller → Kafka → PostgreSQL, search, files.
 
-    Starts the devstack and the Spark API emulator, creates the topics, runs the
-    snapshot and the accounts scan while the three sinks consume, then ROUNDS of
-    MLS change each followed by an update, then a purge; waits until every sink
-    caught up and checks each against the emulator's ground truth. Exits 0 only
-    if every sink converged, 7 if one differs (1 is an unexpected error). With SPARK_RELAY_API_KEY and SPARK_RELAY_KAFKA_BOOTSTRAP
-    set it runs against the real API and cluster instead.
-    """
-    import os
+    Starts the devstack and the Spark API emulator in a new directory of its own,
+    creates the topics (prefix `demo`), runs the snapshot and the accounts scan
+    while the three sinks consume, then ROUNDS of MLS change each followed by an
+    update, then a purge; waits until every sink caught up and checks each against
+    the emulator's ground truth. Exits 0 only if every sink converged, 7 if one
+    differs (1 is an unexpected error).
 
+    It touches nothing it did not create: exported SPARK_RELAY_* settings and
+    --config are ignored, so it never reaches a production cluster, database or
+    API.
+    """
     from spark_relay.demo import run_demo
     from spark_relay.logs import configure_logging
 
-    settings = app.settings()
-    if app.overrides.get("log_level") is None and "SPARK_RELAY_LOG_LEVEL" not in os.environ:
-        configure_logging("WARNING", settings.log_format)  # the progress lines tell the story
+    log_format = app.overrides.get("log_format") or "text"
+    configure_logging(app.overrides.get("log_level") or "WARNING", log_format)
     with ExitStack() as services:  # the devstack and the emulator, stopped on the way out
         result = run_demo(
-            settings,
             listings=listings,
             rounds=rounds,
             seed=seed,
             services=services,
             say=lambda text: click.echo(text, err=as_json),
+            log_format=log_format,
         )
         _demo_summary(result, keep=keep, as_json=as_json)
-        if keep and result.environment:
+        if keep:
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: done.set())
@@ -239,23 +267,18 @@ def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
         f"{'truth':<10} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
     ]
     env = result.environment
-    if env:
-        lines += [
-            "",
-            "Try:"
-            + (
-                ""
-                if keep
-                else " (PostgreSQL stopped with the demo: run it with --keep "
-                "to query it, or set SPARK_RELAY_DATABASE_URL)"
-            ),
-            f'  psql \'{env["SPARK_RELAY_DATABASE_URL"]}\' -c \'SELECT "ListingKey", "ListPrice", '
-            f"list_agent_name FROM spark.listing_display LIMIT 5'",
-            f"  SPARK_RELAY_STATE_DIR={env['SPARK_RELAY_STATE_DIR']} spark-relay search "
-            "'garage' --where 'ListPrice<500000' --limit 5",
-            f"  ls -R {env['SPARK_RELAY_STATE_DIR']}/files | head",
-        ]
-    if keep and env:
+    state = env["SPARK_RELAY_STATE_DIR"]
+    lines += [
+        "",
+        f"Everything the demo wrote is in {result.directory}. Try:"
+        + ("" if keep else " (PostgreSQL stopped with the demo: run it with --keep to query it)"),
+        f'  psql \'{env["SPARK_RELAY_DATABASE_URL"]}\' -c \'SELECT "ListingKey", "ListPrice", '
+        f"list_agent_name FROM spark.listing_display LIMIT 5'",
+        f"  SPARK_RELAY_STATE_DIR={state} SPARK_RELAY_TOPIC_PREFIX={env['SPARK_RELAY_TOPIC_PREFIX']} "
+        "spark-relay search 'garage' --where 'ListPrice<500000' --limit 5",
+        f"  ls -R {state}/files | head",
+    ]
+    if keep:
         from devstack.kafka import DEVSTACK_ENV  # the embedded demo ran the devstack
 
         lines += [

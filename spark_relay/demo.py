@@ -1,46 +1,50 @@
 """``spark-relay demo``: the whole pipeline on one machine, with nothing running beforehand.
 
-Embedded (the default): the devstack (broker, registry, PostgreSQL) and the
-emulator start here; topics are created; the poller runs the snapshot and the
-accounts scan while the three sinks consume live; then ``rounds`` of emulator
-change, each followed by an update window; then a purge. The demo waits until
-every sink caught up and checks each against the emulator's ground truth.
+The devstack (broker, registry, PostgreSQL) and the emulator start here, in a
+new directory of the demo's own; topics are created under the prefix ``demo``;
+the poller runs the snapshot and the accounts scan while the three sinks
+consume live; then ``rounds`` of emulator change, each followed by an update
+window; then a purge. The demo waits until every sink caught up and checks
+each against the emulator's ground truth.
 
-Real: when ``SPARK_RELAY_API_KEY`` and ``SPARK_RELAY_KAFKA_BOOTSTRAP`` are set,
-the same steps run against the real API and cluster (no emulator changes;
-the truth is a fresh ``_select=ListingKey,ModificationTimestamp`` scan).
+It touches nothing it did not create: no setting is read from the
+environment or a config file (an operator's exported production settings,
+``SPARK_RELAY_DATABASE_URL`` included, and every sink's own
+``SPARK_RELAY_<SINK>_*`` variables are ignored), and nothing outside its own
+directory is written.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import click
-
-from consumers.registry import cli_options_of, load_sink
+from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig, default_group, end_offsets
 from producer.cli import build_poller
 from producer.topics import ensure_contract
-from spark_relay.reconcile import api_keys, holdings
-from spark_relay.settings import Settings, replace
+from spark_relay.reconcile import _utc, holdings, sink_options
+from spark_relay.settings import Settings, load_settings
 
 __all__ = ["run_demo", "DemoResult", "SINKS"]
 
 logger = logging.getLogger(__name__)
 
 SINKS = ("postgres", "search", "files")
+#: The demo's topic prefix: never an operator's.
+PREFIX = "demo"
 
 
 @dataclass
 class DemoResult:
-    mode: str
+    directory: str
     listings: int = 0
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -52,7 +56,7 @@ class DemoResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "mode": self.mode,
+            "directory": self.directory,
             "converged": self.converged,
             "listings": self.listings,
             "seconds": round(self.seconds, 1),
@@ -65,8 +69,7 @@ class _LiveSink:
 
     def __init__(self, name: str, settings: Settings, consumer_config: dict[str, Any]):
         cls = load_sink(name)
-        # the sink's own options as its command line would resolve them with no flags given
-        options = click.Command(name, params=cli_options_of(cls)).make_context(name, []).params
+        options = sink_options(name, settings, read_environment=False)
         self.name = name
         self.options = options
         self.stop = threading.Event()
@@ -138,113 +141,91 @@ def _wait_caught_up(
 
 
 def run_demo(
-    settings: Settings,
     *,
     listings: int,
     rounds: int,
     seed: int,
     services: ExitStack,
     say: Callable[[str], None],
+    log_format: str = "text",
 ) -> DemoResult:
-    """Run the demo; ``say`` shows progress. The caller prints the summary."""
+    """Run the demo in a new directory; ``say`` shows progress. The caller prints the summary."""
     started = time.monotonic()
-    real = bool(settings.api_key) and bool(settings.kafka_bootstrap)
-    result = DemoResult(mode="real API and cluster" if real else "embedded devstack and emulator")
-    say(f"spark-relay demo: {result.mode}")
+    root = Path(tempfile.mkdtemp(prefix="spark-relay-demo-"))
+    result = DemoResult(directory=str(root))
+    say(f"spark-relay demo: embedded devstack and emulator in {root}")
+    say(
+        "  (exported SPARK_RELAY_* settings are ignored: the demo touches nothing it did not create)"
+    )
+    from devstack.emulator import Emulator, EmulatorConfig
+    from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
+    from devstack.stack import Devstack
+
     with ExitStack() as stack:
-        emulator = None
-        consumer_config: dict[str, Any] = {}
-        if not real:
-            from devstack.emulator import Emulator, EmulatorConfig
-            from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
-            from devstack.stack import Devstack
-
-            consumer_config = DEVSTACK_CONSUMER_SETTINGS  # the broker's quick group joins
-
-            root = settings.state_path / "demo"
-            shutil.rmtree(root, ignore_errors=True)  # every demo starts from nothing
-            say("• starting Kafka (Tansu), the Schema Registry and PostgreSQL …")
-            devstack = Devstack(root / "devstack", settings.database_url).start()
-            services.callback(devstack.stop)
-            say(f"  kafka {devstack.broker.bootstrap}, registry {devstack.registry.url}")
-            say(f"• starting the Spark API emulator with {listings:,} listings …")
-            emulator = Emulator(
-                EmulatorConfig(
-                    listings=listings,
-                    accounts=max(listings // 20, 10),
-                    seed=seed,
-                    filter_cache_seconds=600,
-                )
-            ).start()
-            services.callback(emulator.stop)
-            env = devstack.environment()
-            settings = replace(
-                settings,
-                api_url=emulator.url,
-                api_key="devstack-key",
-                kafka_bootstrap=env["SPARK_RELAY_KAFKA_BOOTSTRAP"],
-                schema_registry_url=env["SPARK_RELAY_SCHEMA_REGISTRY_URL"],
-                database_url=env["SPARK_RELAY_DATABASE_URL"],
-                state_dir=str(root / "state"),
-                rate_limit=100,
+        say("• starting Kafka (Tansu), the Schema Registry and PostgreSQL …")
+        devstack = Devstack(root / "devstack").start()  # its own PostgreSQL, always
+        services.callback(devstack.stop)
+        say(f"  kafka {devstack.broker.bootstrap}, registry {devstack.registry.url}")
+        say(f"• starting the Spark API emulator with {listings:,} listings …")
+        emulator = Emulator(
+            EmulatorConfig(
+                listings=listings,
+                accounts=max(listings // 20, 10),
+                seed=seed,
+                filter_cache_seconds=600,
             )
-            result.environment = {
-                **env,
-                "SPARK_RELAY_API_URL": emulator.url,
-                "SPARK_RELAY_API_KEY": "devstack-key",
-                "SPARK_RELAY_STATE_DIR": str(root / "state"),
-            }
+        ).start()
+        services.callback(emulator.stop)
+        env = devstack.environment()
+        result.environment = {
+            **env,
+            "SPARK_RELAY_API_URL": emulator.url,
+            "SPARK_RELAY_API_KEY": "devstack-key",
+            "SPARK_RELAY_STATE_DIR": str(root / "state"),
+            "SPARK_RELAY_TOPIC_PREFIX": PREFIX,
+        }
+        settings = load_settings(  # from nothing but the demo's own services
+            environ=result.environment, rate_limit=100, log_format=log_format
+        )
         say("• creating topics and registering schemas …")
         for line in ensure_contract(settings):
             logger.info(line)
         say(f"• starting the sinks: {', '.join(SINKS)} (each its own consumer group)")
-        live = [_LiveSink(name, settings, consumer_config) for name in SINKS]
+        live = [_LiveSink(name, settings, DEVSTACK_CONSUMER_SETTINGS) for name in SINKS]
         stack.callback(lambda: [sink.close() for sink in live])
         with build_poller(settings, progress=True) as poller:
             say("• snapshot (initial download by _skiptoken) …")
             say("  " + poller.snapshot().summary())
             say("• accounts (_skip, de-duplicated by Id) …")
             say("  " + poller.accounts().summary())
-            for number in range(1, rounds + 1 if emulator else 2):
-                if emulator is not None:
-                    changes = emulator.advance(
-                        minutes=20,
-                        modify=0.03,
-                        create=0.01,
-                        remove=0.005,
-                        media=0.01,
-                        accounts_modify=0.02,
-                    )
-                    say(
-                        f"• round {number}: the MLS changed ({len(changes['modified'])} modified, "
-                        f"{len(changes['created'])} new, {len(changes['removed'])} gone); update …"
-                    )
-                else:
-                    say("• update window …")
+            for number in range(1, rounds + 1):
+                changes = emulator.advance(
+                    minutes=20,
+                    modify=0.03,
+                    create=0.01,
+                    remove=0.005,
+                    media=0.01,
+                    accounts_modify=0.02,
+                )
+                say(
+                    f"• round {number}: the MLS changed ({len(changes['modified'])} modified, "
+                    f"{len(changes['created'])} new, {len(changes['removed'])} gone); update …"
+                )
                 say("  " + poller.update().summary())
             say("• purge (every ListingKey, diffed against what was published) …")
             say("  " + poller.purge().summary())
-            truth = (
-                {k: v for k, v in api_keys(poller.client, settings.page_size).items()}
-                if emulator is None
-                else None
-            )
         say("• waiting until every sink caught up …")
         lags = _wait_caught_up(settings, live, say)
         for sink in live:
             sink.close()
-        if emulator is not None:
-            from spark_relay.reconcile import _utc
-
-            truth = {k: _utc(v) for k, v in emulator.truth()["listings"].items()}
+        truth = {k: _utc(v) for k, v in emulator.truth()["listings"].items()}
         result.listings = len(truth)
         for sink in live:
             held = holdings(sink.name, settings, sink.options)
-            matches = held == truth
             result.sinks[sink.name] = {
                 "rows": len(held),
                 "lag": lags.get(sink.name, 0),
-                "matches": matches,
+                "matches": held == truth,
             }
         result.seconds = time.monotonic() - started
     return result

@@ -14,6 +14,7 @@ __all__ = [
     "SinkRetriableError",
     "PurgeRefused",
     "StateLocked",
+    "Unreachable",
     "StateUnavailable",
     "ClockSkew",
     "EXIT_CODES",
@@ -82,10 +83,15 @@ class StateLocked(RelayError):
     exit_code = 9
 
 
-class StateUnavailable(RelayError):
-    """The state store's database cannot be reached (down, restarting, or a wrong URL)."""
+class Unreachable(RelayError):
+    """Kafka, the registry, PostgreSQL or the API did not answer a command's first call within
+    SPARK_RELAY_CONNECT_TIMEOUT; the message names the setting, where it points and what failed."""
 
     exit_code = 10
+
+
+class StateUnavailable(Unreachable):
+    """The state store's database cannot be reached (down, restarting, or a wrong URL)."""
 
 
 class ClockSkew(RelayError):
@@ -109,6 +115,8 @@ EXIT_CODES = {
     EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
     8: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
     9: "another poller holds this state (the message names it); one poller per state",
-    10: "the state database cannot be reached (`poll run` waits for it instead)",
+    10: "a service did not answer: Kafka, the registry, PostgreSQL (the state database too; "
+    "`poll run` waits for it instead) or the API (the message names the setting)",
     11: "no Date header from the API and the local clock is off by more than SPARK_RELAY_OVERLAP",
+    130: "interrupted (Ctrl-C, or a second SIGTERM while stopping)",
 }

@@ -4,8 +4,9 @@
   The poller beats on every API request and every idle tick of the daemon, a
   sink on every turn of its consume loop. A restart is the cure when it fails.
 - ``/readyz`` (readiness): every registered check passes. The poller registers
-  "the state store answers and its last procedure did not fail"; a sink
-  registers "assigned by the group, connected to Kafka, not stopping".
+  "its last procedure did not fail"; a sink registers "assigned by the group,
+  connected to Kafka, not stopping". A check answers from what the process
+  already holds: no query, no new connection, no DDL per probe.
 
 Both answer 200 with ``ok`` or 503 with the reason, one line of text.
 """

@@ -1,7 +1,7 @@
 """Logging, configured once by the CLI: text for people, JSON lines for machines.
 
-Either way a password inside a URL (``postgresql://user:password@host``) is
-masked in every line, whoever logged it (librdkafka and libraries included).
+Either way every secret (:mod:`spark_relay.masking`: passwords in URLs, secret-named
+settings, the API key) is masked in every line, whoever logged it (librdkafka included).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from spark_relay.settings import mask_urls
+from spark_relay.masking import mask
 
 __all__ = ["configure_logging"]
 
@@ -32,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return mask_urls(json.dumps(entry, default=str))
+        return mask(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -42,7 +42,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_urls(super().format(record))
+        return mask(super().format(record))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

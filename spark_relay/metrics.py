@@ -40,6 +40,12 @@ __all__ = [
     "SINK_DEAD_LETTERS",
     "SINK_LAG",
     "SINK_NEWEST",
+    "POLLER_DEAD_LETTERS",
+    "PURGES_REFUSED",
+    "PROCEDURE_FAILURES",
+    "DEAD_LETTERS_WAITING",
+    "start_poller",
+    "start_sink",
     "observe_newest",
     "serve_metrics",
 ]
@@ -90,6 +96,50 @@ SINK_NEWEST = Gauge(
     "Newest ModificationTimestamp a sink applied, epoch seconds",
     ["sink"],
 )
+
+POLLER_DEAD_LETTERS = Counter(
+    "spark_relay_poller_dead_letters",
+    "Records the poller sent to <prefix>.dlq.poller, by resource",
+    ["resource"],
+)
+PURGES_REFUSED = Counter(
+    "spark_relay_purges_refused",
+    "Purges a guard refused (scan incomplete, or over SPARK_RELAY_PURGE_MAX_RATIO), by procedure",
+    ["procedure"],
+)
+PROCEDURE_FAILURES = Counter(
+    "spark_relay_procedure_failures",
+    "Procedure runs that failed (a guard tripped, an error after every retry), by procedure",
+    ["procedure"],
+)
+DEAD_LETTERS_WAITING = Gauge(
+    "spark_relay_dead_letters_waiting",
+    "Dead letters retained and not yet re-driven in <prefix>.dlq.<dlq> (what `status` counts)",
+    ["dlq"],
+)
+
+
+def start_poller(topics: list[str]) -> None:
+    """Every series the poller will carry, at 0 from its first scrape (so ``increase`` sees
+    the first event): published per topic, dead letters per resource, refusals per procedure."""
+    for topic in topics:
+        PUBLISHED.labels(topic)
+    for resource in ("listings", "accounts"):
+        POLLER_DEAD_LETTERS.labels(resource)
+    for procedure in ("purge", "accounts"):
+        PURGES_REFUSED.labels(procedure)
+    for procedure in ("snapshot", "update", "accounts", "purge", "reconcile", "redrive"):
+        PROCEDURE_FAILURES.labels(procedure)
+    DEAD_LETTERS_WAITING.labels("poller")
+
+
+def start_sink(sink: str, topics: list[str]) -> None:
+    """Every series a sink will carry, at 0 from its first scrape."""
+    for topic in topics:
+        SINK_APPLIED.labels(sink, topic)
+    SINK_DEAD_LETTERS.labels(sink)
+    DEAD_LETTERS_WAITING.labels(sink)
+
 
 _newest: dict[tuple[int, tuple[tuple[str, str], ...]], float] = {}
 _newest_lock = threading.Lock()

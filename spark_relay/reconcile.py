@@ -2,7 +2,9 @@
 
 The API side is a ``_select=ListingKey,ModificationTimestamp`` scan. Each
 built-in sink is read through its own public surface (the PostgreSQL table,
-the search index, the committed files). Per sink: *missing* keys (live in the
+the search index, Tantivy's or the OpenSearch cluster's, the committed files),
+where its own settings say it is (:func:`sink_options`: the same variables and
+``[sink.<name>]`` table as ``spark-relay sink <name>``). Per sink: *missing* keys (live in the
 API, absent from the sink), *stale* keys (the sink holds an older
 ModificationTimestamp) and *not purged* keys (held, no longer returned).
 
@@ -27,7 +29,15 @@ from producer.spark_client import SparkClient
 from spark_relay.errors import ConfigError, TransientSourceError
 from spark_relay.settings import Settings
 
-__all__ = ["SINK_READERS", "Finding", "SinkNotSetUp", "api_keys", "compare", "holdings"]
+__all__ = [
+    "SINK_READERS",
+    "Finding",
+    "SinkNotSetUp",
+    "api_keys",
+    "compare",
+    "holdings",
+    "sink_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +97,45 @@ def _postgres(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str
         yield from cursor
 
 
+def _opensearch(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, datetime]]:
+    """Every document of the cluster's index, a page of 5,000 at a time (``search_after``)."""
+    import httpx
+
+    from consumers.search.sink import default_index_name
+
+    url = (options.get("url") or "").rstrip("/")
+    if not url:
+        raise ConfigError("search: --backend opensearch needs SPARK_RELAY_SEARCH_URL (or --url)")
+    index = options.get("index") or default_index_name(settings.topic_prefix)
+    body: dict[str, Any] = {
+        "size": 5000,
+        "_source": ["ListingKey", "ModificationTimestamp"],
+        "sort": [{"_id": "asc"}],
+        "query": {"match_all": {}},
+    }
+    with httpx.Client(timeout=60.0) as client:
+        while True:
+            response = client.post(f"{url}/{index}/_search", json=body)
+            if response.status_code == 404:
+                raise SinkNotSetUp(
+                    f"search: no index {index} at {url} (has `spark-relay sink search` run?)"
+                )
+            response.raise_for_status()
+            hits = response.json()["hits"]["hits"]
+            for hit in hits:
+                yield hit["_source"]["ListingKey"], _utc(hit["_source"]["ModificationTimestamp"])
+            if len(hits) < body["size"]:
+                return
+            body["search_after"] = hits[-1]["sort"]
+
+
 def _search(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, datetime]]:
     from consumers.search import tantivy_backend
     from consumers.search.sink import default_index_path
 
+    if options.get("backend") == "opensearch":
+        yield from _opensearch(settings, options)
+        return
     path = Path(
         options.get("path") or default_index_path(settings.state_path, settings.topic_prefix)
     )
@@ -124,6 +169,27 @@ def _files(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, d
 
 
 SINK_READERS = {"postgres": _postgres, "search": _search, "files": _files}
+
+
+def sink_options(sink: str, settings: Settings, read_environment: bool = True) -> dict[str, Any]:
+    """The sink's own options as `spark-relay sink <sink>` resolves them with no flag: its
+    variables (``SPARK_RELAY_<SINK>_*``), its ``[sink.<name>]`` table, its defaults.
+
+    ``read_environment=False`` takes the defaults alone (the demo's own sinks).
+    """
+    import copy
+
+    import click
+
+    from consumers.registry import cli_options_of, load_sink
+
+    params = [copy.copy(param) for param in cli_options_of(load_sink(sink))]
+    if not read_environment:
+        for param in params:
+            param.envvar = None
+    table = dict(settings.sink.get(sink, {})) if read_environment else {}
+    command = click.Command(sink, params=params)
+    return command.make_context(sink, [], default_map=table).params
 
 
 def holdings(

@@ -4,8 +4,9 @@ Precedence, lowest first: defaults, the TOML file (``--config``), environment
 variables prefixed ``SPARK_RELAY_``, command-line flags. A wrong or missing
 value raises :class:`ConfigError` with one line that names the setting and
 what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
-``str`` never show it; a password inside a URL is masked wherever a URL is
-shown (:func:`mask_urls`: ``spark-relay config``, the logs).
+``str`` never show it, and whose value :mod:`spark_relay.masking` hides
+wherever text leaves the process (``spark-relay config``, the logs, errors,
+dead-letter headers), with passwords in URLs and every secret-named setting.
 
 Every ``SPARK_RELAY_<NAME>`` is a field here, with two families beside them:
 ``SPARK_RELAY_KAFKA_<SETTING>`` (librdkafka, ``[kafka]`` in TOML) and a sink's
@@ -21,7 +22,6 @@ import dataclasses
 import difflib
 import logging
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -31,13 +31,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spark_relay.errors import ConfigError
+from spark_relay.masking import mask, mask_setting, register
 
 __all__ = [
     "Secret",
     "Settings",
     "load_settings",
     "unknown_variables",
-    "mask_urls",
     "ENV_PREFIX",
     "KAFKA_PASSTHROUGH_PREFIX",
     "SINK_PLUGINS",
@@ -60,6 +60,9 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register(value)  # masked in every line that leaves the process
+        if ":" in value:  # user:password: the password alone, too
+            register(value.partition(":")[2])
 
     def reveal(self) -> str:
         return self._value
@@ -80,18 +83,10 @@ class Secret:
         return "********" if self._value else ""
 
 
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
-
-
-def mask_urls(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
-    return _URL_PASSWORD.sub(r"\1********@", text)
-
-
 def _url(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}: expected an http(s):// URL, got {mask_urls(repr(value))}")
+        raise ConfigError(f"{name}: expected an http(s):// URL, got {mask(repr(value))}")
     return value.rstrip("/")
 
 
@@ -243,6 +238,12 @@ class Settings:
     topic_prefix: str = _setting("spark", _topic_prefix, "Prefix of every topic name")
     log_format: str = _setting("text", _choice("text", "json"), "Log format: text or json")
     log_level: str = _setting("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level")
+    connect_timeout: float = _setting(
+        5.0,
+        _positive_float,
+        "Seconds a command waits for Kafka, the registry, PostgreSQL or the API to answer "
+        "its first call before it stops, naming the setting",
+    )
     metrics_host: str = _setting(
         "127.0.0.1", None, "Address the --metrics-port endpoint listens on (0.0.0.0 in a container)"
     )
@@ -330,7 +331,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
-        return mask_urls(f"Settings({shown})")
+        return mask(f"Settings({shown})")
 
     def require(self, *names: str) -> Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
@@ -524,25 +525,20 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _secret_name(key: str) -> bool:
-    return any(word in key.lower() for word in ("password", "secret", "key", "token"))
-
-
 def describe(settings: Settings) -> dict[str, str]:
-    """Settings as printable text, secrets and passwords in URLs masked (``spark-relay config``)."""
+    """Settings as printable text, secrets masked (``spark-relay config``)."""
     shown = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
         if f.name == "kafka":
             for key, raw in value.items():
-                shown[f"kafka:{key}"] = "********" if _secret_name(key) else raw
+                shown[f"kafka:{key}"] = mask_setting(key, raw)
         elif f.name == "sink":
             for sink, table in value.items():
                 for key, raw in table.items():
-                    text = "********" if _secret_name(key) else mask_urls(str(raw))
-                    shown[f"sink.{sink}.{key}"] = text
+                    shown[f"sink.{sink}.{key}"] = mask_setting(key, raw)
         else:
-            shown[env_name(f.name)] = "" if value is None else mask_urls(str(value))
+            shown[env_name(f.name)] = mask_setting(f.name, value)
     return shown
 
 

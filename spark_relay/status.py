@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from consumers.runner import end_offsets
 from producer.state import open_state
 from schemas.topics import redrive_group
+from spark_relay.dead_letters import waiting
 from spark_relay.settings import Settings
 
 __all__ = ["Status", "collect_status"]
@@ -72,6 +73,7 @@ def _poller(settings: Settings, status: Status, now: datetime) -> None:
             "last": entry.get("last"),
             "last_ok": entry.get("last_ok"),
             "checkpoint": checkpoints.get(procedure),
+            "next": _next(settings, procedure, entry.get("last_ok"), checkpoints, now),
         }
     last_ok = (runs.get("update", {}).get("last_ok") or {}).get("finished_at")
     limit = timedelta(minutes=2 * settings.update_interval)
@@ -83,6 +85,22 @@ def _poller(settings: Settings, status: Status, now: datetime) -> None:
             f"the last successful update finished {age} min ago (more than twice the "
             f"{settings.update_interval:g} min interval)"
         )
+
+
+def _next(
+    settings: Settings, procedure: str, last_ok: dict | None, checkpoints: dict, now: datetime
+) -> str:
+    """When the daemon runs ``procedure`` next: an ISO time, ``done`` or ``now``."""
+    if procedure == "snapshot":
+        return "done" if (checkpoints.get("snapshot") or {}).get("done") else "now"
+    if procedure == "purge":
+        hour, minute = (int(part) for part in settings.purge_at.split(":"))
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return (at if at > now else at + timedelta(days=1)).isoformat()
+    if not last_ok or not last_ok.get("finished_at"):
+        return "now"
+    minutes = settings.update_interval if procedure == "update" else settings.accounts_interval
+    return (datetime.fromisoformat(last_ok["finished_at"]) + timedelta(minutes=minutes)).isoformat()
 
 
 def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dict) -> dict:
@@ -113,14 +131,14 @@ def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dic
     return groups
 
 
-def _unread_since(settings: Settings, positions: list[TopicPartition]) -> dict:
-    """(topic, partition) → the timestamp (ms) of the first message not read at ``positions``."""
+def _messages_at(settings: Settings, positions: list[TopicPartition]) -> dict:
+    """(topic, partition) → the first message at or after each of ``positions``."""
     consumer = Consumer(
         settings.kafka_config(
             "consumer", **{"group.id": "spark-relay.status", "enable.auto.commit": False}
         )
     )
-    found: dict[tuple[str, int], int] = {}
+    found: dict[tuple[str, int], Any] = {}
     try:
         consumer.assign(positions)
         deadline = time.monotonic() + 15
@@ -130,83 +148,88 @@ def _unread_since(settings: Settings, positions: list[TopicPartition]) -> dict:
                 continue
             where = (message.topic(), message.partition())
             if where not in found:
-                found[where] = message.timestamp()[1]
+                found[where] = message
                 consumer.pause([TopicPartition(*where)])
     finally:
         consumer.close()
     return found
 
 
-def _tombstones_at_risk(settings: Settings, status: Status, now: datetime) -> None:
-    """A problem for each group further behind on a compacted topic than its tombstones last."""
+def _oldest_unread(settings: Settings, status: Status, now: datetime) -> None:
+    """Each lagging group's oldest unread event (its Kafka timestamp: when it was published),
+    and a problem for a group further behind on a compacted topic than tombstones last."""
     compacted = {settings.topic("listings"), settings.topic("accounts")}
-    lagging = [
-        (group, name, p)
-        for group, info in status.groups.items()
-        for name, p in info["partitions"].items()
-        if p["lag"] and name.rpartition("[")[0] in compacted
-    ]
-    if not lagging:
-        return
     limit = timedelta(days=settings.delete_retention_days)
-    behind: dict[str, timedelta] = {}
-    for group in dict.fromkeys(group for group, _, _ in lagging):
+    for group, info in status.groups.items():
         positions = []
-        for _, name, p in (entry for entry in lagging if entry[0] == group):
-            topic, _, partition = name.rpartition("[")
-            positions.append(TopicPartition(topic, int(partition[:-1]), p["committed"]))
-        stamps = _unread_since(settings, positions).values()
-        if stamps:
-            age = now - datetime.fromtimestamp(min(stamps) / 1000, UTC)
-            if age > limit:
-                behind[group] = age
-    for group, age in behind.items():
-        status.problems.append(
-            f"consumer group {group} is {age.total_seconds() / 86400:.1f} days behind, more than "
-            f"the {settings.delete_retention_days:g} days compacted topics keep tombstones: it "
-            "may miss deletions; let it catch up, then run `spark-relay reconcile --repair`"
-        )
+        for name, p in info["partitions"].items():
+            if p["lag"]:
+                topic, _, partition = name.rpartition("[")
+                positions.append(TopicPartition(topic, int(partition[:-1]), p["committed"]))
+        if not positions:
+            continue
+        stamps = {w: m.timestamp()[1] for w, m in _messages_at(settings, positions).items()}
+        if not stamps:
+            continue
+        oldest = datetime.fromtimestamp(min(stamps.values()) / 1000, UTC)
+        info["oldest_unread"] = oldest.isoformat()
+        compacted_stamps = [ms for (topic, _), ms in stamps.items() if topic in compacted]
+        if not compacted_stamps:
+            continue
+        age = now - datetime.fromtimestamp(min(compacted_stamps) / 1000, UTC)
+        if age > limit:
+            status.problems.append(
+                f"consumer group {group} is {age.total_seconds() / 86400:.1f} days behind, more "
+                f"than the {settings.delete_retention_days:g} days compacted topics keep "
+                "tombstones: it may miss deletions; let it catch up, then run "
+                "`spark-relay reconcile --repair`"
+            )
 
 
-def _low_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
-    """The first offset still retained of every partition of ``topics``."""
-    consumer = Consumer(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}))
-    try:
-        metadata = consumer.list_topics(timeout=15)
-        lows = {}
-        for topic in topics:
-            for partition in metadata.topics[topic].partitions:
-                low, _ = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=15
-                )
-                lows[(topic, partition)] = low
-        return lows
-    finally:
-        consumer.close()
+def _freshness(settings: Settings, status: Status, ends: dict) -> None:
+    """Each group's freshness in business time: 0 when it has read every listing event, else
+    the newest ModificationTimestamp on the listings topic (each partition's last event)
+    minus the oldest among the events it has still to read (each partition's first)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from schemas import Serde
+
+    listings = settings.topic("listings")
+    serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
+
+    def moments(positions: list[TopicPartition]) -> list[datetime]:
+        found = []
+        for message in _messages_at(settings, positions).values():
+            try:
+                record = serde.deserialize(listings, message.value())
+            except Exception:  # a message no sink can read either (it is a dead letter)
+                continue
+            if record is not None:  # a tombstone carries no moment
+                found.append(record["ModificationTimestamp"])
+        return found
+
+    head = max(
+        moments(
+            [TopicPartition(t, p, end - 1) for (t, p), end in ends.items() if t == listings and end]
+        ),
+        default=None,
+    )
+    for info in status.groups.values():
+        mine = {n: p for n, p in info["partitions"].items() if n.startswith(listings + "[")}
+        if not mine or head is None:
+            continue
+        unread = [
+            TopicPartition(listings, int(name.rpartition("[")[2][:-1]), p["committed"])
+            for name, p in mine.items()
+            if p["lag"]
+        ]
+        oldest = min(moments(unread), default=head) if unread else head
+        info["freshness_seconds"] = max(0.0, (head - oldest).total_seconds())
 
 
-def _dead_letters(
-    settings: Settings, admin: AdminClient, dlq_topics: list[str], ends: dict, status: Status
-) -> None:
-    lows = _low_watermarks(settings, dlq_topics) if dlq_topics else {}
+def _dead_letters(settings: Settings, dlq_topics: list[str], status: Status) -> None:
     for topic in dlq_topics:
-        group = redrive_group(topic)
-        result = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)], request_timeout=15
-        )
-        try:
-            done = {
-                tp.partition: tp.offset
-                for tp in result[group].result().topic_partitions or []
-                if tp.topic == topic and tp.offset >= 0
-            }
-        except Exception:  # the group does not exist: nothing re-driven yet
-            done = {}
-        depth = 0
-        for (name, partition), end in ends.items():
-            if name == topic:
-                start = max(done.get(partition, 0), lows.get((name, partition), 0))
-                depth += max(0, end - start)
+        depth = waiting(settings, topic, redrive_group(topic))
         status.dead_letters[topic] = depth
         if depth:
             status.problems.append(f"{topic} holds {depth} dead letter(s)")
@@ -228,40 +251,110 @@ def collect_status(settings: Settings) -> Status:
         else {}
     )
     status.groups = _groups(settings, admin, data_topics, ends)
-    _tombstones_at_risk(settings, status, now)
-    _dead_letters(settings, admin, dlq_topics, ends, status)
+    _oldest_unread(settings, status, now)
+    if settings.schema_registry_url:  # the events' ModificationTimestamps need their schemas
+        _freshness(settings, status, ends)
+    _dead_letters(settings, dlq_topics, status)
+    for group, info in status.groups.items():
+        sink = group.removeprefix("spark-relay.") if group.startswith("spark-relay.") else None
+        info["dead_letters"] = status.dead_letters.get(f"{prefix}dlq.{sink}") if sink else None
+        info["healthy"] = not info["dead_letters"] and not any(group in p for p in status.problems)
     return status
 
 
-def render(status: Status) -> list[str]:
-    """The human form of a status: one block per part."""
-    lines = [f"poller ({status.poller.get('state')}):"]
+def _when(text: str | None) -> str:
+    """An ISO moment for people: to the second, in UTC, without microseconds."""
+    if not text:
+        return "-"
+    return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _span(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h 10m``, ``2d 4h``."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours == 0:
+        return f"{minutes}m"
+    if days == 0:
+        return f"{hours}h {minutes % 60}m"
+    return f"{days}d {hours % 24}h"
+
+
+def _due(text: str, now: datetime) -> str:
+    if text in ("done", "now"):
+        return text
+    moment = datetime.fromisoformat(text)
+    return "now" if moment <= now else f"in {_span((moment - now).total_seconds())}"
+
+
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  "
+        + "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def render(status: Status, verbose: bool = False, now: datetime | None = None) -> list[str]:
+    """The human form of a status: a dashboard. ``--json`` has everything, this the gist."""
+    now = now or datetime.now(UTC)
+    published = status.poller.get("published") or {}
+    lines = [
+        "healthy" if status.healthy else f"UNHEALTHY: {len(status.problems)} problem(s)",
+        *(f"  - {problem}" for problem in status.problems),
+        "",
+        f"poller: {status.poller.get('state')}; published "
+        + ", ".join(f"{count:,} {resource}" for resource, count in published.items()),
+    ]
+    rows = [["procedure", "last success", "age", "records", "published", "next"]]
+    failures = []
     for procedure in PROCEDURES:
         entry = status.poller.get(procedure) or {}
-        last, ok = entry.get("last"), entry.get("last_ok")
-        if last is None:
-            lines.append(f"  {procedure:<9} never ran")
-            continue
-        text = f"  {procedure:<9} last {last['status']} at {last.get('finished_at') or last['started_at']}"
-        text += f", {last.get('records', 0)} records, {last.get('published', 0)} published"
-        if last.get("window"):
-            text += f", window {last['window'][0]} .. {last['window'][1]}"
-        if ok and ok is not last and ok.get("run_id") != last.get("run_id"):
-            text += f"; last ok at {ok.get('finished_at')}"
-        if entry.get("checkpoint"):
-            text += f"; checkpoint {entry['checkpoint']}"
-        lines.append(text)
-    lines.append("consumer groups:")
-    for group, info in status.groups.items():
-        lines.append(f"  {group}: lag {info['lag']}")
-        for name, p in info["partitions"].items():
-            lines.append(f"    {name}: committed {p['committed']}, end {p['end']}, lag {p['lag']}")
-    if not status.groups:
+        ok, last = entry.get("last_ok") or {}, entry.get("last") or {}
+        finished = ok.get("finished_at")
+        age = _span((now - datetime.fromisoformat(finished)).total_seconds()) if finished else "-"
+        rows.append(
+            [
+                procedure,
+                _when(finished) if finished else "never",
+                age,
+                f"{ok['records']:,}" if "records" in ok else "-",
+                f"{ok['published']:,}" if "published" in ok else "-",
+                _due(entry.get("next") or "now", now),
+            ]
+        )
+        if last and last.get("run_id") != ok.get("run_id") and last.get("status") != "ok":
+            failures.append(
+                f"  {procedure}: last run {last['status']} "
+                f"(at {_when(last.get('finished_at') or last.get('started_at'))})"
+            )
+    lines += _table(rows, right={3, 4}) + failures + ["", "consumer groups:"]
+    if status.groups:
+        rows = [["group", "lag", "freshness", "dead letters", "health"]]
+        for group, info in status.groups.items():
+            fresh = info.get("freshness_seconds")
+            letters = info.get("dead_letters")
+            rows.append(
+                [
+                    group,
+                    f"{info['lag']:,}",
+                    "-" if fresh is None else "current" if fresh == 0 else f"{_span(fresh)} behind",
+                    "-" if letters is None else f"{letters:,}",
+                    "ok" if info.get("healthy", True) else "NOT OK",
+                ]
+            )
+            if verbose:
+                for name, p in info["partitions"].items():
+                    rows.append([f"  {name}", f"{p['lag']:,}", "", "", ""])
+        lines += _table(rows, right={1, 3})
+    else:
         lines.append("  none")
-    lines.append("dead letters:")
-    for topic, depth in status.dead_letters.items():
-        lines.append(f"  {topic}: {depth}")
-    if not status.dead_letters:
-        lines.append("  none")
-    lines.append("healthy" if status.healthy else "unhealthy: " + "; ".join(status.problems))
+    waiting = [f"{t.rpartition('.dlq.')[2]} {n:,}" for t, n in status.dead_letters.items()]
+    lines += ["", "dead letters waiting: " + (", ".join(waiting) or "no dead-letter topic")]
     return lines

@@ -43,6 +43,7 @@ __all__ = [
     "Running",
     "compose_services",
     "kubernetes_services",
+    "render_kustomization",
     "localize",
 ]
 
@@ -69,6 +70,10 @@ class Service:
     def arg(self, flag: str) -> str | None:
         args = list(self.args)
         return args[args.index(flag) + 1] if flag in args else None
+
+    def setting(self, flag: str, variable: str) -> str | None:
+        """What the process gets for ``flag``: the flag, else its variable."""
+        return self.arg(flag) or self.env.get(variable)
 
 
 @dataclass(frozen=True)
@@ -116,44 +121,75 @@ def compose_services(api_key: str, api_url: str) -> list[Service]:
     return services
 
 
-def kubernetes_services(secret: dict[str, str]) -> list[Service]:
-    """Our Deployments and Jobs in `deploy/kubernetes/`, with ``secret`` as the Secret."""
-    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+def render_kustomization(directory: Path = KUBERNETES) -> list[dict]:
+    """What `kubectl kustomize` makes of the plain base: its resources, with the
+    kustomization's ``labels`` (metadata only) and ``images`` applied. Only these two
+    fields are understood; any other makes this fail rather than render wrongly."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - {"apiVersion", "kind", "resources", "labels", "images"}
+    assert not unknown, f"kustomization fields this renderer does not know: {unknown}"
     documents = [
         doc
         for resource in kustomization["resources"]
-        for doc in yaml.safe_load_all((KUBERNETES / resource).read_text())
+        for doc in yaml.safe_load_all((directory / resource).read_text())
         if doc
     ]
+    images = {i["name"]: i for i in kustomization.get("images", [])}
+    for doc in documents:
+        for label in kustomization.get("labels", []):
+            assert not label.get("includeSelectors") and not label.get("includeTemplates")
+            doc["metadata"].setdefault("labels", {}).update(label["pairs"])
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
+            name, _, tag = container["image"].partition(":")
+            image = images.get(name)
+            if image:
+                container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    return documents
+
+
+def _pod_containers(doc: dict) -> list[tuple[dict, bool]]:
+    """(container, runs to completion) of a workload, its initContainers first."""
+    pod = doc["spec"]["template"]["spec"]
+    one_shot = doc["kind"] == "Job"
+    return [(c, True) for c in pod.get("initContainers", [])] + [
+        (c, one_shot) for c in pod["containers"]
+    ]
+
+
+def kubernetes_services(secret: dict[str, str]) -> list[Service]:
+    """Our Deployments' containers (and init containers) in `deploy/kubernetes/`, as
+    rendered, with ``secret`` as the Secret (an optional key it lacks is left unset)."""
+    documents = render_kustomization()
     config_maps = {d["metadata"]["name"]: d["data"] for d in documents if d["kind"] == "ConfigMap"}
     services = []
     for doc in documents:
         if doc["kind"] not in ("Deployment", "Job"):
             continue
-        pod = doc["spec"]["template"]["spec"]
-        (container,) = pod["containers"]
-        env: dict[str, str] = {}
-        for source in container.get("envFrom", []):
-            env.update(config_maps[source["configMapRef"]["name"]])
-        for var in container.get("env", []):
-            if "value" in var:
-                env[var["name"]] = var["value"]
-            else:
+        for container, one_shot in _pod_containers(doc):
+            env: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                env.update(config_maps[source["configMapRef"]["name"]])
+            for var in container.get("env", []):
+                if "value" in var:
+                    env[var["name"]] = var["value"]
+                    continue
                 ref = var["valueFrom"]["secretKeyRef"]
-                env[var["name"]] = secret[ref["key"]]
-        probe = container.get("readinessProbe", {}).get("httpGet", {})
-        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-        services.append(
-            Service(
-                name=doc["metadata"]["name"],
-                args=tuple(container["args"]),
-                env={k: str(v) for k, v in env.items()},
-                one_shot=doc["kind"] == "Job",
-                health_path=probe.get("path"),
-                health_port=ports.get(probe.get("port"), probe.get("port")),
-                memory_request_mib=_mebibytes(container["resources"]["requests"]["memory"]),
+                if ref["key"] in secret or not ref.get("optional"):
+                    env[var["name"]] = secret[ref["key"]]
+            probe = container.get("readinessProbe", {}).get("httpGet", {})
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            services.append(
+                Service(
+                    name=f"{doc['metadata']['name']}-{container['name']}",
+                    args=tuple(container["args"]),
+                    env={k: str(v) for k, v in env.items()},
+                    one_shot=one_shot,
+                    health_path=probe.get("path"),
+                    health_port=ports.get(probe.get("port"), probe.get("port")),
+                    memory_request_mib=_mebibytes(container["resources"]["requests"]["memory"]),
+                )
             )
-        )
     return services
 
 
@@ -191,7 +227,15 @@ def localize(service: Service, stack: Stack) -> Service:
         at = args.index("--metrics-port") + 1
         port = free_port()
         args[at] = str(port)
-    if args[:2] == ["sink", "files"]:
+    if "SPARK_RELAY_METRICS_PORT" in env:
+        port = free_port()
+        env["SPARK_RELAY_METRICS_PORT"] = str(port)
+    if "SPARK_RELAY_FILES_PATH" in env:
+        env["SPARK_RELAY_FILES_PATH"] = str(stack.workdir / "files")
+    if env.get("SPARK_RELAY_SEARCH_BACKEND") == "opensearch":  # not here: Tantivy stands in
+        env["SPARK_RELAY_SEARCH_BACKEND"] = "tantivy"
+        env.pop("SPARK_RELAY_SEARCH_URL", None)
+    if args[:2] == ["sink", "files"] and "--path" in args:
         args[args.index("--path") + 1] = str(stack.workdir / "files")
     if args[:2] == ["sink", "search"] and "opensearch" in args:
         at = args.index("--backend")

@@ -123,3 +123,38 @@ def test_compose_comes_up_as_shipped():
     assert _seconds(services["poller"]["stop_grace_period"]) >= 120
     for name in ours - one_shots - {"poller"}:
         assert _seconds(services[name]["stop_grace_period"]) >= 60, name
+
+
+def _resolved(env: dict[str, str]) -> dict:
+    import yaml
+
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def test_commands_but_up_need_no_api_key():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_RELAY_", "RELAY_"))}
+    services = _resolved(env)  # what `ps`, `logs`, `down` resolve: no key, no error
+    assert services["poller"]["environment"]["SPARK_RELAY_API_KEY"] in ("", None)
+    header = COMPOSE.read_text().split("\nx-relay-env")[0]
+    assert "docker compose build" in header and "docker compose up" in header
+
+
+def test_default_passwords_are_loud_and_overridable():
+    text = COMPOSE.read_text()
+    header = text.split("\nx-relay-env")[0]
+    assert "DEFAULT PASSWORDS" in header
+    assert "RELAY_POSTGRES_PASSWORD" in header and "RELAY_GRAFANA_PASSWORD" in header
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_RELAY_", "RELAY_"))}
+    services = _resolved(
+        {**env, "RELAY_POSTGRES_PASSWORD": "pg-1", "RELAY_GRAFANA_PASSWORD": "gf-2"}
+    )
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg-1"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gf-2"
+    for name in ("poller", "sink-postgres"):
+        assert ":pg-1@postgres" in services[name]["environment"]["SPARK_RELAY_DATABASE_URL"]
+    defaults = _resolved(env)
+    assert defaults["postgres"]["environment"]["POSTGRES_PASSWORD"] == "relay"

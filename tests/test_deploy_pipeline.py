@@ -83,7 +83,8 @@ def test_the_deployment_commands_converge_on_the_devstack(source, stack, emulato
     for service in declared:
         if not service.one_shot:  # what the engine probes is what the process serves
             assert service.health_path == "/readyz", (service.name, service.health_path)
-            assert str(service.health_port) == service.arg("--metrics-port"), service.name
+            port = service.setting("--metrics-port", "SPARK_RELAY_METRICS_PORT")
+            assert str(service.health_port) == port, service.name
     services = [localize(s, stack) for s in declared]
 
     for service in (s for s in services if s.one_shot):

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from confluent_kafka import Producer
 
 from devstack._net import free_port
 from devstack.emulator import Emulator, EmulatorConfig
@@ -61,6 +62,8 @@ def test_every_alert_has_a_runbook_in_the_operating_guide():
         "SparkRelayFreshnessOverBudget",
         "SparkRelaySinkLagGrowing",
         "SparkRelayDeadLettersWaiting",
+        "SparkRelayPurgeRefused",
+        "SparkRelayProcedureKeepsFailing",
         "SparkRelayProcessDown",
     }
     for rule in rules:
@@ -199,6 +202,12 @@ def test_prometheus_sees_freshness_and_lag_move(
                 _concrete(freshness, pipeline), "sink", {"postgres": 0, "search": 0, "files": 0}
             )
             settles(_concrete(lag, pipeline), "sink", {"postgres": 0, "search": 0, "files": 0})
+            # every counter is there at 0 before its first event, so `increase` sees that
+            zero = {"postgres": 0, "search": 0, "files": 0}
+            assert prometheus.by("spark_relay_sink_dead_letters_total", "sink") == zero
+            refused = prometheus.by("spark_relay_purges_refused_total", "procedure")
+            assert refused == {"purge": 0, "accounts": 0}
+            settles("spark_relay_dead_letters_waiting", "dlq", {**zero, "poller": 0})
 
             # the search sink stops; the MLS changes; the others follow, search does not
             running.stop(by_kind["search"])
@@ -252,6 +261,26 @@ def test_prometheus_sees_freshness_and_lag_move(
                 _concrete(panels["Throughput (events per second)"][1], pipeline), "sink"
             )
             assert applied["postgres"] > 0 and applied["files"] > 0, applied
+
+            # the first dead letter: a record no sink can decode; each sink's gauge shows it
+            # waiting and the alert goes pending (firing after its 5 minutes)
+            producer = Producer({"bootstrap.servers": kafka_bootstrap})
+            producer.produce(f"{topic_prefix}.listings", key=b"BROKEN", value=b"not avro")
+            producer.flush(30)
+            settles(
+                "spark_relay_dead_letters_waiting",
+                "dlq",
+                {**zero, "poller": 0} | {"postgres": 1, "search": 1, "files": 1},
+            )
+            alerts = 'ALERTS{alertname="SparkRelayDeadLettersWaiting",alertstate="pending"}'
+            wait_for(
+                lambda: (
+                    sorted(a["metric"]["dlq"] for a in prometheus.query(alerts))
+                    == ["files", "postgres", "search"]
+                ),
+                60,
+                "the dead-letters alert pending for every sink",
+            )
         finally:
             prometheus.close()
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from consumers.registry import load_sink
@@ -21,7 +22,7 @@ from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller, poller_readiness
 from producer.topics import ensure_contract
 from spark_relay.errors import EXIT_CODES, EXIT_UNHEALTHY, PermanentSourceError
-from spark_relay.health import Health
+from spark_relay.health import HEALTH, Health
 from tests.deploy_stack import non_json_lines, wait_for
 from tests.kafka_helpers import cli_env
 
@@ -176,23 +177,40 @@ def test_reconcile_json_puts_only_json_on_stdout(make_settings, database_url):
 # ---- readiness, as the checks see it (the HTTP side: tests/test_deploy_pipeline.py) ---------
 
 
-def test_poller_is_not_ready_after_a_failed_procedure_or_without_its_state(make_settings):
-    with Emulator(EmulatorConfig(listings=10, accounts=2)) as emulator:
-        settings = make_settings(api_url=emulator.url, api_key="devstack-key", rate_limit=1000)
-        list(ensure_contract(settings))
-        assert poller_readiness(settings) is None  # nothing ran yet
-        with build_poller(settings) as poller:
-            poller.snapshot()
-        assert poller_readiness(settings) is None
-        wrong = make_settings(api_url=emulator.url, api_key="not-the-key", rate_limit=1000)
-        with build_poller(wrong) as poller, pytest.raises(PermanentSourceError):
-            poller.update()
-        assert poller_readiness(settings).startswith("the last procedure failed")
+def _sessions(connection) -> int:
+    """Sessions ever established to the database (a closed one is counted as it ends)."""
+    connection.execute("SELECT pg_stat_clear_snapshot()")
+    return connection.execute(
+        "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()[0]
 
-    health = Health()
-    unreachable = make_settings(database_url=f"postgresql://relay@127.0.0.1:{free_port()}/relay")
-    health.add_check(lambda: poller_readiness(unreachable))
-    assert "StateUnavailable: the state database cannot be reached" in health.ready()
+
+def test_poller_readiness_answers_from_what_it_holds(make_settings, database_url):
+    with Emulator(EmulatorConfig(listings=10, accounts=2)) as emulator:
+        settings = make_settings(
+            api_url=emulator.url, api_key="devstack-key", rate_limit=1000, database_url=database_url
+        )
+        list(ensure_contract(settings))
+        with build_poller(settings) as poller:
+            assert poller_readiness(poller) is None  # nothing ran yet
+            poller.snapshot()
+            with psycopg.connect(database_url, autocommit=True) as watch:
+                before = _sessions(watch)
+                for _ in range(20):
+                    assert HEALTH.ready() is None
+                time.sleep(1)  # a probe's session, closed, would be counted by now
+                assert _sessions(watch) == before, "a /readyz probe opened a connection"
+        wrong = make_settings(
+            api_url=emulator.url, api_key="not-the-key", rate_limit=1000, database_url=database_url
+        )
+        with build_poller(wrong) as poller:
+            with pytest.raises(PermanentSourceError):
+                poller.update()
+            assert HEALTH.ready().startswith("the last procedure failed")
+        with build_poller(settings) as poller:  # a restart reads the run log once
+            assert poller_readiness(poller).startswith("the last procedure failed")
+            poller.update()
+            assert poller_readiness(poller) is None
 
 
 def test_sink_is_ready_once_assigned_and_not_while_stopping(make_settings):

@@ -75,9 +75,36 @@ def _truth(emulator) -> dict:
     return {k: _utc(v) for k, v in emulator.truth()["listings"].items()}
 
 
-def test_demo_converges_and_prints_json(open_tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
-    env["SPARK_RELAY_STATE_DIR"] = str(open_tmp_path)
+def _world(bootstrap: str, database_url: str) -> tuple[set[str], set[str], set[str]]:
+    """The "production" cluster's topics and groups, and its database's schemas."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = set(admin.list_topics(timeout=10).topics)
+    groups = {g.group_id for g in admin.list_consumer_groups(request_timeout=10).result().valid}
+    with psycopg.connect(database_url) as connection:
+        schemas = {r[0] for r in connection.execute("SELECT nspname FROM pg_namespace")}
+    return topics, groups, schemas
+
+
+def test_demo_converges_touching_nothing_it_did_not_create(
+    open_tmp_path, kafka_bootstrap, registry_url, database_url
+):
+    production = open_tmp_path / "production"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")} | {
+        # an operator's shell, production settings exported as docs/operating.md says
+        "SPARK_RELAY_API_KEY": "production-key",
+        "SPARK_RELAY_API_URL": "http://127.0.0.1:9",
+        "SPARK_RELAY_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SPARK_RELAY_SCHEMA_REGISTRY_URL": registry_url,
+        "SPARK_RELAY_DATABASE_URL": database_url,
+        "SPARK_RELAY_STATE_DIR": str(production / "state"),
+        "SPARK_RELAY_POSTGRES_SCHEMA": "production",
+        "SPARK_RELAY_SEARCH_PATH": str(production / "index"),
+        "SPARK_RELAY_FILES_PATH": str(production / "files"),
+        "TMPDIR": str(open_tmp_path),
+    }
+    before = _world(kafka_bootstrap, database_url)
     result = subprocess.run(
         [BIN, "demo", "--listings", "800", "--rounds", "2", "--json"],
         capture_output=True,
@@ -87,15 +114,20 @@ def test_demo_converges_and_prints_json(open_tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["converged"] is True and summary["mode"].startswith("embedded")
+    assert summary["converged"] is True
     assert set(summary["sinks"]) == {"postgres", "search", "files"}
     for sink in summary["sinks"].values():
         assert sink["rows"] == summary["listings"] and sink["lag"] == 0 and sink["matches"]
     assert "matches the ground truth" in result.stderr and "spark-relay search" in result.stderr
-    # the counts match what the files show
-    state = open_tmp_path / "demo" / "state"
+    # nothing of the exported production settings was touched
+    assert _world(kafka_bootstrap, database_url) == before
+    assert not production.exists()
+    # everything it wrote is in its own directory, under its own prefix
+    directory = Path(summary["directory"])
+    assert directory.parent == open_tmp_path
+    state = directory / "state"
     assert (
-        len(holdings("files", replace(load_state_settings(state), topic_prefix="spark")))
+        len(holdings("files", replace(load_state_settings(state), topic_prefix="demo")))
         == summary["listings"]
     )
 
@@ -120,6 +152,8 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     group = status.groups["spark-relay.search"]
     assert group["lag"] == published
     assert status.healthy, status.problems  # a recent update, no dead letters
+    # freshness in business time: the MLS moved 30 minutes, the stopped sink did not follow
+    assert 0 < group["freshness_seconds"] <= 30 * 60 + 60, group
 
     result = subprocess.run(
         [BIN, "status", "--json"], capture_output=True, text=True, env=cli_env(settings), timeout=60
@@ -128,7 +162,8 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     assert json.loads(result.stdout)["consumer_groups"]["spark-relay.search"]["lag"] == published
 
     _sink("search", settings)
-    assert collect_status(settings).groups["spark-relay.search"]["lag"] == 0
+    caught_up = collect_status(settings).groups["spark-relay.search"]
+    assert caught_up["lag"] == 0 and caught_up["freshness_seconds"] == 0, caught_up
 
 
 def test_status_is_unhealthy_without_a_recent_update(settings):
@@ -284,3 +319,80 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
     assert _metric(sink_values, "spark_relay_sink_batch_duration_seconds_count") > 0
     assert _metric(sink_values, "spark_relay_sink_newest_modification_timestamp_seconds") > 0
     assert "spark_relay_sink_lag_messages" in " ".join(sink_values)
+
+
+class _OpenSearchIndex:
+    """An OpenSearch index as reconcile reads it (``_search``, ``search_after`` by ``_id``),
+    on a socket: there is no cluster here. It holds what a search sink would have indexed."""
+
+    def __init__(self, index: str, documents: dict[str, str]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        served = sorted(documents.items())
+        self.requests: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:  # noqa: N805 - the handler's own self
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                self.requests.append(body)
+                if handler.path != f"/{index}/_search":
+                    handler.send_response(404)
+                    handler.end_headers()
+                    return
+                after = (body.get("search_after") or [""])[0]
+                page = [(k, v) for k, v in served if k > after][: body["size"]]
+                hits = [
+                    {
+                        "_id": k,
+                        "sort": [k],
+                        "_source": {"ListingKey": k, "ModificationTimestamp": v},
+                    }
+                    for k, v in page
+                ]
+                answer = json.dumps({"hits": {"hits": hits}}).encode()
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(answer)))
+                handler.end_headers()
+                handler.wfile.write(answer)
+
+            def log_message(handler, *args) -> None:  # noqa: N805
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_reconcile_reads_each_sink_where_its_own_settings_put_it(settings, emulator, tmp_path):
+    with build_poller(settings) as poller:
+        poller.snapshot()
+    schema, files = f"{settings.topic_prefix}_own", tmp_path / "own-files"
+    _sink("postgres", settings, schema=schema)
+    _sink("files", settings, path=str(files))
+    truth = _truth(emulator)
+    index = _OpenSearchIndex("own-index", {k: v.isoformat() for k, v in truth.items()})
+    try:
+        env = cli_env(
+            settings,
+            postgres_schema=schema,
+            files_path=str(files),
+            search_backend="opensearch",
+            search_url=index.url,
+            search_index="own-index",
+        )
+        result = subprocess.run(
+            [BIN, "reconcile", "--json"], capture_output=True, text=True, env=env, timeout=120
+        )
+    finally:
+        index.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    findings = {line["sink"]: line for line in map(json.loads, result.stdout.splitlines())}
+    assert set(findings) == {"postgres", "search", "files"}, result.stderr
+    for finding in findings.values():
+        assert finding["converged"] and finding["held"] == len(truth), finding
+    assert len(index.requests) >= 1 and index.requests[0]["size"] >= 1

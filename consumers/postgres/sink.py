@@ -71,6 +71,8 @@ class PostgresSink:
 
     name: ClassVar[str] = "postgres"
     resources: ClassVar[tuple[str, ...]] = ("listings", "accounts", "purges")
+    #: What `spark-relay sink postgres` must reach before it starts (spark_relay.reach).
+    services: ClassVar[tuple[str, ...]] = ("postgres",)
     cli_options: ClassVar[list[click.Option]] = [
         click.Option(
             ["--schema"],
