@@ -16,6 +16,9 @@ __all__ = [
     "StateLocked",
     "StateUnavailable",
     "ClockSkew",
+    "RegistryUnavailable",
+    "UNREACHABLE",
+    "unreachable_service",
     "EXIT_CODES",
     "EXIT_UNHEALTHY",
 ]
@@ -95,6 +98,28 @@ class ClockSkew(RelayError):
     exit_code = 11
 
 
+class RegistryUnavailable(RelayError):
+    """The Schema Registry cannot be reached, or answered 408, 429 or 5xx, after its client's retries."""
+
+    exit_code = 12
+
+
+#: The errors that mean a service spark-relay depends on cannot be reached right now, and
+#: which service. ``poll run`` waits them out (alive, not ready, backing off); any other
+#: error is about the feed itself or a bug, and ends it with its exit code.
+UNREACHABLE: dict[type[RelayError], str] = {
+    TransientSourceError: "the Spark API",
+    RegistryUnavailable: "the Schema Registry",
+    DeliveryError: "Kafka",
+    StateUnavailable: "the state database",
+}
+
+
+def unreachable_service(error: BaseException) -> str | None:
+    """The service ``error`` says cannot be reached right now (:data:`UNREACHABLE`), or None."""
+    return next((name for kind, name in UNREACHABLE.items() if isinstance(error, kind)), None)
+
+
 #: ``status`` found a problem, ``reconcile`` or ``demo`` a sink that differs: a finding, not a crash.
 EXIT_UNHEALTHY = 7
 
@@ -111,4 +136,5 @@ EXIT_CODES = {
     9: "another poller holds this state (the message names it); one poller per state",
     10: "the state database cannot be reached (`poll run` waits for it instead)",
     11: "no Date header from the API and the local clock is off by more than SPARK_RELAY_OVERLAP",
+    12: "the Schema Registry cannot be reached (`poll run` waits for it instead)",
 }
