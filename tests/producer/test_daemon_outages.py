@@ -377,13 +377,28 @@ def cutting_proxy(database_url) -> Iterator[Callable[[bytes], CuttingProxy]]:
         proxy.close()
 
 
+@pytest.mark.parametrize(
+    "cut_at",
+    [
+        pytest.param(b"pg_try_advisory_lock", id="taking-the-lock"),
+        pytest.param(
+            b"FROM runs ORDER BY started_at",
+            id="reading-the-run-log-before-the-lock",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="build_poller (producer/cli.py) reads the run log for its metrics "
+                "between wait_for_state and run_daemon, outside any wait: left to cli.py's owner",
+            ),
+        ),
+    ],
+)
 def test_poll_run_outlives_its_state_database_going_away_as_it_takes_the_lock(
-    emulator, relay, cutting_proxy, database_url, tmp_path
+    emulator, relay, cutting_proxy, database_url, tmp_path, cut_at
 ):
     """The state opened, the database goes away at the very query that takes the poller's
-    lock: the daemon waits for it (alive, not ready, saying why), takes the lock once it
-    answers, and replicates."""
-    proxy = cutting_proxy(b"pg_try_advisory_lock")
+    lock (or at the first one after it opened): the daemon waits for it (alive, not ready,
+    saying why), takes the lock once it answers, and replicates."""
+    proxy = cutting_proxy(cut_at)
     emu = emulator(listings=40, accounts=5)
     settings = relay(emu, database_url=proxy.url)
     env = cli_env(settings)
@@ -409,4 +424,4 @@ def test_poll_run_outlives_its_state_database_going_away_as_it_takes_the_lock(
         )
         wait_for(lambda: _readyz(port)[0] == 200, 60, "/readyz ready once the database answers")
         assert daemon.poll() is None
-    assert "the state store broke off" in log.read_text()
+    assert "the state store" in log.read_text()
