@@ -16,17 +16,32 @@ from datetime import UTC, datetime, timedelta
 
 from producer.poller import Poller
 from producer.state import StateStore
-from spark_relay.errors import (
-    DeliveryError,
-    PurgeRefused,
-    StateUnavailable,
-    TransientSourceError,
-)
+from spark_relay.errors import PurgeRefused, StateUnavailable, unreachable_service
 from spark_relay.health import HEALTH
 
-__all__ = ["run_daemon", "next_purge", "wait_for_state"]
+__all__ = ["run_daemon", "next_purge", "wait_for_state", "unreachable"]
 
 logger = logging.getLogger(__name__)
+
+#: What :func:`unreachable` answers for the state's database: its cure is a new connection.
+STATE_DATABASE = "the state database"
+
+
+def unreachable(poller: Poller, error: BaseException) -> str | None:
+    """The service ``error`` says cannot be reached right now, or None for an error about
+    the feed itself (or a bug), which ends the daemon with its exit code.
+
+    :func:`~spark_relay.errors.unreachable_service` over our errors, and the state
+    driver's own errors of a connection that went away (``poller.state.unavailable``).
+    """
+    if isinstance(error, poller.state.unavailable):
+        return STATE_DATABASE
+    return unreachable_service(error)
+
+
+def _one_line(error: BaseException) -> str:
+    """``error``'s message on one line (a driver's may span several)."""
+    return " ".join(str(error).split())
 
 
 def _finished(runs: dict, procedure: str) -> datetime | None:
@@ -46,40 +61,37 @@ def next_purge(last: datetime | None, purge_at: str, now: datetime) -> datetime:
     return due
 
 
-#: Seconds the daemon waits after a procedure failed on a transient error (API down, Kafka away).
+#: Seconds the daemon waits after a procedure failed on an unreachable service (the API
+#: down, Kafka away, the registry restarting): the first time; each failure in a row doubles
+#: it, up to :data:`RETRY_AFTER_FAILURE`.
+FIRST_RETRY = 5.0
+#: The longest wait before a procedure that keeps failing on an unreachable service runs again.
 RETRY_AFTER_FAILURE = 60.0
 
 
 def run_daemon(poller: Poller, tick: float = 1.0) -> None:
     """Run the schedules until ``poller.stop`` is set, holding the state's lock throughout.
 
-    A procedure that fails on a transient error (the API kept failing after its
-    retries, Kafka did not acknowledge) is logged and tried again a minute later:
-    it committed nothing past its last page, so nothing is lost; meanwhile the
-    other procedures keep their schedules, so a window that keeps failing does
-    not starve accounts and purge. A refused purge (incomplete scan, over the
-    ceiling) waits for its next scheduled run. A permanent error (bad key,
-    forbidden, invalid filter) ends the daemon with its exit code.
+    The snapshot comes first, until one completes. A procedure that fails because a
+    service cannot be reached (:func:`unreachable`: the API kept failing after its
+    retries, the registry or Kafka is away) is logged and tried again later, backing off
+    from :data:`FIRST_RETRY` to :data:`RETRY_AFTER_FAILURE`: it committed nothing past
+    its last page, so nothing is lost; meanwhile the other procedures keep their
+    schedules, so a window that keeps failing does not starve accounts and purge.
+    ``/readyz`` says the last procedure failed, and why. The state's database going away,
+    even as the lock is taken, is waited for (:func:`_reconnect`). A refused purge
+    waits for its next scheduled run. Any other error (bad key, forbidden, invalid
+    filter, a clock off) ends the daemon with its exit code.
     """
-    with poller.state.exclusive():
-        while not poller.stop.is_set():
-            try:
-                _snapshot_first(poller)
-                _run_due(poller, tick)
-            except poller.state.unavailable as e:
-                _reconnect(poller, e)
-    logger.info("stopped on request; every checkpoint is committed")
-
-
-def _snapshot_first(poller: Poller) -> None:
-    snapshot = poller.state.checkpoint("snapshot")
-    while not (snapshot and snapshot.get("done")) and not poller.stop.is_set():
+    while not poller.stop.is_set():
         try:
-            poller.snapshot()
-        except (TransientSourceError, DeliveryError) as e:
-            logger.error("%s; trying again in %.0fs", e, RETRY_AFTER_FAILURE)
-            poller.stop.wait(RETRY_AFTER_FAILURE)
-        snapshot = poller.state.checkpoint("snapshot")
+            with poller.state.exclusive():  # taken again with each new connection
+                _run_due(poller, tick)
+        except Exception as e:
+            if unreachable(poller, e) != STATE_DATABASE:
+                raise
+            _reconnect(poller, e)
+    logger.info("stopped on request; every checkpoint is committed")
 
 
 def _reconnect(poller: Poller, error: Exception) -> None:
@@ -87,9 +99,10 @@ def _reconnect(poller: Poller, error: Exception) -> None:
 
     What was in flight is not lost: the interrupted procedure committed nothing past
     its last checkpoint and runs again from there. The lock is taken again with the
-    new session; if another poller took it meanwhile, :class:`StateLocked` ends this one.
+    new session (:func:`run_daemon`); if another poller took it meanwhile,
+    :class:`StateLocked` ends this one.
     """
-    logger.error("the state store broke off (%s); connecting again", str(error).strip())
+    logger.error("the state store broke off (%s); connecting again", _one_line(error))
     if _until_reachable(poller.state.reconnect, poller.state.unavailable, poller.stop):
         logger.info("the state store reconnected; the interrupted procedure runs again")
 
@@ -143,7 +156,7 @@ def _until_reachable(
             wait = min(max(wait * 2, 1.0), MAX_STATE_WAIT)
             logger.warning(
                 "the state store is unreachable (%s); trying again in %.0fs",
-                str(e).strip(),
+                _one_line(e),
                 wait,
             )
         else:
@@ -151,30 +164,37 @@ def _until_reachable(
     return False
 
 
+def _due(poller: Poller, now: datetime) -> list[str]:
+    """The procedures due at ``now``, in order: the snapshot alone until one completed."""
+    snapshot = poller.state.checkpoint("snapshot")
+    if not (snapshot and snapshot.get("done")):
+        return ["snapshot"]
+    settings = poller.settings
+    runs = poller.state.last_runs()
+    last = {name: _finished(runs, name) for name in ("update", "accounts", "purge")}
+    due = {
+        "update": last["update"] is None
+        or now - last["update"] >= timedelta(minutes=settings.update_interval),
+        "accounts": last["accounts"] is None
+        or now - last["accounts"] >= timedelta(minutes=settings.accounts_interval),
+        "purge": now >= next_purge(last["purge"], settings.purge_at, now),
+    }
+    return [name for name, is_due in due.items() if is_due]
+
+
 def _run_due(poller: Poller, tick: float) -> None:
     settings = poller.settings
     held_off: dict[str, datetime] = {}  # procedure -> not before
+    failures: dict[str, int] = {}  # procedure -> failures in a row on an unreachable service
     while not poller.stop.is_set():
         HEALTH.beat()
-        runs = poller.state.last_runs()
         now = datetime.now(UTC)
-        last = {name: _finished(runs, name) for name in ("update", "accounts", "purge")}
-        due = {
-            "update": last["update"] is None
-            or now - last["update"] >= timedelta(minutes=settings.update_interval),
-            "accounts": last["accounts"] is None
-            or now - last["accounts"] >= timedelta(minutes=settings.accounts_interval),
-            "purge": now >= next_purge(last["purge"], settings.purge_at, now),
-        }
-        name = next((n for n, d in due.items() if d and held_off.get(n, now) <= now), None)
+        name = next((n for n in _due(poller, now) if held_off.get(n, now) <= now), None)
         if name is None:
             poller.stop.wait(tick)
             continue
         try:
             getattr(poller, name)()
-        except (TransientSourceError, DeliveryError) as e:
-            logger.error("%s failed: %s; trying it again in %.0fs", name, e, RETRY_AFTER_FAILURE)
-            held_off[name] = now + timedelta(seconds=RETRY_AFTER_FAILURE)
         except PurgeRefused as e:
             again = {
                 "accounts": now + timedelta(minutes=settings.accounts_interval),
@@ -182,3 +202,19 @@ def _run_due(poller: Poller, tick: float) -> None:
             }[name]
             logger.error("%s; the %s runs again at %s", e, name, again.isoformat())
             held_off[name] = again
+        except Exception as e:
+            service = unreachable(poller, e)
+            if service is None or service == STATE_DATABASE:
+                raise  # the feed's own error ends the daemon; the state's is run_daemon's
+            failures[name] = failures.get(name, 0) + 1
+            wait = min(FIRST_RETRY * 2 ** (failures[name] - 1), RETRY_AFTER_FAILURE)
+            logger.error(
+                "%s failed: %s; waiting for %s, trying it again in %.0fs",
+                name,
+                _one_line(e),
+                service,
+                wait,
+            )
+            held_off[name] = datetime.now(UTC) + timedelta(seconds=wait)
+        else:
+            failures.pop(name, None)

@@ -18,11 +18,15 @@ that was.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import (
     MessageField,
     SerializationContext,
@@ -33,12 +37,14 @@ from schemas._avro import AvroEncoder
 from schemas._resolve import Resolver, UnresolvableRecord
 from schemas.contract import ACCOUNT_SCHEMA, LISTING_SCHEMA, PURGE_SCHEMA
 from schemas.topics import ACCOUNTS, LISTINGS, PURGES, topic_name
+from spark_relay.errors import RegistryUnavailable
 
 __all__ = [
     "AvroEncoder",
     "Serde",
     "UnresolvableRecord",
     "register_schemas",
+    "registry_unreachable",
     "subject_for",
     "SCHEMAS",
 ]
@@ -54,16 +60,56 @@ def subject_for(topic: str) -> str:
     return f"{topic}-value"
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network errors of the HTTP client under the registry client (httpx2 when installed)."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
+def registry_unreachable(error: BaseException) -> bool:
+    """Whether an error of the registry client means the registry cannot be reached right
+    now: a network error, or an answer its client retries too (408, 429, 5xx)."""
+    if isinstance(error, SchemaRegistryError):
+        status = error.http_status_code
+        return isinstance(status, int) and (status in (408, 429) or status >= 500)
+    return isinstance(error, _TRANSPORT_ERRORS)
+
+
+@contextmanager
+def _reaching_registry() -> Iterator[None]:
+    """Around a call of the registry client: an unreachable registry is
+    :class:`RegistryUnavailable`; any other error (a refusal, an incompatible schema) stays."""
+    try:
+        yield
+    except Exception as e:
+        if not registry_unreachable(e):
+            raise
+        reason = " ".join(str(e).split()) or "no answer"
+        raise RegistryUnavailable(
+            f"the Schema Registry cannot be reached: {type(e).__name__}: {reason}"
+        ) from e
+
+
 def register_schemas(registry_client: SchemaRegistryClient, prefix: str) -> dict[str, int]:
     """Register the current schemas under ``<prefix>.<name>-value``; return subject → id.
 
     Idempotent: registering a schema the subject already holds returns its id.
-    Raises the registry's error when a schema is incompatible with the subject.
+    Raises the registry's error when a schema is incompatible with the subject, and
+    :class:`RegistryUnavailable` when the registry cannot be reached.
     """
     ids = {}
     for name, text in SCHEMAS.items():
         subject = subject_for(topic_name(prefix, name))
-        ids[subject] = registry_client.register_schema(subject, Schema(text, "AVRO"))
+        with _reaching_registry():
+            ids[subject] = registry_client.register_schema(subject, Schema(text, "AVRO"))
         logger.info("schema of %s registered with id %d", subject, ids[subject])
     return ids
 
@@ -99,13 +145,15 @@ class Serde:
 
     def encoder(self, topic: str) -> AvroEncoder:
         """The encoder of ``topic``'s values; its schema registered first (or looked up,
-        without ``auto_register``: the registry's error if it is not there)."""
+        without ``auto_register``: the registry's error if it is not there).
+        :class:`RegistryUnavailable` when the registry cannot be reached."""
         if topic not in self._encoders:
             subject, schema = subject_for(topic), Schema(self._schemas[topic], "AVRO")
-            if self.auto_register:
-                schema_id = self.registry_client.register_schema(subject, schema)
-            else:
-                schema_id = self.registry_client.lookup_schema(subject, schema).schema_id
+            with _reaching_registry():
+                if self.auto_register:
+                    schema_id = self.registry_client.register_schema(subject, schema)
+                else:
+                    schema_id = self.registry_client.lookup_schema(subject, schema).schema_id
             self._encoders[topic] = AvroEncoder(schema_id, self._schemas[topic])
         return self._encoders[topic]
 

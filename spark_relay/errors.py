@@ -17,6 +17,9 @@ __all__ = [
     "Unreachable",
     "StateUnavailable",
     "ClockSkew",
+    "RegistryUnavailable",
+    "UNREACHABLE",
+    "unreachable_service",
     "EXIT_CODES",
     "EXIT_UNHEALTHY",
 ]
@@ -99,6 +102,26 @@ class ClockSkew(RelayError):
     SPARK_RELAY_OVERLAP: an update window could miss changes, so none is run."""
 
     exit_code = 11
+
+
+class RegistryUnavailable(Unreachable):
+    """The Schema Registry cannot be reached, or answered 408, 429 or 5xx, after its client's retries."""
+
+
+#: The errors that mean a service spark-relay depends on cannot be reached right now, and
+#: which service. ``poll run`` waits them out (alive, not ready, backing off); any other
+#: error is about the feed itself or a bug, and ends it with its exit code.
+UNREACHABLE: dict[type[RelayError], str] = {
+    TransientSourceError: "the Spark API",
+    RegistryUnavailable: "the Schema Registry",
+    DeliveryError: "Kafka",
+    StateUnavailable: "the state database",
+}
+
+
+def unreachable_service(error: BaseException) -> str | None:
+    """The service ``error`` says cannot be reached right now (:data:`UNREACHABLE`), or None."""
+    return next((name for kind, name in UNREACHABLE.items() if isinstance(error, kind)), None)
 
 
 #: ``status`` found a problem, ``reconcile`` or ``demo`` a sink that differs: a finding, not a crash.
