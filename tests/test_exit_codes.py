@@ -30,7 +30,8 @@ MEANS = {
     7: ("status", "unhealthy", "differ", "reconcile", "demo", "health"),
     8: ("purge",),
     9: ("poller", "lock"),
-    10: ("kafka", "registry", "postgresql", "api", "answer", "reach"),
+    10: ("kafka", "registry", "postgresql", "api", "answer", "reach", "database"),
+    11: ("clock", "date"),
     130: ("interrupt", "ctrl-c", "sigint", "abort", "signal"),
 }
 

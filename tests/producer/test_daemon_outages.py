@@ -146,7 +146,7 @@ def test_a_one_shot_command_without_its_registry_exits_with_one_line(emulator, r
         [BIN, "poll", "snapshot"], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == RegistryUnavailable.exit_code == 10, result.stderr[-3000:]
-    assert "Schema Registry cannot be reached" in result.stderr
+    assert "Schema Registry" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
