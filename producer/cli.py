@@ -93,6 +93,21 @@ def _command_poller(settings: Settings, progress: bool | None):
     return build_poller(settings, progress=progress, stop=_stop_on_signals())
 
 
+def _answering_state(settings: Settings):
+    """The state store once it answered a first read (the run log build_poller reads next):
+    a database lost between opening and reading is waited for like one that never opened."""
+    from producer.state import open_state
+    from spark_relay.errors import StateUnavailable
+
+    state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+    try:
+        state.last_runs()
+    except state.unavailable as e:
+        state.close()
+        raise StateUnavailable(f"the state database cannot be reached: {e}") from e
+    return state
+
+
 def _seed_checkpoint_times(runs: dict) -> None:
     """Metrics: each procedure's last success from the run log, so a restart does not reset it."""
     from datetime import datetime
@@ -259,7 +274,6 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     SIGTERM (or Ctrl-C) lets the current page finish and commit, then exits 0.
     """
     from producer.daemon import run_daemon, wait_for_state
-    from producer.state import open_state
     from schemas.topics import dlq_topic, redrive_group
     from spark_relay.dead_letters import watch as watch_dead_letters
     from spark_relay.reach import reach
@@ -276,9 +290,7 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
     # database is waited for (not ready, backing off), as when it goes away later.
     reach(settings, "api", "kafka", "registry")
     stop = _stop_on_signals()
-    state = wait_for_state(
-        lambda: open_state(settings.state_dir, settings.database_url, settings.topic_prefix), stop
-    )
+    state = wait_for_state(lambda: _answering_state(settings), stop)
     if state is None:
         logger.info("stopped on request before the state store answered")
         return

@@ -117,21 +117,12 @@ def wait_for_state(
     says why), trying again with a growing pause and a line for each attempt.
     """
     opened: StateStore | None = None
-    reason = "the state store has not answered yet"
-    unwatch = HEALTH.add_check(lambda: reason)  # removed once it answers
 
     def attempt() -> None:
-        nonlocal opened, reason
-        try:
-            opened = open_state()
-        except StateUnavailable as e:
-            reason = f"waiting for the state store: {e}"
-            raise
+        nonlocal opened
+        opened = open_state()
 
-    try:
-        _until_reachable(attempt, (StateUnavailable,), stop, first_wait=0.0)
-    finally:
-        unwatch()
+    _until_reachable(attempt, (StateUnavailable,), stop, first_wait=0.0)
     return opened
 
 
@@ -146,22 +137,32 @@ def _until_reachable(
     first_wait: float = 1.0,
 ) -> bool:
     """Call ``attempt`` until it raises none of ``unavailable``, backing off up to
-    :data:`MAX_STATE_WAIT`; False when ``stop`` was set first."""
+    :data:`MAX_STATE_WAIT`; False when ``stop`` was set first. Meanwhile ``/readyz``
+    says the process waits for its state database, and why."""
+    reason = "waiting for the state store: the state database cannot be reached (no answer yet)"
+    unwatch = HEALTH.add_check(lambda: reason)  # removed once it answers
     wait = first_wait
-    while not stop.wait(wait):
-        HEALTH.beat()  # waiting is the loop turning, not a hung process
-        try:
-            attempt()
-        except unavailable as e:
-            wait = min(max(wait * 2, 1.0), MAX_STATE_WAIT)
-            logger.warning(
-                "the state store is unreachable (%s); trying again in %.0fs",
-                _one_line(e),
-                wait,
-            )
-        else:
-            return True
-    return False
+    try:
+        while not stop.wait(wait):
+            HEALTH.beat()  # waiting is the loop turning, not a hung process
+            try:
+                attempt()
+            except unavailable as e:
+                reason = (
+                    "waiting for the state store: the state database cannot be reached"
+                    f" ({_one_line(e)})"
+                )
+                wait = min(max(wait * 2, 1.0), MAX_STATE_WAIT)
+                logger.warning(
+                    "the state store is unreachable (%s); trying again in %.0fs",
+                    _one_line(e),
+                    wait,
+                )
+            else:
+                return True
+        return False
+    finally:
+        unwatch()
 
 
 def _due(poller: Poller, now: datetime) -> list[str]:

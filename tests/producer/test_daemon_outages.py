@@ -381,15 +381,7 @@ def cutting_proxy(database_url) -> Iterator[Callable[[bytes], CuttingProxy]]:
     "cut_at",
     [
         pytest.param(b"pg_try_advisory_lock", id="taking-the-lock"),
-        pytest.param(
-            b"FROM runs ORDER BY started_at",
-            id="reading-the-run-log-before-the-lock",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="build_poller (producer/cli.py) reads the run log for its metrics "
-                "between wait_for_state and run_daemon, outside any wait: left to cli.py's owner",
-            ),
-        ),
+        pytest.param(b"FROM runs ORDER BY started_at", id="reading-the-run-log-before-the-lock"),
     ],
 )
 def test_poll_run_outlives_its_state_database_going_away_as_it_takes_the_lock(
