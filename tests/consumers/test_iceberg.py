@@ -1,0 +1,532 @@
+"""The Iceberg sink: semantics batch by batch, then end to end from the emulator through the poller.
+
+The tables are always read with pyiceberg's own catalog and scan (code that is
+not ours), and compared with what the events say or with the emulator's truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pyiceberg.catalog import load_catalog
+
+from consumers.base import Batch, Event, SinkContext
+from consumers.iceberg import IcebergSink
+from consumers.iceberg.tables import offsets_key
+from consumers.runner import Replay, Runner, RunnerConfig
+from devstack.emulator import Emulator, EmulatorConfig
+from producer.cli import build_poller
+from spark_relay.settings import replace
+from tests.consumers.kafka_events import (
+    FAST_GROUP,
+    Topics,
+    account,
+    committed,
+    listing,
+    read_raw,
+    wait_for,
+)
+
+HERE = Path(__file__).parent
+TOPIC = "p.listings"
+ACCOUNTS = "p.accounts"
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def catalog_of(state_dir: str | Path, uri: str | None = None):
+    """The catalog the sink writes by default, opened with pyiceberg alone."""
+    state = Path(state_dir) / "iceberg"
+    (state / "warehouse").mkdir(parents=True, exist_ok=True)
+    return load_catalog(
+        "spark_relay",
+        type="sql",
+        uri=uri or f"sqlite:///{state / 'catalog.db'}",
+        warehouse=f"file://{state / 'warehouse'}",
+    )
+
+
+def rows(catalog, namespace: str, table: str = "listings", key: str = "ListingKey") -> list[tuple]:
+    """``(key, ModificationTimestamp)`` of every row, sorted: pyiceberg's scan to Arrow."""
+    scanned = catalog.load_table(f"{namespace}.{table}").scan().to_arrow()
+    return sorted(
+        zip(scanned[key].to_pylist(), scanned["ModificationTimestamp"].to_pylist(), strict=True),
+        key=lambda r: (r[0], r[1] or datetime.min.replace(tzinfo=UTC)),
+    )
+
+
+@pytest.fixture
+def make_sink(make_settings):
+    opened = []
+
+    def make(namespace: str = "n", **settings) -> IcebergSink:
+        sink = IcebergSink()
+        sink.open(
+            SinkContext(
+                settings=make_settings(**settings),
+                group_id="g",
+                topics=(TOPIC, ACCOUNTS),
+                options={"namespace": namespace},
+            )
+        )
+        opened.append(sink)
+        return sink
+
+    yield make
+    for sink in opened:
+        sink.close()
+
+
+class Feed:
+    """Events of one partition with offsets counting up."""
+
+    def __init__(self, topic: str = TOPIC, partition: int = 0) -> None:
+        self.topic, self.partition, self.offset = topic, partition, 0
+
+    def __call__(self, key: str, value: dict | None) -> Event:
+        event = Event(self.topic, self.partition, self.offset, key, value)
+        self.offset += 1
+        return event
+
+    def listing(self, key: str, modified: str = "2024-05-01T12:00:00Z", **fields) -> Event:
+        return self(key, listing(key, modified, **fields))
+
+    def tombstone(self, key: str) -> Event:
+        return self(key, None)
+
+
+def apply(sink: IcebergSink, *events: Event) -> None:
+    batch = Batch(list(events))
+    sink.write(batch)
+    sink.commit(batch.offsets())
+
+
+# ---- batch by batch ------------------------------------------------------------------------
+
+
+def test_typed_columns_and_the_verbatim_json_are_in_the_table(make_sink, make_settings):
+    sink = make_sink(iceberg_commit_rows=1)
+    feed = Feed()
+    apply(sink, feed.listing("A", ListPrice=123456.5, BedsTotal=3, City="Fargo"))
+    table = catalog_of(make_settings().state_dir).load_table("n.listings")
+    row = table.scan().to_arrow().to_pylist()[0]
+    assert (row["ListingKey"], row["ListPrice"], row["BedsTotal"], row["City"]) == (
+        "A",
+        123456.5,
+        3,
+        "Fargo",
+    )
+    assert row["ModificationTimestamp"] == ts("2024-05-01T12:00:00Z")
+    assert json.loads(row["standard_fields"])["ListPrice"] == 123456.5
+    assert (row["kafka_partition"], row["kafka_offset"]) == (0, 0)
+    assert str(table.schema().find_field("ModificationTimestamp").field_type) == "timestamptz"
+    assert str(table.schema().find_field("masked_fields").field_type) == "list<string>"
+
+
+def test_newer_wins_within_and_across_batches_and_a_delete_is_remembered(make_sink, make_settings):
+    sink = make_sink(iceberg_commit_rows=1)
+    catalog = catalog_of(make_settings().state_dir)
+    feed = Feed()
+    first = [
+        feed.listing("A", "2024-05-02T00:00:00Z"),
+        feed.listing("A", "2024-05-01T00:00:00Z"),  # older: ignored
+        feed.listing("B", "2024-05-01T00:00:00Z"),
+        feed.tombstone("B"),
+        feed.listing("C", "2024-05-01T00:00:00Z"),
+    ]
+    apply(sink, *first)
+    assert rows(catalog, "n") == [
+        ("A", ts("2024-05-02T00:00:00Z")),
+        ("C", ts("2024-05-01T00:00:00Z")),
+    ]
+    apply(
+        sink,
+        feed.listing("A", "2024-05-01T12:00:00Z"),  # older than the row: ignored
+        feed.listing("C", "2024-05-01T00:00:00Z", City="Corrected"),  # a tie, later: wins
+    )
+    # a re-drive of B's old version (its original coordinates) stays superseded by the delete
+    apply(sink, Event(TOPIC, 0, 2, "B", listing("B", "2024-05-09T00:00:00Z")))
+    assert [k for k, _ in rows(catalog, "n")] == ["A", "C"]
+    table = catalog.load_table("n.listings").scan().to_arrow().to_pylist()
+    assert {r["ListingKey"]: r["City"] for r in table}["C"] == "Corrected"
+    # a version after the delete brings the key back, whatever its timestamp
+    apply(sink, feed.listing("B", "2024-04-01T00:00:00Z"))
+    assert ("B", ts("2024-04-01T00:00:00Z")) in rows(catalog, "n")
+    deletes = catalog.load_table("n.listings_deletes").scan().to_arrow().to_pylist()
+    assert [(d["key"], d["kafka_offset"]) for d in deletes] == [("B", 3)]
+
+
+def test_accounts_with_null_timestamps_follow_offset_order(make_sink, make_settings):
+    sink = make_sink(iceberg_commit_rows=1)
+    feed = Feed(ACCOUNTS, 1)
+    apply(sink, feed("X", account("X", "one", "2024-05-02T00:00:00Z")))
+    apply(sink, feed("X", account("X", "two", None)), feed("Y", account("Y", "y", None)))
+    scanned = catalog_of(make_settings().state_dir).load_table("n.accounts").scan().to_arrow()
+    assert sorted(zip(scanned["Id"].to_pylist(), scanned["Name"].to_pylist(), strict=True)) == [
+        ("X", "two"),
+        ("Y", "y"),
+    ]
+
+
+def test_offsets_are_in_the_snapshot_and_uncommitted_writes_vanish(make_sink, make_settings):
+    sink = make_sink(iceberg_commit_rows=1_000_000, iceberg_commit_seconds=3600)
+    feed = Feed()
+    apply(sink, feed.listing("A"), feed.listing("B"))
+    assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}  # a reassignment commits first
+    sink.write(Batch([feed.listing("C")]))  # never committed
+    sink.close()
+    table = catalog_of(make_settings().state_dir).load_table("n.listings")
+    assert json.loads(table.current_snapshot().summary[offsets_key("g")]) == {TOPIC: {"0": 2}}
+    assert [k for k, _ in rows(catalog_of(make_settings().state_dir), "n")] == ["A", "B"]
+    again = make_sink()
+    assert again.stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 2}
+
+
+def test_commits_wait_for_the_row_count_or_the_interval(make_sink, make_settings):
+    sink = make_sink(iceberg_commit_rows=3, iceberg_commit_seconds=3600)
+    table = catalog_of(make_settings().state_dir).load_table("n.listings")
+    feed = Feed()
+    apply(sink, feed.listing("A"), feed.listing("B"))
+    table.refresh()
+    assert table.current_snapshot() is None  # two events held
+    apply(sink, feed.listing("C"))
+    table.refresh()
+    assert len(table.snapshots()) == 1  # three: one snapshot
+    timed = make_sink("t", iceberg_commit_rows=1000, iceberg_commit_seconds=0.2)
+    apply(timed, Feed().listing("A"))
+    other = catalog_of(make_settings().state_dir)
+    wait_for(lambda: rows(other, "t"), timeout=30, what="the timed commit")
+
+
+def test_a_record_arrow_refuses_fails_only_its_own_write(make_sink):
+    sink = make_sink()
+    feed = Feed()
+    bad = listing("BAD")
+    bad["BedsTotal"] = "three"  # not an int
+    with pytest.raises(Exception):  # noqa: B017 - whatever Arrow raises: the runner dead-letters it
+        sink.write(Batch([feed.listing("OK"), feed("BAD", bad)]))
+    with pytest.raises(ValueError, match="tombstone without a key"):
+        sink.write(Batch([Event(TOPIC, 0, 9, None, None)]))
+    apply(sink, Event(TOPIC, 0, 0, "OK", listing("OK")))
+    assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 1}
+
+
+def test_the_schema_evolves_when_the_contract_adds_a_field(make_sink, make_settings):
+    from pyiceberg.schema import Schema
+
+    from consumers.iceberg.tables import SHAPES
+
+    catalog = catalog_of(make_settings().state_dir)
+    catalog.create_namespace("old")
+    full = SHAPES["listings"].schema
+    older = Schema(*[f for f in full.fields if f.name not in ("City", "unparsed_fields")])
+    catalog.create_table("old.listings", older)
+    sink = make_sink("old", iceberg_commit_rows=1)
+    apply(sink, Feed().listing("A", City="Fargo"))
+    table = catalog.load_table("old.listings")
+    assert {"City", "unparsed_fields"} <= {f.name for f in table.schema().fields}
+    assert table.scan().to_arrow().to_pylist()[0]["City"] == "Fargo"
+
+
+# ---- through Kafka ------------------------------------------------------------------------
+
+
+def run_sink(settings, namespace: str, **config) -> Runner:
+    config = {
+        "until_caught_up": True,
+        "consumer_config": FAST_GROUP,
+        "options": {"namespace": namespace, **config.pop("options", {})},
+        **config,
+    }
+    runner = Runner(IcebergSink(), settings, RunnerConfig(**config))
+    runner.run()
+    return runner
+
+
+def truth_listings(truth) -> list[tuple]:
+    return sorted((k, ts(v)) for k, v in truth["listings"].items())
+
+
+def truth_accounts(truth) -> list[tuple]:
+    return sorted(
+        (i, ts(a["ModificationTimestamp"]) if a.get("ModificationTimestamp") else None)
+        for i, a in truth["accounts"].items()
+    )
+
+
+def assert_holds(catalog, namespace: str, truth) -> None:
+    assert rows(catalog, namespace) == truth_listings(truth)
+    assert rows(catalog, namespace, "accounts", "Id") == truth_accounts(truth)
+
+
+def test_the_tables_hold_the_emulators_truth_and_a_replay_rebuilds_them(
+    make_settings, make_topics, database_url
+):
+    """Snapshot, updates, purges, then a replay from offset 0; the catalog on PostgreSQL."""
+    settings = make_settings(database_url=database_url, iceberg_commit_rows=300)
+    namespace = f"n_{settings.topic_prefix}"
+    catalog = catalog_of(
+        settings.state_dir, uri=database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    )
+    with Emulator(
+        EmulatorConfig(
+            listings=400, accounts=40, seed=11, filter_cache_seconds=0, require_user_agent=True
+        )
+    ) as emu:
+        make_topics(settings, partitions=3)
+        poller_settings = replace(settings, api_url=emu.url, api_key=emu.config.api_key)
+        purged: set[str] = set()
+        with build_poller(poller_settings) as poller:
+            poller.snapshot()
+            poller.accounts()
+            run_sink(settings, namespace)
+            assert_holds(catalog, namespace, emu.truth())
+            for _ in range(2):
+                changed = emu.advance(
+                    minutes=90, modify=0.1, create=0.02, remove=0.04, accounts_modify=0.2
+                )
+                purged |= set(changed["removed"])
+                poller.update()
+                poller.accounts()
+                poller.purge()
+                run_sink(settings, namespace)
+                assert_holds(catalog, namespace, emu.truth())
+        truth = emu.truth()
+    assert purged and not purged & {k for k, _ in rows(catalog, namespace)}
+    remembered = catalog.load_table(f"{namespace}.listings_deletes").scan().to_arrow()
+    assert set(remembered["key"].to_pylist()) == purged
+    run_sink(settings, f"{namespace}_rebuilt", group_id="rebuild", replay=Replay(beginning=True))
+    assert_holds(catalog, f"{namespace}_rebuilt", truth)
+    # a replay into the same tables changes nothing
+    before = catalog.load_table(f"{namespace}.listings").scan().to_arrow().sort_by("ListingKey")
+    run_sink(settings, namespace, group_id="again", replay=Replay(beginning=True))
+    after = catalog.load_table(f"{namespace}.listings").scan().to_arrow().sort_by("ListingKey")
+    assert after.equals(before)
+
+
+def _env(settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
+    return {
+        **env,
+        "SPARK_RELAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
+        "SPARK_RELAY_STATE_DIR": settings.state_dir,
+        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **extra,
+    }
+
+
+def _stored(
+    catalog, namespace: str, group: str = "spark-relay.iceberg"
+) -> dict[tuple[str, int], int]:
+    from consumers.iceberg.tables import read_offsets
+
+    found: dict[tuple[str, int], int] = {}
+    for table in ("listings", "accounts"):
+        try:
+            found |= read_offsets(catalog.load_table(f"{namespace}.{table}"), group)
+        except Exception:  # not created yet
+            pass
+    return found
+
+
+def _kafka(topics: Topics) -> dict[tuple[str, int], int]:
+    found = {}
+    for topic in (topics.listings, topics.accounts):
+        for p, o in committed(topics.settings, "spark-relay.iceberg", topic, 3).items():
+            found[(topic, p)] = o
+    return found
+
+
+def test_killed_between_the_table_commit_and_kafkas_it_applies_nothing_twice_and_skips_nothing(
+    make_settings, make_topics, tmp_path
+):
+    settings = make_settings()
+    namespace = "spark"
+    topics = make_topics(settings, partitions=3)
+    catalog = catalog_of(settings.state_dir)
+    with Emulator(
+        EmulatorConfig(
+            listings=600, accounts=30, seed=5, filter_cache_seconds=0, require_user_agent=True
+        )
+    ) as emu:
+        poller_settings = replace(settings, api_url=emu.url, api_key=emu.config.api_key)
+        with build_poller(poller_settings) as poller:
+            poller.snapshot()
+            poller.accounts()
+            emu.advance(minutes=60, modify=0.2, create=0.02, remove=0.05, accounts_modify=0.2)
+            poller.update()
+            poller.accounts()
+            poller.purge()
+        truth = emu.truth()
+    command = [
+        sys.executable,
+        str(HERE / "iceberg_killed.py"),
+        "sink",
+        "iceberg",
+        "--batch-size",
+        "50",
+        "--batch-ms",
+        "20",
+    ]
+    # 1. SIGKILL right after the second table commit: Kafka's offsets are behind the table's
+    log = tmp_path / "killed.log"
+    env = _env(settings, SPARK_RELAY_ICEBERG_COMMIT_ROWS="120", KILL_AFTER_TABLE_COMMITS="2")
+    process = subprocess.run(command, env=env, stderr=log.open("w"), timeout=180)
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    stored, kafka = _stored(catalog, namespace), _kafka(topics)
+    assert any(kafka.get(tp, 0) < o for tp, o in stored.items()), (stored, kafka)
+    # 2. SIGKILL while the table lags Kafka (commits held): Kafka's offsets are ahead
+    env = _env(
+        settings,
+        SPARK_RELAY_ICEBERG_COMMIT_ROWS="100000",
+        SPARK_RELAY_ICEBERG_COMMIT_SECONDS="3600",
+    )
+    with (tmp_path / "ahead.log").open("w") as err:
+        ahead = subprocess.Popen(command, env=env, stderr=err)
+        try:
+            wait_for(
+                lambda: any(
+                    o > _stored(catalog, namespace).get(tp, 0) for tp, o in _kafka(topics).items()
+                ),
+                timeout=120,
+                interval=0.05,
+                what="Kafka's offsets ahead of the table's",
+            )
+        finally:
+            ahead.send_signal(signal.SIGKILL)
+            ahead.wait(30)
+    # 3. a clean run to the end
+    env = _env(settings, SPARK_RELAY_ICEBERG_COMMIT_ROWS="120")
+    done = subprocess.run(
+        [*command, "--until-caught-up"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_holds(catalog, namespace, truth)
+    scanned = catalog.load_table(f"{namespace}.listings").scan().to_arrow()
+    keys = scanned["ListingKey"].to_pylist()
+    assert len(keys) == len(set(keys))  # nothing twice
+    # every row is the key's last event in its partition (nothing skipped, nothing stale)
+    last = {}
+    for key, value, _ in read_raw(settings, topics.listings):
+        last[key.decode()] = value
+    assert set(keys) == {k for k, v in last.items() if v is not None}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3():
+    """moto's S3 in server mode on a free port, with a bucket; the AWS_* variables point at it."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(port), timeout=60, what="moto's S3 server")
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).create_bucket(Bucket="lake")
+        keep = {
+            k: os.environ.get(k)
+            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+        }
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1"
+        )
+        yield endpoint
+        for k, v in keep.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_an_s3_warehouse_holds_the_tables(make_settings, make_topics, s3):
+    settings = make_settings()
+    topics = make_topics(settings, partitions=2)
+    topics.listing(listing("A", "2024-05-01T00:00:00Z"))
+    topics.listing(listing("B", "2024-05-01T00:00:00Z"))
+    topics.listing(listing("A", "2024-05-03T00:00:00Z"))
+    topics.listing(None, key="B")
+    topics.flush()
+    options = {"warehouse": "s3://lake/warehouse", "s3_endpoint": s3, "s3_region": "us-east-1"}
+    run_sink(settings, "lake", options=options)
+    state = Path(settings.state_dir) / "iceberg"
+    catalog = load_catalog(
+        "spark_relay",
+        type="sql",
+        uri=f"sqlite:///{state / 'catalog.db'}",
+        warehouse="s3://lake/warehouse",
+        **{"s3.endpoint": s3, "s3.region": "us-east-1"},
+    )
+    table = catalog.load_table("lake.listings")
+    assert table.location().startswith("s3://lake/warehouse")
+    assert rows(catalog, "lake") == [("A", ts("2024-05-03T00:00:00Z"))]
+    assert not (state / "warehouse" / "lake.db").exists()
+
+
+def test_maintain_compacts_and_expires_and_keeps_the_offsets(make_sink, make_settings):
+    from click.testing import CliRunner
+
+    from spark_relay.cli import _register, cli
+
+    sink = make_sink(iceberg_commit_rows=1)
+    feed = Feed()
+    for i in range(20):
+        apply(sink, feed.listing(f"K{i % 7}", f"2024-05-{1 + i // 7:02d}T00:00:00Z"))
+    catalog = catalog_of(make_settings().state_dir)
+    table = catalog.load_table("n.listings")
+    before = rows(catalog, "n")
+    files = int(table.current_snapshot().summary["total-data-files"])
+    assert files > 4
+    _register()
+    env = {"SPARK_RELAY_STATE_DIR": make_settings().state_dir}
+    result = CliRunner().invoke(
+        cli,
+        ["iceberg", "maintain", "--namespace", "n", "--max-files", "4", "--expire-hours", "0"],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    table.refresh()
+    assert int(table.current_snapshot().summary["total-data-files"]) == 1
+    assert len(table.snapshots()) <= 2
+    assert rows(catalog, "n") == before
+    again = make_sink()
+    assert again.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 20}
