@@ -87,6 +87,20 @@ def make_sink(make_settings):
         sink.close()
 
 
+@pytest.fixture
+def make_topics():
+    """``make_topics(settings, partitions)``: the contract's topics and a producer, closed afterwards."""
+    made = []
+
+    def make(settings, partitions: int = 3) -> Topics:
+        made.append(Topics(settings, partitions))
+        return made[-1]
+
+    yield make
+    for topics in made:
+        topics.close()
+
+
 class Feed:
     """Events of one partition with offsets counting up."""
 
