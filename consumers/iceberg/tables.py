@@ -218,6 +218,12 @@ def open_catalog(settings: Settings, options: Mapping[str, Any]) -> Catalog:
     return load_catalog(CATALOG_NAME, **props)
 
 
+#: pyiceberg retries a conflicting commit by replaying it on the new metadata, snapshot
+#: properties included: the stored offsets would then be those computed before the other
+#: writer's commit. The sink rebuilds the whole commit itself instead (``COMMIT_ATTEMPTS``).
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
+
+
 def ensure_table(catalog: Catalog, namespace: str, name: str, schema: Schema) -> Table:
     """The table, created if missing; its schema evolved to include every column of ``schema``.
 
@@ -233,7 +239,10 @@ def ensure_table(catalog: Catalog, namespace: str, name: str, schema: Schema) ->
         table = catalog.load_table(identifier)
     except NoSuchTableError:
         logger.info("iceberg sink: creating table %s", identifier)
-        return catalog.create_table_if_not_exists(identifier, schema)
+        return catalog.create_table_if_not_exists(identifier, schema, properties=TABLE_PROPERTIES)
+    if any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items()):
+        with table.transaction() as tx:
+            tx.set_properties(TABLE_PROPERTIES)
     have = {f.name for f in table.schema().fields}
     if any(f.name not in have for f in schema.fields):
         added = [f.name for f in schema.fields if f.name not in have]

@@ -544,3 +544,22 @@ def test_maintain_compacts_and_expires_and_keeps_the_offsets(make_sink, make_set
     assert rows(catalog, "n") == before
     again = make_sink()
     assert again.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 20}
+
+
+def test_two_copies_committing_to_one_table_retry_and_keep_each_others_offsets(
+    make_sink, make_settings
+):
+    first, second = make_sink(iceberg_commit_rows=1), make_sink(iceberg_commit_rows=1)
+    apply(first, Feed(TOPIC, 0).listing("A"))
+    apply(second, Feed(TOPIC, 1).listing("B"))  # its table is stale: the commit conflicts
+    apply(first, Event(TOPIC, 0, 1, "C", listing("C")))
+    assert [k for k, _ in rows(catalog_of(make_settings().state_dir), "n")] == ["A", "B", "C"]
+    assert make_sink().stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 2, (TOPIC, 1): 1}
+
+
+def test_lost_partitions_drop_what_is_held_of_them(make_sink, make_settings):
+    sink = make_sink(iceberg_commit_rows=1000, iceberg_commit_seconds=3600)
+    apply(sink, Feed(TOPIC, 0).listing("KEPT"), Feed(TOPIC, 1).listing("LOST"))
+    sink.revoked([(TOPIC, 1)], lost=True)
+    assert sink.stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 1}
+    assert [k for k, _ in rows(catalog_of(make_settings().state_dir), "n")] == ["KEPT"]
