@@ -197,13 +197,14 @@ def test_offsets_are_in_the_snapshot_and_uncommitted_writes_vanish(make_sink, ma
     feed = Feed()
     apply(sink, feed.listing("A"), feed.listing("B"))
     assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}  # a reassignment commits first
+    apply(sink, feed.listing("D"))  # held: the close commits it
     sink.write(Batch([feed.listing("C")]))  # never committed
     sink.close()
     table = catalog_of(make_settings().state_dir).load_table("n.listings")
-    assert json.loads(table.current_snapshot().summary[offsets_key("g")]) == {TOPIC: {"0": 2}}
-    assert [k for k, _ in rows(catalog_of(make_settings().state_dir), "n")] == ["A", "B"]
+    assert json.loads(table.current_snapshot().summary[offsets_key("g")]) == {TOPIC: {"0": 3}}
+    assert [k for k, _ in rows(catalog_of(make_settings().state_dir), "n")] == ["A", "B", "D"]
     again = make_sink()
-    assert again.stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 2}
+    assert again.stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 3}
 
 
 def test_commits_wait_for_the_row_count_or_the_interval(make_sink, make_settings):
