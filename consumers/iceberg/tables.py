@@ -64,6 +64,8 @@ __all__ = [
     "ensure_table",
     "offsets_key",
     "read_offsets",
+    "configured_options",
+    "open_existing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -284,3 +286,36 @@ def offsets_text(offsets: Iterable[tuple[tuple[str, int], int]]) -> str:
     for (topic, partition), offset in sorted(offsets):
         nested.setdefault(topic, {})[str(partition)] = offset
     return json.dumps(nested, sort_keys=True, separators=(",", ":"))
+
+
+# ---- for status and reconcile ----------------------------------------------------------------
+
+_OPTIONS = ("catalog", "warehouse", "namespace", "s3_endpoint", "s3_region")
+
+
+def configured_options(settings: Settings, **given: Any) -> dict[str, Any]:
+    """The sink's options as ``spark-relay sink iceberg`` would see them without flags:
+    ``given`` (not None), else ``SPARK_RELAY_ICEBERG_<OPTION>``, else ``[sink.iceberg]``."""
+    import os
+
+    table = settings.sink.get("iceberg", {})
+    options = {}
+    for name in _OPTIONS:
+        value = given.get(name)
+        if value is None:
+            value = os.environ.get(f"SPARK_RELAY_ICEBERG_{name.upper()}") or table.get(name)
+        options[name] = value
+    options["namespace"] = options["namespace"] or DEFAULT_NAMESPACE
+    return options
+
+
+def open_existing(settings: Settings, options: Mapping[str, Any], name: str) -> Table | None:
+    """The sink's table ``name`` if the sink ever created it with these settings, else None
+    (nothing is created: a default SQLite catalog that does not exist is not opened)."""
+    default = Path(settings.state_dir) / "iceberg" / "catalog.db"
+    if not (options.get("catalog") or settings.database_url) and not default.exists():
+        return None
+    try:
+        return open_catalog(settings, options).load_table(f"{options['namespace']}.{name}")
+    except NoSuchTableError:
+        return None

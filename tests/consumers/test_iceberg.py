@@ -6,6 +6,7 @@ not ours), and compared with what the events say or with the emulator's truth.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,9 @@ from consumers.iceberg.tables import offsets_key
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
+from spark_relay.reconcile import holdings
 from spark_relay.settings import replace
+from spark_relay.status import collect_status
 from tests.consumers.kafka_events import (
     FAST_GROUP,
     Topics,
@@ -318,6 +321,15 @@ def test_the_tables_hold_the_emulators_truth_and_a_replay_rebuilds_them(
                 assert_holds(catalog, namespace, emu.truth())
         truth = emu.truth()
     assert purged and not purged & {k for k, _ in rows(catalog, namespace)}
+    # reconcile reads the table; status shows the position the tables store
+    assert sorted(holdings("iceberg", settings, {"namespace": namespace}).items()) == (
+        truth_listings(truth)
+    )
+    status = collect_status(
+        dataclasses.replace(settings, sink={"iceberg": {"namespace": namespace}})
+    )
+    stored = status.groups["spark-relay.iceberg (iceberg tables)"]
+    assert stored["lag"] == 0 and len(stored["partitions"]) == 6, stored
     remembered = catalog.load_table(f"{namespace}.listings_deletes").scan().to_arrow()
     assert set(remembered["key"].to_pylist()) == purged
     run_sink(settings, f"{namespace}_rebuilt", group_id="rebuild", replay=Replay(beginning=True))
