@@ -2,7 +2,8 @@
 
 Embedded (the default): the devstack (broker, registry, PostgreSQL) and the
 emulator start here; topics are created; the poller runs the snapshot and the
-accounts scan while the three sinks consume live; then ``rounds`` of emulator
+accounts scan while the sinks (PostgreSQL, search, files, and Iceberg when
+the ``iceberg`` extra is installed) consume live; then ``rounds`` of emulator
 change, each followed by an update window; then a purge. The demo waits until
 every sink caught up and checks each against the emulator's ground truth.
 
@@ -13,6 +14,7 @@ the truth is a fresh ``_select=ListingKey,ModificationTimestamp`` scan).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import threading
@@ -35,7 +37,10 @@ __all__ = ["run_demo", "DemoResult", "SINKS"]
 
 logger = logging.getLogger(__name__)
 
-SINKS = ("postgres", "search", "files")
+#: The built-in sinks the demo runs: the Iceberg sink too when its extra (pyiceberg) is installed.
+SINKS = ("postgres", "search", "files") + (
+    ("iceberg",) if importlib.util.find_spec("pyiceberg") is not None else ()
+)
 
 
 @dataclass

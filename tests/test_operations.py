@@ -88,7 +88,7 @@ def test_demo_converges_and_prints_json(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["converged"] is True and summary["mode"].startswith("embedded")
-    assert set(summary["sinks"]) == {"postgres", "search", "files"}
+    assert set(summary["sinks"]) == {"postgres", "search", "files", "iceberg"}
     for sink in summary["sinks"].values():
         assert sink["rows"] == summary["listings"] and sink["lag"] == 0 and sink["matches"]
     assert "matches the ground truth" in result.stderr and "spark-relay search" in result.stderr
