@@ -13,10 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyiceberg.catalog import load_catalog
 
 from consumers.base import Batch, Event, SinkContext
@@ -576,3 +579,71 @@ def test_lost_partitions_drop_what_is_held_of_them(make_sink, make_settings):
     sink.revoked([(TOPIC, 1)], lost=True)
     assert sink.stored_offsets([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 1}
     assert [k for k, _ in rows(catalog_of(make_settings().state_dir), "n")] == ["KEPT"]
+
+
+# ---- property: batches, commits and re-deliveries change nothing ---------------------------
+
+_EXAMPLES = 60 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 8
+
+
+def _model(events: list[tuple[str, int | None]]) -> dict[str, tuple[int, int]]:
+    """Per key, the expected row: among the versions after its last tombstone, the greatest
+    timestamp, ties to the later offset; ``(timestamp day, offset)``. Written apart from the fold."""
+    expected = {}
+    for key in {k for k, _ in events}:
+        mine = [(o, day) for o, (k, day) in enumerate(events) if k == key]
+        last_tombstone = max((o for o, day in mine if day is None), default=-1)
+        live = [(day, o) for o, day in mine if o > last_tombstone]
+        if live:
+            expected[key] = max(live)
+    return expected
+
+
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from("ABC"), st.one_of(st.none(), st.integers(1, 4))),
+        min_size=1,
+        max_size=25,
+    ),
+    cuts=st.lists(st.integers(1, 6), min_size=1, max_size=8),
+    commit_rows=st.integers(1, 12),
+    replay=st.integers(0, 25),
+)
+@settings(
+    max_examples=_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_any_cut_into_batches_and_commits_and_any_replay_give_the_models_rows(
+    make_sink, make_settings, events, cuts, commit_rows, replay
+):
+    namespace = f"h{uuid.uuid4().hex[:8]}"
+    sink = make_sink(namespace, iceberg_commit_rows=commit_rows, iceberg_commit_seconds=3600)
+    stream = [
+        Event(TOPIC, 0, o, k, None if day is None else listing(k, f"2024-05-0{day}T00:00:00Z"))
+        for o, (k, day) in enumerate(events)
+    ]
+    stream += stream[: min(replay, len(stream))]  # a re-delivery of the first events
+    start, turn = 0, 0
+    while start < len(stream):
+        size = cuts[turn % len(cuts)]
+        apply(sink, *stream[start : start + size])
+        start, turn = start + size, turn + 1
+    sink.close()
+    table = catalog_of(make_settings().state_dir).load_table(f"{namespace}.listings")
+    scanned = table.scan().to_arrow() if table.current_snapshot() else None
+    held = (
+        {
+            k: (m.day, o)
+            for k, m, o in zip(
+                scanned["ListingKey"].to_pylist(),
+                scanned["ModificationTimestamp"].to_pylist(),
+                scanned["kafka_offset"].to_pylist(),
+                strict=True,
+            )
+        }
+        if scanned is not None
+        else {}
+    )
+    assert scanned is None or scanned.num_rows == len(held)  # one row per key
+    assert held == _model(events)
