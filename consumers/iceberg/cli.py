@@ -49,8 +49,14 @@ def maintain_command(app: App, max_files: int, expire_hours: float, **options) -
 
     Safe while the sink runs: a conflicting commit is retried on the refreshed table.
     """
-    from consumers.iceberg.maintain import maintain
-    from consumers.iceberg.tables import open_catalog
+    from consumers.iceberg import require_pyiceberg
+
+    try:
+        require_pyiceberg()
+        from consumers.iceberg.maintain import maintain
+        from consumers.iceberg.tables import open_catalog
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
 
     settings = app.settings()
     catalog = open_catalog(settings, options)

@@ -647,3 +647,20 @@ def test_any_cut_into_batches_and_commits_and_any_replay_give_the_models_rows(
     )
     assert scanned is None or scanned.num_rows == len(held)  # one row per key
     assert held == _model(events)
+
+
+def test_without_the_extra_the_commands_say_which_to_install():
+    from tests.test_packaging import _without
+
+    code = """
+        from spark_relay.cli import main
+        main(sys.argv[2:])
+        """
+    listed = _without("pyiceberg", code, "sink", "--help")
+    assert listed.returncode == 0, listed.stderr
+    assert "pip install 'spark-relay[iceberg]'" in listed.stdout + listed.stderr
+    assert "postgres" in listed.stdout
+    for command in (["sink", "iceberg", "--until-caught-up"], ["iceberg", "maintain"]):
+        result = _without("pyiceberg", code, *command)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "pip install 'spark-relay[iceberg]'" in result.stderr, result.stderr
