@@ -176,6 +176,8 @@ def test_newer_wins_within_and_across_batches_and_a_delete_is_remembered(make_si
     )
     # a re-drive of B's old version (its original coordinates) stays superseded by the delete
     apply(sink, Event(TOPIC, 0, 2, "B", listing("B", "2024-05-09T00:00:00Z")))
+    # a re-delivery of C's first version (same timestamp, earlier offset) loses the tie
+    apply(sink, Event(TOPIC, 0, 4, "C", listing("C", "2024-05-01T00:00:00Z")))
     assert [k for k, _ in rows(catalog, "n")] == ["A", "C"]
     table = catalog.load_table("n.listings").scan().to_arrow().to_pylist()
     assert {r["ListingKey"]: r["City"] for r in table}["C"] == "Corrected"
