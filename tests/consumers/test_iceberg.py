@@ -666,3 +666,29 @@ def test_without_the_extra_the_commands_say_which_to_install():
         result = _without("pyiceberg", code, *command)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert "pip install 'spark-relay[iceberg]'" in result.stderr, result.stderr
+
+
+def test_a_message_that_cannot_be_decoded_is_dead_lettered_and_a_redrive_leaves_the_table(
+    make_settings, make_topics
+):
+    from consumers.dlq import dlq_topic
+    from consumers.redrive import redrive
+
+    settings = make_settings()
+    topics = make_topics(settings, partitions=1)
+    topics.listing(listing("OK1", "2024-05-01T00:00:00Z"))
+    topics.send(topics.listings, b"JUNK", b"\x00garbage")
+    topics.listing(listing("OK2", "2024-05-01T00:00:00Z"))
+    topics.flush()
+    runner = run_sink(settings, "spark")
+    assert runner.stats.dead_letters == 1
+    letters = read_raw(settings, dlq_topic(settings.topic_prefix, "iceberg"))
+    assert [(k, h["dlq.stage"]) for k, _, h in letters] == [(b"JUNK", b"decode")]
+    catalog = catalog_of(settings.state_dir)
+    assert [k for k, _ in rows(catalog, "spark")] == ["OK1", "OK2"]
+    stored = _stored(catalog, "spark")
+    assert stored[(topics.listings, 0)] == 3  # the letter's offset is passed, not lost
+    stats = redrive(settings, "iceberg", [], consumer_config=FAST_GROUP)
+    assert (stats.consumed, stats.dead_letters) == (1, 1)  # still undecodable: back to the DLQ
+    assert [k for k, _ in rows(catalog, "spark")] == ["OK1", "OK2"]
+    assert _stored(catalog, "spark") == stored  # a re-drive moves no stored offset
