@@ -367,7 +367,11 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
     while True:
         _revive(world, log, result)
         pending = {}
-        for kind, where in [("postgres", TOPIC_PREFIX), ("search", str(world.root / "search"))]:
+        for kind, where in [
+            ("postgres", TOPIC_PREFIX),
+            ("search", str(world.root / "search")),
+            ("iceberg", str(world.root)),
+        ]:
             pending[where] = _matches(world, kind, where, truth, excused)
         for kind, where in extra:
             if kind != "files":  # files are read once their sink closed them
@@ -386,6 +390,8 @@ def _matches(world: World, kind: str, where: str, truth: dict, excused: set[str]
     try:
         if kind == "postgres":
             held = check.read_postgres(world.postgres.url, where)[0]
+        elif kind == "iceberg":
+            held = check.read_iceberg(Path(where))[0]
         else:
             held = check.read_search(Path(where))[0]
     except Exception:  # not created yet, or the server is coming back
@@ -447,6 +453,13 @@ def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
                 f"postgres:{schema}.accounts", truth["accounts"], dict.fromkeys(accounts), dup_a
             )
         )
+    listings, accounts, dup_l, dup_a = check.read_iceberg(world.root)
+    diffs.append(
+        check.compare("iceberg:spark.listings", truth["listings"], listings, dup_l, dead_lettered)
+    )
+    diffs.append(
+        check.compare("iceberg:spark.accounts", truth["accounts"], dict.fromkeys(accounts), dup_a)
+    )
     file_roots = [world.root / "files"] + [Path(w) for kind, w in extra if kind == "files"]
     for root in file_roots:
         held, dups = check.read_files(root, f"{TOPIC_PREFIX}.listings", "ListingKey")

@@ -7,6 +7,7 @@
 - the files: every committed file's JSON lines, compacted here by (partition,
   offset), every (topic, partition, offset) counted;
 - the search index: ``tantivy.Index.open`` and an all-documents query;
+- the Iceberg tables: pyiceberg's SQL catalog and a scan to Arrow;
 - the dead-letter topics: every message's ``dlq.error`` header;
 - the logs: the API key, byte for byte.
 
@@ -25,7 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Diff", "compare", "read_topic", "read_postgres", "read_files", "read_search"]
+__all__ = [
+    "Diff",
+    "compare",
+    "read_topic",
+    "read_postgres",
+    "read_files",
+    "read_search",
+    "read_iceberg",
+]
 
 
 def utc(moment: Any) -> datetime:
@@ -199,6 +208,34 @@ def read_postgres(
                 f'SELECT "Id" FROM "{schema}".accounts GROUP BY 1 HAVING count(*) > 1'
             )
         ]
+    return listings, accounts, dup_listings, dup_accounts
+
+
+def read_iceberg(root: Path) -> tuple[dict[str, datetime], set[str], list[str], list[str]]:
+    """The Iceberg sink's tables (catalog ``<root>/iceberg.db``), as :func:`read_postgres` reads
+    its tables: pyiceberg's own catalog and scan."""
+    from pyiceberg.catalog import load_catalog
+
+    catalog = load_catalog(
+        "spark_relay",
+        type="sql",
+        uri=f"sqlite:///{root / 'iceberg.db'}",
+        warehouse=f"file://{root / 'iceberg'}",
+    )
+    found = {}
+    for table, key in (("listings", "ListingKey"), ("accounts", "Id")):
+        rows = (
+            catalog.load_table(f"spark.{table}")
+            .scan(selected_fields=(key, "ModificationTimestamp"))
+            .to_arrow()
+        )
+        found[table] = list(
+            zip(rows[key].to_pylist(), rows["ModificationTimestamp"].to_pylist(), strict=True)
+        )
+    listings = {k: utc(m) for k, m in found["listings"]}
+    accounts = {k for k, _ in found["accounts"]}
+    dup_listings = [k for k, n in Counter(k for k, _ in found["listings"]).items() if n > 1]
+    dup_accounts = [k for k, n in Counter(k for k, _ in found["accounts"]).items() if n > 1]
     return listings, accounts, dup_listings, dup_accounts
 
 

@@ -37,6 +37,7 @@ SINKS = {
     "postgres-b": ["postgres"],
     "files": ["files", "--path", "{root}/files", "--max-records", "50"],
     "search": ["search", "--path", "{root}/search"],
+    "iceberg": ["iceberg"],  # its catalog and warehouse: in env(), for reconcile as well
 }
 
 
@@ -145,6 +146,12 @@ class World:
                 "SPARK_RELAY_SINK_BATCH_MS": "100",
                 "SPARK_RELAY_SINK_BATCH_SIZE": "50",
                 "SPARK_RELAY_LOG_LEVEL": "INFO",
+                # its own SQLite catalog: a PostgreSQL restart is the postgres sinks' fault; table
+                # commits every 200 events or 2 s: a kill -9 lands in or between them
+                "SPARK_RELAY_ICEBERG_CATALOG": f"sqlite:///{self.root / 'iceberg.db'}",
+                "SPARK_RELAY_ICEBERG_WAREHOUSE": str(self.root / "iceberg"),
+                "SPARK_RELAY_ICEBERG_COMMIT_ROWS": "200",
+                "SPARK_RELAY_ICEBERG_COMMIT_SECONDS": "2",
                 # a round removes up to 3% of the listings, eight rounds between purges: far
                 # more churn than an MLS day, so the ceiling of the purge guard is raised
                 "SPARK_RELAY_PURGE_MAX_RATIO": "0.5",

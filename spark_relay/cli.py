@@ -112,9 +112,10 @@ def _register() -> None:
         cli.add_command(command)
 
     from consumers.files.cli import files_group
+    from consumers.iceberg.cli import iceberg_group
     from consumers.search.cli import search_command
 
-    for command in (search_command, files_group):
+    for command in (search_command, files_group, iceberg_group):
         cli.add_command(command)
 
     from spark_relay.commands import demo_command, dlq_group, reconcile_command, status_command

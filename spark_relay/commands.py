@@ -54,7 +54,7 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     "--sink",
     "sinks",
     multiple=True,
-    type=click.Choice(["postgres", "search", "files"]),
+    type=click.Choice(["postgres", "search", "files", "iceberg"]),
     help="A sink to check (repeatable; default: every built-in sink).",
 )
 @click.option(
@@ -70,6 +70,11 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     help="Directory of the files sink [default: as the sink resolves it, SPARK_RELAY_FILES_PATH].",
 )
 @click.option(
+    "--iceberg-namespace",
+    help="Namespace of the iceberg sink's tables (default: SPARK_RELAY_ICEBERG_NAMESPACE, "
+    "else spark); its catalog as the sink's (SPARK_RELAY_ICEBERG_CATALOG …).",
+)
+@click.option(
     "--repair",
     is_flag=True,
     help="Re-publish missing and stale listings and purge the ones not purged, through the poller.",
@@ -77,7 +82,7 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sink.")
 @pass_app
 def reconcile_command(
-    app: App, sinks, postgres_schema, search_path, files_path, repair, as_json
+    app: App, sinks, postgres_schema, search_path, files_path, iceberg_namespace, repair, as_json
 ) -> None:
     """Compare the API's keys and ModificationTimestamps with what each sink holds.
 
@@ -106,10 +111,12 @@ def reconcile_command(
             options[sink][key] = value
             if sink == "search":
                 options[sink]["backend"] = "tantivy"
+    # the iceberg sink resolves its own settings (consumers.iceberg.tables.configured_options)
+    options["iceberg"] = {"namespace": iceberg_namespace}
     with build_poller(settings, exclusive=repair) as poller:
         api = api_keys(poller.client, settings.page_size)
         findings = []
-        for name in sinks or ("postgres", "search", "files"):
+        for name in sinks or ("postgres", "search", "files", "iceberg"):
             try:
                 findings.append(compare(name, api, holdings(name, settings, options[name])))
             except SinkNotSetUp as e:

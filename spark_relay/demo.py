@@ -2,10 +2,11 @@
 
 The devstack (broker, registry, PostgreSQL) and the emulator start here, in a
 new directory of the demo's own; topics are created under the prefix ``demo``;
-the poller runs the snapshot and the accounts scan while the three sinks
-consume live; then ``rounds`` of emulator change, each followed by an update
-window; then a purge. The demo waits until every sink caught up and checks
-each against the emulator's ground truth.
+the poller runs the snapshot and the accounts scan while the sinks (PostgreSQL,
+search, files, and Iceberg when the ``iceberg`` extra is installed) consume
+live; then ``rounds`` of emulator change, each followed by an update window;
+then a purge. The demo waits until every sink caught up and checks each against
+the emulator's ground truth.
 
 It touches nothing it did not create: no setting is read from the
 environment or a config file (an operator's exported production settings,
@@ -16,6 +17,7 @@ directory is written.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 import threading
@@ -37,7 +39,10 @@ __all__ = ["run_demo", "DemoResult", "SINKS"]
 
 logger = logging.getLogger(__name__)
 
-SINKS = ("postgres", "search", "files")
+#: The built-in sinks the demo runs: the Iceberg sink too when its extra (pyiceberg) is installed.
+SINKS = ("postgres", "search", "files") + (
+    ("iceberg",) if importlib.util.find_spec("pyiceberg") is not None else ()
+)
 #: The demo's topic prefix: never an operator's.
 PREFIX = "demo"
 

@@ -2,9 +2,9 @@
 
 The API side is a ``_select=ListingKey,ModificationTimestamp`` scan. Each
 built-in sink is read through its own public surface (the PostgreSQL table,
-the search index, Tantivy's or the OpenSearch cluster's, the committed files),
-where its own settings say it is (:func:`sink_options`: the same variables and
-``[sink.<name>]`` table as ``spark-relay sink <name>``). Per sink: *missing* keys (live in the
+the search index, Tantivy's or the OpenSearch cluster's, the committed files, the Iceberg
+table read with pyiceberg), where its own settings say it is (:func:`sink_options`: the same
+variables and ``[sink.<name>]`` table as ``spark-relay sink <name>``). Per sink: *missing* keys (live in the
 API, absent from the sink), *stale* keys (the sink holds an older
 ModificationTimestamp) and *not purged* keys (held, no longer returned).
 
@@ -168,7 +168,24 @@ def _files(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, d
             yield value["ListingKey"], _utc(value["ModificationTimestamp"])
 
 
-SINK_READERS = {"postgres": _postgres, "search": _search, "files": _files}
+def _iceberg(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, datetime]]:
+    try:
+        from consumers.iceberg.tables import configured_options, open_existing
+    except ImportError:
+        raise SinkNotSetUp("iceberg: pyiceberg is not installed (the iceberg extra)") from None
+    options = configured_options(settings, **options)
+    table = open_existing(settings, options, "listings")
+    if table is None:
+        raise SinkNotSetUp(
+            f"iceberg: no table {options['namespace']}.listings in the catalog "
+            "(has `spark-relay sink iceberg` run?)"
+        )
+    fields = ("ListingKey", "ModificationTimestamp")
+    rows = table.scan(selected_fields=fields).to_arrow()
+    yield from zip(*(rows[f].to_pylist() for f in fields), strict=True)
+
+
+SINK_READERS = {"postgres": _postgres, "search": _search, "files": _files, "iceberg": _iceberg}
 
 
 def sink_options(sink: str, settings: Settings, read_environment: bool = True) -> dict[str, Any]:

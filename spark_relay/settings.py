@@ -317,6 +317,15 @@ class Settings:
         lambda n, v: _int_range(n, v, 0, 1_000_000_000),
         "Dead letters in a row for one reason after which a sink stops (exit 6); 0: no limit",
     )
+    # The Iceberg sink commits a table snapshot per this many rows or seconds, whichever first
+    iceberg_commit_rows: int = _setting(
+        50_000,
+        lambda n, v: _int_range(n, v, 1, 100_000_000),
+        "Iceberg sink: events held before a table commit (one snapshot, fewer and larger files)",
+    )
+    iceberg_commit_seconds: float = _setting(
+        60.0, _non_negative_float, "Iceberg sink: seconds at most between table commits"
+    )
     config: str = _setting(
         "", None, "TOML file of settings (--config), read before the environment and the flags"
     )

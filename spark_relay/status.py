@@ -131,6 +131,39 @@ def _groups(settings: Settings, admin: AdminClient, topics: list[str], ends: dic
     return groups
 
 
+def _iceberg_tables(settings: Settings, ends: dict) -> dict:
+    """The Iceberg sink's position as its tables store it (the sink resumes there; its group's
+    Kafka offsets run ahead while it holds events for a batched commit), as a group entry
+    ``<group> (iceberg tables)``; none when the sink never ran with these settings."""
+    try:
+        from consumers.iceberg.tables import configured_options, open_existing, read_offsets
+    except ImportError:  # no iceberg extra
+        return {}
+    options = configured_options(settings)
+    group = settings.sink_group or "spark-relay.iceberg"
+    stored: dict[tuple[str, int], int] = {}
+    for resource in ("listings", "accounts"):
+        table = open_existing(settings, options, resource)
+        if table is not None:
+            stored |= read_offsets(table, group)
+    partitions = {
+        f"{t}[{p}]": {
+            "committed": o,
+            "end": ends.get((t, p), o),
+            "lag": max(0, ends.get((t, p), o) - o),
+        }
+        for (t, p), o in sorted(stored.items())
+    }
+    if not partitions:
+        return {}
+    return {
+        f"{group} (iceberg tables)": {
+            "lag": sum(p["lag"] for p in partitions.values()),
+            "partitions": partitions,
+        }
+    }
+
+
 def _messages_at(settings: Settings, positions: list[TopicPartition]) -> dict:
     """(topic, partition) → the first message at or after each of ``positions``."""
     consumer = Consumer(
@@ -251,6 +284,7 @@ def collect_status(settings: Settings) -> Status:
         else {}
     )
     status.groups = _groups(settings, admin, data_topics, ends)
+    status.groups.update(_iceberg_tables(settings, ends))
     _oldest_unread(settings, status, now)
     if settings.schema_registry_url:  # the events' ModificationTimestamps need their schemas
         _freshness(settings, status, ends)

@@ -34,7 +34,7 @@ def test_a_short_seed_converges():
     # every store was read and compared: topics, both tables, the files and the index
     stores = {s["store"] for s in result.stores}
     assert {"spark.listings", "spark.accounts", "postgres:spark.listings", "files:files"} <= stores
-    assert "search:search" in stores
+    assert {"search:search", "iceberg:spark.listings", "iceberg:spark.accounts"} <= stores
     assert result.keys_checked >= 4 * 140  # four stores of listings, two of accounts
     assert sum(result.kills.values()) + sum(result.restarts.values()) + sum(result.acts.values())
     log = [json.loads(x) for x in (root / "campaign.log").read_text().splitlines()]

@@ -46,7 +46,7 @@ def test_readme_lists_every_option_of_the_built_in_sinks():
     from consumers.registry import cli_options_of, load_sink
 
     readme = (ROOT / "README.md").read_text()
-    for name in ("postgres", "search", "files"):
+    for name in ("postgres", "search", "files", "iceberg"):
         for option in cli_options_of(load_sink(name)):
             assert option.envvar == f"SPARK_RELAY_{name.upper()}_{option.name.upper()}"
             assert f"| `{option.envvar}` | `[sink.{name}] {option.name}` |" in readme, option.envvar

@@ -115,7 +115,7 @@ def test_demo_converges_touching_nothing_it_did_not_create(
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["converged"] is True
-    assert set(summary["sinks"]) == {"postgres", "search", "files"}
+    assert set(summary["sinks"]) == {"postgres", "search", "files", "iceberg"}
     for sink in summary["sinks"].values():
         assert sink["rows"] == summary["listings"] and sink["lag"] == 0 and sink["matches"]
     assert "matches the ground truth" in result.stderr and "spark-relay search" in result.stderr
