@@ -180,3 +180,33 @@ def test_any_json_in_any_field_of_an_account_is_published_exactly_or_dead_letter
         if v is not None
     ]
     _check(stats, element, events, before, _letters(settings_))
+
+
+# -- exponents and quotes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["1e400", "-1E+400", "1e-400", "2.5E-330", "7e1"])
+def test_an_exponent_is_kept_exactly_never_rounded(text):
+    import math
+    from decimal import Decimal
+
+    from schemas._values import REJECT, to_double
+
+    element = b'{"StandardFields":{"ListPrice":%s}}' % text.encode()
+    value = json_loads(element)["StandardFields"]["ListPrice"]
+    assert Decimal(str(value)) == Decimal(text)  # not infinity, not 0
+    assert json_loads(json_dumps([value])) == [value]
+    double = float(text)
+    fits = math.isfinite(double) and double != 0  # else no double holds it: left unparsed
+    assert to_double(value) == double if fits else to_double(value) is REJECT
+
+
+def test_quotes_in_keys_are_escaped_in_every_filter_we_build():
+    from devstack.emulator.api import LISTING_FILTER_FIELDS
+    from devstack.emulator.sparkql import compile_filter
+    from producer.pipeline import by_keys
+
+    keys = ["20260101000000000000000001", "it's", "a'b'c"]
+    matches = compile_filter(by_keys(keys), LISTING_FILTER_FIELDS)
+    for key in [*keys, "its", "ab'c"]:
+        assert matches({"ListingKey": key}.get) is (key in keys), key

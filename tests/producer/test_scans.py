@@ -13,7 +13,10 @@ import dataclasses
 import pytest
 
 from producer.cli import build_poller
+from producer.topics import ensure_contract
+from producer.update import LAGGING_TRIES
 from spark_relay.errors import TransientSourceError
+from tests.kafka_helpers import read_topic
 from tests.producer.test_guards import _assert_current, _faults, _tombstones
 
 
@@ -81,3 +84,49 @@ def test_a_recheck_by_key_answered_short_tombstones_nothing(emulator, relay, mon
         with pytest.raises(TransientSourceError, match="TotalRows"):
             poller.reconcile(republish=[], purge=live)  # a sink's view said they are gone
     assert _tombstones(settings) == set()
+
+
+def test_a_refill_publishes_every_live_key_even_one_served_older(emulator, relay, topic_prefix):
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu, page_size=100)
+    with build_poller(settings) as poller:
+        assert poller.snapshot().completed
+        emu.advance(minutes=10, modify=0.2, create=0, remove=0, media=0)
+        assert poller.update().completed
+    # the topics are lost (a new prefix stands for a wiped cluster); the state is not
+    lost = dataclasses.replace(settings, topic_prefix=f"{topic_prefix}r")
+    list(ensure_contract(lost))
+    with build_poller(lost) as poller:
+        _faults(emu, "stale:1.0")  # every page serves one record at its previous version
+        with pytest.raises(TransientSourceError, match="older"):
+            poller.snapshot(restart=True, republish=True)  # its re-fetch by key lags too
+        _faults(emu, "")
+        assert poller.snapshot().completed  # resumed at the page not committed
+    latest = _assert_current(lost, emu)
+    assert {k for k, v in latest.items() if v is not None} == set(emu.truth()["listings"])
+
+
+def test_a_window_lagging_for_good_is_committed_after_bounded_tries(emulator, relay):
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu, page_size=100)
+    with build_poller(settings) as poller:
+        assert poller.snapshot().completed
+        emu.advance(minutes=30, modify=0.1, create=0, remove=0, media=0)
+        emu.advance(minutes=60, modify=0, create=0, remove=0, media=0)
+        _faults(emu, "stale:1.0")  # the window's answer, and every re-fetch of it, lag behind
+        failures, stats = 0, None
+        for _ in range(LAGGING_TRIES + 2):
+            try:
+                stats = poller.update()
+                break
+            except TransientSourceError as e:
+                assert "below the window" in str(e)
+                failures += 1
+        assert failures == LAGGING_TRIES - 1, "the lagging window was retried without a bound"
+        assert stats.completed and stats.dead_lettered >= 1
+        _faults(emu, "")
+        later = poller.update()  # the window is committed: not read again
+    assert later.completed and later.lagging == 0
+    letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}.dlq.poller")
+    assert {dict(h)["dlq.key"].decode() for _, _, h in letters} <= set(emu.truth()["listings"])
+    assert all(b"below the window" in dict(h)["dlq.error"] for _, _, h in letters)
