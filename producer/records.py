@@ -23,13 +23,12 @@ its event came does it become :class:`Ready`, which is published as it is.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from producer.pages import Page, Rejected
-from schemas import json_dumps, parse_timestamp
+from producer.pages import Page, Rejected, text_of
+from schemas import parse_timestamp
 
 if TYPE_CHECKING:
     from producer.converter import Converted, Invalid
@@ -87,17 +86,6 @@ class Ready:
     modified: str
     moment: datetime
     event: Converted | Invalid
-
-
-def text_of(element: Any) -> bytes:
-    """The JSON text of an element, for a dead letter; a best effort past what orjson writes."""
-    try:
-        return json_dumps(element).encode()
-    except (TypeError, ValueError, RecursionError):  # nested deeper than orjson writes
-        try:
-            return json.dumps(element, default=str).encode()
-        except (TypeError, ValueError, RecursionError):
-            return b'"(an element nested too deep to be written)"'
 
 
 def listing_key(element: Any) -> str | None:
