@@ -28,7 +28,7 @@ from typing import Any
 from producer import subresources
 from producer.committer import Committer
 from producer.converter import Converter, Invalid, convert_listing, cores, digest
-from producer.pages import Page, Parse, parse_success
+from producer.pages import Page, Parse, Rejected, parse_success
 from producer.progress import Progress
 from producer.publisher import Publisher, RecordTooLarge
 from producer.records import Listing, Ready, check, text_of
@@ -285,7 +285,7 @@ class Pipeline:
             if isinstance(record, Ready):
                 event = record.event
             else:
-                media = subresources.refresh(self, record, known.get(record.key), stats)
+                media = subresources.refresh(self, record, known.get(record.key), source, stats)
                 event = convert_listing(record, source, encode, self.publisher.max_bytes // 2)
             if isinstance(event, Invalid):
                 self.dead_letter(stats, event.text, event.error, source)
@@ -306,7 +306,7 @@ class Pipeline:
             observe_newest(POLLER_NEWEST, newest.timestamp())
         return rows, media_rows
 
-    def subresource(self, key: str, segment: str) -> list[dict[str, Any]]:
+    def subresource(self, key: str, segment: str) -> tuple[list[dict[str, Any]], list[Rejected]]:
         """Every item of one subresource of listing ``key`` (:func:`subresources.fetch`)."""
         return subresources.fetch(self, key, segment)
 

@@ -3,7 +3,10 @@
 The replication guide: update the subresources of interest with the listings,
 using their change timestamps to know which moved. A subresource whose timestamp
 did not move is carried over from the media state; the others are fetched, paged
-by ``_skip``, :data:`PAGE` items at a time.
+by ``_skip``, :data:`PAGE` items at a time, to the first page shorter than that
+(its rejected items counted: a page shortened by them is not the end). A rejected
+item is dead-lettered under its listing's key; the subresource's change timestamp
+is stored only when every page was whole, so it is fetched again next time.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from producer.pages import Rejected
 from producer.records import Listing
 from producer.spark_client import Forbidden, NotFound
+from schemas import InvalidRecord, Source
 
 if TYPE_CHECKING:
     from producer.pipeline import Pipeline
@@ -44,6 +49,7 @@ def refresh(
     pipe: Pipeline,
     listing: Listing,
     known: tuple[str | None, str] | None,
+    source: Source,
     stats: RunStats,
 ) -> list[MediaRow]:
     """Fetch the configured subresources whose change timestamp moved; carry the rest over.
@@ -67,24 +73,31 @@ def refresh(
             standard[name] = previous[1]
             continue
         try:
-            items = pipe.subresource(listing.key, segment)
+            items, rejected = pipe.subresource(listing.key, segment)
         except (Forbidden, NotFound) as e:
             stats.subresources_missing += 1
             logger.warning("listing %s published without its %s: %s", listing.key, name, e)
             continue
+        for element in rejected:
+            error = InvalidRecord("listings", f"an item of {name}: {element.reason}", listing.key)
+            pipe.dead_letter(stats, element.text, error, source)
         standard[name] = items
-        rows.append((listing.key, name, stamp, items))
+        if not rejected:  # whole: its timestamp stored, not fetched again till it moves
+            rows.append((listing.key, name, stamp, items))
     return rows
 
 
-def fetch(pipe: Pipeline, key: str, segment: str) -> list[dict[str, Any]]:
-    """Every item of one listing subresource, paged by ``_skip`` (:data:`PAGE` at most a page)."""
+def fetch(pipe: Pipeline, key: str, segment: str) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """Every item of one listing subresource, paged by ``_skip`` (:data:`PAGE` at most a
+    page), and the elements rejected (not JSON objects)."""
     items: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
     while True:
         page = pipe.client.get(
             f"/v1/listings/{key}/{segment}",
-            {"_limit": PAGE, "_skip": len(items)},
+            {"_limit": PAGE, "_skip": len(items) + len(rejected)},
         )
         items.extend(page.results)
-        if len(page.results) < PAGE:
-            return items
+        rejected.extend(page.rejected)
+        if len(page.results) + len(page.rejected) < PAGE:
+            return items, rejected

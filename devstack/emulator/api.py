@@ -95,6 +95,8 @@ class SparkAPI:
         #: ``gone_status`` is what a removed record answers by key (404, or 403/1500 as some
         #: backends answer for a record the key may no longer see).
         self.served: dict[str, bytes] = {}
+        #: ``"<ListingKey>/<path>"`` -> the elements (JSON bytes each) of that subresource.
+        self.served_items: dict[str, list[bytes]] = {}
         self.gone_status = 404
 
     def _gone(self, what: str) -> Reject:
@@ -378,6 +380,10 @@ class SparkAPI:
             raise not_found(f"{name} of listing {key}")
         limit = integer(params, "_limit", 0, 1, MAX_LIMIT["other"], "listing subresources")
         skip = integer(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
+        served = self.served_items.get(f"{key}/{path}")
+        if served is not None and not rest:
+            page = served[skip : skip + limit] if limit else served
+            return b'{"D":{"Success":true,"Results":[' + b",".join(page) + b"]}}"
         items = self.mls.expansion(state, name)
         if rest:
             items = [i for i in items if i["Id"] == rest[0]]

@@ -15,9 +15,10 @@ import pytest
 from producer.cli import build_poller
 from producer.topics import ensure_contract
 from producer.update import LAGGING_TRIES
+from schemas import json_dumps, listing_from_record
 from spark_relay.errors import TransientSourceError
 from tests.kafka_helpers import read_topic
-from tests.producer.test_guards import _assert_current, _faults, _tombstones
+from tests.producer.test_guards import _assert_current, _faults, _latest, _tombstones
 
 
 def test_an_update_window_cut_short_is_not_committed(emulator, relay):
@@ -130,3 +131,27 @@ def test_a_window_lagging_for_good_is_committed_after_bounded_tries(emulator, re
     letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}.dlq.poller")
     assert {dict(h)["dlq.key"].decode() for _, _, h in letters} <= set(emu.truth()["listings"])
     assert all(b"below the window" in dict(h)["dlq.error"] for _, _, h in letters)
+
+
+def test_subresource_paging_goes_past_a_page_shortened_by_rejected_items(
+    emulator, relay, monkeypatch
+):
+    import producer.subresources
+
+    monkeypatch.setattr(producer.subresources, "PAGE", 3)  # photos come 3 to a page
+    emu = emulator(listings=5, accounts=20)
+    settings = relay(emu, subresources="Photos")
+    key = sorted(emu.truth()["listings"])[0]
+    photos = [{"Id": f"{n:026d}", "Uri300": f"https://photos.example/{n}.jpg"} for n in range(6)]
+    items = [json_dumps(photo).encode() for photo in photos]
+    items.insert(1, b"17")  # not an object: the first page holds two photos and a reject
+    emu.api.served_items[f"{key}/photos"] = items
+    with build_poller(settings) as poller:
+        stats = poller.snapshot()
+        stored = poller.state.media(key)
+    assert stats.completed
+    latest = _latest(settings)
+    assert listing_from_record(latest[key])["StandardFields"]["Photos"] == photos
+    letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}.dlq.poller")
+    assert [dict(h)["dlq.key"].decode() for _, _, h in letters] == [key]
+    assert "Photos" not in stored  # not whole: fetched again when the listing next comes
