@@ -36,7 +36,7 @@ from producer.runs import RunStats
 from producer.scan import prefetch, total_rows, whole_page
 from producer.spark_client import SparkClient
 from producer.state import StateStore
-from schemas import InvalidRecord, Serde, Source, json_dumps, parse_timestamp
+from schemas import InvalidRecord, Serde, Source, json_dumps, json_loads, parse_timestamp
 from schemas.topics import dlq_topic
 from spark_relay.errors import RelayError
 from spark_relay.metrics import CHECKPOINT_TIME, POLLER_NEWEST, observe_newest
@@ -80,6 +80,22 @@ def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def version_of(raw: Any, resource: str) -> str:
+    """What a dead letter remembers of its record's version: its ModificationTimestamp as
+    sent, else (none readable) a digest of its text."""
+    element = raw
+    if isinstance(raw, bytes):
+        try:
+            element = json_loads(raw)
+        except (ValueError, RecursionError):
+            element = None
+    holder = element.get("StandardFields") if isinstance(element, dict) else None
+    holder = element if resource != "listings" else holder
+    if isinstance(holder, dict) and "ModificationTimestamp" in holder:
+        return text_of(holder["ModificationTimestamp"]).decode()
+    return digest(raw if isinstance(raw, bytes) else text_of(raw))
+
+
 def older(moment: datetime, last: str | None) -> bool:
     """Whether ``moment`` is before ``last``, the ModificationTimestamp last published."""
     previous = parse_timestamp(last) if last else None
@@ -116,6 +132,10 @@ class Pipeline:
         #: Converts listings ahead of the publishing while a procedure runs (:meth:`ahead`).
         self._converter: Converter | None = None
         self._converters_failed = False  # could not start: not tried again in this procedure
+        #: ``(resource, key, version)`` dead-lettered since the last commit, remembered with it.
+        self._dead_rows: list[tuple[str, str, str]] = []
+        #: Dead-letter a record again at the version it was dead-lettered at (a re-drive).
+        self.retry_dead_letters = False
 
     # -- fetch ------------------------------------------------------------
 
@@ -222,8 +242,24 @@ class Pipeline:
 
         The headers are the sinks' ``dlq.*`` vocabulary, with the record's resource
         and key: ``spark-relay dlq redrive poller`` re-fetches the key from the API.
+        A key is remembered with its version (:func:`version_of`) once the letter is
+        committed: the same version is not dead-lettered again (the daily purge, the
+        accounts scans), unless :attr:`retry_dead_letters` (a re-drive).
         """
         key = getattr(error, "key", None) or key or ""
+        if key:
+            version = version_of(raw, source.resource)
+            known = self.state.dead_letters(source.resource, key)
+            if known == version and not self.retry_dead_letters:
+                stats.unchanged += 1
+                logger.info(
+                    "%s %s: dead-lettered before at this version, not again (%s)",
+                    source.resource,
+                    key,
+                    error,
+                )
+                return
+            self._dead_rows.append((source.resource, key, version))
         body = raw if isinstance(raw, bytes) else text_of(raw)
         if isinstance(error, RecordTooLarge):
             stage = b"produce"
@@ -373,10 +409,12 @@ class Pipeline:
         :meth:`seen` read the rows of commits still under way before the state's.
         """
         media, seen = list(media), list(seen)
+        dead, self._dead_rows = self._dead_rows, []
 
         def write() -> None:
             with self.state.transaction():
                 self.state.record_published(resource, rows)
+                self.state.record_dead_letters(dead)
                 if resource == "listings" and rows and self.state.checkpoint("purge") is not None:
                     # a purge scan is under way: what was just published is live, whatever
                     # part of the key range the scan has passed already
@@ -428,6 +466,7 @@ class Pipeline:
         finally:
             self._committer = None
             self._converters_failed = False
+            self._dead_rows = []  # a run that failed: its letters are not remembered
             if self._converter is not None:
                 self._converter.close()
                 self._converter = None

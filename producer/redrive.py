@@ -117,7 +117,16 @@ def redrive_poller(settings: Settings, timeout: float = 60.0) -> RedriveStats:
 
 
 def run_redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
-    """Fetch the keys of the poller's dead letters again; publish what the API holds now."""
+    """Fetch the keys of the poller's dead letters again; publish what the API holds now, and
+    dead-letter again what is still broken, whatever version was dead-lettered before."""
+    pipe.retry_dead_letters = True
+    try:
+        return _redrive(pipe, stats, listings, accounts)
+    finally:
+        pipe.retry_dead_letters = False
+
+
+def _redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
     now = datetime.now(UTC)
     source = Source(resource="listings", procedure="redrive", run_id=stats.run_id, fetched_at=now)
     returned = pipe.refetch(listings, source, stats)

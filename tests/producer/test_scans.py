@@ -155,3 +155,24 @@ def test_subresource_paging_goes_past_a_page_shortened_by_rejected_items(
     letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}.dlq.poller")
     assert [dict(h)["dlq.key"].decode() for _, _, h in letters] == [key]
     assert "Photos" not in stored  # not whole: fetched again when the listing next comes
+
+
+def test_a_dead_lettered_record_is_tried_again_only_when_it_moves_or_on_redrive(
+    emulator, relay
+):
+    emu = emulator(listings=200, accounts=20, bad_records=0.1)
+    settings = relay(emu, page_size=100)
+    escape = [k for k, how in emu.truth()["bad"].items() if how["kind"] == "escape"]
+    account = sorted(emu.truth()["accounts"])[0]
+    emu.api.served[account] = b'{"Id":"%s","ModificationTimestamp":"never"}' % account.encode()
+    with build_poller(settings) as poller:
+        assert poller.snapshot().dead_lettered >= len(escape) > 0
+        assert poller.accounts().dead_lettered == 1
+        # the daily self-healing: the purge sees the broken keys live but never published
+        assert poller.purge().dead_lettered == 0
+        assert poller.purge().dead_lettered == 0
+        assert poller.accounts().dead_lettered == 0  # the same version: not again
+        emu.api.served[account] = b'{"Id":"%s","ModificationTimestamp":"later"}' % account.encode()
+        assert poller.accounts().dead_lettered == 1  # it moved: tried again
+        redriven = poller.redrive(escape, [account])  # on demand: tried again whatever
+    assert redriven.dead_lettered == len(escape) + 1
