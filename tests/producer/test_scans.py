@@ -157,9 +157,7 @@ def test_subresource_paging_goes_past_a_page_shortened_by_rejected_items(
     assert "Photos" not in stored  # not whole: fetched again when the listing next comes
 
 
-def test_a_dead_lettered_record_is_tried_again_only_when_it_moves_or_on_redrive(
-    emulator, relay
-):
+def test_a_dead_lettered_record_is_tried_again_only_when_it_moves_or_on_redrive(emulator, relay):
     emu = emulator(listings=200, accounts=20, bad_records=0.1)
     settings = relay(emu, page_size=100)
     escape = [k for k, how in emu.truth()["bad"].items() if how["kind"] == "escape"]
