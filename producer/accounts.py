@@ -37,6 +37,8 @@ def run_accounts(pipe: Pipeline, stats: RunStats, force: bool) -> bool:
     # every record returned counts, duplicates too: an insert ahead of the cursor adds
     # one to TotalRows and re-sends one record, a delete removes one of each
     tally = Tally.of(checkpoint.get("tally"))
+    if "count" in checkpoint:  # a checkpoint written before the tally: the same three numbers
+        tally = Tally(checkpoint["count"], *(checkpoint.get("totals") or (None, None)))
     bar = pipe.bar("accounts", "/v1/accounts")
     params = {**ORDER, "_limit": pipe.page_size}
     pages = skip_pages(
