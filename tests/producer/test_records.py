@@ -10,7 +10,9 @@ examples than ``make test``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -121,8 +123,14 @@ def _latest(settings_, topic: str, decode) -> dict:
 
 @pytest.fixture
 def one_listing(emulator, relay):
+    """An emulator, and settings whose state is fresh in each example (``_fresh``)."""
     emu = emulator(listings=3, accounts=20)
     return emu, relay(emu, page_size=10)
+
+
+def _fresh(settings_):
+    """Each example its own state: what an earlier example dead-lettered is not remembered."""
+    return dataclasses.replace(settings_, state_dir=f"{settings_.state_dir}/{uuid.uuid4().hex}")
 
 
 _LISTING_PATHS = st.sampled_from(
@@ -147,7 +155,7 @@ def test_any_json_in_any_field_of_a_listing_is_published_exactly_or_dead_lettere
     emu, settings_ = one_listing
     key = sorted(emu.truth()["listings"])[0]
     emu.api.served.pop(key, None)
-    with build_poller(settings_) as poller:
+    with build_poller(_fresh(settings_)) as poller:
         record = poller.client.get(f"/v1/listings/{key}").results[0]
         element = _with(record, path, value)
         emu.api.served[key] = element
@@ -169,7 +177,7 @@ def test_any_json_in_any_field_of_an_account_is_published_exactly_or_dead_letter
     emu, settings_ = one_listing
     account = sorted(emu.truth()["accounts"])[0]
     emu.api.served.pop(account, None)
-    with build_poller(settings_) as poller:
+    with build_poller(_fresh(settings_)) as poller:
         record = poller.client.get(f"/v1/accounts/{account}").results[0]
         element = _with(record, path, value)
         emu.api.served[account] = element
