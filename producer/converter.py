@@ -5,10 +5,12 @@ whole body) and the conversion, hashing and Avro encoding of its listings ran
 one after the other, whatever the threads. A :class:`Converter` hands each page's
 body, as the API sent it, to one of two worker processes, in turn. The worker:
 
-1. reads the body as :func:`producer.spark_client.parse_success` does and
-   answers at once with the page's *head*: its skip token, pagination and, per
-   listing, a stub of the fields the poller decides with (key and
-   ModificationTimestamp), so the next page is requested while it goes on;
+1. reads the body as :func:`producer.spark_client.parse_success` does, passes it
+   through the validation boundary (:func:`producer.records.check`) and answers at
+   once with the page's *head*: its skip token, pagination, rejected elements and,
+   per listing, a :class:`~producer.records.Stub` (key and ModificationTimestamp:
+   no content, so nothing a poller could convert or publish), so the next page is
+   requested while it goes on;
 2. converts, hashes and encodes each listing (:func:`convert_listing`) and
    answers with the events, in the page's order.
 
@@ -32,15 +34,17 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
 from concurrent.futures import Future
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
+
 from producer.pages import Page, parse_success
-from schemas import InvalidRecord, Source, json_dumps, listing_text, listing_to_record
+from producer.records import Listing, check, stubs, text_of
+from schemas import InvalidRecord, Source, listing_text, listing_to_record
 from schemas._avro import AvroEncoder
 from spark_relay.errors import TransientSourceError
 
@@ -95,34 +99,26 @@ class Invalid(NamedTuple):
 
 
 def convert_listing(
-    listing: Mapping[str, Any], source: Source, encode: AvroEncoder, large: int
+    listing: Listing, source: Source, encode: AvroEncoder, large: int
 ) -> Converted | Invalid:
-    """The event of one API listing, or why it cannot be one; its text kept when its value
-    is ``large`` bytes or more."""
+    """The event of one checked listing, or why it cannot be one; its text kept when its
+    value is ``large`` bytes or more. A :class:`~producer.records.Stub` is refused: it
+    holds no content, its event comes from the converter process that read it."""
+    if not isinstance(listing, Listing):
+        raise TypeError(f"only a checked Listing is converted, not a {type(listing).__name__}")
     try:
-        record = listing_to_record(listing, source)
+        record = listing_to_record(listing.raw, source)
+        text = listing_text(listing.raw, record).encode()
     except InvalidRecord as e:
-        return Invalid(e, json_dumps(listing).encode())
-    text = listing_text(listing, record).encode()
+        return Invalid(e, text_of(listing.raw))
+    except (orjson.JSONEncodeError, RecursionError) as e:  # nested deeper than JSON is written
+        error = InvalidRecord("listings", f"cannot be written as JSON: {e}", listing.key)
+        return Invalid(error, text_of(listing.raw))
     value = encode(record)
     kept = text if len(value) >= large else None
     return Converted(
         record["ListingKey"], record["ModificationTimestamp"], digest(text), value, kept
     )
-
-
-def _stub(listing: dict[str, Any]) -> dict[str, Any]:
-    """What the poller reads of a listing besides its event: key and ModificationTimestamp."""
-    standard = listing.get("StandardFields")
-    if not isinstance(standard, dict):
-        return listing  # no event can be made of it: the dead letter needs all of it
-    return {
-        "Id": listing.get("Id"),
-        "StandardFields": {
-            "ListingKey": standard.get("ListingKey"),
-            "ModificationTimestamp": standard.get("ModificationTimestamp"),
-        },
-    }
 
 
 def work(fd: int) -> None:
@@ -158,10 +154,8 @@ def work(fd: int) -> None:
             if page is None:
                 connection.send((number, "head", None))
                 continue
-            stubs = [_stub(listing) for listing in page.results]
-            head = Page(stubs, page.skip_token, page.pagination, server_time, page.rejected)
-            connection.send((number, "head", head))
-            del head, stubs
+            page = check(page, "listings")
+            connection.send((number, "head", stubs(page)))
             listings, events = page.results, []
             for i in range(len(listings)):
                 events.append(convert_listing(listings[i], source, encode, large))

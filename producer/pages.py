@@ -9,6 +9,7 @@ are its ``results``, the broken ones its ``rejected``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from schemas import json_dumps, json_loads
 
-__all__ = ["Page", "Parse", "Rejected", "parse_success", "read_envelope"]
+__all__ = ["Page", "Parse", "Rejected", "parse_success", "read_envelope", "text_of"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ Parse = Callable[[bytes, "datetime | None"], "Page | None"]
 _RESULTS = re.compile(rb'"Results"\s*:\s*\[')
 _KEY = re.compile(rb'"(?:ListingKey|Id)"\s*:\s*"([^"\\]{1,200})"')
 _WHITESPACE = b" \t\r\n"
+
+
+def text_of(element: Any) -> bytes:
+    """The JSON text of an element, for a dead letter; a best effort past what orjson writes."""
+    try:
+        return json_dumps(element).encode()
+    except (TypeError, ValueError, RecursionError):  # nested deeper than orjson writes
+        try:
+            return json.dumps(element, default=str).encode()
+        except (TypeError, ValueError, RecursionError):
+            return b'"(an element nested too deep to be written)"'
 
 
 def _value_end(body: bytes, i: int) -> int:
@@ -107,7 +119,7 @@ def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
                 break
             i += 1
         document = json_loads(body[:start] + body[i:])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     objects: list[Any] = []
     rejected: list[Rejected] = []
@@ -116,7 +128,7 @@ def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
         key = sniffed.group(1).decode(errors="replace") if sniffed else None
         try:
             element = json_loads(text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             rejected.append(Rejected(text, f"invalid JSON: {e}", key))
             continue
         objects.append(element)
@@ -133,7 +145,7 @@ def read_envelope(
     try:
         try:
             document = json_loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             split = _split_results(body) if status < 300 else None
             if split is None:
                 raise
@@ -151,7 +163,7 @@ def parse_success(body: bytes, server_time: datetime | None) -> Page | None:
     body is not a plain success (broken, or ``Success: false``): the client decides then."""
     try:
         envelope, elements, rejected = read_envelope(body, 200)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if envelope.get("Success") is False:
         return None
@@ -161,7 +173,7 @@ def parse_success(body: bytes, server_time: datetime | None) -> Page | None:
             results.append(element)
         else:
             reason = f"expected a JSON object, got {type(element).__name__}"
-            rejected.append(Rejected(json_dumps(element).encode(), reason))
+            rejected.append(Rejected(text_of(element), reason))
     return Page(
         results=results,
         skip_token=envelope.get("SkipToken"),

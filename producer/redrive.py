@@ -9,6 +9,11 @@ again, a key gone from the API is purged). A letter without a key (a bare
 non-object element) has nothing to fetch and is counted as skipped. Progress
 is committed in the group ``spark-relay.redrive.<dlq topic>`` after the
 re-fetch, so ``spark-relay status`` counts only the letters left.
+
+:func:`run_redrive` is the poller's procedure (:meth:`producer.poller.Poller.redrive`):
+listings fetched again by key, accounts by Id, each published whatever the index
+says; a record still broken is dead-lettered again, a key the API no longer returns
+(a 403 or 404 by key) is purged if it was published.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from producer.accounts import publish_account
+from producer.pipeline import Pipeline
+from producer.purge import purge_keys
+from producer.records import check
+from producer.runs import RunStats
+from producer.spark_client import Forbidden, NotFound
+from schemas import InvalidRecord, Source
 from schemas.topics import dlq_topic, redrive_group
 from spark_relay.errors import ConfigError
 from spark_relay.settings import Settings
 
-__all__ = ["redrive_poller", "RedriveStats"]
+__all__ = ["redrive_poller", "run_redrive", "RedriveStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +114,50 @@ def redrive_poller(settings: Settings, timeout: float = 60.0) -> RedriveStats:
         consumer.close()
     logger.info(stats.summary())
     return stats
+
+
+def run_redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
+    """Fetch the keys of the poller's dead letters again; publish what the API holds now, and
+    dead-letter again what is still broken, whatever version was dead-lettered before."""
+    pipe.retry_dead_letters = True
+    try:
+        return _redrive(pipe, stats, listings, accounts)
+    finally:
+        pipe.retry_dead_letters = False
+
+
+def _redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
+    now = datetime.now(UTC)
+    source = Source(resource="listings", procedure="redrive", run_id=stats.run_id, fetched_at=now)
+    returned = pipe.refetch(listings, source, stats)
+    gone = [key for key in listings if key not in returned]
+    known = pipe.state.published("listings", gone)
+    if not purge_keys(
+        pipe, "listings", [(k, known[k][0]) for k in gone if k in known], source, stats
+    ):
+        return False
+
+    source = Source(resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now)
+    rows, gone = [], []
+    for account_id in accounts:
+        try:
+            page = check(pipe.client.get(f"/v1/accounts/{account_id}"), "accounts")
+        except (NotFound, Forbidden):  # not accessible any more: gone
+            gone.append(account_id)
+            continue
+        stats.records += len(page.results) + len(page.rejected)
+        for element in page.rejected:  # keyed by the Id asked for: a re-drive finds it again
+            error = InvalidRecord("accounts", element.reason, element.key or account_id)
+            pipe.dead_letter(stats, element.text, error, source)
+        if not page.results and not page.rejected:
+            gone.append(account_id)
+        for account in page.results:
+            row = publish_account(pipe, account, (None, None), source, stats, force=True)
+            if row is not None:
+                rows.append(row)
+    pipe.commit("accounts", rows, None)
+    pipe.drain()
+    known = pipe.state.published("accounts", gone)
+    return purge_keys(
+        pipe, "accounts", [(k, known[k][0]) for k in gone if k in known], source, stats
+    )

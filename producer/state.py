@@ -50,6 +50,9 @@ _SCHEMA = [
         key TEXT NOT NULL, name TEXT NOT NULL, changed TEXT, items TEXT NOT NULL,
         PRIMARY KEY (key, name))""",
     """CREATE TABLE IF NOT EXISTS holder (id INTEGER PRIMARY KEY, text TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        resource TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,
+        PRIMARY KEY (resource, key))""",
     """CREATE TABLE IF NOT EXISTS runs (
         id TEXT PRIMARY KEY, procedure TEXT NOT NULL, started_at TEXT NOT NULL,
         finished_at TEXT, status TEXT NOT NULL, detail TEXT NOT NULL)""",
@@ -310,6 +313,29 @@ class StateStore:
                     "items = excluded.items"
                 ),
                 [(k, n, c, json_dumps(i)) for k, n, c, i in rows],  # numbers exact
+            )
+
+    # -- dead letters: the version of each key last dead-lettered -----------
+
+    def dead_letters(self, resource: str, key: str) -> str | None:
+        """The version (ModificationTimestamp) of ``key`` last dead-lettered, if any."""
+        with self.transaction() as cur:
+            cur.execute(
+                self._q("SELECT version FROM dead_letters WHERE resource = ? AND key = ?"),
+                (resource, key),
+            )
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def record_dead_letters(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        """Remember ``(resource, key, version)`` as dead-lettered (inside the caller's transaction)."""
+        with self.transaction() as cur:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO dead_letters (resource, key, version) VALUES (?, ?, ?) "
+                    "ON CONFLICT (resource, key) DO UPDATE SET version = excluded.version"
+                ),
+                list(rows),
             )
 
     # -- scans: what the API still returns -------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -47,12 +48,17 @@ _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _DIGITS = bytes.maketrans(b"123456789.", b"0000000000")
 _DROPPED = b" \t\r\n-"
 _LONG = tuple(lead + b"0" * 16 for lead in (b":", b",", b"["))
+#: A bare number with an exponent (``1e400``, ``1e-400``): a double turns it into infinity or
+#: 0, so it takes the exact path too.
+_EXPONENT = re.compile(rb"[:,\[]0+[eE]")
 
 
 def _has_long_number(raw: bytes) -> bool:
-    """Whether ``raw`` (JSON) may hold a bare number of 16 digits or more."""
+    """Whether ``raw`` (JSON) may hold a bare number of 16 digits or more, or an exponent."""
     digits = raw.translate(_DIGITS, _DROPPED)
-    return any(digits.find(pattern) != -1 for pattern in _LONG)
+    if any(digits.find(pattern) != -1 for pattern in _LONG):
+        return True
+    return (b"0e" in digits or b"0E" in digits) and _EXPONENT.search(digits) is not None
 
 
 def to_text(value: Any) -> Any:
@@ -77,7 +83,16 @@ def to_double(value: Any) -> Any:
             return REJECT
     else:
         return REJECT
+    if number == 0 and kind is not int and _nonzero(value):  # 1e-400: not 0, not a double
+        return REJECT
     return number if math.isfinite(number) else REJECT
+
+
+def _nonzero(value: Any) -> bool:
+    try:
+        return Decimal(value.strip() if type(value) is str else value) != 0
+    except (ArithmeticError, ValueError):
+        return False
 
 
 def to_int(value: Any) -> Any:

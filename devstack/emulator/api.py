@@ -90,6 +90,21 @@ class SparkAPI:
         self._cache: dict[tuple[str, str], tuple[int, list[str]]] = {}
         self._cache_lock = threading.Lock()
         self._field_names: frozenset[str] | None = None
+        #: Tests' switches for answers the data cannot produce: ``served`` maps a ListingKey
+        #: or account Id to the JSON bytes sent in place of its record, in pages and by key;
+        #: ``gone_status`` is what a removed record answers by key (404, or 403/1500 as some
+        #: backends answer for a record the key may no longer see).
+        self.served: dict[str, bytes] = {}
+        #: ``"<ListingKey>/<path>"`` -> the elements (JSON bytes each) of that subresource.
+        self.served_items: dict[str, list[bytes]] = {}
+        self.gone_status = 404
+
+    def _gone(self, what: str) -> Reject:
+        if self.gone_status == 403:
+            return Reject(
+                403, 1500, "The requested resource is not available at your service level"
+            )
+        return not_found(what)
 
     def clear_filter_cache(self) -> None:
         """Forget every cached filter result."""
@@ -294,7 +309,7 @@ class SparkAPI:
                         break
         items = []
         for state in states:
-            items.append(self._record(state, select, nested, custom))
+            items.append(self.served.get(state.key) or self._record(state, select, nested, custom))
             bad = mls.bad(state.key)
             if bad is not None and bad.kind == "element":
                 items.append(orjson.dumps(bad.element))
@@ -340,14 +355,14 @@ class SparkAPI:
         with self.mls.lock:
             state = self.mls.listing_state(key)
         if state is None:
-            raise not_found(f"Listing {key}")
+            raise self._gone(f"Listing {key}")
         return state
 
     def _listing(self, key: str, params: dict[str, str]) -> bytes:
         state = self._live(key)
         select = self._select(params)
         nested, custom = expansions(params)
-        record = self._record(state, select, nested, custom)
+        record = self.served.get(key) or self._record(state, select, nested, custom)
         bad = self.mls.bad(key)
         if bad is not None and bad.kind == "element":
             record += b"," + orjson.dumps(bad.element)
@@ -366,6 +381,10 @@ class SparkAPI:
         # no _limit: every item; _limit=0 (the docs allow >= 0): none
         limit = integer(params, "_limit", -1, 0, MAX_LIMIT["other"], "listing subresources")
         skip = integer(params, "_skip", 0, 0, MAX_SKIP, "listing subresources")
+        served = self.served_items.get(f"{key}/{path}")
+        if served is not None and not rest:
+            page = served[skip : skip + limit] if limit else served
+            return b'{"D":{"Success":true,"Results":[' + b",".join(page) + b"]}}"
         items = self.mls.expansion(state, name)
         if rest:
             items = [i for i in items if i["Id"] == rest[0]]
@@ -448,6 +467,9 @@ class SparkAPI:
             if names:
                 keep = {"Id", "ResourceUri", *names}
                 page = [{k: v for k, v in a.items() if k in keep} for a in page]
+            page = [
+                orjson.Fragment(self.served[a["Id"]]) if a["Id"] in self.served else a for a in page
+            ]
             body: dict[str, Any] = {"Success": True}
             if mode != "count":
                 body["Results"] = page
@@ -459,5 +481,8 @@ class SparkAPI:
         with self.mls.lock:
             record = self.mls.accounts.get(account_id)
             if record is None:
-                raise not_found(f"Account {account_id}")
+                raise self._gone(f"Account {account_id}")
+            record = (
+                orjson.Fragment(self.served[account_id]) if account_id in self.served else record
+            )
             return orjson.dumps({"D": {"Success": True, "Results": [record]}})

@@ -52,12 +52,12 @@ def test_a_failed_delivery_stops_every_later_write_and_reaches_the_caller(make_s
 def test_the_poller_reads_a_commit_under_way_before_the_state(emulator, relay):
     settings = relay(emulator(listings=10, accounts=5))
     row = ("K1", "2026-01-02T00:00:00Z", "h2")
-    with build_poller(settings) as poller, poller._pipelined():
+    with build_poller(settings) as poller, poller.pipelined():
         with poller.state.transaction():  # the state held: the committer's write waits for it
-            poller._commit("listings", [row], None, seen=["K1"])
+            poller.commit("listings", [row], None, seen=["K1"])
             assert poller.state.published("listings", ["K1"]) == {}
-            assert poller._published("listings", ["K1"]) == {"K1": row[1:]}
-            assert poller._seen("listings", ["K1"]) == {"K1"}
-        poller._drain()
+            assert poller.published("listings", ["K1"]) == {"K1": row[1:]}
+            assert poller.seen("listings", ["K1"]) == {"K1"}
+        poller.drain()
         assert tuple(poller.state.published("listings", ["K1"])["K1"]) == row[1:]
         assert poller._committer.pending([("published", "listings", "K1")]) == {}

@@ -18,6 +18,7 @@ from producer.cli import build_poller
 from producer.converter import Converter, ConverterLost, Invalid, convert_listing, cores
 from producer.pages import parse_success
 from producer.poller import content_hash
+from producer.records import Stub, check
 from schemas import LISTING_SCHEMA, Source, json_dumps, json_loads
 from schemas.serde import AvroEncoder
 from tests.kafka_helpers import converter_workers, read_topic
@@ -73,7 +74,7 @@ def test_a_page_read_and_converted_in_a_worker_is_the_page_read_and_converted_he
     seen = []  # per body: (rejected elements, invalid listings)
     kept = set()  # whether an event kept its text
     for body in (_body(broken, 400), _invalid_listings(_body(clean, 60))):
-        here = parse_success(body, NOW)
+        here = check(parse_success(body, NOW), "listings")
         with Converter(ENCODER, 2, LARGE) as converter:
             head = _started(converter).parse(body, NOW, SOURCE)
             events, source = converter.events(head)
@@ -85,24 +86,27 @@ def test_a_page_read_and_converted_in_a_worker_is_the_page_read_and_converted_he
             here.pagination,
             NOW,
         )
-        assert head.rejected == here.rejected  # broken elements, as the client has them
+        assert head.rejected == here.rejected  # broken elements, as the boundary has them
         assert len(head.results) == len(events) == len(here.results)
         for stub, listing in zip(head.results, here.results, strict=True):
-            assert stub.get("Id") == listing.get("Id")
-            standard = listing.get("StandardFields")
-            if isinstance(standard, dict):
-                for name in ("ListingKey", "ModificationTimestamp"):
-                    assert stub["StandardFields"][name] == standard.get(name)
+            assert isinstance(stub, Stub) and not hasattr(stub, "raw")
+            assert (stub.key, stub.modified, stub.moment) == (
+                listing.key,
+                listing.modified,
+                listing.moment,
+            )
+            with pytest.raises(TypeError, match="Stub"):  # a head holds nothing to convert
+                convert_listing(stub, SOURCE, ENCODER, LARGE)
 
         expected = [convert_listing(listing, SOURCE, ENCODER, LARGE) for listing in here.results]
         assert [_plain(e) for e in events] == [_plain(e) for e in expected]
         for event, listing in zip(events, here.results, strict=True):
             if not isinstance(event, Invalid):  # the digest the state keeps: content_hash's
-                assert event.digest == content_hash(listing)
+                assert event.digest == content_hash(listing.raw)
                 kept.add(event.text is not None)
-        seen.append((len(here.rejected), sum(isinstance(e, Invalid) for e in events)))
-    assert seen[0][0] > 0  # the emulator's broken elements, in the first body
-    assert seen[1] == (0, 2)  # the listings broken here, in the second
+        seen.append(len(here.rejected))
+    assert seen[0] > 0  # the emulator's broken elements, in the first body
+    assert seen[1] == 2  # the listings broken here (no StandardFields, no timestamp): rejected
     assert kept == {True, False}  # texts kept for the large values only (equal to here's)
 
 

@@ -310,13 +310,13 @@ def test_rooms_and_units_refresh_when_the_listing_changes_and_only_then(emulator
     settings = relay(emu, subresources="Rooms,Units")
     fetched: list[tuple[str, str]] = []
     with build_poller(settings) as poller:
-        real = poller._subresource
+        real = poller.subresource
 
         def spy(key: str, segment: str):
             fetched.append((key, segment))
             return real(key, segment)
 
-        poller._subresource = spy
+        poller.subresource = spy
         poller.snapshot()
         assert len(fetched) == 400
         fetched.clear()
@@ -446,10 +446,9 @@ def test_select_applies_to_update_windows_as_to_the_snapshot(emulator, relay):
     ],
 )
 def test_one_timestamp_parser(text, expected):
-    from producer.poller import _parse_iso
     from schemas import parse_timestamp
 
-    assert parse_timestamp(text) == expected and _parse_iso is parse_timestamp
+    assert parse_timestamp(text) == expected
 
 
 def test_odd_stored_timestamps_never_crash_a_purge(emulator, relay):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import producer.purge
+import producer.update
 from devstack.emulator.guards import FaultInjector
 from producer.cli import build_poller
 from producer.spark_client import SparkClient
@@ -262,7 +264,7 @@ def test_days_of_backlog_are_caught_up_in_windows_each_committed(emulator, relay
         poller.client.max_attempts = 2
         committed = []
         set_checkpoint = poller.state.set_checkpoint
-        update_window = poller._update_window
+        update_window = producer.update._window
 
         def record(name, value):
             set_checkpoint(name, value)
@@ -271,14 +273,14 @@ def test_days_of_backlog_are_caught_up_in_windows_each_committed(emulator, relay
 
         windows = []
 
-        def fail_from_the_second_window(stats, lower, upper):
+        def fail_from_the_second_window(pipe, stats, lower, upper):
             windows.append(upper)
             if len(windows) == 2:  # the API goes away as the second window starts
                 _faults(emu, "500:1.0")
-            return update_window(stats, lower, upper)
+            return update_window(pipe, stats, lower, upper)
 
         monkeypatch.setattr(poller.state, "set_checkpoint", record)
-        monkeypatch.setattr(poller, "_update_window", fail_from_the_second_window)
+        monkeypatch.setattr(producer.update, "_window", fail_from_the_second_window)
         with pytest.raises(TransientSourceError):
             poller.update()
         monkeypatch.undo()
@@ -454,21 +456,23 @@ def test_the_daemon_rides_through_a_lost_state_connection_and_keeps_its_lock(
     assert "state store" in daemon.stderr and "reconnected" in daemon.stderr
 
 
-def test_a_stop_during_the_purge_recheck_ends_it_and_the_next_purge_finishes_it(emulator, relay):
+def test_a_stop_during_the_purge_recheck_ends_it_and_the_next_purge_finishes_it(
+    emulator, relay, monkeypatch
+):
     emu = emulator(listings=400, accounts=20)
     settings = relay(emu)
     with build_poller(settings) as poller:
         poller.snapshot()
         removed = set(emu.advance(minutes=30, modify=0, create=0, remove=0.2, media=0)["removed"])
-        recheck = poller._gone
+        recheck = producer.purge.gone
 
-        def then_stop(resource, keys):  # SIGTERM arrives while the candidates are re-checked
+        def then_stop(pipe, resource, keys):  # SIGTERM arrives while candidates are re-checked
             poller.stop.set()
-            return recheck(resource, keys)
+            return recheck(pipe, resource, keys)
 
-        poller._gone = then_stop
+        monkeypatch.setattr(producer.purge, "gone", then_stop)
         stopped = poller.purge(force=True)
-        poller._gone = recheck
+        monkeypatch.undo()
         poller.stop.clear()
         assert not stopped.completed and 0 < stopped.purged < len(removed)
         finished = poller.purge(force=True)

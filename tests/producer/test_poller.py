@@ -383,9 +383,9 @@ def test_the_purge_publishes_live_keys_that_were_never_published(emulator, relay
 
 
 def test_subresources_are_paged(emulator, relay, monkeypatch):
-    import producer.poller
+    import producer.subresources
 
-    monkeypatch.setattr(producer.poller, "SUBRESOURCE_PAGE", 3)  # photos come 3 to a page
+    monkeypatch.setattr(producer.subresources, "PAGE", 3)  # photos come 3 to a page
     emu = emulator(listings=40, accounts=10)
     settings = relay(emu, subresources="Photos")
     with build_poller(settings) as poller:
