@@ -143,14 +143,14 @@ def test_only_the_documented_statuses_can_answer_1550():
 
 
 def test_the_producers_recheck_by_key_stays_within_the_limits(make_emulator):
-    from producer import poller
+    from producer import pipeline
 
-    batch = [f"{i:026d}" for i in range(poller.RECONCILE_BATCH)]
-    assert poller.RECONCILE_BATCH <= MAX_EXPRESSIONS
+    batch = [f"{i:026d}" for i in range(pipeline.BY_KEY_BATCH)]
+    assert pipeline.BY_KEY_BATCH <= MAX_EXPRESSIONS
     emu = make_emulator(listings=5)
     response = httpx.get(
         f"{emu.url}/v1/listings",
-        params={"_filter": poller._by_key(batch), "_limit": len(batch)},
+        params={"_filter": pipeline.by_keys(batch), "_limit": len(batch)},
         headers={**auth(emu), **USER_AGENT},
     )
     assert response.status_code == 200, response.text
