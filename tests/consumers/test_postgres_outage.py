@@ -125,7 +125,7 @@ def _publish(topics: Topics, first: int, count: int) -> None:
 
 
 def _everything_assigned(*members: Member) -> bool:
-    held = [m.runner._assigned for m in members if m.alive]
+    held = [m.runner.assignment.partitions.held for m in members if m.alive]
     return sum(len(h) for h in held) == 3 * PARTITIONS == len(set().union(*held))
 
 
@@ -153,7 +153,9 @@ def test_members_whose_database_breaks_in_a_rebalance_stay_and_the_group_moves_o
         for n, member in enumerate(group_now):
             if not member.alive:
                 group_now[n] = members(settings, schema, group)
-        return all(m.runner._assigned for m in group_now) and _everything_assigned(*group_now)
+        return all(m.runner.assignment.partitions.held for m in group_now) and _everything_assigned(
+            *group_now
+        )
 
     wait_for(settled, timeout=30, what="the members to hold every partition")
     assert time.monotonic() - started < 30
@@ -217,7 +219,7 @@ def test_members_failing_in_a_rebalance_let_it_complete_then_stop(setup, members
 def test_the_sink_waits_out_a_broken_database_and_loses_nothing(setup, members):
     settings, topics, schema, conn = setup
     member = members(settings, schema, f"g-{settings.topic_prefix}")
-    wait_for(lambda: member.runner._assigned, timeout=60, what="the assignment")
+    wait_for(lambda: member.runner.assignment.partitions.held, timeout=60, what="the assignment")
 
     def publish() -> None:  # 3000 listings over ~5 s, the sink busy all along
         for first in range(0, 3000, 20):
