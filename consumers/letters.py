@@ -55,16 +55,14 @@ class Letters:
     def send(
         self, message: Message, error: BaseException, stage: str, content: Message | None = None
     ) -> None:
-        """Dead-letter ``message`` (``stage``: decode, write or commit), once.
+        """Dead-letter ``message`` (``stage``: decode, write or commit); the runner asks
+        :meth:`sent` first, and skips a message sent already.
 
         ``content``: what the letter holds when it is not ``message`` itself (a
         re-driven letter stored truncated, replaced by its original).
         """
-        where = self._where(message)
-        if where in self._sent:
-            return
         self.dlq.send(content or message, error, stage)
-        self._sent[where] = (f"{stage} {error_class(error)}", str(error)[:300])
+        self._sent[self._where(message)] = (f"{stage} {error_class(error)}", str(error)[:300])
 
     def check_storm(self, messages: list[Message]) -> None:
         """More than ``limit`` letters in a row for one reason stop the sink (:class:`SinkError`).
@@ -74,25 +72,25 @@ class Letters:
         before each commit of the batch, counting its messages in the order they
         came, with the letters of every stage so far.
         """
-        self._count(messages)
+        self._count(messages, self.limit)
 
     def committed(self, messages: list[Message], offsets: Offsets) -> None:
         """The batch of ``messages`` is committed up to ``offsets``: its letters are done."""
-        self._streak = self._count(messages)
+        self._streak = self._count(messages, limit=0)  # checked before the commit
         self._sent = {
             (t, p, o): v for (t, p, o), v in self._sent.items() if o >= offsets.get((t, p), 0)
         }
 
-    def _count(self, messages: list[Message]) -> tuple[str, int]:
-        """The streak after ``messages``, from the last committed batch's; raise past the limit."""
+    def _count(self, messages: list[Message], limit: int) -> tuple[str, int]:
+        """The streak after ``messages``, from the last committed batch's; raise past ``limit``."""
         reason, count = self._streak
         for message in messages:
             found, detail = self._sent.get(self._where(message), ("", ""))
             count = count + 1 if found and found == reason else int(bool(found))
             reason = found
-            if self.limit and count > self.limit:
+            if limit and count > limit:
                 raise SinkError(
-                    f"sink {self.sink}: more than {self.limit} dead letters in a row, each "
+                    f"sink {self.sink}: more than {limit} dead letters in a row, each "
                     f"{found}: {detail}; stopping with this batch uncommitted. Fix the cause "
                     "(or raise --dead-letter-limit) and start the sink again"
                 )

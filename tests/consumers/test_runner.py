@@ -324,6 +324,7 @@ def test_letters_at_commit_count_toward_the_storm_guard(topics):
     sink = RefusedAtCommit()
     with pytest.raises(SinkError, match=r"more than 3 dead letters in a row, each commit"):
         run(sink, topics.settings, dead_letter_limit=3)
+    assert sink.commits == []  # the batch's offsets are not committed past its letters
     assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {}
 
 
