@@ -10,8 +10,7 @@ Call order, per consumer::
     stored_offsets(partitions)     after each assignment: where the sink's own
                                    storage says to resume (None: use Kafka's)
     write(batch)                   zero or more times per commit; raising aborts
-                                   the batch (the runner then retries its events
-                                   one by one and dead-letters the ones that fail)
+                                   the batch (see "Bad record or broken store")
     commit(offsets)                make every write since the last commit durable,
                                    together with ``offsets`` when the sink can
     close()                        once, after the last commit or on shutdown
@@ -26,12 +25,31 @@ already own them, so drop what is held of them, never publish it). A sink that
 keeps nothing per partition need not define it; ``stored_offsets`` is called
 again when partitions come back.
 
-Raising :class:`~spark_relay.errors.SinkUnavailableError` from any call says
-the store is down, not the record: the runner stops with nothing committed.
-Raising its subclass :class:`~spark_relay.errors.SinkRetriableError` says the
-store broke off and dropped everything since the last commit (a lost
-connection): the runner waits, then calls again from the batch's first
-``write`` (or ``stored_offsets`` again), so the next call may reconnect.
+Bad record or broken store: the sink says which. Every exception a sink
+raises from any call is one of three, and the runner never guesses from an
+exception's type which one it is:
+
+- :class:`BadRecord`: the store refuses *this record* (a value it cannot hold,
+  a mapping conflict on one document). From ``write(batch)``, the runner
+  writes the batch's events again one at a time and dead-letters each event
+  that raises it alone; from ``commit``, the sink must have dropped its writes
+  since the last commit, and the runner writes and commits each event alone,
+  dead-lettering those that raise it. Letters of either stage count toward the
+  runner's storm guard (too many in a row for one reason stop it).
+- :class:`~spark_relay.errors.SinkUnavailableError` (or its subclass
+  :class:`~spark_relay.errors.SinkRetriableError`, the same to the runner):
+  the *store* is broken, at any stage (``open``, ``stored_offsets``, ``write``,
+  ``commit``, ``revoked``): down, unreachable, full, read-only, refusing
+  credentials or permission. The sink drops everything not committed. The
+  runner drops the batch in hand, dead-letters nothing, pauses every
+  partition and reports not ready; after 1, 2, 4 … 30 s it calls ``open``
+  again (if it never succeeded), then ``stored_offsets`` for every paused
+  partition, and resumes each where the sink says (or earlier, where its
+  own uncommitted messages began). A sink whose store is down at start
+  still joins its group and waits.
+- anything else (a :class:`~spark_relay.errors.ConfigError`, a
+  :class:`~spark_relay.errors.SinkError`, a bug): the runner stops with
+  nothing committed and nothing dead-lettered (exit 6, or 2 for a setting).
 
 ``offsets`` are *next* offsets: ``{(topic, partition): offset_of_last_event + 1}``,
 as Kafka commits them, so "resume after this" needs no arithmetic.
@@ -51,14 +69,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from spark_relay.errors import SinkError
 from spark_relay.settings import Settings
 
-__all__ = ["Event", "Batch", "Offsets", "SinkContext", "Sink", "TopicPartition"]
+__all__ = [
+    "BadRecord",
+    "Event",
+    "Batch",
+    "Offsets",
+    "SinkContext",
+    "Sink",
+    "TopicPartition",
+]
 
 logger = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 Offsets = dict[TopicPartition, int]
+
+
+class BadRecord(SinkError):
+    """The store refuses this record (the store itself is fine): the runner dead-letters it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ reason in its headers:
 
 =================  ==============================================================
 ``dlq.error``      the error (≤ 2,000 characters; passwords in URLs masked)
-``dlq.error.class`` the error's class, ``module.QualName``
+``dlq.error.class`` the error's class, ``module.QualName`` (a ``BadRecord``'s cause's)
 ``dlq.stage``      ``decode`` (bytes the registry or Avro could not read) or
                    ``write`` (a record the sink rejected on its own)
 ``dlq.topic``      the source topic
@@ -40,6 +40,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumers.base import BadRecord
 from schemas.topics import DLQ_RETENTION_MS, MAX_MESSAGE_BYTES, dlq_topic, redrive_group
 from spark_relay.errors import DeliveryError
 from spark_relay.masking import mask
@@ -116,6 +117,10 @@ def origin_of(message: Message, dlq: str) -> Origin:
 
 
 def error_class(error: BaseException) -> str:
+    """``module.QualName`` of ``error``; of its cause for a :class:`BadRecord` raised from one
+    (what the store refused: ``psycopg.errors.NumericValueOutOfRange``)."""
+    if isinstance(error, BadRecord) and error.__cause__ is not None:
+        error = error.__cause__
     kind = type(error)
     return (
         kind.__qualname__

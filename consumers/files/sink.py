@@ -17,16 +17,19 @@ Layout (``--path`` defaults to ``<state_dir>/files``)::
   (checked at each commit, so only while events flow; 0 disables), when the
   date changes, when its partition is revoked, and at ``close``.
 - A file is published only after its events are committed: ``write`` encodes
-  the events (a record the format cannot hold fails its batch, for the runner
-  to dead-letter), ``commit`` appends them, closes the files that are due and
-  publishes them last. If any step of a commit (or of ``close``) fails or is
-  interrupted (a second SIGTERM, any ``BaseException``), the sink deletes every
-  unpublished file, rotated or open, refuses further work
-  (:class:`SinkUnavailableError`) and publishes nothing at ``close``: a restart
-  resumes from the published files.
+  the events (a record the format cannot hold is a :class:`BadRecord`, for the
+  runner to dead-letter), ``commit`` appends them, closes the files that are
+  due and publishes them last. If any step of a commit (or of ``close``) fails,
+  whatever the error (a full disk, EFBIG, EIO, a read-only folder), the store is
+  broken: the sink deletes every unpublished file, rotated or open, and forgets
+  where its partitions were (:class:`SinkUnavailableError`); the runner waits,
+  asks ``stored_offsets`` again and resumes from the published files. A step
+  interrupted (a second SIGTERM's ``SystemExit``, any ``BaseException``) deletes
+  them the same way and is re-raised as it is: nothing is half-published.
 - The published files are the sink's offsets: ``stored_offsets`` is the last
   offset of the newest file of each partition, plus one (0 when it has no
-  file). A crash loses only temporary files; the re-run starts from the same
+  file), found in one pass over each topic's folders for all the partitions
+  asked. A crash loses only temporary files; the re-run starts from the same
   first offset, so it writes the same file name again, never a duplicate.
   Events below that offset (re-deliveries, a ``--from-beginning`` replay) are
   dropped: to rebuild the files, point ``--path`` at an empty directory.
@@ -63,9 +66,9 @@ from typing import Any, BinaryIO, ClassVar
 
 import click
 
-from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.files.formats import FORMATS, Format, RecordWriter, format_of, get_format
-from spark_relay.errors import SinkError, SinkUnavailableError
+from spark_relay.errors import SinkUnavailableError
 
 __all__ = [
     "FileSink",
@@ -248,7 +251,6 @@ class FileSink:
         self._closed: list[_OpenFile] = []  # closed in the commit in hand, not published yet
         self._next: dict[TopicPartition, int] = {}
         self._pending: list[_Staged] = []
-        self._failed: BaseException | None = None
         self.redrive = False
 
     def open(self, ctx: SinkContext) -> None:
@@ -267,14 +269,12 @@ class FileSink:
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets:
         """Called after each assignment: the next offset after the published files, per partition."""
-        self._check()
-        offsets = {}
         for tp in partitions:
             if tp in self._open:  # still open from before (a runner that did not call revoked)
                 self._guarded(self._publish_open, tp)
             self._next.pop(tp, None)
-            offsets[tp] = self._next_offset(tp)
-        return offsets
+        self._guarded(self._find_next, partitions)
+        return {tp: self._next[tp] for tp in partitions}
 
     def revoked(self, partitions: Sequence[TopicPartition], lost: bool = False) -> None:
         """Called when partitions leave this consumer, after their last commit.
@@ -289,7 +289,7 @@ class FileSink:
             self._next.pop(tp, None)
             if tp not in self._open:
                 continue
-            if lost or self._failed is not None:
+            if lost:
                 self._discard(self._open.pop(tp))
             else:
                 self._guarded(self._publish_open, tp)
@@ -297,42 +297,53 @@ class FileSink:
     def _next_offset(self, tp: TopicPartition) -> int:
         """The first offset not in a file yet; on first sight, read from the newest file."""
         if tp not in self._next:
-            topic, partition = tp
-            for stale in (self.root / topic).glob(f"date=*/.{topic}+{partition}+*.tmp"):
-                if _remove_if_abandoned(stale):
-                    logger.info(
-                        "%s[%d]: removed %s, left by a dead writer", topic, partition, stale
-                    )
-            newest = max(
-                (
-                    (first, path)
-                    for p, first, path in committed_files(self.root, topic)
-                    if p == partition
-                ),
-                default=None,
-            )
-            if newest is None:
-                self._next[tp] = 0
-            else:
-                first, path = newest
+            self._find_next([tp])
+        return self._next[tp]
+
+    def _find_next(self, tps: Sequence[TopicPartition]) -> None:
+        """Find the next offset of each of ``tps`` not known yet, in one pass over each
+        topic's folders; remove the temporary files of theirs that dead writers left."""
+        wanted: dict[str, set[int]] = {}
+        for topic, partition in tps:
+            if (topic, partition) not in self._next:
+                wanted.setdefault(topic, set()).add(partition)
+        for topic, partitions in wanted.items():
+            newest: dict[int, tuple[int, Path]] = {}
+            for path in (self.root / topic).glob("date=*/*"):
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    # .<final name>.<writer id>.tmp
+                    parsed = parse_name(path.name[1:-4].rsplit(".", 1)[0])
+                    if parsed and parsed[0] == topic and parsed[1] in partitions:
+                        if _remove_if_abandoned(path):
+                            logger.info("%s: removed %s, left by a dead writer", topic, path)
+                    continue
+                parsed = parse_name(path.name)
+                if parsed is None or parsed[0] != topic or parsed[1] not in partitions:
+                    continue
+                if format_of(path) is not None and parsed[2] >= newest.get(parsed[1], (-1,))[0]:
+                    newest[parsed[1]] = (parsed[2], path)
+            for partition in partitions:
+                found = newest.get(partition)
+                if found is None:
+                    self._next[(topic, partition)] = 0
+                    continue
+                first, path = found
                 reader = format_of(path)
                 last = reader.last_offset(path) if reader is not None else None
                 # an empty file (left by an older version) holds nothing from its first offset
-                self._next[tp] = first if last is None else last + 1
-        return self._next[tp]
+                self._next[(topic, partition)] = first if last is None else last + 1
 
     # ---- writing ---------------------------------------------------------------------------
 
     def write(self, batch: Batch) -> None:
         """Called per batch: encode and stage its events; nothing reaches a file before ``commit``."""
-        self._check()
         assert self.format is not None
         staged = []
         for event in batch:
             try:
                 item = self.format.encode(envelope(event))
             except Exception as e:
-                raise SinkError(
+                raise BadRecord(
                     f"{event.topic}[{event.partition}]@{event.offset}: cannot be written "
                     f"as {self.format.name}: {e}"
                 ) from e
@@ -345,10 +356,9 @@ class FileSink:
         """Append the staged events to their files, close the files that are due, publish them.
 
         Raising (:class:`SinkUnavailableError`) means nothing of this commit
-        and nothing of the files still open was published, and never will be
-        by this sink: restart to resume from the published files.
+        and nothing of the files still open was published: they were deleted,
+        and the runner resumes from the published files.
         """
-        self._check()
         staged, self._pending = self._pending, []
         self._guarded(self._write_letters if self.redrive else self._append, staged)
 
@@ -479,7 +489,6 @@ class FileSink:
         try:
             step(*args)
         except BaseException as e:
-            self._failed = e
             for current in [*self._closed, *self._open.values()]:
                 self._discard(current)
             self._closed, self._open, self._next, self._pending = [], {}, {}, []
@@ -487,14 +496,8 @@ class FileSink:
                 raise
             raise SinkUnavailableError(
                 f"file sink under {self.root}: {type(e).__name__}: {e} (its unpublished files "
-                "were deleted; restart to resume from the published files)"
+                "were deleted: it resumes from the published files)"
             ) from e
-
-    def _check(self) -> None:
-        if self._failed is not None:
-            raise SinkUnavailableError(
-                f"file sink under {self.root} failed earlier ({self._failed}): restart it"
-            )
 
     @staticmethod
     def _discard(current: _OpenFile) -> None:
@@ -510,6 +513,5 @@ class FileSink:
     def close(self) -> None:
         """Called once at shutdown: publish every open file (they hold committed events only)."""
         self._pending = []
-        if self._failed is None:
-            for tp in list(self._open):
-                self._guarded(self._publish_open, tp)
+        for tp in list(self._open):
+            self._guarded(self._publish_open, tp)

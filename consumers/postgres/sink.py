@@ -19,15 +19,19 @@ Per batch (one ``write``), inside a savepoint of the commit's transaction:
 
 This SQL mirrors the one newer-wins rule, :func:`consumers.newer.step`
 (``tests/consumers/test_newer_wins.py`` holds it to it). Offset order is the
-truth within a partition: a tombstone deletes whatever the table holds, and an event after it in the same partition re-creates the row,
-even with an older timestamp. A failing batch rolls back to its savepoint, so
-the runner can retry its events one by one and dead-letter the ones PostgreSQL
-rejects (a ``DataError`` such as a price beyond ``numeric(14,2)``, or an
-``IntegrityError``). A broken connection (``OperationalError``: a restart, a
-terminated backend) drops it and everything not committed
-(:class:`SinkRetriableError`): the runner waits and applies the batch again,
-and the next call connects anew. Any other database error stops the sink
-(:class:`SinkUnavailableError`) with nothing committed.
+truth within a partition: a tombstone deletes whatever the table holds, and an
+event after it in the same partition re-creates the row, even with an older
+timestamp. A failing batch rolls back to its savepoint.
+
+Bad record or broken store (:meth:`PostgresSink.fault`): PostgreSQL refusing a
+value (SQLSTATE class 22, ``DataError``, such as a NUL in a key, or a value the
+client cannot send) or a constraint (class 23, ``IntegrityError``) is the
+record's fault (:class:`BadRecord`: the runner retries the batch's events one by
+one and dead-letters the ones refused). Every other error is a broken store,
+whatever its class: a lost or refused connection, a shutdown, a full disk
+(53100), an I/O error (58030), a permission (42501), a missing table. The
+connection is dropped, and with it everything not committed
+(:class:`SinkRetriableError`): the runner waits, and the next call connects anew.
 
 ``commit(offsets)`` writes the next offsets into ``kafka_offsets`` and commits
 the transaction: rows and offsets become durable together, and
@@ -48,10 +52,10 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
 from consumers.postgres.rows import ACCOUNTS, LISTINGS, Projected, Table, dumps
-from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkRetriableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
 
@@ -59,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = "spark"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: The errors that blame the record, not the store: a value refused (SQLSTATE class 22, or a
+#: value the client cannot send), a constraint (class 23). Every other error is a broken store.
+_BAD_RECORD = (psycopg.DataError, psycopg.IntegrityError)
 
 
 class PostgresSink:
@@ -123,10 +130,20 @@ class PostgresSink:
             for resource, table in (("listings", LISTINGS), ("accounts", ACCOUNTS)):
                 self._tables[resource] = self._prepare(table)
             self.conn.commit()
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:
             self._drop_connection()
             raise SinkRetriableError(f"postgres sink: cannot connect or migrate: {e}") from e
         return self.conn
+
+    def fault(self, error: psycopg.Error) -> BadRecord | SinkRetriableError:
+        """Bad record or broken store, for ``error`` (see the module docstring).
+
+        A broken store drops the connection, and with it everything not committed.
+        """
+        conn = self.conn
+        if isinstance(error, _BAD_RECORD) and conn is not None and not conn.broken:
+            return BadRecord(f"postgres sink: {type(error).__name__}: {error}")
+        return self._broke_off(error)
 
     def _broke_off(self, error: psycopg.Error | None) -> SinkRetriableError:
         """The connection broke: drop it, and with it everything not committed."""
@@ -162,10 +179,8 @@ class PostgresSink:
         try:
             with conn.transaction():
                 rows = conn.execute(query, [self.group, sorted({t for t, _ in wanted})]).fetchall()
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:  # never a record's fault
             raise self._broke_off(e) from e
-        except psycopg.Error as e:
-            raise SinkUnavailableError(f"postgres sink: reading stored offsets failed: {e}") from e
         return {(t, p): o for t, p, o in rows if (t, p) in wanted}
 
     def commit(self, offsets: Offsets) -> None:
@@ -182,10 +197,11 @@ class PostgresSink:
                     query, [(self.group, t, p, o) for (t, p), o in sorted(offsets.items())]
                 )
             conn.commit()
-        except psycopg.OperationalError as e:
-            raise self._broke_off(e) from e
         except psycopg.Error as e:
-            raise SinkUnavailableError(f"postgres sink: commit failed: {e}") from e
+            fault = self.fault(e)
+            if isinstance(fault, BadRecord):
+                conn.rollback()  # the writes since the last commit go: the runner retries them
+            raise fault from e
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -205,20 +221,12 @@ class PostgresSink:
                 purges = [e for e in batch.by_resource("purges") if e.value is not None]
                 if purges:
                     self._record_purges(purges)
-        except psycopg.OperationalError as e:
-            raise self._broke_off(e) from e
-        except (psycopg.DataError, psycopg.IntegrityError):
-            if conn.broken:
-                raise self._broke_off(None) from None
-            raise  # the batch holds a record PostgreSQL rejects: the runner finds it
         except psycopg.Error as e:
-            if conn.broken:
-                raise self._broke_off(e) from e
-            raise SinkUnavailableError(f"postgres sink: {type(e).__name__}: {e}") from e
-        if conn.broken:
+            raise self.fault(e) from e  # a bad record: the runner finds which one
+        except (ValueError, TypeError) as e:  # a row that cannot be built from its record
+            raise BadRecord(f"postgres sink: {type(e).__name__}: {e}") from e
+        if conn.broken or conn.info.transaction_status == TransactionStatus.INERROR:
             raise self._broke_off(None)
-        if conn.info.transaction_status == TransactionStatus.INERROR:
-            raise SinkUnavailableError("postgres sink: the transaction failed")
 
     def _apply(self, resource: str, events: list[Event]) -> None:
         conn = self._conn()

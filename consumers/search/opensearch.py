@@ -32,6 +32,11 @@ For teams that run a cluster (``spark-relay sink search --backend opensearch
   tombstone from before the document (the same partition, an earlier offset),
   which would delete a listing published again after it.
 
+Bad record or broken store (:func:`item_fault`): an item refused for the
+document (a mapping conflict, a value the mapping refuses: 400) is a bad
+record; an item refused for the cluster (401, 403, 404, 408, 429, 5xx, a
+closed, blocked or missing index) is a broken store, as is any failed request.
+
 Offsets are not stored in the cluster: ``stored_offsets`` returns None and
 the runner resumes from Kafka's committed offsets (at least once; replays are
 harmless thanks to external versions). No cluster runs in this repository's
@@ -48,7 +53,7 @@ from typing import Any
 import httpx
 import orjson
 
-from consumers.base import Offsets, TopicPartition
+from consumers.base import BadRecord, Offsets, TopicPartition
 from consumers.newer import Held, Place, Version, step
 from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros, to_micros
 from consumers.search.query import Condition
@@ -57,6 +62,7 @@ from spark_relay.errors import SinkError, SinkUnavailableError
 
 __all__ = [
     "OpenSearchBackend",
+    "item_fault",
     "index_template",
     "bulk_body",
     "build_query",
@@ -75,6 +81,29 @@ _MAPPING_TYPES = {
     "timestamp": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
 }
 _BULK_ACTIONS = 1000
+#: ``_bulk`` item statuses that blame the cluster, not the document.
+_STORE_STATUSES = frozenset({401, 403, 404, 408, 429})
+#: ``_bulk`` item error types that blame the cluster, whatever their status.
+_STORE_ERRORS = frozenset(
+    {
+        "index_closed_exception",
+        "cluster_block_exception",
+        "index_not_found_exception",
+        "security_exception",
+        "es_rejected_execution_exception",
+        "rejected_execution_exception",
+        "circuit_breaking_exception",
+        "unavailable_shards_exception",
+    }
+)
+
+
+def item_fault(status: int, error: Any) -> str:
+    """``"record"`` or ``"store"``: who a failed ``_bulk`` item blames (see the module docstring)."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    if status in _STORE_STATUSES or status >= 500 or kind in _STORE_ERRORS:
+        return "store"
+    return "record"
 
 
 def index_template(index: str) -> dict[str, Any]:
@@ -218,7 +247,8 @@ class OpenSearchBackend:
         return None
 
     def apply(self, changes: Sequence[Change], offsets: Offsets) -> dict[str, int]:
-        """Send ``changes`` in order, in chunks; raise :class:`SinkError` on any real failure."""
+        """Send ``changes`` in order, in chunks; raise :class:`BadRecord` or
+        :class:`SinkUnavailableError` on any real failure (:func:`item_fault`)."""
         counts = {"indexed": 0, "deleted": 0, "stale": 0}
         keys = sorted({c.key for c in changes})
         state, cluster = self._held(keys) if keys else ({}, {})
@@ -292,7 +322,7 @@ class OpenSearchBackend:
                 counts["stale"] += 1
             elif status < 300:
                 counts["indexed"] += 1
-            elif status == 429 or status >= 500:  # the cluster is overloaded or failing
+            elif item_fault(status, result.get("error")) == "store":
                 unavailable.append(f"{result.get('_id')}: {status} {result.get('error')}")
             else:
                 failures.append(f"{result.get('_id')}: {status} {result.get('error')}")
@@ -301,7 +331,7 @@ class OpenSearchBackend:
                 f"_bulk: {len(unavailable)} actions refused by the cluster, first: {unavailable[0]}"
             )
         if failures:
-            raise SinkError(f"_bulk: {len(failures)} actions failed, first: {failures[0]}")
+            raise BadRecord(f"_bulk: {len(failures)} actions failed, first: {failures[0]}")
 
     def search(
         self, text: str | None, conditions: Sequence[Condition], limit: int

@@ -5,7 +5,8 @@
 The sink turns each listing event into a :class:`~consumers.search.tantivy_backend.Change`
 in ``write`` (so a bad record fails its batch, and the runner dead-letters it)
 and hands the changes of one commit to the backend in ``commit``, in offset
-order. The backend decides what "older" means: the Tantivy backend keeps a
+order. Each backend sorts its own errors into a bad record or a broken store
+(``fault``). The backend decides what "older" means: the Tantivy backend keeps a
 version table, OpenSearch uses external versions.
 """
 
@@ -18,10 +19,10 @@ from typing import Any, ClassVar
 
 import click
 
-from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.search.fields import document_of, to_micros
 from consumers.search.tantivy_backend import Change, TantivyBackend
-from spark_relay.errors import ConfigError, SinkError
+from spark_relay.errors import ConfigError
 
 __all__ = ["SearchSink", "change_of", "default_index_path", "default_index_name"]
 
@@ -39,17 +40,17 @@ def default_index_name(topic_prefix: str) -> str:
 
 
 def change_of(event: Event) -> Change:
-    """The change one listing event asks for. Raises :class:`SinkError` for an unusable event."""
+    """The change one listing event asks for. Raises :class:`BadRecord` for an unusable event."""
     if event.value is None:
         if not event.key:
-            raise SinkError(
+            raise BadRecord(
                 f"{event.topic}[{event.partition}]@{event.offset}: tombstone without a key"
             )
         return Change(event.key, None, None, event.partition, event.offset)
     key = event.value.get("ListingKey") or event.key
     modified = event.value.get("ModificationTimestamp")
     if not key or modified is None:
-        raise SinkError(
+        raise BadRecord(
             f"{event.topic}[{event.partition}]@{event.offset}: listing without "
             "ListingKey or ModificationTimestamp"
         )
@@ -58,7 +59,7 @@ def change_of(event: Event) -> Change:
             key, to_micros(modified), document_of(event.value), event.partition, event.offset
         )
     except (TypeError, ValueError) as e:
-        raise SinkError(f"{event.topic}[{event.partition}]@{event.offset}: {e}") from e
+        raise BadRecord(f"{event.topic}[{event.partition}]@{event.offset}: {e}") from e
 
 
 class SearchSink:

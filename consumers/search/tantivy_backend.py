@@ -19,6 +19,13 @@ the index ahead of the side table; the sink then resumes from the older
 offsets and re-applies the same events, which lands on the same documents:
 effectively exactly once.
 
+Bad record or broken store (:meth:`TantivyBackend.fault`): Tantivy raises
+``ValueError`` for both, and refuses a document only at the commit, so when a
+commit fails its documents are tried in an index of their own in memory:
+refused there too, one of them is a bad record (the runner finds which);
+else, like every error of the side table whatever its type ("File too large",
+"No space left on device", a read-only disk), the store is broken.
+
 Tantivy allows one writer per index, so the backend holds ``writer.lock``
 (an exclusive ``flock``, released by the kernel when the process dies, even by
 SIGKILL) with the holder's pid and host in it: a second search sink on the
@@ -41,7 +48,7 @@ from typing import Any
 
 import tantivy
 
-from consumers.base import Offsets, TopicPartition
+from consumers.base import BadRecord, Offsets, TopicPartition
 from consumers.newer import Held, Place, Version, step
 from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
@@ -121,12 +128,34 @@ def open_index(path: Path, *, create: bool) -> tantivy.Index:
         raise SinkError(f"no search index at {path} (run `spark-relay sink search` first)")
     path.mkdir(parents=True, exist_ok=True)
     try:
-        index = tantivy.Index(build_schema(), path=str(path))
+        return _analyzed(tantivy.Index(build_schema(), path=str(path)))
     except ValueError as e:
+        if _IO_ERROR in str(e):  # the disk, not the index
+            raise SinkUnavailableError(f"cannot open the search index at {path}: {e}") from e
         raise SinkError(f"cannot open the search index at {path}: {e}") from e
+
+
+#: How Tantivy words an I/O error (whatever its cause: a full disk, a file too large, EIO).
+_IO_ERROR = "An IO error occurred"
+
+
+def _analyzed(index: tantivy.Index) -> tantivy.Index:
+    """``index`` with our analyzers registered."""
     analyzer = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw())
     index.register_tokenizer(_KEYWORD, analyzer.filter(tantivy.Filter.lowercase()).build())
     return index
+
+
+def _refused(documents: list[dict[str, Any]]) -> BaseException | None:
+    """Why Tantivy refuses ``documents`` in an index of their own in memory (None: it does not)."""
+    try:
+        writer = _analyzed(tantivy.Index(build_schema())).writer(15_000_000, 1)
+        for document in documents:
+            writer.add_document(tantivy.Document(**document))
+        writer.commit()
+    except Exception as e:
+        return e
+    return None
 
 
 def _condition_query(schema: tantivy.Schema, cond: Condition) -> tuple[Any, Any]:
@@ -234,13 +263,21 @@ class TantivyBackend:
         try:
             self.index = open_index(self.path / "index", create=True)
             self.writer = self.index.writer(heap_size)
+            self._open_state()
         except BaseException as e:
             os.close(self._lock)
+            if isinstance(e, (OSError, sqlite3.Error)) or _IO_ERROR in str(e):
+                raise SinkUnavailableError(f"search index at {self.path}: {e}") from e
             if isinstance(e, ValueError):
                 raise SinkError(
                     f"cannot open a writer on the search index at {self.path}: {e}"
                 ) from e
             raise
+        logger.info(
+            "search index at %s holds %d documents", self.path, self.index.searcher().num_docs
+        )
+
+    def _open_state(self) -> None:
         self.db = sqlite3.connect(self.path / "state.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -261,9 +298,6 @@ class TantivyBackend:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
             " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))"
-        )
-        logger.info(
-            "search index at %s holds %d documents", self.path, self.index.searcher().num_docs
         )
 
     # ---- offsets ----------------------------------------------------------------
@@ -316,16 +350,25 @@ class TantivyBackend:
                     added += 1
             if final:
                 self.writer.commit()
-        except ValueError as e:  # a document the index refuses: the runner finds which one
-            self.writer.rollback()
-            raise SinkError(f"search index at {self.path}: commit failed: {e}") from e
-        except OSError as e:  # the disk, not the document
-            self.writer.rollback()
-            raise SinkUnavailableError(f"search index at {self.path}: {e}") from e
-        self._commit_state(final, remembered, offsets)
+            self._commit_state(final, remembered, offsets)
+        except Exception as e:
+            try:
+                self.writer.rollback()
+            except Exception as again:  # the store is the more broken for it
+                logger.warning("search index at %s: rollback failed: %s", self.path, again)
+            documents = [c.document for c in final.values() if c.document is not None]
+            raise self.fault(e, documents) from e
         if stale:
             logger.info("search: %d events older than the indexed document were skipped", stale)
         return {"indexed": added, "deleted": deleted, "stale": stale}
+
+    def fault(
+        self, error: Exception, documents: list[dict[str, Any]]
+    ) -> BadRecord | SinkUnavailableError:
+        """Bad record or broken store, for ``error`` of a commit of ``documents``."""
+        if documents and _refused(documents) is not None:
+            return BadRecord(f"search index at {self.path}: a document it refuses: {error}")
+        return SinkUnavailableError(f"search index at {self.path}: {type(error).__name__}: {error}")
 
     def _commit_state(
         self, final: dict[str, Change], remembered: dict[str, tuple], offsets: Offsets
@@ -359,9 +402,10 @@ class TantivyBackend:
                 [(topic, partition, offset) for (topic, partition), offset in offsets.items()],
             )
             db.execute("COMMIT")
-        except sqlite3.Error as e:
-            db.execute("ROLLBACK")
-            raise SinkError(f"search side table at {self.path}: commit failed: {e}") from e
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Release the writer's lock and the side table."""

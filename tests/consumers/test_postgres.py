@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from consumers.base import Batch, Event, SinkContext
+from consumers.base import BadRecord, Batch, Event, SinkContext
 from consumers.dlq import dlq_topic
 from consumers.postgres import PostgresSink
 from consumers.postgres.migrations import MIGRATIONS, migrate
@@ -31,7 +31,7 @@ from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
 from producer.cli import build_poller
 from schemas import Source, listing_to_record
-from spark_relay.errors import ConfigError
+from spark_relay.errors import ConfigError, SinkRetriableError
 from spark_relay.settings import replace
 from tests.consumers.kafka_events import (
     FAST_GROUP,
@@ -497,14 +497,29 @@ def test_a_rejected_record_fails_only_its_own_write(make_sink, db):
     feed = Feed()
     # a key PostgreSQL cannot hold (every other value is stored: see above)
     good, bad = feed.listing("GOOD"), feed.listing("BAD\x00KEY")
-    with pytest.raises(psycopg.DataError):
+    with pytest.raises(BadRecord):
         sink.write(Batch([good, bad]))
     sink.write(Batch([good]))  # the savepoint kept the transaction usable
-    with pytest.raises(psycopg.DataError):
+    with pytest.raises(BadRecord):
         sink.write(Batch([bad]))
     sink.commit({(TOPIC, 0): 2})
     assert [k for k, _ in rows(conn, schema)] == ["GOOD"]
     assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 2}
+
+
+def test_a_database_that_refuses_writes_is_a_broken_store_not_a_bad_record(make_sink, db):
+    conn, schema = db
+    sink = make_sink(schema)
+    feed = Feed()
+    # as after a failover to a standby: the session's transactions are read-only
+    sink.conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    sink.conn.commit()
+    with pytest.raises(SinkRetriableError, match="ReadOnlySqlTransaction"):
+        sink.write(Batch([feed.listing("A")]))
+    assert sink.conn is None  # dropped, with everything not committed
+    sink.write(Batch([feed.listing("A")]))  # a new session writes again
+    sink.commit({(TOPIC, 0): 1})
+    assert [k for k, _ in rows(conn, schema)] == ["A"]
 
 
 def test_accounts_and_the_display_view(make_sink, db):

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 import consumers.registry as registry
-from consumers.base import Batch, Event, Offsets, SinkContext, TopicPartition
+from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.cli import parse_timestamp, sink_group
 from consumers.dlq import HEADERS, dlq_topic
 from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
-from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
+from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 from spark_relay.settings import replace
 from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
 
@@ -50,7 +50,7 @@ class RecordingSink:
     def write(self, batch: Batch) -> None:
         for event in batch:
             if self.reject(event):
-                raise ValueError(f"rejected {event.key}")
+                raise BadRecord(f"rejected {event.key}")
         self.staged.extend(batch)
         self.batches.append(len(batch))
 
@@ -178,7 +178,8 @@ def test_undecodable_and_rejected_messages_go_to_the_dead_letter_topic_and_the_p
     assert by_offset[3][1] == garbage  # value bytes unchanged
     key, value, names = by_offset[2]
     assert key == b"REJECT" and names["dlq.stage"] == b"write"
-    assert names["dlq.error"] == b"rejected REJECT" and names["dlq.error.class"] == b"ValueError"
+    assert names["dlq.error"] == b"rejected REJECT"
+    assert names["dlq.error.class"] == b"consumers.base.BadRecord"
     assert value == topics.serde.serialize_listing(listing("REJECT", ListPrice=-1.0))
     assert by_offset[4][0] == b"\xff\xfe" and by_offset[4][2]["dlq.stage"] == b"decode"  # not UTF-8
 
@@ -193,20 +194,138 @@ def test_a_failing_batch_is_retried_one_by_one(topics):
     assert sink.batches == [1, 1, 1, 1, 1]  # the batch of 6 failed, then each alone
 
 
-def test_an_unavailable_sink_stops_the_runner_without_committing(topics):
-    topics.listing(listing("U1"))
+def run_until(sink, settings, predicate, what: str, **config) -> Runner:
+    """Run ``sink`` in a thread until ``predicate(runner)``, then stop it; the runner."""
+    config = {"consumer_config": FAST_GROUP, "batch_ms": 20, **config}
+    runner = Runner(sink, settings, RunnerConfig(**config))
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner.run()
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            failed.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        wait_for(lambda: failed or predicate(runner), timeout=60, what=what)
+    finally:
+        runner.stop.set()
+        thread.join(60)
+    assert not failed, repr(failed)
+    return runner
+
+
+@pytest.mark.parametrize("stage", ["open", "write", "commit"])
+def test_a_broken_store_is_waited_out_at_every_stage_and_nothing_is_dead_lettered(topics, stage):
+    for n in range(6):
+        topics.listing(listing(f"U{n}"), partition=n % 3)
     topics.flush()
+    seen: list[str] = []
 
     class Down(RecordingSink):
+        """Its store is broken for the first three calls of ``stage``."""
+
+        def __init__(self):
+            super().__init__()
+            self.failures = 3
+
+        def _maybe_broken(self, call: str) -> None:
+            if call == stage and self.failures:
+                self.failures -= 1
+                self.staged = []  # a broken store drops what was not committed
+                raise (SinkRetriableError if self.failures % 2 else SinkUnavailableError)("down")
+
+        def open(self, ctx):
+            self._maybe_broken("open")
+            super().open(ctx)
+
         def write(self, batch):
-            raise SinkUnavailableError("database down")
+            self._maybe_broken("write")
+            super().write(batch)
+
+        def commit(self, offsets):
+            self._maybe_broken("commit")
+            super().commit(offsets)
 
     sink = Down()
-    with pytest.raises(SinkUnavailableError):
+
+    def done(runner) -> bool:
+        seen.append(runner.readiness() or "")
+        return sorted(sink.keys()) == [f"U{n}" for n in range(6)] and not runner.readiness()
+
+    runner = run_until(sink, topics.settings, done, "every event applied after the outage")
+    assert sink.failures == 0
+    assert any("waiting for its store (down)" in why for why in seen), seen
+    assert any(f"{topics.listings}[0] paused for the store" in why for why in seen) or (
+        stage == "open"
+    )
+    assert runner.stats.dead_letters == 0
+    assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+    assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {
+        0: 2,
+        1: 2,
+        2: 2,
+    }
+
+
+def test_an_error_that_is_neither_a_bad_record_nor_a_broken_store_stops_the_runner(topics):
+    topics.listing(listing("B1"))
+    topics.flush()
+
+    class Buggy(RecordingSink):
+        def write(self, batch):
+            raise TypeError("a bug")
+
+    sink = Buggy()
+    with pytest.raises(SinkError, match=r"write raised TypeError: a bug; .* a bug of the sink"):
         run(sink, topics.settings)
     assert sink.commits == [] and sink.closed
     assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {}
     assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
+
+
+def test_dead_letters_are_not_sent_again_when_a_batch_is_applied_again(topics):
+    for n in range(6):
+        topics.listing(listing(f"L{n}", ListPrice=-1.0 if n == 1 else 1.0), partition=0)
+    topics.flush()
+
+    class BreaksAtFirstCommit(RecordingSink):
+        broke = False
+
+        def commit(self, offsets):
+            if not self.broke:
+                self.broke = True
+                self.staged = []
+                raise SinkRetriableError("the store broke off")
+            super().commit(offsets)
+
+    sink = BreaksAtFirstCommit(reject=lambda e: e.value["ListPrice"] == -1.0)
+    runner = run(sink, topics.settings)
+    assert sink.broke and sink.keys() == ["L0", "L2", "L3", "L4", "L5"]
+    letters = read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording"))
+    assert [key for key, _, _ in letters] == [b"L1"]
+    assert runner.stats.dead_letters == 1
+
+
+def test_letters_at_commit_count_toward_the_storm_guard(topics):
+    for n in range(6):
+        topics.listing(listing(f"N{n}", ListPrice=-1.0), partition=0)
+    topics.flush()
+
+    class RefusedAtCommit(RecordingSink):  # an index refusing every document at its commit
+        def commit(self, offsets):
+            if self.staged:
+                self.staged = []
+                raise BadRecord("cannot index a negative price")
+            super().commit(offsets)
+
+    sink = RefusedAtCommit()
+    with pytest.raises(SinkError, match=r"more than 3 dead letters in a row, each commit"):
+        run(sink, topics.settings, dead_letter_limit=3)
+    assert sink.commits == []  # the batch's offsets are not committed past its letters
+    assert committed(topics.settings, default_group("recording"), topics.listings, 3) == {}
 
 
 def test_a_sink_that_stores_offsets_resumes_from_them(topics):
@@ -394,7 +513,7 @@ def test_a_registry_that_cannot_be_reached_is_not_the_messages_fault():
     from confluent_kafka.schema_registry.error import SchemaRegistryError
     from confluent_kafka.serialization import SerializationError
 
-    from consumers.runner import _is_unavailable
+    from consumers.apply import registry_unavailable as _is_unavailable
 
     assert _is_unavailable(httpx2.ConnectError("refused"))  # what the registry client raises
     assert _is_unavailable(httpx.ReadTimeout("slow"))
@@ -408,13 +527,16 @@ def test_a_registry_that_cannot_be_reached_is_not_the_messages_fault():
     assert not _is_unavailable(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
 
 
-def test_the_runner_stops_when_the_registry_is_down(topics):
+def _waiting_for_the_registry(runner) -> bool:
+    return "schema registry unavailable" in (runner.readiness() or "")
+
+
+def test_the_runner_waits_while_the_registry_is_down(topics):
     topics.listing(listing("R1"))
     topics.flush()
     settings = replace(topics.settings, schema_registry_url="http://127.0.0.1:9")  # nothing listens
     sink = RecordingSink()
-    with pytest.raises(SinkUnavailableError, match="schema registry"):
-        run(sink, settings)
+    run_until(sink, settings, _waiting_for_the_registry, "the runner waiting for the registry")
     assert sink.commits == []
     assert read_raw(topics.settings, dlq_topic(topics.settings.topic_prefix, "recording")) == []
 
@@ -450,7 +572,7 @@ class _TroubledRegistry:
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 429, 503, "wrong path"])
-def test_registry_trouble_stops_the_sink_and_dead_letters_nothing(topics, status):
+def test_registry_trouble_is_waited_out_and_dead_letters_nothing(topics, status):
     topics.listing(listing("R1"))
     topics.flush()
     troubled = None
@@ -461,8 +583,8 @@ def test_registry_trouble_stops_the_sink_and_dead_letters_nothing(topics, status
         url = troubled.url
     try:
         sink = RecordingSink()
-        with pytest.raises(SinkUnavailableError, match="schema registry"):
-            run(sink, replace(topics.settings, schema_registry_url=url))
+        settings = replace(topics.settings, schema_registry_url=url)
+        run_until(sink, settings, _waiting_for_the_registry, "the runner waiting for the registry")
     finally:
         if troubled is not None:
             troubled.close()
@@ -535,7 +657,7 @@ def test_an_event_the_sink_cannot_commit_is_dead_lettered_alone(topics):
         def commit(self, offsets):
             if any(e.value["ListPrice"] == -1.0 for e in self.staged):
                 self.staged = []  # the sink drops what it could not commit
-                raise ValueError("cannot index a negative price")
+                raise BadRecord("cannot index a negative price")
             super().commit(offsets)
 
     sink = FailsAtCommit()
@@ -561,10 +683,10 @@ def test_the_kip_848_group_protocol_is_refused_with_a_clear_message_by_a_broker_
 
 
 def test_the_kip_848_probe_sees_the_apis_of_the_broker(topics, monkeypatch):
-    from consumers import runner as runner_module
+    from consumers import assignment
 
-    monkeypatch.setattr(runner_module, "_CONSUMER_GROUP_HEARTBEAT", 11)  # JoinGroup: every broker
-    config = runner_module._next_generation_group(
+    monkeypatch.setattr(assignment, "_CONSUMER_GROUP_HEARTBEAT", 11)  # JoinGroup: every broker
+    config = assignment.next_generation_group(
         {**topics.settings.kafka_config("consumer"), **FAST_GROUP, "group.protocol": "consumer"}
     )
     assert config["group.protocol"] == "consumer" and "session.timeout.ms" not in config
@@ -681,11 +803,11 @@ def test_every_optional_hook_the_runner_calls_is_documented():
     import re
     from pathlib import Path
 
+    import consumers.assignment
     import consumers.base
-    import consumers.runner
 
     root = Path(__file__).parent.parent.parent
-    source = Path(consumers.runner.__file__).read_text()
+    source = Path(consumers.assignment.__file__).read_text()
     hooks = set(re.findall(r'getattr\(self\.sink, "(\w+)"', source))
     assert hooks >= {"revoked"}
     guide = (root / "docs" / "writing-a-sink.md").read_text()

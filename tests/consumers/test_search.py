@@ -10,10 +10,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from consumers.base import Batch, Event, SinkContext
+from consumers.base import BadRecord, Batch, Event, SinkContext
 from consumers.search import SearchSink
 from consumers.search.fields import FILTERABLE, from_micros, to_micros
-from consumers.search.opensearch import OpenSearchBackend, index_template
+from consumers.search.opensearch import OpenSearchBackend, index_template, item_fault
 from consumers.search.query import WhereError, parse_where
 from consumers.search.sink import change_of
 from consumers.search.tantivy_backend import TantivyBackend, search
@@ -457,16 +457,67 @@ def test_opensearch_item_failures_fail_the_commit():
     backend = OpenSearchBackend(
         "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
     )
-    with pytest.raises(SinkError, match="1 actions failed"):
+    with pytest.raises(BadRecord, match="1 actions failed"):
         backend.apply([change_of(stream.event(key, stream.record(key)))], {})
-    # a cluster that is overloaded or failing is not the record's fault: the sink stops
-    for status in (429, 503):
+    # a cluster that is overloaded, failing or refusing permission is not the record's fault
+    for status in (403, 429, 503):
         capture = Capture({key: status})
         backend = OpenSearchBackend(
             "http://search:9200", "x", client=httpx.Client(transport=httpx.MockTransport(capture))
         )
         with pytest.raises(SinkUnavailableError):
             backend.apply([change_of(stream.event(key, stream.record(key)))], {})
+
+
+def test_opensearch_sorts_item_errors_into_bad_records_and_a_broken_cluster():
+    conflict = {"type": "mapper_parsing_exception", "reason": "failed to parse [ListPrice]"}
+    assert item_fault(400, conflict) == "record"
+    assert item_fault(400, {"type": "illegal_argument_exception"}) == "record"
+    assert item_fault(400, {"type": "index_closed_exception", "reason": "closed"}) == "store"
+    blocked = {"type": "cluster_block_exception", "reason": "index read-only / allow delete"}
+    assert item_fault(403, blocked) == item_fault(429, blocked) == "store"
+    for status in (401, 403, 404, 408, 429, 500, 503):
+        assert item_fault(status, {"type": "anything"}) == "store", status
+
+
+def test_tantivy_sorts_a_document_it_refuses_from_a_broken_index(tmp_path, monkeypatch):
+    stream = EventStream("srch", listings=2)
+    good, odd = stream.mls.live_keys
+    backend = TantivyBackend(tmp_path / "index")
+    try:
+        refused = change_of(stream.event(odd, stream.record(odd)))
+        refused.document["ListPrice"] = "not a number"  # a value the index cannot hold
+        with pytest.raises(BadRecord, match="a document it refuses"):
+            backend.apply([change_of(stream.event(good, stream.record(good))), refused], {})
+
+        # an error of the index itself, whatever its type, is the store's: here at commit
+        def full(*args):
+            raise ValueError("An IO error occurred: 'File too large (os error 27)'")
+
+        monkeypatch.setattr(backend, "writer", _Writer(backend.writer, commit=full))
+        with pytest.raises(SinkUnavailableError, match="File too large"):
+            backend.apply([change_of(stream.event(good, stream.record(good)))], {})
+        monkeypatch.undo()
+        backend.apply([change_of(stream.event(good, stream.record(good)))], {})
+    finally:
+        backend.close()
+    assert set(indexed_at(tmp_path / "index" / "index")) == {good}
+
+
+class _Writer:
+    """A Tantivy writer with some of its methods replaced."""
+
+    def __init__(self, writer, **replaced):
+        self._writer = writer
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
+
+
+def indexed_at(path: Path) -> list[str]:
+    _, hits = search(path, None, [], 0)
+    return [h["ListingKey"] for h in hits]
 
 
 def test_opensearch_search_body():
@@ -560,7 +611,7 @@ def test_a_redrive_applies_a_letter_only_if_the_index_holds_nothing_newer(
 
         def reject_x(event):  # the bug the operator fixes before re-driving
             if event.value is not None and event.value["City"] == "X":
-                raise SinkError("no city X")
+                raise BadRecord("no city X")
             return real(event)
 
         monkeypatch.setattr(search_sink, "change_of", reject_x)
