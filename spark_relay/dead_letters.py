@@ -43,9 +43,8 @@ def _committed(admin: AdminClient, group: str, topic: str, timeout: float) -> di
 def _end(
     consumer: Consumer, topic: str, partition: int, low: int, high: int, timeout: float
 ) -> int:
-    """The partition's end: one past its last message (read, when the watermark may be short)."""
-    if high <= low:
-        return high
+    """The partition's end: one past its last message, read to the partition's EOF (a broker
+    may report a high watermark short of it, even below the low watermark)."""
     consumer.assign([TopicPartition(topic, partition, max(low, high - 1))])
     deadline = time.monotonic() + timeout
     end = high

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from consumers.base import BadRecord
 from consumers.dlq import dlq_topic
 from tests.consumers.kafka_events import Topics, listing, read_raw
 from tests.consumers.test_runner import RecordingSink, run
@@ -14,8 +15,8 @@ def test_the_dead_letter_reason_masks_passwords_in_urls(make_settings):
         topics.flush()
 
         def reject(event):
-            raise ValueError(
-                "cannot reach postgresql://relay:s3cret-pw@db:5432/spark "
+            raise BadRecord(
+                "refused: see postgresql://relay:s3cret-pw@db:5432/spark "
                 "nor https://user:t0ken@search:9200/x"
             )
 

@@ -51,7 +51,7 @@ def test_status_counts_letters_from_the_low_watermark_so_expired_letters_do_not_
 
     # the devstack broker neither enforces retention nor implements DeleteRecords, so the
     # low watermark a retention would move is the one fault injected here
-    import spark_relay.status as status_module
+    import spark_relay.dead_letters as dead_letters_module
 
     expired = {"before": 0}
 
@@ -60,7 +60,7 @@ def test_status_counts_letters_from_the_low_watermark_so_expired_letters_do_not_
             low, high = super().get_watermark_offsets(partition, *args, **kwargs)
             return (max(low, expired["before"]) if partition.topic == dlq else low), high
 
-    monkeypatch.setattr(status_module, "Consumer", Retained, raising=False)
+    monkeypatch.setattr(dead_letters_module, "Consumer", Retained)
     expired["before"] = 2
     assert collect_status(settings).dead_letters[dlq] == 1
     expired["before"] = 3
