@@ -12,27 +12,24 @@ the same columns) and fsyncs it, as the sink must. Avro has a second raw
 side, ``avro-compiled``: the same bytes the sink writes (the project's
 compiled writer, ``schemas/_avro.py``, and container blocks), without the sink.
 
-Per format, each side runs once untimed (a process's first pass over the
-events is slower, whichever side it is: imports, allocations), then REPEAT
-(3) pairs, the side that goes first alternating. Prints rows/s, CPU seconds
-and the ratios of each pair, then the median ratios and their range. The
-wall ratio includes the fsyncs, so the shared disk's load; the CPU ratio
-(the process's, every thread's) is the two sides' own work.
+Per format, REPEAT (3) alternated pairs after an untimed run of each side
+(``bench/_pairs.py``): rows/s, CPU seconds and the ratios of each pair, then
+the median ratios and their range. The wall ratio includes the fsyncs, so
+the shared disk's load; the CPU ratio is the two sides' own work.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import fastavro
 import orjson
+from _pairs import Clock, pairs, summary
 
 from consumers.base import Batch, Event, SinkContext
 from consumers.files import FileSink
@@ -64,16 +61,6 @@ def make_events(count: int) -> list[Event]:
         stamp = now + timedelta(milliseconds=offset)
         events.append(Event(TOPIC, 0, offset, key, record, timestamp=stamp))
     return events
-
-
-class Clock:
-    """Wall time and the process's CPU time (every thread's) since it started."""
-
-    def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 def run_sink(events: list[Event], fmt: str, batch: int, base: Path) -> tuple[float, float]:
@@ -148,36 +135,9 @@ def run_raw(events: list[Event], fmt: str, base: Path) -> tuple[float, float]:
     return clock.read()
 
 
-def compare(
-    events: list[Event], raw_fmt: str, batch: int, repeat: int
-) -> list[tuple[float, float]]:
-    """(wall, CPU) ratios sink/raw, the raw side's time over the sink's, of REPEAT pairs."""
-    fmt = raw_fmt.split("-")[0]
-    n, ratios = len(events), []
-    with tempfile.TemporaryDirectory() as tmp:  # untimed: the first pass of each side
-        run_raw(events, raw_fmt, Path(tmp))
-        run_sink(events, fmt, batch, Path(tmp))
-    for i in range(repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            if i % 2:
-                sink = run_sink(events, fmt, batch, Path(tmp))
-                raw = run_raw(events, raw_fmt, Path(tmp))
-            else:
-                raw = run_raw(events, raw_fmt, Path(tmp))
-                sink = run_sink(events, fmt, batch, Path(tmp))
-        wall, cpu = raw[0] / sink[0], raw[1] / sink[1]
-        ratios.append((wall, cpu))
-        print(
-            f"  {raw_fmt:13s} raw {n / raw[0]:7.0f} rows/s (CPU {raw[1]:5.2f} s)"
-            f"   FileSink {n / sink[0]:7.0f} rows/s (CPU {sink[1]:5.2f} s)"
-            f"   ratio sink/raw {wall:5.2f}, CPU {cpu:5.2f}",
-            flush=True,
-        )
-    return ratios
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})"
+def _fresh(run, *args) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(*args, Path(tmp))
 
 
 def main(argv: list[str]) -> None:
@@ -187,11 +147,17 @@ def main(argv: list[str]) -> None:
     formats = argv[3:] or list(RAW)
     events = make_events(count)
     print(f"file sink bench: {len(events)} listing events, commit every {batch}, files of {ROTATE}")
-    summary = {fmt: compare(events, fmt, batch, repeat) for fmt in formats}
-    print(f"median ratio sink/raw (range) over {repeat} pairs:")
-    for fmt, ratios in summary.items():
-        wall, cpu = zip(*ratios, strict=True)
-        print(f"  {fmt:13s} wall {_spread(list(wall))}   CPU {_spread(list(cpu))}")
+    results = {}
+    for raw_fmt in formats:
+        fmt = raw_fmt.split("-")[0]  # avro-compiled: the avro sink
+        results[raw_fmt] = pairs(
+            raw_fmt,
+            len(events),
+            lambda raw_fmt=raw_fmt: _fresh(run_raw, events, raw_fmt),
+            lambda fmt=fmt: _fresh(run_sink, events, fmt, batch),
+            repeat,
+        )
+    summary(results)
 
 
 if __name__ == "__main__":
