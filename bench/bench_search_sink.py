@@ -1,13 +1,16 @@
 """Search sink throughput beside a raw Tantivy write of the same documents, in one run.
 
-    .venv/bin/python bench/bench_search_sink.py [LISTINGS] [BATCH]
+    .venv/bin/python bench/bench_search_sink.py [LISTINGS] [BATCH] [REPEAT]
 
 Both sides index the same listings (real ``Listing`` records made from the
 emulator's MLS) into a fresh index with the same schema, committing every
 BATCH documents. The sink side is the whole ``SearchSink`` (record →
 document, version check against the SQLite side table, delete-by-key + add,
 Tantivy commit, side-table commit with offsets); the raw side only
-``add_document`` + ``commit``. Prints rows/s of both and their ratio.
+``add_document`` + ``commit`` of documents made beforehand. REPEAT (3)
+alternated pairs after an untimed run of each side (``bench/_pairs.py``):
+rows/s, CPU seconds (Tantivy's indexing threads included) and the ratios of
+each pair, then the median ratios and their range.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import tantivy
+from _pairs import Clock, pairs, summary
 
 from consumers.base import Batch, Event, SinkContext
 from consumers.search import SearchSink
@@ -49,47 +52,48 @@ def make_events(count: int) -> list[Event]:
     return events
 
 
-def run_sink(events: list[Event], batch: int, base: Path) -> float:
+def run_sink(events: list[Event], batch: int, base: Path) -> tuple[float, float]:
     sink = SearchSink()
     settings = Settings(state_dir=str(base / "sink"), topic_prefix="bench")
     sink.open(SinkContext(settings=settings, group_id="bench", topics=("bench.listings",)))
-    started = time.perf_counter()
+    clock = Clock()
     for start in range(0, len(events), batch):
         chunk = Batch(events[start : start + batch])
         sink.write(chunk)
         sink.commit(chunk.offsets())
-    elapsed = time.perf_counter() - started
+    elapsed = clock.read()
     sink.close()
     return elapsed
 
 
-def run_raw(events: list[Event], batch: int, base: Path) -> float:
+def run_raw(events: list[Event], batch: int, base: Path) -> tuple[float, float]:
     documents = [document_of(e.value) for e in events]  # prepared outside the clock
     index = open_index(base / "raw", create=True)
     writer = index.writer(128_000_000)
-    started = time.perf_counter()
+    clock = Clock()
     for start in range(0, len(documents), batch):
         for document in documents[start : start + batch]:
             writer.add_document(tantivy.Document(**document))
         writer.commit()
-    elapsed = time.perf_counter() - started
+    elapsed = clock.read()
     writer.wait_merging_threads()
     return elapsed
+
+
+def _fresh(run, *args) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(*args, Path(tmp))
 
 
 def main(argv: list[str]) -> None:
     count = int(argv[0]) if argv else 20_000
     batch = int(argv[1]) if len(argv) > 1 else 1000
+    repeat = int(argv[2]) if len(argv) > 2 else 3
     events = make_events(count)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        raw = run_raw(events, batch, base)
-        sink = run_sink(events, batch, base)
-    n = len(events)
-    print(f"search sink bench: {n} listings, commit every {batch}")
-    print(f"  raw tantivy add_document+commit : {n / raw:10.0f} rows/s ({raw:.2f}s)")
-    print(f"  SearchSink write+commit         : {n / sink:10.0f} rows/s ({sink:.2f}s)")
-    print(f"  ratio sink/raw                  : {raw / sink:10.2f}")
+    print(f"search sink bench: {len(events)} listings, commit every {batch}")
+    raw = lambda: _fresh(run_raw, events, batch)  # noqa: E731
+    sink = lambda: _fresh(run_sink, events, batch)  # noqa: E731
+    summary({"tantivy": pairs("tantivy", len(events), raw, sink, repeat)})
 
 
 if __name__ == "__main__":

@@ -16,18 +16,24 @@ as their underlying type, as the specification asks of unknown ones). Any other
 schema is refused when it is compiled. A value of the wrong type raises
 ``ValueError`` naming its field; a naive datetime is refused (fastavro would
 read it in the machine's local zone).
+
+:func:`container_header` and :func:`container_blocks` write an object container
+file (deflate codec) of records so written, in the blocks fastavro's writer
+makes: the file sink's Avro files.
 """
 
 from __future__ import annotations
 
+import json
 import struct
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
 from schemas._values import loads
 
-__all__ = ["AvroEncoder", "record_writer"]
+__all__ = ["AvroEncoder", "container_blocks", "container_header", "record_writer"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
@@ -271,3 +277,44 @@ class AvroEncoder:
 
     def __call__(self, record: dict[str, Any]) -> bytes:
         return self._write(record)
+
+
+# ---- object container files ------------------------------------------------------------
+
+#: Bytes of records after which a block is cut, as fastavro's writer does (16 sync markers).
+SYNC_INTERVAL = 16_000
+
+
+def container_header(schema: dict[str, Any], sync: bytes) -> bytes:
+    """The header of an object container file of ``schema`` with the deflate codec: magic,
+    metadata (the schema's JSON, the codec) and the file's 16-byte sync marker."""
+    meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"deflate"}
+    parts = [b"Obj\x01", _varint(len(meta))]
+    for key, value in meta.items():
+        parts += [_varint(len(key)), key, _varint(len(value)), value]
+    parts += [b"\x00", sync]
+    return b"".join(parts)
+
+
+def _block(records: list[bytes], sync: bytes) -> bytes:
+    deflate = zlib.compressobj(-1, zlib.DEFLATED, -15)  # raw deflate (RFC 1951), as the spec says
+    data = deflate.compress(b"".join(records)) + deflate.flush()
+    return b"".join((_varint(len(records)), _varint(len(data)), data, sync))
+
+
+def container_blocks(records: Sequence[bytes], sync: bytes) -> bytes:
+    """``records`` (each written by a :func:`record_writer`) as the deflate blocks of an object
+    container file: a block is cut once it holds :data:`SYNC_INTERVAL` bytes, the rest makes
+    the last one (fastavro's blocks, when its writer is flushed after the same records)."""
+    blocks: list[bytes] = []
+    block: list[bytes] = []
+    size = 0
+    for record in records:
+        block.append(record)
+        size += len(record)
+        if size >= SYNC_INTERVAL:
+            blocks.append(_block(block, sync))
+            block, size = [], 0
+    if block:
+        blocks.append(_block(block, sync))
+    return b"".join(blocks)

@@ -12,7 +12,9 @@ Every format writes and reads the same *envelope*, one per Kafka message::
   with the topic's value schema (``Listing``, ``Account`` or ``Purge``)
   embedded as the nullable ``value`` field, so the file is typed end to end
   and any Avro reader opens it without our code. A value of another schema
-  cannot be written to it (the sink only reads our three topics).
+  cannot be written to it (the sink only reads our three topics). Envelopes
+  are written by the project's compiled writer (``schemas/_avro.py``), in the
+  blocks fastavro's writer would make; fastavro reads them.
 - ``parquet`` (needs ``pip install 'spark-relay[parquet]'``): columns
   ``topic, partition, offset, key, timestamp`` plus ``value`` as JSON text
   (the same text as a ``jsonl`` value), a row group each
@@ -31,15 +33,15 @@ short): it is left out with a warning, and ``last_offset`` is the line before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
 
 import fastavro
-import fastavro.validation
 import orjson
-from fastavro.write import Writer as AvroWriter
 
+from schemas._avro import container_blocks, container_header, record_writer
 from schemas.serde import SCHEMAS
 from spark_relay.errors import ConfigError
 
@@ -99,8 +101,6 @@ class Format(Protocol):
 
 
 def _fsync_close(handle: BinaryIO) -> None:
-    import os
-
     handle.flush()
     os.fsync(handle.fileno())
     handle.close()
@@ -200,17 +200,15 @@ def envelope_schema(topic: str) -> dict[str, Any]:
 
 
 class _AvroWriter:
-    def __init__(self, path: Path, schema: Any) -> None:
+    def __init__(self, path: Path, schema: dict[str, Any]) -> None:
+        self.sync = os.urandom(16)
         self.handle = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.writer = AvroWriter(self.handle, schema, codec="deflate")
+        self.handle.write(container_header(schema, self.sync))
 
-    def write(self, items: Sequence[dict[str, Any]]) -> None:
-        for record in items:
-            self.writer.write(record)
-        self.writer.flush()
+    def write(self, items: Sequence[bytes]) -> None:
+        self.handle.write(container_blocks(items, self.sync))
 
     def close(self) -> None:
-        self.writer.flush()
         _fsync_close(self.handle)
 
     def abort(self) -> None:
@@ -222,20 +220,22 @@ class Avro:
     extension: ClassVar[str] = "avro"
 
     def __init__(self) -> None:
-        self._schemas: dict[str, Any] = {}
+        self._schemas: dict[str, tuple[dict[str, Any], Callable[[Any], bytes]]] = {}
 
-    def _schema(self, topic: str) -> Any:
+    def _schema(self, topic: str) -> tuple[dict[str, Any], Callable[[Any], bytes]]:
+        """The Envelope schema of ``topic`` and its compiled writer (``schemas/_avro.py``)."""
         if topic not in self._schemas:
-            self._schemas[topic] = fastavro.parse_schema(envelope_schema(topic))
+            schema = envelope_schema(topic)
+            self._schemas[topic] = schema, record_writer(schema)
         return self._schemas[topic]
 
-    def encode(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The record itself, once checked against its topic's Envelope schema."""
-        fastavro.validation.validate(record, self._schema(record["topic"]), raise_errors=True)
-        return record
+    def encode(self, record: dict[str, Any]) -> bytes:
+        """The record as Avro binary of its topic's Envelope schema; a value of the wrong type
+        raises ``ValueError`` naming its field."""
+        return self._schema(record["topic"])[1](record)
 
     def open(self, path: Path, topic: str) -> RecordWriter:
-        return _AvroWriter(path, self._schema(topic))
+        return _AvroWriter(path, self._schema(topic)[0])
 
     def read(self, path: Path) -> Iterator[dict[str, Any]]:
         with open(path, "rb") as handle:

@@ -113,28 +113,29 @@ def from_micros(micros: int) -> str:
     return text + "Z"
 
 
+#: (field, its source, the conversion of its value) of every field fed by one source, and
+#: (field, its sources) of the text fields: :func:`document_of`'s plan, made once.
+_CONVERSIONS = {"timestamp": to_micros, "f64": float, "i64": int}
+_SINGLE = tuple(
+    (f.name, f.inputs[0], _CONVERSIONS.get(f.kind, str)) for f in FIELDS if f.kind != "text"
+)
+_TEXT = tuple((f.name, f.inputs) for f in FIELDS if f.kind == "text")
+
+
 def document_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """The search document of one ``Listing`` record: field name → value, empty ones left out.
 
     Timestamps become microseconds; numbers keep their Avro type; text fields
-    join their sources with spaces.
+    join their sources with spaces, each distinct value once.
     """
+    get = record.get
     document: dict[str, Any] = {}
-    for spec in FIELDS:
-        if spec.kind == "text":
-            parts = [str(record[s]) for s in spec.inputs if record.get(s) not in (None, "")]
-            if parts:
-                document[spec.name] = " ".join(dict.fromkeys(parts))
-            continue
-        value = record.get(spec.inputs[0])
-        if value is None:
-            continue
-        if spec.kind == "timestamp":
-            document[spec.name] = to_micros(value)
-        elif spec.kind == "f64":
-            document[spec.name] = float(value)
-        elif spec.kind == "i64":
-            document[spec.name] = int(value)
-        else:
-            document[spec.name] = str(value)
+    for name, source, convert in _SINGLE:
+        value = get(source)
+        if value is not None:
+            document[name] = convert(value)
+    for name, sources in _TEXT:
+        parts = [str(v) for v in map(get, sources) if v is not None and v != ""]
+        if parts:
+            document[name] = " ".join(dict.fromkeys(parts))
     return document
