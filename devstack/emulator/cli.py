@@ -232,6 +232,14 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "instead of 404 when asked for by key.",
 )
 @click.option(
+    "--fault-boost",
+    default=1.0,
+    type=click.FloatRange(1),
+    envvar=_ENV + "FAULT_BOOST",
+    help="Multiply the --faults probabilities by this for requests that name their records "
+    "(by key, a subresource, a ListingKey Eq filter): few, so rarely faulted otherwise.",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -260,6 +268,7 @@ def emulator_command(
     late_visibility_seconds,
     malformed,
     refuse_by_key,
+    fault_boost,
     start_time,
 ) -> None:
     """Serve an emulated Spark API replication endpoint until Ctrl-C or SIGTERM.
@@ -295,6 +304,7 @@ def emulator_command(
         late_visibility_seconds=late_visibility_seconds,
         malformed=malformed,
         refuse_by_key=refuse_by_key,
+        fault_boost=fault_boost,
     )
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
