@@ -100,6 +100,9 @@ def plan(
         # requests by key, subresource pages: few, so faulted four times as often
         "fault_boost": 4,
     }
+    # one request per listing whose video list changed (every listing in a snapshot): only
+    # where the API's rate limit lets that pass quickly
+    faults["subresources"] = "Videos" if faults["rate_limit"] == "300/10" else ""
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
     acts_of = [a for a in ACTS if switches.get(SWITCHED_ACTS.get(a, ""), True)]
@@ -392,7 +395,7 @@ def _final_reconcile(world: World, log: _Log) -> None:
             timeout=240,
         )
         log("final", procedure="reconcile --repair", attempt=attempt, exit=done.returncode)
-        if done.returncode == 0:
+        if done.returncode in (0, 7):  # 7: a sink differed, and the repair was published
             return
         time.sleep(2)
     raise RuntimeError("final reconcile --repair kept failing")

@@ -71,7 +71,7 @@ FAULT_SWITCH = {"late": "late", "malformed": "malformed", "refused_by_key": "ref
 KILLS: dict[str, tuple[str, ...]] = {
     "poller": ("snapshot_page", "window_first", "window_later", "accounts_scan"),
     "purge": ("purge_scan",),
-    "converter": ("snapshot_page", "window_first"),
+    "converter": ("window_first",),
     **{f"sink-{name}": ("consuming",) for name in ("postgres-a", "postgres-b", "files", "search")},
 }
 KILL_SWITCH = {"converter": "kill_converter"}
@@ -133,10 +133,11 @@ def faults_of(entry: dict[str, Any]) -> list[str]:
 
 
 def count_requests(requests: Iterable[dict[str, Any]]) -> Counter:
-    """``fault:<kind>@<place>`` counts over the request log."""
+    """``fault:<kind>@<place>``: how many requests met that fault there (a page with three
+    malformed elements counts once)."""
     cells: Counter = Counter()
     for entry in requests:
-        for kind in faults_of(entry):
+        for kind in set(faults_of(entry)):
             cells[f"fault:{kind}@{place(entry)}"] += 1
     return cells
 

@@ -169,9 +169,11 @@ class World:
                 "SPARK_RELAY_RATE_LIMIT": "40",
                 "SPARK_RELAY_API_TIMEOUT": "2",
                 "SPARK_RELAY_PAGE_SIZE": str(self.faults.get("page_size", 50)),
-                "SPARK_RELAY_UPDATE_INTERVAL": "0.05",
-                "SPARK_RELAY_ACCOUNTS_INTERVAL": "0.15",
+                # minutes: a window every 0.6 s, an accounts scan every 3 s
+                "SPARK_RELAY_UPDATE_INTERVAL": "0.01",
+                "SPARK_RELAY_ACCOUNTS_INTERVAL": "0.05",
                 "SPARK_RELAY_EXPAND": "Photos",
+                "SPARK_RELAY_SUBRESOURCES": self.faults.get("subresources", ""),
                 "SPARK_RELAY_SINK_BATCH_MS": "100",
                 "SPARK_RELAY_SINK_BATCH_SIZE": "50",
                 "SPARK_RELAY_LOG_LEVEL": "INFO",

@@ -117,7 +117,7 @@ def test_coverage_counts_what_happened_and_names_what_did_not():
     assert cells == {
         "fault:500@snapshot_page": 1,
         "fault:429@accounts_scan": 1,
-        "fault:malformed@snapshot_page": 2,
+        "fault:malformed@snapshot_page": 1,  # one request, two elements
     }
     assert coverage.poller_phase(requests, at=2.5, since=0) == "accounts_scan"
     assert coverage.poller_phase(requests, at=9.5, since=0) == "idle"  # the clock is no phase
