@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -211,7 +212,10 @@ def _second_sigterm(world: World, step: dict, log: Any, result: Any, extra: list
     if inside:
         proc.send_signal(signal.SIGTERM)
         result.coverage[f"break:second_sigterm@{name}"] += 1
-    code = world.terminate(name)
+    try:
+        code = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        code = world.terminate(name)  # SIGKILL after its own wait
     log("second_sigterm", process=name, inside=inside, after=step["second"], exit=code)
     world.start_sink(name)
 
@@ -221,9 +225,8 @@ def _disk_full(world: World, step: dict, log: Any, result: Any, extra: list) -> 
     then the disk is freed: the sink is restarted as before."""
     name = step["disk_sink"]
     world.terminate(name)
-    log_name = f"{name}-full-disk"
+    log_name = f"{name}-full-disk-{time.strftime('%H%M%S')}"  # a fresh log: it must fit
     path = world.logs / f"{log_name}.log"
-    offset = path.stat().st_size if path.exists() else 0
     world.spawn(
         name,
         [*world.cli, "sink", *world.sink_args(name)],
@@ -232,9 +235,8 @@ def _disk_full(world: World, step: dict, log: Any, result: Any, extra: list) -> 
     )
     time.sleep(3 * step["gap"] + 2)
     world.terminate(name)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        hit = any(marker.encode() in f.read() for marker in EFBIG)
+    text = path.read_bytes()
+    hit = any(marker.encode() in text for marker in EFBIG)
     if hit:
         result.coverage[f"break:disk_full@{name}"] += 1
     log("disk_full", process=name, limit=step["limit"], efbig=hit)

@@ -97,12 +97,16 @@ def plan(
         "late_visibility_seconds": rng.choice([600, 900, 1140]) if switches["late"] else 0,
         "malformed": round(rng.uniform(0.01, 0.04), 3) if switches["malformed"] else 0,
         "refuse_by_key": 0.6 if switches["refused"] else 0,
-        # requests by key, subresource pages: few, so faulted four times as often
+        # requests by key: few, so faulted four times as often
         "fault_boost": 4,
     }
     # one request per listing whose video list changed (every listing in a snapshot): only
     # where the API's rate limit lets that pass quickly
     faults["subresources"] = "Videos" if faults["rate_limit"] == "300/10" else ""
+    if faults["subresources"]:  # a fault there costs a retry for one listing: fewer
+        faults["spec"] = ",".join(
+            f"{k}:{float(p) / 2:.4f}" for k, p in (part.split(":") for part in spec.split(","))
+        )
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
     acts_of = [a for a in ACTS if switches.get(SWITCHED_ACTS.get(a, ""), True)]

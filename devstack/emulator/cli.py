@@ -236,8 +236,8 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default=1.0,
     type=click.FloatRange(1),
     envvar=_ENV + "FAULT_BOOST",
-    help="Multiply the --faults probabilities by this for requests that name their records "
-    "(by key, a subresource, a ListingKey Eq filter): few, so rarely faulted otherwise.",
+    help="Multiply the --faults probabilities by this for requests by key (/v1/listings/KEY, "
+    "/v1/accounts/ID, a ListingKey Eq filter): few, so rarely faulted otherwise.",
 )
 @click.option(
     "--start-time",

@@ -72,7 +72,7 @@ class EmulatorConfig:
     late_visibility_seconds: float = 0.0  # how long a change may stay unseen by _filter
     malformed: float = 0.0  # share of listings with one field served malformed
     refuse_by_key: float = 0.0  # share of removed keys answering 403 by key
-    fault_boost: float = 1.0  # fault probabilities x this for requests naming a record
+    fault_boost: float = 1.0  # fault probabilities x this for requests by key
 
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:

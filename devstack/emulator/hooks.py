@@ -18,8 +18,8 @@ that only a campaign needs. All are off unless configured; the API is unchanged 
   another JSON type, deep nesting, a number beyond a double (``1e400``), or a field name
   and value with quotes. ``truth()`` says which field and the JSON text served.
 - **Fault boost** (``fault_boost``): the fault probabilities times this factor for a
-  request that names its records (a path by key, a subresource, ``ListingKey Eq`` filters):
-  those are few, and a campaign wants faults there too.
+  request by key (``/v1/listings/<key>``, ``/v1/accounts/<id>``, a ``ListingKey Eq``
+  filter): those are few, and a campaign wants faults there too.
 - **Refused by key** (``refuse_by_key``, a share of keys): a removed listing or account,
   asked for by key (``/v1/listings/<key>``, ``/v1/accounts/<id>``), answers 403 (code
   1500) instead of 404, as the API does for a record that left the key's view.
@@ -168,8 +168,8 @@ class Hooks:
         factor = getattr(self.config, "fault_boost", 1.0)
         if factor == 1.0:
             return 1.0
-        named = path.strip("/").count("/") >= 2 or "_filter=ListingKey" in query
-        return factor if named else 1.0
+        by_key = path.strip("/").count("/") == 2 or "_filter=ListingKey" in query
+        return factor if by_key else 1.0
 
     # ---- late visibility --------------------------------------------------------------
 

@@ -113,10 +113,13 @@ def test_accounts_are_removed_over_the_admin_path(make_emulator):
     assert created[0] not in emu.truth()["accounts"]
 
 
-def test_requests_naming_their_records_are_faulted_more_often(make_emulator):
+def test_requests_by_key_are_faulted_more_often(make_emulator):
     emu = make_emulator(faults="500:0.2", fault_boost=5)
     with client_for(emu) as c:
         by_key = [c.get("/v1/listings", params={"_filter": "ListingKey Eq '1'"}) for _ in range(30)]
         scans = [c.get("/v1/listings", params={"_limit": 1}) for _ in range(30)]
+        key = emu.mls.live_keys[0]
+        pages = [c.get(f"/v1/listings/{key}/photos") for _ in range(30)]
     assert all(r.status_code == 500 for r in by_key)  # 0.2 x 5: every one
     assert 0 < sum(r.status_code == 500 for r in scans) < 20
+    assert 0 < sum(r.status_code == 500 for r in pages) < 20  # a subresource page: not by key
