@@ -101,8 +101,9 @@ def plan(
         "fault_boost": 4,
     }
     # one request per listing whose video list changed (every listing in a snapshot): only
-    # where the API's rate limit lets that pass quickly
-    faults["subresources"] = "Videos" if faults["rate_limit"] == "300/10" else ""
+    # where the API's rate limit and short pages let that pass quickly
+    quick = faults["rate_limit"] == "300/10" and faults["page_size"] <= 35
+    faults["subresources"] = "Videos" if quick else ""
     if faults["subresources"]:  # a fault there costs a retry for one listing: fewer
         faults["spec"] = ",".join(
             f"{k}:{float(p) / 2:.4f}" for k, p in (part.split(":") for part in spec.split(","))
