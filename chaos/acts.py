@@ -60,9 +60,8 @@ def _kill_event(result: Any, component: str, at: float, since: float, **extra: A
 
 
 def act(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    """Do one act of the schedule."""
-    kind = step["act"]
-    globals()[f"_{kind}"](world, step, log, result, extra)
+    """Do one act of the schedule (``step["act"]`` in ``ACTS``)."""
+    _BY_NAME[step["act"]](world, step, log, result, extra)
 
 
 def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
@@ -72,7 +71,7 @@ def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -
         _kill_event(result, "poller", at, since)
         log("killed", process="poller", signal=9)
     time.sleep(step["gap"])
-    world.respawn("poller") if "poller" in world.args else world.start_poller()
+    world.respawn("poller")
     log("started", process="poller")
 
 
@@ -278,3 +277,6 @@ def _schema_change(world: World, step: dict, log: Any, result: Any, extra: list)
     world.spawn("poller", [*world.cli, "poll", "run"], python_path=[str(newer)])
     result.schema_changed = True
     log("schema_change", process="poller", added="Country")
+
+
+_BY_NAME = {name: globals()[f"_{name}"] for name in ACTS}
