@@ -51,8 +51,21 @@ SWITCHED_ACTS = {
 }
 #: The sinks a full disk or a second SIGTERM is tried on.
 DISK_SINKS = ("files", "search")
-#: What a sink's log says when a write went past RLIMIT_FSIZE.
-EFBIG = ("File too large", "os error 27", "Errno 27")
+#: What a sink's log says when a write went past RLIMIT_FSIZE (SQLite says only "disk I/O").
+EFBIG = ("File too large", "os error 27", "Errno 27", "disk I/O error")
+#: A change of a tenth of the listings, most of them old enough for a lagging index.
+TRAFFIC = {"minutes": 30, "modify": 0.1, "create": 0.01}
+
+
+def _consuming(world: World, name: str, timeout: float = 30) -> bool:
+    """Wait until sink ``name`` (started last at ``world.started``) has partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log_between(world.logs / f"{name}.log", world.started[name], 2e9)
+        if any(" assigned: " in line for line in lines):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _kill_event(result: Any, component: str, at: float, since: float, **extra: Any) -> None:
@@ -203,8 +216,10 @@ def _second_sigterm(world: World, step: dict, log: Any, result: Any, extra: list
     """SIGTERM, then a second one ``second`` seconds later, inside the sink's last commit."""
     name = step["disk_sink"]
     proc = world.procs.get(name)
-    if proc is None or proc.poll() is not None:
+    if proc is None or proc.poll() is not None or not _consuming(world, name):
         return
+    world.admin("POST", "/_emulator/advance", TRAFFIC)  # batches to commit
+    time.sleep(step["gap"])
     proc.send_signal(signal.SIGTERM)
     time.sleep(step["second"])
     inside = proc.poll() is None
@@ -220,8 +235,9 @@ def _second_sigterm(world: World, step: dict, log: Any, result: Any, extra: list
 
 
 def _disk_full(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    """The sink runs for a while where no file may grow past ``limit`` bytes (RLIMIT_FSIZE),
-    then the disk is freed: the sink is restarted as before."""
+    """The sink runs for a while where no file may grow past ``limit`` bytes (RLIMIT_FSIZE)
+    while a tenth of the listings change, then the disk is freed: the sink is restarted
+    as before."""
     name = step["disk_sink"]
     world.terminate(name)
     log_name = f"{name}-full-disk-{time.strftime('%H%M%S')}"  # a fresh log: it must fit
@@ -232,7 +248,8 @@ def _disk_full(world: World, step: dict, log: Any, result: Any, extra: list) -> 
         file_size_limit=step["limit"],
         log_name=log_name,
     )
-    time.sleep(3 * step["gap"] + 2)
+    world.admin("POST", "/_emulator/advance", TRAFFIC)  # something to write
+    time.sleep(3 * step["gap"] + 3)
     world.terminate(name)
     text = path.read_bytes()
     hit = any(marker.encode() in text for marker in EFBIG)

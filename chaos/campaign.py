@@ -125,7 +125,7 @@ def plan(
                     "target": rng.choice(["postgres", "files", "search", "poller"]),
                     "disk_sink": rng.choice(DISK_SINKS),
                     "second": round(rng.uniform(0.005, 0.3), 3),
-                    "limit": rng.choice([32_768, 131_072, 524_288]),
+                    "limit": rng.choice([16_384, 65_536]),
                 }
             )
         schedule.append(

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from email.utils import parsedate_to_datetime
@@ -52,6 +53,14 @@ TREE = Path(__file__).resolve().parent.parent
 #: The field a newer poller adds to the Listing schema (``schema_change``): a StandardFields
 #: field the older schema leaves in ``standard_fields_json``.
 ADDED_FIELD = "Country"
+
+
+def _copy(pipe, path: Path) -> None:
+    """Append what a process writes to ``pipe`` to ``path`` until it closes."""
+    with open(path, "ab") as log:
+        for line in pipe:
+            log.write(line)
+            log.flush()
 
 
 class World:
@@ -203,7 +212,8 @@ class World:
         """Start a long-running process; its output goes to ``logs/<name>.log`` (appended).
 
         ``file_size_limit``: RLIMIT_FSIZE in bytes (a full disk: writes past it fail with
-        EFBIG); its log is then ``logs/<log_name>.log``, started empty, so the log fits.
+        EFBIG); its output then goes through a pipe (a pipe has no size) to
+        ``logs/<log_name>.log``, copied by a thread of the campaign.
         """
         args = [a.format(root=self.root) for a in args]
         limit = None
@@ -217,13 +227,19 @@ class World:
             log.flush()
             self.procs[name] = subprocess.Popen(
                 args,
-                stdout=log,
+                stdout=log if limit is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self.env(name, python_path) if self.broker else None,
                 cwd=str(self.root),
                 start_new_session=True,
                 preexec_fn=limit,
             )
+        if limit is not None:
+            threading.Thread(
+                target=_copy,
+                args=(self.procs[name].stdout, self.logs / f"{log_name}.log"),
+                daemon=True,
+            ).start()
         self.args[name] = args
         self.started[name] = time.time()
         self.python_paths[name] = python_path
