@@ -18,6 +18,7 @@ from pathlib import Path
 
 from chaos import coverage
 from chaos.campaign import SWITCHES, SeedResult, run_seed
+from chaos.world import TREE
 
 __all__ = ["main", "summary"]
 
@@ -128,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="rounds per seed (default 8)")
     parser.add_argument("--listings", type=int, default=300, help="listings per world (300)")
     parser.add_argument(
-        "--dir", type=Path, default=Path("/tmp/spark-relay-chaos"), help="worlds' directories"
+        "--dir",
+        type=Path,
+        # one folder per checkout: campaigns of two worktrees at once must not share seeds
+        default=Path("/tmp/spark-relay-chaos") / TREE.name,
+        help="worlds' directories (default /tmp/spark-relay-chaos/<checkout>)",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run side by side, each its own world (1)"
