@@ -16,13 +16,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from chaos.campaign import SeedResult, run_seed
+from chaos import coverage
+from chaos.campaign import SWITCHES, SeedResult, run_seed
+from chaos.world import TREE
 
 __all__ = ["main", "summary"]
 
 
 def summary(results: list[SeedResult], rounds: int) -> dict:
-    """The campaign's JSON line."""
+    """The campaign's JSON line: what happened, the coverage of fault x place and kill x
+    phase (``coverage``), and the cells that can occur but did not (``uncovered``)."""
+    cells: Counter = Counter()
+    switches = {name: any(r.switches.get(name, True) for r in results) for name in SWITCHES}
     total: dict[str, Counter] = {"faults": Counter(), "kills": Counter(), "restarts": Counter()}
     acts: Counter = Counter()
     crashes: Counter = Counter()
@@ -31,6 +36,7 @@ def summary(results: list[SeedResult], rounds: int) -> dict:
             total[name].update(getattr(r, name))
         acts.update(r.acts)
         crashes.update(r.crashes)
+        cells.update(r.coverage)
     return {
         "seeds": len(results),
         "rounds": rounds,
@@ -46,7 +52,11 @@ def summary(results: list[SeedResult], rounds: int) -> dict:
         "duplicates": sum(r.duplicates for r in results),
         "dead_letters": sum(r.dead_letters for r in results),
         "dead_letters_without_reason": sum(r.dead_letters_without_reason for r in results),
+        "inexact": sum(r.inexact for r in results),
         "key_in_logs": sum(len(r.key_in_logs) for r in results),
+        "coverage": dict(sorted((k, v) for k, v in cells.items() if v)),
+        "uncovered": coverage.uncovered(cells, switches),
+        "switches": switches,
         "failed_seeds": [r.seed for r in results if not r.converged],
         "seconds": round(sum(r.seconds for r in results), 1),
         "converged": bool(results) and all(r.converged for r in results),
@@ -57,13 +67,32 @@ def replay_command(result: SeedResult, listings: int) -> str:
     return (
         f"{sys.executable} -m chaos --seed {result.seed} --rounds {result.rounds} "
         f"--listings {listings} --keep --verbose"
+        + "".join(f" --without {name}" for name, on in result.switches.items() if not on)
+        + (f" --overlap {result.overlap:g}" if result.overlap is not None else "")
     )
 
 
 def _run_seed(
-    seed: int, *, rounds: int, listings: int, root: Path, echo: bool, keep: bool
+    seed: int,
+    *,
+    rounds: int,
+    listings: int,
+    root: Path,
+    echo: bool,
+    keep: bool,
+    without: frozenset[str],
+    overlap: float | None,
 ) -> SeedResult:
-    return run_seed(seed, rounds, listings, root / f"seed-{seed}", echo=echo, keep=keep)
+    return run_seed(
+        seed,
+        rounds,
+        listings,
+        root / f"seed-{seed}",
+        echo=echo,
+        keep=keep,
+        without=without,
+        overlap=overlap,
+    )
 
 
 def report(r: SeedResult, listings: int) -> SeedResult:
@@ -71,7 +100,8 @@ def report(r: SeedResult, listings: int) -> SeedResult:
     acts = {**r.kills, **r.restarts, **r.acts}
     print(
         f"{r.seed:>5} {'converged' if r.converged else 'FAILED':<10} {r.seconds:>5.0f} "
-        f"{r.keys_checked:>6} {r.lost:>4} {r.resurrected:>5} {r.stale:>5} {r.duplicates:>4} "
+        f"{r.keys_checked:>6} {r.lost:>4} {r.resurrected:>5} {r.stale + r.inexact:>5} "
+        f"{r.duplicates:>4} "
         f"{r.dead_letters:>4}  {', '.join(f'{k}={v}' for k, v in sorted(acts.items()))}",
         flush=True,
     )
@@ -99,13 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="rounds per seed (default 8)")
     parser.add_argument("--listings", type=int, default=300, help="listings per world (300)")
     parser.add_argument(
-        "--dir", type=Path, default=Path("/tmp/spark-relay-chaos"), help="worlds' directories"
+        "--dir",
+        type=Path,
+        # one folder per checkout: campaigns of two worktrees at once must not share seeds
+        default=Path("/tmp/spark-relay-chaos") / TREE.name,
+        help="worlds' directories (default /tmp/spark-relay-chaos/<checkout>)",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run side by side, each its own world (1)"
     )
     parser.add_argument("--keep", action="store_true", help="keep converged seeds' directories")
     parser.add_argument("--verbose", action="store_true", help="echo every act on stderr")
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=SWITCHES,
+        help="switch one fault off (repeatable); every fault is on by default",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        help="the poller's SPARK_RELAY_OVERLAP in minutes (default: its own, 20)",
+    )
     args = parser.parse_args(argv)
     # SIGTERM (a timeout, Ctrl-C in make) unwinds like Ctrl-C, so the world's processes stop
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -124,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         root=args.dir,
         echo=args.verbose,
         keep=args.keep,
+        without=frozenset(args.without),
+        overlap=args.overlap,
     )
     if args.jobs <= 1:
         results = [report(run(seed), args.listings) for seed in seeds]
@@ -135,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         results.sort(key=lambda r: r.seed)
     line = summary(results, args.rounds)
     line["wall_seconds"] = round(time.monotonic() - started, 1)
+    print(coverage.matrix(line["coverage"], line["switches"]), flush=True)
     print(json.dumps(line), flush=True)
     return 0 if line["converged"] else 1
 

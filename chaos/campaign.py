@@ -20,24 +20,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chaos import check
+from chaos import check, coverage
+from chaos.acts import ACTS, DISK_SINKS, SWITCHED_ACTS, act
 from chaos.world import SINKS, World
 
-__all__ = ["plan", "run_seed", "SeedResult", "ACTS"]
+__all__ = ["plan", "run_seed", "SeedResult", "ACTS", "SWITCHES"]
 
-#: What a round may do besides changing the MLS.
-ACTS = (
-    "kill_poller",
-    "kill_sink",
-    "restart_postgres",
-    "restart_registry",
-    "reconcile_repair",
-    "dlq_redrive",
-    "replay",
-    "purge",
-    "kill_purge",
-    "skip_shift",
+#: Faults each behind a switch of the plan (``python -m chaos --without NAME``); all on by
+#: default. ``late``: changes reach ModificationTimestamp filters up to 19 minutes late;
+#: ``malformed``: elements of many shapes; ``refused``: removed accounts answering 403 by key.
+SWITCHES = (
+    "late",
+    "malformed",
+    "refused",
+    "kill_converter",
+    "state_lost",
+    "second_sigterm",
+    "disk_full",
+    "store_down_in_rebalance",
+    "schema_change",
 )
+#: Page sizes a seed draws from: the small ones make update windows span several pages,
+#: the large ones (100 and more) put the poller's converter processes to work.
+PAGE_SIZES = (10, 20, 35, 100, 150)
 
 TOPIC_PREFIX = "spark"
 
@@ -52,14 +57,26 @@ def emulator_kinds() -> set[str]:
     return kinds
 
 
-def plan(seed: int, rounds: int, known: set[str]) -> dict[str, Any]:
+def plan(
+    seed: int,
+    rounds: int,
+    known: set[str],
+    without: frozenset[str] = frozenset(),
+    overlap: float | None = None,
+) -> dict[str, Any]:
     """The seed's faults and its schedule of acts, drawn before anything runs.
 
-    ``known``: the emulator's extra fault kinds and options to use (:func:`emulator_kinds`).
+    ``known``: the emulator's extra fault kinds and options to use (:func:`emulator_kinds`);
+    ``without``: switches (``SWITCHES``) turned off; ``overlap``: the poller's
+    ``SPARK_RELAY_OVERLAP`` in minutes (None: its default).
     """
+    unknown = set(without) - set(SWITCHES)
+    if unknown:
+        raise ValueError(f"no such switch: {', '.join(sorted(unknown))} (known: {SWITCHES})")
     rng = random.Random(seed)
-    kinds = {"500": 0.02, "503": 0.02, "timeout": 0.005, "truncate": 0.015, "reset": 0.015}
-    kinds.update({k: 0.015 for k in ("cut", "stale") if k in known})
+    switches = {name: name not in without for name in SWITCHES}
+    kinds = {"500": 0.025, "503": 0.025, "timeout": 0.006, "truncate": 0.02, "reset": 0.02}
+    kinds.update({k: 0.02 for k in ("cut", "stale") if k in known})
     spec = ",".join(f"{k}:{round(p * rng.uniform(0.5, 1.5), 4)}" for k, p in kinds.items())
     faults: dict[str, Any] = {
         "spec": spec,
@@ -73,27 +90,51 @@ def plan(seed: int, rounds: int, known: set[str]) -> dict[str, Any]:
             if option in known and rng.random() < 0.7
             for arg in (option, share)
         ],
+        "switches": switches,
+        "page_size": rng.choice(PAGE_SIZES),
+        "overlap": overlap,
+        # a lagging index, always less than the poller's 20-minute overlap behind
+        "late_visibility_seconds": rng.choice([600, 900, 1140]) if switches["late"] else 0,
+        "malformed": round(rng.uniform(0.01, 0.04), 3) if switches["malformed"] else 0,
+        "refuse_by_key": 0.6 if switches["refused"] else 0,
+        # requests by key: few, so faulted four times as often
+        "fault_boost": 4,
     }
+    # one request per listing whose video list changed (every listing in a snapshot): only
+    # where the API's rate limit and short pages let that pass quickly
+    quick = faults["rate_limit"] == "300/10" and faults["page_size"] <= 35
+    faults["subresources"] = "Videos" if quick else ""
+    if faults["subresources"]:  # a fault there costs a retry for one listing: fewer
+        faults["spec"] = ",".join(
+            f"{k}:{float(p) / 2:.4f}" for k, p in (part.split(":") for part in spec.split(","))
+        )
+    # how much changes in a round: up to 4x the base rates, so a window spans pages
+    scale = rng.choice([1, 2, 4])
+    acts_of = [a for a in ACTS if switches.get(SWITCHED_ACTS.get(a, ""), True)]
     schedule = []
     for number in range(1, rounds + 1):
         acts = []
-        for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
-            act = rng.choice(ACTS)
+        for _ in range(rng.choice([0, 1, 1, 2, 2, 3, 3])):
+            act = rng.choice(acts_of)
             acts.append(
                 {
                     "act": act,
                     "delay": round(rng.uniform(0.0, 2.5), 2),
                     "gap": round(rng.uniform(0.3, 3.0), 2),
                     "sink": rng.choice([*SINKS]),
-                    "target": rng.choice(["postgres", "files", "search"]),
+                    "target": rng.choice(["postgres", "files", "search", "poller"]),
+                    "disk_sink": rng.choice(DISK_SINKS),
+                    "second": round(rng.uniform(0.005, 0.3), 3),
+                    "limit": rng.choice([16_384, 65_536]),
                 }
             )
         schedule.append(
             {
                 "round": number,
+                "remove_accounts": switches["refused"] and rng.random() < 0.6,
                 "change": {
                     "minutes": rng.choice([5, 15, 30, 60]),
-                    "modify": round(rng.uniform(0.01, 0.08), 3),
+                    "modify": round(rng.uniform(0.01, 0.08) * scale, 3),
                     "create": round(rng.uniform(0.0, 0.03), 3),
                     "remove": round(rng.uniform(0.0, 0.03), 3),
                     "media": round(rng.uniform(0.0, 0.05), 3),
@@ -126,8 +167,16 @@ class SeedResult:
     duplicates: int = 0
     dead_letters: int = 0
     dead_letters_without_reason: int = 0
+    inexact: int = 0  # malformed listings published, but not as served
     key_in_logs: list[str] = field(default_factory=list)
     stores: list[dict] = field(default_factory=list)
+    coverage: Counter = field(default_factory=Counter)  # cell -> count (chaos/coverage.py)
+    switches: dict[str, bool] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)  # kills: component, wall time, start
+    created_accounts: list[str] = field(default_factory=list)
+    state_lost: bool = False
+    schema_changed: bool = False
+    overlap: float | None = None
     error: str = ""
     root: str = ""
 
@@ -163,14 +212,21 @@ def run_seed(
     echo: bool = False,
     keep: bool = False,
     settle_timeout: float = 150.0,
+    without: frozenset[str] = frozenset(),
+    overlap: float | None = None,
 ) -> SeedResult:
-    """Run one seed in ``root`` (emptied first); the directory is removed when it converged."""
+    """Run one seed in ``root`` (emptied first); the directory is removed when it converged.
+
+    ``without`` and ``overlap``: see :func:`plan`.
+    """
     started = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    p = plan(seed, rounds, emulator_kinds())
+    p = plan(seed, rounds, emulator_kinds(), without, overlap)
     (root / "plan.json").write_text(json.dumps(p, indent=1))
-    result = SeedResult(seed, rounds, root=str(root))
+    result = SeedResult(
+        seed, rounds, root=str(root), switches=p["faults"]["switches"], overlap=overlap
+    )
     world = World(root, seed, listings, p["api_key"], p["faults"])
     log = _Log(root / "campaign.log", world, echo)
     try:
@@ -187,14 +243,28 @@ def run_seed(
                 "mls_changed",
                 **{k: len(v) for k, v in changed.items() if isinstance(v, list)},
             )
-            for act in step["acts"]:
-                time.sleep(act["delay"])
-                _act(world, act, log, result, extra_stores)
+            result.created_accounts.extend(changed.get("accounts_created", []))
+            if step.get("remove_accounts") and result.created_accounts:
+                gone = result.created_accounts[:2]
+                del result.created_accounts[:2]
+                world.admin("POST", "/_emulator/remove_accounts", {"ids": gone})
+                log("accounts_removed", ids=gone)
+            for step_act in step["acts"]:
+                time.sleep(step_act["delay"])
+                act(world, step_act, log, result, extra_stores)
             time.sleep(step["pause"])
             _revive(world, log, result)
         log.round = rounds + 1
-        _settle(world, log, result, extra_stores, settle_timeout)
+        try:
+            _settle(world, log, result, extra_stores, settle_timeout)
+        except Exception as e:  # failed, but the stores are still read: what diverged?
+            result.error = f"{type(e).__name__}: {e}"
+            log("error", error=result.error)
         _check(world, log, result, extra_stores)
+        if result.schema_changed:
+            versions = world.schema_versions(f"{TOPIC_PREFIX}.listings-value")
+            result.coverage["break:schema_change@poller"] += len(versions) > 1
+            log("schema_versions", subject=f"{TOPIC_PREFIX}.listings-value", versions=versions)
         stats, _ = world.admin("GET", "/_emulator/stats")
         log("emulator_stats", **{k: v for k, v in stats.items() if k != "fault_log"})
         log("stale_served", keys=[e[2] for e in stats.get("fault_log", []) if e[1] == "stale"])
@@ -209,11 +279,12 @@ def run_seed(
     except Exception as e:  # the seed fails; its directory stays for the post-mortem
         import traceback
 
-        result.error = f"{type(e).__name__}: {e}"
+        result.error = "; ".join(filter(None, [result.error, f"{type(e).__name__}: {e}"]))
         (root / "error.txt").write_text(traceback.format_exc())
         log("error", error=result.error)
     finally:
         world.stop()
+    _count_coverage(world, result)
     result.seconds = time.monotonic() - started
     result.converged = not result.error and not (
         result.lost
@@ -221,6 +292,7 @@ def run_seed(
         or result.stale
         or result.duplicates
         or result.dead_letters_without_reason
+        or result.inexact
         or result.key_in_logs
     )
     log("finished", converged=result.converged, seconds=round(result.seconds, 1))
@@ -249,85 +321,6 @@ def tidy(root: Path, result: SeedResult) -> None:
                 entry.unlink()
 
 
-def _act(world: World, act: dict, log: _Log, result: SeedResult, extra: list) -> None:
-    kind = act["act"]
-    if kind == "kill_poller":
-        if world.kill("poller"):
-            result.kills["poller"] += 1
-            log("killed", process="poller", signal=9)
-        time.sleep(act["gap"])
-        world.start_poller()
-        log("started", process="poller")
-    elif kind == "kill_sink":
-        name = act["sink"]
-        if world.kill(name):
-            result.kills[f"sink-{name}"] += 1
-            log("killed", process=name, signal=9)
-        time.sleep(act["gap"])
-        world.start_sink(name)
-        log("started", process=name)
-    elif kind == "restart_postgres":
-        log("stopping", service="postgres", mode="immediate")
-        world.restart_postgres(act["gap"])
-        result.restarts["postgres"] += 1
-        log("restarted", service="postgres", gap=act["gap"])
-    elif kind == "restart_registry":
-        world.restart_registry(act["gap"])
-        result.restarts["registry"] += 1
-        log("restarted", service="registry", gap=act["gap"])
-    elif kind == "reconcile_repair":
-        done = world.run(
-            "reconcile",
-            ["reconcile", "--repair", "--files-path", str(world.root / "files")]
-            + ["--search-path", str(world.root / "search")],
-            timeout=240,
-        )
-        result.acts["reconcile_repair"] += 1
-        log("reconcile_repair", exit=done.returncode, out=done.stdout.decode()[-400:])
-    elif kind == "dlq_redrive":
-        sink = act["target"]
-        done = world.run("redrive", ["dlq", "redrive", sink], timeout=120)
-        result.acts["dlq_redrive"] += 1
-        log("dlq_redrive", sink=sink, exit=done.returncode, out=done.stdout.decode()[-300:])
-    elif kind == "replay":
-        if extra:  # one fresh target per seed keeps the world small
-            return
-        target = act["target"]
-        group = ["--group", f"chaos-replay-{target}", "--from-beginning"]
-        if target == "postgres":
-            args = ["postgres", "--schema", "replay", *group]
-            where = "replay"
-        else:
-            where = str(world.root / f"{target}-replay")
-            args = [target, "--path", where, *group]
-        world.start_sink(f"replay-{target}", args)
-        extra.append((target, where))
-        result.acts[f"replay_{target}"] += 1
-        log("replay_started", target=target, into=where)
-    elif kind == "purge":
-        code = world.terminate("poller")
-        done = world.run("purge", ["poll", "purge"], timeout=240)
-        result.acts["purge"] += 1
-        log("purge", poller_exit=code, exit=done.returncode, out=done.stdout.decode()[-300:])
-        world.start_poller()
-    elif kind == "kill_purge":
-        world.terminate("poller")
-        world.spawn("purge", [*world.cli, "poll", "purge"])
-        if world.wait_for_checkpoint("purge", timeout=60):
-            time.sleep(act["delay"] / 10)  # somewhere inside the scan
-        if world.kill("purge"):
-            result.kills["purge"] += 1
-            log("killed", process="purge", signal=9, checkpoint=world.checkpoint("purge"))
-        world.procs.pop("purge", None)
-        world.start_poller()
-    elif kind == "skip_shift":
-        created, _ = world.admin(
-            "POST", "/_emulator/create_accounts", {"count": 2, "position": "first"}
-        )
-        result.faults["skip_shift"] += 1
-        log("skip_shift", created=created.get("created"))
-
-
 def _revive(world: World, log: _Log, result: SeedResult) -> None:
     """A process that died on its own is a finding: log its exit and start it again."""
     for name in list(world.procs):
@@ -341,7 +334,7 @@ def _revive(world: World, log: _Log, result: SeedResult) -> None:
         if name == "registry":
             world.start_registry()
         else:
-            world.spawn(name, world.args[name])
+            world.respawn(name)
 
 
 def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: float) -> None:
@@ -350,6 +343,10 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
     code = world.terminate("poller")
     world.procs.pop("poller", None)  # from here on the one-shot procedures run, not the daemon
     log("poller_stopped", exit=code)
+    lag = world.faults.get("late_visibility_seconds", 0)
+    if lag:  # the index catches up: every change is visible to the final windows
+        world.admin("POST", "/_emulator/advance", {**_NO_CHANGE, "minutes": lag / 60 + 1})
+        log("index_caught_up", minutes=lag / 60 + 1)
     # the first purge may finish one a kill interrupted: that one trusts the keys it saw
     # before the kill, so a second purge, started after every change, is the one checked
     for procedure in ("snapshot", "update", "accounts", "purge", "purge", "update"):
@@ -361,6 +358,8 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
             time.sleep(2)
         else:
             raise RuntimeError(f"final poll {procedure} kept failing")
+    if result.state_lost:  # the documented remedy for a lost state: purge what it forgot
+        _final_reconcile(world, log)
     truth = _truth(world)
     excused = _poller_dead_letters(world)
     deadline = time.monotonic() + timeout
@@ -384,6 +383,47 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
         if name not in ("emulator", "registry"):
             code = world.terminate(name)
             log("stopped", process=name, exit=code)
+
+
+_NO_CHANGE = {
+    "modify": 0,
+    "create": 0,
+    "remove": 0,
+    "media": 0,
+    "accounts_modify": 0,
+    "accounts_create": 0,
+}
+
+
+def _final_reconcile(world: World, log: _Log) -> None:
+    for attempt in range(1, 8):
+        done = world.run(
+            "final-reconcile",
+            ["reconcile", "--repair", "--files-path", str(world.root / "files")]
+            + ["--search-path", str(world.root / "search")],
+            timeout=240,
+        )
+        log("final", procedure="reconcile --repair", attempt=attempt, exit=done.returncode)
+        if done.returncode in (0, 7):  # 7: a sink differed, and the repair was published
+            return
+        time.sleep(2)
+    raise RuntimeError("final reconcile --repair kept failing")
+
+
+def _count_coverage(world: World, result: SeedResult) -> None:
+    """The seed's cells (chaos/coverage.py), from the request log, the kills' moments and
+    the registry (a schema change counts once a newer schema was registered)."""
+    requests = coverage.read_requests(world.requests_path)
+    result.coverage.update(coverage.count_requests(requests))
+    for event in result.events:
+        component, at, since = event["kill"], event["at"], event["since"]
+        if component in ("poller", "converter"):
+            phase = coverage.poller_phase(requests, at, since)
+        elif component == "purge":
+            phase = coverage.purge_phase(requests, at, since)
+        else:
+            phase = coverage.sink_phase(Path(event["log"]), at, since)
+        result.coverage[f"kill:{component}@{phase}"] += 1
 
 
 def _matches(world: World, kind: str, where: str, truth: dict, excused: set[str]) -> bool:
@@ -411,6 +451,7 @@ def _truth(world: World) -> dict[str, dict[str, datetime | None]]:
     return {
         "listings": {k: check.utc(v) for k, v in truth["listings"].items()},
         "accounts": dict.fromkeys(truth["accounts"]),
+        "malformed": truth.get("malformed", {}),
     }
 
 
@@ -434,9 +475,12 @@ def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
     diffs = []
     for resource, key_field in (("listings", "ListingKey"), ("accounts", "Id")):
         topic = f"{TOPIC_PREFIX}.{resource}"
-        held, mismatched = check.topic_state(
-            check.read_topic(bootstrap, registry, topic), key_field
-        )
+        messages = check.read_topic(bootstrap, registry, topic)
+        held, mismatched = check.topic_state(messages, key_field)
+        if resource == "listings":
+            inexact = check.inexact(messages, truth["malformed"], dead_lettered)
+            result.inexact += len(inexact)
+            log("malformed_checked", listed=len(truth["malformed"]), inexact=inexact[:5])
         if resource == "accounts":
             held = dict.fromkeys(held)
         diffs.append(check.compare(topic, truth[resource], held, mismatched, dead_lettered))

@@ -291,6 +291,36 @@ def read_search(path: Path) -> tuple[dict[str, datetime], list[str]]:
     return held, [k for k, n in counts.items() if n > 1]
 
 
+def inexact(messages: list, malformed: dict[str, dict], dead_lettered: set[str]) -> list[str]:
+    """The malformed listings (``{key: {field, json}}`` as the emulator served them) that
+    were neither dead-lettered nor published with that field exactly as served: its value
+    in the latest event's ``standard_fields_json`` equal to the served JSON, numbers
+    compared as decimals (``1e400`` stays ``1e400``)."""
+    import sys
+    from decimal import Decimal
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # nesting 3,000 deep
+
+    def parse(text: str) -> Any:
+        return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+    latest: dict[str, Any] = {}
+    for _, _, key, value, _ in sorted(messages, key=lambda m: (m[0], m[1])):
+        latest[key.decode()] = value
+    wrong = []
+    for key, how in malformed.items():
+        if key in dead_lettered:
+            continue
+        value = latest.get(key)
+        try:
+            fields = parse(value["standard_fields_json"]) if value else {}
+        except (TypeError, ValueError, KeyError):
+            fields = {}
+        if how["field"] not in fields or fields[how["field"]] != parse(how["json"]):
+            wrong.append(key)
+    return sorted(wrong)
+
+
 def scan_logs(logs: Path, secret: str, exclude: tuple[str, ...] = ("emulator.log",)) -> list[str]:
     """Log files (the emulator's own aside: it prints its key by design) that contain ``secret``."""
     needle = secret.encode()

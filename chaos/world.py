@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from email.utils import parsedate_to_datetime
@@ -45,6 +48,22 @@ def _cli() -> list[str]:
     return [str(Path(sys.executable).parent / "spark-relay")]
 
 
+#: The tree the campaign runs from: every process of a world imports spark-relay from it
+#: (a scratch copy with a mutant in it runs the mutant, whatever the venv points at).
+TREE = Path(__file__).resolve().parent.parent
+#: The field a newer poller adds to the Listing schema (``schema_change``): a StandardFields
+#: field the older schema leaves in ``standard_fields_json``.
+ADDED_FIELD = "Country"
+
+
+def _copy(pipe, path: Path) -> None:
+    """Append what a process writes to ``pipe`` to ``path`` until it closes."""
+    with open(path, "ab") as log:
+        for line in pipe:
+            log.write(line)
+            log.flush()
+
+
 class World:
     """Start, kill, restart and stop everything one seed needs; log each act."""
 
@@ -57,6 +76,8 @@ class World:
         self.logs = self.root / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.args: dict[str, list[str]] = {}
+        self.started: dict[str, float] = {}  # wall time of each process's latest start
+        self.python_paths: dict[str, list[str] | None] = {}
         self.broker: KafkaBroker | None = None
         self.postgres: Postgres | None = None
         self.registry_port = free_port()
@@ -120,18 +141,36 @@ class World:
             str(f["filter_cache_seconds"]),
             "--last-page",
             f["last_page"],
+            "--request-log",
+            str(self.requests_path),
+            "--late-visibility-seconds",
+            str(f.get("late_visibility_seconds", 0)),
+            "--malformed",
+            str(f.get("malformed", 0)),
+            "--refuse-by-key",
+            str(f.get("refuse_by_key", 0)),
+            "--fault-boost",
+            str(f.get("fault_boost", 1)),
             *f.get("extra_args", []),
         ]
         self.spawn("emulator", args)
         if not wait_for_port("127.0.0.1", self.emulator_port, 60):
             raise RuntimeError("the emulator did not start; see logs/emulator.log")
 
-    def env(self) -> dict[str, str]:
+    @property
+    def requests_path(self) -> Path:
+        """The emulator's request log (``chaos/coverage.py`` reads it)."""
+        return self.root / "requests.jsonl"
+
+    def env(self, name: str = "", python_path: list[str] | None = None) -> dict[str, str]:
+        """The environment of the process ``name`` (its API URL ends in ``/_via/<name>``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_RELAY_")}
         env.update(DEVSTACK_ENV)
+        env["PYTHONPATH"] = os.pathsep.join([*(python_path or []), str(TREE)])
+        via = f"/_via/{name}" if name else ""
         env.update(
             {
-                "SPARK_RELAY_API_URL": self.emulator_url,
+                "SPARK_RELAY_API_URL": self.emulator_url + via,
                 "SPARK_RELAY_API_KEY": self.api_key,
                 "SPARK_RELAY_KAFKA_BOOTSTRAP": self.broker.bootstrap,
                 "SPARK_RELAY_SCHEMA_REGISTRY_URL": self.registry_url,
@@ -139,10 +178,12 @@ class World:
                 "SPARK_RELAY_STATE_DIR": str(self.root / "state"),
                 "SPARK_RELAY_RATE_LIMIT": "40",
                 "SPARK_RELAY_API_TIMEOUT": "2",
-                "SPARK_RELAY_PAGE_SIZE": "50",
-                "SPARK_RELAY_UPDATE_INTERVAL": "0.05",
-                "SPARK_RELAY_ACCOUNTS_INTERVAL": "0.15",
+                "SPARK_RELAY_PAGE_SIZE": str(self.faults.get("page_size", 50)),
+                # minutes: a window every 0.6 s, an accounts scan every 3 s
+                "SPARK_RELAY_UPDATE_INTERVAL": "0.01",
+                "SPARK_RELAY_ACCOUNTS_INTERVAL": "0.05",
                 "SPARK_RELAY_EXPAND": "Photos",
+                "SPARK_RELAY_SUBRESOURCES": self.faults.get("subresources", ""),
                 "SPARK_RELAY_SINK_BATCH_MS": "100",
                 "SPARK_RELAY_SINK_BATCH_SIZE": "50",
                 "SPARK_RELAY_LOG_LEVEL": "INFO",
@@ -158,27 +199,57 @@ class World:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.faults.get("overlap") is not None:
+            env["SPARK_RELAY_OVERLAP"] = str(self.faults["overlap"])
         if self.faults.get("message_max_bytes"):
             env["SPARK_RELAY_KAFKA_MESSAGE_MAX_BYTES"] = str(self.faults["message_max_bytes"])
         return env
 
     # ---- processes ---------------------------------------------------------------------
 
-    def spawn(self, name: str, args: list[str]) -> None:
-        """Start a long-running process; its output goes to ``logs/<name>.log`` (appended)."""
+    def spawn(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        python_path: list[str] | None = None,
+        file_size_limit: int | None = None,
+        log_name: str | None = None,
+    ) -> None:
+        """Start a long-running process; its output goes to ``logs/<name>.log`` (appended).
+
+        ``file_size_limit``: RLIMIT_FSIZE in bytes (a full disk: writes past it fail with
+        EFBIG); its output then goes through a pipe (a pipe has no size) to
+        ``logs/<log_name>.log``, copied by a thread of the campaign.
+        """
         args = [a.format(root=self.root) for a in args]
-        with open(self.logs / f"{name}.log", "ab") as log:
+        limit = None
+        if file_size_limit is not None:
+
+            def limit() -> None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+        with open(self.logs / f"{log_name or name}.log", "ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(args)}\n".encode())
             log.flush()
             self.procs[name] = subprocess.Popen(
                 args,
-                stdout=log,
+                stdout=log if limit is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env=self.env() if self.broker else None,
+                env=self.env(name, python_path) if self.broker else None,
                 cwd=str(self.root),
                 start_new_session=True,
+                preexec_fn=limit,
             )
+        if limit is not None:
+            threading.Thread(
+                target=_copy,
+                args=(self.procs[name].stdout, self.logs / f"{log_name}.log"),
+                daemon=True,
+            ).start()
         self.args[name] = args
+        self.started[name] = time.time()
+        self.python_paths[name] = python_path
 
     @property
     def cli(self) -> list[str]:
@@ -209,7 +280,11 @@ class World:
         self.spawn("poller", [*_cli(), "poll", "run"])
 
     def start_sink(self, name: str, extra: list[str] | None = None) -> None:
-        self.spawn(name, [*_cli(), "sink", *(extra or SINKS[name])])
+        self.spawn(name, [*_cli(), "sink", *(extra or self.sink_args(name))])
+
+    @staticmethod
+    def sink_args(name: str) -> list[str]:
+        return SINKS[name]
 
     def alive(self, name: str) -> bool:
         proc = self.procs.get(name)
@@ -240,7 +315,67 @@ class World:
 
     def restart(self, name: str) -> None:
         self.kill(name)
-        self.spawn(name, self.args[name])
+        self.respawn(name)
+
+    def respawn(self, name: str) -> None:
+        """Start ``name`` again as it was last started (a newer poller stays newer)."""
+        self.spawn(name, self.args[name], python_path=self.python_paths.get(name))
+
+    def converters(self) -> list[int]:
+        """The pids of the poller's converter processes (its children running the worker)."""
+        proc = self.procs.get("poller")
+        if proc is None or proc.poll() is not None:
+            return []
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        pids = []
+        for pid in map(int, children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"producer.converter" in cmdline:
+                pids.append(pid)
+        return pids
+
+    def drop_poller_state(self) -> None:
+        """The poller's state lost: its PostgreSQL schema and its state directory."""
+        import psycopg
+
+        with psycopg.connect(self.postgres.url, connect_timeout=10, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS spark_relay_state_spark CASCADE")
+        shutil.rmtree(self.root / "state", ignore_errors=True)
+
+    def newer_schemas(self) -> Path:
+        """A copy of the ``schemas`` package whose Listing schema has one field more
+        (``ADDED_FIELD``, nullable): the code of a newer poller, for ``python_path``."""
+        where = self.root / "newer"
+        if not where.exists():
+            shutil.copytree(TREE / "schemas", where / "schemas")
+            path = where / "schemas" / "Listing.avsc"
+            schema = json.loads(path.read_text())
+            schema["fields"].append(
+                {
+                    "name": ADDED_FIELD,
+                    "type": ["null", "string"],
+                    "default": None,
+                    "doc": "Added by a newer poller in the campaign's schema change.",
+                }
+            )
+            path.write_text(json.dumps(schema, indent=2))
+        return where
+
+    def schema_versions(self, subject: str) -> list[int]:
+        """The registry's versions of ``subject`` (empty when it cannot say)."""
+        try:
+            with urllib.request.urlopen(
+                f"{self.registry_url}/subjects/{subject}/versions", timeout=10
+            ) as response:
+                return json.loads(response.read())
+        except (OSError, ValueError):
+            return []
 
     def run(
         self, name: str, args: list[str], timeout: float = 180, check: bool = False
@@ -256,7 +391,7 @@ class World:
                     [*_cli(), *args],
                     stdout=subprocess.PIPE,
                     stderr=log,
-                    env=self.env(),
+                    env=self.env(name.removeprefix("final-")),
                     cwd=str(self.root),
                     timeout=timeout,
                 )

@@ -217,6 +217,7 @@ class SparkAPI:
                 keys = sorted(k for k in set(wanted) if k in mls.listings and mls.listings[k].live)
             else:
                 keys = [k for k in mls.live_keys if predicate(self._getter(mls.listings[k], now))]
+                self._late(predicate, keys, now)
         if ttl_ms > 0:
             with self._cache_lock:
                 if len(self._cache) > 10_000:
@@ -224,15 +225,28 @@ class SparkAPI:
                 self._cache[(api_key, text)] = (now, keys)
         return keys
 
-    def _getter(self, state, now: int):
+    def _late(self, predicate, keys: list[str], now: int) -> None:
+        """Note each listing a lagging index kept out of these ``keys`` (hooks: late)."""
+        if not self.config.late_visibility_seconds:
+            return
+        since = now - self.config.late_visibility_seconds * 1000
+        matched = set(keys)
+        for key in self.mls.live_keys:
+            state = self.mls.listings[key]
+            if state.mod_ms > since and key not in matched:
+                if predicate(self._getter(state, now, indexed=False)):
+                    self.mls.hooks.hit("late", key)
+
+    def _getter(self, state, now: int, indexed: bool = True):
         """``field -> value`` of a listing for ``_filter`` and ``_orderby``: cheap fields from
-        its state, the others from its record (built once per version)."""
+        its state, the others from its record (built once per version). ``indexed``: the
+        ModificationTimestamp a lagging index holds (hooks: late visibility)."""
         facts: dict[str, Any] | None = None
 
         def get(name: str) -> Any:
             nonlocal facts
             if name == "ModificationTimestamp":
-                return state.mod_ms
+                return self.mls.hooks.indexed_ms(state, now) if indexed else state.mod_ms
             if name == "ListingKey":
                 return state.key
             if name == NOW:
@@ -307,6 +321,8 @@ class SparkAPI:
                         states[i] = mls.previous[key]
                         applied.extend(("stale", key))
                         break
+        if select is None or not _STATE_FIELDS.issuperset(select):
+            mls.hooks.served(page_keys)
         items = []
         for state in states:
             items.append(self.served.get(state.key) or self._record(state, select, nested, custom))
@@ -359,7 +375,9 @@ class SparkAPI:
         return state
 
     def _listing(self, key: str, params: dict[str, str]) -> bytes:
+        self._refused("listings", key)
         state = self._live(key)
+        self.mls.hooks.served([key])
         select = self._select(params)
         nested, custom = expansions(params)
         record = self.served.get(key) or self._record(state, select, nested, custom)
@@ -477,7 +495,19 @@ class SparkAPI:
                 body["Pagination"] = pagination(total, limit, skip, with_offset="_skip" in params)
             return orjson.dumps({"D": body})
 
+    def _refused(self, resource: str, key: str) -> None:
+        """A removed record the key no longer sees answers 403 by key (hooks: refused)."""
+        mls = self.mls
+        with mls.lock:
+            gone = (key in mls.listings and not mls.listings[key].live) or (
+                resource == "accounts" and key in mls.removed_accounts
+            )
+        if gone and mls.hooks.refused(key):
+            mls.hooks.hit("refused_by_key", key, 403)
+            raise Reject(403, 1500, "The requested resource is not available at your service level")
+
     def _account(self, account_id: str, params: dict[str, str]) -> bytes:
+        self._refused("accounts", account_id)
         with self.mls.lock:
             record = self.mls.accounts.get(account_id)
             if record is None:

@@ -209,6 +209,47 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="How far behind a 'stale' replica may be, on the API's clock (default: any change).",
 )
 @click.option(
+    "--request-log",
+    type=click.Path(dir_okay=False),
+    envvar=_ENV + "REQUEST_LOG",
+    help="Append one JSON line per API request to this file: caller (an API URL ending in "
+    "/_via/NAME names it), path, paging parameters, status and the faults it met.",
+)
+@click.option(
+    "--late-visibility-seconds",
+    default=0.0,
+    type=click.FloatRange(0),
+    envvar=_ENV + "LATE_VISIBILITY_SECONDS",
+    help="A lagging search index: a change matches ModificationTimestamp in a _filter only "
+    "up to this many seconds (virtual) after it was made; scans and look-ups by key see it.",
+)
+@click.option(
+    "--malformed",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    envvar=_ENV + "MALFORMED",
+    help="Share of listings (chosen by seed) with one StandardFields field served malformed: "
+    "another JSON type, deep nesting, 1e400, quotes in a field name. Listed in the truth.",
+)
+@click.option(
+    "--refuse-by-key",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    metavar="SHARE",
+    envvar=_ENV + "REFUSE_BY_KEY",
+    help="Share of removed listings and accounts (chosen by seed) answering 403 / code 1500 "
+    "instead of 404 when asked for by key.",
+)
+@click.option(
+    "--fault-boost",
+    default=1.0,
+    type=click.FloatRange(1),
+    envvar=_ENV + "FAULT_BOOST",
+    help="Multiply the --faults probabilities by this for requests by key (/v1/listings/KEY, "
+    "/v1/accounts/ID, a ListingKey Eq filter): few, so rarely faulted otherwise.",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -242,6 +283,11 @@ def emulator_command(
     bad_records,
     require_user_agent,
     stale_lag_seconds,
+    request_log,
+    late_visibility_seconds,
+    malformed,
+    refuse_by_key,
+    fault_boost,
     start_time,
     date_header,
 ) -> None:
@@ -276,6 +322,11 @@ def emulator_command(
         fault_timeout_seconds=fault_timeout_seconds,
         stale_lag_seconds=stale_lag_seconds,
         date_header=date_header,
+        request_log=request_log,
+        late_visibility_seconds=late_visibility_seconds,
+        malformed=malformed,
+        refuse_by_key=refuse_by_key,
+        fault_boost=fault_boost,
     )
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())

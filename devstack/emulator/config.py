@@ -73,6 +73,12 @@ class EmulatorConfig:
         False  # answer 400/1016 to API requests without X-SparkApi-User-Agent
     )
     date_header: bool = True  # False: no Date header (the client must find the API's clock)
+    # the campaign's hooks (devstack/emulator/hooks.py)
+    request_log: str | None = None  # a file: one JSON line per API request
+    late_visibility_seconds: float = 0.0  # how long a change may stay unseen by _filter
+    malformed: float = 0.0  # share of listings with one field served malformed
+    refuse_by_key: float = 0.0  # share of removed keys answering 403 by key
+    fault_boost: float = 1.0  # fault probabilities x this for requests by key
 
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:
@@ -84,7 +90,7 @@ class EmulatorConfig:
             )
         if self.last_page not in LAST_PAGE_MODES:
             raise ValueError(f"last_page must be one of {LAST_PAGE_MODES}, got {self.last_page!r}")
-        for name in ("masked", "bare_numbers", "bad_records"):
+        for name in ("masked", "bare_numbers", "bad_records", "malformed", "refuse_by_key"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a share between 0 and 1")
         if self.rate_limit is not None and (self.rate_limit[0] < 1 or self.rate_limit[1] <= 0):

@@ -64,14 +64,16 @@ class FaultInjector:
         with self._lock:
             self._rng = random.Random(seed_for_faults(self._seed))
 
-    def draw(self) -> str | None:
-        """The fault for the next request (``"500"``, ``"reset"`` …) or None."""
+    def draw(self, scale: float = 1.0) -> str | None:
+        """The fault for the next request (``"500"``, ``"reset"`` …) or None; ``scale``
+        multiplies every probability (up to a fault on every request)."""
         if not self.faults:
             return None
+        scale = min(scale, 1.0 / sum(self.faults.values()) if any(self.faults.values()) else 1.0)
         with self._lock:
             x = self._rng.random()
         for kind in FAULT_KINDS:
-            x -= self.faults.get(kind, 0.0)
+            x -= self.faults.get(kind, 0.0) * scale
             if x < 0:
                 return kind
         return None

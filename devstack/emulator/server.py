@@ -7,7 +7,8 @@ Admin paths (no token, never faulted, never rate limited) — for tests only:
   "accounts_modify", "accounts_create"}`` -> what changed
 - ``GET /_emulator/truth`` -> ``{"now", "listings": {key: ts}, "accounts": {id: record},
   "bare_numbers": {key: {field: exact digits}}, "bad": {key: how it is broken}}``
-- ``POST /_emulator/create_accounts`` ``{"count": N, "position": "random"|"first"}``
+- ``POST /_emulator/create_accounts`` ``{"count": N, "position": "random"|"first"}``;
+  ``POST /_emulator/remove_accounts`` ``{"ids": [...]}`` (accounts no listing references)
 - ``GET /_emulator/stats``; ``POST /_emulator/stats/reset`` (also restarts the fault
   sequence and the rate-limit windows); ``POST /_emulator/filter_cache/clear``
 """
@@ -29,6 +30,7 @@ from devstack.emulator.api import SparkAPI
 from devstack.emulator.clock import VirtualClock, format_timestamp, http_date
 from devstack.emulator.config import DATA_FAULTS, EmulatorConfig
 from devstack.emulator.guards import FaultInjector, RateLimiter, Stats
+from devstack.emulator.hooks import split_via
 from devstack.emulator.params import error_body
 from devstack.emulator.store import MLS
 
@@ -98,6 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
         content_length: int | None = None,
     ) -> None:
+        self.server.emulator.mls.hooks.status(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header(
@@ -150,9 +153,19 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_PUT
 
     def _api(self, path: str, query: str, method: str = "GET") -> None:
+        """One API request, noted in the hooks' request log (``/_via/<caller>`` stripped)."""
         emu = self.server.emulator
+        caller, path = split_via(path)
         number = emu.stats.next_request()
-        fault = emu.faults.draw()
+        emu.mls.hooks.begin(number, caller, path, query)
+        try:
+            self._answer(number, path, query, method)
+        finally:
+            emu.mls.hooks.end()
+
+    def _answer(self, number: int, path: str, query: str, method: str) -> None:
+        emu = self.server.emulator
+        fault = emu.faults.draw(emu.mls.hooks.boost(path, query))
         if emu.config.latency_ms > 0:
             # the same request waits as long every time: two scans of the same pages
             # (a bench's bare scan and a snapshot) wait alike, side by side
@@ -160,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
             emu._stop.wait(emu.config.latency_ms * jitter / 1000)
         if fault is not None and fault not in DATA_FAULTS:
             emu.stats.fault(number, fault)
+            emu.mls.hooks.hit(fault)
             logger.debug("request %d: injecting fault %s", number, fault)
             if fault == "reset":
                 self._reset()
@@ -202,6 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, applied = emu.api.handle(path, query, token.strip(), data_fault)
             if applied:
                 emu.stats.fault(number, *applied)
+                emu.mls.hooks.hit(*applied)
                 logger.debug("request %d: injected fault %s", number, applied)
         emu.stats.status(status)
         if fault == "truncate":
@@ -227,6 +242,10 @@ class _Handler(BaseHTTPRequestHandler):
                         int(body.get("count", 1)), body.get("position", "random")
                     )
                 }
+            elif route == ("POST", "/_emulator/remove_accounts"):
+                ids = [str(i) for i in self._json_body().get("ids", [])]
+                emu.remove_accounts(ids)
+                result = {"removed": ids}
             elif route == ("POST", "/_emulator/stats/reset"):
                 emu.reset_stats()
                 result = {"ok": True}
@@ -343,7 +362,7 @@ class Emulator:
     def truth(self) -> dict:
         """Ground truth: ``{"now", "listings": {ListingKey: ModificationTimestamp}, "accounts",
         "bare_numbers", "bad"}`` (see ``MLS.truth``)."""
-        return self.mls.truth()
+        return {**self.mls.truth(), **self.mls.hooks.truth()}
 
     def create_accounts(self, count: int, position: str = "random") -> list[str]:
         """Add member accounts now; ``position="first"`` makes their ids sort before all others."""

@@ -29,6 +29,7 @@ from devstack.emulator.accounts import (
 from devstack.emulator.clock import VirtualClock, format_timestamp
 from devstack.emulator.config import EmulatorConfig
 from devstack.emulator.fields import MASK, TIMED_LISTS, ListingState, build_standard_fields
+from devstack.emulator.hooks import Hooks
 from devstack.emulator.media import CUSTOM_EXPANSIONS, EXPANSIONS, build_custom, build_expansion
 from devstack.emulator.sparkql import parse_datetime_literal
 
@@ -80,6 +81,8 @@ class MLS:
         self.previous: dict[str, ListingState] = {}
         self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}
         self._facts: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self.hooks = Hooks(config, self)
+        self.removed_accounts: set[str] = set()
 
     # ---- reading ---------------------------------------------------------------
 
@@ -122,11 +125,9 @@ class MLS:
     def encode(self, state: ListingState, fields: dict[str, Any]) -> bytes:
         """StandardFields (or some of them) of this listing as the API sends them."""
         seed, key = self.config.seed, state.key
-        return broken.encode(
-            fields,
-            broken.is_bare(seed, key, self.config.bare_numbers),
-            broken.bad_of(seed, key, self.config.bad_records),
-        )
+        bare = broken.is_bare(seed, key, self.config.bare_numbers)
+        bad = broken.bad_of(seed, key, self.config.bad_records)
+        return self.hooks.malform(key, fields, lambda f: broken.encode(f, bare, bad))
 
     def facts(self, state: ListingState, fields: dict[str, str]) -> dict[str, Any]:
         """The values ``_filter``/``_orderby`` compare for ``fields`` (name -> type): datetimes
@@ -344,6 +345,7 @@ class MLS:
                     f"listings reference {referenced[:3]}: remove only unreferenced accounts"
                 )
             for account_id in account_ids:
+                self.removed_accounts.add(account_id)
                 del self.accounts[account_id]
                 self.account_mods.pop(account_id, None)
                 del self.account_ids[bisect.bisect_left(self.account_ids, account_id)]
