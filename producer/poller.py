@@ -33,6 +33,7 @@ from producer.accounts import run_accounts
 from producer.pipeline import Pipeline, content_hash
 from producer.purge import run_purge
 from producer.reconcile import run_reconcile
+from producer.recovery import recover_index
 from producer.redrive import run_redrive
 from producer.runs import RunStats, new_run
 from producer.snapshot import run_snapshot
@@ -88,11 +89,13 @@ class Poller(Pipeline):
         return self._guarded("redrive", lambda s: run_redrive(self, s, listings, accounts))
 
     def _guarded(self, procedure: str, body) -> RunStats:
-        """Run ``body`` holding the state's lock, pipelined, and log the run."""
+        """Run ``body`` holding the state's lock, pipelined, and log the run; an empty
+        published index is first recovered from the topics (:mod:`producer.recovery`)."""
         stats = new_run(procedure)
         with self.state.exclusive():  # before anything is written: a second poller stops here
             started_at = datetime.now(UTC).isoformat()
             try:
+                recover_index(self)  # a lost state: its index read back from the topics first
                 with self.pipelined():
                     completed = body(stats)
             except BaseException as e:

@@ -8,8 +8,6 @@ the next scans are found, re-checked by key and tombstoned like any others.
 
 from __future__ import annotations
 
-import pytest
-
 from producer.cli import build_poller
 from tests.kafka_helpers import read_topic
 
@@ -27,7 +25,6 @@ def _tombstoned(settings, topic: str) -> set[str]:
     return {k for k, v, _ in read_topic(settings.kafka_bootstrap, settings.topic(topic)) if not v}
 
 
-@pytest.mark.xfail(strict=True, reason="a lost state's index is not seeded from the topics")
 def test_records_removed_after_the_state_was_lost_are_purged(emulator, relay, tmp_path):
     emu = emulator(listings=100, accounts=60)
     unreferenced = emu.create_accounts(2)  # member accounts no listing names: removable
