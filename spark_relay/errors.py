@@ -66,7 +66,8 @@ class SinkError(RelayError):
 
 
 class SinkUnavailableError(SinkError):
-    """A sink's store is unreachable or broken: stop without committing, never dead-letter."""
+    """A sink's store is unreachable or broken (a broken store, not a bad record): the runner
+    pauses its partitions and waits it out, committing nothing and dead-lettering nothing."""
 
 
 class SinkRetriableError(SinkUnavailableError):
