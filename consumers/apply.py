@@ -24,7 +24,6 @@ of the sink, and stops the runner (:class:`SinkError`).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from consumers.lag import observe_applied
 from consumers.letters import Letters, NotRedrivable, Rereader, Truncated
 from consumers.positions import tp_of
 from schemas import Serde
+from schemas.serde import TRANSPORT_ERRORS
 from spark_relay.errors import SinkError, SinkUnavailableError
 from spark_relay.metrics import SINK_BATCH_SECONDS
 
@@ -50,18 +50,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Network errors of the HTTP clients the registry client may use (httpx2 when installed)."""
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx", "httpx2"):
-        try:
-            found.append(importlib.import_module(module).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
 #: Registry answers that say nothing about the message: credentials, a wrong URL, overload.
 _REGISTRY_TROUBLE = frozenset({401, 403, 404, 407, 408, 429})
 _SCHEMA_NOT_FOUND = 40403  # the registry's code for "no schema has this id": the message is bad
@@ -79,7 +67,7 @@ def registry_unavailable(error: BaseException) -> bool:
         if status == 404:
             return error.error_code != _SCHEMA_NOT_FOUND
         return status in _REGISTRY_TROUBLE or not 400 <= status < 500
-    return isinstance(error, _TRANSPORT_ERRORS)
+    return isinstance(error, TRANSPORT_ERRORS)
 
 
 class Applier:

@@ -71,7 +71,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-_TRANSPORT_ERRORS = _transport_errors()
+#: Network errors of the registry client: the registry is unreachable, not the message bad.
+TRANSPORT_ERRORS = _transport_errors()
 
 
 def registry_unreachable(error: BaseException) -> bool:
@@ -80,7 +81,7 @@ def registry_unreachable(error: BaseException) -> bool:
     if isinstance(error, SchemaRegistryError):
         status = error.http_status_code
         return isinstance(status, int) and (status in (408, 429) or status >= 500)
-    return isinstance(error, _TRANSPORT_ERRORS)
+    return isinstance(error, TRANSPORT_ERRORS)
 
 
 @contextmanager
