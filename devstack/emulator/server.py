@@ -9,6 +9,8 @@ Admin paths (no token, never faulted, never rate limited) — for tests only:
   "bare_numbers": {key: {field: exact digits}}, "bad": {key: how it is broken}}``
 - ``POST /_emulator/create_accounts`` ``{"count": N, "position": "random"|"first"}``;
   ``POST /_emulator/remove_accounts`` ``{"ids": [...]}`` (accounts no listing references)
+- ``POST /_emulator/remove_listings`` ``{"keys": [...]}`` (access lost);
+  ``POST /_emulator/restore_listings`` ``{"keys": [...]}`` (removed ones back, stamped now)
 - ``GET /_emulator/stats``; ``POST /_emulator/stats/reset`` (also restarts the fault
   sequence and the rate-limit windows); ``POST /_emulator/filter_cache/clear``
 """
@@ -246,6 +248,14 @@ class _Handler(BaseHTTPRequestHandler):
                 ids = [str(i) for i in self._json_body().get("ids", [])]
                 emu.remove_accounts(ids)
                 result = {"removed": ids}
+            elif route == ("POST", "/_emulator/remove_listings"):
+                keys = [str(k) for k in self._json_body().get("keys", [])]
+                emu.remove_listings(keys)
+                result = {"removed": keys}
+            elif route == ("POST", "/_emulator/restore_listings"):
+                keys = [str(k) for k in self._json_body().get("keys", [])]
+                emu.restore_listings(keys)
+                result = {"restored": keys}
             elif route == ("POST", "/_emulator/stats/reset"):
                 emu.reset_stats()
                 result = {"ok": True}
@@ -371,6 +381,14 @@ class Emulator:
     def remove_accounts(self, account_ids: list[str]) -> None:
         """Stop returning these accounts (ones no listing references, e.g. created ones)."""
         self.mls.remove_accounts(account_ids)
+
+    def remove_listings(self, keys: list[str]) -> None:
+        """Stop returning these listings (lost access), wherever they sort."""
+        self.mls.remove_listings(keys)
+
+    def restore_listings(self, keys: list[str]) -> None:
+        """Return these removed listings again, stamped now (access regained)."""
+        self.mls.restore_listings(keys)
 
     def now(self) -> str:
         """The virtual clock, as a ``Z`` timestamp."""

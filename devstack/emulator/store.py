@@ -322,6 +322,29 @@ class MLS:
                 "accounts_created": sorted(acc_created),
             }
 
+    def remove_listings(self, keys: list[str]) -> None:
+        """Stop returning these listings (the key lost access to them, as after a status change)."""
+        with self.lock:
+            for key in keys:
+                if self.listing_state(key) is None:
+                    raise ValueError(f"no live listing {key}")
+                self.listings[key].live = False
+                del self.live_keys[bisect.bisect_left(self.live_keys, key)]
+
+    def restore_listings(self, keys: list[str]) -> None:
+        """Return these removed listings again, stamped now (the key regained access to them,
+        as after a status change back): each comes back at its place in ListingKey order."""
+        with self.lock:
+            now = self.clock.now_ms()
+            for key in keys:
+                state = self.listings.get(key)
+                if state is None or state.live:
+                    raise ValueError(f"no removed listing {key}")
+                self.previous[key] = dataclasses.replace(state)
+                state.version += 1
+                state.mod_ms, state.live = now, True
+                bisect.insort(self.live_keys, key)
+
     def create_accounts(self, count: int, position: str = "random") -> list[str]:
         """Add member accounts stamped now; ``position="first"`` gives ids sorting before all others."""
         if count < 0 or position not in ("random", "first"):
