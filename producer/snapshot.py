@@ -5,6 +5,16 @@ the scan's :class:`~producer.scan.Tally`). The server's clock at the start (the
 ``Date`` of the first page) becomes the first update window's lower bound. The
 snapshot is marked done only when its scan was complete; a scan cut short fails
 and the next run resumes after its last whole page.
+
+A resumed snapshot can stay short for good: a listing that came back behind its
+cursor raises TotalRows, one gone ahead of it lowers the keys left to read, and
+no resumed run reaches TotalRows again. A resumed run that reads nothing after its
+cursor and is still short starts over from the first page, as the guide's initial
+download, with a fresh tally. It keeps its ``server_start``, the earliest: the
+changes since then are the first window's. The proof of completeness is unchanged
+(the purge's too): the restart is a full scan that must reach TotalRows itself.
+A cut on the first page of a resumed run looks the same and costs a full scan,
+never a listing.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from datetime import UTC, datetime
 from producer.pages import Page, Parse
 from producer.pipeline import BY_KEY_BATCH, Pipeline, Row, chunks, iso
 from producer.runs import RunStats
-from producer.scan import Tally, skiptoken_pages
+from producer.scan import ScanIncomplete, Tally, skiptoken_pages
 from producer.subresources import MediaRow
 from schemas import Source
 from spark_relay.errors import TransientSourceError
@@ -48,6 +58,40 @@ def run_snapshot(pipe: Pipeline, stats: RunStats, restart: bool, republish: bool
             pipe.state.set_checkpoint("snapshot", checkpoint)
     else:
         logger.info("resuming the snapshot after skip token %r", checkpoint["token"])
+    pages = stats.pages
+    try:
+        after = _scan(pipe, stats, checkpoint)
+    except ScanIncomplete:
+        if not checkpoint["token"] or stats.pages > pages:
+            raise  # cut short, or short after reading to the end: the next run resumes
+        # resumed, nothing more after its cursor, still short: listings came back behind
+        # the cursor and went ahead of it, and a resumed run would never reach TotalRows
+        logger.warning(
+            "the resumed snapshot read nothing after skip token %r and stays short of the "
+            "API's TotalRows (listings changed behind its cursor): it starts over from "
+            "the first page",
+            checkpoint["token"],
+        )
+        after = _scan(pipe, stats, {**checkpoint, "token": "", "tally": None})
+    if after is None:
+        return False  # stopped
+    checkpoint = after
+    if checkpoint["server_start"] is None:  # not one page
+        checkpoint["server_start"] = iso(pipe.server_now())
+    pipe.drain()
+    with pipe.state.transaction():
+        pipe.state.set_checkpoint("snapshot", {**checkpoint, "done": True})
+        if pipe.state.checkpoint("update") is None:
+            # changes made while the snapshot ran are picked up by the first window
+            pipe.state.set_checkpoint("update", {"upper": checkpoint["server_start"]})
+    return True
+
+
+def _scan(pipe: Pipeline, stats: RunStats, checkpoint: dict) -> dict | None:
+    """Publish the pages after the checkpoint's token, each committed with the checkpoint
+    after it; the last checkpoint, or None when stopped. :class:`ScanIncomplete` when the
+    scan ended short of TotalRows (its last whole page is committed)."""
+    checkpoint = dict(checkpoint)
     bar = pipe.bar("snapshot", "/v1/listings")
     params, start = pipe.listing_params(), checkpoint["token"]
     tally = Tally.of(checkpoint.get("tally"))
@@ -86,18 +130,10 @@ def run_snapshot(pipe: Pipeline, stats: RunStats, restart: bool, republish: bool
             stats.pages += 1
             bar.advance(len(page.results))
             if pipe.stop.is_set():
-                return False
+                return None
     finally:
         bar.close()
-    if checkpoint["server_start"] is None:  # not one page
-        checkpoint["server_start"] = iso(pipe.server_now())
-    pipe.drain()
-    with pipe.state.transaction():
-        pipe.state.set_checkpoint("snapshot", {**checkpoint, "done": True})
-        if pipe.state.checkpoint("update") is None:
-            # changes made while the snapshot ran are picked up by the first window
-            pipe.state.set_checkpoint("update", {"upper": checkpoint["server_start"]})
-    return True
+    return checkpoint
 
 
 def _refill(
