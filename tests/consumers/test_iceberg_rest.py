@@ -12,7 +12,6 @@ import dataclasses
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -26,7 +25,6 @@ from spark_relay.status import collect_status
 from tests.consumers.kafka_events import Topics, account, listing, read_raw
 from tests.consumers.test_iceberg import _env, rows, ts
 
-HERE = Path(__file__).parent
 NAMESPACE = "lake"
 GROUP = "spark-relay.iceberg"
 
@@ -39,8 +37,9 @@ def rest(tmp_path):
 
 
 def _sink(settings, url: str, *extra: str, **env: str) -> subprocess.CompletedProcess:
-    """``spark-relay sink iceberg --catalog URL`` (through ``iceberg_killed.py``: killable)."""
-    command = [sys.executable, str(HERE / "iceberg_killed.py"), "sink", "iceberg"]
+    """``spark-relay sink iceberg --catalog URL``, killable inside a table commit
+    (``CHAOS_ICEBERG_KILL``, :mod:`chaos.killed_iceberg`)."""
+    command = [sys.executable, "-m", "chaos.killed_iceberg", "sink", "iceberg"]
     command += ["--catalog", url, "--namespace", NAMESPACE, "--batch-size", "2", *extra]
     return subprocess.run(
         command, env=_env(settings, **env), capture_output=True, text=True, timeout=180
@@ -57,16 +56,31 @@ def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and
             topics.listing(listing(key, "2024-05-01T00:00:00Z"), partition=0)
         topics.account(account("X", "x", "2024-05-01T00:00:00Z"), partition=0)
         topics.flush()
-        # 1. killed (SIGKILL) right after its first table commit, before Kafka's commit
+        # 1. killed with its first data files written, before the catalog's commit: the
+        #    table holds nothing, and no offsets
         killed = _sink(
-            settings, rest.url, SPARK_RELAY_ICEBERG_COMMIT_ROWS="2", KILL_AFTER_TABLE_COMMITS="1"
+            settings,
+            rest.url,
+            SPARK_RELAY_ICEBERG_COMMIT_ROWS="2",
+            CHAOS_ICEBERG_KILL="files_written:1",
         )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert "SIGKILL inside table commit 1 (files_written)" in killed.stderr
         catalog = load_catalog("theirs", type="rest", uri=rest.url)
         table = catalog.load_table(f"{NAMESPACE}.listings")
+        assert table.current_snapshot() is None and not read_offsets(table, GROUP)
         assert table.location().startswith(rest.warehouse)  # the REST catalog's own warehouse
+        # 2. killed right after its first table commit, before Kafka's commit
+        killed = _sink(
+            settings,
+            rest.url,
+            SPARK_RELAY_ICEBERG_COMMIT_ROWS="2",
+            CHAOS_ICEBERG_KILL="table_committed:1",
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        table = catalog.load_table(f"{NAMESPACE}.listings")
         assert 0 < read_offsets(table, GROUP)[(topics.listings, 0)] < 6
-        # 2. more events: a newer A, B deleted, an older C; then a restart to the end
+        # 3. more events: a newer A, B deleted, an older C; then a restart to the end
         topics.listing(listing("A", "2024-05-03T00:00:00Z"), partition=0)
         topics.listing(None, key="B", partition=0)
         topics.listing(listing("C", "2024-04-01T00:00:00Z"), partition=0)
@@ -81,7 +95,7 @@ def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and
     assert rows(catalog, NAMESPACE, "accounts", "Id") == [("X", may1)]
     scanned = catalog.load_table(f"{NAMESPACE}.listings").scan().to_arrow()
     keys = scanned["ListingKey"].to_pylist()
-    assert len(keys) == len(set(keys))  # nothing twice after the kill
+    assert len(keys) == len(set(keys))  # nothing twice after the kills
     deleted = catalog.load_table(f"{NAMESPACE}.listings_deletes").scan().to_arrow()
     assert deleted["key"].to_pylist() == ["B"]
     ends = {(topics.listings, 0): 9, (topics.accounts, 0): 1}

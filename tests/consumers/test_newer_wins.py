@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import hypothesis
 import psycopg
 import pytest
-import hypothesis
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
@@ -30,8 +30,8 @@ from consumers.base import Batch, Event, SinkContext
 from consumers.files import FileSink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
-from consumers.newer import Held, Place, Version, resolve, step
 from consumers.iceberg import IcebergSink
+from consumers.newer import Held, Place, Version, resolve, step
 from consumers.postgres import PostgresSink
 from consumers.search.opensearch import OpenSearchBackend
 from consumers.search.sink import change_of
