@@ -118,9 +118,11 @@ def _kill_iceberg_in_commit(world: World, step: dict, log: Any, result: Any, ext
         env={killed_iceberg.ENV: f"{moment}:{step['commits']}"},
     )
     since = world.started[name]
-    world.admin("POST", "/_emulator/advance", TRAFFIC)  # events to commit
-    proc, deadline = world.procs[name], time.monotonic() + 60
+    proc, deadline, traffic = world.procs[name], time.monotonic() + 60, 0.0
     while proc.poll() is None and time.monotonic() < deadline:
+        if time.monotonic() - traffic > 5:  # events to commit, until the Nth commit
+            world.admin("POST", "/_emulator/advance", TRAFFIC)
+            traffic = time.monotonic()
         time.sleep(0.1)
     code = proc.returncode if proc.poll() is not None else world.terminate(name)
     lines = log_between(world.logs / f"{name}.log", since, 2e9)

@@ -26,7 +26,7 @@ import sys
 
 __all__ = ["MOMENTS", "ENV", "MARKER", "install"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("chaos.killed_iceberg")  # its name also when run as __main__
 
 MOMENTS = ("files_written", "table_committed")
 ENV = "CHAOS_ICEBERG_KILL"
