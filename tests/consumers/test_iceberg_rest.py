@@ -61,6 +61,7 @@ def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and
         killed = _sink(
             settings,
             rest.url,
+            "--until-caught-up",  # a kill that never comes fails at once
             SPARK_RELAY_ICEBERG_COMMIT_ROWS="2",
             CHAOS_ICEBERG_KILL="files_written:1",
         )
@@ -74,6 +75,7 @@ def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and
         killed = _sink(
             settings,
             rest.url,
+            "--until-caught-up",  # a kill that never comes fails at once
             SPARK_RELAY_ICEBERG_COMMIT_ROWS="2",
             CHAOS_ICEBERG_KILL="table_committed:1",
         )
