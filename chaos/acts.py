@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
+from chaos import killed_iceberg
 from chaos.coverage import log_between
 from chaos.world import World
 
-__all__ = ["ACTS", "SWITCHED_ACTS", "act"]
+__all__ = ["ACTS", "DRAWN_APART", "SWITCHED_ACTS", "act"]
 
 #: What a round may do besides changing the MLS.
 ACTS = (
@@ -40,6 +42,9 @@ ACTS = (
     "store_down_in_rebalance",
     "schema_change",
 )
+#: Acts a seed draws apart from ``ACTS`` (from a generator of their own, so adding one leaves
+#: every seed's other draws as they were): the Iceberg sink killed inside a table commit.
+DRAWN_APART = ("kill_iceberg_in_commit",)
 #: Act -> the switch (``chaos.campaign.SWITCHES``) it needs.
 SWITCHED_ACTS = {
     "kill_converter": "kill_converter",
@@ -95,6 +100,37 @@ def _kill_sink(world: World, step: dict, log: Any, result: Any, extra: list) -> 
         result.kills[f"sink-{name}"] += 1
         _kill_event(result, f"sink-{name}", at, since, log=str(world.logs / f"{name}.log"))
         log("killed", process=name, signal=9)
+    time.sleep(step["gap"])
+    world.start_sink(name)
+    log("started", process=name)
+
+
+def _kill_iceberg_in_commit(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
+    """The Iceberg sink, restarted under ``chaos.killed_iceberg``, kills itself (SIGKILL) the
+    ``commits``-th time it reaches ``moment``: its data files written and the catalog commit
+    not made (``files_written``), or the tables committed and Kafka's offsets not
+    (``table_committed``). Counted on its log's evidence; then the sink starts as before."""
+    name, moment = "iceberg", step["moment"]
+    world.terminate(name)
+    world.spawn(
+        name,
+        [sys.executable, "-m", "chaos.killed_iceberg", "sink", *world.sink_args(name)],
+        env={killed_iceberg.ENV: f"{moment}:{step['commits']}"},
+    )
+    since = world.started[name]
+    proc, deadline, traffic = world.procs[name], time.monotonic() + 60, 0.0
+    while proc.poll() is None and time.monotonic() < deadline:
+        if time.monotonic() - traffic > 5:  # events to commit, until the Nth commit
+            world.admin("POST", "/_emulator/advance", TRAFFIC)
+            traffic = time.monotonic()
+        time.sleep(0.1)
+    code = proc.returncode if proc.poll() is not None else world.terminate(name)
+    lines = log_between(world.logs / f"{name}.log", since, 2e9)
+    inside = code == -signal.SIGKILL and any(killed_iceberg.MARKER in line for line in lines)
+    if inside:
+        result.kills[f"sink-{name}"] += 1
+        result.coverage[f"kill:sink-{name}@{moment}"] += 1
+    log("killed_in_commit", process=name, moment=moment, inside=inside, exit=code)
     time.sleep(step["gap"])
     world.start_sink(name)
     log("started", process=name)
@@ -296,4 +332,4 @@ def _schema_change(world: World, step: dict, log: Any, result: Any, extra: list)
     log("schema_change", process="poller", added="Country")
 
 
-_BY_NAME = {name: globals()[f"_{name}"] for name in ACTS}
+_BY_NAME = {name: globals()[f"_{name}"] for name in (*ACTS, *DRAWN_APART)}

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chaos import check, coverage
+from chaos import check, coverage, killed_iceberg
 from chaos.acts import ACTS, DISK_SINKS, SWITCHED_ACTS, act
 from chaos.world import SINKS, World
 
@@ -111,6 +111,7 @@ def plan(
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
     acts_of = [a for a in ACTS if switches.get(SWITCHED_ACTS.get(a, ""), True)]
+    apart = random.Random(f"{seed}-drawn-apart")  # chaos.acts.DRAWN_APART
     schedule = []
     for number in range(1, rounds + 1):
         acts = []
@@ -126,6 +127,16 @@ def plan(
                     "disk_sink": rng.choice(DISK_SINKS),
                     "second": round(rng.uniform(0.005, 0.3), 3),
                     "limit": rng.choice([16_384, 65_536]),
+                }
+            )
+        if apart.random() < 0.5:  # about every other round, after its other acts
+            acts.append(
+                {
+                    "act": "kill_iceberg_in_commit",
+                    "delay": round(apart.uniform(0.0, 2.5), 2),
+                    "gap": round(apart.uniform(0.3, 3.0), 2),
+                    "moment": apart.choice(killed_iceberg.MOMENTS),
+                    "commits": apart.choice([1, 1, 2]),
                 }
             )
         schedule.append(

@@ -73,6 +73,9 @@ KILLS: dict[str, tuple[str, ...]] = {
     "purge": ("purge_scan",),
     "converter": ("window_first",),
     **{f"sink-{name}": ("consuming",) for name in ("postgres-a", "postgres-b", "files", "search")},
+    # killed by itself inside a table commit (``chaos.killed_iceberg``): with its data files
+    # written before the catalog commit, or with the tables committed before Kafka's
+    "sink-iceberg": ("consuming", "files_written", "table_committed"),
 }
 KILL_SWITCH = {"converter": "kill_converter"}
 #: World faults -> the components they reach (counted on evidence, see ``campaign``).

@@ -215,8 +215,10 @@ class World:
         python_path: list[str] | None = None,
         file_size_limit: int | None = None,
         log_name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Start a long-running process; its output goes to ``logs/<name>.log`` (appended).
+        ``env``: variables on top of :meth:`env`'s (this start only).
 
         ``file_size_limit``: RLIMIT_FSIZE in bytes (a full disk: writes past it fail with
         EFBIG); its output then goes through a pipe (a pipe has no size) to
@@ -236,7 +238,7 @@ class World:
                 args,
                 stdout=log if limit is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env=self.env(name, python_path) if self.broker else None,
+                env={**self.env(name, python_path), **(env or {})} if self.broker else None,
                 cwd=str(self.root),
                 start_new_session=True,
                 preexec_fn=limit,

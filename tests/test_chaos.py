@@ -164,6 +164,18 @@ def test_seeds_draw_page_sizes_and_change_rates_and_switches_turn_faults_off():
     assert not any(a["act"] == "disk_full" for s in off["schedule"] for a in s["acts"])
 
 
+def test_seeds_kill_the_iceberg_sink_inside_its_commits_and_the_report_shows_it():
+    plans = [plan(seed, 4, set()) for seed in range(1, 11)]
+    kills = [a for p in plans for s in p["schedule"] for a in s["acts"]]
+    moments = {a["moment"] for a in kills if a["act"] == "kill_iceberg_in_commit"}
+    assert moments == {"files_written", "table_committed"}
+    switches = dict.fromkeys(SWITCHES, True)
+    cells = {"kill:sink-iceberg@files_written", "kill:sink-iceberg@table_committed"}
+    assert cells <= set(coverage.can_occur(switches))
+    shown = coverage.matrix({"kill:sink-iceberg@files_written": 2}, switches)
+    assert "| sink-iceberg | " in shown and "files_written: 2" in shown
+
+
 def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):
     def world(name: str, crashes: dict[str, int], converged: bool = True) -> Path:
         root = tmp_path / name

@@ -1,7 +1,8 @@
 """The Iceberg sink (``spark-relay sink iceberg``): listings and accounts as Apache Iceberg tables.
 
-``sink`` holds the :class:`IcebergSink`, ``fold`` the newer-wins rule, ``tables``
-the catalog, schemas and stored offsets, ``maintain`` compaction and expiry and
+``sink`` holds the :class:`IcebergSink` (its newer-wins fold is
+:mod:`consumers.newer`'s, as every sink's), ``tables`` the catalog, schemas and
+stored offsets, ``maintain`` compaction and expiry and
 ``cli`` the ``spark-relay iceberg`` group. It needs the ``iceberg`` extra
 (pyiceberg); without it ``spark-relay`` runs, and this sink's commands say so.
 """

@@ -12,8 +12,8 @@ A table commit, per resource:
 
 1. reads what the table holds of the batch's keys (their ModificationTimestamp
    and Kafka position, and their remembered tombstone from ``<resource>_deletes``);
-2. folds the held events per key in offset order with the newer-wins rule
-   (:mod:`consumers.iceberg.fold`);
+2. folds the held events per key in offset order with the one newer-wins rule
+   (:func:`consumers.newer.step`): a key whose version changed gets its new row;
 3. commits the new tombstones to ``<resource>_deletes`` (first: remembering a
    tombstone early is harmless, since the replay that follows a crash applies it
    again), then, in one atomic Iceberg transaction of the data table, deletes
@@ -47,7 +47,6 @@ from pyiceberg.expressions import In
 from pyiceberg.table import Table
 
 from consumers.base import Batch, Offsets, SinkContext, TopicPartition
-from consumers.iceberg.fold import Held, Place, Version, step
 from consumers.iceberg.tables import (
     DEFAULT_NAMESPACE,
     DELETES_SCHEMA,
@@ -59,6 +58,7 @@ from consumers.iceberg.tables import (
     open_catalog,
     read_offsets,
 )
+from consumers.newer import Held, Place, Version, step
 from spark_relay.errors import SinkError, SinkRetriableError, SinkUnavailableError
 
 __all__ = ["IcebergSink", "COMMIT_ATTEMPTS"]
@@ -334,20 +334,22 @@ class IcebergSink:
         keys = list(dict.fromkeys(e[1] for e in held.events))
         before = self._read_held(shape, data, deletes, keys)
         state = dict(before)
+        row_at: dict[Place, int] = {}  # the held rows, by the place of their event
         for _, key, modified, place, row in held.events:
-            version = None if row is None else Version(modified, place, row)
-            state[key] = step(state.get(key, Held()), version, place)
-        new_rows = [
-            h.version.row
-            for h in state.values()
-            if h.version is not None and h.version.row is not None
-        ]
-        had_row = {k for k, h in before.items() if h.version is not None}
-        drop = [
+            version = None
+            if row is not None:
+                version = Version(modified, place)
+                row_at[place] = row
+            state[key], _ = step(state.get(key, Held()), version, place)
+        # a key whose live version is not the one the table holds: its new row replaces it
+        changed = {
             k
             for k in keys
-            if k in had_row and (state[k].version is None or state[k].version.row is not None)
-        ]
+            if state[k].version is not None and state[k].version != before.get(k, Held()).version
+        }
+        new_rows = [row_at[state[k].version.place] for k in changed]
+        had_row = {k for k, h in before.items() if h.version is not None}
+        drop = [k for k in keys if k in had_row and (state[k].version is None or k in changed)]
         tombstones = [
             (k, state[k].deleted)
             for k in keys
@@ -400,7 +402,8 @@ class IcebergSink:
                 table.refresh()
 
     def _read_held(self, shape: Shape, data: Table, deletes: Table, keys: list[str]) -> dict:
-        """What the tables hold of ``keys``: ``key → Held`` (versions without a row)."""
+        """What the tables hold of ``keys``: ``key → Held`` (the rows' versions, the remembered
+        tombstones)."""
         state: dict[str, Held] = {}
         if not keys:
             return state

@@ -405,7 +405,8 @@ def test_killed_between_the_table_commit_and_kafkas_it_applies_nothing_twice_and
         truth = emu.truth()
     command = [
         sys.executable,
-        str(HERE / "iceberg_killed.py"),
+        "-m",
+        "chaos.killed_iceberg",
         "sink",
         "iceberg",
         "--batch-size",
@@ -415,7 +416,9 @@ def test_killed_between_the_table_commit_and_kafkas_it_applies_nothing_twice_and
     ]
     # 1. SIGKILL right after the second table commit: Kafka's offsets are behind the table's
     log = tmp_path / "killed.log"
-    env = _env(settings, SPARK_RELAY_ICEBERG_COMMIT_ROWS="120", KILL_AFTER_TABLE_COMMITS="2")
+    env = _env(
+        settings, SPARK_RELAY_ICEBERG_COMMIT_ROWS="120", CHAOS_ICEBERG_KILL="table_committed:2"
+    )
     process = subprocess.run(command, env=env, stderr=log.open("w"), timeout=180)
     assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     stored, kafka = _stored(catalog, namespace), _kafka(topics)

@@ -6,17 +6,20 @@ cut into random batches and followed by a replay of a random suffix (a
 restart from older offsets): each backend must end with, per key, exactly the
 event :func:`consumers.newer.resolve` picks from what was delivered. PostgreSQL
 and Tantivy are the real stores; OpenSearch is the test stand-in of
-``test_search.py``; the files sink is read back by ``files compact``.
+``test_search.py``; the files sink is read back by ``files compact``; the
+Iceberg tables are read back by pyiceberg's own scan.
 Example counts: tests/consumers/conftest.py (``HYPOTHESIS_PROFILE=thorough``).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from pathlib import Path
 
 import httpx
+import hypothesis
 import psycopg
 import pytest
 from hypothesis import given
@@ -27,6 +30,7 @@ from consumers.base import Batch, Event, SinkContext
 from consumers.files import FileSink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
+from consumers.iceberg import IcebergSink
 from consumers.newer import Held, Place, Version, resolve, step
 from consumers.postgres import PostgresSink
 from consumers.search.opensearch import OpenSearchBackend
@@ -237,3 +241,59 @@ def test_files_compaction_keeps_what_the_rule_picks(drawn, sizes):
     for topic in ("p.listings", "p.accounts"):
         held = {r["key"]: (r["partition"], r["offset"]) for r in records if r["topic"] == topic}
         assert held == expected([e for e in events if e.topic == topic])
+
+
+#: A table commit is slow (a scan, two commits): fewer examples than the other backends.
+_ICEBERG_EXAMPLES = 60 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 6
+
+
+@pytest.fixture(scope="module")
+def iceberg():
+    """An Iceberg sink on a SQLite catalog, committing to the tables every 4 events (and at
+    each revoke), and the same catalog opened with pyiceberg alone."""
+    from pyiceberg.catalog import load_catalog
+
+    with tempfile.TemporaryDirectory() as path:
+        settings = Settings(
+            state_dir=path, topic_prefix="p", iceberg_commit_rows=4, iceberg_commit_seconds=3600
+        )
+        sink = IcebergSink()
+        topics = ("p.listings", "p.accounts")
+        sink.open(
+            SinkContext(settings=settings, group_id="g", topics=topics, options={"namespace": "n"})
+        )
+        state = Path(path) / "iceberg"
+        catalog = load_catalog(
+            "spark_relay",
+            type="sql",
+            uri=f"sqlite:///{state / 'catalog.db'}",
+            warehouse=f"file://{state / 'warehouse'}",
+        )
+        yield sink, catalog
+        sink.close()
+
+
+@pytest.mark.parametrize("resource", ["listings", "accounts"])
+@given(drawn=st.data(), sizes=cuts)
+@hypothesis.settings(max_examples=_ICEBERG_EXAMPLES)
+def test_iceberg_keeps_what_the_rule_picks(iceberg, resource, drawn, sizes):
+    sink, catalog = iceberg
+    prefix = f"{resource[0]}{next(_examples)}-"
+    topic = f"p.{resource}"
+    events = events_of(drawn.draw(sequences(nulls=resource == "accounts")), topic, prefix)
+    replay_from = drawn.draw(st.integers(0, len(events)))
+    for batch in delivery(events, sizes, replay_from):
+        sink.write(Batch(batch))
+        sink.commit(Batch(batch).offsets())
+    sink.revoked([(topic, 0), (topic, 1)])  # commits what is held to the tables
+    key = "ListingKey" if resource == "listings" else "Id"
+    table = catalog.load_table(f"n.{resource}")
+    scanned = table.scan().to_arrow() if table.current_snapshot() else None
+    columns = (key, "kafka_partition", "kafka_offset")
+    found = [scanned[c].to_pylist() for c in columns] if scanned is not None else [[]] * 3
+    held = {}
+    for k, p, o in zip(*found, strict=True):
+        if k.startswith(prefix):
+            assert k not in held, f"{k} twice"
+            held[k] = (p, o)
+    assert held == expected(events + events[replay_from:])

@@ -1,0 +1,130 @@
+"""The Iceberg sink on a REST catalog by URL (``--catalog http://…``), over a socket.
+
+The catalog is ``devstack.iceberg_rest``: Iceberg's REST routes in front of
+pyiceberg's SqlCatalog. The tables are read back through that server with
+pyiceberg's own ``RestCatalog`` and scan; the sink, ``spark-relay iceberg
+maintain``, ``status`` and ``reconcile`` reach it by its URL alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from pyiceberg.catalog import load_catalog
+
+from consumers.iceberg.tables import read_offsets
+from devstack.iceberg_rest import IcebergRestServer
+from spark_relay.cli import _register, cli
+from spark_relay.reconcile import holdings
+from spark_relay.status import collect_status
+from tests.consumers.kafka_events import Topics, account, listing, read_raw
+from tests.consumers.test_iceberg import _env, rows, ts
+
+NAMESPACE = "lake"
+GROUP = "spark-relay.iceberg"
+
+
+@pytest.fixture
+def rest(tmp_path):
+    """An Iceberg REST catalog on 127.0.0.1, its own catalog database and warehouse."""
+    with IcebergRestServer(tmp_path / "rest") as server:
+        yield server
+
+
+def _sink(settings, url: str, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    """``spark-relay sink iceberg --catalog URL``, killable inside a table commit
+    (``CHAOS_ICEBERG_KILL``, :mod:`chaos.killed_iceberg`)."""
+    command = [sys.executable, "-m", "chaos.killed_iceberg", "sink", "iceberg"]
+    command += ["--catalog", url, "--namespace", NAMESPACE, "--batch-size", "2", *extra]
+    return subprocess.run(
+        command, env=_env(settings, **env), capture_output=True, text=True, timeout=180
+    )
+
+
+def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and_a_restart(
+    make_settings, rest
+):
+    settings = make_settings()
+    topics = Topics(settings, partitions=2)
+    try:
+        for key in "ABCDEF":
+            topics.listing(listing(key, "2024-05-01T00:00:00Z"), partition=0)
+        topics.account(account("X", "x", "2024-05-01T00:00:00Z"), partition=0)
+        topics.flush()
+        # 1. killed with its first data files written, before the catalog's commit: the
+        #    table holds nothing, and no offsets
+        killed = _sink(
+            settings,
+            rest.url,
+            "--until-caught-up",  # a kill that never comes fails at once
+            SPARK_RELAY_ICEBERG_COMMIT_ROWS="2",
+            CHAOS_ICEBERG_KILL="files_written:1",
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert "SIGKILL inside table commit 1 (files_written)" in killed.stderr
+        catalog = load_catalog("theirs", type="rest", uri=rest.url)
+        table = catalog.load_table(f"{NAMESPACE}.listings")
+        assert table.current_snapshot() is None and not read_offsets(table, GROUP)
+        assert table.location().startswith(rest.warehouse)  # the REST catalog's own warehouse
+        # 2. killed right after its first table commit, before Kafka's commit
+        killed = _sink(
+            settings,
+            rest.url,
+            "--until-caught-up",  # a kill that never comes fails at once
+            SPARK_RELAY_ICEBERG_COMMIT_ROWS="2",
+            CHAOS_ICEBERG_KILL="table_committed:1",
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        table = catalog.load_table(f"{NAMESPACE}.listings")
+        assert 0 < read_offsets(table, GROUP)[(topics.listings, 0)] < 6
+        # 3. more events: a newer A, B deleted, an older C; then a restart to the end
+        topics.listing(listing("A", "2024-05-03T00:00:00Z"), partition=0)
+        topics.listing(None, key="B", partition=0)
+        topics.listing(listing("C", "2024-04-01T00:00:00Z"), partition=0)
+        topics.flush()
+        done = _sink(settings, rest.url, "--until-caught-up")
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        topics.close()
+    may1, may3 = ts("2024-05-01T00:00:00Z"), ts("2024-05-03T00:00:00Z")
+    expected = [("A", may3), ("C", may1), ("D", may1), ("E", may1), ("F", may1)]
+    assert rows(catalog, NAMESPACE) == expected
+    assert rows(catalog, NAMESPACE, "accounts", "Id") == [("X", may1)]
+    scanned = catalog.load_table(f"{NAMESPACE}.listings").scan().to_arrow()
+    keys = scanned["ListingKey"].to_pylist()
+    assert len(keys) == len(set(keys))  # nothing twice after the kills
+    deleted = catalog.load_table(f"{NAMESPACE}.listings_deletes").scan().to_arrow()
+    assert deleted["key"].to_pylist() == ["B"]
+    ends = {(topics.listings, 0): 9, (topics.accounts, 0): 1}
+    stored = read_offsets(catalog.load_table(f"{NAMESPACE}.listings"), GROUP)
+    stored |= read_offsets(catalog.load_table(f"{NAMESPACE}.accounts"), GROUP)
+    assert {tp: o for tp, o in stored.items() if o} == ends
+    assert len(read_raw(settings, topics.listings)) == 9
+
+    # reconcile and status open the same catalog by its URL
+    options = {"catalog": rest.url, "namespace": NAMESPACE}
+    assert sorted(holdings("iceberg", settings, options).items()) == expected
+    status = collect_status(dataclasses.replace(settings, sink={"iceberg": options}))
+    position = status.groups[f"{GROUP} (iceberg tables)"]
+    assert position["lag"] == 0, position
+
+    # maintain compacts and expires through the REST catalog, rows and offsets kept
+    _register()
+    maintain = CliRunner().invoke(
+        cli,
+        ["iceberg", "maintain", "--catalog", rest.url, "--namespace", NAMESPACE]
+        + ["--max-files", "1", "--expire-hours", "0"],
+        env={"SPARK_RELAY_STATE_DIR": settings.state_dir},
+    )
+    assert maintain.exit_code == 0, maintain.output
+    assert f"{NAMESPACE}.listings: " in maintain.output
+    table = catalog.load_table(f"{NAMESPACE}.listings")
+    assert int(table.current_snapshot().summary["total-data-files"]) == 1
+    assert len(table.snapshots()) <= 2
+    assert rows(catalog, NAMESPACE) == expected
+    assert read_offsets(table, GROUP)[(topics.listings, 0)] == 9
