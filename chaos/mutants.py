@@ -44,7 +44,17 @@ __all__ = ["Mutant", "Outcome", "load", "main", "run_mutant", "scratch_copy"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The packages the tests import; each must come from the scratch copy.
-PACKAGES = ("spark_relay", "schemas", "producer", "consumers", "devstack", "chaos")
+PACKAGES = (
+    "spark_relay",
+    "schemas",
+    "producer",
+    "consumers",
+    "devstack",
+    "chaos",
+    "relay_example_sink",
+)
+#: Where, in the tree, the packages that are not at its root live (the example sink's).
+_PATHS = (".", "examples/spark-relay-example-sink")
 _KEYS = {"name", "why", "file", "find", "replace", "tests", "chaos"}
 _IGNORED = {".git", ".venv", "build", "node_modules", "__pycache__", ".pytest_cache"}
 
@@ -148,7 +158,8 @@ def scratch_copy(root: Path, into: Path) -> Path:
 
 def _env(copy: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(copy), os.environ.get("PYTHONPATH")]))
+    paths = [str(copy / p) for p in _PATHS]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
