@@ -36,6 +36,14 @@ Where a partition starts, on each assignment, first match wins:
   topic was recreated and the sink's state belongs to the old one;
 - the group's committed offset, else the beginning (at least once).
 
+A member leaves its group only between joins: a stop that lands while a join is
+under way (the first one, or an eager rebalance after a revoke) waits for the
+assignment first, up to :data:`JOIN_WAIT` seconds (:meth:`Assignment.may_leave`).
+On the devstack's Tansu broker a member that leaves mid-join (a graceful close
+sends LeaveGroup) wedges its group for good: no later member is ever assigned
+(a ``kill -9`` does no harm, the member expires). A join that lasts is logged
+(WARNING) every minute, so a member that consumes nothing says so.
+
 No error leaves a rebalance callback: librdkafka would complete the rebalance
 behind it and the process would stop mid-join, which can hold the whole group
 without partitions (seen on Tansu). A broken store is waited out as above; any
@@ -65,13 +73,25 @@ from consumers.positions import Replay, end_offsets, offset_text, tp_of
 from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
 from spark_relay.settings import CONSUMER_ONLY
 
-__all__ = ["Assignment", "Partitions", "FETCHING", "WAITING", "PAUSED", "next_generation_group"]
+__all__ = [
+    "Assignment",
+    "Partitions",
+    "FETCHING",
+    "WAITING",
+    "PAUSED",
+    "JOIN_WAIT",
+    "next_generation_group",
+]
 
 logger = logging.getLogger(__name__)
 
 FETCHING = "fetching"
 WAITING = "waiting to start"
 PAUSED = "paused for the store"
+#: Seconds a stopping member waits for a group join under way to complete before it leaves.
+JOIN_WAIT = 30.0
+#: Seconds of a join under way before it is logged (WARNING), and again each as many.
+JOIN_WARN = 60.0
 
 
 class Partitions:
@@ -170,6 +190,9 @@ class Assignment:
         self.before: dict[TP, int] = {}  # timestamp replay: skip messages older than this (ms)
         self.start_at: dict[TP, int] = {}  # started late: skip what was fetched before the seek
         self.revoked_at: float | None = None  # revoked, the assignment to come (eager protocol)
+        self.subscribed_at = time.monotonic()  # the first join's start (reset at subscribe)
+        self._stop_seen: float | None = None
+        self._join_warned = 0.0
         self.failed: BaseException | None = None  # raised in a rebalance callback, raised later
         self._replay_due = replay is not None and not ctx.redrive  # at the first assignment
         self._flush = flush
@@ -255,6 +278,35 @@ class Assignment:
         return None
 
     # ---- rebalances ------------------------------------------------------------------
+
+    def joining_since(self) -> float | None:
+        """When the group join under way began (None: no join under way)."""
+        if not self.assigned_once:
+            return self.subscribed_at
+        return self.revoked_at
+
+    def may_leave(self, stopping: bool) -> bool:
+        """Whether a stopping member may leave now: no join under way, or it lasted JOIN_WAIT.
+
+        Also logs a join that lasts (every ``JOIN_WARN`` seconds), stopping or not.
+        """
+        since, now = self.joining_since(), time.monotonic()
+        if since is not None and now - since > JOIN_WARN and now - self._join_warned > JOIN_WARN:
+            self._join_warned = now
+            logger.warning(
+                "sink %s: no partitions assigned for %.0f s: the group's join is not complete "
+                "(consuming nothing meanwhile)",
+                self.sink.name,
+                now - since,
+            )
+        if not stopping:
+            return False
+        if since is None:
+            return True
+        if self._stop_seen is None:
+            self._stop_seen = now
+            logger.info("sink %s: stopping once the group's join under way completes", self.sink.name)
+        return now - self._stop_seen > JOIN_WAIT
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.revoked_at = None

@@ -36,8 +36,9 @@ it is dropped and the next owner reads it again); partitions *lost* without a
 revoke (session timeout) drop their uncommitted messages. A sink that has
 ``revoked(partitions, lost)`` is then told (the file sink publishes or deletes
 its open files there, before another process takes them over). Setting
-``stop`` (the CLI does on SIGTERM/SIGINT) finishes and commits the current
-batch, then :meth:`Runner.run` returns. With ``until_caught_up`` it returns
+``stop`` (the CLI does on SIGTERM/SIGINT) finishes a group join under way
+(see :mod:`consumers.assignment`), commits the current batch, then
+:meth:`Runner.run` returns. With ``until_caught_up`` it returns
 once every assigned partition reached the end it had when the runner started.
 
 Two quirks of the devstack's Tansu broker are handled here: its ListOffsets
@@ -266,6 +267,7 @@ class Runner:
                 "cooperative" in strategy or consumer_config.get("group.protocol") == "consumer"
             )
             self._consumer = assignment.consumer = Consumer(consumer_config)
+            assignment.subscribed_at = time.monotonic()
             self._consumer.subscribe(
                 list(self.topics),
                 on_assign=assignment.on_assign,
@@ -308,7 +310,7 @@ class Runner:
         config, consumer, assignment = self.config, self._consumer, self.assignment
         assert consumer is not None
         batch_seconds = config.batch_ms / 1000
-        while not self.stop.is_set():
+        while not assignment.may_leave(self.stop.is_set()):  # never in the middle of a join
             HEALTH.beat()
             self._probe_kafka()
             if assignment.failed is not None and (
