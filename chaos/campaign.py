@@ -22,7 +22,7 @@ from typing import Any
 
 from chaos import check, coverage
 from chaos.acts import ACTS, DISK_SINKS, SWITCHED_ACTS, act
-from chaos.world import SINKS, World
+from chaos.world import SINK_TOPICS, SINKS, World
 
 __all__ = ["plan", "run_seed", "SeedResult", "ACTS", "SWITCHES"]
 
@@ -338,7 +338,8 @@ def _revive(world: World, log: _Log, result: SeedResult) -> None:
 
 
 def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: float) -> None:
-    """No more chaos: the poller catches up once more, then the sinks until they match."""
+    """No more chaos: the poller catches up once more, then the sinks until every sink group
+    consumed to the topics' ends (read to partition EOF) and the stores match."""
     _revive(world, log, result)
     code = world.terminate("poller")
     world.procs.pop("poller", None)  # from here on the one-shot procedures run, not the daemon
@@ -362,9 +363,20 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
         _final_reconcile(world, log)
     truth = _truth(world)
     excused = _poller_dead_letters(world)
+    bootstrap = world.broker.bootstrap
+    ends = check.partition_ends(bootstrap, sorted({t for g in SINK_TOPICS.values() for t in g}))
     deadline = time.monotonic() + timeout
     while True:
         _revive(world, log, result)
+        # every sink group consumed to the ends (the files are read only once their sink
+        # closed them, so only this says the files sink caught up), and the stores match
+        late = {}
+        for group, topics in world.sink_groups().items():
+            short = check.behind(
+                bootstrap, group, {tp: e for tp, e in ends.items() if tp[0] in topics}
+            )
+            if short:
+                late[group] = short
         pending = {}
         for kind, where in [
             ("postgres", TOPIC_PREFIX),
@@ -375,14 +387,16 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
         for kind, where in extra:
             if kind != "files":  # files are read once their sink closed them
                 pending[where] = _matches(world, kind, where, truth, excused)
-        if all(pending.values()) or time.monotonic() > deadline:
-            log("settled", caught_up=pending)
+        if (all(pending.values()) and not late) or time.monotonic() > deadline:
+            log("settled", caught_up=pending, behind=late)
             break
         time.sleep(3)
     for name in list(world.procs):
         if name not in ("emulator", "registry"):
             code = world.terminate(name)
             log("stopped", process=name, exit=code)
+    if late:  # the stores are still checked (run_seed): what did the late sinks miss?
+        raise RuntimeError(f"sink groups not consumed to the end in {timeout:.0f} s: {late}")
 
 
 _NO_CHANGE = {

@@ -31,7 +31,9 @@ Where a partition starts, on each assignment, first match wins:
   once per run: for the partitions of the process's first assignment;
 - ``sink.stored_offsets(partitions)`` when it returns a dict (sinks that keep
   offsets with their data: effectively exactly once); a partition missing from
-  it starts at the beginning, since the sink holds nothing from it; a stored
+  it starts at the beginning, since the sink holds nothing from it; the
+  offsets it names are committed as the group's, so the group's lag says what
+  the sink holds (a kill between the sink's commit and Kafka's); a stored
   offset beyond the partition's end stops the runner (:class:`SinkError`): the
   topic was recreated and the sink's state belongs to the old one;
 - the group's committed offset, else the beginning (at least once).
@@ -266,6 +268,7 @@ class Assignment:
             self.partitions.position[tp] = offset if offset >= 0 else -1
             starts.append(f"{tp[0]}[{tp[1]}] {offset_text(offset)}")
         logger.info("restarted: %s", "; ".join(starts))
+        self._tell_group(consumer, stored or {})
         self.partitions.started(tps)
         self.partitions.apply(consumer)
 
@@ -305,7 +308,9 @@ class Assignment:
             return True
         if self._stop_seen is None:
             self._stop_seen = now
-            logger.info("sink %s: stopping once the group's join under way completes", self.sink.name)
+            logger.info(
+                "sink %s: stopping once the group's join under way completes", self.sink.name
+            )
         return now - self._stop_seen > JOIN_WAIT
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -349,6 +354,7 @@ class Assignment:
         self.partitions.restart.update({tp: o for tp, o in replay.items() if o != OFFSET_END})
         self.assigned_once = True
         self.partitions.apply(consumer)
+        self._tell_group(consumer, {tp: o for tp, o in (stored or {}).items() if tp not in replay})
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {tp_of(p) for p in partitions}
@@ -403,6 +409,18 @@ class Assignment:
         self.failed = self.failed or error
 
     # ---- where partitions start ---------------------------------------------------------
+
+    def _tell_group(self, consumer: Consumer, stored: Offsets) -> None:
+        """Commit the offsets the sink starts from as its group's: its lag then says what the
+        sink holds, even when a kill fell between the sink's commit and Kafka's and nothing
+        more comes to commit (or a broken store made the sink drop what it had committed)."""
+        said = [TopicPartition(t, p, o) for (t, p), o in sorted(stored.items()) if o >= 0]
+        if not said:
+            return
+        try:
+            consumer.commit(offsets=said, asynchronous=False)
+        except KafkaException as e:  # the next batch's commit says it again
+            logger.warning("telling the group where the sink starts failed: %s", e)
 
     def _stored_offsets(
         self, consumer: Consumer, tps: Sequence[TP], replay: dict[TP, int]

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from consumers.runner import Runner, RunnerConfig
-from tests.consumers.kafka_events import FAST_GROUP, Topics, listing, wait_for
+from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, wait_for
 from tests.consumers.test_runner import RecordingSink
 
 
@@ -72,3 +72,19 @@ def test_a_sink_stopped_mid_join_leaves_its_group_able_to_assign_the_next_member
     assert not stuck, "the next member was never assigned: the group is wedged"
     assert not failed, repr(failed)
     assert {f"K{n:02d}" for n in range(12, 24)} <= set(sink.keys())
+
+
+def test_the_group_is_told_where_a_sink_that_stores_offsets_starts(topics):
+    """A sink killed between its own commit and Kafka's holds more than its group's offsets
+    say; with nothing more to read, its group's lag would stay for good, and a check that
+    reads the group's offsets (the campaign's settle) would wait for it in vain."""
+    for n in range(5):
+        topics.listing(listing(f"S{n}"), partition=2)
+    topics.flush()
+    group = f"told-{uuid.uuid4().hex[:8]}"
+    sink = RecordingSink(stored={(topics.listings, 2): 5, (topics.listings, 1): 0})
+    config = RunnerConfig(group_id=group, consumer_config=FAST_GROUP, until_caught_up=True)
+    Runner(sink, topics.settings, config).run()
+
+    assert sink.keys() == []
+    assert committed(topics.settings, group, topics.listings, 3).get(2) == 5
