@@ -188,6 +188,7 @@ class Assignment:
         self.cooperative = False
         self.opened = False
         self.down: str | None = None  # why the sink's store is broken, if it is
+        self.trial: str | None = None  # why it was: tried again, no commit has succeeded yet
         self.assigned_once = False
         self.before: dict[TP, int] = {}  # timestamp replay: skip messages older than this (ms)
         self.start_at: dict[TP, int] = {}  # started late: skip what was fetched before the seek
@@ -213,15 +214,18 @@ class Assignment:
         else:
             self.opened = True
 
-    def due(self) -> bool:
-        """Whether the store is down and it is time to try it again."""
-        return self.down is not None and time.monotonic() >= self._retry_at
+    def due(self, idle: bool) -> bool:
+        """Whether the store is down and it is time to try it again; or it is on trial and
+        nothing came to try it with (``idle``: no batch in hand) for as long again."""
+        if self.down is None and (self.trial is None or not idle):
+            return False
+        return time.monotonic() >= self._retry_at
 
     def broke(self, error: SinkUnavailableError) -> None:
         """The store is broken: every partition paused, tried again after 1, 2, 4 … 30 s."""
         self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
         self._retry_at = time.monotonic() + self._backoff
-        self.down = str(error)
+        self.down, self.trial = str(error), None
         self.partitions.pause_all()
         if self.consumer is not None:
             self.partitions.apply(self.consumer)
@@ -236,14 +240,26 @@ class Assignment:
     def try_again(self) -> None:
         """Open the sink if it never opened, then restart every partition not fetching.
 
+        The store is then on trial (not ready, the backoff kept) until a commit succeeds
+        (:meth:`answered`), or nothing came to commit for one more backoff.
         Raises :class:`SinkUnavailableError` while the store is still broken.
         """
+        if self.down is None:  # on trial, and nothing came to try it with: nothing says broken
+            self.answered()
+            return
         if not self.opened:
             self.sink.open(self.ctx)
             self.opened = True
         self._restart(self.partitions.stopped())
-        logger.info("sink %s: its store answers again; every partition fetching", self.sink.name)
-        self.down, self._backoff = None, 0.0
+        logger.info("sink %s: trying its store again; every partition fetching", self.sink.name)
+        self.down, self.trial = None, self.down
+        self._retry_at = time.monotonic() + self._backoff
+
+    def answered(self) -> None:
+        """A commit succeeded (or nothing came to commit): the store is no longer on trial."""
+        if self.trial is not None:
+            logger.info("sink %s: its store answers again", self.sink.name)
+        self.trial, self._backoff = None, 0.0
 
     def _restart(self, tps: list[TP]) -> None:
         """Seek ``tps`` where the sink says (or earlier, where uncommitted messages began)."""
@@ -276,6 +292,8 @@ class Assignment:
         """Why ``/readyz`` fails for the store or the partitions, if it does."""
         if self.down is not None:
             return f"waiting for its store ({self.down}); {self.partitions.describe()}"
+        if self.trial is not None:
+            return f"trying its store again, no commit yet since: {self.trial}"
         if self.partitions.stopped():
             return self.partitions.describe()
         return None

@@ -319,7 +319,7 @@ class Runner:
                 # once the rebalance is complete: a member of a stable group leaves it at once
                 raise assignment.failed
             try:
-                if assignment.due():
+                if assignment.due(idle=not self._pending_offsets):
                     assignment.try_again()
                 elif (
                     assignment.down is None
@@ -415,6 +415,7 @@ class Runner:
             raise
         self.stats.applied = applier.applied
         self.stats.batches += 1
+        self.assignment.answered()
         self._commit_kafka(offsets)
         self.assignment.partitions.committed(offsets)
         observe_lag(consumer, self.sink.name, offsets)
