@@ -55,6 +55,17 @@ DISK_SINKS = ("files", "search")
 EFBIG = ("File too large", "os error 27", "Errno 27", "disk I/O error")
 #: A change of a tenth of the listings, most of them old enough for a lagging index.
 TRAFFIC = {"minutes": 30, "modify": 0.1, "create": 0.01}
+#: Half the listings changed: a window's first page of 100 or more, read by converters.
+BIG_CHANGE = {"minutes": 5, "modify": 0.5}
+#: Time passes, nothing changes.
+QUIET = {
+    "modify": 0,
+    "create": 0,
+    "remove": 0,
+    "media": 0,
+    "accounts_modify": 0,
+    "accounts_create": 0,
+}
 
 
 def _consuming(world: World, name: str, timeout: float = 30) -> bool:
@@ -89,7 +100,11 @@ def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -
 
 
 def _kill_sink(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
+    """``kill -9`` of one sink, most often once it consumes (``delay`` of 0.5 s or more: a
+    sink restarted moments ago would otherwise die still joining its group)."""
     name = step["sink"]
+    if step["delay"] >= 0.5 and world.alive(name):
+        _consuming(world, name, timeout=20)
     at, since = time.time(), world.started.get(name, 0.0)
     if world.kill(name):
         result.kills[f"sink-{name}"] += 1
@@ -125,10 +140,16 @@ def _reconcile_repair(world: World, step: dict, log: Any, result: Any, extra: li
 
 
 def _dlq_redrive(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    target = step["target"]
-    done = world.run("redrive", ["dlq", "redrive", target], timeout=120)
-    result.acts[f"dlq_redrive_{target}" if target == "poller" else "dlq_redrive"] += 1
-    log("dlq_redrive", sink=target, exit=done.returncode, out=done.stdout.decode()[-300:])
+    """Re-drive a sink's dead letters, then the poller's (the one that asks the API again;
+    a poller procedure, so the daemon, which holds the poller's state lock, stops for it)."""
+    for target in dict.fromkeys([step["target"], "poller"]):
+        if target == "poller":
+            world.terminate("poller")
+        done = world.run("redrive", ["dlq", "redrive", target], timeout=120)
+        if target == "poller":
+            world.respawn("poller")
+        result.acts[f"dlq_redrive_{target}" if target == "poller" else "dlq_redrive"] += 1
+        log("dlq_redrive", sink=target, exit=done.returncode, out=done.stdout.decode()[-300:])
 
 
 def _replay(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
@@ -183,9 +204,21 @@ def _skip_shift(world: World, step: dict, log: Any, result: Any, extra: list) ->
 
 
 def _kill_converter(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    """``kill -9`` of one of the poller's converter processes (there are some only once a
-    page of 100 listings or more came)."""
-    pids = world.converters()
+    """``kill -9`` of one of the poller's converter processes. There are some only while a
+    procedure reads a page of 100 listings or more: where pages are that long, half the
+    listings change (seen by the windows at once: the lag of the index has passed), and the
+    first converter to start in the next window is killed."""
+    if world.faults.get("page_size", 0) < 100 or world.faults.get("subresources"):
+        log("no_converter", process="poller", page_size=world.faults.get("page_size"))
+        return
+    world.admin("POST", "/_emulator/advance", BIG_CHANGE)
+    lag = world.faults.get("late_visibility_seconds", 0)
+    if lag:
+        world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag / 60 + 1})
+    deadline, pids = time.monotonic() + 20, []
+    while not pids and time.monotonic() < deadline:
+        pids = world.converters()
+        time.sleep(0.01)
     if not pids:
         log("no_converter", process="poller")
         return

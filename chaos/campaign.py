@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import check, coverage
-from chaos.acts import ACTS, DISK_SINKS, SWITCHED_ACTS, act
+from chaos.acts import ACTS, DISK_SINKS, QUIET, SWITCHED_ACTS, act
 from chaos.world import SINK_TOPICS, SINKS, World
 
 __all__ = ["plan", "run_seed", "SeedResult", "ACTS", "SWITCHES"]
@@ -43,6 +43,8 @@ SWITCHES = (
 #: Page sizes a seed draws from: the small ones make update windows span several pages,
 #: the large ones (100 and more) put the poller's converter processes to work.
 PAGE_SIZES = (10, 20, 35, 100, 150)
+#: Caller -> the factor of its fault probabilities (the emulator's ``--caller-boost``).
+CALLER_BOOST = {"redrive": 6, "reconcile": 4, "snapshot": 4}
 
 TOPIC_PREFIX = "spark"
 
@@ -75,7 +77,8 @@ def plan(
         raise ValueError(f"no such switch: {', '.join(sorted(unknown))} (known: {SWITCHES})")
     rng = random.Random(seed)
     switches = {name: name not in without for name in SWITCHES}
-    kinds = {"500": 0.025, "503": 0.025, "timeout": 0.006, "truncate": 0.02, "reset": 0.02}
+    # a timeout costs the client's 2 s: rarer than the others, but met on most seeds
+    kinds = {"500": 0.025, "503": 0.025, "timeout": 0.012, "truncate": 0.02, "reset": 0.02}
     kinds.update({k: 0.02 for k in ("cut", "stale") if k in known})
     spec = ",".join(f"{k}:{round(p * rng.uniform(0.5, 1.5), 4)}" for k, p in kinds.items())
     faults: dict[str, Any] = {
@@ -99,6 +102,10 @@ def plan(
         "refuse_by_key": 0.6 if switches["refused"] else 0,
         # requests by key: few, so faulted four times as often
         "fault_boost": 4,
+        # callers of few requests, faulted more often too: a re-drive of the poller's letters,
+        # reconcile (one page of keys, and a re-fetch by key of what differs), and the final
+        # snapshot (every snapshot page of the seed besides the poller's first)
+        "caller_boost": dict(CALLER_BOOST),
     }
     # one request per listing whose video list changed (every listing in a snapshot): only
     # where the API's rate limit and short pages let that pass quickly
@@ -110,18 +117,28 @@ def plan(
         )
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
-    acts_of = [a for a in ACTS if switches.get(SWITCHED_ACTS.get(a, ""), True)]
+    # a deck: every act once (a kill once per sink) before any comes again, reshuffled when
+    # drawn out, so a seed of eight rounds reaches most acts, and twenty seeds every one
+    cards = [
+        (a, sink)
+        for a in ACTS
+        if switches.get(SWITCHED_ACTS.get(a, ""), True)
+        for sink in (SINKS if a == "kill_sink" else [None])
+    ]
+    deck: list[tuple[str, str | None]] = []
     schedule = []
     for number in range(1, rounds + 1):
         acts = []
         for _ in range(rng.choice([0, 1, 1, 2, 2, 3, 3])):
-            act = rng.choice(acts_of)
+            if not deck:
+                deck = rng.sample(cards, len(cards))
+            act, sink = deck.pop()
             acts.append(
                 {
                     "act": act,
                     "delay": round(rng.uniform(0.0, 2.5), 2),
                     "gap": round(rng.uniform(0.3, 3.0), 2),
-                    "sink": rng.choice([*SINKS]),
+                    "sink": sink or rng.choice([*SINKS]),
                     "target": rng.choice(["postgres", "files", "search", "poller"]),
                     "disk_sink": rng.choice(DISK_SINKS),
                     "second": round(rng.uniform(0.005, 0.3), 3),
@@ -346,8 +363,12 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
     log("poller_stopped", exit=code)
     lag = world.faults.get("late_visibility_seconds", 0)
     if lag:  # the index catches up: every change is visible to the final windows
-        world.admin("POST", "/_emulator/advance", {**_NO_CHANGE, "minutes": lag / 60 + 1})
+        world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag / 60 + 1})
         log("index_caught_up", minutes=lag / 60 + 1)
+    # the poller's letters asked for again (its faults boosted): whatever it publishes, the
+    # final procedures below come after it
+    done = world.run("final-redrive", ["dlq", "redrive", "poller"], timeout=120)
+    log("final", procedure="dlq redrive poller", attempt=1, exit=done.returncode)
     # the first purge may finish one a kill interrupted: that one trusts the keys it saw
     # before the kill, so a second purge, started after every change, is the one checked
     for procedure in ("snapshot", "update", "accounts", "purge", "purge", "update"):
@@ -397,16 +418,6 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
             log("stopped", process=name, exit=code)
     if late:  # the stores are still checked (run_seed): what did the late sinks miss?
         raise RuntimeError(f"sink groups not consumed to the end in {timeout:.0f} s: {late}")
-
-
-_NO_CHANGE = {
-    "modify": 0,
-    "create": 0,
-    "remove": 0,
-    "media": 0,
-    "accounts_modify": 0,
-    "accounts_create": 0,
-}
 
 
 def _final_reconcile(world: World, log: _Log) -> None:

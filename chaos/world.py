@@ -160,6 +160,8 @@ class World:
             str(f.get("refuse_by_key", 0)),
             "--fault-boost",
             str(f.get("fault_boost", 1)),
+            "--caller-boost",
+            ",".join(f"{k}={v}" for k, v in f.get("caller_boost", {}).items()),
             *f.get("extra_args", []),
         ]
         self.spawn("emulator", args)

@@ -36,6 +36,19 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value or ""
 
 
+def _boosts(value: str) -> dict[str, float]:
+    boosts = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, factor = part.partition("=")
+        try:
+            boosts[name.strip()] = float(factor)
+        except ValueError:
+            raise click.BadParameter(f"expected NAME=FACTOR, got {part!r}") from None
+        if not name.strip() or boosts[name.strip()] < 1:
+            raise click.BadParameter(f"expected NAME=FACTOR with FACTOR >= 1, got {part!r}")
+    return boosts
+
+
 @click.command(
     "emulator",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -250,6 +263,15 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "/v1/accounts/ID, a ListingKey Eq filter): few, so rarely faulted otherwise.",
 )
 @click.option(
+    "--caller-boost",
+    default="",
+    envvar=_ENV + "CALLER_BOOST",
+    callback=lambda ctx, param, value: _boosts(value),
+    help="NAME=FACTOR,…: multiply the --faults probabilities by FACTOR for the requests of "
+    "caller NAME (an API URL ending in /_via/NAME), on top of --fault-boost: a campaign's "
+    "rare callers (a re-drive, reconcile) meet faults too.",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -288,6 +310,7 @@ def emulator_command(
     malformed,
     refuse_by_key,
     fault_boost,
+    caller_boost,
     start_time,
     date_header,
 ) -> None:
@@ -327,6 +350,7 @@ def emulator_command(
         malformed=malformed,
         refuse_by_key=refuse_by_key,
         fault_boost=fault_boost,
+        caller_boost=caller_boost,
     )
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
