@@ -44,7 +44,7 @@ SWITCHES = (
 #: the large ones (100 and more) put the poller's converter processes to work.
 PAGE_SIZES = (10, 20, 35, 100, 150)
 #: Caller -> the factor of its fault probabilities (the emulator's ``--caller-boost``).
-CALLER_BOOST = {"redrive": 6, "reconcile": 4, "snapshot": 4}
+CALLER_BOOST = {"reconcile:stale": 6, "snapshot:timeout": 6}
 
 TOPIC_PREFIX = "spark"
 
@@ -102,9 +102,9 @@ def plan(
         "refuse_by_key": 0.6 if switches["refused"] else 0,
         # requests by key: few, so faulted four times as often
         "fault_boost": 4,
-        # callers of few requests, faulted more often too: a re-drive of the poller's letters,
-        # reconcile (one page of keys, and a re-fetch by key of what differs), and the final
-        # snapshot (every snapshot page of the seed besides the poller's first)
+        # a rare fault where few requests go: a stale answer to reconcile (a scan of the keys),
+        # a timeout on the final snapshot's pages (the seed's other snapshot pages are few);
+        # a re-drive asks by key, already boosted four times
         "caller_boost": dict(CALLER_BOOST),
     }
     # one request per listing whose video list changed (every listing in a snapshot): only

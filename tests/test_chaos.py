@@ -177,9 +177,9 @@ def test_a_seed_draws_its_acts_from_a_deck_so_each_comes_before_any_repeats():
         first = drawn[: min(len(drawn), 15)]
         assert len(first) == len(set(first)), (seed, first)
         assert deck >= min(len(drawn), 15)
-    # the rare callers meet faults more often: a re-drive, reconcile, the final snapshot
+    # the rare faults where few requests go: stale to reconcile, a final snapshot's timeout
     boost = plan(1, 8, set())["faults"]["caller_boost"]
-    assert {"redrive", "reconcile", "snapshot"} <= set(boost)
+    assert {"reconcile:stale", "snapshot:timeout"} <= set(boost)
 
 
 def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):

@@ -9,7 +9,13 @@ from datetime import datetime
 
 import click
 
-from devstack.emulator.config import LAST_PAGE_MODES, EmulatorConfig, parse_faults, parse_rate_limit
+from devstack.emulator.config import (
+    FAULT_KINDS,
+    LAST_PAGE_MODES,
+    EmulatorConfig,
+    parse_faults,
+    parse_rate_limit,
+)
 from devstack.emulator.server import Emulator
 
 __all__ = ["emulator_command"]
@@ -43,9 +49,13 @@ def _boosts(value: str) -> dict[str, float]:
         try:
             boosts[name.strip()] = float(factor)
         except ValueError:
-            raise click.BadParameter(f"expected NAME=FACTOR, got {part!r}") from None
-        if not name.strip() or boosts[name.strip()] < 1:
-            raise click.BadParameter(f"expected NAME=FACTOR with FACTOR >= 1, got {part!r}")
+            raise click.BadParameter(f"expected NAME[:KIND]=FACTOR, got {part!r}") from None
+        kind = name.partition(":")[2].strip()
+        if not name.strip() or boosts[name.strip()] < 1 or (kind and kind not in FAULT_KINDS):
+            raise click.BadParameter(
+                f"expected NAME[:KIND]=FACTOR, KIND one of {', '.join(FAULT_KINDS)} and "
+                f"FACTOR >= 1, got {part!r}"
+            )
     return boosts
 
 
@@ -267,9 +277,9 @@ def _boosts(value: str) -> dict[str, float]:
     default="",
     envvar=_ENV + "CALLER_BOOST",
     callback=lambda ctx, param, value: _boosts(value),
-    help="NAME=FACTOR,…: multiply the --faults probabilities by FACTOR for the requests of "
-    "caller NAME (an API URL ending in /_via/NAME), on top of --fault-boost: a campaign's "
-    "rare callers (a re-drive, reconcile) meet faults too.",
+    help="NAME[:KIND]=FACTOR,…: multiply the --faults probabilities (KIND's only, with :KIND) "
+    "by FACTOR for the requests of caller NAME (an API URL ending in /_via/NAME), on top of "
+    "--fault-boost: a campaign's rare callers (reconcile, a final snapshot) meet faults too.",
 )
 @click.option(
     "--start-time",
