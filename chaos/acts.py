@@ -55,8 +55,9 @@ DISK_SINKS = ("files", "search")
 EFBIG = ("File too large", "os error 27", "Errno 27", "disk I/O error")
 #: A change of a tenth of the listings, most of them old enough for a lagging index.
 TRAFFIC = {"minutes": 30, "modify": 0.1, "create": 0.01}
-#: Half the listings changed: a window's first page of 100 or more, read by converters.
-BIG_CHANGE = {"minutes": 5, "modify": 0.5}
+#: 40% of the listings changed at once: 120 to 135 listings, one page of 100 or more (150
+#: long, where pages are) for the next window.
+BIG_CHANGE_MODIFY = 0.4
 #: Time passes, nothing changes.
 QUIET = {
     "modify": 0,
@@ -129,12 +130,17 @@ def _restart_registry(world: World, step: dict, log: Any, result: Any, extra: li
 
 
 def _reconcile_repair(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
+    """``reconcile --repair``, with the daemon stopped for it: a repair takes the poller's
+    state lock, which the daemon holds (until 2026-12-06 every such act ended StateLocked
+    without a request)."""
+    world.terminate("poller")
     done = world.run(
         "reconcile",
         ["reconcile", "--repair", "--files-path", str(world.root / "files")]
         + ["--search-path", str(world.root / "search")],
         timeout=240,
     )
+    world.respawn("poller")
     result.acts["reconcile_repair"] += 1
     log("reconcile_repair", exit=done.returncode, out=done.stdout.decode()[-400:])
 
@@ -205,16 +211,23 @@ def _skip_shift(world: World, step: dict, log: Any, result: Any, extra: list) ->
 
 def _kill_converter(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
     """``kill -9`` of one of the poller's converter processes. There are some only while a
-    procedure reads a page of 100 listings or more: where pages are that long, half the
-    listings change (seen by the windows at once: the lag of the index has passed), and the
-    first converter to start in the next window is killed."""
-    if world.faults.get("page_size", 0) < 100 or world.faults.get("subresources"):
-        log("no_converter", process="poller", page_size=world.faults.get("page_size"))
+    procedure reads a page of 100 listings or more, from the page after it (converters start
+    while that page is published): where pages are that long, time passes quietly (the
+    windows take every change made so far), then some 40% of the listings change and the
+    index's lag passes, so the next window holds them alone, and the first converter to
+    start is killed. With pages of 150 that window is one page: the kill lands in a window's
+    first page; with pages of 100 it has a later page."""
+    page_size = world.faults.get("page_size", 0)
+    if page_size < 100 or world.faults.get("subresources"):
+        log("no_converter", process="poller", page_size=page_size)
         return
-    world.admin("POST", "/_emulator/advance", BIG_CHANGE)
-    lag = world.faults.get("late_visibility_seconds", 0)
-    if lag:
-        world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag / 60 + 1})
+    lag = world.faults.get("late_visibility_seconds", 0) / 60 + 1
+    overlap = world.faults.get("overlap")
+    overlap = 20 if overlap is None else overlap  # the poller's own default
+    world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag + overlap + 1})
+    time.sleep(1.5)  # a few windows: the overlap holds no change any more
+    world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": 1, "modify": BIG_CHANGE_MODIFY})
+    world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag})
     deadline, pids = time.monotonic() + 20, []
     while not pids and time.monotonic() < deadline:
         pids = world.converters()

@@ -103,8 +103,8 @@ def plan(
         # requests by key: few, so faulted four times as often
         "fault_boost": 4,
         # a rare fault where few requests go: a stale answer to reconcile (a scan of the keys),
-        # a timeout on the final snapshot's pages (the seed's other snapshot pages are few);
-        # a re-drive asks by key, already boosted four times
+        # a timeout on the final snapshot's pages (it starts over: the seed's other snapshot
+        # pages are few); a re-drive asks by key, already boosted four times
         "caller_boost": dict(CALLER_BOOST),
     }
     # one request per listing whose video list changed (every listing in a snapshot): only
@@ -370,10 +370,13 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
     done = world.run("final-redrive", ["dlq", "redrive", "poller"], timeout=120)
     log("final", procedure="dlq redrive poller", attempt=1, exit=done.returncode)
     # the first purge may finish one a kill interrupted: that one trusts the keys it saw
-    # before the kill, so a second purge, started after every change, is the one checked
+    # before the kill, so a second purge, started after every change, is the one checked.
+    # The snapshot starts over once (its pages met by the final snapshot's timeouts); a
+    # failed one resumes
     for procedure in ("snapshot", "update", "accounts", "purge", "purge", "update"):
         for attempt in range(1, 8):
-            done = world.run(f"final-{procedure}", ["poll", procedure], timeout=240)
+            again = ["--restart"] if procedure == "snapshot" and attempt == 1 else []
+            done = world.run(f"final-{procedure}", ["poll", procedure, *again], timeout=240)
             log("final", procedure=procedure, attempt=attempt, exit=done.returncode)
             if done.returncode == 0:
                 break
