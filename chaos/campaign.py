@@ -44,7 +44,7 @@ SWITCHES = (
 #: the large ones (100 and more) put the poller's converter processes to work.
 PAGE_SIZES = (10, 20, 35, 100, 150)
 #: Caller -> the factor of its fault probabilities (the emulator's ``--caller-boost``).
-CALLER_BOOST = {"reconcile:stale": 6, "snapshot:timeout": 6}
+CALLER_BOOST = {"reconcile:stale": 6, "snapshot:timeout": 6, "redrive:timeout": 3}
 
 TOPIC_PREFIX = "spark"
 
@@ -104,7 +104,8 @@ def plan(
         "fault_boost": 4,
         # a rare fault where few requests go: a stale answer to reconcile (a scan of the keys),
         # a timeout on the final snapshot's pages (it starts over: the seed's other snapshot
-        # pages are few); a re-drive asks by key, already boosted four times
+        # pages are few); a timeout on a re-drive (it asks by key, every fault already four
+        # times as likely: more would fail most re-drives)
         "caller_boost": dict(CALLER_BOOST),
     }
     # one request per listing whose video list changed (every listing in a snapshot): only

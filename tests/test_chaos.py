@@ -179,7 +179,7 @@ def test_a_seed_draws_its_acts_from_a_deck_so_each_comes_before_any_repeats():
         assert deck >= min(len(drawn), 15)
     # the rare faults where few requests go: stale to reconcile, a final snapshot's timeout
     boost = plan(1, 8, set())["faults"]["caller_boost"]
-    assert {"reconcile:stale", "snapshot:timeout"} <= set(boost)
+    assert {"reconcile:stale", "snapshot:timeout", "redrive:timeout"} <= set(boost)
 
 
 def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):
