@@ -302,7 +302,7 @@ def run_seed(
         log("error", error=result.error)
     finally:
         world.stop()
-    _count_coverage(world, result)
+    coverage.count_seed(world.requests_path, result)
     result.seconds = time.monotonic() - started
     result.converged = not result.error and not (
         result.lost
@@ -437,22 +437,6 @@ def _final_reconcile(world: World, log: _Log) -> None:
             return
         time.sleep(2)
     raise RuntimeError("final reconcile --repair kept failing")
-
-
-def _count_coverage(world: World, result: SeedResult) -> None:
-    """The seed's cells (chaos/coverage.py), from the request log, the kills' moments and
-    the registry (a schema change counts once a newer schema was registered)."""
-    requests = coverage.read_requests(world.requests_path)
-    result.coverage.update(coverage.count_requests(requests))
-    for event in result.events:
-        component, at, since = event["kill"], event["at"], event["since"]
-        if component in ("poller", "converter"):
-            phase = coverage.poller_phase(requests, at, since)
-        elif component == "purge":
-            phase = coverage.purge_phase(requests, at, since)
-        else:
-            phase = coverage.sink_phase(Path(event["log"]), at, since)
-        result.coverage[f"kill:{component}@{phase}"] += 1
 
 
 def _matches(world: World, kind: str, where: str, truth: dict, excused: set[str]) -> bool:

@@ -11,7 +11,8 @@ even for sinks that keep their own offsets. The rooms around it:
 
 - :mod:`consumers.assignment`: the partitions' states (fetching, waiting to
   start, paused for the store), where each starts, the rebalance callbacks,
-  and the waits for a broken store;
+  the waits for a broken store, and a stop that waits for a join under way;
+- :mod:`consumers.group`: ``group.protocol=consumer`` (KIP-848) checked;
 - :mod:`consumers.apply`: one batch, decoded, written and committed;
 - :mod:`consumers.letters`: dead letters sent once each, the storm guard, and
   the re-drive's reading of truncated letters;
@@ -70,10 +71,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from consumers.apply import Applier
-from consumers.assignment import Assignment, next_generation_group
+from consumers.assignment import Assignment
 from consumers.base import Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
 from consumers.dlq import DeadLetters, dlq_topic, redrive_group
+from consumers.group import next_generation_group
 from consumers.lag import LagTimer, forget_lag, observe_lag
 from consumers.letters import Letters, Rereader
 from consumers.positions import Replay, end_offsets, parse_offsets, show_offsets, tp_of
