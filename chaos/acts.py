@@ -60,6 +60,18 @@ DISK_SINKS = ("files", "search")
 EFBIG = ("File too large", "os error 27", "Errno 27", "disk I/O error")
 #: A change of a tenth of the listings, most of them old enough for a lagging index.
 TRAFFIC = {"minutes": 30, "modify": 0.1, "create": 0.01}
+#: 40% of the listings changed at once: 120 to 135 listings, one page of 100 or more (150
+#: long, where pages are) for the next window.
+BIG_CHANGE_MODIFY = 0.4
+#: Time passes, nothing changes.
+QUIET = {
+    "modify": 0,
+    "create": 0,
+    "remove": 0,
+    "media": 0,
+    "accounts_modify": 0,
+    "accounts_create": 0,
+}
 
 
 def _consuming(world: World, name: str, timeout: float = 30) -> bool:
@@ -94,7 +106,11 @@ def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -
 
 
 def _kill_sink(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
+    """``kill -9`` of one sink, most often once it consumes (``delay`` of 0.5 s or more: a
+    sink restarted moments ago would otherwise die still joining its group)."""
     name = step["sink"]
+    if step["delay"] >= 0.5 and world.alive(name):
+        _consuming(world, name, timeout=20)
     at, since = time.time(), world.started.get(name, 0.0)
     if world.kill(name):
         result.kills[f"sink-{name}"] += 1
@@ -150,21 +166,32 @@ def _restart_registry(world: World, step: dict, log: Any, result: Any, extra: li
 
 
 def _reconcile_repair(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
+    """``reconcile --repair``, with the daemon stopped for it: a repair takes the poller's
+    state lock, which the daemon holds (until 2026-12-06 every such act ended StateLocked
+    without a request)."""
+    world.terminate("poller")
     done = world.run(
         "reconcile",
         ["reconcile", "--repair", "--files-path", str(world.root / "files")]
         + ["--search-path", str(world.root / "search")],
         timeout=240,
     )
+    world.respawn("poller")
     result.acts["reconcile_repair"] += 1
     log("reconcile_repair", exit=done.returncode, out=done.stdout.decode()[-400:])
 
 
 def _dlq_redrive(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    target = step["target"]
-    done = world.run("redrive", ["dlq", "redrive", target], timeout=120)
-    result.acts[f"dlq_redrive_{target}" if target == "poller" else "dlq_redrive"] += 1
-    log("dlq_redrive", sink=target, exit=done.returncode, out=done.stdout.decode()[-300:])
+    """Re-drive a sink's dead letters, then the poller's (the one that asks the API again;
+    a poller procedure, so the daemon, which holds the poller's state lock, stops for it)."""
+    for target in dict.fromkeys([step["target"], "poller"]):
+        if target == "poller":
+            world.terminate("poller")
+        done = world.run("redrive", ["dlq", "redrive", target], timeout=120)
+        if target == "poller":
+            world.respawn("poller")
+        result.acts[f"dlq_redrive_{target}" if target == "poller" else "dlq_redrive"] += 1
+        log("dlq_redrive", sink=target, exit=done.returncode, out=done.stdout.decode()[-300:])
 
 
 def _replay(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
@@ -219,9 +246,28 @@ def _skip_shift(world: World, step: dict, log: Any, result: Any, extra: list) ->
 
 
 def _kill_converter(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    """``kill -9`` of one of the poller's converter processes (there are some only once a
-    page of 100 listings or more came)."""
-    pids = world.converters()
+    """``kill -9`` of one of the poller's converter processes. There are some only while a
+    procedure reads a page of 100 listings or more, from the page after it (converters start
+    while that page is published): where pages are that long, time passes quietly (the
+    windows take every change made so far), then some 40% of the listings change and the
+    index's lag passes, so the next window holds them alone, and the first converter to
+    start is killed. With pages of 150 that window is one page: the kill lands in a window's
+    first page; with pages of 100 it has a later page."""
+    page_size = world.faults.get("page_size", 0)
+    if page_size < 100 or world.faults.get("subresources"):
+        log("no_converter", process="poller", page_size=page_size)
+        return
+    lag = world.faults.get("late_visibility_seconds", 0) / 60 + 1
+    overlap = world.faults.get("overlap")
+    overlap = 20 if overlap is None else overlap  # the poller's own default
+    world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag + overlap + 1})
+    time.sleep(1.5)  # a few windows: the overlap holds no change any more
+    world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": 1, "modify": BIG_CHANGE_MODIFY})
+    world.admin("POST", "/_emulator/advance", {**QUIET, "minutes": lag})
+    deadline, pids = time.monotonic() + 20, []
+    while not pids and time.monotonic() < deadline:
+        pids = world.converters()
+        time.sleep(0.01)
     if not pids:
         log("no_converter", process="poller")
         return

@@ -34,6 +34,8 @@ __all__ = [
     "read_files",
     "read_search",
     "read_iceberg",
+    "partition_ends",
+    "behind",
 ]
 
 
@@ -159,6 +161,80 @@ def read_topic(
         return out
     finally:
         consumer.close()
+
+
+def partition_ends(
+    bootstrap: str, topics: list[str], timeout: float = 60
+) -> dict[tuple[str, int], int]:
+    """The end of every partition of ``topics``: the offset its partition EOF is reported at.
+
+    Read from the last offset the broker's high watermark admits onwards (Tansu's high
+    watermark is the last batch's base offset + 1, short of the end when that batch holds
+    several records: reading on to EOF finds the rest).
+    """
+    import time
+
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "chaos-checker",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        starts = []
+        for topic in topics:
+            for partition in sorted(metadata[topic].partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                starts.append(TopicPartition(topic, partition, max(low, high - 1, 0)))
+        consumer.assign(starts)
+        ends: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + timeout
+        while len(ends) < len(starts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition EOF within {timeout}s: {sorted(ends)}")
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            tp = (message.topic(), message.partition())
+            if message.error() is None:
+                ends.pop(tp, None)  # not there yet: the EOF comes after it
+            elif message.error().code() == KafkaError._PARTITION_EOF:
+                ends[tp] = message.offset()
+            else:
+                raise RuntimeError(f"{tp}: {message.error()}")
+        return ends
+    finally:
+        consumer.close()
+
+
+def behind(
+    bootstrap: str, group: str, ends: dict[tuple[str, int], int]
+) -> dict[str, tuple[int, int]]:
+    """``{"topic[partition]": (committed, end)}`` where ``group``'s committed offset is short
+    of the partition's end (:func:`partition_ends`); empty: the group consumed to the end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        found = consumer.committed([TopicPartition(t, p) for t, p in sorted(ends)], timeout=30)
+    finally:
+        consumer.close()
+    short = {}
+    for tp in found:
+        end = ends[(tp.topic, tp.partition)]
+        committed = max(tp.offset, 0)  # none committed: at the start
+        if committed < end:
+            short[f"{tp.topic}[{tp.partition}]"] = (committed, end)
+    return short
 
 
 def topic_state(messages: list, key_field: str) -> tuple[dict[str, datetime | None], list[str]]:

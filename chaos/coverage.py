@@ -35,6 +35,7 @@ __all__ = [
     "can_occur",
     "uncovered",
     "matrix",
+    "count_seed",
 ]
 
 #: Where an API fault can land (``place`` tells them apart from the request log).
@@ -256,3 +257,20 @@ def matrix(coverage: dict[str, int], switches: dict[str, bool]) -> str:
         cells = ", ".join(f"{c}: {show(f'break:{name}@{c}')}" for c in components)
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
+
+
+def count_seed(requests_path: Path, result: Any) -> None:
+    """A seed's cells into ``result.coverage``: its request log's faults, and the phase of
+    each kill of ``result.events`` (the registry's count of a schema change is the
+    campaign's)."""
+    requests = read_requests(requests_path)
+    result.coverage.update(count_requests(requests))
+    for event in result.events:
+        component, at, since = event["kill"], event["at"], event["since"]
+        if component in ("poller", "converter"):
+            phase = poller_phase(requests, at, since)
+        elif component == "purge":
+            phase = purge_phase(requests, at, since)
+        else:
+            phase = sink_phase(Path(event["log"]), at, since)
+        result.coverage[f"kill:{component}@{phase}"] += 1

@@ -30,7 +30,7 @@ from devstack._net import free_port, wait_for_port
 from devstack.kafka import DEVSTACK_ENV, KafkaBroker
 from devstack.postgres import Postgres
 
-__all__ = ["World", "SINKS"]
+__all__ = ["World", "SINKS", "SINK_TOPICS"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,15 @@ SINKS = {
     "files": ["files", "--path", "{root}/files", "--max-records", "50"],
     "search": ["search", "--path", "{root}/search"],
     "iceberg": ["iceberg"],  # its catalog and warehouse: in env(), for reconcile as well
+}
+
+
+#: The topics each kind of sink reads (its ``resources``), as the settle waits for them.
+SINK_TOPICS = {
+    "postgres": ["spark.listings", "spark.accounts", "spark.purges"],
+    "files": ["spark.listings", "spark.accounts", "spark.purges"],
+    "search": ["spark.listings"],
+    "iceberg": ["spark.listings", "spark.accounts"],
 }
 
 
@@ -151,6 +160,8 @@ class World:
             str(f.get("refuse_by_key", 0)),
             "--fault-boost",
             str(f.get("fault_boost", 1)),
+            "--caller-boost",
+            ",".join(f"{k}={v}" for k, v in f.get("caller_boost", {}).items()),
             *f.get("extra_args", []),
         ]
         self.spawn("emulator", args)
@@ -287,6 +298,18 @@ class World:
     @staticmethod
     def sink_args(name: str) -> list[str]:
         return SINKS[name]
+
+    def sink_groups(self) -> dict[str, list[str]]:
+        """The consumer group of every sink process started (``--group``, else the sink's
+        default ``spark-relay.<sink>``) -> the topics it reads."""
+        groups = {}
+        for args in self.args.values():
+            if "sink" not in args[:-1]:
+                continue
+            kind = args[args.index("sink") + 1]
+            group = args[args.index("--group") + 1] if "--group" in args else f"spark-relay.{kind}"
+            groups[group] = SINK_TOPICS[kind]
+        return groups
 
     def alive(self, name: str) -> bool:
         proc = self.procs.get(name)

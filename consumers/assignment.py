@@ -31,10 +31,20 @@ Where a partition starts, on each assignment, first match wins:
   once per run: for the partitions of the process's first assignment;
 - ``sink.stored_offsets(partitions)`` when it returns a dict (sinks that keep
   offsets with their data: effectively exactly once); a partition missing from
-  it starts at the beginning, since the sink holds nothing from it; a stored
+  it starts at the beginning, since the sink holds nothing from it; the
+  offsets it names are committed as the group's, so the group's lag says what
+  the sink holds (a kill between the sink's commit and Kafka's); a stored
   offset beyond the partition's end stops the runner (:class:`SinkError`): the
   topic was recreated and the sink's state belongs to the old one;
 - the group's committed offset, else the beginning (at least once).
+
+A member leaves its group only between joins: a stop that lands while a join is
+under way (the first one, or an eager rebalance after a revoke) waits for the
+assignment first, up to :data:`JOIN_WAIT` seconds (:meth:`Assignment.may_leave`).
+On the devstack's Tansu broker a member that leaves mid-join (a graceful close
+sends LeaveGroup) wedges its group for good: no later member is ever assigned
+(a ``kill -9`` does no harm, the member expires). A join that lasts is logged
+(WARNING) every minute, so a member that consumes nothing says so.
 
 No error leaves a rebalance callback: librdkafka would complete the rebalance
 behind it and the process would stop mid-join, which can hold the whole group
@@ -57,21 +67,30 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 
 from consumers.base import Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
 from consumers.positions import Replay, end_offsets, offset_text, tp_of
-from spark_relay.errors import ConfigError, SinkError, SinkUnavailableError
-from spark_relay.settings import CONSUMER_ONLY
+from spark_relay.errors import SinkError, SinkUnavailableError
 
-__all__ = ["Assignment", "Partitions", "FETCHING", "WAITING", "PAUSED", "next_generation_group"]
+__all__ = [
+    "Assignment",
+    "Partitions",
+    "FETCHING",
+    "WAITING",
+    "PAUSED",
+    "JOIN_WAIT",
+]
 
 logger = logging.getLogger(__name__)
 
 FETCHING = "fetching"
 WAITING = "waiting to start"
 PAUSED = "paused for the store"
+#: Seconds a stopping member waits for a group join under way to complete before it leaves.
+JOIN_WAIT = 30.0
+#: Seconds of a join under way before it is logged (WARNING), and again each as many.
+JOIN_WARN = 60.0
 
 
 class Partitions:
@@ -166,10 +185,14 @@ class Assignment:
         self.cooperative = False
         self.opened = False
         self.down: str | None = None  # why the sink's store is broken, if it is
+        self.trial: str | None = None  # why it was: tried again, no commit has succeeded yet
         self.assigned_once = False
         self.before: dict[TP, int] = {}  # timestamp replay: skip messages older than this (ms)
         self.start_at: dict[TP, int] = {}  # started late: skip what was fetched before the seek
         self.revoked_at: float | None = None  # revoked, the assignment to come (eager protocol)
+        self.subscribed_at = time.monotonic()  # the first join's start (reset at subscribe)
+        self._stop_seen: float | None = None
+        self._join_warned = 0.0
         self.failed: BaseException | None = None  # raised in a rebalance callback, raised later
         self._replay_due = replay is not None and not ctx.redrive  # at the first assignment
         self._flush = flush
@@ -188,15 +211,18 @@ class Assignment:
         else:
             self.opened = True
 
-    def due(self) -> bool:
-        """Whether the store is down and it is time to try it again."""
-        return self.down is not None and time.monotonic() >= self._retry_at
+    def due(self, idle: bool) -> bool:
+        """Whether the store is down and it is time to try it again; or it is on trial and
+        nothing came to try it with (``idle``: no batch in hand) for as long again."""
+        if self.down is None and (self.trial is None or not idle):
+            return False
+        return time.monotonic() >= self._retry_at
 
     def broke(self, error: SinkUnavailableError) -> None:
         """The store is broken: every partition paused, tried again after 1, 2, 4 … 30 s."""
         self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
         self._retry_at = time.monotonic() + self._backoff
-        self.down = str(error)
+        self.down, self.trial = str(error), None
         self.partitions.pause_all()
         if self.consumer is not None:
             self.partitions.apply(self.consumer)
@@ -211,14 +237,26 @@ class Assignment:
     def try_again(self) -> None:
         """Open the sink if it never opened, then restart every partition not fetching.
 
+        The store is then on trial (not ready, the backoff kept) until a commit succeeds
+        (:meth:`answered`), or nothing came to commit for one more backoff.
         Raises :class:`SinkUnavailableError` while the store is still broken.
         """
+        if self.down is None:  # on trial, and nothing came to try it with: nothing says broken
+            self.answered()
+            return
         if not self.opened:
             self.sink.open(self.ctx)
             self.opened = True
         self._restart(self.partitions.stopped())
-        logger.info("sink %s: its store answers again; every partition fetching", self.sink.name)
-        self.down, self._backoff = None, 0.0
+        logger.info("sink %s: trying its store again; every partition fetching", self.sink.name)
+        self.down, self.trial = None, self.down
+        self._retry_at = time.monotonic() + self._backoff
+
+    def answered(self) -> None:
+        """A commit succeeded (or nothing came to commit): the store is no longer on trial."""
+        if self.trial is not None:
+            logger.info("sink %s: its store answers again", self.sink.name)
+        self.trial, self._backoff = None, 0.0
 
     def _restart(self, tps: list[TP]) -> None:
         """Seek ``tps`` where the sink says (or earlier, where uncommitted messages began)."""
@@ -243,6 +281,7 @@ class Assignment:
             self.partitions.position[tp] = offset if offset >= 0 else -1
             starts.append(f"{tp[0]}[{tp[1]}] {offset_text(offset)}")
         logger.info("restarted: %s", "; ".join(starts))
+        self._tell_group(consumer, stored or {})
         self.partitions.started(tps)
         self.partitions.apply(consumer)
 
@@ -250,11 +289,44 @@ class Assignment:
         """Why ``/readyz`` fails for the store or the partitions, if it does."""
         if self.down is not None:
             return f"waiting for its store ({self.down}); {self.partitions.describe()}"
+        if self.trial is not None:
+            return f"trying its store again, no commit yet since: {self.trial}"
         if self.partitions.stopped():
             return self.partitions.describe()
         return None
 
     # ---- rebalances ------------------------------------------------------------------
+
+    def joining_since(self) -> float | None:
+        """When the group join under way began (None: no join under way)."""
+        if not self.assigned_once:
+            return self.subscribed_at
+        return self.revoked_at
+
+    def may_leave(self, stopping: bool) -> bool:
+        """Whether a stopping member may leave now: no join under way, or it lasted JOIN_WAIT.
+
+        Also logs a join that lasts (every ``JOIN_WARN`` seconds), stopping or not.
+        """
+        since, now = self.joining_since(), time.monotonic()
+        if since is not None and now - since > JOIN_WARN and now - self._join_warned > JOIN_WARN:
+            self._join_warned = now
+            logger.warning(
+                "sink %s: no partitions assigned for %.0f s: the group's join is not complete "
+                "(consuming nothing meanwhile)",
+                self.sink.name,
+                now - since,
+            )
+        if not stopping:
+            return False
+        if since is None:
+            return True
+        if self._stop_seen is None:
+            self._stop_seen = now
+            logger.info(
+                "sink %s: stopping once the group's join under way completes", self.sink.name
+            )
+        return now - self._stop_seen > JOIN_WAIT
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.revoked_at = None
@@ -297,6 +369,7 @@ class Assignment:
         self.partitions.restart.update({tp: o for tp, o in replay.items() if o != OFFSET_END})
         self.assigned_once = True
         self.partitions.apply(consumer)
+        self._tell_group(consumer, {tp: o for tp, o in (stored or {}).items() if tp not in replay})
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {tp_of(p) for p in partitions}
@@ -351,6 +424,18 @@ class Assignment:
         self.failed = self.failed or error
 
     # ---- where partitions start ---------------------------------------------------------
+
+    def _tell_group(self, consumer: Consumer, stored: Offsets) -> None:
+        """Commit the offsets the sink starts from as its group's: its lag then says what the
+        sink holds, even when a kill fell between the sink's commit and Kafka's and nothing
+        more comes to commit (or a broken store made the sink drop what it had committed)."""
+        said = [TopicPartition(t, p, o) for (t, p), o in sorted(stored.items()) if o >= 0]
+        if not said:
+            return
+        try:
+            consumer.commit(offsets=said, asynchronous=False)
+        except KafkaException as e:  # the next batch's commit says it again
+            logger.warning("telling the group where the sink starts failed: %s", e)
 
     def _stored_offsets(
         self, consumer: Consumer, tps: Sequence[TP], replay: dict[TP, int]
@@ -419,52 +504,3 @@ class Assignment:
             starts[tp] = p.offset if p.offset >= 0 else OFFSET_END
             self.before[tp] = ms
         return starts
-
-
-_CONSUMER_GROUP_HEARTBEAT = 68  # the API of the KIP-848 consumer group protocol
-#: Settings the broker owns under ``group.protocol=consumer``; librdkafka refuses them.
-_BROKER_SIDE = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
-
-
-def next_generation_group(consumer_config: dict[str, Any]) -> dict[str, Any]:
-    """``group.protocol=consumer`` (KIP-848): check the broker speaks it, drop what it owns.
-
-    Without the check librdkafka waits for an assignment that never comes.
-    """
-    dropped = [k for k in _BROKER_SIDE if k in consumer_config]
-    if dropped:
-        logger.info(
-            "group.protocol=consumer: the broker decides %s; ignoring them", ", ".join(dropped)
-        )
-    config = {k: v for k, v in consumer_config.items() if k not in dropped}
-    seen: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    probe_log = logging.getLogger(f"{__name__}.apiversions")
-    probe_log.propagate = False
-    probe_log.setLevel(logging.DEBUG)
-    handler = Capture()
-    probe_log.addHandler(handler)
-    try:
-        admin = AdminClient(
-            {
-                k: v
-                for k, v in config.items()
-                if k not in CONSUMER_ONLY and k not in ("debug", "logger")
-            }
-            | {"debug": "feature", "logger": probe_log}
-        )
-        admin.list_topics(timeout=30)
-        admin.poll(0.5)
-    finally:
-        probe_log.removeHandler(handler)
-    if not any(f"({_CONSUMER_GROUP_HEARTBEAT}) Versions" in line for line in seen):
-        raise ConfigError(
-            "group.protocol=consumer (KIP-848) needs brokers with the ConsumerGroupHeartbeat API "
-            "(Apache Kafka 4.0 or later) and this cluster has none: unset "
-            "SPARK_RELAY_KAFKA_GROUP_PROTOCOL (or set it to classic)"
-        )
-    return config

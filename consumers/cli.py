@@ -186,8 +186,14 @@ def runner_config(params: dict[str, Any], settings: Settings) -> RunnerConfig:
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by the first SIGTERM or SIGINT; a second one exits at once (130)."""
+    """An event set by the first SIGTERM or SIGINT; a second one exits at once (130).
+
+    SIGXFSZ is ignored: a write past the file-size limit (RLIMIT_FSIZE, a full disk) then
+    fails with EFBIG, a broken store the runner waits out, instead of killing the sink in
+    the middle of a commit. (Python ignores it at start, a host embedding it may not.)
+    """
     stop = threading.Event()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():  # nothing of the current batch is committed

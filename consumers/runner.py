@@ -11,7 +11,8 @@ even for sinks that keep their own offsets. The rooms around it:
 
 - :mod:`consumers.assignment`: the partitions' states (fetching, waiting to
   start, paused for the store), where each starts, the rebalance callbacks,
-  and the waits for a broken store;
+  the waits for a broken store, and a stop that waits for a join under way;
+- :mod:`consumers.group`: ``group.protocol=consumer`` (KIP-848) checked;
 - :mod:`consumers.apply`: one batch, decoded, written and committed;
 - :mod:`consumers.letters`: dead letters sent once each, the storm guard, and
   the re-drive's reading of truncated letters;
@@ -36,8 +37,9 @@ it is dropped and the next owner reads it again); partitions *lost* without a
 revoke (session timeout) drop their uncommitted messages. A sink that has
 ``revoked(partitions, lost)`` is then told (the file sink publishes or deletes
 its open files there, before another process takes them over). Setting
-``stop`` (the CLI does on SIGTERM/SIGINT) finishes and commits the current
-batch, then :meth:`Runner.run` returns. With ``until_caught_up`` it returns
+``stop`` (the CLI does on SIGTERM/SIGINT) finishes a group join under way
+(see :mod:`consumers.assignment`), commits the current batch, then
+:meth:`Runner.run` returns. With ``until_caught_up`` it returns
 once every assigned partition reached the end it had when the runner started.
 
 Two quirks of the devstack's Tansu broker are handled here: its ListOffsets
@@ -69,10 +71,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from consumers.apply import Applier
-from consumers.assignment import Assignment, next_generation_group
+from consumers.assignment import Assignment
 from consumers.base import Offsets, Sink, SinkContext
 from consumers.base import TopicPartition as TP
 from consumers.dlq import DeadLetters, dlq_topic, redrive_group
+from consumers.group import next_generation_group
 from consumers.lag import LagTimer, forget_lag, observe_lag
 from consumers.letters import Letters, Rereader
 from consumers.positions import Replay, end_offsets, parse_offsets, show_offsets, tp_of
@@ -266,6 +269,7 @@ class Runner:
                 "cooperative" in strategy or consumer_config.get("group.protocol") == "consumer"
             )
             self._consumer = assignment.consumer = Consumer(consumer_config)
+            assignment.subscribed_at = time.monotonic()
             self._consumer.subscribe(
                 list(self.topics),
                 on_assign=assignment.on_assign,
@@ -308,7 +312,7 @@ class Runner:
         config, consumer, assignment = self.config, self._consumer, self.assignment
         assert consumer is not None
         batch_seconds = config.batch_ms / 1000
-        while not self.stop.is_set():
+        while not assignment.may_leave(self.stop.is_set()):  # never in the middle of a join
             HEALTH.beat()
             self._probe_kafka()
             if assignment.failed is not None and (
@@ -317,7 +321,7 @@ class Runner:
                 # once the rebalance is complete: a member of a stable group leaves it at once
                 raise assignment.failed
             try:
-                if assignment.due():
+                if assignment.due(idle=not self._pending_offsets):
                     assignment.try_again()
                 elif (
                     assignment.down is None
@@ -413,6 +417,7 @@ class Runner:
             raise
         self.stats.applied = applier.applied
         self.stats.batches += 1
+        self.assignment.answered()
         self._commit_kafka(offsets)
         self.assignment.partitions.committed(offsets)
         observe_lag(consumer, self.sink.name, offsets)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chaos import check, coverage
 from chaos.__main__ import summary
+from chaos.acts import DRAWN_APART
 from chaos.campaign import SWITCHES, SeedResult, plan, run_seed, tidy
 
 T1 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -176,6 +177,25 @@ def test_seeds_kill_the_iceberg_sink_inside_its_commits_and_the_report_shows_it(
     assert "| sink-iceberg | " in shown and "files_written: 2" in shown
 
 
+def test_a_seed_draws_its_acts_from_a_deck_so_each_comes_before_any_repeats():
+    """Each act (a kill of each sink apart) is drawn once before any is drawn again: a seed of
+    eight rounds reaches most of them, so twenty seeds reach every cell of the matrix."""
+    for seed in range(1, 21):
+        drawn = [
+            (a["act"], a["sink"] if a["act"] == "kill_sink" else "")
+            for s in plan(seed, 8, set())["schedule"]
+            for a in s["acts"]
+            if a["act"] not in DRAWN_APART  # drawn from a generator of their own
+        ]
+        deck = len(set(drawn))
+        first = drawn[: min(len(drawn), 15)]
+        assert len(first) == len(set(first)), (seed, first)
+        assert deck >= min(len(drawn), 15)
+    # the rare faults where few requests go: stale to reconcile, a final snapshot's timeout
+    boost = plan(1, 8, set())["faults"]["caller_boost"]
+    assert {"reconcile:stale", "snapshot:timeout", "redrive:timeout"} <= set(boost)
+
+
 def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):
     def world(name: str, crashes: dict[str, int], converged: bool = True) -> Path:
         root = tmp_path / name
@@ -262,3 +282,58 @@ def test_a_malformed_listing_is_dead_lettered_or_published_exactly():
     assert check.inexact(messages, served, dead_lettered=set()) == ["c"]
     assert check.inexact(messages, served, dead_lettered={"c"}) == []
     assert check.inexact(messages[:1], served, dead_lettered={"c"}) == ["b", "d"]
+
+
+def test_a_group_is_behind_until_its_offsets_reach_the_ends_read_to_partition_eof(
+    kafka_bootstrap,
+):
+    """The settle's measure: a group's committed offsets against the partitions' ends read to
+    EOF, never the high watermark (Tansu's is the last batch's base offset + 1)."""
+    import uuid
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"settle-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
+        future.result()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 200})
+    for n in range(6):  # one batch: the high watermark may say 1
+        producer.produce(topic, key=b"k", value=str(n).encode(), partition=0)
+    producer.flush()
+    group = f"settle-{uuid.uuid4().hex[:8]}"
+
+    def commit(offset: int) -> None:
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+        finally:
+            consumer.close()
+
+    ends = check.partition_ends(kafka_bootstrap, [topic])
+    assert ends == {(topic, 0): 6, (topic, 1): 0}
+    assert check.behind(kafka_bootstrap, group, ends) == {f"{topic}[0]": (0, 6)}
+    commit(5)
+    assert check.behind(kafka_bootstrap, group, ends) == {f"{topic}[0]": (5, 6)}
+    commit(6)
+    assert check.behind(kafka_bootstrap, group, ends) == {}
+
+
+def test_the_settle_waits_for_every_long_running_sink_group():
+    """Every sink process the world runs has its group and topics in the settle's wait."""
+    from chaos.world import SINK_TOPICS, World
+
+    world = World(Path("/nonexistent"), 1, 10, "key", {})
+    world.args = {
+        "postgres-a": ["spark-relay", "sink", "postgres"],
+        "postgres-c": ["spark-relay", "sink", "postgres"],
+        "files": ["spark-relay", "sink", "files", "--path", "x"],
+        "replay-search": ["spark-relay", "sink", "search", "--group", "chaos-replay-search"],
+        "poller": ["spark-relay", "poll", "run"],
+    }
+    assert world.sink_groups() == {
+        "spark-relay.postgres": SINK_TOPICS["postgres"],
+        "spark-relay.files": SINK_TOPICS["files"],
+        "chaos-replay-search": SINK_TOPICS["search"],
+    }

@@ -9,7 +9,13 @@ from datetime import datetime
 
 import click
 
-from devstack.emulator.config import LAST_PAGE_MODES, EmulatorConfig, parse_faults, parse_rate_limit
+from devstack.emulator.config import (
+    FAULT_KINDS,
+    LAST_PAGE_MODES,
+    EmulatorConfig,
+    parse_faults,
+    parse_rate_limit,
+)
 from devstack.emulator.server import Emulator
 
 __all__ = ["emulator_command"]
@@ -34,6 +40,23 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     return value or ""
+
+
+def _boosts(value: str) -> dict[str, float]:
+    boosts = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, factor = part.partition("=")
+        try:
+            boosts[name.strip()] = float(factor)
+        except ValueError:
+            raise click.BadParameter(f"expected NAME[:KIND]=FACTOR, got {part!r}") from None
+        kind = name.partition(":")[2].strip()
+        if not name.strip() or boosts[name.strip()] < 1 or (kind and kind not in FAULT_KINDS):
+            raise click.BadParameter(
+                f"expected NAME[:KIND]=FACTOR, KIND one of {', '.join(FAULT_KINDS)} and "
+                f"FACTOR >= 1, got {part!r}"
+            )
+    return boosts
 
 
 @click.command(
@@ -250,6 +273,15 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "/v1/accounts/ID, a ListingKey Eq filter): few, so rarely faulted otherwise.",
 )
 @click.option(
+    "--caller-boost",
+    default="",
+    envvar=_ENV + "CALLER_BOOST",
+    callback=lambda ctx, param, value: _boosts(value),
+    help="NAME[:KIND]=FACTOR,…: multiply the --faults probabilities (KIND's only, with :KIND) "
+    "by FACTOR for the requests of caller NAME (an API URL ending in /_via/NAME), on top of "
+    "--fault-boost: a campaign's rare callers (reconcile, a final snapshot) meet faults too.",
+)
+@click.option(
     "--start-time",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     envvar=_ENV + "START_TIME",
@@ -288,6 +320,7 @@ def emulator_command(
     malformed,
     refuse_by_key,
     fault_boost,
+    caller_boost,
     start_time,
     date_header,
 ) -> None:
@@ -327,6 +360,7 @@ def emulator_command(
         malformed=malformed,
         refuse_by_key=refuse_by_key,
         fault_boost=fault_boost,
+        caller_boost=caller_boost,
     )
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())

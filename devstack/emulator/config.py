@@ -8,7 +8,7 @@ command-line spellings (``"500:0.02,timeout:0.01"``, ``"100/60"``) into values.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
@@ -79,6 +79,8 @@ class EmulatorConfig:
     malformed: float = 0.0  # share of listings with one field served malformed
     refuse_by_key: float = 0.0  # share of removed keys answering 403 by key
     fault_boost: float = 1.0  # fault probabilities x this for requests by key
+    #: caller (``/_via/<caller>``) -> fault probabilities x this for its requests
+    caller_boost: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.listings < 0 or self.accounts < 1:

@@ -64,16 +64,18 @@ class FaultInjector:
         with self._lock:
             self._rng = random.Random(seed_for_faults(self._seed))
 
-    def draw(self, scale: float = 1.0) -> str | None:
+    def draw(self, scale: float = 1.0, kinds: dict[str, float] | None = None) -> str | None:
         """The fault for the next request (``"500"``, ``"reset"`` …) or None; ``scale``
-        multiplies every probability (up to a fault on every request)."""
+        multiplies every probability, ``kinds`` one kind's further (up to a fault on every
+        request)."""
         if not self.faults:
             return None
-        scale = min(scale, 1.0 / sum(self.faults.values()) if any(self.faults.values()) else 1.0)
+        odds = {k: p * scale * (kinds or {}).get(k, 1.0) for k, p in self.faults.items()}
+        total = sum(odds.values())
         with self._lock:
-            x = self._rng.random()
+            x = self._rng.random() * max(total, 1.0)
         for kind in FAULT_KINDS:
-            x -= self.faults.get(kind, 0.0) * scale
+            x -= odds.get(kind, 0.0)
             if x < 0:
                 return kind
         return None

@@ -20,6 +20,10 @@ that only a campaign needs. All are off unless configured; the API is unchanged 
 - **Fault boost** (``fault_boost``): the fault probabilities times this factor for a
   request by key (``/v1/listings/<key>``, ``/v1/accounts/<id>``, a ``ListingKey Eq``
   filter): those are few, and a campaign wants faults there too.
+- **Caller boost** (``caller_boost``, ``caller`` or ``caller:kind`` -> factor): the fault
+  probabilities (or that kind's) times the factor for the requests of that caller, on top
+  of the fault boost: reconcile or a final snapshot makes few requests, and a campaign
+  wants a rare fault (a stale answer, a timeout) there too.
 - **Refused by key** (``refuse_by_key``, a share of keys): a removed listing or account,
   asked for by key (``/v1/listings/<key>``, ``/v1/accounts/<id>``), answers 403 (code
   1500) instead of 404, as the API does for a record that left the key's view.
@@ -128,6 +132,7 @@ class Hooks:
 
     def begin(self, number: int, caller: str, path: str, query: str) -> None:
         """A request starts on this thread."""
+        self._local.caller = caller
         if self._log is None:
             return
         params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
@@ -165,11 +170,18 @@ class Hooks:
 
     def boost(self, path: str, query: str) -> float:
         """The factor of the fault probabilities for this request (see ``fault_boost``)."""
-        factor = getattr(self.config, "fault_boost", 1.0)
-        if factor == 1.0:
-            return 1.0
+        factor = getattr(self.config, "caller_boost", {}).get(self._caller(), 1.0)
         by_key = path.strip("/").count("/") == 2 or "_filter=ListingKey" in query
-        return factor if by_key else 1.0
+        return factor * (getattr(self.config, "fault_boost", 1.0) if by_key else 1.0)
+
+    def kind_boost(self) -> dict[str, float]:
+        """Fault kind -> its further factor for this request's caller (``caller:kind``)."""
+        prefix = self._caller() + ":"
+        boosts = getattr(self.config, "caller_boost", {})
+        return {name[len(prefix) :]: f for name, f in boosts.items() if name.startswith(prefix)}
+
+    def _caller(self) -> str:
+        return getattr(self._local, "caller", "")
 
     # ---- late visibility --------------------------------------------------------------
 

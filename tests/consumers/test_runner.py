@@ -683,10 +683,10 @@ def test_the_kip_848_group_protocol_is_refused_with_a_clear_message_by_a_broker_
 
 
 def test_the_kip_848_probe_sees_the_apis_of_the_broker(topics, monkeypatch):
-    from consumers import assignment
+    from consumers import group
 
-    monkeypatch.setattr(assignment, "_CONSUMER_GROUP_HEARTBEAT", 11)  # JoinGroup: every broker
-    config = assignment.next_generation_group(
+    monkeypatch.setattr(group, "_CONSUMER_GROUP_HEARTBEAT", 11)  # JoinGroup: every broker
+    config = group.next_generation_group(
         {**topics.settings.kafka_config("consumer"), **FAST_GROUP, "group.protocol": "consumer"}
     )
     assert config["group.protocol"] == "consumer" and "session.timeout.ms" not in config

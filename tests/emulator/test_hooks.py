@@ -123,3 +123,15 @@ def test_requests_by_key_are_faulted_more_often(make_emulator):
     assert all(r.status_code == 500 for r in by_key)  # 0.2 x 5: every one
     assert 0 < sum(r.status_code == 500 for r in scans) < 20
     assert 0 < sum(r.status_code == 500 for r in pages) < 20  # a subresource page: not by key
+
+
+def test_a_callers_requests_are_faulted_more_often(make_emulator):
+    emu = make_emulator(faults="500:0.1,503:0.05", caller_boost={"redrive": 5, "reconcile:500": 10})
+    with client_for(emu) as c:
+        boosted = [c.get("/_via/redrive/v1/listings", params={"_limit": 1}) for _ in range(30)]
+        one_kind = [c.get("/_via/reconcile/v1/listings", params={"_limit": 1}) for _ in range(30)]
+        others = [c.get("/_via/poller/v1/listings", params={"_limit": 1}) for _ in range(30)]
+    assert sum(r.status_code in (500, 503) for r in boosted) >= 20  # 0.75 of the requests
+    assert all(r.status_code in (500, 503) for r in one_kind)  # 0.1 x 10 + 0.05: every one
+    assert sum(r.status_code == 500 for r in one_kind) >= 25  # mostly the boosted kind
+    assert sum(r.status_code in (500, 503) for r in others) < 15
