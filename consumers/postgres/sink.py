@@ -55,6 +55,7 @@ from psycopg.pq import TransactionStatus
 from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
 from consumers.postgres.rows import ACCOUNTS, LISTINGS, Projected, Table, dumps
+from spark_relay import postgres
 from spark_relay.errors import ConfigError, SinkError, SinkRetriableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
@@ -123,7 +124,7 @@ class PostgresSink:
     def _connect(self) -> psycopg.Connection:
         """Connect, migrate, prepare the statements (a temporary table lives in its session)."""
         try:
-            self.conn = psycopg.connect(
+            self.conn = postgres.connect(
                 self.url, autocommit=False, application_name=f"spark-relay sink {self.name}"
             )
             migrate(self.conn, self.schema)
