@@ -45,6 +45,7 @@ import logging
 import os
 import socket
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,15 +93,28 @@ def resolve_changes(
     changes: Sequence[Change], state: dict[str, Held]
 ) -> tuple[dict[str, Change], int]:
     """Fold ``changes`` (in offset order) into ``state`` with :func:`consumers.newer.step`:
-    ``(key → the change that decides it, count of changes superseded)``."""
+    ``(key → the change that decides it, count of changes superseded)``.
+
+    A key ``state`` does not hold (nothing held) with one change in ``changes`` takes it
+    without a fold (``step`` applies any event to nothing held), and only a tombstone of it
+    enters ``state``: a snapshot's keys cost no object each.
+    """
     final: dict[str, Change] = {}
     stale = 0
+    once = {key for key, count in Counter(c.key for c in changes).items() if count == 1}
+    nothing = Held()
     for change in changes:
+        key = change.key
+        if key in once and key not in state:
+            final[key] = change
+            if change.document is None:
+                state[key] = Held(None, Place(change.partition, change.offset))
+            continue
         place = Place(change.partition, change.offset)
         version = None if change.document is None else Version(change.modified, place)
-        state[change.key], applied = step(state.get(change.key, Held()), version, place)
+        state[key], applied = step(state.get(key, nothing), version, place)
         if applied:
-            final[change.key] = change
+            final[key] = change
         else:
             stale += 1
     return final, stale
@@ -368,6 +382,7 @@ class TantivyBackend:
                 Place(*deletes[key]) if key in deletes else None,
             )
             for key in keys
+            if key in versions or key in deletes
         }
         final, stale = resolve_changes(changes, state)
         remembered = {
