@@ -127,6 +127,9 @@ class PostgresSink:
             self.conn = postgres.connect(
                 self.url, autocommit=False, application_name=f"spark-relay sink {self.name}"
             )
+            # the staging tables live in the session's local buffers (8 MB by default): a
+            # batch of 1,000 listings is more, and spilled to disk on every batch
+            self.conn.execute("SET temp_buffers = '64MB'")
             migrate(self.conn, self.schema)
             for resource, table in (("listings", LISTINGS), ("accounts", ACCOUNTS)):
                 self._tables[resource] = self._prepare(table)
