@@ -56,13 +56,16 @@ def _identity(value: Any) -> Any:
 class ItemPlan:
     """How one item record maps to and from its API object."""
 
-    __slots__ = ("name", "to_typed", "from_typed", "fields")
+    __slots__ = ("name", "to_typed", "from_typed", "fields", "verbatim", "converted")
 
     def __init__(self, name: str, to_typed: dict[str, Convert], from_typed: dict[str, Convert]):
         self.name = name
         self.to_typed = to_typed
         self.from_typed = from_typed
         self.fields = tuple(to_typed)
+        #: the typed fields an API item holds as they are, and those rebuilt by a conversion
+        self.verbatim = tuple(n for n, c in from_typed.items() if c is _identity)
+        self.converted = tuple((n, c) for n, c in from_typed.items() if c is not _identity)
 
 
 def item_plan(record_schema: Mapping[str, Any]) -> ItemPlan:

@@ -9,6 +9,10 @@ connection asks for keepalive probes on the client's socket (libpq's
 stops answering is dropped after about a minute (idle 30 s, then 3 probes 10 s
 apart). On a Unix socket both are ignored, as nothing can get lost there.
 
+A library that connects by itself from a URL (SQLAlchemy, under pyiceberg's SQL
+catalog) gets :func:`sqlalchemy_url`: the same parameters in the URL's query, which
+SQLAlchemy's psycopg dialect passes on to ``psycopg.connect`` as they are.
+
 A setting given in the URL wins over ours (``?keepalives_idle=60``,
 ``?options=-c%20tcp_keepalives_idle%3D60``).
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["connect", "connection_params", "CLIENT_SETTINGS", "SERVER_SETTINGS"]
+__all__ = ["connect", "connection_params", "sqlalchemy_url", "CLIENT_SETTINGS", "SERVER_SETTINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +64,15 @@ def connect(url: str, **kwargs: Any) -> Any:
     import psycopg
 
     return psycopg.connect(**connection_params(url, **kwargs))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``url`` as a ``postgresql+psycopg://`` URL for SQLAlchemy, our settings in its query:
+    the connections SQLAlchemy opens carry :func:`connection_params` too."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    params = connection_params(url)
+    query = dict(parse_qsl(parts.query))
+    query.update({name: params[name] for name in (*CLIENT_SETTINGS, "options")})
+    return parts._replace(scheme="postgresql+psycopg", query=urlencode(query)).geturl()

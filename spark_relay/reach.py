@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from spark_relay import postgres
 from spark_relay.errors import Unreachable
 from spark_relay.masking import mask
 from spark_relay.settings import Settings, env_name
@@ -89,7 +90,7 @@ def _postgres(settings: Settings) -> None:
 
     settings.require("database_url")
     try:
-        psycopg.connect(
+        postgres.connect(
             settings.database_url, connect_timeout=max(1, round(settings.connect_timeout))
         ).close()
     except psycopg.Error as e:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.spark_client import SparkClient
+from spark_relay import postgres
 from spark_relay.errors import ConfigError, TransientSourceError
 from spark_relay.settings import Settings
 
@@ -82,7 +83,7 @@ def _postgres(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str
 
     settings.require("database_url")
     schema = options.get("schema") or "spark"
-    with psycopg.connect(settings.database_url) as connection:
+    with postgres.connect(settings.database_url) as connection:
         try:
             cursor = connection.execute(
                 sql.SQL('SELECT "ListingKey", "ModificationTimestamp" FROM {}.listings').format(

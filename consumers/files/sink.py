@@ -53,6 +53,7 @@ Layout (``--path`` defaults to ``<state_dir>/files``)::
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -121,15 +122,18 @@ def redriven_files(root: Path, topic: str) -> Iterator[tuple[int, int, Path]]:
 
 def _day(moment: Any) -> str | None:
     if isinstance(moment, datetime):
-        return (
-            (moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-            .astimezone(UTC)
-            .date()
-            .isoformat()
-        )
+        if moment.tzinfo is not UTC:  # the runner's Kafka timestamps are in UTC already
+            moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        return _iso_day(moment.toordinal())
     if isinstance(moment, date):
         return moment.isoformat()
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_day(ordinal: int) -> str:
+    """``YYYY-MM-DD`` of a proleptic Gregorian ordinal (events of one batch share a few days)."""
+    return date.fromordinal(ordinal).isoformat()
 
 
 def day_of(event: Event) -> str:
@@ -179,14 +183,17 @@ def _remove_if_abandoned(tmp: Path) -> bool:
         os.close(fd)
 
 
-@dataclass
-class _Staged:
-    """An event written but not committed yet: where it goes and its encoded item."""
+@dataclass(slots=True)
+class _Run:
+    """Consecutive events of one partition, written but not committed yet: their offsets,
+    ``date=`` folders and encoded items, side by side (no object per event: the
+    collector's full passes grow with the objects a process keeps, and a batch is kept
+    until its commit)."""
 
     tp: TopicPartition
-    offset: int
-    day: str
-    item: Any
+    offsets: list[int] = field(default_factory=list)
+    days: list[str] = field(default_factory=list)
+    items: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -250,7 +257,7 @@ class FileSink:
         self._open: dict[TopicPartition, _OpenFile] = {}
         self._closed: list[_OpenFile] = []  # closed in the commit in hand, not published yet
         self._next: dict[TopicPartition, int] = {}
-        self._pending: list[_Staged] = []
+        self._pending: list[_Run] = []
         self.redrive = False
 
     def open(self, ctx: SinkContext) -> None:
@@ -338,19 +345,24 @@ class FileSink:
     def write(self, batch: Batch) -> None:
         """Called per batch: encode and stage its events; nothing reaches a file before ``commit``."""
         assert self.format is not None
-        staged = []
+        encode = self.format.encode
+        runs: list[_Run] = []
+        run = _Run(("", -1))
         for event in batch:
             try:
-                item = self.format.encode(envelope(event))
+                item = encode(envelope(event))
             except Exception as e:
                 raise BadRecord(
                     f"{event.topic}[{event.partition}]@{event.offset}: cannot be written "
                     f"as {self.format.name}: {e}"
                 ) from e
-            staged.append(
-                _Staged((event.topic, event.partition), event.offset, day_of(event), item)
-            )
-        self._pending.extend(staged)
+            if event.partition != run.tp[1] or event.topic != run.tp[0]:
+                run = _Run((event.topic, event.partition))
+                runs.append(run)
+            run.offsets.append(event.offset)
+            run.days.append(day_of(event))
+            run.items.append(item)
+        self._pending.extend(runs)
 
     def commit(self, offsets: Offsets) -> None:
         """Append the staged events to their files, close the files that are due, publish them.
@@ -362,7 +374,7 @@ class FileSink:
         staged, self._pending = self._pending, []
         self._guarded(self._write_letters if self.redrive else self._append, staged)
 
-    def _write_letters(self, staged: list[_Staged]) -> None:
+    def _write_letters(self, staged: list[_Run]) -> None:
         """A re-drive: each letter into a file of its own, named by its original coordinates.
 
         The partition's files went past these offsets long ago (the sink skipped
@@ -371,38 +383,54 @@ class FileSink:
         rewrites, and ``files compact`` reads it in its offset order.
         """
         assert self.format is not None
-        for event in staged:
-            topic, partition = event.tp
-            folder = self.root / topic / REDRIVEN
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / file_name(topic, partition, event.offset, self.format.extension)
-            tmp = folder / f".{final.name}.{self.writer_id}.tmp"
-            writer = self.format.open(tmp, topic)
-            try:
-                writer.write([event.item])
-                writer.close()
-                os.replace(tmp, final)
-            finally:
-                tmp.unlink(missing_ok=True)
-            _fsync_dir(folder)
-            logger.info("re-driven letter written to %s", final)
+        for run in staged:
+            for offset, item in zip(run.offsets, run.items, strict=True):
+                self._write_letter(run.tp, offset, item)
 
-    def _append(self, staged: list[_Staged]) -> None:
-        for event in staged:
-            if event.offset < self._next_offset(event.tp):
-                continue  # already in a file (a re-delivery)
-            current = self._open.get(event.tp)
-            if current is not None and (
-                current.day != event.day or current.count >= self.max_records
-            ):
-                self._close(event.tp)
-                current = None
-            if current is None:
-                current = self._start(event)
-            current.items.append(event.item)
-            current.count += 1
-            current.last = event.offset
-            self._next[event.tp] = event.offset + 1
+    def _write_letter(self, tp: TopicPartition, offset: int, item: Any) -> None:
+        assert self.format is not None
+        topic, partition = tp
+        folder = self.root / topic / REDRIVEN
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / file_name(topic, partition, offset, self.format.extension)
+        tmp = folder / f".{final.name}.{self.writer_id}.tmp"
+        writer = self.format.open(tmp, topic)
+        try:
+            writer.write([item])
+            writer.close()
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(folder)
+        logger.info("re-driven letter written to %s", final)
+
+    def _append(self, staged: list[_Run]) -> None:
+        for run in staged:
+            tp, offsets, days = run.tp, run.offsets, run.days
+            following = self._next_offset(tp)
+            i, n = 0, len(offsets)
+            while i < n:
+                if offsets[i] < following:
+                    i += 1
+                    continue  # already in a file (a re-delivery)
+                day = days[i]
+                current = self._open.get(tp)
+                if current is not None and (
+                    current.day != day or current.count >= self.max_records
+                ):
+                    self._close(tp)
+                    current = None
+                if current is None:
+                    current = self._start(tp, offsets[i], day)
+                # the events from i on that this file takes: its day, rising offsets, its room
+                j, end = i + 1, min(n, i + self.max_records - current.count)
+                while j < end and days[j] == day and offsets[j] > offsets[j - 1]:
+                    j += 1
+                current.items.extend(run.items[i:j])
+                current.count += j - i
+                current.last = offsets[j - 1]
+                following = self._next[tp] = offsets[j - 1] + 1
+                i = j
         for current in self._open.values():
             self._flush(current)
         now = time.monotonic()
@@ -418,12 +446,12 @@ class FileSink:
                 self._closed = closed[i:]
                 raise
 
-    def _start(self, event: _Staged) -> _OpenFile:
+    def _start(self, tp: TopicPartition, offset: int, day: str) -> _OpenFile:
         assert self.format is not None
-        topic, partition = event.tp
-        folder = self.root / topic / f"date={event.day}"
+        topic, partition = tp
+        folder = self.root / topic / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
-        name = file_name(topic, partition, event.offset, self.format.extension)
+        name = file_name(topic, partition, offset, self.format.extension)
         tmp = folder / f".{name}.{self.writer_id}.tmp"
         lock = open(tmp, "x+b")  # noqa: SIM115 - closed when the file is published or deleted
         try:
@@ -433,8 +461,8 @@ class FileSink:
             tmp.unlink(missing_ok=True)
             lock.close()
             raise
-        current = _OpenFile(tmp, folder / name, event.day, event.offset, writer, lock)
-        self._open[event.tp] = current
+        current = _OpenFile(tmp, folder / name, day, offset, writer, lock)
+        self._open[tp] = current
         return current
 
     @staticmethod

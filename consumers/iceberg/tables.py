@@ -50,6 +50,7 @@ from pyiceberg.types import (
 
 from consumers.postgres.sink import ACCOUNTS, LISTINGS
 from consumers.postgres.sink import Table as Columns
+from spark_relay import postgres
 from spark_relay.errors import ConfigError
 from spark_relay.settings import Settings
 
@@ -189,9 +190,9 @@ def catalog_properties(settings: Settings, options: Mapping[str, Any]) -> dict[s
         if not uri:
             state.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{state / 'catalog.db'}"
-        elif uri.startswith(("postgresql://", "postgres://")):
-            uri = "postgresql+psycopg://" + uri.split("://", 1)[1]
-        elif not uri.startswith(("sqlite://", "postgresql+psycopg://")):
+        elif uri.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            uri = postgres.sqlalchemy_url(uri.replace("+psycopg://", "://", 1))
+        elif not uri.startswith("sqlite://"):
             raise ConfigError(
                 "--catalog: expected an http(s):// URL (REST), a sqlite:// or postgresql:// URL "
                 f"(SQL), got {uri.split('://', 1)[0]}://…"

@@ -64,6 +64,36 @@ def dumps(value: Any) -> str | None:
     return json_dumps(_no_nul(value)) if "\\u0000" in text else text
 
 
+def items_json(records: list[dict[str, Any]], plan: Any) -> str:
+    """JSON text of the API items :func:`schemas.items_from_record` rebuilds, for a jsonb
+    column: each item's ``extra_json`` is spliced in as the text it is, so its numbers go
+    to PostgreSQL digit for digit without a parse here (a key in both, which the producer
+    never writes, is then in the text twice, the extra's last: jsonb keeps the last, as
+    ``dict.update`` does). A NUL takes :func:`dumps`' path."""
+    verbatim, converted = plan.verbatim, plan.converted
+    texts = []
+    for record in records:
+        item = {name: value for name in verbatim if (value := record.get(name)) is not None}
+        for name, convert in converted:
+            value = record.get(name)
+            if value is not None:
+                item[name] = convert(value)
+        text = json_dumps(item)
+        extra = record.get("extra_json")
+        if extra is not None:
+            inner = extra.strip()
+            if inner[:1] != "{" or inner[-1:] != "}":
+                raise ValueError(f"{plan.name}.extra_json is not a JSON object: {extra[:80]!r}")
+            inner = inner[1:-1]
+            if inner.strip():
+                text = f"{text[:-1]},{inner}}}" if len(item) else f"{{{inner}}}"
+        texts.append(text)
+    text = f"[{','.join(texts)}]"
+    if "\\u0000" in text:
+        return dumps(items_from_record(records, plan))  # type: ignore[return-value]
+    return text
+
+
 def _json_text(text: str | None) -> str | None:
     """A contract ``*_json`` text for a jsonb column: as it is, unless it holds a NUL."""
     if text is None or "\\u0000" not in text:
@@ -136,7 +166,7 @@ class Table:
             row = [None if n in nul else v for n, v in zip(self._scalar_names, row, strict=True)]
         for name_, plan in self._arrays:
             items = value.get(name_)
-            row.append(None if items is None else dumps(items_from_record(items, plan)))
+            row.append(None if items is None else items_json(items, plan))
         for field in self._texts:
             row.append(_json_text(value.get(field)))
         for field in self._plain:

@@ -55,6 +55,7 @@ from psycopg.pq import TransactionStatus
 from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.postgres.migrations import migrate
 from consumers.postgres.rows import ACCOUNTS, LISTINGS, Projected, Table, dumps
+from spark_relay import postgres
 from spark_relay.errors import ConfigError, SinkError, SinkRetriableError
 
 __all__ = ["PostgresSink", "Table", "LISTINGS", "ACCOUNTS", "DEFAULT_SCHEMA"]
@@ -123,9 +124,12 @@ class PostgresSink:
     def _connect(self) -> psycopg.Connection:
         """Connect, migrate, prepare the statements (a temporary table lives in its session)."""
         try:
-            self.conn = psycopg.connect(
+            self.conn = postgres.connect(
                 self.url, autocommit=False, application_name=f"spark-relay sink {self.name}"
             )
+            # the staging tables live in the session's local buffers (8 MB by default): a
+            # batch of 1,000 listings is more, and spilled to disk on every batch
+            self.conn.execute("SET temp_buffers = '64MB'")
             migrate(self.conn, self.schema)
             for resource, table in (("listings", LISTINGS), ("accounts", ACCOUNTS)):
                 self._tables[resource] = self._prepare(table)

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 __all__ = [
@@ -113,13 +114,22 @@ def from_micros(micros: int) -> str:
     return text + "Z"
 
 
-#: (field, its source, the conversion of its value) of every field fed by one source, and
-#: (field, its sources) of the text fields: :func:`document_of`'s plan, made once.
+#: (field, the conversion of its value) of every field fed by one source, their sources read
+#: in one call, and (field, its sources) of the text fields: :func:`document_of`'s plan, made once.
 _CONVERSIONS = {"timestamp": to_micros, "f64": float, "i64": int}
-_SINGLE = tuple(
-    (f.name, f.inputs[0], _CONVERSIONS.get(f.kind, str)) for f in FIELDS if f.kind != "text"
-)
-_TEXT = tuple((f.name, f.inputs) for f in FIELDS if f.kind == "text")
+_SINGLE = tuple((f.name, _CONVERSIONS.get(f.kind, str)) for f in FIELDS if f.kind != "text")
+_SOURCES = tuple(f.inputs[0] for f in FIELDS if f.kind != "text")
+_READ = itemgetter(*_SOURCES)
+_TEXT = tuple((f.name, itemgetter(*f.inputs), f.inputs) for f in FIELDS if f.kind == "text")
+
+
+def _read(record: Mapping[str, Any], read: Any, sources: tuple[str, ...]) -> tuple[Any, ...]:
+    """The values of ``sources`` (``read`` their itemgetter): a record may lack a field."""
+    try:
+        values = read(record)
+    except KeyError:
+        values = tuple(map(record.get, sources))
+    return values if len(sources) > 1 else (values,)
 
 
 def document_of(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,14 +138,14 @@ def document_of(record: Mapping[str, Any]) -> dict[str, Any]:
     Timestamps become microseconds; numbers keep their Avro type; text fields
     join their sources with spaces, each distinct value once.
     """
-    get = record.get
-    document: dict[str, Any] = {}
-    for name, source, convert in _SINGLE:
-        value = get(source)
-        if value is not None:
-            document[name] = convert(value)
-    for name, sources in _TEXT:
-        parts = [str(v) for v in map(get, sources) if v is not None and v != ""]
+    values = _read(record, _READ, _SOURCES)
+    document = {
+        name: convert(value)
+        for (name, convert), value in zip(_SINGLE, values, strict=True)
+        if value is not None
+    }
+    for name, read, sources in _TEXT:
+        parts = [str(v) for v in _read(record, read, sources) if v is not None and v != ""]
         if parts:
             document[name] = " ".join(dict.fromkeys(parts))
     return document

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import click
 
 from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
-from consumers.search.fields import document_of, to_micros
+from consumers.search.fields import document_of
 from consumers.search.tantivy_backend import Change, TantivyBackend
 from spark_relay.errors import ConfigError
 
@@ -55,8 +55,9 @@ def change_of(event: Event) -> Change:
             "ListingKey or ModificationTimestamp"
         )
     try:
+        document = document_of(event.value)
         return Change(
-            key, to_micros(modified), document_of(event.value), event.partition, event.offset
+            key, document["ModificationTimestamp"], document, event.partition, event.offset
         )
     except (TypeError, ValueError) as e:
         raise BadRecord(f"{event.topic}[{event.partition}]@{event.offset}: {e}") from e

@@ -13,9 +13,14 @@ offset) or than the key's last tombstone (an earlier offset) is skipped; a
 tombstone deletes the document unless the document came after it, and is
 remembered for good, so an event after it brings the listing back while an
 older one re-delivered later does not. It applies the result to the index
-writer, commits the index, then commits versions, deletes and offsets to
-SQLite in one transaction. A crash between the two commits leaves
-the index ahead of the side table; the sink then resumes from the older
+writer, commits the index, then commits versions, deletes, offsets and the
+index commit's opstamp to SQLite in one transaction. A key's document is
+deleted before its new one is added only when the side table holds a version
+of the key: a key it does not hold has no document. A crash between the two
+commits breaks that (the index is ahead of the side table): the next open sees
+the index's opstamp differ from the one stored, and deletes every document of
+a key the side table does not hold (an index from before the opstamp was
+stored is checked the same way, once). The sink then resumes from the older
 offsets and re-applies the same events, which lands on the same documents:
 effectively exactly once.
 
@@ -40,6 +45,7 @@ import logging
 import os
 import socket
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,15 +93,28 @@ def resolve_changes(
     changes: Sequence[Change], state: dict[str, Held]
 ) -> tuple[dict[str, Change], int]:
     """Fold ``changes`` (in offset order) into ``state`` with :func:`consumers.newer.step`:
-    ``(key → the change that decides it, count of changes superseded)``."""
+    ``(key → the change that decides it, count of changes superseded)``.
+
+    A key ``state`` does not hold (nothing held) with one change in ``changes`` takes it
+    without a fold (``step`` applies any event to nothing held), and only a tombstone of it
+    enters ``state``: a snapshot's keys cost no object each.
+    """
     final: dict[str, Change] = {}
     stale = 0
+    once = {key for key, count in Counter(c.key for c in changes).items() if count == 1}
+    nothing = Held()
     for change in changes:
+        key = change.key
+        if key in once and key not in state:
+            final[key] = change
+            if change.document is None:
+                state[key] = Held(None, Place(change.partition, change.offset))
+            continue
         place = Place(change.partition, change.offset)
         version = None if change.document is None else Version(change.modified, place)
-        state[change.key], applied = step(state.get(change.key, Held()), version, place)
+        state[key], applied = step(state.get(key, nothing), version, place)
         if applied:
-            final[change.key] = change
+            final[key] = change
         else:
             stale += 1
     return final, stale
@@ -299,6 +318,38 @@ class TantivyBackend:
             "CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
             " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))"
         )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS index_commit (id INTEGER PRIMARY KEY CHECK (id = 0),"
+            " opstamp INTEGER NOT NULL)"
+        )
+        self._repair()
+
+    def _repair(self) -> None:
+        """If the index is not at the commit the side table records (a crash between the two
+        commits, or an index older than that record), delete every document of a key the side
+        table holds no version of: the key's event, re-applied from the stored offsets, adds it
+        again (``apply`` deletes a key's document first only for the keys the table holds)."""
+        row = self.db.execute("SELECT opstamp FROM index_commit").fetchone()
+        if row is not None and row[0] == self.writer.commit_opstamp:
+            return
+        known = {key for (key,) in self.db.execute("SELECT key FROM versions")}
+        terms = self.index.searcher().terms_with_prefix("ListingKey", "")
+        stray = [key for key, _ in terms if key not in known]
+        for key in stray:
+            self.writer.delete_documents_by_term("ListingKey", key)
+        opstamp = self.writer.commit()
+        self.db.execute(
+            "INSERT INTO index_commit (id, opstamp) VALUES (0, ?)"
+            " ON CONFLICT (id) DO UPDATE SET opstamp = excluded.opstamp",
+            (opstamp,),
+        )
+        if stray:
+            logger.warning(
+                "search index at %s was ahead of its side table: removed %d documents of keys "
+                "it does not hold (their events are applied again)",
+                self.path,
+                len(stray),
+            )
 
     # ---- offsets ----------------------------------------------------------------
 
@@ -331,6 +382,7 @@ class TantivyBackend:
                 Place(*deletes[key]) if key in deletes else None,
             )
             for key in keys
+            if key in versions or key in deletes
         }
         final, stale = resolve_changes(changes, state)
         remembered = {
@@ -342,7 +394,8 @@ class TantivyBackend:
         added = deleted = 0
         try:
             for key, change in final.items():
-                self.writer.delete_documents_by_term("ListingKey", key)
+                if key in versions:  # else the index holds no document of the key (_repair)
+                    self.writer.delete_documents_by_term("ListingKey", key)
                 if change.document is None:
                     deleted += 1
                 else:
@@ -400,6 +453,9 @@ class TantivyBackend:
                 "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?)"
                 " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(topic, partition, offset) for (topic, partition), offset in offsets.items()],
+            )
+            db.execute(
+                "UPDATE index_commit SET opstamp = ? WHERE id = 0", (self.writer.commit_opstamp,)
             )
             db.execute("COMMIT")
         except sqlite3.Error:

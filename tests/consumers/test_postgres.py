@@ -258,6 +258,7 @@ def test_every_value_the_contract_allows_is_stored(make_sink, db):
     big = 123456789012345678901  # 21 digits: the exact reader returns an int beyond 64 bits
     api["StandardFields"]["Photos"][0]["Ordinal"] = big
     api["StandardFields"]["Photos"][0]["Ratio"] = Decimal("1.00000000000000000001")
+    api["StandardFields"]["Photos"][1]["Note"] = "p\x00q"  # an item's extra_json with a NUL
     api["StandardFields"]["ListPrice"] = 1.5e12
     api["StandardFields"]["OriginalListPrice"] = 123456789012345.67
     api["StandardFields"]["PublicRemarks"] = "before\x00after"
@@ -278,6 +279,7 @@ def test_every_value_the_contract_allows_is_stored(make_sink, db):
     photos, price, original, remarks, unparsed, standard, custom = row
     assert photos[0]["Ordinal"] == big
     assert photos[0]["Ratio"] == 1.00000000000000000001  # psycopg reads JSON numbers as floats
+    assert photos[1]["Note"] == "p\\u0000q"
     assert price == Decimal("1500000000000") and original == Decimal("123456789012345.67")
     assert remarks is None and "PublicRemarks" in unparsed
     assert standard["PublicRemarks"] == "before\\u0000after"

@@ -204,6 +204,34 @@ def test_a_crash_between_the_index_and_the_side_table_commit_replays_to_the_same
     assert indexed(settings) == stream.truth()
 
 
+def test_keys_first_indexed_by_a_commit_the_side_table_missed_are_not_doubled(
+    make_sink, settings, monkeypatch
+):
+    """The sink deletes a key's document before adding it only when the side table holds a
+    version of the key. A crash between the two commits leaves documents of keys it does not
+    hold: they are removed when the index is opened again, so the replay, cut into batches of
+    any size, leaves one document per key."""
+    stream = EventStream("srch", listings=40)
+    events = stream.snapshot()
+    sink = make_sink()
+    feed(sink, events[:10], 10)
+
+    def crash(*args):
+        raise SinkError("power cut")
+
+    monkeypatch.setattr(TantivyBackend, "_commit_state", crash)
+    sink.write(Batch(events[10:]))  # keys the side table never held
+    with pytest.raises(SinkError):
+        sink.commit(Batch(events[10:]).offsets())
+    sink.close()
+    monkeypatch.undo()
+    resumed = make_sink()
+    feed(resumed, events[10:], 7)
+    total, hits = search(index_dir(settings), None, [], 0)
+    keys = [h["ListingKey"] for h in hits]
+    assert sorted(keys) == sorted(e.key for e in events) and total == len(events)
+
+
 def test_one_writer_per_index(make_sink):
     make_sink()
     with pytest.raises(SinkError, match="in use by another writer"):
