@@ -19,7 +19,7 @@ from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig
 from devstack._net import free_port
 from devstack.emulator import Emulator, EmulatorConfig
-from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
+from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS, DEVSTACK_ENV
 from producer.cli import build_poller
 from producer.topics import ensure_contract
 from spark_relay.errors import EXIT_UNHEALTHY
@@ -285,7 +285,7 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
             "--schema",
             f"{settings.topic_prefix}_m",
         ],
-        env={**env, "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000"},
+        env={**env, **DEVSTACK_ENV},
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -27,6 +27,7 @@ from consumers.iceberg import IcebergSink
 from consumers.iceberg.tables import offsets_key
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
+from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller
 from spark_relay.reconcile import holdings
 from spark_relay.settings import replace
@@ -354,8 +355,7 @@ def _env(settings, **extra: str) -> dict[str, str]:
         "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
         "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
         "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
         **extra,
     }
 

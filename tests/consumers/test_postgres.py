@@ -29,6 +29,7 @@ from consumers.postgres import PostgresSink
 from consumers.postgres.migrations import MIGRATIONS, migrate
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
+from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller
 from schemas import Source, listing_to_record
 from spark_relay.errors import ConfigError, SinkRetriableError
@@ -773,8 +774,7 @@ def _env(settings, database_url: str, **extra: str) -> dict[str, str]:
         "SPARK_RELAY_DATABASE_URL": database_url,
         "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
         "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
         **extra,
     }
 

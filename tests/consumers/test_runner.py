@@ -18,6 +18,7 @@ from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicP
 from consumers.cli import parse_timestamp, sink_group
 from consumers.dlq import HEADERS, dlq_topic
 from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
+from devstack.kafka import DEVSTACK_ENV
 from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 from spark_relay.settings import replace
 from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
@@ -487,7 +488,7 @@ def test_sink_options_reach_the_sink_through_the_context(monkeypatch, topics):
         "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
         "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
         "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        **DEVSTACK_ENV,
     }
     help_text = CliRunner().invoke(sink_group, ["optioned", "--help"]).output
     assert (
