@@ -87,6 +87,7 @@ def _world(bootstrap: str, database_url: str) -> tuple[set[str], set[str], set[s
     return topics, groups, schemas
 
 
+@pytest.mark.slow(seconds=45)
 def test_demo_converges_touching_nothing_it_did_not_create(
     open_tmp_path, kafka_bootstrap, registry_url, database_url
 ):
@@ -215,6 +216,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
     assert again.returncode == 0 and "matches the API" in again.stdout
 
 
+@pytest.mark.slow(seconds=40)
 def test_dead_letters_are_redriven_through_their_sink_never_to_their_topic(settings):
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(settings.topic("listings"), key=b"broken", value=b"\x00garbage")
@@ -368,6 +370,7 @@ class _OpenSearchIndex:
         self.server.shutdown()
 
 
+@pytest.mark.slow(seconds=25)
 def test_reconcile_reads_each_sink_where_its_own_settings_put_it(settings, emulator, tmp_path):
     with build_poller(settings) as poller:
         poller.snapshot()

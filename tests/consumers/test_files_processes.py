@@ -68,6 +68,7 @@ def _files(shared: Path, partitions: list[tuple[str, int]]) -> set[Path]:
     }
 
 
+@pytest.mark.slow(seconds=80)
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_two_processes_on_one_directory_one_killed_twice_leave_every_event_once(
     make_settings, tmp_path, strategy

@@ -293,6 +293,7 @@ def assert_holds(catalog, namespace: str, truth) -> None:
     assert rows(catalog, namespace, "accounts", "Id") == truth_accounts(truth)
 
 
+@pytest.mark.slow(seconds=85)
 def test_the_tables_hold_the_emulators_truth_and_a_replay_rebuilds_them(
     make_settings, make_topics, database_url
 ):
@@ -382,6 +383,7 @@ def _kafka(topics: Topics) -> dict[tuple[str, int], int]:
     return found
 
 
+@pytest.mark.slow(seconds=75)
 def test_killed_between_the_table_commit_and_kafkas_it_applies_nothing_twice_and_skips_nothing(
     make_settings, make_topics, tmp_path
 ):

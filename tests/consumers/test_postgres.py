@@ -711,6 +711,7 @@ def _table(conn, schema: str, table: str) -> list[tuple]:
     ).fetchall()
 
 
+@pytest.mark.slow(seconds=35)
 def test_the_sink_holds_the_emulators_truth_and_a_replay_rebuilds_the_same_state(
     make_settings, make_topics, database_url, db
 ):
@@ -794,6 +795,7 @@ def _last_assignment(log: Path) -> list[tuple[str, int]] | None:
     return [(t, int(p)) for t, p in re.findall(r"(\S+)\[(\d+)\] from", lines[-1])]
 
 
+@pytest.mark.slow(seconds=35)
 def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
     make_settings, make_topics, database_url, db, tmp_path
 ):

@@ -345,6 +345,7 @@ def test_a_sink_that_stores_offsets_resumes_from_them(topics):
     assert sorted(sink.keys()) == ["P0", "S0", "S1", "S2", "S3", "S4"]
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_second_run_resumes_from_the_group_and_replays_on_request(topics):
     for n in range(4):
         topics.listing(listing(f"G{n}"), partition=0)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from consumers.search.sink import default_index_path
 from devstack.kafka import DEVSTACK_ENV
 from tests.consumers.kafka_events import Topics, wait_for
@@ -16,6 +18,7 @@ from tests.kafka_helpers import cli_env
 BIN = Path(sys.executable).parent / "spark-relay"
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_second_search_sink_on_one_index_exits_at_once_naming_the_index_and_its_holder(
     make_settings, tmp_path
 ):
