@@ -301,10 +301,16 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
                 and _metric(poller_values, "spark_relay_published_records_total") >= 600
             ):
                 break
-            time.sleep(1)
+            time.sleep(0.2)
         emulator.advance(minutes=5, modify=0.05, create=0, remove=0, media=0)
-        time.sleep(3)
-        later = _scrape(poller_port)
+        requests = 'spark_relay_api_requests_total{status="200"}'
+        advanced = _metric(_scrape(poller_port), requests)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the poller asks the API again after the change
+            later = _scrape(poller_port)
+            if _metric(later, requests) > advanced:
+                break
+            time.sleep(0.2)
         sink_values = _scrape(sink_port)
     finally:
         for process in (poller, sink):
