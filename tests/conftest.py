@@ -11,6 +11,10 @@ worker is its own pytest session, so each starts its own devstack on free ports
 in its own temporary directory; against a configured PostgreSQL, each worker
 gets a database of its own (``<database>_<worker>``), since tests name their
 schemas without knowing about each other's workers.
+
+Tests marked ``slow`` (the ones that run for tens of seconds) start first, spread
+over the workers (:func:`pytest_collection_modifyitems`), so that no worker is
+left with a long test at the end while the others idle.
 """
 
 from __future__ import annotations
@@ -31,6 +35,36 @@ from devstack.kafka import KafkaBroker
 from devstack.postgres import Postgres
 from devstack.registry import RegistryServer
 from spark_relay.settings import KAFKA_PASSTHROUGH_PREFIX, Settings, load_settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first: each worker's share of the run starts with its share of the slow tests.
+
+    pytest-xdist's worksteal hands worker ``k`` the ``k``-th of ``n`` contiguous slices of
+    the collection (every worker collects the same order) and lets an idle worker take the
+    tail of a busy one's queue. So the slow tests, longest first, go each to the slice whose
+    slow tests add up to the least (``@pytest.mark.slow(seconds=...)``: about what it takes
+    on a busy machine), at the slice's head; the quick tests fill the slices up and are what
+    gets stolen at the end.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.kwargs["seconds"] if marker else 0.0
+
+    slow = sorted((item for item in items if seconds(item)), key=seconds, reverse=True)
+    quick = [item for item in items if not seconds(item)]
+    heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for item in slow:
+        min(heads, key=lambda head: sum(map(seconds, head))).append(item)
+    ordered: list[pytest.Item] = []
+    for k, head in enumerate(heads):
+        size = (len(items) - len(ordered)) // (workers - k)  # worksteal's slice of the rest
+        fill = max(0, size - len(head))
+        ordered += head + quick[:fill]
+        del quick[:fill]
+    items[:] = ordered + quick
 
 
 @contextlib.contextmanager

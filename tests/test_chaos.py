@@ -12,6 +12,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from chaos import check, coverage
 from chaos.__main__ import summary
 from chaos.acts import DRAWN_APART
@@ -23,6 +25,7 @@ T2 = datetime(2026, 1, 2, tzinfo=UTC)
 PENDING: frozenset[str] = frozenset()
 
 
+@pytest.mark.slow(seconds=250)
 def test_a_short_seed_converges():
     # not under pytest's tmp_path: that is private to root, and the embedded PostgreSQL runs
     # as its own user, which must reach its data directory to be stopped and restarted; a
@@ -48,6 +51,7 @@ def test_a_short_seed_converges():
     shutil.rmtree(parent)  # kept when the test fails, for the post-mortem
 
 
+@pytest.mark.slow(seconds=120)
 def test_the_overlap_absorbs_a_lagging_index():
     """A change reaches ModificationTimestamp filters up to 19 minutes late; the poller's
     20-minute overlap is what finds it (without the overlap this seed keeps stale keys)."""

@@ -69,6 +69,7 @@ def _pg_count(stack: Stack) -> int:
             return -1
 
 
+@pytest.mark.slow(seconds=45)
 @pytest.mark.parametrize("source", ["compose", "kubernetes"])
 def test_the_deployment_commands_converge_on_the_devstack(source, stack, emulator):
     declared = _declared(source, stack)

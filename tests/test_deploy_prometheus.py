@@ -147,6 +147,7 @@ def _concrete(expr: str, pipeline: str) -> str:
     return expr.replace("$pipeline", pipeline).replace("$__rate_interval", "1m")
 
 
+@pytest.mark.slow(seconds=200)
 def test_prometheus_sees_freshness_and_lag_move(
     kafka_bootstrap, registry_url, database_url, emulator, topic_prefix, tmp_path
 ):

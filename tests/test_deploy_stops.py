@@ -18,7 +18,7 @@ from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig
 from devstack._net import free_port
 from devstack.emulator import Emulator, EmulatorConfig
-from devstack.kafka import DEVSTACK_ENV
+from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS, DEVSTACK_ENV
 from producer.cli import build_poller, poller_readiness
 from producer.topics import ensure_contract
 from spark_relay.errors import EXIT_CODES, EXIT_UNHEALTHY, PermanentSourceError
@@ -147,7 +147,7 @@ def test_reconcile_json_puts_only_json_on_stdout(make_settings, database_url):
             settings,
             RunnerConfig(
                 until_caught_up=True,
-                consumer_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+                consumer_config=DEVSTACK_CONSUMER_SETTINGS,
                 options={"schema": schema},
             ),
         ).run()

@@ -61,6 +61,7 @@ def test_two_mutants_of_one_name_are_refused(tmp_path):
         mutants.load([_toml(tmp_path / "m.toml", one, two)])
 
 
+@pytest.mark.slow(seconds=60)
 def test_a_caught_mutant_is_killed_a_missed_one_survives_and_the_tree_is_untouched(
     tmp_path, capsys
 ):

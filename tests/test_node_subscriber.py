@@ -50,6 +50,7 @@ def _subscribe(settings, group: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow(seconds=25)
 def test_the_node_subscriber_holds_the_emulators_truth(make_settings, topic_prefix):
     config = EmulatorConfig(listings=800, accounts=30, seed=14, filter_cache_seconds=0)
     with Emulator(config) as emu:

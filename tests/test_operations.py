@@ -19,7 +19,7 @@ from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig
 from devstack._net import free_port
 from devstack.emulator import Emulator, EmulatorConfig
-from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
+from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS, DEVSTACK_ENV
 from producer.cli import build_poller
 from producer.topics import ensure_contract
 from spark_relay.errors import EXIT_UNHEALTHY
@@ -87,6 +87,7 @@ def _world(bootstrap: str, database_url: str) -> tuple[set[str], set[str], set[s
     return topics, groups, schemas
 
 
+@pytest.mark.slow(seconds=45)
 def test_demo_converges_touching_nothing_it_did_not_create(
     open_tmp_path, kafka_bootstrap, registry_url, database_url
 ):
@@ -215,6 +216,7 @@ def test_reconcile_repairs_rows_deleted_behind_the_sinks_back(settings, emulator
     assert again.returncode == 0 and "matches the API" in again.stdout
 
 
+@pytest.mark.slow(seconds=40)
 def test_dead_letters_are_redriven_through_their_sink_never_to_their_topic(settings):
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(settings.topic("listings"), key=b"broken", value=b"\x00garbage")
@@ -285,7 +287,7 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
             "--schema",
             f"{settings.topic_prefix}_m",
         ],
-        env={**env, "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000"},
+        env={**env, **DEVSTACK_ENV},
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -299,10 +301,16 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
                 and _metric(poller_values, "spark_relay_published_records_total") >= 600
             ):
                 break
-            time.sleep(1)
+            time.sleep(0.2)
         emulator.advance(minutes=5, modify=0.05, create=0, remove=0, media=0)
-        time.sleep(3)
-        later = _scrape(poller_port)
+        requests = 'spark_relay_api_requests_total{status="200"}'
+        advanced = _metric(_scrape(poller_port), requests)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the poller asks the API again after the change
+            later = _scrape(poller_port)
+            if _metric(later, requests) > advanced:
+                break
+            time.sleep(0.2)
         sink_values = _scrape(sink_port)
     finally:
         for process in (poller, sink):
@@ -368,6 +376,7 @@ class _OpenSearchIndex:
         self.server.shutdown()
 
 
+@pytest.mark.slow(seconds=25)
 def test_reconcile_reads_each_sink_where_its_own_settings_put_it(settings, emulator, tmp_path):
     with build_poller(settings) as poller:
         poller.snapshot()

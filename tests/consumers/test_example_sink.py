@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.kafka import DEVSTACK_ENV
 from tests.consumers.sink_events import parse_ts, replicate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +60,7 @@ def test_spark_relay_sink_example_until_caught_up_holds_the_ground_truth(make_se
         SPARK_RELAY_SCHEMA_REGISTRY_URL=settings.schema_registry_url,
         SPARK_RELAY_TOPIC_PREFIX=settings.topic_prefix,
         SPARK_RELAY_STATE_DIR=settings.state_dir,
-        SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS="6000",  # the devstack broker joins groups faster
-        SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS="1000",
+        **DEVSTACK_ENV,  # the devstack broker joins groups faster
     )
     db = tmp_path / "prices.sqlite"
     result = cli("sink", "example", "--until-caught-up", "--db", str(db), env=env)

@@ -268,6 +268,7 @@ def test_parquet_without_pyarrow_names_the_extra(make_sink):
 # ---- end to end: emulator → real poller → Kafka → runner → file sink → compaction --------------
 
 
+@pytest.mark.slow(seconds=25)
 def test_end_to_end_files_and_their_compaction_match_the_ground_truth(make_settings, tmp_path):
     from devstack.emulator import Emulator, EmulatorConfig
     from producer.topics import ensure_contract

@@ -29,6 +29,7 @@ from consumers.files.formats import format_of
 from consumers.files.sink import committed_files
 from consumers.runner import end_offsets
 from devstack.emulator import Emulator, EmulatorConfig
+from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller
 from spark_relay.settings import Settings, replace
 from tests.consumers.kafka_events import Topics, committed, wait_for
@@ -67,6 +68,7 @@ def _files(shared: Path, partitions: list[tuple[str, int]]) -> set[Path]:
     }
 
 
+@pytest.mark.slow(seconds=80)
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_two_processes_on_one_directory_one_killed_twice_leave_every_event_once(
     make_settings, tmp_path, strategy
@@ -78,8 +80,7 @@ def test_two_processes_on_one_directory_one_killed_twice_leave_every_event_once(
     group = f"files-{settings.topic_prefix}"  # a group per test: its protocol is the strategy's
     env = {
         **cli_env(settings),
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
         "SPARK_RELAY_KAFKA_PARTITION_ASSIGNMENT_STRATEGY": strategy,
     }
     command = [

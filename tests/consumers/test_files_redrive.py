@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 import consumers.files.sink as files_sink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
@@ -26,6 +28,7 @@ def current(settings, path, output) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow(seconds=20)
 def test_a_redriven_letter_lands_once_and_compaction_applies_newer_wins_and_deletes(
     make_settings, monkeypatch, tmp_path
 ):

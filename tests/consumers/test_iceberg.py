@@ -27,6 +27,7 @@ from consumers.iceberg import IcebergSink
 from consumers.iceberg.tables import offsets_key
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
+from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller
 from spark_relay.reconcile import holdings
 from spark_relay.settings import replace
@@ -292,6 +293,7 @@ def assert_holds(catalog, namespace: str, truth) -> None:
     assert rows(catalog, namespace, "accounts", "Id") == truth_accounts(truth)
 
 
+@pytest.mark.slow(seconds=85)
 def test_the_tables_hold_the_emulators_truth_and_a_replay_rebuilds_them(
     make_settings, make_topics, database_url
 ):
@@ -354,8 +356,7 @@ def _env(settings, **extra: str) -> dict[str, str]:
         "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
         "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
         "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
         **extra,
     }
 
@@ -382,6 +383,7 @@ def _kafka(topics: Topics) -> dict[tuple[str, int], int]:
     return found
 
 
+@pytest.mark.slow(seconds=75)
 def test_killed_between_the_table_commit_and_kafkas_it_applies_nothing_twice_and_skips_nothing(
     make_settings, make_topics, tmp_path
 ):

@@ -29,6 +29,7 @@ from consumers.postgres import PostgresSink
 from consumers.postgres.migrations import MIGRATIONS, migrate
 from consumers.runner import Replay, Runner, RunnerConfig
 from devstack.emulator import Emulator, EmulatorConfig
+from devstack.kafka import DEVSTACK_ENV
 from producer.cli import build_poller
 from schemas import Source, listing_to_record
 from spark_relay.errors import ConfigError, SinkRetriableError
@@ -712,6 +713,7 @@ def _table(conn, schema: str, table: str) -> list[tuple]:
     ).fetchall()
 
 
+@pytest.mark.slow(seconds=35)
 def test_the_sink_holds_the_emulators_truth_and_a_replay_rebuilds_the_same_state(
     make_settings, make_topics, database_url, db
 ):
@@ -775,8 +777,7 @@ def _env(settings, database_url: str, **extra: str) -> dict[str, str]:
         "SPARK_RELAY_DATABASE_URL": database_url,
         "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
         "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
         **extra,
     }
 
@@ -796,6 +797,7 @@ def _last_assignment(log: Path) -> list[tuple[str, int]] | None:
     return [(t, int(p)) for t, p in re.findall(r"(\S+)\[(\d+)\] from", lines[-1])]
 
 
+@pytest.mark.slow(seconds=35)
 def test_two_copies_share_the_partitions_and_one_killed_mid_batch_loses_nothing(
     make_settings, make_topics, database_url, db, tmp_path
 ):

@@ -181,6 +181,7 @@ def _assigned_after_failing(caplog, member) -> bool:
     return False
 
 
+@pytest.mark.slow(seconds=20)
 def test_members_whose_store_refuses_in_a_rebalance_let_it_complete_then_wait(
     setup, members, caplog
 ):

@@ -18,6 +18,7 @@ from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicP
 from consumers.cli import parse_timestamp, sink_group
 from consumers.dlq import HEADERS, dlq_topic
 from consumers.runner import Replay, Runner, RunnerConfig, default_group, parse_offsets
+from devstack.kafka import DEVSTACK_ENV
 from spark_relay.errors import ConfigError, SinkError, SinkRetriableError, SinkUnavailableError
 from spark_relay.settings import replace
 from tests.consumers.kafka_events import FAST_GROUP, Topics, committed, listing, read_raw, wait_for
@@ -344,6 +345,7 @@ def test_a_sink_that_stores_offsets_resumes_from_them(topics):
     assert sorted(sink.keys()) == ["P0", "S0", "S1", "S2", "S3", "S4"]
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_second_run_resumes_from_the_group_and_replays_on_request(topics):
     for n in range(4):
         topics.listing(listing(f"G{n}"), partition=0)
@@ -487,7 +489,7 @@ def test_sink_options_reach_the_sink_through_the_context(monkeypatch, topics):
         "SPARK_RELAY_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
         "SPARK_RELAY_TOPIC_PREFIX": settings.topic_prefix,
         "SPARK_RELAY_STATE_DIR": settings.state_dir,
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        **DEVSTACK_ENV,
     }
     help_text = CliRunner().invoke(sink_group, ["optioned", "--help"]).output
     assert (

@@ -594,6 +594,7 @@ def test_opensearch_search_body():
 # ---- end to end: emulator → real poller → Kafka → runner → search sink ------------------------
 
 
+@pytest.mark.slow(seconds=30)
 def test_end_to_end_the_index_holds_the_emulators_ground_truth(make_settings):
     from devstack.emulator import Emulator, EmulatorConfig
     from producer.topics import ensure_contract

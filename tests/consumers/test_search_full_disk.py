@@ -17,6 +17,7 @@ from pathlib import Path
 
 from consumers.dlq import dlq_topic
 from consumers.search.tantivy_backend import search
+from devstack.kafka import DEVSTACK_ENV
 from tests.consumers.kafka_events import Topics, listing, read_raw, wait_for
 from tests.kafka_helpers import cli_env
 
@@ -30,8 +31,7 @@ def test_a_full_disk_is_a_broken_store_not_a_bad_record(make_settings, tmp_path)
     path = tmp_path / "index"
     env = {
         **cli_env(settings),
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
     }
     sink = subprocess.Popen(
         [str(BIN), "sink", "search", "--path", str(path), "--batch-ms", "50"],

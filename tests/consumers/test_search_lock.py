@@ -8,13 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from consumers.search.sink import default_index_path
+from devstack.kafka import DEVSTACK_ENV
 from tests.consumers.kafka_events import Topics, wait_for
 from tests.kafka_helpers import cli_env
 
 BIN = Path(sys.executable).parent / "spark-relay"
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_second_search_sink_on_one_index_exits_at_once_naming_the_index_and_its_holder(
     make_settings, tmp_path
 ):
@@ -22,8 +26,7 @@ def test_a_second_search_sink_on_one_index_exits_at_once_naming_the_index_and_it
     Topics(settings, partitions=1).close()
     env = {
         **cli_env(settings),
-        "SPARK_RELAY_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SPARK_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        **DEVSTACK_ENV,
     }
     command = [str(BIN), "sink", "search"]
     first_log = tmp_path / "first.log"

@@ -389,7 +389,6 @@ def test_a_second_poller_on_one_state_exits_at_once_naming_the_first(
             assert time.monotonic() - started < 15
             assert f"pid {first.pid}" in second.stderr and socket.gethostname() in second.stderr
         assert first.poll() is None  # the first is unharmed
-        time.sleep(1)
         emu.advance(minutes=5, modify=0.05, create=0, remove=0, media=0)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # and keeps replicating

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from producer.cli import build_poller
 from producer.converter import cores
@@ -49,6 +50,7 @@ def _converged(settings, truth: dict) -> None:
         assert published == modified, key
 
 
+@pytest.mark.slow(seconds=95)
 def test_snapshot_publishes_every_live_key_once_and_losslessly(emulator, relay):
     emu = emulator(listings=20_000, accounts=300)
     settings = relay(emu)
@@ -91,6 +93,7 @@ def _checkpoint(state_dir: Path, name: str):
     return row[0] if row else None
 
 
+@pytest.mark.slow(seconds=50)
 def test_kill_9_mid_snapshot_then_restart_loses_nothing(emulator, relay):
     emu = emulator(listings=6000, accounts=50, latency_ms=150)
     settings = relay(emu)
@@ -217,6 +220,7 @@ def _run_all(emu, settings):
     return events
 
 
+@pytest.mark.slow(seconds=30)
 def test_faults_and_rate_limits_change_no_event(emulator, relay, topic_prefix, tmp_path):
     start = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)  # the same MLS in both runs
     clean_emu = emulator(listings=2500, accounts=1200, seed=11, start_time=start)

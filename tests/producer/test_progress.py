@@ -98,6 +98,7 @@ def test_on_a_terminal_the_bar_is_on_by_default_and_fits(snapshot_on_a_terminal)
     assert "snapshot done: 2500 records" in output
 
 
+@pytest.mark.slow(seconds=25)
 def test_on_a_terminal_no_progress_means_none(snapshot_on_a_terminal):
     output = snapshot_on_a_terminal("--no-progress")
     assert "snapshot done: 2500 records" in output

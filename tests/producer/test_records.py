@@ -147,6 +147,7 @@ _LISTING_PATHS = st.sampled_from(
 )
 
 
+@pytest.mark.slow(seconds=35)
 @PROPERTY
 @given(path=_LISTING_PATHS, value=_VALUE)
 def test_any_json_in_any_field_of_a_listing_is_published_exactly_or_dead_lettered(
@@ -169,6 +170,7 @@ def test_any_json_in_any_field_of_a_listing_is_published_exactly_or_dead_lettere
 _ACCOUNT_PATHS = st.sampled_from([(), ("Id",), ("ModificationTimestamp",), ("Name",), ("Emails",)])
 
 
+@pytest.mark.slow(seconds=30)
 @PROPERTY
 @given(path=_ACCOUNT_PATHS, value=_VALUE)
 def test_any_json_in_any_field_of_an_account_is_published_exactly_or_dead_lettered(
