@@ -58,7 +58,7 @@ def run_snapshot(pipe: Pipeline, stats: RunStats, restart: bool, republish: bool
         )
 
     def source_of(server_time: datetime | None) -> Source:
-        return Source(
+        return pipe.source(
             resource="listings",
             procedure="snapshot",
             run_id=checkpoint["run_id"],

@@ -87,6 +87,13 @@ def _faults(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Seed of the generated data, the changes and the fault sequence; same seed, same run.",
 )
 @click.option(
+    "--key-seed",
+    type=int,
+    envvar=_ENV + "KEY_SEED",
+    help="Seed of the initial ListingKeys alone [default: --seed]: two emulators with one "
+    "--key-seed and one --start-time serve the same keys (two MLSs whose keys collide).",
+)
+@click.option(
     "--api-key",
     default="devstack-key",
     show_default=True,
@@ -269,6 +276,7 @@ def emulator_command(
     listings,
     accounts,
     seed,
+    key_seed,
     api_key,
     latency_ms,
     rate_limit,
@@ -306,6 +314,7 @@ def emulator_command(
         listings=listings,
         accounts=accounts,
         seed=seed,
+        key_seed=key_seed,
         api_key=api_key,
         latency_ms=latency_ms,
         rate_limit=rate_limit,
