@@ -103,6 +103,9 @@ class Event:
     value: dict[str, Any] | None  # None: a tombstone
     timestamp: datetime | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: The named feed of the event's topic ('': the unnamed feed); a merged sink keys on
+    #: (feed, key): one ListingKey in two feeds is two records.
+    feed: str = ""
 
     @property
     def resource(self) -> str:

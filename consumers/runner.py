@@ -78,6 +78,7 @@ from consumers.letters import Letters, Rereader
 from consumers.positions import Replay, end_offsets, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.feeds import feed_of_topic, merged_feeds
 from spark_relay.health import HEALTH
 from spark_relay.metrics import start_sink
 from spark_relay.settings import Settings
@@ -176,7 +177,10 @@ class Runner:
         self.settings = settings
         self.config = config or RunnerConfig()
         self.stop = stop or threading.Event()
-        self.sources = tuple(settings.topic(resource) for resource in sink.resources)
+        #: the feeds it reads (a merged sink: several, --feeds), each topic with its feed's name
+        self.feeds = merged_feeds(settings)
+        self.feed_of = feed_of_topic(self.feeds, tuple(sink.resources))
+        self.sources = tuple(self.feed_of)
         self.dlq_topic = dlq_topic(settings.topic_prefix, sink.name)
         redrive = self.config.redrive
         self.topics = (self.dlq_topic,) if redrive else self.sources  # what it consumes
@@ -242,12 +246,14 @@ class Runner:
                 SchemaRegistryClient(settings.registry_config()),
                 settings.topic_prefix,
                 auto_register=False,
+                also=[feed.topic_prefix for feed in self.feeds],
             ),
             Letters(dlq, self.sink.name, config.dead_letter_limit),
             rereader,
             sources=self.sources,
             dlq_topic=self.dlq_topic,
             redrive=config.redrive,
+            feeds=self.feed_of,
         )
         assignment.open()  # a broken store is waited out: the member joins its group meanwhile
         lag = LagTimer(

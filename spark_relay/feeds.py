@@ -79,11 +79,13 @@ def _key(name: str, table: dict) -> Secret:
 
 
 def merged_feeds(settings: Settings) -> list[Settings]:
-    """The feeds a sink merges: ``sink_feeds`` (``a,b`` or ``all``), else the one feed of
-    ``settings.feed`` (the unnamed feed when that is empty)."""
+    """The feeds a sink merges: ``sink_feeds`` (``a,b`` or ``all``), else the one feed the
+    settings are (the unnamed feed, or the feed ``--feed`` resolved them to)."""
     wanted = settings.sink_feeds.strip()
     if not wanted:
-        return [feed_settings(settings)]
+        return [settings]
+    if settings.feed:
+        raise ConfigError("--feeds merges feeds, --feed names one: give one of them")
     if wanted == "all":
         names = feed_names(settings)
         if not names:
@@ -95,6 +97,16 @@ def merged_feeds(settings: Settings) -> list[Settings]:
     return [feed_settings(settings, name, "--feeds") for name in names]
 
 
-def feed_of_topic(feeds: list[Settings]) -> dict[str, str]:
-    """``<prefix>`` → feed name of each of ``feeds`` (the unnamed feed: '')."""
-    return {f.topic_prefix: f.feed for f in feeds}
+def feed_of_topic(feeds: list[Settings], resources: tuple[str, ...]) -> dict[str, str]:
+    """Each topic of ``resources`` in ``feeds`` → its feed's name (the unnamed feed: '')."""
+    topics: dict[str, str] = {}
+    for feed in feeds:
+        for resource in resources:
+            topic = feed.topic(resource)
+            if topic in topics:
+                raise ConfigError(
+                    f"feeds {topics[topic] or '(unnamed)'} and {feed.feed or '(unnamed)'} "
+                    f"share the topic {topic}: give each its own topic_prefix"
+                )
+            topics[topic] = feed.feed
+    return topics

@@ -70,7 +70,7 @@ class TwoFeeds:
         removed = {}
         for name, emu in self.emulators.items():
             changed = emu.advance(
-                minutes=90, modify=0.1, create=0.02, remove=0.05, accounts_modify=0.2
+                minutes=90, modify=0.1, create=0.02, remove=0.03, accounts_modify=0.2
             )
             removed[name] = set(changed["removed"])
             poller = self.pollers[name]
