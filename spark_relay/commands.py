@@ -1,20 +1,36 @@
-"""The operator's commands: ``demo``, ``status``, ``reconcile``, ``dlq redrive``."""
+"""The operator's commands: ``demo``, ``status``, ``reconcile``, ``dlq redrive``, ``feed …``."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
+import shutil
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import click
 
 from spark_relay.app import App, pass_app
 from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
+from spark_relay.feeds import feed_settings
 from spark_relay.reach import reach
+from spark_relay.settings import Settings, _feed_name
 
-__all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "demo_command",
+    "status_command",
+    "reconcile_command",
+    "dlq_group",
+    "feed_group",
+    "remove_feed",
+]
 
 
 @click.command("status")
@@ -297,3 +313,179 @@ def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
         click.echo(line, err=as_json)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
+
+
+# ---- feed remove -------------------------------------------------------------------
+#
+# ``spark-relay feed remove NAME``: a feed's rows, documents and files out of every merged sink.
+#
+# What a merged sink holds of a feed, and where (each sink's store as ``spark-relay
+# sink <name> --feeds …`` resolves it: SPARK_RELAY_POSTGRES_SCHEMA, the search index
+# of several feeds, SPARK_RELAY_FILES_PATH, or the flags):
+#
+# - PostgreSQL: the rows of ``listings``, ``accounts``, ``listing_history``,
+#   ``purges`` and ``deletes`` whose ``feed`` is the feed, and its topics' offsets
+#   in ``kafka_offsets``;
+# - search (Tantivy): the documents whose ``feed`` is the feed, their versions and
+#   remembered deletes, its topics' offsets;
+# - files: the folders of the feed's topics.
+#
+# The sink's own offsets of the feed's topics go too, so a feed added again later
+# is read from the beginning of its topics. Run it once the merged sinks no longer
+# read the feed (restarted with ``--feeds`` without it): a sink still reading it
+# writes it again. The Tantivy index allows one writer: stop the search sink for
+# the removal (the lock's message names its holder).
+
+_TABLES = ("listings", "accounts", "listing_history", "purges", "deletes")
+
+
+def _topics(settings: Settings, name: str) -> list[str]:
+    """The feed's topics: as configured, else (a feed taken out of the configuration
+    already) under the default prefix ``<prefix>.<name>``."""
+    if name in settings.feeds:
+        prefix = feed_settings(settings, name, "feed remove").topic_prefix
+    else:
+        prefix = f"{settings.topic_prefix}.{_feed_name('feed remove', name)}"
+    return [f"{prefix}.{r}" for r in ("listings", "accounts", "purges")]
+
+
+def _postgres(settings: Settings, name: str, options: dict[str, Any]) -> str:
+    import psycopg
+    from psycopg import sql
+
+    if not settings.database_url:
+        return "postgres: SPARK_RELAY_DATABASE_URL is not set, nothing to do"
+    schema = options.get("schema") or "spark"
+    counts = []
+    with psycopg.connect(settings.database_url) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'listings' AND column_name = 'feed'",
+            [schema],
+        ).fetchone()
+        if not found or not found[0]:
+            return f"postgres: schema {schema} holds no feeds (no {schema}.listings.feed)"
+        with conn.transaction():
+            for table in _TABLES:
+                deleted = conn.execute(
+                    sql.SQL("DELETE FROM {}.{} WHERE feed = %s").format(
+                        sql.Identifier(schema), sql.Identifier(table)
+                    ),
+                    [name],
+                ).rowcount
+                counts.append(f"{deleted} {table}")
+            offsets = conn.execute(
+                sql.SQL("DELETE FROM {}.kafka_offsets WHERE topic = ANY(%s)").format(
+                    sql.Identifier(schema)
+                ),
+                [_topics(settings, name)],
+            ).rowcount
+    return f"postgres: schema {schema}: deleted {', '.join(counts)} rows, {offsets} offsets"
+
+
+def _search(settings: Settings, name: str, options: dict[str, Any]) -> str:
+    from consumers.search.sink import default_index_path
+    from consumers.search.tantivy_backend import TantivyBackend
+
+    if options.get("backend") == "opensearch":
+        return "search: the opensearch backend: delete by query `feed:<name>` in the cluster"
+    base = f"{settings.topic_prefix}.feeds"  # the index of several feeds (index_prefix)
+    path = Path(options.get("path") or default_index_path(settings.state_path, base))
+    if not (path / "index" / "meta.json").exists():
+        return f"search: no index of several feeds at {path}, nothing to do"
+    backend = TantivyBackend(path, merged=True, heap_size=15_000_000)
+    try:
+        documents = backend.remove_feed(name, _topics(settings, name))
+    finally:
+        backend.close()
+    return f"search: index {path}: deleted {documents} documents"
+
+
+def _files(settings: Settings, name: str, options: dict[str, Any]) -> str:
+    root = Path(options.get("path") or settings.state_path / "files")
+    removed = []
+    for topic in _topics(settings, name):
+        folder = root / topic
+        if folder.is_dir():
+            files = sum(1 for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder)
+            removed.append(f"{folder} ({files} files)")
+    return f"files: deleted {', '.join(removed)}" if removed else f"files: nothing of it in {root}"
+
+
+REMOVERS: dict[str, Callable[[Settings, str, dict[str, Any]], str]] = {
+    "postgres": _postgres,
+    "search": _search,
+    "files": _files,
+}
+
+
+def remove_feed(
+    settings: Settings, name: str, options: dict[str, dict[str, Any]], sinks=tuple(REMOVERS)
+) -> list[str]:
+    """Remove feed ``name`` from each of ``sinks`` (their ``options``); one line per sink."""
+    lines = [f"feed {name}: topics {', '.join(_topics(settings, name))}"]
+    for sink in sinks:
+        line = REMOVERS[sink](settings, name, options.get(sink, {}))
+        logger.info("feed %s removed: %s", name, line)
+        lines.append(line)
+    return lines
+
+
+@click.group("feed")
+def feed_group() -> None:
+    """Named feeds: list them, remove one from the merged sinks."""
+
+
+@feed_group.command("list")
+@click.pass_obj
+def feed_list_command(app) -> None:
+    """The configured feeds, each with its API URL and topic prefix."""
+    settings = app.settings()
+    for name in sorted(settings.feeds):
+        feed = feed_settings(settings, name)
+        click.echo(f"{name}\t{feed.api_url}\t{feed.topic_prefix}.*\t{feed.state_dir}")
+
+
+@feed_group.command("remove")
+@click.argument("name")
+@click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    type=click.Choice(sorted(REMOVERS)),
+    help="A merged sink to remove it from (repeatable; default: postgres, search and files).",
+)
+@click.option(
+    "--postgres-schema",
+    help="Schema of the merged postgres sink [default: as the sink resolves it].",
+)
+@click.option(
+    "--search-path",
+    help="Tantivy index of the merged search sink [default: as the sink resolves it].",
+)
+@click.option(
+    "--files-path", help="Directory of the merged files sink [default: as the sink resolves it]."
+)
+@click.pass_obj
+def feed_remove_command(app, name, sinks, postgres_schema, search_path, files_path) -> None:
+    """Delete feed NAME's rows, documents and files from every merged sink, and say what went.
+
+    Run it once the merged sinks no longer read the feed (restarted with --feeds
+    without it) and its poller stopped; stop a Tantivy search sink meanwhile (one
+    writer per index). The sinks' own offsets of the feed's topics go too: the feed
+    added again later is read from the beginning of its topics.
+    """
+    from spark_relay.reconcile import sink_options
+
+    settings = app.settings()
+    options = {sink: sink_options(sink, settings) for sink in REMOVERS}
+    for sink, key, value in (
+        ("postgres", "schema", postgres_schema),
+        ("search", "path", search_path),
+        ("files", "path", files_path),
+    ):
+        if value:
+            options[sink][key] = value
+    for line in remove_feed(settings, name, options, sinks or tuple(REMOVERS)):
+        click.echo(line)

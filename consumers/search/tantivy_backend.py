@@ -309,6 +309,24 @@ class TantivyBackend:
             " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))"
         )
 
+    def remove_feed(self, feed: str, topics: Sequence[str]) -> int:
+        """Delete feed ``feed``'s documents, versions, deletes and the offsets of its ``topics``
+        (an index of several feeds); return the documents deleted. Read again, the feed's
+        topics start at their beginning."""
+        count = (
+            self.index.searcher()
+            .search(tantivy.Query.term_query(self.index.schema, "feed", feed), 1)
+            .count
+        )
+        self.writer.delete_documents_by_term("feed", feed)
+        self.writer.commit()
+        marks = ",".join("?" * len(topics))
+        with self.db:
+            self.db.execute("DELETE FROM versions WHERE key LIKE ?", [f"{feed}/%"])
+            self.db.execute("DELETE FROM deletes WHERE key LIKE ?", [f"{feed}/%"])
+            self.db.execute(f"DELETE FROM offsets WHERE topic IN ({marks})", list(topics))
+        return count
+
     # ---- offsets ----------------------------------------------------------------
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets:
