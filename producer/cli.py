@@ -66,7 +66,10 @@ def build_poller(
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     runs = state.last_runs()
     _seed_checkpoint_times(runs)
-    start_poller([settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")])
+    start_poller(
+        [settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")],
+        settings.feed,
+    )
     poller = Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
     newest = max(
         (e["last"] for e in runs.values() if "last" in e),

@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import shutil
 import signal
 import threading
-from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
-from typing import Any
 
 import click
 
-from spark_relay.app import App, pass_app
+from spark_relay.app import App, feed_option, pass_app
 from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
 from spark_relay.feeds import feed_settings
 from spark_relay.reach import reach
-from spark_relay.settings import Settings, _feed_name
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +24,19 @@ __all__ = [
     "reconcile_command",
     "dlq_group",
     "feed_group",
-    "remove_feed",
 ]
 
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every partition of each consumer group.")
+@feed_option
 @pass_app
-def status_command(app: App, as_json: bool, verbose: bool) -> None:
+def status_command(app: App, as_json: bool, verbose: bool, feed: str | None) -> None:
     """A dashboard: problems, the poller's procedures, each consumer group, the dead letters.
+
+    With named feeds configured: one dashboard per feed (--feed NAME: that one), the
+    merged sinks' dead letters, and the total.
 
     One table of procedures (last success, its age, records, published, when it
     is due next), one line per consumer group (total lag, its freshness in business
@@ -52,11 +50,23 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     """
     import json
 
-    from spark_relay.status import collect_status, render
+    from spark_relay.status import collect_feeds, collect_status, render, render_feeds
 
-    settings = app.settings().require("kafka_bootstrap")
+    settings = app.settings(feed=feed).require("kafka_bootstrap")
     registry = ("registry",) if settings.schema_registry_url else ()  # for the freshness
-    status = collect_status(reach(settings, "kafka", *registry, "postgres"))
+    settings = reach(settings, "kafka", *registry, "postgres")
+    if settings.feeds and not settings.feed:  # every named feed, then the total
+        statuses = collect_feeds(settings)
+        healthy = all(s.healthy for s in statuses.values())
+        if as_json:
+            feeds = {name: s.as_dict() for name, s in statuses.items()}
+            click.echo(json.dumps({"healthy": healthy, "feeds": feeds}, default=str))
+        else:
+            click.echo("\n".join(render_feeds(statuses, verbose=verbose)))
+        if not healthy:
+            raise SystemExit(EXIT_UNHEALTHY)
+        return
+    status = collect_status(settings)
     if as_json:
         click.echo(json.dumps(status.as_dict(), default=str))
     else:
@@ -96,9 +106,18 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     help="Re-publish missing and stale listings and purge the ones not purged, through the poller.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sink.")
+@feed_option
 @pass_app
 def reconcile_command(
-    app: App, sinks, postgres_schema, search_path, files_path, iceberg_namespace, repair, as_json
+    app: App,
+    sinks,
+    postgres_schema,
+    search_path,
+    files_path,
+    iceberg_namespace,
+    repair,
+    as_json,
+    feed,
 ) -> None:
     """Compare the API's keys and ModificationTimestamps with what each sink holds.
 
@@ -110,14 +129,27 @@ def reconcile_command(
     --repair the poller re-publishes and purges them, so every sink heals the
     same way once it consumed the events. Exits 7 when a sink differs (1 is an
     unexpected error). With --json, stdout holds one JSON object per line only.
+
+    With --feed: that feed's API against what each sink holds of it; with
+    SPARK_RELAY_SINK_FEEDS set too, against the merged sinks (their stores where
+    `spark-relay sink <name> --feeds …` puts them).
     """
     import json
 
     from producer.cli import build_poller
-    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings, sink_options
+    from spark_relay.reconcile import (
+        SinkNotSetUp,
+        api_keys,
+        compare,
+        holdings,
+        merged_options,
+        sink_options,
+    )
 
-    settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
+    settings = reach(app.settings(feed=feed), "api", "kafka", "registry", "postgres")
     options = {name: sink_options(name, settings) for name in ("postgres", "search", "files")}
+    if settings.feed and settings.sink_feeds:  # the merged sinks' stores
+        options = merged_options(app.settings(feed=""), options)
     for sink, key, value in (
         ("postgres", "schema", postgres_schema),
         ("search", "path", search_path),
@@ -315,123 +347,6 @@ def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
         click.echo(json.dumps(result.as_dict()))
 
 
-# ---- feed remove -------------------------------------------------------------------
-#
-# ``spark-relay feed remove NAME``: a feed's rows, documents and files out of every merged sink.
-#
-# What a merged sink holds of a feed, and where (each sink's store as ``spark-relay
-# sink <name> --feeds …`` resolves it: SPARK_RELAY_POSTGRES_SCHEMA, the search index
-# of several feeds, SPARK_RELAY_FILES_PATH, or the flags):
-#
-# - PostgreSQL: the rows of ``listings``, ``accounts``, ``listing_history``,
-#   ``purges`` and ``deletes`` whose ``feed`` is the feed, and its topics' offsets
-#   in ``kafka_offsets``;
-# - search (Tantivy): the documents whose ``feed`` is the feed, their versions and
-#   remembered deletes, its topics' offsets;
-# - files: the folders of the feed's topics.
-#
-# The sink's own offsets of the feed's topics go too, so a feed added again later
-# is read from the beginning of its topics. Run it once the merged sinks no longer
-# read the feed (restarted with ``--feeds`` without it): a sink still reading it
-# writes it again. The Tantivy index allows one writer: stop the search sink for
-# the removal (the lock's message names its holder).
-
-_TABLES = ("listings", "accounts", "listing_history", "purges", "deletes")
-
-
-def _topics(settings: Settings, name: str) -> list[str]:
-    """The feed's topics: as configured, else (a feed taken out of the configuration
-    already) under the default prefix ``<prefix>.<name>``."""
-    if name in settings.feeds:
-        prefix = feed_settings(settings, name, "feed remove").topic_prefix
-    else:
-        prefix = f"{settings.topic_prefix}.{_feed_name('feed remove', name)}"
-    return [f"{prefix}.{r}" for r in ("listings", "accounts", "purges")]
-
-
-def _postgres(settings: Settings, name: str, options: dict[str, Any]) -> str:
-    import psycopg
-    from psycopg import sql
-
-    if not settings.database_url:
-        return "postgres: SPARK_RELAY_DATABASE_URL is not set, nothing to do"
-    schema = options.get("schema") or "spark"
-    counts = []
-    with psycopg.connect(settings.database_url) as conn:
-        found = conn.execute(
-            "SELECT count(*) FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = 'listings' AND column_name = 'feed'",
-            [schema],
-        ).fetchone()
-        if not found or not found[0]:
-            return f"postgres: schema {schema} holds no feeds (no {schema}.listings.feed)"
-        with conn.transaction():
-            for table in _TABLES:
-                deleted = conn.execute(
-                    sql.SQL("DELETE FROM {}.{} WHERE feed = %s").format(
-                        sql.Identifier(schema), sql.Identifier(table)
-                    ),
-                    [name],
-                ).rowcount
-                counts.append(f"{deleted} {table}")
-            offsets = conn.execute(
-                sql.SQL("DELETE FROM {}.kafka_offsets WHERE topic = ANY(%s)").format(
-                    sql.Identifier(schema)
-                ),
-                [_topics(settings, name)],
-            ).rowcount
-    return f"postgres: schema {schema}: deleted {', '.join(counts)} rows, {offsets} offsets"
-
-
-def _search(settings: Settings, name: str, options: dict[str, Any]) -> str:
-    from consumers.search.sink import default_index_path
-    from consumers.search.tantivy_backend import TantivyBackend
-
-    if options.get("backend") == "opensearch":
-        return "search: the opensearch backend: delete by query `feed:<name>` in the cluster"
-    base = f"{settings.topic_prefix}.feeds"  # the index of several feeds (index_prefix)
-    path = Path(options.get("path") or default_index_path(settings.state_path, base))
-    if not (path / "index" / "meta.json").exists():
-        return f"search: no index of several feeds at {path}, nothing to do"
-    backend = TantivyBackend(path, merged=True, heap_size=15_000_000)
-    try:
-        documents = backend.remove_feed(name, _topics(settings, name))
-    finally:
-        backend.close()
-    return f"search: index {path}: deleted {documents} documents"
-
-
-def _files(settings: Settings, name: str, options: dict[str, Any]) -> str:
-    root = Path(options.get("path") or settings.state_path / "files")
-    removed = []
-    for topic in _topics(settings, name):
-        folder = root / topic
-        if folder.is_dir():
-            files = sum(1 for p in folder.rglob("*") if p.is_file())
-            shutil.rmtree(folder)
-            removed.append(f"{folder} ({files} files)")
-    return f"files: deleted {', '.join(removed)}" if removed else f"files: nothing of it in {root}"
-
-
-REMOVERS: dict[str, Callable[[Settings, str, dict[str, Any]], str]] = {
-    "postgres": _postgres,
-    "search": _search,
-    "files": _files,
-}
-
-
-def remove_feed(
-    settings: Settings, name: str, options: dict[str, dict[str, Any]], sinks=tuple(REMOVERS)
-) -> list[str]:
-    """Remove feed ``name`` from each of ``sinks`` (their ``options``); one line per sink."""
-    lines = [f"feed {name}: topics {', '.join(_topics(settings, name))}"]
-    for sink in sinks:
-        line = REMOVERS[sink](settings, name, options.get(sink, {}))
-        logger.info("feed %s removed: %s", name, line)
-        lines.append(line)
-    return lines
-
-
 @click.group("feed")
 def feed_group() -> None:
     """Named feeds: list them, remove one from the merged sinks."""
@@ -453,7 +368,7 @@ def feed_list_command(app) -> None:
     "--sink",
     "sinks",
     multiple=True,
-    type=click.Choice(sorted(REMOVERS)),
+    type=click.Choice(["files", "postgres", "search"]),
     help="A merged sink to remove it from (repeatable; default: postgres, search and files).",
 )
 @click.option(
@@ -476,7 +391,7 @@ def feed_remove_command(app, name, sinks, postgres_schema, search_path, files_pa
     writer per index). The sinks' own offsets of the feed's topics go too: the feed
     added again later is read from the beginning of its topics.
     """
-    from spark_relay.reconcile import sink_options
+    from spark_relay.reconcile import REMOVERS, remove_feed, sink_options
 
     settings = app.settings()
     options = {sink: sink_options(sink, settings) for sink in REMOVERS}
