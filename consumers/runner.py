@@ -238,9 +238,8 @@ class Runner:
             k: v for k, v in consumer_config.items() if k not in ("group.protocol", "error_cb")
         }
         dlq = DeadLetters(settings, self.sink.name)
-        start_sink(
-            self.sink.name, list(self.sources), self.feed_of
-        )  # every series at 0 from the first scrape
+        # every series at 0 from the first scrape
+        start_sink(self.sink.name, list(self.sources), self.feed_of)
         rereader = Rereader(assignment.consumer_settings, self.group_id, self.sources)
         self._applier = Applier(
             self.sink,

@@ -30,11 +30,13 @@ def _truth(truths: dict, name: str) -> dict[str, object]:
 
 def test_merged_search_and_files_hold_each_feed_apart(two_feeds, tmp_path):
     feeds = two_feeds(listings=120, accounts=10)
-    feeds.advance()
+    index, root = tmp_path / "index", tmp_path / "files"
+    _run(SearchSink(), feeds.settings, path=str(index))
+    _run(FileSink(), feeds.settings, path=str(root), format="jsonl")
+    feeds.advance()  # changes and removals in both feeds, applied over what the sinks hold
     truths = feeds.truths()
     assert set(truths["north"]["listings"]) & set(truths["south"]["listings"])
 
-    index = tmp_path / "index"
     _run(SearchSink(), feeds.settings, path=str(index))
     total, hits = search(index / "index", None, [], 0)
     assert total == sum(len(t["listings"]) for t in truths.values())
@@ -45,7 +47,6 @@ def test_merged_search_and_files_hold_each_feed_apart(two_feeds, tmp_path):
         )
         assert {h["feed"] for h in mine} == {name} and count == len(mine)
 
-    root = tmp_path / "files"
     _run(FileSink(), feeds.settings, path=str(root), format="jsonl")
     for name, settings in feeds.feeds.items():
         topic = settings.topic("listings")
