@@ -15,7 +15,9 @@ Call order, per consumer::
                                    together with ``offsets`` when the sink can
     close()                        once, after the last commit or on shutdown
 
-Optional: ``revoked(partitions, lost)``, if the sink defines it, is called when
+Optional: ``merges_feeds = True`` says the sink keys what it holds by (``Event.feed``,
+key), so it may read several named feeds at once (``--feeds``); a sink without it
+reads one feed. ``revoked(partitions, lost)``, if the sink defines it, is called when
 partitions leave this consumer at a rebalance, after the last commit of their
 events (the runner finishes the batch in hand first). ``lost`` is False for a
 revoke (the sink may flush what it holds of them: the next owner resumes from

@@ -179,6 +179,12 @@ class Runner:
         self.stop = stop or threading.Event()
         #: the feeds it reads (a merged sink: several, --feeds), each topic with its feed's name
         self.feeds = merged_feeds(settings)
+        if len(self.feeds) > 1 and not getattr(sink, "merges_feeds", False):
+            raise ConfigError(
+                f"sink {sink.name} keeps one feed (it keys records by key alone): run one per "
+                "feed (--feed NAME), or merge the feeds in a sink keyed by (feed, key) "
+                "(postgres, search, files)"
+            )
         self.feed_of = feed_of_topic(self.feeds, tuple(sink.resources))
         self.sources = tuple(self.feed_of)
         self.dlq_topic = dlq_topic(settings.topic_prefix, sink.name)

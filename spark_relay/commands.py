@@ -263,6 +263,14 @@ def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the emulated MLS.")
 @click.option(
+    "--feeds",
+    type=click.IntRange(1, 2),
+    default=1,
+    show_default=True,
+    help="2: two MLSs (emulators of seeds SEED and SEED+1, colliding ListingKeys), a poller "
+    "each, merged sinks; each feed checked against its own truth.",
+)
+@click.option(
     "--keep",
     is_flag=True,
     help="Leave the devstack and the emulator running afterwards, and print how to reach them.",
@@ -272,7 +280,7 @@ def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
 )
 @pass_app
 def demo_command(
-    app: App, listings: int, rounds: int, seed: int, keep: bool, as_json: bool
+    app: App, listings: int, rounds: int, seed: int, feeds: int, keep: bool, as_json: bool
 ) -> None:
     """The whole pipeline on this machine: emulator → poller → Kafka → PostgreSQL, search, files.
 
@@ -300,6 +308,7 @@ def demo_command(
             services=services,
             say=lambda text: click.echo(text, err=as_json),
             log_format=log_format,
+            feeds=feeds,
         )
         _demo_summary(result, keep=keep, as_json=as_json)
         if keep:
@@ -312,14 +321,15 @@ def demo_command(
 
 
 def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
+    width = max(10, *(len(name) for name in result.sinks))  # postgres/north with --feeds 2
     lines = [
         "",
-        f"{'sink':<10} {'rows':>8} {'lag':>5}  matches the ground truth",
+        f"{'sink':<{width}} {'rows':>8} {'lag':>5}  matches the ground truth",
         *(
-            f"{name:<10} {s['rows']:>8,} {s['lag']:>5}  {'yes' if s['matches'] else 'NO'}"
+            f"{name:<{width}} {s['rows']:>8,} {s['lag']:>5}  {'yes' if s['matches'] else 'NO'}"
             for name, s in result.sinks.items()
         ),
-        f"{'truth':<10} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
+        f"{'truth':<{width}} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
     ]
     env = result.environment
     state = env["SPARK_RELAY_STATE_DIR"]

@@ -78,6 +78,8 @@ class PostgresSink:
 
     name: ClassVar[str] = "postgres"
     resources: ClassVar[tuple[str, ...]] = ("listings", "accounts", "purges")
+    #: Rows are keyed by (feed, key): it may merge several feeds (--feeds).
+    merges_feeds: ClassVar[bool] = True
     #: What `spark-relay sink postgres` must reach before it starts (spark_relay.reach).
     services: ClassVar[tuple[str, ...]] = ("postgres",)
     cli_options: ClassVar[list[click.Option]] = [

@@ -85,6 +85,8 @@ class SearchSink:
 
     name: ClassVar[str] = "search"
     resources: ClassVar[tuple[str, ...]] = ("listings",)
+    #: An index of several feeds keys documents by (feed, ListingKey): it may merge feeds.
+    merges_feeds: ClassVar[bool] = True
     cli_options: ClassVar[list[click.Option]] = [
         click.Option(
             ["--backend"],

@@ -130,3 +130,25 @@ def test_a_flag_ranks_above_the_feeds_table(config, monkeypatch):
     app = App(str(config), {}, False)
     assert app.settings(feed="north").update_interval == 5.0
     assert app.settings(feed="north", update_interval="2").update_interval == 2.0
+
+
+def test_a_sink_keyed_by_key_alone_refuses_to_merge_feeds(config):
+    from consumers.postgres import PostgresSink
+    from consumers.runner import Runner
+
+    class OneFeed:
+        name = "onefeed"
+        resources = ("listings",)
+
+    merged = load_settings(config, environ={}, sink_feeds="north,south")
+    with pytest.raises(ConfigError, match="sink onefeed keeps one feed"):
+        Runner(OneFeed(), merged)
+    one = load_settings(config, environ={}, sink_feeds="north")
+    assert Runner(OneFeed(), one).sources == ("spark.north.listings",)
+    assert len(Runner(PostgresSink(), merged).sources) == 6
+    # two feeds on one prefix would be one set of topics: refused
+    same = load_settings(
+        config, environ={"SPARK_RELAY_FEED_SOUTH_TOPIC_PREFIX": "spark.north"}, sink_feeds="all"
+    )
+    with pytest.raises(ConfigError, match="share the topic spark.north.listings"):
+        Runner(PostgresSink(), same)
