@@ -15,9 +15,7 @@ Call order, per consumer::
                                    together with ``offsets`` when the sink can
     close()                        once, after the last commit or on shutdown
 
-Optional: ``merges_feeds = True`` says the sink keys what it holds by (``Event.feed``,
-key), so it may read several named feeds at once (``--feeds``); a sink without it
-reads one feed. ``revoked(partitions, lost)``, if the sink defines it, is called when
+Optional: ``revoked(partitions, lost)``, if the sink defines it, is called when
 partitions leave this consumer at a rebalance, after the last commit of their
 events (the runner finishes the batch in hand first). ``lost`` is False for a
 revoke (the sink may flush what it holds of them: the next owner resumes from
@@ -26,6 +24,10 @@ timeout: their uncommitted messages were dropped, and another process may
 already own them, so drop what is held of them, never publish it). A sink that
 keeps nothing per partition need not define it; ``stored_offsets`` is called
 again when partitions come back.
+
+Named feeds: ``merges_feeds = True`` (a class attribute) says the sink keys what it
+holds by (``Event.feed``, key), so it may read several named feeds at once
+(``--feeds``); a sink without it reads one feed.
 
 Bad record or broken store: the sink says which. Every exception a sink
 raises from any call is one of three, and the runner never guesses from an

@@ -397,7 +397,10 @@ class Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
         for name in names:
             if not getattr(self, name):
-                raise ConfigError(f"{env_name(name)} is not set: expected {_doc(name).lower()}")
+                variable = env_name(name)
+                if self.feed and name in FEED_SETTINGS:  # a named feed's own setting
+                    variable = f"{_feed_env(self.feed, name)} (feed {self.feed})"
+                raise ConfigError(f"{variable} is not set: expected {_doc(name).lower()}")
         return self
 
     def kafka_config(self, role: str = "any", **extra: Any) -> dict[str, Any]:

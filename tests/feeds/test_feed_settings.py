@@ -152,3 +152,11 @@ def test_a_sink_keyed_by_key_alone_refuses_to_merge_feeds(config):
     )
     with pytest.raises(ConfigError, match="share the topic spark.north.listings"):
         Runner(PostgresSink(), same)
+
+
+def test_a_feed_without_its_key_names_its_variable(config):
+    north = feed_settings(load_settings(config, environ={}), "north")
+    with pytest.raises(
+        ConfigError, match=r"SPARK_RELAY_FEED_NORTH_API_KEY \(feed north\) is not set"
+    ):
+        north.require("api_key")
