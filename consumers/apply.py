@@ -83,6 +83,7 @@ class Applier:
         sources: tuple[str, ...],
         dlq_topic: str,
         redrive: bool,
+        feeds: dict[str, str] | None = None,
     ) -> None:
         self.sink = sink
         self.serde = serde
@@ -91,6 +92,8 @@ class Applier:
         self.sources = sources
         self.dlq_topic = dlq_topic
         self.redrive = redrive
+        #: source topic → its feed's name ('': the unnamed feed), stamped on each event
+        self.feeds = feeds or {}
         self.applied = 0  # events applied, over the run
 
     def apply(self, messages: list[Message], offsets: Offsets) -> None:
@@ -175,6 +178,7 @@ class Applier:
             if origin.timestamp is None
             else datetime.fromtimestamp(origin.timestamp / 1000, UTC),
             headers=origin.headers,
+            feed=self.feeds.get(origin.topic, ""),
         )
 
     # ---- write and commit ------------------------------------------------------------------

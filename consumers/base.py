@@ -25,6 +25,10 @@ already own them, so drop what is held of them, never publish it). A sink that
 keeps nothing per partition need not define it; ``stored_offsets`` is called
 again when partitions come back.
 
+Named feeds: ``merges_feeds = True`` (a class attribute) says the sink keys what it
+holds by (``Event.feed``, key), so it may read several named feeds at once
+(``--feeds``); a sink without it reads one feed.
+
 Bad record or broken store: the sink says which. Every exception a sink
 raises from any call is one of three, and the runner never guesses from an
 exception's type which one it is:
@@ -103,6 +107,9 @@ class Event:
     value: dict[str, Any] | None  # None: a tombstone
     timestamp: datetime | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: The named feed of the event's topic ('': the unnamed feed); a merged sink keys on
+    #: (feed, key): one ListingKey in two feeds is two records.
+    feed: str = ""
 
     @property
     def resource(self) -> str:

@@ -52,6 +52,8 @@ COMMON_OPTIONS = (
     "batch_size",
     "batch_ms",
     "dead_letter_limit",
+    "feed",
+    "feeds",
 )
 
 
@@ -99,6 +101,19 @@ def _common_options() -> list[click.Option]:
             "SPARK_RELAY_METRICS_HOST (default 127.0.0.1).",
         ),
         click.Option(
+            ["--feed"],
+            metavar="NAME",
+            help="Read the topics of this named feed (SPARK_RELAY_FEED) [default: the unnamed "
+            "feed's]. An unknown name exits 2, naming the configured feeds.",
+        ),
+        click.Option(
+            ["--feeds"],
+            metavar="A,B|all",
+            help="Merge these named feeds, or all configured ones, into one store "
+            "(SPARK_RELAY_SINK_FEEDS): each row, document or file is keyed by (feed, key). A "
+            "feed added later is read from the beginning of its topics; the others resume.",
+        ),
+        click.Option(
             ["--batch-ms"],
             type=click.IntRange(min=0),
             help="Milliseconds a batch waits for more messages after its first "
@@ -132,6 +147,8 @@ _SETTINGS = {
     "batch_ms": "sink_batch_ms",
     "dead_letter_limit": "sink_dead_letter_limit",
     "metrics_port": "metrics_port",
+    "feed": "feed",
+    "feeds": "sink_feeds",
 }
 
 

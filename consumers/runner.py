@@ -81,6 +81,7 @@ from consumers.letters import Letters, Rereader
 from consumers.positions import Replay, end_offsets, parse_offsets, show_offsets, tp_of
 from schemas import Serde
 from spark_relay.errors import ConfigError, SinkUnavailableError
+from spark_relay.feeds import feed_of_topic, merged_feeds
 from spark_relay.health import HEALTH
 from spark_relay.metrics import start_sink
 from spark_relay.settings import Settings
@@ -179,7 +180,16 @@ class Runner:
         self.settings = settings
         self.config = config or RunnerConfig()
         self.stop = stop or threading.Event()
-        self.sources = tuple(settings.topic(resource) for resource in sink.resources)
+        #: the feeds it reads (a merged sink: several, --feeds), each topic with its feed's name
+        self.feeds = merged_feeds(settings)
+        if len(self.feeds) > 1 and not getattr(sink, "merges_feeds", False):
+            raise ConfigError(
+                f"sink {sink.name} keeps one feed (it keys records by key alone): run one per "
+                "feed (--feed NAME), or merge the feeds in a sink keyed by (feed, key) "
+                "(postgres, search, files)"
+            )
+        self.feed_of = feed_of_topic(self.feeds, tuple(sink.resources))
+        self.sources = tuple(self.feed_of)
         self.dlq_topic = dlq_topic(settings.topic_prefix, sink.name)
         redrive = self.config.redrive
         self.topics = (self.dlq_topic,) if redrive else self.sources  # what it consumes
@@ -237,7 +247,8 @@ class Runner:
             k: v for k, v in consumer_config.items() if k not in ("group.protocol", "error_cb")
         }
         dlq = DeadLetters(settings, self.sink.name)
-        start_sink(self.sink.name, list(self.sources))  # every series at 0 from the first scrape
+        # every series at 0 from the first scrape
+        start_sink(self.sink.name, list(self.sources), self.feed_of)
         rereader = Rereader(assignment.consumer_settings, self.group_id, self.sources)
         self._applier = Applier(
             self.sink,
@@ -245,12 +256,14 @@ class Runner:
                 SchemaRegistryClient(settings.registry_config()),
                 settings.topic_prefix,
                 auto_register=False,
+                also=[feed.topic_prefix for feed in self.feeds],
             ),
             Letters(dlq, self.sink.name, config.dead_letter_limit),
             rereader,
             sources=self.sources,
             dlq_topic=self.dlq_topic,
             redrive=config.redrive,
+            feeds=self.feed_of,
         )
         assignment.open()  # a broken store is waited out: the member joins its group meanwhile
         lag = LagTimer(

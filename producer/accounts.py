@@ -46,7 +46,7 @@ def run_accounts(pipe: Pipeline, stats: RunStats, force: bool) -> bool:
     )
     try:
         for page, after, skip in prefetch(pages):
-            source = Source(
+            source = pipe.source(
                 resource="accounts",
                 procedure="accounts",
                 run_id=run_id,
@@ -63,7 +63,7 @@ def run_accounts(pipe: Pipeline, stats: RunStats, force: bool) -> bool:
                 return False
     finally:
         bar.close()
-    source = Source(
+    source = pipe.source(
         resource="accounts", procedure="accounts", run_id=run_id, fetched_at=datetime.now(UTC)
     )
     return purge_vanished(pipe, "accounts", source, stats, force)

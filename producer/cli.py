@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from spark_relay.app import App, pass_app
+from spark_relay.app import App, feed_option, pass_app
 from spark_relay.errors import EXIT_CODES
 from spark_relay.health import HEALTH
 from spark_relay.metrics import serve_metrics, start_poller
@@ -66,7 +66,10 @@ def build_poller(
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
     runs = state.last_runs()
     _seed_checkpoint_times(runs)
-    start_poller([settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")])
+    start_poller(
+        [settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")],
+        settings.feed,
+    )
     poller = Poller(settings, client, publisher, serde, state, stop=stop, progress=progress)
     newest = max(
         (e["last"] for e in runs.values() if "last" in e),
@@ -179,9 +182,12 @@ def _procedure(name: str, doc: str, call, *options):
     @poll_group.command(name, help=doc, epilog=_EXITS)
     @_progress
     @_metrics
+    @feed_option
     @pass_app
-    def command(app: App, progress: bool | None, metrics_port: int | None, **flags) -> None:
-        settings = app.settings(metrics_port=metrics_port)
+    def command(
+        app: App, progress: bool | None, metrics_port: int | None, feed: str | None, **flags
+    ) -> None:
+        settings = app.settings(metrics_port=metrics_port, feed=feed)
         serve_metrics(settings.metrics_port or None, settings.metrics_host)
         with _command_poller(settings, progress) as poller:
             stats = call(poller, **flags)
@@ -232,9 +238,15 @@ _procedure(
 )
 @_progress
 @_metrics
+@feed_option
 @pass_app
 def snapshot_command(
-    app: App, restart: bool, republish: bool, progress: bool | None, metrics_port: int | None
+    app: App,
+    restart: bool,
+    republish: bool,
+    progress: bool | None,
+    metrics_port: int | None,
+    feed: str | None,
 ) -> None:
     """The initial download: every listing by _skiptoken, _limit=1000.
 
@@ -244,7 +256,7 @@ def snapshot_command(
     """
     if republish and not restart:
         raise click.UsageError("--republish starts a new snapshot: give --restart as well")
-    settings = app.settings(metrics_port=metrics_port)
+    settings = app.settings(metrics_port=metrics_port, feed=feed)
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
     with _command_poller(settings, progress) as poller:
         click.echo(poller.snapshot(restart=restart, republish=republish).summary())
@@ -267,8 +279,11 @@ def snapshot_command(
 )
 @_progress
 @_metrics
+@feed_option
 @pass_app
-def run_command(app: App, interval, accounts_interval, purge_at, progress, metrics_port) -> None:
+def run_command(
+    app: App, interval, accounts_interval, purge_at, progress, metrics_port, feed
+) -> None:
     """The daemon: snapshot if none completed, then updates, accounts and the daily purge.
 
     SIGTERM (or Ctrl-C) lets the current page finish and commit, then exits 0.
@@ -283,6 +298,7 @@ def run_command(app: App, interval, accounts_interval, purge_at, progress, metri
         accounts_interval=accounts_interval,
         purge_at=purge_at,
         metrics_port=metrics_port,
+        feed=feed,
     )
     settings.require("api_key", "kafka_bootstrap", "schema_registry_url")
     serve_metrics(settings.metrics_port or None, settings.metrics_host)
@@ -314,13 +330,17 @@ def topics_group() -> None:
     show_default=True,
     help="Replicas per partition (3 on a production cluster).",
 )
+@feed_option
 @pass_app
-def topics_create_command(app: App, partitions: int, replication_factor: int) -> None:
+def topics_create_command(
+    app: App, partitions: int, replication_factor: int, feed: str | None
+) -> None:
     """Create <prefix>.listings, .accounts (compacted), .purges and the dead-letter
-    topic, and register the schemas (subjects <topic>-value). Idempotent."""
+    topic, and register the schemas (subjects <topic>-value). Idempotent. With
+    --feed, the feed's topics (<prefix>.<feed>.*)."""
     from producer.topics import ensure_contract
     from spark_relay.reach import reach
 
-    settings = reach(app.settings(), "kafka", "registry")
+    settings = reach(app.settings(feed=feed), "kafka", "registry")
     for line in ensure_contract(settings, partitions, replication_factor):
         click.echo(line)

@@ -141,6 +141,10 @@ class Pipeline:
 
     # -- fetch ------------------------------------------------------------
 
+    def source(self, **fields: Any) -> Source:
+        """The ``source`` block of an event this pipeline publishes: the fields, and its feed."""
+        return Source(feed=self.settings.feed or None, **fields)
+
     def server_now(self) -> datetime:
         """The API's clock (:func:`producer.clock.api_now`)."""
         return api_now(self.client, timedelta(minutes=self.settings.overlap))

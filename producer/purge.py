@@ -72,7 +72,7 @@ def run_purge(pipe: Pipeline, stats: RunStats, force: bool) -> bool:
         raise PurgeRefused(f"{e}: nothing was purged") from e
     finally:
         bar.close()
-    source = Source(
+    source = pipe.source(
         resource="listings",
         procedure="purge",
         run_id=checkpoint["run_id"],

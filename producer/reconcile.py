@@ -14,13 +14,12 @@ from datetime import UTC, datetime
 from producer.pipeline import Pipeline
 from producer.purge import purge_keys
 from producer.runs import RunStats
-from schemas import Source
 
 __all__ = ["run_reconcile"]
 
 
 def run_reconcile(pipe: Pipeline, stats: RunStats, republish: list[str], purge: list[str]) -> bool:
-    source = Source(
+    source = pipe.source(
         resource="listings",
         procedure="reconcile",
         run_id=stats.run_id,

@@ -31,7 +31,7 @@ from producer.purge import purge_keys
 from producer.records import check
 from producer.runs import RunStats
 from producer.spark_client import Forbidden, NotFound
-from schemas import InvalidRecord, Source
+from schemas import InvalidRecord
 from schemas.topics import dlq_topic, redrive_group
 from spark_relay.errors import ConfigError
 from spark_relay.settings import Settings
@@ -128,7 +128,9 @@ def run_redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: 
 
 def _redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: list[str]) -> bool:
     now = datetime.now(UTC)
-    source = Source(resource="listings", procedure="redrive", run_id=stats.run_id, fetched_at=now)
+    source = pipe.source(
+        resource="listings", procedure="redrive", run_id=stats.run_id, fetched_at=now
+    )
     returned = pipe.refetch(listings, source, stats)
     gone = [key for key in listings if key not in returned]
     known = pipe.state.published("listings", gone)
@@ -137,7 +139,9 @@ def _redrive(pipe: Pipeline, stats: RunStats, listings: list[str], accounts: lis
     ):
         return False
 
-    source = Source(resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now)
+    source = pipe.source(
+        resource="accounts", procedure="redrive", run_id=stats.run_id, fetched_at=now
+    )
     rows, gone = [], []
     for account_id in accounts:
         try:

@@ -102,7 +102,7 @@ def _scan(pipe: Pipeline, stats: RunStats, checkpoint: dict) -> dict | None:
         )
 
     def source_of(server_time: datetime | None) -> Source:
-        return Source(
+        return pipe.source(
             resource="listings",
             procedure="snapshot",
             run_id=checkpoint["run_id"],

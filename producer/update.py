@@ -56,7 +56,7 @@ def run_update(pipe: Pipeline, stats: RunStats) -> bool:
 
 
 def _window(pipe: Pipeline, stats: RunStats, lower: datetime, upper: datetime) -> bool:
-    source = Source(
+    source = pipe.source(
         resource="listings",
         procedure="update",
         run_id=stats.run_id,

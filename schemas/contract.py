@@ -97,6 +97,8 @@ class Source:
     fetched_at: datetime
     window_from: datetime | None = None
     window_to: datetime | None = None
+    #: The named feed the event came from; None: the unnamed feed.
+    feed: str | None = None
 
     def __post_init__(self) -> None:
         if self.procedure not in PROCEDURES:
@@ -121,6 +123,7 @@ class Source:
             "window_from": self.window_from,
             "window_to": self.window_to,
             "fetched_at": self.fetched_at,
+            "feed": self.feed,
         }
 
 

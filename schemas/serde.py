@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -128,6 +128,7 @@ class Serde:
         topic_prefix: str,
         *,
         auto_register: bool = True,
+        also: Iterable[str] = (),
     ) -> None:
         self.registry_client = registry_client
         self.topic_prefix = topic_prefix
@@ -137,8 +138,13 @@ class Serde:
         self.auto_register = auto_register
         self._schemas = {topic_name(topic_prefix, name): text for name, text in SCHEMAS.items()}
         self._encoders: dict[str, AvroEncoder] = {}
+        resolvers = {name: Resolver(text) for name, text in SCHEMAS.items()}
+        #: readers of ``topic_prefix``'s topics and of those of the prefixes ``also`` names
+        #: (a sink merging several feeds' topics)
         self._resolvers = {
-            topic_name(topic_prefix, name): Resolver(text) for name, text in SCHEMAS.items()
+            topic_name(prefix, name): resolver
+            for prefix in (topic_prefix, *also)
+            for name, resolver in resolvers.items()
         }
         self._alike: dict[tuple[str, int], bool] = {}  # (topic, writer id) → needs no resolving
         self._any_deserializer = AvroDeserializer(registry_client)

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
-from spark_relay.settings import Settings, load_settings
+from spark_relay.feeds import feed_settings
+from spark_relay.settings import Settings, load_settings, replace
 
-__all__ = ["App", "pass_app"]
+__all__ = ["App", "pass_app", "feed_option"]
 
 
 @dataclass
@@ -26,7 +27,22 @@ class App:
     debug: bool
 
     def settings(self, **overrides: Any) -> Settings:
-        return load_settings(self.config_file, **{**self.overrides, **overrides})
+        """The settings; with a feed named (``--feed``, ``SPARK_RELAY_FEED``), that feed's.
+
+        The command's own flags (``overrides``) rank above the feed's table, as above the rest.
+        """
+        settings = load_settings(self.config_file, **{**self.overrides, **overrides})
+        flags = {k: v for k, v in overrides.items() if v is not None and k != "feed"}
+        return replace(feed_settings(settings), **flags) if settings.feed else settings
+
+
+#: ``--feed NAME``: the named feed a command works on (SPARK_RELAY_FEED).
+feed_option = click.option(
+    "--feed",
+    metavar="NAME",
+    help="The named feed to work on ([feed.<name>] or SPARK_RELAY_FEEDS; SPARK_RELAY_FEED); "
+    "default: the unnamed feed. An unknown name exits 2, naming the configured feeds.",
+)
 
 
 pass_app = click.make_pass_decorator(App)

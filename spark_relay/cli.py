@@ -118,9 +118,15 @@ def _register() -> None:
     for command in (search_command, files_group, iceberg_group):
         cli.add_command(command)
 
-    from spark_relay.commands import demo_command, dlq_group, reconcile_command, status_command
+    from spark_relay.commands import (
+        demo_command,
+        dlq_group,
+        feed_group,
+        reconcile_command,
+        status_command,
+    )
 
-    for command in (demo_command, status_command, reconcile_command, dlq_group):
+    for command in (demo_command, status_command, reconcile_command, dlq_group, feed_group):
         cli.add_command(command)
 
 

@@ -1,8 +1,9 @@
-"""The operator's commands: ``demo``, ``status``, ``reconcile``, ``dlq redrive``."""
+"""The operator's commands: ``demo``, ``status``, ``reconcile``, ``dlq redrive``, ``feed …``."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import signal
 import threading
@@ -10,19 +11,32 @@ from contextlib import ExitStack
 
 import click
 
-from spark_relay.app import App, pass_app
+from spark_relay.app import App, feed_option, pass_app
 from spark_relay.errors import EXIT_UNHEALTHY, ConfigError
+from spark_relay.feeds import feed_settings
 from spark_relay.reach import reach
 
-__all__ = ["demo_command", "status_command", "reconcile_command", "dlq_group"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "demo_command",
+    "status_command",
+    "reconcile_command",
+    "dlq_group",
+    "feed_group",
+]
 
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every partition of each consumer group.")
+@feed_option
 @pass_app
-def status_command(app: App, as_json: bool, verbose: bool) -> None:
+def status_command(app: App, as_json: bool, verbose: bool, feed: str | None) -> None:
     """A dashboard: problems, the poller's procedures, each consumer group, the dead letters.
+
+    With named feeds configured: one dashboard per feed (--feed NAME: that one), the
+    merged sinks' dead letters, and the total.
 
     One table of procedures (last success, its age, records, published, when it
     is due next), one line per consumer group (total lag, its freshness in business
@@ -36,11 +50,23 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     """
     import json
 
-    from spark_relay.status import collect_status, render
+    from spark_relay.status import collect_feeds, collect_status, render, render_feeds
 
-    settings = app.settings().require("kafka_bootstrap")
+    settings = app.settings(feed=feed).require("kafka_bootstrap")
     registry = ("registry",) if settings.schema_registry_url else ()  # for the freshness
-    status = collect_status(reach(settings, "kafka", *registry, "postgres"))
+    settings = reach(settings, "kafka", *registry, "postgres")
+    if settings.feeds and not settings.feed:  # every named feed, then the total
+        statuses = collect_feeds(settings)
+        healthy = all(s.healthy for s in statuses.values())
+        if as_json:
+            feeds = {name: s.as_dict() for name, s in statuses.items()}
+            click.echo(json.dumps({"healthy": healthy, "feeds": feeds}, default=str))
+        else:
+            click.echo("\n".join(render_feeds(statuses, verbose=verbose)))
+        if not healthy:
+            raise SystemExit(EXIT_UNHEALTHY)
+        return
+    status = collect_status(settings)
     if as_json:
         click.echo(json.dumps(status.as_dict(), default=str))
     else:
@@ -80,9 +106,18 @@ def status_command(app: App, as_json: bool, verbose: bool) -> None:
     help="Re-publish missing and stale listings and purge the ones not purged, through the poller.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sink.")
+@feed_option
 @pass_app
 def reconcile_command(
-    app: App, sinks, postgres_schema, search_path, files_path, iceberg_namespace, repair, as_json
+    app: App,
+    sinks,
+    postgres_schema,
+    search_path,
+    files_path,
+    iceberg_namespace,
+    repair,
+    as_json,
+    feed,
 ) -> None:
     """Compare the API's keys and ModificationTimestamps with what each sink holds.
 
@@ -94,14 +129,27 @@ def reconcile_command(
     --repair the poller re-publishes and purges them, so every sink heals the
     same way once it consumed the events. Exits 7 when a sink differs (1 is an
     unexpected error). With --json, stdout holds one JSON object per line only.
+
+    With --feed: that feed's API against what each sink holds of it; with
+    SPARK_RELAY_SINK_FEEDS set too, against the merged sinks (their stores where
+    `spark-relay sink <name> --feeds …` puts them).
     """
     import json
 
     from producer.cli import build_poller
-    from spark_relay.reconcile import SinkNotSetUp, api_keys, compare, holdings, sink_options
+    from spark_relay.reconcile import (
+        SinkNotSetUp,
+        api_keys,
+        compare,
+        holdings,
+        merged_options,
+        sink_options,
+    )
 
-    settings = reach(app.settings(), "api", "kafka", "registry", "postgres")
+    settings = reach(app.settings(feed=feed), "api", "kafka", "registry", "postgres")
     options = {name: sink_options(name, settings) for name in ("postgres", "search", "files")}
+    if settings.feed and settings.sink_feeds:  # the merged sinks' stores
+        options = merged_options(app.settings(feed=""), options)
     for sink, key, value in (
         ("postgres", "schema", postgres_schema),
         ("search", "path", search_path),
@@ -215,6 +263,14 @@ def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the emulated MLS.")
 @click.option(
+    "--feeds",
+    type=click.IntRange(1, 2),
+    default=1,
+    show_default=True,
+    help="2: two MLSs (emulators of seeds SEED and SEED+1, colliding ListingKeys), a poller "
+    "each, merged sinks; each feed checked against its own truth.",
+)
+@click.option(
     "--keep",
     is_flag=True,
     help="Leave the devstack and the emulator running afterwards, and print how to reach them.",
@@ -224,7 +280,7 @@ def redrive_command(app: App, sink: str, sink_options: tuple[str, ...]) -> None:
 )
 @pass_app
 def demo_command(
-    app: App, listings: int, rounds: int, seed: int, keep: bool, as_json: bool
+    app: App, listings: int, rounds: int, seed: int, feeds: int, keep: bool, as_json: bool
 ) -> None:
     """The whole pipeline on this machine: emulator → poller → Kafka → PostgreSQL, search, files.
 
@@ -252,6 +308,7 @@ def demo_command(
             services=services,
             say=lambda text: click.echo(text, err=as_json),
             log_format=log_format,
+            feeds=feeds,
         )
         _demo_summary(result, keep=keep, as_json=as_json)
         if keep:
@@ -264,14 +321,15 @@ def demo_command(
 
 
 def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
+    width = max(10, *(len(name) for name in result.sinks))  # postgres/north with --feeds 2
     lines = [
         "",
-        f"{'sink':<10} {'rows':>8} {'lag':>5}  matches the ground truth",
+        f"{'sink':<{width}} {'rows':>8} {'lag':>5}  matches the ground truth",
         *(
-            f"{name:<10} {s['rows']:>8,} {s['lag']:>5}  {'yes' if s['matches'] else 'NO'}"
+            f"{name:<{width}} {s['rows']:>8,} {s['lag']:>5}  {'yes' if s['matches'] else 'NO'}"
             for name, s in result.sinks.items()
         ),
-        f"{'truth':<10} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
+        f"{'truth':<{width}} {result.listings:>8,}        ({result.seconds:.0f}s in all)",
     ]
     env = result.environment
     state = env["SPARK_RELAY_STATE_DIR"]
@@ -297,3 +355,62 @@ def _demo_summary(result, *, keep: bool, as_json: bool) -> None:
         click.echo(line, err=as_json)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
+
+
+@click.group("feed")
+def feed_group() -> None:
+    """Named feeds: list them, remove one from the merged sinks."""
+
+
+@feed_group.command("list")
+@click.pass_obj
+def feed_list_command(app) -> None:
+    """The configured feeds, each with its API URL and topic prefix."""
+    settings = app.settings()
+    for name in sorted(settings.feeds):
+        feed = feed_settings(settings, name)
+        click.echo(f"{name}\t{feed.api_url}\t{feed.topic_prefix}.*\t{feed.state_dir}")
+
+
+@feed_group.command("remove")
+@click.argument("name")
+@click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    type=click.Choice(["files", "postgres", "search"]),
+    help="A merged sink to remove it from (repeatable; default: postgres, search and files).",
+)
+@click.option(
+    "--postgres-schema",
+    help="Schema of the merged postgres sink [default: as the sink resolves it].",
+)
+@click.option(
+    "--search-path",
+    help="Tantivy index of the merged search sink [default: as the sink resolves it].",
+)
+@click.option(
+    "--files-path", help="Directory of the merged files sink [default: as the sink resolves it]."
+)
+@click.pass_obj
+def feed_remove_command(app, name, sinks, postgres_schema, search_path, files_path) -> None:
+    """Delete feed NAME's rows, documents and files from every merged sink, and say what went.
+
+    Run it once the merged sinks no longer read the feed (restarted with --feeds
+    without it) and its poller stopped; stop a Tantivy search sink meanwhile (one
+    writer per index). The sinks' own offsets of the feed's topics go too: the feed
+    added again later is read from the beginning of its topics.
+    """
+    from spark_relay.reconcile import REMOVERS, remove_feed, sink_options
+
+    settings = app.settings()
+    options = {sink: sink_options(sink, settings) for sink in REMOVERS}
+    for sink, key, value in (
+        ("postgres", "schema", postgres_schema),
+        ("search", "path", search_path),
+        ("files", "path", files_path),
+    ):
+        if value:
+            options[sink][key] = value
+    for line in remove_feed(settings, name, options, sinks or tuple(REMOVERS)):
+        click.echo(line)

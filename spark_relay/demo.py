@@ -8,6 +8,11 @@ live; then ``rounds`` of emulator change, each followed by an update window;
 then a purge. The demo waits until every sink caught up and checks each against
 the emulator's ground truth.
 
+With ``feeds=2`` it runs two MLSs: two emulators (seeds ``seed`` and
+``seed + 1``, whose ListingKeys collide), a poller per feed (``north``,
+``south``), and merged sinks reading both; each feed is checked against its own
+emulator's truth in every sink (the Iceberg sink keeps one feed: not run then).
+
 It touches nothing it did not create: no setting is read from the
 environment or a config file (an operator's exported production settings,
 ``SPARK_RELAY_DATABASE_URL`` included, and every sink's own
@@ -17,6 +22,7 @@ directory is written.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import tempfile
@@ -25,6 +31,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +39,9 @@ from consumers.registry import load_sink
 from consumers.runner import Runner, RunnerConfig, default_group, end_offsets
 from producer.cli import build_poller
 from producer.topics import ensure_contract
-from spark_relay.reconcile import _utc, holdings, sink_options
-from spark_relay.settings import Settings, load_settings
+from spark_relay.feeds import feed_settings
+from spark_relay.reconcile import _utc, holdings, merged_options, sink_options
+from spark_relay.settings import Settings, load_settings, replace
 
 __all__ = ["run_demo", "DemoResult", "SINKS"]
 
@@ -45,6 +53,8 @@ SINKS = ("postgres", "search", "files") + (
 )
 #: The demo's topic prefix: never an operator's.
 PREFIX = "demo"
+#: The feeds of a demo of several MLSs (``--feeds 2``).
+FEEDS = ("north", "south")
 
 
 @dataclass
@@ -121,7 +131,7 @@ def _lag(settings: Settings, sink: str, ends: dict) -> int:
 def _wait_caught_up(
     settings: Settings, live: list[_LiveSink], say: Callable[[str], None], timeout: float = 180.0
 ) -> dict[str, int]:
-    topics = {settings.topic(r) for sink in live for r in sink.runner.sink.resources}
+    topics = {topic for sink in live for topic in sink.runner.sources}
     ends = end_offsets(
         settings.kafka_config("consumer", **{"group.id": "spark-relay.demo"}), sorted(topics)
     )
@@ -132,11 +142,7 @@ def _wait_caught_up(
         for sink in live:
             if sink.error is not None:
                 raise sink.error
-            mine = {
-                tp: end
-                for tp, end in ends.items()
-                if tp[0] in {settings.topic(r) for r in sink.runner.sink.resources}
-            }
+            mine = {tp: end for tp, end in ends.items() if tp[0] in sink.runner.sources}
             lags[sink.name] = _lag(settings, sink.name, mine)
         if not any(lags.values()):
             return lags
@@ -153,6 +159,7 @@ def run_demo(
     services: ExitStack,
     say: Callable[[str], None],
     log_format: str = "text",
+    feeds: int = 1,
 ) -> DemoResult:
     """Run the demo in a new directory; ``say`` shows progress. The caller prints the summary."""
     started = time.monotonic()
@@ -171,16 +178,23 @@ def run_demo(
         devstack = Devstack(root / "devstack").start()  # its own PostgreSQL, always
         services.callback(devstack.stop)
         say(f"  kafka {devstack.broker.bootstrap}, registry {devstack.registry.url}")
-        say(f"• starting the Spark API emulator with {listings:,} listings …")
-        emulator = Emulator(
-            EmulatorConfig(
-                listings=listings,
-                accounts=max(listings // 20, 10),
-                seed=seed,
-                filter_cache_seconds=600,
-            )
-        ).start()
-        services.callback(emulator.stop)
+        names = FEEDS[:feeds] if feeds > 1 else ("",)
+        start = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        emulators = {}
+        for number, name in enumerate(names):
+            say(f"• starting the Spark API emulator{_of(name)} with {listings:,} listings …")
+            emulators[name] = Emulator(
+                EmulatorConfig(
+                    listings=listings,
+                    accounts=max(listings // 20, 10),
+                    seed=seed + number,
+                    key_seed=seed if feeds > 1 else None,  # the feeds' keys collide
+                    start_time=start if feeds > 1 else None,
+                    filter_cache_seconds=600,
+                )
+            ).start()
+            services.callback(emulators[name].stop)
+        emulator = next(iter(emulators.values()))
         env = devstack.environment()
         result.environment = {
             **env,
@@ -192,45 +206,69 @@ def run_demo(
         settings = load_settings(  # from nothing but the demo's own services
             environ=result.environment, rate_limit=100, log_format=log_format
         )
+        if feeds > 1:  # each feed its emulator; the sinks merge them all
+            tables = {
+                n: {"api_url": e.url, "api_key": "devstack-key"} for n, e in emulators.items()
+            }
+            settings = replace(settings, sink_feeds=",".join(names))
+            settings = dataclasses.replace(settings, feeds=tables)
+        feed_of = {name: feed_settings(settings, name) for name in names}
         say("• creating topics and registering schemas …")
-        for line in ensure_contract(settings):
-            logger.info(line)
-        say(f"• starting the sinks: {', '.join(SINKS)} (each its own consumer group)")
-        live = [_LiveSink(name, settings, DEVSTACK_CONSUMER_SETTINGS) for name in SINKS]
+        prefixes = {settings.topic_prefix: settings} | {f.topic_prefix: f for f in feed_of.values()}
+        for feed in prefixes.values():
+            for line in ensure_contract(feed):
+                logger.info(line)
+        sinks = [s for s in SINKS if feeds == 1 or s != "iceberg"]  # iceberg: one feed
+        say(f"• starting the sinks: {', '.join(sinks)} (each its own consumer group)")
+        live = [_LiveSink(name, settings, DEVSTACK_CONSUMER_SETTINGS) for name in sinks]
         stack.callback(lambda: [sink.close() for sink in live])
-        with build_poller(settings, progress=True) as poller:
-            say("• snapshot (initial download by _skiptoken) …")
-            say("  " + poller.snapshot().summary())
-            say("• accounts (_skip, de-duplicated by Id) …")
-            say("  " + poller.accounts().summary())
-            for number in range(1, rounds + 1):
-                changes = emulator.advance(
-                    minutes=20,
-                    modify=0.03,
-                    create=0.01,
-                    remove=0.005,
-                    media=0.01,
-                    accounts_modify=0.02,
-                )
-                say(
-                    f"• round {number}: the MLS changed ({len(changes['modified'])} modified, "
-                    f"{len(changes['created'])} new, {len(changes['removed'])} gone); update …"
-                )
-                say("  " + poller.update().summary())
-            say("• purge (every ListingKey, diffed against what was published) …")
-            say("  " + poller.purge().summary())
+        for name, emu in emulators.items():
+            _poll(feed_of[name], emu, rounds, say, _of(name))
         say("• waiting until every sink caught up …")
         lags = _wait_caught_up(settings, live, say)
         for sink in live:
             sink.close()
-        truth = {k: _utc(v) for k, v in emulator.truth()["listings"].items()}
-        result.listings = len(truth)
-        for sink in live:
-            held = holdings(sink.name, settings, sink.options)
-            result.sinks[sink.name] = {
-                "rows": len(held),
-                "lag": lags.get(sink.name, 0),
-                "matches": held == truth,
-            }
+        for name, emu in emulators.items():
+            truth = {k: _utc(v) for k, v in emu.truth()["listings"].items()}
+            result.listings += len(truth)
+            for sink in live:
+                options = sink.options
+                if feeds > 1:  # where the merged sink keeps it, this feed's part
+                    options = merged_options(settings, {sink.name: dict(options)})[sink.name]
+                held = holdings(sink.name, feed_of[name], options)
+                result.sinks[f"{sink.name}/{name}" if name else sink.name] = {
+                    "rows": len(held),
+                    "lag": lags.get(sink.name, 0),
+                    "matches": held == truth,
+                }
         result.seconds = time.monotonic() - started
     return result
+
+
+def _of(feed: str) -> str:
+    return f" of feed {feed}" if feed else ""
+
+
+def _poll(settings: Settings, emulator: Any, rounds: int, say: Callable[[str], None], of: str):
+    """One feed's poller: snapshot, accounts, ``rounds`` of change each with an update, purge."""
+    with build_poller(settings, progress=True) as poller:
+        say(f"• snapshot{of} (initial download by _skiptoken) …")
+        say("  " + poller.snapshot().summary())
+        say(f"• accounts{of} (_skip, de-duplicated by Id) …")
+        say("  " + poller.accounts().summary())
+        for number in range(1, rounds + 1):
+            changes = emulator.advance(
+                minutes=20,
+                modify=0.03,
+                create=0.01,
+                remove=0.005,
+                media=0.01,
+                accounts_modify=0.02,
+            )
+            say(
+                f"• round {number}{of}: the MLS changed ({len(changes['modified'])} modified, "
+                f"{len(changes['created'])} new, {len(changes['removed'])} gone); update …"
+            )
+            say("  " + poller.update().summary())
+        say(f"• purge{of} (every ListingKey, diffed against what was published) …")
+        say("  " + poller.purge().summary())

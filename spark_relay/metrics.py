@@ -44,6 +44,7 @@ __all__ = [
     "PURGES_REFUSED",
     "PROCEDURE_FAILURES",
     "DEAD_LETTERS_WAITING",
+    "FEED_TOPICS",
     "start_poller",
     "start_sink",
     "observe_newest",
@@ -119,11 +120,22 @@ DEAD_LETTERS_WAITING = Gauge(
 )
 
 
-def start_poller(topics: list[str]) -> None:
+FEED_TOPICS = Gauge(
+    "spark_relay_feed_topic_info",
+    "1 for each topic of each feed this process reads or writes (feed '': the unnamed feed): "
+    "join on topic for a per-feed view, e.g. sum by (feed) (rate(spark_relay_published_records"
+    "[5m]) * on (topic) group_left (feed) spark_relay_feed_topic_info)",
+    ["feed", "topic"],
+)
+
+
+def start_poller(topics: list[str], feed: str = "") -> None:
     """Every series the poller will carry, at 0 from its first scrape (so ``increase`` sees
-    the first event): published per topic, dead letters per resource, refusals per procedure."""
+    the first event): published per topic, dead letters per resource, refusals per procedure;
+    and its topics' feed."""
     for topic in topics:
         PUBLISHED.labels(topic)
+        FEED_TOPICS.labels(feed, topic).set(1)
     for resource in ("listings", "accounts"):
         POLLER_DEAD_LETTERS.labels(resource)
     for procedure in ("purge", "accounts"):
@@ -133,10 +145,11 @@ def start_poller(topics: list[str]) -> None:
     DEAD_LETTERS_WAITING.labels("poller")
 
 
-def start_sink(sink: str, topics: list[str]) -> None:
-    """Every series a sink will carry, at 0 from its first scrape."""
+def start_sink(sink: str, topics: list[str], feeds: dict[str, str] | None = None) -> None:
+    """Every series a sink will carry, at 0 from its first scrape; each topic's feed."""
     for topic in topics:
         SINK_APPLIED.labels(sink, topic)
+        FEED_TOPICS.labels((feeds or {}).get(topic, ""), topic).set(1)
     SINK_DEAD_LETTERS.labels(sink)
     DEAD_LETTERS_WAITING.labels(sink)
 

@@ -19,7 +19,8 @@ before its scan, so nothing is published between the scan and the purge.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +29,12 @@ from typing import Any
 from producer.spark_client import SparkClient
 from spark_relay import postgres
 from spark_relay.errors import ConfigError, TransientSourceError
-from spark_relay.settings import Settings
+from spark_relay.feeds import feed_settings
+from spark_relay.settings import Settings, _feed_name
 
 __all__ = [
+    "remove_feed",
+    "REMOVERS",
     "SINK_READERS",
     "Finding",
     "SinkNotSetUp",
@@ -86,9 +90,10 @@ def _postgres(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str
     with postgres.connect(settings.database_url) as connection:
         try:
             cursor = connection.execute(
-                sql.SQL('SELECT "ListingKey", "ModificationTimestamp" FROM {}.listings').format(
-                    sql.Identifier(schema)
-                )
+                sql.SQL(
+                    'SELECT "ListingKey", "ModificationTimestamp" FROM {}.listings WHERE feed = %s'
+                ).format(sql.Identifier(schema)),
+                [settings.feed],  # its own feed's rows ('': the unnamed feed's)
             )
         except psycopg.errors.UndefinedTable:
             raise SinkNotSetUp(
@@ -144,6 +149,8 @@ def _search(settings: Settings, options: dict[str, Any]) -> Iterator[tuple[str, 
         raise SinkNotSetUp(f"search: no index in {path} (has `spark-relay sink search` run?)")
     _, hits = tantivy_backend.search(path / "index", None, [], 0)
     for hit in hits:
+        if options.get("merged") and hit.get("feed") != settings.feed:
+            continue  # an index of several feeds: the feed's own documents
         yield hit["ListingKey"], _utc(hit["ModificationTimestamp"])
 
 
@@ -210,6 +217,21 @@ def sink_options(sink: str, settings: Settings, read_environment: bool = True) -
     return command.make_context(sink, [], default_map=table).params
 
 
+def merged_options(base: Settings, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``options`` pointing at the merged sinks' stores (as ``--feeds`` resolves them from the
+    ``base`` settings, of no feed), where no flag or variable named another."""
+    from consumers.search.sink import default_index_path, index_prefix
+
+    merged = {sink: dict(table) for sink, table in options.items()}
+    search = merged.setdefault("search", {})
+    search.setdefault("merged", True)
+    if not search.get("path"):
+        search["path"] = str(default_index_path(base.state_path, index_prefix(base)))
+    if not merged.setdefault("files", {}).get("path"):
+        merged["files"]["path"] = str(base.state_path / "files")
+    return merged
+
+
 def holdings(
     sink: str, settings: Settings, options: dict[str, Any] | None = None
 ) -> dict[str, datetime]:
@@ -257,3 +279,120 @@ def compare(sink: str, api: dict[str, datetime], held: dict[str, datetime]) -> F
     finding.missing.sort()
     finding.stale.sort()
     return finding
+
+
+# ---- feed remove -------------------------------------------------------------------
+#
+# ``spark-relay feed remove NAME``: a feed's rows, documents and files out of every merged sink.
+#
+# What a merged sink holds of a feed, and where (each sink's store as ``spark-relay
+# sink <name> --feeds …`` resolves it: SPARK_RELAY_POSTGRES_SCHEMA, the search index
+# of several feeds, SPARK_RELAY_FILES_PATH, or the flags):
+#
+# - PostgreSQL: the rows of ``listings``, ``accounts``, ``listing_history``,
+#   ``purges`` and ``deletes`` whose ``feed`` is the feed, and its topics' offsets
+#   in ``kafka_offsets``;
+# - search (Tantivy): the documents whose ``feed`` is the feed, their versions and
+#   remembered deletes, its topics' offsets;
+# - files: the folders of the feed's topics.
+#
+# The sink's own offsets of the feed's topics go too, so a feed added again later
+# is read from the beginning of its topics. Run it once the merged sinks no longer
+# read the feed (restarted with ``--feeds`` without it): a sink still reading it
+# writes it again. The Tantivy index allows one writer: stop the search sink for
+# the removal (the lock's message names its holder).
+
+_TABLES = ("listings", "accounts", "listing_history", "purges", "deletes")
+
+
+def _topics(settings: Settings, name: str) -> list[str]:
+    """The feed's topics: as configured, else (a feed taken out of the configuration
+    already) under the default prefix ``<prefix>.<name>``."""
+    if name in settings.feeds:
+        prefix = feed_settings(settings, name, "feed remove").topic_prefix
+    else:
+        prefix = f"{settings.topic_prefix}.{_feed_name('feed remove', name)}"
+    return [f"{prefix}.{r}" for r in ("listings", "accounts", "purges")]
+
+
+def _postgres(settings: Settings, name: str, options: dict[str, Any]) -> str:
+    import psycopg
+    from psycopg import sql
+
+    if not settings.database_url:
+        return "postgres: SPARK_RELAY_DATABASE_URL is not set, nothing to do"
+    schema = options.get("schema") or "spark"
+    counts = []
+    with psycopg.connect(settings.database_url) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'listings' AND column_name = 'feed'",
+            [schema],
+        ).fetchone()
+        if not found or not found[0]:
+            return f"postgres: schema {schema} holds no feeds (no {schema}.listings.feed)"
+        with conn.transaction():
+            for table in _TABLES:
+                deleted = conn.execute(
+                    sql.SQL("DELETE FROM {}.{} WHERE feed = %s").format(
+                        sql.Identifier(schema), sql.Identifier(table)
+                    ),
+                    [name],
+                ).rowcount
+                counts.append(f"{deleted} {table}")
+            offsets = conn.execute(
+                sql.SQL("DELETE FROM {}.kafka_offsets WHERE topic = ANY(%s)").format(
+                    sql.Identifier(schema)
+                ),
+                [_topics(settings, name)],
+            ).rowcount
+    return f"postgres: schema {schema}: deleted {', '.join(counts)} rows, {offsets} offsets"
+
+
+def _search(settings: Settings, name: str, options: dict[str, Any]) -> str:
+    from consumers.search.sink import default_index_path
+    from consumers.search.tantivy_backend import TantivyBackend
+
+    if options.get("backend") == "opensearch":
+        return "search: the opensearch backend: delete by query `feed:<name>` in the cluster"
+    base = f"{settings.topic_prefix}.feeds"  # the index of several feeds (index_prefix)
+    path = Path(options.get("path") or default_index_path(settings.state_path, base))
+    if not (path / "index" / "meta.json").exists():
+        return f"search: no index of several feeds at {path}, nothing to do"
+    backend = TantivyBackend(path, merged=True, heap_size=15_000_000)
+    try:
+        documents = backend.remove_feed(name, _topics(settings, name))
+    finally:
+        backend.close()
+    return f"search: index {path}: deleted {documents} documents"
+
+
+def _files(settings: Settings, name: str, options: dict[str, Any]) -> str:
+    root = Path(options.get("path") or settings.state_path / "files")
+    removed = []
+    for topic in _topics(settings, name):
+        folder = root / topic
+        if folder.is_dir():
+            files = sum(1 for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder)
+            removed.append(f"{folder} ({files} files)")
+    return f"files: deleted {', '.join(removed)}" if removed else f"files: nothing of it in {root}"
+
+
+REMOVERS: dict[str, Callable[[Settings, str, dict[str, Any]], str]] = {
+    "postgres": _postgres,
+    "search": _search,
+    "files": _files,
+}
+
+
+def remove_feed(
+    settings: Settings, name: str, options: dict[str, dict[str, Any]], sinks=tuple(REMOVERS)
+) -> list[str]:
+    """Remove feed ``name`` from each of ``sinks`` (their ``options``); one line per sink."""
+    lines = [f"feed {name}: topics {', '.join(_topics(settings, name))}"]
+    for sink in sinks:
+        line = REMOVERS[sink](settings, name, options.get(sink, {}))
+        logger.info("feed %s removed: %s", name, line)
+        lines.append(line)
+    return lines

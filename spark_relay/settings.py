@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -48,6 +49,29 @@ ENV_PREFIX = "SPARK_RELAY_"
 KAFKA_PASSTHROUGH_PREFIX = ENV_PREFIX + "KAFKA_"
 #: The entry-point group sinks register in; ``SPARK_RELAY_<SINK>_*`` are that sink's options.
 SINK_PLUGINS = "spark_relay.sinks"
+#: A feed's name: it becomes part of topic names, directories and variable names.
+FEED_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: What a named feed may set for itself (``[feed.<name>]``, ``SPARK_RELAY_FEED_<NAME>_<SETTING>``);
+#: ``api_key`` from the environment only, never from the TOML file.
+FEED_SETTINGS = (
+    "api_url",
+    "api_key",
+    "api_key_file",
+    "topic_prefix",
+    "state_dir",
+    "update_interval",
+    "accounts_interval",
+    "purge_at",
+    "overlap",
+    "update_window",
+    "rate_limit",
+    "page_size",
+    "api_timeout",
+    "expand",
+    "subresources",
+    "select",
+    "purge_max_ratio",
+)
 #: ``SPARK_RELAY_<FAMILY>_*`` variables that are not settings: librdkafka's, the emulator's,
 #: the devstack's and the tests' own.
 OTHER_FAMILIES = ("KAFKA_", "EMULATOR_", "DEVSTACK_", "TEST_")
@@ -141,6 +165,15 @@ def _topic_prefix(name: str, value: str) -> str:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
     if not value or not set(value) <= allowed:
         raise ConfigError(f"{name}: expected letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _feed_name(name: str, value: str) -> str:
+    if not FEED_NAME.match(value):
+        raise ConfigError(
+            f"{name}: a feed name is lower-case letters, digits and '_', "
+            f"starting with a letter, got {value!r}"
+        )
     return value
 
 
@@ -329,6 +362,24 @@ class Settings:
     config: str = _setting(
         "", None, "TOML file of settings (--config), read before the environment and the flags"
     )
+    # Named feeds (spark_relay.feeds): several MLSs, each with its key, prefix and schedule
+    feed: str = _setting(
+        "",
+        _feed_name,
+        "The named feed a command works on (--feed); empty: the unnamed feed of the settings above",
+    )
+    sink_feeds: str = _setting(
+        "",
+        None,
+        "Feeds a sink merges into one store (--feeds a,b or all); empty: the one feed of --feed",
+    )
+    #: Each named feed's own settings, by feed name: ``[feed.<name>]`` tables in the TOML file,
+    #: ``SPARK_RELAY_FEEDS=a,b`` with ``SPARK_RELAY_FEED_<NAME>_<SETTING>`` in the environment.
+    feeds: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict,
+        repr=False,
+        metadata={"parse": None, "doc": "Named feeds, a comma list (each [feed.<name>] in TOML)"},
+    )
     #: librdkafka settings passed through verbatim (security.protocol, sasl.*, ssl.*, …).
     kafka: Mapping[str, str] = field(
         default_factory=dict, repr=False, metadata={"parse": None, "doc": ""}
@@ -346,7 +397,10 @@ class Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
         for name in names:
             if not getattr(self, name):
-                raise ConfigError(f"{env_name(name)} is not set: expected {_doc(name).lower()}")
+                variable = env_name(name)
+                if self.feed and name in FEED_SETTINGS:  # a named feed's own setting
+                    variable = f"{_feed_env(self.feed, name)} (feed {self.feed})"
+                raise ConfigError(f"{variable} is not set: expected {_doc(name).lower()}")
         return self
 
     def kafka_config(self, role: str = "any", **extra: Any) -> dict[str, Any]:
@@ -399,7 +453,7 @@ def _doc(name: str) -> str:
 _SECRETS = {"api_key", "schema_registry_basic_auth"}
 _NAMES = {f.name for f in fields(Settings)}
 #: Fields with no variable of their own: tables of the TOML file, and the file itself.
-_TABLES = {"kafka", "sink"}
+_TABLES = {"kafka", "sink", "feeds"}
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:
@@ -430,6 +484,7 @@ def load_settings(
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
     sink: dict[str, dict[str, Any]] = {}
+    feeds: dict[str, dict[str, Any]] = {}
 
     config_file = config_file or environ.get(env_name("config")) or None
     if config_file is not None:
@@ -450,6 +505,8 @@ def load_settings(
                 kafka.update({str(k): str(v) for k, v in _flatten(raw).items()})
             elif key == "sink":
                 sink.update(_sink_tables(raw, path))
+            elif key == "feed":
+                feeds.update(_feed_tables(raw, path))
             elif key == "config":
                 raise ConfigError(
                     f"--config {path}: config: name the file with --config or "
@@ -470,6 +527,8 @@ def load_settings(
             values[name] = _parse(name, raw, key)
         elif key.startswith(KAFKA_PASSTHROUGH_PREFIX):
             kafka[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = raw
+    for name, table in _feed_variables(environ, feeds).items():
+        feeds.setdefault(name, {}).update(table)
 
     for name, raw in overrides.items():
         if raw is None:
@@ -485,7 +544,7 @@ def load_settings(
     for codec in ("compression.type", "compression.codec"):
         if codec in kafka:
             raise ConfigError(f"kafka setting {codec}: set {env_name('compression')} instead")
-    return Settings(**values, kafka=kafka, sink=sink)
+    return Settings(**values, kafka=kafka, sink=sink, feeds=feeds)
 
 
 def _sink_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
@@ -500,13 +559,66 @@ def _sink_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
     return {name: dict(table) for name, table in raw.items()}
 
 
+def _feed_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``[feed.<name>]`` tables: each named feed's own settings, never its API key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: [feed] must hold one table per feed, [feed.<name>]")
+    tables = {}
+    for name, table in raw.items():
+        _feed_name(f"--config {path}: [feed.{name}]", name)
+        if not isinstance(table, dict):
+            raise ConfigError(f"--config {path}: [feed.{name}] must be a table of settings")
+        for key in table:
+            if key == "api_key":
+                raise ConfigError(
+                    f"--config {path}: [feed.{name}] api_key: a key never goes in the file; "
+                    f"set {_feed_env(name, 'api_key')} or api_key_file"
+                )
+            if key not in FEED_SETTINGS:
+                raise ConfigError(
+                    f"--config {path}: [feed.{name}] {key}: not a feed setting "
+                    f"(a feed sets {', '.join(FEED_SETTINGS)})"
+                )
+        tables[name] = dict(table)
+    return tables
+
+
+def _feed_env(feed: str, setting: str) -> str:
+    """``SPARK_RELAY_FEED_<NAME>_<SETTING>``: one setting of a named feed."""
+    return f"{ENV_PREFIX}FEED_{feed.upper()}_{setting.upper()}"
+
+
+def _feed_variables(
+    environ: Mapping[str, str], named: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``SPARK_RELAY_FEED_<NAME>_*`` of the feeds ``SPARK_RELAY_FEEDS`` names and of the feeds
+    ``named`` already (the TOML file's: their keys come from here)."""
+    listed = [n.strip() for n in environ.get(env_name("feeds"), "").split(",") if n.strip()]
+    tables: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*listed, *named]):
+        _feed_name(env_name("feeds"), name)
+        tables[name] = {
+            setting: Secret(environ[variable]) if setting == "api_key" else environ[variable]
+            for setting in FEED_SETTINGS
+            if (variable := _feed_env(name, setting)) in environ
+        }
+    return tables
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """One line per ``SPARK_RELAY_*`` variable that is no setting, with the closest name.
 
     Settings, librdkafka's ``SPARK_RELAY_KAFKA_*``, a registered sink's
     ``SPARK_RELAY_<SINK>_*`` and the families in :data:`OTHER_FAMILIES` are known.
     """
-    names = sorted(n.upper() for n in _NAMES - _TABLES)
+    names = sorted(n.upper() for n in _NAMES - (_TABLES - {"feeds"}))
+    feed_names = [n.strip() for n in environ.get(env_name("feeds"), "").split(",") if n.strip()]
+    if environ.get(env_name("config")):  # the file's feeds too (a broken file: its error says)
+        try:
+            feed_names += list(load_settings(environ=environ).feeds)
+        except ConfigError:
+            pass
+    names += sorted(f"FEED_{f.upper()}_{s.upper()}" for f in feed_names for s in FEED_SETTINGS)
     families = OTHER_FAMILIES + tuple(
         f"{ep.name.upper()}_" for ep in entry_points(group=SINK_PLUGINS)
     )
@@ -546,6 +658,10 @@ def describe(settings: Settings) -> dict[str, str]:
             for sink, table in value.items():
                 for key, raw in table.items():
                     shown[f"sink.{sink}.{key}"] = mask_setting(key, raw)
+        elif f.name == "feeds":
+            for feed, table in value.items():
+                for key, raw in table.items():
+                    shown[f"feed.{feed}.{key}"] = mask_setting(key, raw)
         else:
             shown[env_name(f.name)] = mask_setting(f.name, value)
     return shown

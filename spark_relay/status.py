@@ -26,13 +26,17 @@ from consumers.runner import end_offsets
 from producer.state import open_state
 from schemas.topics import redrive_group
 from spark_relay.dead_letters import waiting
+from spark_relay.feeds import feed_settings
 from spark_relay.settings import Settings
 
-__all__ = ["Status", "collect_status"]
+__all__ = ["Status", "collect_status", "collect_feeds", "render_feeds"]
 
 logger = logging.getLogger(__name__)
 
 PROCEDURES = ("snapshot", "update", "accounts", "purge")
+RESOURCES = ("listings", "accounts", "purges")
+#: The section of ``status`` for the merged sinks' own dead letters (``<prefix>.dlq.<sink>``).
+MERGED = "(merged sinks)"
 
 
 @dataclass
@@ -277,7 +281,8 @@ def collect_status(settings: Settings) -> Status:
     prefix = settings.topic_prefix + "."
     names = sorted(t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix))
     dlq_topics = [t for t in names if t.startswith(prefix + "dlq.")]
-    data_topics = [t for t in names if t not in dlq_topics]
+    # its own topics: not those of the feeds named under the same prefix (<prefix>.<feed>.*)
+    data_topics = [t for t in names if t in {settings.topic(r) for r in RESOURCES}]
     ends = (
         end_offsets(settings.kafka_config("consumer", **{"group.id": "spark-relay.status"}), names)
         if names
@@ -294,6 +299,44 @@ def collect_status(settings: Settings) -> Status:
         info["dead_letters"] = status.dead_letters.get(f"{prefix}dlq.{sink}") if sink else None
         info["healthy"] = not info["dead_letters"] and not any(group in p for p in status.problems)
     return status
+
+
+def collect_feeds(settings: Settings) -> dict[str, Status]:
+    """``status`` of several feeds: each configured feed's, and the merged sinks' dead letters
+    (their topics are ``<prefix>.dlq.<sink>``, under the prefix of no feed)."""
+    statuses = {
+        name: collect_status(feed_settings(settings, name)) for name in sorted(settings.feeds)
+    }
+    merged = Status()
+    admin = AdminClient(settings.kafka_config("admin"))
+    prefix = settings.topic_prefix + ".dlq."
+    _dead_letters(
+        settings,
+        sorted(t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix)),
+        merged,
+    )
+    statuses[MERGED] = merged
+    return statuses
+
+
+def render_feeds(statuses: dict[str, Status], verbose: bool = False) -> list[str]:
+    """Each feed's dashboard under its name, then the total."""
+    lines: list[str] = []
+    for name, status in statuses.items():
+        lines += [f"== feed {name}" if name != MERGED else f"== {name}"]
+        if name == MERGED:
+            waiting = [f"{t.rpartition('.dlq.')[2]} {n:,}" for t, n in status.dead_letters.items()]
+            lines += ["dead letters waiting: " + (", ".join(waiting) or "no dead-letter topic")]
+            lines += [f"  - {problem}" for problem in status.problems]
+        else:
+            lines += render(status, verbose)
+        lines.append("")
+    sick = [name for name, status in statuses.items() if not status.healthy]
+    lines.append(
+        f"total: {len(statuses) - 1} feeds, "
+        + ("healthy" if not sick else f"UNHEALTHY: {', '.join(sick)}")
+    )
+    return lines
 
 
 def _when(text: str | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from consumers.files.compact import COMPACT_FORMATS, compact
-from spark_relay.app import App, pass_app
+from spark_relay.app import App, feed_option, pass_app
 
 __all__ = ["files_group"]
 
@@ -42,15 +42,16 @@ def files_group() -> None:
     type=click.Choice(["listings", "accounts"]),
     help="Topics to export (repeatable) [default: listings and accounts].",
 )
+@feed_option
 @pass_app
-def compact_command(app: App, path, output, fmt, resources) -> None:
+def compact_command(app: App, path, output, fmt, resources, feed) -> None:
     """Export the current state: the newest record of every key, deleted keys left out.
 
     Reads every published file of the listings and accounts topics, each (partition,
     offset) once, and keeps per key the greatest ModificationTimestamp (ties: the later
     offset); a tombstone deletes the key whatever came before it. Writes one file.
     """
-    settings = app.settings()
+    settings = app.settings(feed=feed)
     root = Path(path) if path else settings.state_path / "files"
     if not root.is_dir():
         raise click.BadParameter(f"no such directory {str(root)!r}", param_hint="--path")

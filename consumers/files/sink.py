@@ -215,6 +215,8 @@ class FileSink:
 
     name: ClassVar[str] = "files"
     resources: ClassVar[tuple[str, ...]] = ("listings", "accounts", "purges")
+    #: Each feed's events are under its own topics' folders: it may merge feeds (--feeds).
+    merges_feeds: ClassVar[bool] = True
     cli_options: ClassVar[list[click.Option]] = [
         click.Option(
             ["--format"],

@@ -49,18 +49,24 @@ _AGENT_ROLES = (
 )
 
 
-def _display_view() -> str:
-    """``listing_display``: agent, office and company names, phones, e-mails from ``accounts``."""
+def _display_view(feed: bool = False) -> str:
+    """``listing_display``: agent, office and company names, phones, e-mails from ``accounts``
+    (``feed``: of the listing's own feed, and the feed shown first)."""
     columns, joins = [], []
+    same_feed = " AND {alias}.feed = l.feed" if feed else ""
     for alias, id_column in _AGENT_ROLES:
         columns.append(
             f'    l."{id_column}", {alias}."Name" AS {alias}_name, '
             f"{alias}.primary_phone AS {alias}_phone, {alias}.primary_email AS {alias}_email"
         )
-        joins.append(f'LEFT JOIN {{schema}}.accounts {alias} ON {alias}."Id" = l."{id_column}"')
+        joins.append(
+            f'LEFT JOIN {{schema}}.accounts {alias} ON {alias}."Id" = l."{id_column}"'
+            + same_feed.format(alias=alias)
+        )
     return (
         "CREATE VIEW {schema}.listing_display AS\nSELECT\n"
-        '    l."ListingKey", l."ListingId", l."ModificationTimestamp", l."StandardStatus", l."MlsStatus",\n'
+        + ("    l.feed,\n" if feed else "")
+        + '    l."ListingKey", l."ListingId", l."ModificationTimestamp", l."StandardStatus", l."MlsStatus",\n'
         '    l."PropertyType", l."ListPrice", l."ClosePrice", l."UnparsedAddress", l."City",\n'
         '    l."StateOrProvince", l."PostalCode", l."BedsTotal", l."BathsTotal", l."LivingArea",\n'
         '    l."PhotosCount", l."Photos",\n'
@@ -265,6 +271,29 @@ _V3 = (
 """
 )
 
+_FEED_KEYS = (
+    ("listings", 'feed, "ListingKey"'),
+    ("accounts", 'feed, "Id"'),
+    ("listing_history", 'feed, "ListingKey", "ModificationTimestamp"'),
+    ("purges", "feed, resource, key, run_id"),
+    ("deletes", "resource, feed, key"),
+)
+# several feeds in one schema (a merged sink): every row says its feed, '' for the unnamed
+# feed (so the rows of a single-feed schema keep their keys), and keys on it
+_V4 = (
+    "DROP VIEW {schema}.listing_display;\n"
+    + "".join(
+        f"ALTER TABLE {{schema}}.{table} ADD COLUMN feed text NOT NULL DEFAULT '';\n"
+        f"ALTER TABLE {{schema}}.{table} DROP CONSTRAINT {table}_pkey;\n"
+        f"ALTER TABLE {{schema}}.{table} ADD PRIMARY KEY ({key});\n"
+        for table, key in _FEED_KEYS
+    )
+    + _display_view(feed=True)
+    + """COMMENT ON VIEW {schema}.listing_display IS
+    'Listings with agent, office and company names, phones and e-mails taken from the accounts of their feed, as the Spark replication guide recommends.';
+"""
+)
+
 #: Every migration, in order. Append only.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -272,6 +301,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "deletes (remembered tombstones), kafka_offsets keyed by consumer group", _V2),
     Migration(3, "prices as numeric without a limit (1e12 and more)", _V3),
+    Migration(4, "a feed column in every table, keys on (feed, key): merged feeds", _V4),
 )
 
 

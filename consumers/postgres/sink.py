@@ -79,6 +79,8 @@ class PostgresSink:
 
     name: ClassVar[str] = "postgres"
     resources: ClassVar[tuple[str, ...]] = ("listings", "accounts", "purges")
+    #: Rows are keyed by (feed, key): it may merge several feeds (--feeds).
+    merges_feeds: ClassVar[bool] = True
     #: What `spark-relay sink postgres` must reach before it starts (spark_relay.reach).
     services: ClassVar[tuple[str, ...]] = ("postgres",)
     cli_options: ClassVar[list[click.Option]] = [
@@ -248,6 +250,7 @@ class PostgresSink:
                         raise ValueError(
                             f"{event.topic}[{event.partition}]@{event.offset}: a tombstone without a key"
                         )
+                    row.append(event.feed)
                     row.append(seq)
                     row.append(event.value is None)
                     copy.write_row(row)
@@ -260,8 +263,9 @@ class PostgresSink:
 
     def _record_purges(self, events: list[Event]) -> None:
         query = sql.SQL(
-            "INSERT INTO {}.purges (resource, key, run_id, detected_at, last_modification_timestamp, source) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+            "INSERT INTO {}.purges (feed, resource, key, run_id, detected_at, "
+            "last_modification_timestamp, source) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
         ).format(sql.Identifier(self.schema))
         rows = []
         for event in events:
@@ -269,6 +273,7 @@ class PostgresSink:
             assert v is not None
             rows.append(
                 (
+                    event.feed,
                     v["resource"],
                     v["key"],
                     v["run_id"],
@@ -314,8 +319,10 @@ class PostgresSink:
         digest = hashlib.sha256(self.schema.encode()).hexdigest()[:16]
         stage = sql.Identifier(f"stage_{table.name}_{digest}")
         target = sql.SQL("{}.{}").format(schema, sql.Identifier(table.name))
-        cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+        # every row carries its feed ('': the unnamed feed) and is keyed by (feed, key)
+        cols = sql.SQL(", ").join(map(sql.Identifier, (*columns, "feed")))
         key = sql.Identifier(table.key)
+        keys = sql.SQL("feed, {}").format(key)
         mt = sql.Identifier("ModificationTimestamp")
         conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(stage))
         conn.execute(
@@ -342,7 +349,8 @@ class PostgresSink:
         after_null: sql.Composable = sql.SQL("")
         if table.name == "accounts":
             null_after_row = sql.SQL(
-                "EXISTS (SELECT 1 FROM {stage} n WHERE n.{key} = t.{key} AND NOT n.deleted "
+                "EXISTS (SELECT 1 FROM {stage} n WHERE n.{key} = t.{key} AND n.feed = t.feed "
+                "AND NOT n.deleted "
                 "AND n.{mt} IS NULL AND NOT (t.kafka_partition = n.kafka_partition "
                 "AND t.kafka_offset > n.kafka_offset))"
             ).format(stage=stage, key=key, mt=mt)
@@ -351,7 +359,7 @@ class PostgresSink:
                 "OR {null_after_row} OR {newer}"
             ).format(mt=mt, later_row=later_row, null_after_row=null_after_row, newer=newer)
             after_null = sql.SQL(
-                "AND NOT EXISTS (SELECT 1 FROM {stage} n WHERE n.{key} = s.{key} "
+                "AND NOT EXISTS (SELECT 1 FROM {stage} n WHERE n.{key} = s.{key} AND n.feed = s.feed "
                 "AND NOT n.deleted AND n.{mt} IS NULL AND n.seq > s.seq) "
             ).format(stage=stage, key=key, mt=mt)
         resource = sql.Literal(table.name)
@@ -363,31 +371,34 @@ class PostgresSink:
             ),
             # remember each key's last tombstone, so an older event is superseded for good
             "remember": sql.SQL(
-                "INSERT INTO {deletes} AS d (resource, key, kafka_partition, kafka_offset) "
-                "SELECT DISTINCT ON ({key}) {resource}, {key}, kafka_partition, kafka_offset "
-                "FROM {stage} WHERE deleted ORDER BY {key}, kafka_offset DESC "
-                "ON CONFLICT (resource, key) DO UPDATE SET kafka_partition = EXCLUDED.kafka_partition, "
+                "INSERT INTO {deletes} AS d (resource, feed, key, kafka_partition, kafka_offset) "
+                "SELECT DISTINCT ON ({keys}) {resource}, {keys}, kafka_partition, kafka_offset "
+                "FROM {stage} WHERE deleted ORDER BY {keys}, kafka_offset DESC "
+                "ON CONFLICT (resource, feed, key) DO UPDATE SET kafka_partition = EXCLUDED.kafka_partition, "
                 "kafka_offset = EXCLUDED.kafka_offset, deleted_at = now() "
                 "WHERE d.kafka_partition <> EXCLUDED.kafka_partition OR d.kafka_offset < EXCLUDED.kafka_offset"
-            ).format(deletes=deletes, key=key, resource=resource, stage=stage),
+            ).format(deletes=deletes, keys=keys, resource=resource, stage=stage),
             # a tombstone deletes the row unless the row came after it
             "delete": sql.SQL(
                 "DELETE FROM {target} t USING {stage} s WHERE s.deleted AND t.{key} = s.{key} "
+                "AND t.feed = s.feed "
                 "AND NOT (t.kafka_partition = s.kafka_partition AND t.kafka_offset > s.kafka_offset)"
             ).format(target=target, stage=stage, key=key),
             "upsert": sql.SQL(
                 "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM ("
                 # per key, among the events after its last remembered tombstone: the newest
                 # ModificationTimestamp, ties to the later offset, as across batches
-                "SELECT DISTINCT ON ({key}) * FROM {stage} s WHERE NOT s.deleted AND NOT EXISTS "
+                "SELECT DISTINCT ON ({keys}) * FROM {stage} s WHERE NOT s.deleted AND NOT EXISTS "
                 "(SELECT 1 FROM {deletes} d WHERE d.resource = {resource} AND d.key = s.{key} "
+                "AND d.feed = s.feed "
                 "AND d.kafka_partition = s.kafka_partition AND d.kafka_offset > s.kafka_offset) "
-                "{after_null}ORDER BY {key}, s.{mt} DESC NULLS LAST, s.kafka_offset DESC) last "
-                "ON CONFLICT ({key}) DO UPDATE SET {updates}, applied_at = now() WHERE {newer}"
+                "{after_null}ORDER BY {keys}, s.{mt} DESC NULLS LAST, s.kafka_offset DESC) last "
+                "ON CONFLICT ({keys}) DO UPDATE SET {updates}, applied_at = now() WHERE {newer}"
             ).format(
                 target=target,
                 cols=cols,
                 key=key,
+                keys=keys,
                 stage=stage,
                 updates=updates,
                 newer=newer,
@@ -398,7 +409,7 @@ class PostgresSink:
             ),
         }
         if table.history:
-            history = sql.SQL(", ").join(map(sql.Identifier, table.history))
+            history = sql.SQL(", ").join(map(sql.Identifier, (*table.history, "feed")))
             statements["history"] = sql.SQL(
                 "INSERT INTO {schema}.listing_history ({history}) SELECT {history} FROM {stage} "
                 "WHERE NOT deleted ON CONFLICT DO NOTHING"

@@ -10,7 +10,7 @@ import click
 import orjson
 
 from consumers.search.query import WhereError, parse_where
-from consumers.search.sink import default_index_name, default_index_path
+from consumers.search.sink import default_index_name, default_index_path, index_prefix
 from spark_relay.app import App, pass_app
 
 __all__ = ["search_command", "format_table"]
@@ -118,7 +118,7 @@ def search_command(app: App, query, where, limit, as_json, backend, path, url, i
                     "the opensearch backend needs the cluster URL", param_hint="--url"
                 )
             total, hits = opensearch.search(
-                url, index or default_index_name(settings.topic_prefix), query, conditions, limit
+                url, index or default_index_name(index_prefix(settings)), query, conditions, limit
             )
         else:
             from consumers.search import tantivy_backend
@@ -126,7 +126,7 @@ def search_command(app: App, query, where, limit, as_json, backend, path, url, i
             index_path = (
                 Path(path)
                 if path
-                else default_index_path(settings.state_path, settings.topic_prefix)
+                else default_index_path(settings.state_path, index_prefix(settings))
             )
             total, hits = tantivy_backend.search(index_path / "index", query, conditions, limit)
     except ValueError as e:

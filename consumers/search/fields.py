@@ -28,6 +28,8 @@ __all__ = [
     "FieldSpec",
     "FIELDS",
     "FIELDS_BY_NAME",
+    "FEED_FIELDS",
+    "feed_key",
     "FILTERABLE",
     "HIT_FIELDS",
     "document_of",
@@ -81,11 +83,24 @@ FIELDS: tuple[FieldSpec, ...] = (
         stored=False,
     ),
 )
-FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-#: Fields a ``--where`` condition may name.
+#: The fields an index of several feeds (a merged sink, ``--feeds``) has besides: the feed,
+#: filterable (``--where feed=north``), and the document's key, ``<feed>/<ListingKey>``.
+FEED_FIELDS: tuple[FieldSpec, ...] = (FieldSpec("feed", "keyword"), FieldSpec("FeedKey", "key"))
+FIELDS_BY_NAME = {f.name: f for f in (*FIELDS, *FEED_FIELDS)}
+#: Fields a ``--where`` condition may name (``feed`` in an index of several feeds).
 FILTERABLE = tuple(
-    f.name for f in FIELDS if f.kind in ("key", "keyword", "f64", "i64", "timestamp")
+    f.name
+    for f in (*FIELDS, FEED_FIELDS[0])
+    if f.kind in ("key", "keyword", "f64", "i64", "timestamp")
 )
+
+
+def feed_key(feed: str, key: str) -> str:
+    """The key of a document in an index of several feeds: ``<feed>/<ListingKey>`` (a feed's
+    name holds no ``/``): one ListingKey in two feeds is two documents."""
+    return f"{feed}/{key}"
+
+
 #: Fields of a hit, in print order.
 HIT_FIELDS = tuple(f.name for f in FIELDS if f.stored)
 

@@ -12,6 +12,7 @@ version table, OpenSearch uses external versions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +21,11 @@ from typing import Any, ClassVar
 import click
 
 from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
-from consumers.search.fields import document_of
+from consumers.search.fields import document_of, feed_key
 from consumers.search.tantivy_backend import Change, TantivyBackend
 from spark_relay.errors import ConfigError
 
-__all__ = ["SearchSink", "change_of", "default_index_path", "default_index_name"]
+__all__ = ["SearchSink", "change_of", "default_index_path", "default_index_name", "index_prefix"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ logger = logging.getLogger(__name__)
 def default_index_path(state_dir: Path, topic_prefix: str) -> Path:
     """``<state_dir>/search/<topic_prefix>``: where the Tantivy index lives by default."""
     return Path(state_dir) / "search" / topic_prefix
+
+
+def index_prefix(settings: Any) -> str:
+    """The prefix an index is named by: the topic prefix, ``<prefix>.feeds`` for an index of
+    several feeds (``sink_feeds``: not the unnamed feed's, whose documents have no feed)."""
+    return f"{settings.topic_prefix}.feeds" if settings.sink_feeds else settings.topic_prefix
 
 
 def default_index_name(topic_prefix: str) -> str:
@@ -63,11 +70,24 @@ def change_of(event: Event) -> Change:
         raise BadRecord(f"{event.topic}[{event.partition}]@{event.offset}: {e}") from e
 
 
+def feed_change_of(event: Event) -> Change:
+    """:func:`change_of` in an index of several feeds: the document keyed ``<feed>/<ListingKey>``
+    and saying its feed, so one ListingKey in two feeds is two documents."""
+    change = change_of(event)
+    key = feed_key(event.feed, change.key)
+    document = change.document
+    if document is not None:
+        document = {**document, "feed": event.feed, "FeedKey": key}
+    return dataclasses.replace(change, key=key, document=document)
+
+
 class SearchSink:
     """Listings into a search index; tombstones delete; an older event never overwrites a newer one."""
 
     name: ClassVar[str] = "search"
     resources: ClassVar[tuple[str, ...]] = ("listings",)
+    #: An index of several feeds keys documents by (feed, ListingKey): it may merge feeds.
+    merges_feeds: ClassVar[bool] = True
     cli_options: ClassVar[list[click.Option]] = [
         click.Option(
             ["--backend"],
@@ -98,15 +118,17 @@ class SearchSink:
     def __init__(self) -> None:
         self.backend: Any = None
         self._pending: list[Change] = []
+        self.merged = False  # several feeds (--feeds): documents keyed by (feed, ListingKey)
 
     def open(self, ctx: SinkContext) -> None:
         """Called once before the first batch: open (or create) the index."""
         options = ctx.options
         backend = options.get("backend") or "tantivy"
-        prefix = ctx.settings.topic_prefix
+        prefix = index_prefix(ctx.settings)
+        self.merged = bool(ctx.settings.sink_feeds)
         if backend == "tantivy":
             path = options.get("path") or default_index_path(ctx.state_dir, prefix)
-            self.backend = TantivyBackend(Path(path))
+            self.backend = TantivyBackend(Path(path), merged=self.merged)
         elif backend == "opensearch":
             from consumers.search.opensearch import OpenSearchBackend
 
@@ -125,7 +147,8 @@ class SearchSink:
 
     def write(self, batch: Batch) -> None:
         """Called per batch: validate and stage its listing events (nothing is applied yet)."""
-        changes = [change_of(event) for event in batch.by_resource("listings")]
+        change = feed_change_of if self.merged else change_of
+        changes = [change(event) for event in batch.by_resource("listings")]
         self._pending.extend(changes)
 
     def commit(self, offsets: Offsets) -> None:

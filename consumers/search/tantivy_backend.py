@@ -56,7 +56,7 @@ import tantivy
 
 from consumers.base import BadRecord, Offsets, TopicPartition
 from consumers.newer import Held, Place, Version, step
-from consumers.search.fields import FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
+from consumers.search.fields import FEED_FIELDS, FIELDS, FIELDS_BY_NAME, HIT_FIELDS, from_micros
 from consumers.search.query import Condition
 from spark_relay.errors import SinkError, SinkUnavailableError
 
@@ -120,10 +120,11 @@ def resolve_changes(
     return final, stale
 
 
-def build_schema() -> tantivy.Schema:
-    """The Tantivy schema of :data:`~consumers.search.fields.FIELDS`."""
+def build_schema(merged: bool = False) -> tantivy.Schema:
+    """The Tantivy schema of :data:`~consumers.search.fields.FIELDS` (``merged``: and of
+    :data:`~consumers.search.fields.FEED_FIELDS`, an index of several feeds)."""
     builder = tantivy.SchemaBuilder()
-    for spec in FIELDS:
+    for spec in (*FIELDS, *FEED_FIELDS) if merged else FIELDS:
         if spec.kind == "key":
             builder.add_text_field(spec.name, stored=True, tokenizer_name="raw")
         elif spec.kind == "keyword":
@@ -141,13 +142,16 @@ def build_schema() -> tantivy.Schema:
     return builder.build()
 
 
-def open_index(path: Path, *, create: bool) -> tantivy.Index:
-    """The index at ``path`` (created when ``create``), with our analyzers registered."""
+def open_index(path: Path, *, create: bool, merged: bool = False) -> tantivy.Index:
+    """The index at ``path`` (created when ``create``, of several feeds when ``merged``), with
+    our analyzers registered. Opened to read (not ``create``), it keeps its own schema."""
     if not create and not (path / "meta.json").exists():
         raise SinkError(f"no search index at {path} (run `spark-relay sink search` first)")
     path.mkdir(parents=True, exist_ok=True)
     try:
-        return _analyzed(tantivy.Index(build_schema(), path=str(path)))
+        if not create:
+            return _analyzed(tantivy.Index.open(str(path)))
+        return _analyzed(tantivy.Index(build_schema(merged), path=str(path)))
     except ValueError as e:
         if _IO_ERROR in str(e):  # the disk, not the index
             raise SinkUnavailableError(f"cannot open the search index at {path}: {e}") from e
@@ -219,6 +223,8 @@ def build_query(index: tantivy.Index, text: str | None, conditions: Sequence[Con
 
 def _hit(document: dict[str, list[Any]], score: float | None) -> dict[str, Any]:
     hit: dict[str, Any] = {}
+    if "feed" in document:  # an index of several feeds
+        hit["feed"] = document["feed"][0]
     for name in HIT_FIELDS:
         values = document.get(name)
         value = values[0] if values else None
@@ -276,11 +282,14 @@ def lock_writer(path: Path) -> int:
 class TantivyBackend:
     """The search sink's default backend. Created at ``open``, closed at ``close``."""
 
-    def __init__(self, path: Path, *, heap_size: int = 128_000_000) -> None:
+    def __init__(self, path: Path, *, heap_size: int = 128_000_000, merged: bool = False) -> None:
         self.path = Path(path)
+        #: the term a document is found by: its ListingKey, or in an index of several feeds
+        #: (``merged``) its ``<feed>/<ListingKey>``
+        self.key_field = "FeedKey" if merged else "ListingKey"
         self._lock = lock_writer(self.path)
         try:
-            self.index = open_index(self.path / "index", create=True)
+            self.index = open_index(self.path / "index", create=True, merged=merged)
             self.writer = self.index.writer(heap_size)
             self._open_state()
         except BaseException as e:
@@ -333,10 +342,10 @@ class TantivyBackend:
         if row is not None and row[0] == self.writer.commit_opstamp:
             return
         known = {key for (key,) in self.db.execute("SELECT key FROM versions")}
-        terms = self.index.searcher().terms_with_prefix("ListingKey", "")
+        terms = self.index.searcher().terms_with_prefix(self.key_field, "")
         stray = [key for key, _ in terms if key not in known]
         for key in stray:
-            self.writer.delete_documents_by_term("ListingKey", key)
+            self.writer.delete_documents_by_term(self.key_field, key)
         opstamp = self.writer.commit()
         self.db.execute(
             "INSERT INTO index_commit (id, opstamp) VALUES (0, ?)"
@@ -350,6 +359,24 @@ class TantivyBackend:
                 self.path,
                 len(stray),
             )
+
+    def remove_feed(self, feed: str, topics: Sequence[str]) -> int:
+        """Delete feed ``feed``'s documents, versions, deletes and the offsets of its ``topics``
+        (an index of several feeds); return the documents deleted. Read again, the feed's
+        topics start at their beginning."""
+        count = (
+            self.index.searcher()
+            .search(tantivy.Query.term_query(self.index.schema, "feed", feed), 1)
+            .count
+        )
+        self.writer.delete_documents_by_term("feed", feed)
+        self.writer.commit()
+        marks = ",".join("?" * len(topics))
+        with self.db:
+            self.db.execute("DELETE FROM versions WHERE key LIKE ?", [f"{feed}/%"])
+            self.db.execute("DELETE FROM deletes WHERE key LIKE ?", [f"{feed}/%"])
+            self.db.execute(f"DELETE FROM offsets WHERE topic IN ({marks})", list(topics))
+        return count
 
     # ---- offsets ----------------------------------------------------------------
 
@@ -395,7 +422,7 @@ class TantivyBackend:
         try:
             for key, change in final.items():
                 if key in versions:  # else the index holds no document of the key (_repair)
-                    self.writer.delete_documents_by_term("ListingKey", key)
+                    self.writer.delete_documents_by_term(self.key_field, key)
                 if change.document is None:
                     deleted += 1
                 else:

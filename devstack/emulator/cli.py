@@ -110,6 +110,13 @@ def _boosts(value: str) -> dict[str, float]:
     help="Seed of the generated data, the changes and the fault sequence; same seed, same run.",
 )
 @click.option(
+    "--key-seed",
+    type=int,
+    envvar=_ENV + "KEY_SEED",
+    help="Seed of the initial ListingKeys alone [default: --seed]: two emulators with one "
+    "--key-seed and one --start-time serve the same keys (two MLSs whose keys collide).",
+)
+@click.option(
     "--api-key",
     default="devstack-key",
     show_default=True,
@@ -301,6 +308,7 @@ def emulator_command(
     listings,
     accounts,
     seed,
+    key_seed,
     api_key,
     latency_ms,
     rate_limit,
@@ -339,6 +347,7 @@ def emulator_command(
         listings=listings,
         accounts=accounts,
         seed=seed,
+        key_seed=key_seed,
         api_key=api_key,
         latency_ms=latency_ms,
         rate_limit=rate_limit,

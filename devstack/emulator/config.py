@@ -53,6 +53,9 @@ class EmulatorConfig:
     listings: int = 1000
     accounts: int = 200  # member accounts; offices/companies derived
     seed: int = 1
+    # seed of the initial ListingKeys alone (None: the seed): two emulators with one key_seed
+    # and one start_time share their keys, as two MLSs may (a merged sink keeps both)
+    key_seed: int | None = None
     api_key: str = "devstack-key"
     latency_ms: float = 0.0  # mean added latency per request, with +-25% uniform jitter
     rate_limit: tuple[int, float] | None = None  # (requests, seconds)

@@ -62,8 +62,9 @@ class MLS:
         self.listings: dict[str, ListingState] = {}
         rng = random.Random(config.seed * 32_452_843 + 3)
         r = rng.random
+        keys = rng if config.key_seed is None else random.Random(config.key_seed * 32_452_843 + 3)
         for _ in range(config.listings):
-            key = unique_id(rng, self._taken, _EPOCH_2005_MS, start - _DAY_MS)
+            key = unique_id(keys, self._taken, _EPOCH_2005_MS, start - _DAY_MS)
             mod = start // 1000 * 1000 - 1000 - int(r() * 365 * _DAY_MS) // 1000 * 1000
             listed = mod - int(r() * 200 * _DAY_MS) // 1000 * 1000
             self.listings[key] = ListingState(

@@ -419,7 +419,15 @@ def test_listing_schema_types_what_downstream_queries_use():
     for name in "Photos Videos VirtualTours OpenHouses Documents Rooms Units".split():
         assert branch(name)["type"] == "array", name
     source = {f["name"] for f in fields["source"]["fields"]}
-    assert source == {"resource", "procedure", "run_id", "window_from", "window_to", "fetched_at"}
+    assert source == {
+        "resource",
+        "procedure",
+        "run_id",
+        "window_from",
+        "window_to",
+        "fetched_at",
+        "feed",
+    }
 
 
 @pytest.mark.parametrize("name", LISTING_FILES)
