@@ -17,6 +17,7 @@ import httpx
 
 from producer.cli import build_poller
 from producer.converter import cores
+from producer.scan import skiptoken_pages
 from producer.spark_client import SparkClient
 from schemas import listing_from_record
 from tests.kafka_helpers import cli_env, converter_workers, read_topic
@@ -429,7 +430,7 @@ def replace_kafka(settings, kafka: dict):
 def test_a_snapshot_asks_the_api_for_its_pages_only(emulator, relay):
     settings = relay(emulator(listings=1500, accounts=50))
     with SparkClient(settings.api_url, settings.api_key, rate_limit=1000) as client:
-        list(client.scan_skiptoken("/v1/listings", {"_limit": 1000}))
+        list(skiptoken_pages(client, "/v1/listings", {"_limit": 1000}, "the pages"))
         pages = client.stats["requests"]
     requests = {}
     for progress in (False, True):
