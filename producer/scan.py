@@ -117,7 +117,8 @@ class Tally(NamedTuple):
         if self.count < min(known):
             raise ScanIncomplete(
                 f"{what}: the scan was incomplete, {self.count} records of the {min(known)} "
-                "TotalRows the API reports (a page ended the scan early); nothing past its "
+                "TotalRows the API reports (a page ended the scan early, or a record came "
+                "without a key: counted by key); nothing past its "
                 "last whole page is committed, the next run scans again"
             )
 
