@@ -144,7 +144,7 @@ def _publish_page(
     seen = [r.key for r in page.rejected if r.key]  # broken, but returned: never purged
     for account in page.results:
         if account.key in already or account.key in seen:
-            stats.duplicates += 1  # shifted by an insert between two _skip pages
+            stats.duplicates += 1  # sent twice (a _skip shift is caught before: producer.scan)
             continue
         seen.append(account.key)  # the API returns it, published or not: never a candidate
         row = publish_account(pipe, account, known.get(account.key, (None, None)), source, stats)
