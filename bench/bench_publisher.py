@@ -24,6 +24,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: E402
 from bench._stack import bench_stack  # noqa: E402
 from devstack.emulator import Emulator, EmulatorConfig  # noqa: E402
 from producer.publisher import PRODUCER_DEFAULTS, Publisher  # noqa: E402
+from producer.scan import skiptoken_pages  # noqa: E402
 from producer.spark_client import SparkClient  # noqa: E402
 from schemas import Serde, Source, create_topics, listing_to_record, topic_specs  # noqa: E402
 from spark_relay.settings import Secret  # noqa: E402
@@ -50,7 +51,7 @@ def main() -> None:
         with SparkClient(emu.url, Secret("devstack-key"), rate_limit=1000) as client:
             records = [
                 listing_to_record(result, source)
-                for page, _ in client.scan_skiptoken("/v1/listings", {"_limit": 1000})
+                for page, _ in skiptoken_pages(client, "/v1/listings", {"_limit": 1000}, "bench")
                 for result in page.results
             ]
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import bench_stack, settings_for  # noqa: E402
 from devstack._net import free_port, wait_for_port  # noqa: E402
 from producer.cli import build_poller  # noqa: E402
+from producer.scan import skiptoken_pages  # noqa: E402
 from producer.spark_client import SparkClient  # noqa: E402
 from producer.topics import ensure_contract  # noqa: E402
 from spark_relay.settings import Secret  # noqa: E402
@@ -112,7 +113,7 @@ def bare_scan(url: str) -> tuple[int, float]:
     started = time.perf_counter()
     count = 0
     with SparkClient(url, Secret("devstack-key"), rate_limit=1000) as client:
-        for page, _ in client.scan_skiptoken("/v1/listings", {"_limit": 1000}):
+        for page, _ in skiptoken_pages(client, "/v1/listings", {"_limit": 1000}, "bench"):
             count += len(page.results)
     return count, time.perf_counter() - started
 

@@ -1,9 +1,15 @@
 """The accounts scan: ``/v1/accounts`` by ``_skip``, in ``Id`` order, de-duplicated by Id.
 
-Changed accounts are published; once the scan is complete (its count reaches
-TotalRows), the published accounts it did not return are purged through the
-purge's guards (:mod:`producer.purge`). Resumable: each page is committed with
-the skip and the tally after it.
+Changed accounts are published; once the scan is complete (its count of keys reaches
+TotalRows), the published accounts it did not return are purged through the purge's
+guards (:mod:`producer.purge`). Resumable: each page is committed with the cursor
+(its skip and anchor) and the tally after it.
+
+A ``_skip`` cursor moves when an account is created or removed behind it: each page
+is checked to join the page before (:func:`producer.scan.skip_pages`), in one run or
+across two. A scan that shifted starts over from skip 0 with a fresh tally and a
+fresh set of seen Ids (the accounts are few; the unchanged ones are not published
+again), at most ``SHIFT_TRIES`` passes in one run; after that the next run starts over.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from producer.pipeline import Pipeline, Row, content_hash, older
 from producer.purge import purge_vanished
 from producer.records import Account, check, text_of
 from producer.runs import RunStats
-from producer.scan import Tally, prefetch, skip_pages
+from producer.scan import Cursor, ScanShifted, Tally, prefetch, skip_pages
 from schemas import InvalidRecord, Source, account_to_record
 
 __all__ = ["run_accounts", "publish_account"]
@@ -25,27 +31,51 @@ logger = logging.getLogger(__name__)
 
 #: The accounts scan: a stable order for ``_skip`` paging.
 ORDER = {"_orderby": "Id"}
+#: Passes of the accounts scan in one run when accounts move behind its cursor.
+SHIFT_TRIES = 2
 
 
 def run_accounts(pipe: Pipeline, stats: RunStats, force: bool) -> bool:
     """A full accounts scan; changed accounts published, vanished ones purged."""
     checkpoint = pipe.state.checkpoint("accounts") or {}
-    if not checkpoint.get("skip"):
+    for tries_left in reversed(range(SHIFT_TRIES)):
+        try:
+            checkpoint = _scan(pipe, stats, checkpoint)
+            break
+        except ScanShifted as e:
+            pipe.drain()
+            pipe.state.set_checkpoint("accounts", None)  # the next pass starts at skip 0
+            if not tries_left:
+                raise
+            logger.warning("%s: the accounts scan starts over from skip 0", e)
+            checkpoint = {}
+    if checkpoint is None:
+        return False  # stopped
+    source = pipe.source(
+        resource="accounts",
+        procedure="accounts",
+        run_id=checkpoint["run_id"],
+        fetched_at=datetime.now(UTC),
+    )
+    return purge_vanished(pipe, "accounts", source, stats, force)
+
+
+def _scan(pipe: Pipeline, stats: RunStats, checkpoint: dict) -> dict | None:
+    """One pass from the checkpoint's cursor, each page committed with the cursor after it;
+    the checkpoint it started from, or None when stopped. :class:`ScanShifted` when the
+    cursor moved, :class:`~producer.scan.ScanIncomplete` when the scan ended short."""
+    if not checkpoint.get("skip") or not checkpoint.get("anchor"):
+        # a fresh pass (a checkpoint written before the anchor too: it cannot be checked)
         pipe.state.reset_seen("accounts")
-        checkpoint = {"skip": 0, "run_id": stats.run_id}
+        checkpoint = {"skip": 0, "anchor": None, "run_id": stats.run_id}
     run_id = checkpoint["run_id"]
-    # every record returned counts, duplicates too: an insert ahead of the cursor adds
-    # one to TotalRows and re-sends one record, a delete removes one of each
-    tally = Tally.of(checkpoint.get("tally"))
-    if "count" in checkpoint:  # a checkpoint written before the tally: the same three numbers
-        tally = Tally(checkpoint["count"], *(checkpoint.get("totals") or (None, None)))
     bar = pipe.bar("accounts", "/v1/accounts")
     params = {**ORDER, "_limit": pipe.page_size}
-    pages = skip_pages(
-        pipe.client, "/v1/accounts", params, "the accounts scan", checkpoint["skip"], tally
-    )
+    cursor = Cursor(checkpoint["skip"], checkpoint["anchor"])
+    tally = Tally.of(checkpoint.get("tally"))
+    pages = skip_pages(pipe.client, "/v1/accounts", params, "the accounts scan", cursor, tally)
     try:
-        for page, after, skip in prefetch(pages):
+        for page, after, cursor in prefetch(pages):
             source = pipe.source(
                 resource="accounts",
                 procedure="accounts",
@@ -54,19 +84,19 @@ def run_accounts(pipe: Pipeline, stats: RunStats, force: bool) -> bool:
             )
             rows, seen = _publish_page(pipe, check(page, "accounts"), source, stats)
             total = after.latest
-            last = not (page.results or page.rejected) or (total is not None and skip >= total)
-            following = None if last else {"skip": skip, "run_id": run_id, "tally": list(after)}
+            returned = page.results or page.rejected
+            last = not returned or (total is not None and cursor.skip >= total)
+            following = None
+            if not last:
+                following = {**cursor._asdict(), "run_id": run_id, "tally": list(after)}
             pipe.commit("accounts", rows, ("accounts", following), seen=seen)
             stats.pages += 1
             bar.advance(len(page.results))
             if pipe.stop.is_set() and not last:
-                return False
+                return None
     finally:
         bar.close()
-    source = pipe.source(
-        resource="accounts", procedure="accounts", run_id=run_id, fetched_at=datetime.now(UTC)
-    )
-    return purge_vanished(pipe, "accounts", source, stats, force)
+    return checkpoint
 
 
 def publish_account(
@@ -114,7 +144,7 @@ def _publish_page(
     seen = [r.key for r in page.rejected if r.key]  # broken, but returned: never purged
     for account in page.results:
         if account.key in already or account.key in seen:
-            stats.duplicates += 1  # shifted by an insert between two _skip pages
+            stats.duplicates += 1  # sent twice (a _skip shift is caught before: producer.scan)
             continue
         seen.append(account.key)  # the API returns it, published or not: never a candidate
         row = publish_account(pipe, account, known.get(account.key, (None, None)), source, stats)

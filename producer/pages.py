@@ -4,11 +4,14 @@ the poller's converter processes (:mod:`producer.converter`) to import.
 Numbers are read exactly (integers beyond 64 bits, decimals longer than a double
 keeps). A body whose frame is whole but one element of ``Results`` is not a JSON
 object, or not valid JSON (an invalid escape), is still a page: the other elements
-are its ``results``, the broken ones its ``rejected``.
+are its ``results``, the broken ones its ``rejected``. A page keeps what names its
+first and last elements (``edges``, :func:`identity`): the ``_skip`` scan checks
+with them that two pages join up (:func:`producer.scan.skip_pages`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -18,7 +21,21 @@ from typing import Any
 
 from schemas import json_dumps, json_loads
 
-__all__ = ["Page", "Parse", "Rejected", "parse_success", "read_envelope", "text_of"]
+__all__ = [
+    "MASK",
+    "Page",
+    "Parse",
+    "Rejected",
+    "identity",
+    "listing_key",
+    "parse_success",
+    "read_envelope",
+    "text_of",
+    "without_first",
+]
+
+#: What the contract reads as "no value" for a key (schemas.contract.MASK).
+MASK = "********"
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,8 @@ class Rejected:
 class Page:
     """One response of a collection: its records, the next skip token, the server's clock.
 
-    ``results`` holds the JSON objects of ``Results``; ``rejected`` the other elements.
+    ``results`` holds the JSON objects of ``Results``; ``rejected`` the other elements;
+    ``edges`` the :func:`identity` of the first and the last element, in their order.
     """
 
     results: list[dict[str, Any]]
@@ -42,6 +60,7 @@ class Page:
     pagination: dict[str, Any] | None = None
     server_time: datetime | None = None
     rejected: list[Rejected] = field(default_factory=list)
+    edges: tuple[str, str] | None = None
 
 
 #: Reads a 2xx body (bytes, the server's clock) into a Page, or None: see :meth:`SparkClient.get`.
@@ -61,6 +80,44 @@ def text_of(element: Any) -> bytes:
             return json.dumps(element, default=str).encode()
         except (TypeError, ValueError, RecursionError):
             return b'"(an element nested too deep to be written)"'
+
+
+def listing_key(element: Any) -> str | None:
+    """The key of an element as the contract keys its event (``StandardFields.ListingKey``,
+    else ``Id``: an account's key is its ``Id``), or None."""
+    if not isinstance(element, dict):
+        return None
+    standard = element.get("StandardFields")
+    key = standard.get("ListingKey") if isinstance(standard, dict) else None
+    if not isinstance(key, str) or not key or key == MASK:
+        key = element.get("Id")
+    return key if isinstance(key, str) and key else None
+
+
+def identity(element: Any) -> str:
+    """What names one element of ``Results`` in two answers: its key, else its JSON text."""
+    if isinstance(element, Rejected):
+        key, text = element.key, element.text
+    else:
+        key = listing_key(element)
+        text = b"" if key else text_of(element)
+    return f"key:{key}" if key else "text:" + text.decode(errors="replace")
+
+
+def without_first(page: Page) -> Page:
+    """``page`` without its first element (the one its ``edges`` name first)."""
+    if page.edges is None:
+        return page
+    if page.results and identity(page.results[0]) == page.edges[0]:
+        return dataclasses.replace(page, results=page.results[1:])
+    for i, rejected in enumerate(page.rejected):
+        if identity(rejected) == page.edges[0]:
+            return dataclasses.replace(page, rejected=page.rejected[:i] + page.rejected[i + 1 :])
+    return page
+
+
+def _edges(elements: list[Any]) -> tuple[str, str] | None:
+    return (identity(elements[0]), identity(elements[-1])) if elements else None
 
 
 def _value_end(body: bytes, i: int) -> int:
@@ -92,8 +149,11 @@ def _value_end(body: bytes, i: int) -> int:
     raise ValueError("cut short")
 
 
-def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
-    """A body with one element of ``Results`` broken: (document, objects, rejected elements).
+def _split_results(
+    body: bytes,
+) -> tuple[Any, list[Any], list[Rejected], tuple[str, str] | None] | None:
+    """A body with one element of ``Results`` broken: (document, objects, rejected elements,
+    the edges of the elements in their order).
 
     None when the frame itself is broken (a truncated body is retried, not split).
     """
@@ -123,6 +183,7 @@ def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
         return None
     objects: list[Any] = []
     rejected: list[Rejected] = []
+    ordered: list[Any] = []
     for text in elements:
         sniffed = _KEY.search(text)
         key = sniffed.group(1).decode(errors="replace") if sniffed else None
@@ -130,18 +191,21 @@ def _split_results(body: bytes) -> tuple[Any, list[Any], list[Rejected]] | None:
             element = json_loads(text)
         except (ValueError, RecursionError) as e:
             rejected.append(Rejected(text, f"invalid JSON: {e}", key))
+            ordered.append(rejected[-1])
             continue
         objects.append(element)
-    return document, objects, rejected
+        ordered.append(element)
+    return document, objects, rejected, _edges(ordered)
 
 
 def read_envelope(
     body: bytes, status: int
-) -> tuple[dict[str, Any], list[Any] | None, list[Rejected]]:
-    """The envelope ``D`` of a body; with the elements of ``Results`` and the rejected ones
-    when one element is broken (a success only). ValueError when the body is not one."""
+) -> tuple[dict[str, Any], list[Any] | None, list[Rejected], tuple[str, str] | None]:
+    """The envelope ``D`` of a body; with the elements of ``Results``, the rejected ones and
+    the edges when one element is broken (a success only). ValueError when the body is not one."""
     elements: list[Any] | None = None
     rejected: list[Rejected] = []
+    edges = None
     try:
         try:
             document = json_loads(body)
@@ -149,26 +213,29 @@ def read_envelope(
             split = _split_results(body) if status < 300 else None
             if split is None:
                 raise
-            document, elements, rejected = split
+            document, elements, rejected, edges = split
         envelope = document["D"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"no envelope: {e}") from None
     if not isinstance(envelope, dict) or not envelope:
         raise ValueError("empty D")
-    return envelope, elements, rejected
+    return envelope, elements, rejected, edges
 
 
 def parse_success(body: bytes, server_time: datetime | None) -> Page | None:
     """The :class:`Page` of a 2xx body, as :meth:`SparkClient.get` reads it; None when the
     body is not a plain success (broken, or ``Success: false``): the client decides then."""
     try:
-        envelope, elements, rejected = read_envelope(body, 200)
+        envelope, elements, rejected, edges = read_envelope(body, 200)
     except (ValueError, RecursionError):
         return None
     if envelope.get("Success") is False:
         return None
+    if elements is None:
+        elements = list(envelope.get("Results") or [])
+        edges = _edges(elements)
     results = []
-    for element in envelope.get("Results") or [] if elements is None else elements:
+    for element in elements:
         if isinstance(element, dict):
             results.append(element)
         else:
@@ -180,4 +247,5 @@ def parse_success(body: bytes, server_time: datetime | None) -> Page | None:
         pagination=envelope.get("Pagination"),
         server_time=server_time,
         rejected=rejected,
+        edges=edges,
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from producer.pages import Page, Rejected, text_of
+from producer.pages import MASK, Page, Rejected, listing_key, text_of
 from schemas import parse_timestamp
 
 if TYPE_CHECKING:
@@ -44,9 +44,6 @@ __all__ = [
     "stubs",
     "text_of",
 ]
-
-#: What the contract reads as "no value" for a key (schemas.contract.MASK).
-_MASK = "********"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +85,6 @@ class Ready:
     event: Converted | Invalid
 
 
-def listing_key(element: Any) -> str | None:
-    """The key of a listing element as the contract keys its event, or None."""
-    if not isinstance(element, dict):
-        return None
-    standard = element.get("StandardFields")
-    key = standard.get("ListingKey") if isinstance(standard, dict) else None
-    if not isinstance(key, str) or not key or key == _MASK:
-        key = element.get("Id")
-    return key if isinstance(key, str) and key else None
-
-
 def _listing(element: dict[str, Any]) -> Listing | str:
     """A :class:`Listing`, or why the element cannot be one."""
     if not isinstance(element.get("Id"), str) or not element["Id"]:
@@ -115,7 +101,7 @@ def _listing(element: dict[str, Any]) -> Listing | str:
 
 def _account(element: dict[str, Any]) -> Account | str:
     key = element.get("Id")
-    if not isinstance(key, str) or not key or key == _MASK:
+    if not isinstance(key, str) or not key or key == MASK:
         return f"no string Id (got {type(key).__name__})"
     modified = element.get("ModificationTimestamp")
     moment = parse_timestamp(modified)

@@ -1,13 +1,30 @@
 """The one scan: every listing and account scan ends complete, or fails.
 
 A scan sends ``_pagination=1``, so each page carries the API's ``TotalRows``, and
-counts the elements its pages returned (broken ones too). It is *complete* when
-that count reaches the lesser of the first and the latest TotalRows: records
-created behind the cursor raise the latest, records removed ahead of it lower the
-latest and the count alike; a page that ended the scan early (empty, without a
-SkipToken) leaves the count short of both. A scan that is not complete raises
-:class:`ScanIncomplete` after its last page: the procedure commits nothing past
-its last whole page (no window, no ``done``, no purge) and runs again.
+counts the keys its pages returned: each element that carries a key, a broken
+record's too (its key read from its text), once. An element without a key (a
+``null`` or a bare string in ``Results``) is dead-lettered but not counted: it is
+no record of TotalRows, and counted it could hide a record the scan missed. A record
+sent so broken that its key cannot be read cannot be shown returned either: the
+scan stays short while the API sends it so.
+
+The scan is *complete* when that count reaches the lesser of the first and the
+latest TotalRows: records created behind the cursor raise the latest, records
+removed ahead of it lower the latest and the count alike; a page that ended the
+scan early (empty, without a SkipToken) leaves the count short of both. A scan that
+is not complete raises :class:`ScanIncomplete` after its last page: the procedure
+commits nothing past its last whole page (no window, no ``done``, no purge) and
+runs again.
+
+Each key is counted once: a ``_skiptoken`` cursor is a key, so no key comes twice.
+A ``_skip`` cursor is a position, and a record created or removed behind it moves
+every later record by one: one comes twice (a count of elements reaches TotalRows
+without the new one) or one is never asked for (the count still reaches the lowered
+TotalRows). So a ``_skip`` scan asks each page from one element before its cursor,
+and that element must be the one the page before ended with (the *anchor*): then
+nothing behind the cursor moved, every record after the anchor is read, and none
+twice. Otherwise it raises :class:`ScanShifted`, and the procedure starts over from
+skip 0 (:mod:`producer.accounts`).
 
 A scan resumed from a checkpoint goes on counting from the :class:`Tally` stored
 with that checkpoint: each page is yielded with the tally after it, to be
@@ -27,12 +44,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from producer.pages import Page, Parse
+from producer.pages import Page, Parse, listing_key, without_first
 from producer.spark_client import SparkClient
 from spark_relay.errors import TransientSourceError
 
 __all__ = [
+    "Cursor",
     "ScanIncomplete",
+    "ScanShifted",
     "Tally",
     "prefetch",
     "skip_pages",
@@ -46,6 +65,20 @@ class ScanIncomplete(TransientSourceError):
     """A scan ended short of the API's TotalRows: nothing past its last whole page is committed."""
 
 
+class ScanShifted(ScanIncomplete):
+    """A ``_skip`` page did not join the page before: records moved behind the cursor."""
+
+
+def keyed(page: Page) -> int:
+    """How many elements of a page carry a key: records (raw, checked, or a converter's
+    stubs) and broken records whose key was read; what a scan counts against TotalRows."""
+    count = sum(1 for r in page.rejected if r.key)
+    for record in page.results:
+        key = listing_key(record) if isinstance(record, dict) else getattr(record, "key", None)
+        count += 1 if key else 0
+    return count
+
+
 def total_rows(page: Page) -> int | None:
     """The ``Pagination.TotalRows`` of a page, when the API sent a whole number: the one reader."""
     total = (page.pagination or {}).get("TotalRows")
@@ -55,7 +88,7 @@ def total_rows(page: Page) -> int | None:
 
 
 class Tally(NamedTuple):
-    """What a scan counted so far: elements returned, the first and the latest TotalRows."""
+    """What a scan counted so far: keys returned, the first and the latest TotalRows."""
 
     count: int = 0
     first: int | None = None
@@ -68,7 +101,7 @@ class Tally(NamedTuple):
 
     def add(self, page: Page) -> Tally:
         total = total_rows(page)
-        count = self.count + len(page.results) + len(page.rejected)
+        count = self.count + keyed(page)
         if total is None:
             return Tally(count, self.first, self.latest)
         return Tally(count, total if self.first is None else self.first, total)
@@ -84,7 +117,8 @@ class Tally(NamedTuple):
         if self.count < min(known):
             raise ScanIncomplete(
                 f"{what}: the scan was incomplete, {self.count} records of the {min(known)} "
-                "TotalRows the API reports (a page ended the scan early); nothing past its "
+                "TotalRows the API reports (a page ended the scan early, or a record came "
+                "without a key: counted by key); nothing past its "
                 "last whole page is committed, the next run scans again"
             )
 
@@ -119,24 +153,45 @@ def skiptoken_pages(
     tally.require_complete(what)
 
 
+class Cursor(NamedTuple):
+    """Where a ``_skip`` scan is: the skip of its next page and the anchor, the
+    :func:`~producer.pages.identity` of the element before it (None at skip 0)."""
+
+    skip: int = 0
+    anchor: str | None = None
+
+
 def skip_pages(
     client: SparkClient,
     path: str,
     params: dict[str, Any],
     what: str,
-    skip: int = 0,
+    cursor: Cursor | None = None,
     tally: Tally | None = None,
-) -> Iterator[tuple[Page, Tally, int]]:
-    """The pages of a ``_skip`` scan from ``skip``, each with the tally and the skip after it.
+) -> Iterator[tuple[Page, Tally, Cursor]]:
+    """The pages of a ``_skip`` scan from ``cursor``, each with the tally and the cursor
+    after it (a page without the anchor it was asked from).
 
-    The scan ends on an empty page or at TotalRows; a short page is not its end. An
-    empty page before TotalRows fails at once (the scan resumes there next time).
+    Each page after the first is asked from one element before the cursor: that element
+    must be the anchor, else :class:`ScanShifted` (see the module). The scan ends on an
+    empty page or at TotalRows; a short page is not its end. An empty page before
+    TotalRows fails at once (the scan resumes there next time).
     """
-    tally = tally or Tally()
+    tally, (skip, anchor) = tally or Tally(), cursor or Cursor()
     while True:
-        page = client.get(path, {**params, "_pagination": 1, "_skip": skip})
-        got = len(page.results) + len(page.rejected)
+        overlap = skip > 0 and anchor is not None
+        page = client.get(path, {**params, "_pagination": 1, "_skip": skip - overlap})
         total = total_rows(page)
+        if page.edges:  # an empty page is no shift: it ends the scan, or fails it
+            if overlap and page.edges[0] != anchor:
+                raise ScanShifted(
+                    f"{what}: the page at {skip:,} did not start with the record the page "
+                    "before ended with (records were created or removed behind the cursor, "
+                    "and _skip moved)"
+                )
+            page = without_first(page) if overlap else page
+            anchor = page.edges[1]
+        got = len(page.results) + len(page.rejected)
         if not got and total is not None and skip < total:
             raise ScanIncomplete(
                 f"{what}: the scan got an empty page at {skip:,} of {total:,} records; "
@@ -144,7 +199,7 @@ def skip_pages(
             )
         skip += got
         tally = tally.add(page)
-        yield page, tally, skip
+        yield page, tally, Cursor(skip, anchor)
         if not got or (total is not None and skip >= total):
             tally.require_complete(what)
             return

@@ -1,4 +1,4 @@
-"""The Spark API over HTTP, and nothing else: auth, pacing, retries, paging.
+"""The Spark API over HTTP, and nothing else: auth, pacing, retries (paging: producer.scan).
 
 Retry decisions are data (:data:`RETRY_TABLE`): 429 and 5xx answers, timeouts,
 connection resets and truncated or unreadable JSON are retried with exponential
@@ -21,7 +21,6 @@ import email.utils
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -258,7 +257,7 @@ class SparkClient:
                 return page
         # not a plain success: a broken body, Success false, or an error
         try:
-            envelope, _, _ = read_envelope(body, status)
+            envelope, _, _, _ = read_envelope(body, status)
         except ValueError:
             if status < 300 or RETRY_TABLE.get(status, status >= 500):
                 raise _Retry(
@@ -286,29 +285,3 @@ class SparkClient:
             raise Forbidden(f"GET {path}: {message} ({_HINTS[403]})")
         hint = _HINTS.get(status)
         raise PermanentSourceError(f"GET {path}: {message}" + (f" ({hint})" if hint else ""))
-
-    # -- paging -----------------------------------------------------------
-
-    def scan_skiptoken(
-        self,
-        path: str,
-        params: dict[str, Any] | None = None,
-        start_token: str = "",
-        parse: Parse | None = None,
-    ) -> Iterator[tuple[Page, str]]:
-        """Follow ``_skiptoken`` from ``start_token``; yields (page, token that fetched it).
-
-        The scan ends on an empty ``Results``, a missing ``SkipToken``, or a token
-        equal to the one sent: the API's last page is not documented, so all
-        three are accepted.
-        """
-        token = start_token
-        while True:
-            page = self.get(path, {**(params or {}), "_skiptoken": token}, parse)
-            # a page of broken elements only is a page: its elements go to the dead letters
-            returned = bool(page.results or page.rejected)
-            if returned:
-                yield page, token
-            if not returned or not page.skip_token or page.skip_token == token:
-                return
-            token = page.skip_token

@@ -1,6 +1,8 @@
 """``spark-relay reconcile``: what the API has against what each sink holds, and the repair.
 
-The API side is a ``_select=ListingKey,ModificationTimestamp`` scan. Each
+The API side is a ``_select=ListingKey,ModificationTimestamp`` scan, the one scan
+(:func:`producer.scan.skiptoken_pages`: complete or failed), its elements read
+through the one validation boundary (:func:`producer.records.check`). Each
 built-in sink is read through its own public surface (the PostgreSQL table,
 the search index, Tantivy's or the OpenSearch cluster's, the committed files, the Iceberg
 table read with pyiceberg), where its own settings say it is (:func:`sink_options`: the same
@@ -26,9 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from producer.records import check
+from producer.scan import skiptoken_pages
 from producer.spark_client import SparkClient
 from spark_relay import postgres
-from spark_relay.errors import ConfigError, TransientSourceError
+from spark_relay.errors import ConfigError
 from spark_relay.feeds import feed_settings
 from spark_relay.settings import Settings, _feed_name
 
@@ -57,27 +61,20 @@ def _utc(moment: Any) -> datetime:
     return datetime.fromisoformat(str(moment).replace("Z", "+00:00")).astimezone(UTC)
 
 
-def api_keys(client: SparkClient, page_size: int = 1000) -> dict[str, datetime]:
-    """Every live ListingKey with its ModificationTimestamp, from one ``_skiptoken`` scan.
+def api_keys(client: SparkClient, page_size: int = 1000) -> dict[str, datetime | None]:
+    """Every live ListingKey with its ModificationTimestamp, from one ``_skiptoken`` scan;
+    None for a broken record whose key was read (live, its version unknown).
 
-    A scan that saw fewer keys than the API's ``TotalRows`` (a page ended it
-    early) is an error, not a smaller MLS: a report or a repair built on it
-    would call live listings "not purged".
+    A scan short of the API's ``TotalRows`` (a page ended it early) raises
+    :class:`~producer.scan.ScanIncomplete`, not a smaller MLS: a report or a repair
+    built on it would call live listings "not purged".
     """
-    params = {"_limit": page_size, "_select": "ListingKey,ModificationTimestamp", "_pagination": 1}
-    keys: dict[str, datetime] = {}
-    total = None
-    for page, _ in client.scan_skiptoken("/v1/listings", params):
-        total = (page.pagination or {}).get("TotalRows", total)
-        for result in page.results:
-            fields = result.get("StandardFields") or {}
-            key = result.get("Id") or fields.get("ListingKey")
-            keys[key] = _utc(fields["ModificationTimestamp"])
-    if total is None or len(keys) < int(total):
-        raise TransientSourceError(
-            f"the API scan ended early: {len(keys)} listings of the {total} TotalRows it "
-            "reports; run reconcile again"
-        )
+    params = {"_limit": page_size, "_select": "ListingKey,ModificationTimestamp"}
+    keys: dict[str, datetime | None] = {}
+    for page, _ in skiptoken_pages(client, "/v1/listings", params, "reconcile's API scan"):
+        checked = check(page, "listings")
+        keys.update((r.key, None) for r in checked.rejected if r.key)
+        keys.update((r.key, r.moment.astimezone(UTC)) for r in checked.results)
     return keys
 
 
@@ -267,13 +264,15 @@ class Finding:
         )
 
 
-def compare(sink: str, api: dict[str, datetime], held: dict[str, datetime]) -> Finding:
+def compare(sink: str, api: dict[str, datetime | None], held: dict[str, datetime]) -> Finding:
+    """How ``held`` differs from ``api``; a broken record's key (its version None) is live:
+    missing if not held, never stale (the poller dead-letters it)."""
     finding = Finding(sink, held=len(held))
     for key, modified in api.items():
         have = held.get(key)
         if have is None:
             finding.missing.append(key)
-        elif have < modified:
+        elif modified is not None and have < modified:
             finding.stale.append(key)
     finding.not_purged = sorted(set(held) - set(api))
     finding.missing.sort()

@@ -97,6 +97,9 @@ class SparkAPI:
         self.served: dict[str, bytes] = {}
         #: ``"<ListingKey>/<path>"`` -> the elements (JSON bytes each) of that subresource.
         self.served_items: dict[str, list[bytes]] = {}
+        #: ListingKey -> a non-record element (JSON bytes) sent after that listing in pages, as
+        #: ``--bad-records``' ``element`` kind does for the listings it picks, on a chosen key.
+        self.junk_after: dict[str, bytes] = {}
         self.gone_status = 404
 
     def _gone(self, what: str) -> Reject:
@@ -329,6 +332,8 @@ class SparkAPI:
             bad = mls.bad(state.key)
             if bad is not None and bad.kind == "element":
                 items.append(orjson.dumps(bad.element))
+            if state.key in self.junk_after:
+                items.append(self.junk_after[state.key])
         return b'{"D":{"Success":true,"Results":[' + b",".join(items) + b"]" + tail + b"}}"
 
     def _record(

@@ -3,9 +3,12 @@
 
 The emulator's ``served`` switch sends any bytes in place of one record, in pages
 and by key. The property tests (Hypothesis) put arbitrary JSON into any field of a
-listing or an account: a run never raises, and each element is either published
-exactly or dead-lettered with a reason. ``HYPOTHESIS_PROFILE=thorough`` runs more
-examples than ``make test``.
+listing or an account: each element is either published exactly or dead-lettered
+with a reason, and a run never raises, but for one case: an element whose key cannot
+be read, sent in place of the record, is no record of TotalRows, so the scan cannot be
+shown complete (:mod:`producer.scan`: a junk element next to the records must not hide
+a record the scan missed); it fails as a short scan, the element dead-lettered first.
+``HYPOTHESIS_PROFILE=thorough`` runs more examples than ``make test``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 
 from producer.cli import build_poller
 from producer.records import listing_key
+from producer.scan import ScanIncomplete
 from schemas import account_from_record, json_dumps, json_loads, listing_from_record
 from tests.kafka_helpers import read_topic
 
@@ -112,6 +116,19 @@ def _check(element: bytes, latest: dict, key_of, letters_before: int, letters: l
     assert all(dict(headers)["dlq.error"] for _, _, headers in letters), "a letter without reason"
 
 
+def _run(procedure, element: bytes, key_of):
+    """``procedure()``'s stats; a short scan only when ``element`` carries no key."""
+    value, readable = _decoded(element)
+    keyed = readable and isinstance(value, dict) and isinstance(key_of(value), str)
+    try:
+        stats = procedure()
+    except ScanIncomplete:
+        assert not keyed, f"a scan failed though its element has a key: {element[:200]!r}"
+        return None
+    assert stats.completed
+    return stats
+
+
 def _latest(settings_, topic: str, decode) -> dict:
     latest = {}  # a key's events are in one partition, in order: the last one wins
     for key, value, _ in read_topic(
@@ -161,8 +178,7 @@ def test_any_json_in_any_field_of_a_listing_is_published_exactly_or_dead_lettere
         element = _with(record, path, value)
         emu.api.served[key] = element
         before = len(_letters(settings_))
-        stats = poller.snapshot(restart=True, republish=True)  # never raises
-    assert stats.completed
+        _run(lambda: poller.snapshot(restart=True, republish=True), element, listing_key)
     latest = _latest(settings_, "listings", listing_from_record)
     _check(element, latest, listing_key, before, _letters(settings_))
 
@@ -184,8 +200,7 @@ def test_any_json_in_any_field_of_an_account_is_published_exactly_or_dead_letter
         element = _with(record, path, value)
         emu.api.served[account] = element
         before = len(_letters(settings_))
-        stats = poller.accounts(force=True)  # never raises
-    assert stats.completed
+        _run(lambda: poller.accounts(force=True), element, lambda a: a.get("Id"))
     latest = _latest(settings_, "accounts", account_from_record)
     _check(element, latest, lambda account: account.get("Id"), before, _letters(settings_))
 

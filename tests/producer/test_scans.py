@@ -198,3 +198,95 @@ def test_a_dead_lettered_record_is_tried_again_only_when_it_moves_or_on_redrive(
         assert poller.accounts().dead_lettered == 1  # it moved: tried again
         redriven = poller.redrive(escape, [account])  # on demand: tried again whatever
     assert redriven.dead_lettered == len(escape) + 1
+
+
+# -- the count: keys, each once (issue 21 item 1, after the campaign) -------------------
+
+
+def _accounts_published(settings) -> set[str]:
+    return {
+        key
+        for key, value, _ in read_topic(
+            settings.kafka_bootstrap, settings.topic("accounts"), settings.schema_registry_url
+        )
+        if value is not None
+    }
+
+
+def test_a_resumed_accounts_scan_sees_an_account_created_behind_its_cursor(emulator, relay):
+    """Cut at skip 20 and resumed: an account created meanwhile with an Id sorting first
+    shifts ``_skip`` by one, the last account of page 1 comes back first on page 2, and a
+    count of elements (the duplicate too) reaches the raised TotalRows without the new one."""
+    emu = emulator(listings=20, accounts=60)
+    settings = relay(emu, page_size=20)
+    with build_poller(settings) as poller:
+        _faults(emu, "cut:1.0")  # page 1, then an empty page at skip 20
+        with pytest.raises(TransientSourceError, match="empty page"):
+            poller.accounts()
+        created = emu.create_accounts(1, position="first")  # behind the cursor
+        _faults(emu, "")
+        assert poller.accounts().completed
+    assert set(emu.truth()["accounts"]) <= _accounts_published(settings)
+    assert created[0] in _accounts_published(settings)
+
+
+def test_a_resumed_accounts_scan_reads_the_account_a_removal_behind_its_cursor_shifted(
+    emulator, relay
+):
+    """Cut at skip 20 and resumed: an account removed behind the cursor shifts ``_skip`` by
+    one the other way, the first account of page 2 moves to skip 19 and is never asked for,
+    while the count still reaches the lowered TotalRows."""
+    emu = emulator(listings=20, accounts=60)
+    removed = emu.create_accounts(1, position="first")  # referenced by no listing
+    settings = relay(emu, page_size=20)
+    boundary = sorted(emu.truth()["accounts"])[20]  # the first account of page 2
+    with build_poller(settings) as poller:
+        _faults(emu, "cut:1.0")
+        with pytest.raises(TransientSourceError, match="empty page"):
+            poller.accounts()
+        emu.remove_accounts(removed)  # behind the cursor
+        _faults(emu, "")
+        assert poller.accounts().completed
+    assert boundary in _accounts_published(settings)
+    assert set(emu.truth()["accounts"]) <= _accounts_published(settings)
+
+
+def test_a_junk_element_does_not_make_a_short_snapshot_complete(emulator, relay):
+    """A ``null`` next to a record (the emulator's bad-records ``element`` kind) is not
+    among TotalRows: counted, it would hide the snapshot's one missing listing (seed 7's
+    churn behind and ahead of the cursor) and mark it done without it."""
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu, page_size=100)
+    keys = sorted(emu.truth()["listings"])
+    behind, ahead = keys[10], keys[250]
+    emu.api.junk_after[keys[200]] = b"null"
+    emu.remove_listings([behind])
+    with build_poller(settings) as poller:
+        _faults(emu, "cut:1.0")
+        with pytest.raises(TransientSourceError, match="100 records of the 299"):
+            poller.snapshot()
+        emu.restore_listings([behind])
+        emu.remove_listings([ahead])
+        _faults(emu, "")
+        with pytest.raises(TransientSourceError, match="298 records of the 299"):
+            poller.snapshot()  # the null is not a record: still short by one
+        assert poller.snapshot().completed  # started over: every listing read
+    assert set(_assert_current(settings, emu)) >= set(emu.truth()["listings"])
+
+
+def test_reconcile_reads_the_api_through_the_one_scan(emulator, relay):
+    """reconcile's API side is the one scan: a broken element is read through the validation
+    boundary (live, not a crash, not a short scan), and a scan cut short says so."""
+    from spark_relay.reconcile import api_keys
+
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu, page_size=100)
+    keys = sorted(emu.truth()["listings"])
+    emu.api.served[keys[5]] = b'{"Id":"%s","StandardFields":"a string"}' % keys[5].encode()
+    emu.api.junk_after[keys[6]] = b'"record unavailable"'
+    with build_poller(settings) as poller:
+        api = api_keys(poller.client, settings.page_size)
+        assert set(api) == set(keys)  # the broken one is live: never "not purged"
+        _faults(emu, "cut:1.0")
+        with pytest.raises(TransientSourceError, match="TotalRows"):
+            api_keys(poller.client, settings.page_size)
