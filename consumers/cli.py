@@ -233,7 +233,9 @@ def _sink_command(name: str, cls: type) -> click.Command:
         flags = {setting: params.get(name) for name, setting in _SETTINGS.items()}
         settings = app.settings(**flags) if app is not None else load_settings(**flags)
         sink_table(settings, name, cls)
-        reach(settings, "kafka", "registry", *getattr(cls, "services", ()))
+        # Kafka's and the registry's first mistake is one line (exit 10); the sink's own store
+        # (cls.services) is the runner's to wait for, not ready, at open as at any later stage.
+        reach(settings, "kafka", "registry")
         params.pop("metrics_port")
         serve_metrics(settings.metrics_port or None, settings.metrics_host)
         letters = dlq_topic(settings.topic_prefix, name)

@@ -36,15 +36,16 @@ def build_poller(
     progress: bool | None = False,
     stop: threading.Event | None = None,
     exclusive: bool = False,
-    state: StateStore | None = None,
+    opened: tuple[StateStore, dict] | None = None,
 ) -> Iterator:
     """A :class:`Poller` wired to the API, Kafka, the registry and the state store.
 
     ``progress``: True shows it, False hides it, None shows it when stderr is a terminal.
     Every procedure takes the state's lock as it starts; ``exclusive`` takes it
     at once and holds it until the block ends (``reconcile --repair``: from
-    before its scan to its last tombstone). ``state``: a store opened already
-    (``poll run`` waits for it); it is closed with the rest.
+    before its scan to its last tombstone). ``opened``: a store opened already, with
+    the run log it answered (``poll run`` waits for both, :func:`_answering_state`, so
+    nothing here touches its database before the daemon's guard); it is closed with the rest.
     """
     from producer.poller import Poller
     from producer.publisher import Publisher
@@ -61,10 +62,11 @@ def build_poller(
         stop=stop,
     )
     publisher = Publisher(settings.kafka_config("producer"))
-    if state is None:
+    if opened is None:
         state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
+        opened = state, state.last_runs()
+    state, runs = opened
     serde = Serde(SchemaRegistryClient(settings.registry_config()), settings.topic_prefix)
-    runs = state.last_runs()
     _seed_checkpoint_times(runs)
     start_poller(
         [settings.topic(t) for t in ("listings", "accounts", "purges", "dlq.poller")],
@@ -96,19 +98,19 @@ def _command_poller(settings: Settings, progress: bool | None):
     return build_poller(settings, progress=progress, stop=_stop_on_signals())
 
 
-def _answering_state(settings: Settings):
-    """The state store once it answered a first read (the run log build_poller reads next):
-    a database lost between opening and reading is waited for like one that never opened."""
+def _answering_state(settings: Settings) -> tuple[StateStore, dict]:
+    """The state store once it answered its first read, and that read (the run log, which
+    build_poller takes from here): a database lost between opening and reading is waited
+    for like one that never opened, and one lost after it by the daemon's own guard."""
     from producer.state import open_state
     from spark_relay.errors import StateUnavailable
 
     state = open_state(settings.state_dir, settings.database_url, settings.topic_prefix)
     try:
-        state.last_runs()
+        return state, state.last_runs()
     except state.unavailable as e:
         state.close()
         raise StateUnavailable(f"the state database cannot be reached: {e}") from e
-    return state
 
 
 def _seed_checkpoint_times(runs: dict) -> None:
@@ -306,13 +308,13 @@ def run_command(
     # database is waited for (not ready, backing off), as when it goes away later.
     reach(settings, "api", "kafka", "registry")
     stop = _stop_on_signals()
-    state = wait_for_state(lambda: _answering_state(settings), stop)
-    if state is None:
+    opened = wait_for_state(lambda: _answering_state(settings), stop)
+    if opened is None:
         logger.info("stopped on request before the state store answered")
         return
     letters = dlq_topic(settings.topic_prefix, "poller")
     watch_dead_letters(settings, "poller", letters, redrive_group(letters))
-    with build_poller(settings, progress=progress, stop=stop, state=state) as poller:
+    with build_poller(settings, progress=progress, stop=stop, opened=opened) as poller:
         run_daemon(poller)
 
 

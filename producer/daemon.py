@@ -13,15 +13,17 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from producer.poller import Poller
-from producer.state import StateStore
 from spark_relay.errors import PurgeRefused, StateUnavailable, unreachable_service
 from spark_relay.health import HEALTH
 
 __all__ = ["run_daemon", "next_purge", "wait_for_state", "unreachable"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: What :func:`unreachable` answers for the state's database: its cure is a new connection.
 STATE_DATABASE = "the state database"
@@ -107,16 +109,15 @@ def _reconnect(poller: Poller, error: Exception) -> None:
         logger.info("the state store reconnected; the interrupted procedure runs again")
 
 
-def wait_for_state(
-    open_state: Callable[[], StateStore], stop: threading.Event
-) -> StateStore | None:
-    """``poll run``'s state store, once its database answers; ``None`` if stopped before.
+def wait_for_state(open_state: Callable[[], T], stop: threading.Event) -> T | None:
+    """``poll run``'s state store (what ``open_state`` returns), once its database answers;
+    ``None`` if stopped before.
 
     A daemon started before its database (a cluster coming up, a restart) waits for
     it as it waits when the database goes away later: alive, not ready (``/readyz``
     says why), trying again with a growing pause and a line for each attempt.
     """
-    opened: StateStore | None = None
+    opened: T | None = None
 
     def attempt() -> None:
         nonlocal opened

@@ -139,8 +139,9 @@ EXIT_CODES = {
     EXIT_UNHEALTHY: "status: unhealthy; reconcile, demo: a sink differs from the API",
     8: "a purge was refused: its scan was incomplete, or it was over SPARK_RELAY_PURGE_MAX_RATIO",
     9: "another poller holds this state (the message names it); one poller per state",
-    10: "a service did not answer: Kafka, the registry, PostgreSQL (the state database too; "
-    "`poll run` waits for it instead) or the API (the message names the setting)",
+    10: "a service did not answer: Kafka, the registry, PostgreSQL (the state database and a "
+    "sink's store too; `poll run` and the sinks wait for them instead) or the API (the message "
+    "names the setting)",
     11: "no Date header from the API and the local clock is off by more than SPARK_RELAY_OVERLAP",
     130: "interrupted (Ctrl-C, or a second SIGTERM while stopping)",
 }

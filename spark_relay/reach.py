@@ -7,14 +7,17 @@ calls :func:`reach` before its work, so a wrong address ends it within
     spark-relay: error: SPARK_RELAY_KAFKA_BOOTSTRAP=kafka:9092: Kafka did not answer within 5s
     (Connect to ipv4#10.0.0.7:9092 failed: Connection refused)
 
-instead of a traceback after librdkafka's own timeouts. Passing the probe proves
-an answer, not access: a wrong key or a refused write is the command's own
-error, with its own code.
+instead of a traceback after librdkafka's own timeouts. Each probe is tried again,
+with short pauses, until the service answers or that time has passed: one reset or
+refusal (a restart, a proxy) is not a wrong address. Passing the probe proves an
+answer, not access: a wrong key or a refused write is the command's own error,
+with its own code.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from spark_relay import postgres
@@ -122,8 +125,28 @@ SERVICES: dict[str, Callable[[Settings], None]] = {
 }
 
 
+#: The first pause between two tries of a probe; each one doubles it, up to a second.
+FIRST_PAUSE = 0.1
+
+
+def _until_answered(probe: Callable[[Settings], None], settings: Settings) -> None:
+    """``probe`` until it answers; its :class:`Unreachable` once ``connect_timeout`` seconds
+    have passed since the first try (a probe that hangs that long is tried once)."""
+    deadline = time.monotonic() + settings.connect_timeout
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            return probe(settings)
+        except Unreachable:
+            if time.monotonic() + pause >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
 def reach(settings: Settings, *services: str) -> Settings:
-    """Call each of ``services`` once, in order; raise :class:`Unreachable` for the first silent.
+    """Reach each of ``services``, in order; raise :class:`Unreachable` for the first still
+    silent after ``SPARK_RELAY_CONNECT_TIMEOUT`` seconds of tries.
 
     ``postgres`` is skipped when ``SPARK_RELAY_DATABASE_URL`` is empty (the state
     is then a local file). Returns ``settings``.
@@ -131,5 +154,5 @@ def reach(settings: Settings, *services: str) -> Settings:
     for service in services:
         if service == "postgres" and not settings.database_url:
             continue
-        SERVICES[service](settings)
+        _until_answered(SERVICES[service], settings)
     return settings

@@ -10,15 +10,21 @@ the setting and where it points, no traceback, no password.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from devstack._net import free_port
 from spark_relay.errors import Unreachable
+from spark_relay.reach import reach
 from spark_relay.settings import load_settings
 
 BIN = Path(sys.executable).parent / "spark-relay"
@@ -29,7 +35,8 @@ COMMANDS = {
     "poll update": ("api", "kafka", "registry", "postgres"),
     # its state database is waited for instead (tests/producer/test_clocks_locks.py)
     "poll run": ("api", "kafka", "registry"),
-    "sink postgres": ("kafka", "registry", "postgres"),
+    # its store is waited for instead (tests/consumers/test_postgres_outage.py)
+    "sink postgres": ("kafka", "registry"),
     "sink search": ("kafka", "registry"),
     "sink files": ("kafka", "registry"),
     "status": ("kafka", "registry", "postgres"),
@@ -91,3 +98,36 @@ def test_a_silent_service_ends_the_command_with_one_line(
 
 def test_the_wait_is_a_few_seconds_by_default():
     assert load_settings(environ={}).connect_timeout <= 5
+
+
+@contextmanager
+def _resetting_once() -> Iterator[str]:
+    """An HTTP server whose first connection is reset (an RST, no answer); later ones get 200."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for n in range(1_000):
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            if n == 0:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            client.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_one_reset_is_not_a_silent_service():
+    """A service that resets one connection (a restart, a proxy) answers the next: not exit 10.
+    Only one still silent when SPARK_RELAY_CONNECT_TIMEOUT has passed ends the command."""
+    with _resetting_once() as url:
+        settings = load_settings(environ={"SPARK_RELAY_API_URL": url, "SPARK_RELAY_API_KEY": "key"})
+        reach(settings, "api")

@@ -81,7 +81,8 @@ class PostgresSink:
     resources: ClassVar[tuple[str, ...]] = ("listings", "accounts", "purges")
     #: Rows are keyed by (feed, key): it may merge several feeds (--feeds).
     merges_feeds: ClassVar[bool] = True
-    #: What `spark-relay sink postgres` must reach before it starts (spark_relay.reach).
+    #: What a one-shot command over this sink (`dlq redrive postgres`) must reach before it
+    #: starts (spark_relay.reach); `spark-relay sink postgres` waits for it instead.
     services: ClassVar[tuple[str, ...]] = ("postgres",)
     cli_options: ClassVar[list[click.Option]] = [
         click.Option(

@@ -9,16 +9,22 @@ one consumer group on the devstack broker.
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import psycopg
 import pytest
 
 from consumers.postgres import PostgresSink
 from consumers.runner import Runner, RunnerConfig, end_offsets
+from devstack._net import free_port
 from tests.consumers.kafka_events import (
     FAST_GROUP,
     Topics,
@@ -27,6 +33,7 @@ from tests.consumers.kafka_events import (
     postgres_offsets,
     wait_for,
 )
+from tests.kafka_helpers import cli_env
 
 PARTITIONS = 4
 SINK_APP = "spark-relay sink postgres"
@@ -434,4 +441,55 @@ def test_a_sink_started_while_its_database_is_down_joins_its_group_and_waits(
         assert a.error is None, repr(a.error)
         assert a.runner.stats.dead_letters == 0
     finally:
+        topics.close()
+
+
+def test_the_sink_command_started_while_its_database_is_down_waits_for_it(
+    make_settings, database, tmp_path
+):
+    """``spark-relay sink postgres`` itself, not only its runner: a database that refuses
+    connections as the command starts (a restart, a cluster coming up) is waited for, alive
+    and not ready, past SPARK_RELAY_CONNECT_TIMEOUT; it is not a wrong address (exit 10)."""
+    settings = make_settings(database_url=database.url)
+    topics = Topics(settings, PARTITIONS)
+    port, log = free_port(), tmp_path / "sink.stderr"
+    env = cli_env(settings) | {"SPARK_RELAY_CONNECT_TIMEOUT": "1"}
+    command = [Path(sys.executable).parent / "spark-relay", "sink", "postgres", "--schema", "s"]
+    try:
+        _publish(topics, 0, 50)
+        database.down()
+        with log.open("w") as stderr:
+            sink = subprocess.Popen(
+                [*command, "--metrics-port", str(port), "--batch-ms", "50"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+
+        def readyz() -> tuple[int, str]:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            except httpx.HTTPError:
+                return 0, ""
+            return answer.status_code, answer.text
+
+        wait_for(
+            lambda: sink.poll() is not None or "store" in readyz()[1],
+            timeout=60,
+            what="the sink not ready",
+        )
+        time.sleep(3)  # well past the connect timeout
+        assert sink.poll() is None, log.read_text()[-3000:]
+        assert readyz()[0] == 503, readyz()
+        database.up()
+        with psycopg.connect(database.url, autocommit=True) as conn:
+            _converged(conn, "s", topics, keys=50)
+        wait_for(lambda: readyz()[0] == 200, timeout=60, what="the sink ready again")
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(60) == 0, log.read_text()[-3000:]
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
         topics.close()

@@ -283,13 +283,13 @@ def test_poll_run_outlives_a_registry_restart_between_two_windows(emulator, rela
 
 
 class CuttingProxy:
-    """A TCP proxy to a PostgreSQL that cuts the connection carrying ``cut_at`` (once), then
-    refuses every connection (accepts and closes it) until :meth:`heal`.
+    """A TCP proxy to a PostgreSQL that cuts the connection carrying ``cut_at`` (once: at its
+    ``nth`` occurrence), then refuses every connection (accepts and closes it) until :meth:`heal`.
 
     The upstream is the URL's server, on TCP or on its Unix socket.
     """
 
-    def __init__(self, database_url: str, cut_at: bytes) -> None:
+    def __init__(self, database_url: str, cut_at: bytes, nth: int = 1) -> None:
         from psycopg.conninfo import conninfo_to_dict
 
         params = conninfo_to_dict(database_url)
@@ -299,6 +299,7 @@ class CuttingProxy:
         else:
             self._upstream = (socket.AF_INET, (host, int(upstream_port)))
         self.cut_at = cut_at
+        self._passed = nth - 1  # occurrences let through before the cut
         self.cut = threading.Event()  # the connection was cut
         self.down = threading.Event()  # refusing connections
         self.refused = 0
@@ -350,9 +351,11 @@ class CuttingProxy:
         try:
             while data := source.recv(65536):
                 if upstream and not self.cut.is_set() and self.cut_at in tail + data:
-                    self.down.set()
-                    self.cut.set()
-                    break
+                    self._passed -= 1
+                    if self._passed < 0:
+                        self.down.set()
+                        self.cut.set()
+                        break
                 tail = data[-len(self.cut_at) :]
                 sink.sendall(data)
         except OSError:
@@ -368,8 +371,8 @@ class CuttingProxy:
 def cutting_proxy(database_url) -> Iterator[Callable[[bytes], CuttingProxy]]:
     made: list[CuttingProxy] = []
 
-    def make(cut_at: bytes) -> CuttingProxy:
-        made.append(CuttingProxy(database_url, cut_at))
+    def make(cut_at: bytes, nth: int = 1) -> CuttingProxy:
+        made.append(CuttingProxy(database_url, cut_at, nth))
         return made[-1]
 
     yield make
@@ -378,19 +381,23 @@ def cutting_proxy(database_url) -> Iterator[Callable[[bytes], CuttingProxy]]:
 
 
 @pytest.mark.parametrize(
-    "cut_at",
+    "cut_at, nth",
     [
-        pytest.param(b"pg_try_advisory_lock", id="taking-the-lock"),
-        pytest.param(b"FROM runs ORDER BY started_at", id="reading-the-run-log-before-the-lock"),
+        pytest.param(b"pg_try_advisory_lock", 1, id="taking-the-lock"),
+        pytest.param(b"FROM runs ORDER BY started_at", 1, id="reading-the-run-log-before-the-lock"),
+        # the first read answered: the poller is built on a state whose database goes away
+        pytest.param(
+            b"FROM runs ORDER BY started_at", 2, id="reading-the-run-log-once-it-answered"
+        ),
     ],
 )
 def test_poll_run_outlives_its_state_database_going_away_as_it_takes_the_lock(
-    emulator, relay, cutting_proxy, database_url, tmp_path, cut_at
+    emulator, relay, cutting_proxy, database_url, tmp_path, cut_at, nth
 ):
     """The state opened, the database goes away at the very query that takes the poller's
     lock (or at the first one after it opened): the daemon waits for it (alive, not ready,
     saying why), takes the lock once it answers, and replicates."""
-    proxy = cutting_proxy(cut_at)
+    proxy = cutting_proxy(cut_at, nth)
     emu = emulator(listings=40, accounts=5)
     settings = relay(emu, database_url=proxy.url)
     env = cli_env(settings)
