@@ -93,7 +93,10 @@ def test_a_silent_service_ends_the_command_with_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"spark-relay: error: {VARIABLE[service]}="), lines[0]
     assert f"127.0.0.1:{closed_port}" in lines[0] and "NOWHERE-PW" not in lines[0]
-    assert took < 8, f"{command} took {took:.1f}s to say {service} does not answer"
+    # bounded by the 1 s connect timeout (each check retried within it) plus the command's own
+    # start, which takes seconds on a loaded CI machine; unbounded, a client's default waits
+    # are a minute and more (librdkafka's, psycopg's 130 s)
+    assert took < 20, f"{command} took {took:.1f}s to say {service} does not answer"
 
 
 def test_the_wait_is_a_few_seconds_by_default():
