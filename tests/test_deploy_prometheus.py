@@ -44,6 +44,7 @@ def test_promtool_checks_the_rules_and_the_config():
     for args in (
         ["check", "rules", "alerts.yml"],
         ["check", "config", "prometheus.yml"],
+        ["check", "config", "prometheus-feeds.yml"],
         ["test", "rules", "alerts_test.yml"],
     ):
         result = subprocess.run(
