@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chaos import check, coverage, killed_iceberg
+from chaos import check, coverage, feeds, killed_iceberg
 from chaos.acts import ACTS, DISK_SINKS, QUIET, SWITCHED_ACTS, act
 from chaos.world import SINK_TOPICS, SINKS, World
 
@@ -175,7 +175,9 @@ def plan(
             }
         )
     api_key = f"chaos-{rng.getrandbits(64):016x}"
-    return {"seed": seed, "faults": faults, "schedule": schedule, "api_key": api_key}
+    drawn = {"seed": seed, "faults": faults, "schedule": schedule, "api_key": api_key}
+    second = feeds.draw(seed)  # a stream of its own: the rest of the plan is as without it
+    return {**drawn, "feeds": second} if second else drawn
 
 
 @dataclass
@@ -256,7 +258,7 @@ def run_seed(
     result = SeedResult(
         seed, rounds, root=str(root), switches=p["faults"]["switches"], overlap=overlap
     )
-    world = World(root, seed, listings, p["api_key"], p["faults"])
+    world = World(root, seed, listings, p["api_key"], p["faults"], p.get("feeds"))
     log = _Log(root / "campaign.log", world, echo)
     try:
         world.start()
@@ -268,6 +270,8 @@ def run_seed(
         for step in p["schedule"]:
             log.round = step["round"]
             changed, _ = world.admin("POST", "/_emulator/advance", step["change"])
+            if world.second:
+                feeds.advance(world, step["change"])
             log(
                 "mls_changed",
                 **{k: len(v) for k, v in changed.items() if isinstance(v, list)},
@@ -353,7 +357,7 @@ def tidy(root: Path, result: SeedResult) -> None:
 def _revive(world: World, log: _Log, result: SeedResult) -> None:
     """A process that died on its own is a finding: log its exit and start it again."""
     for name in list(world.procs):
-        if name in ("emulator",) or world.alive(name):
+        if name.startswith("emulator") or world.alive(name):
             continue
         code = world.procs[name].returncode
         if name.startswith("replay-") and code == 0:
@@ -397,10 +401,14 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
             raise RuntimeError(f"final poll {procedure} kept failing")
     if result.state_lost:  # the documented remedy for a lost state: purge what it forgot
         _final_reconcile(world, log)
+    if world.second:
+        feeds.settle(world, log)
     truth = _truth(world)
     excused = _poller_dead_letters(world)
     bootstrap = world.broker.bootstrap
-    ends = check.partition_ends(bootstrap, sorted({t for g in SINK_TOPICS.values() for t in g}))
+    topics = {t for g in SINK_TOPICS.values() for t in g}
+    topics |= {feeds.topic(t) for t in topics} if world.second else set()
+    ends = check.partition_ends(bootstrap, sorted(topics))
     deadline = time.monotonic() + timeout
     while True:
         _revive(world, log, result)
@@ -423,12 +431,14 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
         for kind, where in extra:
             if kind != "files":  # files are read once their sink closed them
                 pending[where] = _matches(world, kind, where, truth, excused)
+        if world.second:
+            pending.update(feeds.pending(world, truth, excused))
         if (all(pending.values()) and not late) or time.monotonic() > deadline:
             log("settled", caught_up=pending, behind=late)
             break
         time.sleep(3)
     for name in list(world.procs):
-        if name not in ("emulator", "registry"):
+        if not name.startswith(("emulator", "registry")):
             code = world.terminate(name)
             log("stopped", process=name, exit=code)
     if late:  # the stores are still checked (run_seed): what did the late sinks miss?
@@ -487,14 +497,15 @@ def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
 
     topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
     dead_lettered: set[str] = set()
-    for topic in sorted(t for t in topics if t.startswith(f"{TOPIC_PREFIX}.dlq.")):
+    letters = (f"{TOPIC_PREFIX}.dlq.", f"{TOPIC_PREFIX}.{feeds.SECOND}.dlq.")
+    for topic in sorted(t for t in topics if t.startswith(letters)):
         for _, offset, key, _, headers in check.read_topic(bootstrap, registry, topic, avro=False):
             result.dead_letters += 1
             reason = headers.get("dlq.error", b"").decode(errors="replace").strip()
             if not reason:
                 result.dead_letters_without_reason += 1
                 log("dead_letter_without_reason", topic=topic, offset=offset)
-            if topic.endswith(".poller") and key:
+            if topic == f"{TOPIC_PREFIX}.dlq.poller" and key:
                 dead_lettered.add(key.decode())
     diffs = []
     for resource, key_field in (("listings", "ListingKey"), ("accounts", "Id")):
@@ -540,6 +551,8 @@ def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
         diffs.append(
             check.compare(f"search:{root.name}", truth["listings"], held, dups, dead_lettered)
         )
+    if world.second:
+        diffs += feeds.stores(world, truth, dead_lettered)
     for diff in diffs:
         truth_size = len(
             truth["accounts"] if diff.store.endswith("accounts") else truth["listings"]
@@ -552,5 +565,7 @@ def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
         result.stores.append(diff.as_dict())
         log("checked", **diff.as_dict())
     result.key_in_logs = check.scan_logs(world.logs, world.api_key)
+    if world.second:
+        result.key_in_logs += feeds.keys_in_logs(world)
     if result.key_in_logs:
         log("api_key_in_logs", files=result.key_in_logs)

@@ -259,29 +259,37 @@ def topic_state(messages: list, key_field: str) -> tuple[dict[str, datetime | No
 
 
 def read_postgres(
-    url: str, schema: str
+    url: str, schema: str, feed: str | None = None
 ) -> tuple[dict[str, datetime], set[str], list[str], list[str]]:
-    """``(listings, account ids, duplicate listing keys, duplicate account ids)`` by plain SQL."""
+    """``(listings, account ids, duplicate listing keys, duplicate account ids)`` by plain SQL;
+    ``feed``: only that feed's rows (a merged schema)."""
     import psycopg
 
+    where, args = ("WHERE feed = %s", [feed]) if feed is not None else ("", [])
     with psycopg.connect(url) as conn:
         listings = {
             k: utc(m)
             for k, m in conn.execute(
-                f'SELECT "ListingKey", "ModificationTimestamp" FROM "{schema}".listings'
+                f'SELECT "ListingKey", "ModificationTimestamp" FROM "{schema}".listings {where}',
+                args,
             )
         }
-        accounts = {row[0] for row in conn.execute(f'SELECT "Id" FROM "{schema}".accounts')}
+        accounts = {
+            row[0] for row in conn.execute(f'SELECT "Id" FROM "{schema}".accounts {where}', args)
+        }
         dup_listings = [
             row[0]
             for row in conn.execute(
-                f'SELECT "ListingKey" FROM "{schema}".listings GROUP BY 1 HAVING count(*) > 1'
+                f'SELECT "ListingKey" FROM "{schema}".listings {where} GROUP BY 1 '
+                "HAVING count(*) > 1",
+                args,
             )
         ]
         dup_accounts = [
             row[0]
             for row in conn.execute(
-                f'SELECT "Id" FROM "{schema}".accounts GROUP BY 1 HAVING count(*) > 1'
+                f'SELECT "Id" FROM "{schema}".accounts {where} GROUP BY 1 HAVING count(*) > 1',
+                args,
             )
         ]
     return listings, accounts, dup_listings, dup_accounts

@@ -26,6 +26,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from chaos import feeds
 from devstack._net import free_port, wait_for_port
 from devstack.kafka import DEVSTACK_ENV, KafkaBroker
 from devstack.postgres import Postgres
@@ -76,8 +77,18 @@ def _copy(pipe, path: Path) -> None:
 class World:
     """Start, kill, restart and stop everything one seed needs; log each act."""
 
-    def __init__(self, root: Path, seed: int, listings: int, api_key: str, faults: dict[str, Any]):
+    def __init__(
+        self,
+        root: Path,
+        seed: int,
+        listings: int,
+        api_key: str,
+        faults: dict[str, Any],
+        second: dict[str, Any] | None = None,
+    ):
         self.root = Path(root)
+        #: a second feed (chaos/feeds.py), or None: one feed
+        self.second = second
         self.seed = seed
         self.listings = listings
         self.api_key = api_key
@@ -91,6 +102,8 @@ class World:
         self.postgres: Postgres | None = None
         self.registry_port = free_port()
         self.emulator_port = free_port()
+        self.second_port = free_port() if second else 0
+        self.start_time = feeds.start_time() if second else None
 
     # ---- services ----------------------------------------------------------------------
 
@@ -101,6 +114,8 @@ class World:
         self.start_registry()
         self.start_emulator()
         self.run("topics", ["topics", "create", "--partitions", "3"], timeout=120, check=True)
+        if self.second:
+            feeds.start(self)
         return self
 
     @property
@@ -111,6 +126,10 @@ class World:
     def emulator_url(self) -> str:
         return f"http://127.0.0.1:{self.emulator_port}"
 
+    @property
+    def second_url(self) -> str:
+        return f"http://127.0.0.1:{self.second_port}"
+
     def start_registry(self) -> None:
         self.spawn(
             "registry",
@@ -120,22 +139,30 @@ class World:
         if not wait_for_port("127.0.0.1", self.registry_port, 30):
             raise RuntimeError("the schema registry did not start; see logs/registry.log")
 
-    def start_emulator(self) -> None:
+    def start_emulator(
+        self,
+        name: str = "emulator",
+        port: int | None = None,
+        seed: int | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        """The world's emulator (or, named, a second feed's on ``port``, ``seed``, ``api_key``)."""
         f = self.faults
+        port = port or self.emulator_port
         args = [
             sys.executable,
             "-m",
             "devstack.emulator",
             "--port",
-            str(self.emulator_port),
+            str(port),
             "--listings",
             str(self.listings),
             "--accounts",
             str(max(self.listings // 10, 20)),
             "--seed",
-            str(self.seed),
+            str(seed or self.seed),
             "--api-key",
-            self.api_key,
+            api_key or self.api_key,
             "--faults",
             f["spec"],
             "--fault-timeout-seconds",
@@ -151,7 +178,7 @@ class World:
             "--last-page",
             f["last_page"],
             "--request-log",
-            str(self.requests_path),
+            str(self.requests_path if name == "emulator" else self.root / f"requests-{name}.jsonl"),
             "--late-visibility-seconds",
             str(f.get("late_visibility_seconds", 0)),
             "--malformed",
@@ -164,9 +191,11 @@ class World:
             ",".join(f"{k}={v}" for k, v in f.get("caller_boost", {}).items()),
             *f.get("extra_args", []),
         ]
-        self.spawn("emulator", args)
-        if not wait_for_port("127.0.0.1", self.emulator_port, 60):
-            raise RuntimeError("the emulator did not start; see logs/emulator.log")
+        if self.second:  # two feeds: the same keys in both (one key seed, one start)
+            args += ["--key-seed", str(self.seed), "--start-time", self.start_time]
+        self.spawn(name, args)
+        if not wait_for_port("127.0.0.1", port, 60):
+            raise RuntimeError(f"the emulator did not start; see logs/{name}.log")
 
     @property
     def requests_path(self) -> Path:
@@ -214,6 +243,8 @@ class World:
             env["SPARK_RELAY_OVERLAP"] = str(self.faults["overlap"])
         if self.faults.get("message_max_bytes"):
             env["SPARK_RELAY_KAFKA_MESSAGE_MAX_BYTES"] = str(self.faults["message_max_bytes"])
+        if self.second:
+            env.update(feeds.env(self, via))
         return env
 
     # ---- processes ---------------------------------------------------------------------
@@ -309,6 +340,8 @@ class World:
             kind = args[args.index("sink") + 1]
             group = args[args.index("--group") + 1] if "--group" in args else f"spark-relay.{kind}"
             groups[group] = SINK_TOPICS[kind]
+            if "--feeds" in args:  # a merged sink: the second feed's topics too
+                groups[group] = groups[group] + [feeds.topic(t) for t in SINK_TOPICS[kind]]
         return groups
 
     def alive(self, name: str) -> bool:

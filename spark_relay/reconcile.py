@@ -352,9 +352,9 @@ def _search(settings: Settings, name: str, options: dict[str, Any]) -> str:
     from consumers.search.sink import default_index_path
     from consumers.search.tantivy_backend import TantivyBackend
 
-    if options.get("backend") == "opensearch":
-        return "search: the opensearch backend: delete by query `feed:<name>` in the cluster"
     base = f"{settings.topic_prefix}.feeds"  # the index of several feeds (index_prefix)
+    if options.get("backend") == "opensearch":
+        return _search_cluster(name, options, base)
     path = Path(options.get("path") or default_index_path(settings.state_path, base))
     if not (path / "index" / "meta.json").exists():
         return f"search: no index of several feeds at {path}, nothing to do"
@@ -364,6 +364,22 @@ def _search(settings: Settings, name: str, options: dict[str, Any]) -> str:
     finally:
         backend.close()
     return f"search: index {path}: deleted {documents} documents"
+
+
+def _search_cluster(name: str, options: dict[str, Any], base: str) -> str:
+    from consumers.search.opensearch import OpenSearchBackend
+    from consumers.search.sink import default_index_name
+
+    url = (options.get("url") or "").rstrip("/")
+    if not url:
+        raise ConfigError("search: --backend opensearch needs SPARK_RELAY_SEARCH_URL (or --url)")
+    index = options.get("index") or default_index_name(base)
+    backend = OpenSearchBackend(url, index, merged=True)
+    try:
+        documents = backend.remove_feed(name)
+    finally:
+        backend.close()
+    return f"search: index {url}/{index}: deleted {documents} documents"
 
 
 def _files(settings: Settings, name: str, options: dict[str, Any]) -> str:

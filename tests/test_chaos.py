@@ -341,3 +341,58 @@ def test_the_settle_waits_for_every_long_running_sink_group():
         "spark-relay.files": SINK_TOPICS["files"],
         "chaos-replay-search": SINK_TOPICS["search"],
     }
+
+
+def test_about_one_seed_in_four_draws_a_second_feed_apart_from_the_rest_of_its_plan():
+    """The second feed is drawn from a stream of its own: a seed without it plans exactly
+    what it planned before feeds existed, and a seed with it differs only by `feeds`."""
+    from chaos import feeds
+
+    drawn = {seed: plan(seed, 4, set()).get("feeds") for seed in range(1, 41)}
+    two = [seed for seed, f in drawn.items() if f]
+    assert 5 <= len(two) <= 15, two
+    for seed in two:
+        second = drawn[seed]
+        assert second["name"] == feeds.SECOND and second["seed"] != seed
+        assert second["key_seed"] == seed  # the first emulator's keys: they collide
+        assert second["api_key"] != plan(seed, 4, set())["api_key"]
+        assert set(plan(seed, 4, set())) == {"seed", "faults", "schedule", "api_key", "feeds"}
+    assert set(plan(1, 4, set())) == {"seed", "faults", "schedule", "api_key"}
+
+
+def test_the_settle_waits_for_the_merged_sinks_on_both_feeds():
+    from chaos.world import SINK_TOPICS, World
+
+    world = World(Path("/nonexistent"), 1, 10, "key", {})
+    world.args = {
+        "merged-files": ["spark-relay", "sink", "files", "--feeds", "all", "--group", "m"],
+    }
+    assert world.sink_groups() == {
+        "m": SINK_TOPICS["files"]
+        + [t.replace("spark.", "spark.south.") for t in SINK_TOPICS["files"]]
+    }
+
+
+def test_the_postgres_reader_reads_one_feed_of_a_merged_schema(database_url, topic_prefix):
+    import psycopg
+
+    schema = f"merged_{topic_prefix}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            conn.execute(
+                f'CREATE TABLE "{schema}".listings (feed text, "ListingKey" text, '
+                '"ModificationTimestamp" timestamptz)'
+            )
+            conn.execute(f'CREATE TABLE "{schema}".accounts (feed text, "Id" text)')
+            for feed, moment in (("main", T1), ("south", T2)):
+                conn.execute(
+                    f'INSERT INTO "{schema}".listings VALUES (%s, %s, %s)', [feed, "K", moment]
+                )
+                conn.execute(f'INSERT INTO "{schema}".accounts VALUES (%s, %s)', [feed, "A"])
+            # the same key in two feeds: two records, neither a duplicate of the other
+            assert check.read_postgres(database_url, schema, "south") == ({"K": T2}, {"A"}, [], [])
+            assert check.read_postgres(database_url, schema, "main") == ({"K": T1}, {"A"}, [], [])
+            assert check.read_postgres(database_url, schema)[2:] == (["K"], ["A"])
+        finally:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

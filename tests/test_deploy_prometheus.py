@@ -44,6 +44,7 @@ def test_promtool_checks_the_rules_and_the_config():
     for args in (
         ["check", "rules", "alerts.yml"],
         ["check", "config", "prometheus.yml"],
+        ["check", "config", "prometheus-feeds.yml"],
         ["test", "rules", "alerts_test.yml"],
     ):
         result = subprocess.run(
@@ -142,9 +143,39 @@ def _panels() -> dict[str, list[str]]:
     return {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
 
 
+def _variables() -> dict[str, dict]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "query"}
+
+
 def _concrete(expr: str, pipeline: str) -> str:
-    """A panel's expression as Grafana would send it: its variables filled in."""
-    return expr.replace("$pipeline", pipeline).replace("$__rate_interval", "1m")
+    """A panel's expression as Grafana would send it: `$pipeline` the one given, every other
+    variable at "All" (its allValue, the regex Grafana sends for it)."""
+    values = {name: v["allValue"] for name, v in _variables().items()}
+    values |= {"pipeline": pipeline, "__rate_interval": "1m"}
+    # longest first: $feed must not eat the start of a $feeds
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace(f"${name}", values[name])
+    assert "$" not in expr, f"a variable the dashboard does not define: {expr}"
+    return expr
+
+
+def test_the_dashboard_filters_by_pipeline_and_by_feed():
+    """Every query variable has an "All" that matches every value, the unnamed feed's ''
+    too; the per-feed panel follows `$feed`; every panel's variables are defined."""
+    variables = _variables()
+    assert set(variables) == {"pipeline", "feed"}
+    assert "spark_relay_feed_topic_info" in variables["feed"]["definition"]
+    assert variables["feed"]["definition"].endswith(", feed)")
+    for variable in variables.values():
+        assert variable["includeAll"] and variable["multi"], variable["name"]
+        assert variable["allValue"] == ".*", variable["name"]
+    per_feed = next(e for t, e in _panels().items() if t.startswith("Throughput per feed"))
+    for expr in per_feed:
+        assert 'feed=~"$feed"' in expr, expr
+    for exprs in _panels().values():
+        for expr in exprs:
+            _concrete(expr, "spark")
 
 
 @pytest.mark.slow(seconds=200)

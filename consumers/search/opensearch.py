@@ -55,7 +55,7 @@ import orjson
 
 from consumers.base import BadRecord, Offsets, TopicPartition
 from consumers.newer import Held, Place, Version, step
-from consumers.search.fields import FIELDS, HIT_FIELDS, from_micros, to_micros
+from consumers.search.fields import FEED_FIELDS, FIELDS, HIT_FIELDS, from_micros, to_micros
 from consumers.search.query import Condition
 from consumers.search.tantivy_backend import Change
 from spark_relay.errors import SinkError, SinkUnavailableError
@@ -106,8 +106,10 @@ def item_fault(status: int, error: Any) -> str:
     return "record"
 
 
-def index_template(index: str) -> dict[str, Any]:
-    """The body of ``PUT _index_template/<index>``: mappings of every search field."""
+def index_template(index: str, merged: bool = False) -> dict[str, Any]:
+    """The body of ``PUT _index_template/<index>``: mappings of every search field (and, for an
+    index of several feeds, ``merged``, of ``feed`` and ``FeedKey``)."""
+    fields = (*FIELDS, *FEED_FIELDS) if merged else FIELDS
     return {
         "index_patterns": [index, f"{index}-*"],
         "template": {
@@ -118,7 +120,7 @@ def index_template(index: str) -> dict[str, Any]:
             },
             "mappings": {
                 "dynamic": False,
-                "properties": {spec.name: dict(_MAPPING_TYPES[spec.kind]) for spec in FIELDS},
+                "properties": {spec.name: dict(_MAPPING_TYPES[spec.kind]) for spec in fields},
             },
         },
     }
@@ -158,7 +160,12 @@ def bulk_body(
                     "version_type": "external_gte",
                 }
                 lines.append(orjson.dumps({"index": remember}))
-                where = {"kafka_partition": change.partition, "kafka_offset": change.offset}
+                where: dict[str, Any] = {
+                    "kafka_partition": change.partition,
+                    "kafka_offset": change.offset,
+                }
+                if change.feed is not None:  # so a feed's removal finds it
+                    where["feed"] = change.feed
                 if version is not None:
                     where["version"] = version
                 lines.append(orjson.dumps(where))
@@ -212,9 +219,12 @@ def build_query(text: str | None, conditions: Sequence[Condition]) -> dict[str, 
 class OpenSearchBackend:
     """Writes through ``_bulk``; ``client`` is injectable (tests pass a capturing transport)."""
 
-    def __init__(self, url: str, index: str, *, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self, url: str, index: str, *, merged: bool = False, client: httpx.Client | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.index = index
+        self.merged = merged  # several feeds: documents keyed and mapped with their feed
         self.deletes = f"{index}-deletes"
         self.client = client or httpx.Client(timeout=60.0)
 
@@ -239,8 +249,29 @@ class OpenSearchBackend:
 
     def open(self) -> None:
         """Put the index template (idempotent: the cluster replaces it)."""
-        self._request("PUT", f"_index_template/{self.index}", json=index_template(self.index))
+        template = index_template(self.index, self.merged)
+        self._request("PUT", f"_index_template/{self.index}", json=template)
         logger.info("index template %s in place at %s", self.index, self.url)
+
+    def remove_feed(self, feed: str) -> int:
+        """Delete feed ``feed``'s documents and remembered deletes (``_delete_by_query`` on
+        ``feed``, an index of several feeds); return the documents deleted. The cluster holds
+        no offsets: the sinks' are Kafka's, and a merged sink restarted without the feed
+        reads none of it."""
+        query = {"query": {"term": {"feed": feed}}}
+        deleted = 0
+        for index in (self.index, self.deletes):
+            answer = self._request(
+                "POST",
+                f"{index}/_delete_by_query?refresh=true&conflicts=proceed",
+                missing_ok=True,
+                json=query,
+            )
+            if answer.get("failures"):
+                raise SinkError(f"{index}/_delete_by_query: {answer['failures'][0]}")
+            if index == self.index:
+                deleted = answer.get("deleted", 0)
+        return deleted
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None:
         """None: a cluster does not hold our offsets; the runner uses Kafka's."""

@@ -78,7 +78,7 @@ def feed_change_of(event: Event) -> Change:
     document = change.document
     if document is not None:
         document = {**document, "feed": event.feed, "FeedKey": key}
-    return dataclasses.replace(change, key=key, document=document)
+    return dataclasses.replace(change, key=key, document=document, feed=event.feed)
 
 
 class SearchSink:
@@ -136,7 +136,9 @@ class SearchSink:
             if not url:
                 raise ConfigError("--url: the opensearch backend needs the cluster URL")
             index = options.get("index") or default_index_name(prefix)
-            self.backend = OpenSearchBackend(url, index, client=options.get("http_client"))
+            self.backend = OpenSearchBackend(
+                url, index, merged=self.merged, client=options.get("http_client")
+            )
             self.backend.open()
         else:
             raise ConfigError(f"--backend: expected tantivy or opensearch, got {backend!r}")

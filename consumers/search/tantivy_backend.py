@@ -87,6 +87,7 @@ class Change:
     document: dict[str, Any] | None
     partition: int = -1  # where the event was: offsets order a tombstone and a version
     offset: int = -1
+    feed: str | None = None  # in an index of several feeds: the event's feed
 
 
 def resolve_changes(

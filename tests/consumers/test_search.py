@@ -339,7 +339,7 @@ def test_search_command_json_table_limit_and_errors(make_sink, settings):
 
 class Capture:
     """A cluster's answers: ``answers`` maps a document id to its item status. Otherwise it
-    keeps what is indexed as a cluster would, for ``_mget``: ``external_gte`` versions, and
+    keeps what is indexed as a cluster would, for ``_mget`` and ``_delete_by_query``: ``external_gte`` versions, and
     a deleted document's version (a delete without one moves it on by one, as OpenSearch's
     internal versioning does), which later writes must not be below."""
 
@@ -391,6 +391,13 @@ class Capture:
                         self.versions[slot] = meta["version"]
                     items.append({action: {"_index": slot[0], "_id": slot[1], "status": status}})
             return httpx.Response(200, json={"errors": False, "items": items})
+        if request.url.path.endswith("/_delete_by_query"):  # a term query, as feed remove asks
+            index = request.url.path.split("/")[1]
+            ((field, value),) = json.loads(body)["query"]["term"].items()
+            gone = [s for s, d in self.kept.items() if s[0] == index and d.get(field) == value]
+            for slot in gone:
+                del self.kept[slot]
+            return httpx.Response(200, json={"deleted": len(gone), "failures": []})
         return httpx.Response(200, json={"acknowledged": True})
 
 

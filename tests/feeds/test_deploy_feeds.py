@@ -80,3 +80,26 @@ def test_kubernetes_overlay_runs_a_poller_per_feed_and_merged_sinks():
         else:
             sinks[name] = env
     _check_feeds(pollers, sinks)
+
+
+@pytest.mark.parametrize(
+    "files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.feeds.yml"]]
+)
+def test_compose_prometheus_scrapes_every_process_with_metrics(files):
+    """Each service with a --metrics-port is a target of the Prometheus config the
+    Compose setup runs, and nothing else is (a target no service answers: a false alert)."""
+    argv = ["docker-compose", *(a for f in files for a in ("-f", str(ROOT / f))), "config"]
+    services = yaml.safe_load(_run(argv))["services"]
+    expected = {
+        f"{name}:{s['command'][s['command'].index('--metrics-port') + 1]}"
+        for name, s in services.items()
+        if "--metrics-port" in (s.get("command") or [])
+    }
+    (config,) = (a for a in services["prometheus"]["command"] if a.startswith("--config.file="))
+    mounted = config.removeprefix("--config.file=/etc/prometheus/")
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / mounted).read_text())
+    targets = {
+        t for job in shipped["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    }
+    assert len(expected) == len(files) + 3
+    assert targets == expected
