@@ -19,7 +19,7 @@ from consumers.dlq import dlq_topic
 from consumers.search.tantivy_backend import search
 from devstack.kafka import DEVSTACK_ENV
 from tests.consumers.kafka_events import Topics, listing, read_raw, wait_for
-from tests.kafka_helpers import cli_env
+from tests.kafka_helpers import cli_env, own_group
 
 BIN = Path(sys.executable).parent / "spark-relay"
 LISTINGS = 50
@@ -34,7 +34,8 @@ def test_a_full_disk_is_a_broken_store_not_a_bad_record(make_settings, tmp_path)
         **DEVSTACK_ENV,
     }
     sink = subprocess.Popen(
-        [str(BIN), "sink", "search", "--path", str(path), "--batch-ms", "50"],
+        [str(BIN), "sink", "search", "--path", str(path), "--batch-ms", "50"]
+        + ["--group", own_group(settings, "search")],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,  # a pipe: the limit is on files
