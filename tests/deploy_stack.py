@@ -13,8 +13,9 @@ environment, rewritten only where a container would differ from this machine:
 - what the devstack lacks: OpenSearch (``--backend opensearch --url …`` runs the
   Tantivy backend; the OpenSearch requests are checked in tests/consumers) and
   brokers for ``--replication-factor 3`` (1 here);
-- isolation from the rest of the suite: the topic prefix and the PostgreSQL
-  sink's schema are the test's own, and the consumer-group timeouts the devstack's.
+- isolation from the rest of the suite: the topic prefix, each sink's consumer
+  group (``<prefix>.<sink>``) and the PostgreSQL sink's schema are the test's own,
+  and the consumer-group timeouts the devstack's.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ def localize(service: Service, stack: Stack) -> Service:
     env.update(stack.extra_env)
 
     args = list(service.args)
+    if args[0] == "sink":  # the test's own group: the worker's broker outlives the test
+        env["SPARK_RELAY_SINK_GROUP"] = f"{stack.topic_prefix}.{args[1]}"
     port = None
     if "--metrics-port" in args:
         at = args.index("--metrics-port") + 1

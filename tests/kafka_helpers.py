@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-__all__ = ["read_to_end", "read_topic", "cli_env", "converter_workers"]
+__all__ = ["read_to_end", "read_topic", "cli_env", "converter_workers", "own_group"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,16 @@ def read_topic(bootstrap: str, topic: str, registry_url: str | None = None, time
     return read_to_end(
         {"bootstrap.servers": bootstrap, "group.id": "test-reader"}, topic, entry, timeout
     )
+
+
+def own_group(settings, sink: str) -> str:
+    """The test's own consumer group for ``sink``, named after its topic prefix.
+
+    A worker's broker serves every test the worker runs, so a sink in its default group
+    (``spark-relay.<sink>``) would join the group of earlier tests: behind a member left
+    there (on Tansu, one that left mid-join wedges its group for good) its join never ends.
+    """
+    return f"{settings.topic_prefix}.{sink}"
 
 
 def cli_env(settings, **overrides: str) -> dict[str, str]:

@@ -289,10 +289,21 @@ def test_prometheus_sees_freshness_and_lag_move(
                     result = prometheus.query(_concrete(expr, pipeline))
                     if not title.startswith(("Dead letters", "Spark API")):
                         assert result, f"panel {title!r}: {expr} returned nothing"
-            applied = prometheus.by(
-                _concrete(panels["Throughput (events per second)"][1], pipeline), "sink"
-            )
-            assert applied["postgres"] > 0 and applied["files"] > 0, applied
+            # the throughput panel is a 1-minute rate: postgres and files applied their last
+            # event well over a minute ago, so the MLS changes once more and the panel shows
+            # them applying it while it flows
+            emulator.advance(minutes=45, modify=0.1, create=0.0, remove=0.0, media=0.0)
+            throughput = _concrete(panels["Throughput (events per second)"][1], pipeline)
+            applied: dict = {}
+
+            def applying() -> bool:
+                applied.update(prometheus.by(throughput, "sink"))
+                return applied.get("postgres", 0) > 0 and applied.get("files", 0) > 0
+
+            try:
+                wait_for(applying, 120, f"{throughput} above 0 for postgres and files")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; last seen {applied}") from None
 
             # the first dead letter: a record no sink can decode; each sink's gauge shows it
             # waiting and the alert goes pending (firing after its 5 minutes)

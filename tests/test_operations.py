@@ -26,7 +26,7 @@ from spark_relay.errors import EXIT_UNHEALTHY
 from spark_relay.reconcile import _utc, holdings
 from spark_relay.settings import replace
 from spark_relay.status import collect_status
-from tests.kafka_helpers import cli_env, read_topic
+from tests.kafka_helpers import cli_env, own_group, read_topic
 
 BIN = Path(sys.executable).parent / "spark-relay"
 
@@ -51,7 +51,8 @@ def settings(make_settings, emulator, database_url, topic_prefix):
 
 
 def _sink(name: str, settings, **options) -> Runner:
-    """Run sink ``name`` until caught up, as `spark-relay sink NAME --until-caught-up` does."""
+    """Run sink ``name`` until caught up, as `spark-relay sink NAME --until-caught-up` does,
+    in this test's own group."""
     import click
 
     from consumers.registry import cli_options_of
@@ -62,6 +63,7 @@ def _sink(name: str, settings, **options) -> Runner:
         cls(),
         settings,
         RunnerConfig(
+            group_id=own_group(settings, name),
             until_caught_up=True,
             consumer_config=DEVSTACK_CONSUMER_SETTINGS,
             options={**defaults, **options},
@@ -150,7 +152,7 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     assert published > 0
 
     status = collect_status(settings)
-    group = status.groups["spark-relay.search"]
+    group = status.groups[own_group(settings, "search")]
     assert group["lag"] == published
     assert status.healthy, status.problems  # a recent update, no dead letters
     # freshness in business time: the MLS moved 30 minutes, the stopped sink did not follow
@@ -160,10 +162,13 @@ def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
         [BIN, "status", "--json"], capture_output=True, text=True, env=cli_env(settings), timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["consumer_groups"]["spark-relay.search"]["lag"] == published
+    assert (
+        json.loads(result.stdout)["consumer_groups"][own_group(settings, "search")]["lag"]
+        == published
+    )
 
     _sink("search", settings)
-    caught_up = collect_status(settings).groups["spark-relay.search"]
+    caught_up = collect_status(settings).groups[own_group(settings, "search")]
     assert caught_up["lag"] == 0 and caught_up["freshness_seconds"] == 0, caught_up
 
 
@@ -282,6 +287,8 @@ def test_metrics_endpoints_count_as_the_pipeline_moves(settings, emulator):
             BIN,
             "sink",
             "postgres",
+            "--group",
+            own_group(settings, "postgres"),
             "--metrics-port",
             str(sink_port),
             "--schema",

@@ -116,8 +116,10 @@ def run_sink(sink, settings, **options):
     """The real runner over ``sink`` until it caught up; returns its stats."""
     from consumers.runner import Runner, RunnerConfig
     from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
+    from tests.kafka_helpers import own_group
 
     config = RunnerConfig(
+        group_id=own_group(settings, sink.name),
         until_caught_up=True,
         batch_ms=100,
         batch_size=250,

@@ -13,7 +13,7 @@ import pytest
 from consumers.search.sink import default_index_path
 from devstack.kafka import DEVSTACK_ENV
 from tests.consumers.kafka_events import Topics, wait_for
-from tests.kafka_helpers import cli_env
+from tests.kafka_helpers import cli_env, own_group
 
 BIN = Path(sys.executable).parent / "spark-relay"
 
@@ -28,7 +28,7 @@ def test_a_second_search_sink_on_one_index_exits_at_once_naming_the_index_and_it
         **cli_env(settings),
         **DEVSTACK_ENV,
     }
-    command = [str(BIN), "sink", "search"]
+    command = [str(BIN), "sink", "search", "--group", own_group(settings, "search")]
     first_log = tmp_path / "first.log"
     first = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=first_log.open("w")
@@ -59,9 +59,10 @@ def test_a_second_search_sink_on_one_index_exits_at_once_naming_the_index_and_it
         )
         try:
             wait_for(
-                lambda: "consuming" in third_log.read_text() or third.poll() is not None,
+                # assigned, not only consuming: a member that leaves mid-join wedges its group
+                lambda: "assigned: " in third_log.read_text() or third.poll() is not None,
                 timeout=60,
-                what="the next search sink to start",
+                what="the next search sink to be assigned the partition",
             )
             assert third.poll() is None, third_log.read_text()[-2000:]
             third.send_signal(signal.SIGTERM)
