@@ -66,8 +66,10 @@ def refresh(
     rows: list[MediaRow] = []
     for name in pipe.subresources:
         segment, stamp_field = SUBRESOURCES[name]
-        # no change timestamp (or a null one): refreshed whenever the listing changed
-        stamp = (standard.get(stamp_field) if stamp_field else None) or listing.modified
+        # no change timestamp (null, empty, or not text: a value of any JSON type may come,
+        # and only text is a timestamp): refreshed whenever the listing changed
+        stamp = standard.get(stamp_field) if stamp_field else None
+        stamp = stamp if isinstance(stamp, str) and stamp else listing.modified
         previous = stored.get(name)
         if previous is not None and previous[0] == stamp:
             standard[name] = previous[1]

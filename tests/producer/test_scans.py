@@ -290,3 +290,29 @@ def test_reconcile_reads_the_api_through_the_one_scan(emulator, relay):
         _faults(emu, "cut:1.0")
         with pytest.raises(TransientSourceError, match="TotalRows"):
             api_keys(poller.client, settings.page_size)
+
+
+@pytest.mark.parametrize(
+    "stamp", [b"[[[[[[[[1]]]]]]]]", b"17", b'{"at":"2026-01-01T00:00:00Z"}', b'""']
+)
+def test_a_change_timestamp_of_any_json_type_neither_stops_the_scan_nor_is_stored(
+    emulator, relay, stamp
+):
+    """A subresource's change timestamp that is not text (the campaign's deep nesting) is no
+    timestamp: the listing is published with its photos, fetched again when it next changes,
+    and the state is never handed the value (PostgreSQL took a nested list for an array)."""
+    emu = emulator(listings=5, accounts=20)
+    settings = relay(emu, subresources="Photos")
+    key = sorted(emu.truth()["listings"])[0]
+    with build_poller(settings) as poller:
+        record = poller.client.get(f"/v1/listings/{key}").results[0]
+        record["StandardFields"]["PhotosChangeTimestamp"] = "STAMP"
+        served = json_dumps(record).encode().replace(b'"STAMP"', stamp)
+        emu.api.served[key] = served
+        stats = poller.snapshot()
+        stored = poller.state.media(key)
+    assert stats.completed
+    published = listing_from_record(_latest(settings)[key])["StandardFields"]
+    assert "Photos" in published
+    # the listing's own timestamp stands in: the photos are fetched again when it moves
+    assert stored["Photos"][0] == record["StandardFields"]["ModificationTimestamp"]
