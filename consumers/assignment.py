@@ -91,6 +91,8 @@ PAUSED = "paused for the store"
 JOIN_WAIT = 30.0
 #: Seconds of a join under way before it is logged (WARNING), and again each as many.
 JOIN_WARN = 60.0
+#: Seconds a store on trial stays not ready with nothing to commit before it counts as answering.
+TRIAL_IDLE = 5.0
 
 
 class Partitions:
@@ -238,7 +240,8 @@ class Assignment:
         """Open the sink if it never opened, then restart every partition not fetching.
 
         The store is then on trial (not ready, the backoff kept) until a commit succeeds
-        (:meth:`answered`), or nothing came to commit for one more backoff.
+        (:meth:`answered`), or nothing came to commit for one more backoff (and for
+        :data:`TRIAL_IDLE` at least).
         Raises :class:`SinkUnavailableError` while the store is still broken.
         """
         if self.down is None:  # on trial, and nothing came to try it with: nothing says broken
@@ -250,7 +253,9 @@ class Assignment:
         self._restart(self.partitions.stopped())
         logger.info("sink %s: trying its store again; every partition fetching", self.sink.name)
         self.down, self.trial = None, self.down
-        self._retry_at = time.monotonic() + self._backoff
+        # idle on trial for TRIAL_IDLE at least: a restarted partition's first fetch takes
+        # seconds on a loaded host, and the store is not shown answering before it is tried
+        self._retry_at = time.monotonic() + max(self._backoff, TRIAL_IDLE)
 
     def answered(self) -> None:
         """A commit succeeded (or nothing came to commit): the store is no longer on trial."""
