@@ -70,13 +70,15 @@ class ScanShifted(ScanIncomplete):
 
 
 def keyed(page: Page) -> int:
-    """How many elements of a page carry a key: records (raw, checked, or a converter's
-    stubs) and broken records whose key was read; what a scan counts against TotalRows."""
-    count = sum(1 for r in page.rejected if r.key)
+    """How many keys a page returned: of its records (raw, checked, or a converter's stubs)
+    and of its broken records whose key was read, each key once (a page that repeats a
+    record in place of another is short); what a scan counts against TotalRows."""
+    keys = {r.key for r in page.rejected if r.key}
     for record in page.results:
         key = listing_key(record) if isinstance(record, dict) else getattr(record, "key", None)
-        count += 1 if key else 0
-    return count
+        if key:
+            keys.add(key)
+    return len(keys)
 
 
 def total_rows(page: Page) -> int | None:
@@ -118,7 +120,7 @@ class Tally(NamedTuple):
             raise ScanIncomplete(
                 f"{what}: the scan was incomplete, {self.count} records of the {min(known)} "
                 "TotalRows the API reports (a page ended the scan early, or a record came "
-                "without a key: counted by key); nothing past its "
+                "without a key, or twice: counted by key); nothing past its "
                 "last whole page is committed, the next run scans again"
             )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import re
 import signal
@@ -18,7 +19,7 @@ import pytest
 
 from producer.cli import build_poller
 from producer.converter import cores
-from producer.scan import skiptoken_pages
+from producer.scan import ScanIncomplete, skiptoken_pages
 from producer.spark_client import SparkClient
 from schemas import listing_from_record
 from tests.kafka_helpers import cli_env, converter_workers, read_topic
@@ -167,6 +168,40 @@ def test_accounts_created_during_a_skip_scan(emulator, relay, monkeypatch):
     counts = _keys(settings, settings.topic("accounts"))
     assert set(counts) == set(emu.truth()["accounts"])  # the created ones in the same run
     assert set(counts.values()) == {1}  # none published twice (unchanged: not again)
+
+
+def test_an_account_the_api_returns_twice_is_published_once(emulator, relay, monkeypatch):
+    """A page that repeats one of its accounts in place of another: the repeat is a
+    duplicate, published once, and the scan, one key short of TotalRows, is not complete:
+    the hidden account is neither taken for gone nor for read."""
+    emu = emulator(listings=10, accounts=60)
+    settings = relay(emu, page_size=20)
+    with build_poller(settings) as poller:
+        assert poller.accounts().completed
+    pages: list[list[dict]] = []
+    real_get = SparkClient.get
+
+    def get(self, path, params=None, parse=None):
+        page = real_get(self, path, params, parse)
+        if path != "/v1/accounts" or not page.results:
+            return page
+        pages.append(page.results)
+        if len(pages) == 2:  # the second page: its third account replaced by its second
+            results = page.results
+            return dataclasses.replace(page, results=[*results[:2], results[1], *results[3:]])
+        return page
+
+    monkeypatch.setattr(SparkClient, "get", get)
+    emu.advance(minutes=5, modify=0.0, create=0.0, remove=0.0, media=0.0, accounts_modify=1.0)
+    with build_poller(settings) as poller, pytest.raises(ScanIncomplete, match="66 records of"):
+        poller.accounts()
+    assert len(pages) >= 2
+    repeated, hidden = pages[1][1]["Id"], pages[1][2]["Id"]
+    events = read_topic(settings.kafka_bootstrap, settings.topic("accounts"))
+    counts = collections.Counter(key for key, value, _ in events if value is not None)
+    assert counts[repeated] == 2  # its first version and, once, the changed one
+    assert counts[hidden] == 1  # not read this run: not published, and not purged
+    assert all(value is not None for _, value, _ in events)
 
 
 def test_purge_tombstones_exactly_the_removed_keys(emulator, relay):
