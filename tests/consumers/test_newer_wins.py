@@ -152,6 +152,19 @@ def test_tantivy_keeps_what_the_rule_picks(tantivy_backend, drawn, sizes, data):
     assert held == {key: offset for key, (_, offset) in want.items()}
 
 
+def test_tantivy_keeps_the_newer_of_two_changes_in_one_batch(tantivy_backend):
+    """The case the examples above may not draw: one batch, a key's newer change first."""
+    backend, index = tantivy_backend
+    prefix = f"t{next(_examples)}-"
+    events = _priced(events_of([("a", 2), ("a", 0), ("b", 1), ("b", 1)], "p.listings", prefix))
+    backend.apply([change_of(e) for e in events], Batch(events).offsets())
+    _, hits = search(index, None, [], 0)
+    held = {
+        h["ListingKey"]: int(h["ListPrice"]) for h in hits if h["ListingKey"].startswith(prefix)
+    }
+    assert held == {f"{prefix}a": 0, f"{prefix}b": 1}  # a: the newer; b: the tie's later offset
+
+
 def _priced(events: list[Event]) -> list[Event]:
     """Listings whose ListPrice is their offset, to tell which event a document came from."""
     return [
