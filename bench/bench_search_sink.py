@@ -8,9 +8,9 @@ BATCH documents. The sink side is the whole ``SearchSink`` (record →
 document, version check against the SQLite side table, delete-by-key + add,
 Tantivy commit, side-table commit with offsets); the raw side only
 ``Document.from_dict`` + ``add_document`` + ``commit`` of documents made
-beforehand (as the sink's
-batches and their offsets, the runner's work, are made beforehand). REPEAT (3)
-alternated pairs after an untimed run of each side (``bench/_pairs.py``):
+beforehand (as the sink's batches and their offsets, the runner's work, are
+made beforehand). REPEAT (3) alternated pairs after an untimed run of each
+side (``bench/_pairs.py``):
 rows/s, CPU seconds (Tantivy's indexing threads included) and the ratios of
 each pair, then the median ratios and their range.
 """
