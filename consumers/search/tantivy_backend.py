@@ -25,9 +25,10 @@ offsets and re-applies the same events, which lands on the same documents:
 effectively exactly once.
 
 Bad record or broken store (:meth:`TantivyBackend.fault`): Tantivy raises
-``ValueError`` for both, and refuses a document only at the commit, so when a
-commit fails its documents are tried in an index of their own in memory:
-refused there too, one of them is a bad record (the runner finds which);
+``ValueError`` for both, and refuses a document when it is built against the
+schema (``Document.from_dict``: a value its field cannot hold) or at the
+commit, so when an apply fails its documents are tried in an index of their
+own in memory: refused there too, one of them is a bad record (the runner finds which);
 else, like every error of the side table whatever its type ("File too large",
 "No space left on device", a read-only disk), the store is broken.
 
