@@ -7,8 +7,10 @@ emulator's MLS) into a fresh index with the same schema, committing every
 BATCH documents. The sink side is the whole ``SearchSink`` (record →
 document, version check against the SQLite side table, delete-by-key + add,
 Tantivy commit, side-table commit with offsets); the raw side only
-``add_document`` + ``commit`` of documents made beforehand. REPEAT (3)
-alternated pairs after an untimed run of each side (``bench/_pairs.py``):
+``Document.from_dict`` + ``add_document`` + ``commit`` of documents made
+beforehand (as the sink's batches and their offsets, the runner's work, are
+made beforehand). REPEAT (3) alternated pairs after an untimed run of each
+side (``bench/_pairs.py``):
 rows/s, CPU seconds (Tantivy's indexing threads included) and the ratios of
 each pair, then the median ratios and their range.
 """
@@ -56,11 +58,12 @@ def run_sink(events: list[Event], batch: int, base: Path) -> tuple[float, float]
     sink = SearchSink()
     settings = Settings(state_dir=str(base / "sink"), topic_prefix="bench")
     sink.open(SinkContext(settings=settings, group_id="bench", topics=("bench.listings",)))
+    chunks = [Batch(events[start : start + batch]) for start in range(0, len(events), batch)]
+    offsets = [chunk.offsets() for chunk in chunks]  # the runner's work, outside the clock
     clock = Clock()
-    for start in range(0, len(events), batch):
-        chunk = Batch(events[start : start + batch])
+    for chunk, next_offsets in zip(chunks, offsets, strict=True):
         sink.write(chunk)
-        sink.commit(chunk.offsets())
+        sink.commit(next_offsets)
     elapsed = clock.read()
     sink.close()
     return elapsed
@@ -70,10 +73,11 @@ def run_raw(events: list[Event], batch: int, base: Path) -> tuple[float, float]:
     documents = [document_of(e.value) for e in events]  # prepared outside the clock
     index = open_index(base / "raw", create=True)
     writer = index.writer(128_000_000)
+    from_dict, schema = tantivy.Document.from_dict, index.schema  # as the sink builds them
     clock = Clock()
     for start in range(0, len(documents), batch):
         for document in documents[start : start + batch]:
-            writer.add_document(tantivy.Document(**document))
+            writer.add_document(from_dict(document, schema))
         writer.commit()
     elapsed = clock.read()
     writer.wait_merging_threads()

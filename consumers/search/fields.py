@@ -130,21 +130,23 @@ def from_micros(micros: int) -> str:
 
 
 #: (field, the conversion of its value) of every field fed by one source, their sources read
-#: in one call, and (field, its sources) of the text fields: :func:`document_of`'s plan, made once.
+#: in one call, and the text fields: :func:`document_of`'s plan, made once.
 _CONVERSIONS = {"timestamp": to_micros, "f64": float, "i64": int}
 _SINGLE = tuple((f.name, _CONVERSIONS.get(f.kind, str)) for f in FIELDS if f.kind != "text")
 _SOURCES = tuple(f.inputs[0] for f in FIELDS if f.kind != "text")
 _READ = itemgetter(*_SOURCES)
-_TEXT = tuple((f.name, itemgetter(*f.inputs), f.inputs) for f in FIELDS if f.kind == "text")
+_TEXT_ONE = tuple((f.name, f.inputs[0]) for f in FIELDS if f.kind == "text" and not f.inputs[1:])
+_TEXT = tuple(
+    (f.name, itemgetter(*f.inputs), f.inputs) for f in FIELDS if f.kind == "text" and f.inputs[1:]
+)
 
 
 def _read(record: Mapping[str, Any], read: Any, sources: tuple[str, ...]) -> tuple[Any, ...]:
-    """The values of ``sources`` (``read`` their itemgetter): a record may lack a field."""
+    """The values of two sources or more (``read`` their itemgetter): a record may lack a field."""
     try:
-        values = read(record)
+        return read(record)
     except KeyError:
-        values = tuple(map(record.get, sources))
-    return values if len(sources) > 1 else (values,)
+        return tuple(map(record.get, sources))
 
 
 def document_of(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,6 +161,10 @@ def document_of(record: Mapping[str, Any]) -> dict[str, Any]:
         for (name, convert), value in zip(_SINGLE, values, strict=True)
         if value is not None
     }
+    for name, source in _TEXT_ONE:
+        value = record.get(source)
+        if value is not None and value != "":
+            document[name] = str(value)
     for name, read, sources in _TEXT:
         parts = [str(v) for v in _read(record, read, sources) if v is not None and v != ""]
         if parts:

@@ -12,7 +12,6 @@ version table, OpenSearch uses external versions.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +77,7 @@ def feed_change_of(event: Event) -> Change:
     document = change.document
     if document is not None:
         document = {**document, "feed": event.feed, "FeedKey": key}
-    return dataclasses.replace(change, key=key, document=document, feed=event.feed)
+    return change._replace(key=key, document=document, feed=event.feed)
 
 
 class SearchSink:
