@@ -27,7 +27,8 @@ from typing import Any
 
 from spark_relay import parsing
 from spark_relay.errors import ConfigError
-from spark_relay.settings import ENV_PREFIX, Secret, Settings, _parse, env_name
+from spark_relay.masking import Secret
+from spark_relay.settings import ENV_PREFIX, Settings, _parse, env_name
 
 __all__ = [
     "feed_settings",

@@ -3,9 +3,9 @@
 Precedence, lowest first: defaults, the TOML file (``--config``), environment
 variables prefixed ``SPARK_RELAY_``, command-line flags. A wrong or missing
 value raises :class:`ConfigError` with one line that names the setting and
-what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
-``str`` never show it, and whose value :mod:`spark_relay.masking` hides
-wherever text leaves the process (``spark-relay config``, the logs, errors,
+what it expects. The API key is held in a :class:`~spark_relay.masking.Secret`,
+whose ``repr`` and ``str`` never show it, and whose value :mod:`spark_relay.masking`
+hides wherever text leaves the process (``spark-relay config``, the logs, errors,
 dead-letter headers), with passwords in URLs and every secret-named setting.
 
 Every ``SPARK_RELAY_<NAME>`` is a field here, with two families beside them:
@@ -31,10 +31,9 @@ from typing import Any
 
 from spark_relay import parsing
 from spark_relay.errors import ConfigError
-from spark_relay.masking import mask, mask_setting, register
+from spark_relay.masking import Secret, mask, mask_setting
 
 __all__ = [
-    "Secret",
     "Settings",
     "load_settings",
     "unknown_variables",
@@ -51,36 +50,6 @@ SINK_PLUGINS = "spark_relay.sinks"
 #: ``SPARK_RELAY_<FAMILY>_*`` variables that are not settings: librdkafka's, the emulator's,
 #: the devstack's and the tests' own.
 OTHER_FAMILIES = ("KAFKA_", "EMULATOR_", "DEVSTACK_", "TEST_")
-
-
-class Secret:
-    """A string that never prints itself. Use :meth:`reveal` at the one place that needs it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        register(value)  # masked in every line that leaves the process
-        if ":" in value:  # user:password: the password alone, too
-            register(value.partition(":")[2])
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self._value else "Secret('')"
-
-    def __str__(self) -> str:
-        return "********" if self._value else ""
 
 
 def _default_state_dir() -> str:
