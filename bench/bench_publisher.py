@@ -27,7 +27,7 @@ from producer.publisher import PRODUCER_DEFAULTS, Publisher  # noqa: E402
 from producer.scan import skiptoken_pages  # noqa: E402
 from producer.spark_client import SparkClient  # noqa: E402
 from schemas import Serde, Source, create_topics, listing_to_record, topic_specs  # noqa: E402
-from spark_relay.settings import Secret  # noqa: E402
+from spark_relay.masking import Secret  # noqa: E402
 
 SETTINGS = [
     {"linger.ms": 0, "batch.size": 16_384},

@@ -40,7 +40,7 @@ from producer.cli import build_poller  # noqa: E402
 from producer.scan import skiptoken_pages  # noqa: E402
 from producer.spark_client import SparkClient  # noqa: E402
 from producer.topics import ensure_contract  # noqa: E402
-from spark_relay.settings import Secret  # noqa: E402
+from spark_relay.masking import Secret  # noqa: E402
 
 
 @contextlib.contextmanager

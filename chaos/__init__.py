@@ -7,5 +7,5 @@ Registry and an embedded PostgreSQL, the poller daemon and five sink processes
 talking over sockets. Each round changes the MLS and, at moments the seed chooses, kills,
 restarts, repairs, re-drives or replays (``campaign.py``). At the end of the seed
 ``check.py`` reads the topics, the tables, the files and the index with code that
-is not spark-relay's and compares each with the emulator's truth.
+is not spark-relay's, and ``verdict.py`` compares each with the emulator's truth.
 """

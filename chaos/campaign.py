@@ -22,7 +22,8 @@ from typing import Any
 
 from chaos import check, coverage, feeds, killed_iceberg
 from chaos.acts import ACTS, DISK_SINKS, QUIET, SWITCHED_ACTS, act
-from chaos.world import SINK_TOPICS, SINKS, World
+from chaos.verdict import check_stores, check_windows, matches, poller_dead_letters, read_truth
+from chaos.world import SINK_TOPICS, SINKS, TOPIC_PREFIX, World
 
 __all__ = ["plan", "run_seed", "SeedResult", "ACTS", "SWITCHES"]
 
@@ -45,8 +46,6 @@ SWITCHES = (
 PAGE_SIZES = (10, 20, 35, 100, 150)
 #: Caller -> the factor of its fault probabilities (the emulator's ``--caller-boost``).
 CALLER_BOOST = {"reconcile:stale": 6, "snapshot:timeout": 6, "redrive:timeout": 3}
-
-TOPIC_PREFIX = "spark"
 
 
 def emulator_kinds() -> set[str]:
@@ -293,7 +292,7 @@ def run_seed(
         except Exception as e:  # failed, but the stores are still read: what diverged?
             result.error = f"{type(e).__name__}: {e}"
             log("error", error=result.error)
-        _check(world, log, result, extra_stores)
+        check_stores(world, log, result, extra_stores)
         if result.schema_changed:
             versions = world.schema_versions(f"{TOPIC_PREFIX}.listings-value")
             result.coverage["break:schema_change@poller"] += len(versions) > 1
@@ -385,7 +384,7 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
     # final procedures below come after it
     done = world.run("final-redrive", ["dlq", "redrive", "poller"], timeout=120)
     log("final", procedure="dlq redrive poller", attempt=1, exit=done.returncode)
-    _check_windows(world, log, result)
+    check_windows(world, log, result)
     # the first purge may finish one a kill interrupted: that one trusts the keys it saw
     # before the kill, so a second purge, started after every change, is the one checked.
     # The snapshot starts over once (its pages met by the final snapshot's timeouts); a
@@ -404,8 +403,8 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
         _final_reconcile(world, log)
     if world.second:
         feeds.settle(world, log)
-    truth = _truth(world)
-    excused = _poller_dead_letters(world)
+    truth = read_truth(world)
+    excused = poller_dead_letters(world)
     bootstrap = world.broker.bootstrap
     topics = {t for g in SINK_TOPICS.values() for t in g}
     topics |= {feeds.topic(t) for t in topics} if world.second else set()
@@ -428,10 +427,10 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
             ("search", str(world.root / "search")),
             ("iceberg", str(world.root)),
         ]:
-            pending[where] = _matches(world, kind, where, truth, excused)
+            pending[where] = matches(world, kind, where, truth, excused)
         for kind, where in extra:
             if kind != "files":  # files are read once their sink closed them
-                pending[where] = _matches(world, kind, where, truth, excused)
+                pending[where] = matches(world, kind, where, truth, excused)
         if world.second:
             pending.update(feeds.pending(world, truth, excused))
         if (all(pending.values()) and not late) or time.monotonic() > deadline:
@@ -444,33 +443,6 @@ def _settle(world: World, log: _Log, result: SeedResult, extra: list, timeout: f
             log("stopped", process=name, exit=code)
     if late:  # the stores are still checked (run_seed): what did the late sinks miss?
         raise RuntimeError(f"sink groups not consumed to the end in {timeout:.0f} s: {late}")
-
-
-def _check_windows(world: World, log: _Log, result: SeedResult) -> None:
-    """The update windows alone must reach every change: the listings topic is checked
-    after one more ``poll update``, before the final snapshot (a snapshot publishes what a
-    window missed, and would hide it). Without a completed snapshot there is no window."""
-    for attempt in range(1, 4):
-        done = world.run("final-windows", ["poll", "update"], timeout=240)
-        log("final", procedure="update", attempt=attempt, exit=done.returncode)
-        if done.returncode == 0:
-            break
-        time.sleep(2)
-    else:
-        log("windows_unchecked", reason="poll update kept failing")
-        return
-    bootstrap, registry = world.broker.bootstrap, world.registry_url
-    letters = check.read_topic(bootstrap, registry, f"{TOPIC_PREFIX}.dlq.poller", avro=False)
-    dead_lettered = {key.decode() for _, _, key, _, _ in letters if key}
-    messages = check.read_topic(bootstrap, registry, f"{TOPIC_PREFIX}.listings")
-    held, _ = check.topic_state(messages, "ListingKey")
-    truth = _truth(world)["listings"]
-    diff = check.compare("windows:listings", truth, held, [], dead_lettered)
-    diff.resurrected = []  # the purges come after: a removed listing is still held here
-    result.lost += len(diff.lost)
-    result.stale += len(diff.stale)
-    result.stores.append(diff.as_dict())
-    log("checked", **diff.as_dict())
 
 
 def _final_reconcile(world: World, log: _Log) -> None:
@@ -486,114 +458,3 @@ def _final_reconcile(world: World, log: _Log) -> None:
             return
         time.sleep(2)
     raise RuntimeError("final reconcile --repair kept failing")
-
-
-def _matches(world: World, kind: str, where: str, truth: dict, excused: set[str]) -> bool:
-    try:
-        if kind == "postgres":
-            held = check.read_postgres(world.postgres.url, where)[0]
-        elif kind == "iceberg":
-            held = check.read_iceberg(Path(where))[0]
-        else:
-            held = check.read_search(Path(where))[0]
-    except Exception:  # not created yet, or the server is coming back
-        return False
-    return check.compare(where, truth["listings"], held, dead_lettered=excused).ok
-
-
-def _poller_dead_letters(world: World) -> set[str]:
-    """Keys the poller dead-lettered (too large, invalid): accounted for, not lost."""
-    topic = f"{TOPIC_PREFIX}.dlq.poller"
-    messages = check.read_topic(world.broker.bootstrap, world.registry_url, topic, avro=False)
-    return {key.decode() for _, _, key, _, _ in messages if key}
-
-
-def _truth(world: World) -> dict[str, dict[str, datetime | None]]:
-    truth, _ = world.admin("GET", "/_emulator/truth")
-    return {
-        "listings": {k: check.utc(v) for k, v in truth["listings"].items()},
-        "accounts": dict.fromkeys(truth["accounts"]),
-        "malformed": truth.get("malformed", {}),
-    }
-
-
-def _check(world: World, log: _Log, result: SeedResult, extra: list) -> None:
-    truth = _truth(world)
-    (world.root / "truth.json").write_text(json.dumps(truth, default=str))  # for a post-mortem
-    bootstrap, registry = world.broker.bootstrap, world.registry_url
-    from confluent_kafka.admin import AdminClient
-
-    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
-    dead_lettered: set[str] = set()
-    letters = (f"{TOPIC_PREFIX}.dlq.", f"{TOPIC_PREFIX}.{feeds.SECOND}.dlq.")
-    for topic in sorted(t for t in topics if t.startswith(letters)):
-        for _, offset, key, _, headers in check.read_topic(bootstrap, registry, topic, avro=False):
-            result.dead_letters += 1
-            reason = headers.get("dlq.error", b"").decode(errors="replace").strip()
-            if not reason:
-                result.dead_letters_without_reason += 1
-                log("dead_letter_without_reason", topic=topic, offset=offset)
-            if topic == f"{TOPIC_PREFIX}.dlq.poller" and key:
-                dead_lettered.add(key.decode())
-    diffs = []
-    for resource, key_field in (("listings", "ListingKey"), ("accounts", "Id")):
-        topic = f"{TOPIC_PREFIX}.{resource}"
-        messages = check.read_topic(bootstrap, registry, topic)
-        held, mismatched = check.topic_state(messages, key_field)
-        if resource == "listings":
-            inexact = check.inexact(messages, truth["malformed"], dead_lettered)
-            result.inexact += len(inexact)
-            log("malformed_checked", listed=len(truth["malformed"]), inexact=inexact[:5])
-        if resource == "accounts":
-            held = dict.fromkeys(held)
-        diffs.append(check.compare(topic, truth[resource], held, mismatched, dead_lettered))
-    schemas = ["spark"] + [where for kind, where in extra if kind == "postgres"]
-    for schema in schemas:
-        listings, accounts, dup_l, dup_a = check.read_postgres(world.postgres.url, schema)
-        diffs.append(
-            check.compare(
-                f"postgres:{schema}.listings", truth["listings"], listings, dup_l, dead_lettered
-            )
-        )
-        diffs.append(
-            check.compare(
-                f"postgres:{schema}.accounts", truth["accounts"], dict.fromkeys(accounts), dup_a
-            )
-        )
-    listings, accounts, dup_l, dup_a = check.read_iceberg(world.root)
-    diffs.append(
-        check.compare("iceberg:spark.listings", truth["listings"], listings, dup_l, dead_lettered)
-    )
-    diffs.append(
-        check.compare("iceberg:spark.accounts", truth["accounts"], dict.fromkeys(accounts), dup_a)
-    )
-    file_roots = [world.root / "files"] + [Path(w) for kind, w in extra if kind == "files"]
-    for root in file_roots:
-        held, dups = check.read_files(root, f"{TOPIC_PREFIX}.listings", "ListingKey")
-        diffs.append(
-            check.compare(f"files:{root.name}", truth["listings"], held, dups, dead_lettered)
-        )
-    search_roots = [world.root / "search"] + [Path(w) for kind, w in extra if kind == "search"]
-    for root in search_roots:
-        held, dups = check.read_search(root)
-        diffs.append(
-            check.compare(f"search:{root.name}", truth["listings"], held, dups, dead_lettered)
-        )
-    if world.second:
-        diffs += feeds.stores(world, truth, dead_lettered)
-    for diff in diffs:
-        truth_size = len(
-            truth["accounts"] if diff.store.endswith("accounts") else truth["listings"]
-        )
-        result.keys_checked += truth_size
-        result.lost += len(diff.lost)
-        result.resurrected += len(diff.resurrected)
-        result.stale += len(diff.stale)
-        result.duplicates += len(diff.duplicates)
-        result.stores.append(diff.as_dict())
-        log("checked", **diff.as_dict())
-    result.key_in_logs = check.scan_logs(world.logs, world.api_key)
-    if world.second:
-        result.key_in_logs += feeds.keys_in_logs(world)
-    if result.key_in_logs:
-        log("api_key_in_logs", files=result.key_in_logs)

@@ -45,6 +45,8 @@ SINKS = {
 }
 
 
+#: The prefix of the world's topics (the unnamed feed's: ``spark.listings``, ...).
+TOPIC_PREFIX = "spark"
 #: The topics each kind of sink reads (its ``resources``), as the settle waits for them.
 SINK_TOPICS = {
     "postgres": ["spark.listings", "spark.accounts", "spark.purges"],

@@ -38,8 +38,8 @@ from producer.pages import Page, Parse, Rejected, parse_success, read_envelope
 from spark_relay import __version__
 from spark_relay.errors import PermanentSourceError, TransientSourceError
 from spark_relay.health import HEALTH
+from spark_relay.masking import Secret
 from spark_relay.metrics import API_REQUESTS, API_RETRIES, RATE_LIMIT_WAIT
-from spark_relay.settings import Secret
 
 __all__ = ["SparkClient", "Page", "Rejected", "RateLimiter", "RETRY_TABLE", "NotFound", "Forbidden"]
 

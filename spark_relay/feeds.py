@@ -11,20 +11,59 @@ Whatever a feed does not set is the settings' own.
 
 The unnamed feed (``feed`` empty) is the settings as they are: one feed with no
 name works as it always did, on ``spark.*`` and the state it always had.
+
+This module also reads the feeds' configuration for :func:`~spark_relay.settings.load_settings`:
+what a feed may set (:data:`FEED_SETTINGS`), its ``[feed.<name>]`` tables
+(:func:`feed_tables`) and its variables (:func:`feed_env`, :func:`feed_variables`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from spark_relay import parsing
 from spark_relay.errors import ConfigError
-from spark_relay.settings import Secret, Settings, _feed_env, _parse
+from spark_relay.masking import Secret
+from spark_relay.settings import ENV_PREFIX, Settings, _parse, env_name
 
-__all__ = ["feed_settings", "feed_names", "merged_feeds", "feed_of_topic"]
+__all__ = [
+    "feed_settings",
+    "feed_names",
+    "merged_feeds",
+    "feed_of_topic",
+    "FEED_SETTINGS",
+    "feed_tables",
+    "feed_env",
+    "feed_variables",
+]
 
 logger = logging.getLogger(__name__)
+
+#: What a named feed may set for itself (``[feed.<name>]``, ``SPARK_RELAY_FEED_<NAME>_<SETTING>``);
+#: ``api_key`` from the environment only, never from the TOML file.
+FEED_SETTINGS = (
+    "api_url",
+    "api_key",
+    "api_key_file",
+    "topic_prefix",
+    "state_dir",
+    "update_interval",
+    "accounts_interval",
+    "purge_at",
+    "overlap",
+    "update_window",
+    "rate_limit",
+    "page_size",
+    "api_timeout",
+    "expand",
+    "subresources",
+    "select",
+    "purge_max_ratio",
+)
 
 
 def feed_names(settings: Settings) -> list[str]:
@@ -74,7 +113,7 @@ def _key(name: str, table: dict) -> Secret:
     except OSError as e:
         raise ConfigError(
             f"feed {name}: api_key_file {str(path)!r} cannot be read ({e.strerror}); "
-            f"or set {_feed_env(name, 'api_key')}"
+            f"or set {feed_env(name, 'api_key')}"
         ) from None
 
 
@@ -110,3 +149,49 @@ def feed_of_topic(feeds: list[Settings], resources: tuple[str, ...]) -> dict[str
                 )
             topics[topic] = feed.feed
     return topics
+
+
+def feed_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``[feed.<name>]`` tables: each named feed's own settings, never its API key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: [feed] must hold one table per feed, [feed.<name>]")
+    tables = {}
+    for name, table in raw.items():
+        parsing.feed_name(f"--config {path}: [feed.{name}]", name)
+        if not isinstance(table, dict):
+            raise ConfigError(f"--config {path}: [feed.{name}] must be a table of settings")
+        for key in table:
+            if key == "api_key":
+                raise ConfigError(
+                    f"--config {path}: [feed.{name}] api_key: a key never goes in the file; "
+                    f"set {feed_env(name, 'api_key')} or api_key_file"
+                )
+            if key not in FEED_SETTINGS:
+                raise ConfigError(
+                    f"--config {path}: [feed.{name}] {key}: not a feed setting "
+                    f"(a feed sets {', '.join(FEED_SETTINGS)})"
+                )
+        tables[name] = dict(table)
+    return tables
+
+
+def feed_env(feed: str, setting: str) -> str:
+    """``SPARK_RELAY_FEED_<NAME>_<SETTING>``: one setting of a named feed."""
+    return f"{ENV_PREFIX}FEED_{feed.upper()}_{setting.upper()}"
+
+
+def feed_variables(
+    environ: Mapping[str, str], named: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``SPARK_RELAY_FEED_<NAME>_*`` of the feeds ``SPARK_RELAY_FEEDS`` names and of the feeds
+    ``named`` already (the TOML file's: their keys come from here)."""
+    listed = [n.strip() for n in environ.get(env_name("feeds"), "").split(",") if n.strip()]
+    tables: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*listed, *named]):
+        parsing.feed_name(env_name("feeds"), name)
+        tables[name] = {
+            setting: Secret(environ[variable]) if setting == "api_key" else environ[variable]
+            for setting in FEED_SETTINGS
+            if (variable := feed_env(name, setting)) in environ
+        }
+    return tables

@@ -21,6 +21,9 @@ A secret word is ``password``, ``secret``, ``token`` or ``key`` (in any case,
 anywhere in the name), plus ``authorization`` and ``credential``; the few
 names that hold such a word and no secret (the API's ``_skiptoken``, a
 ``ListingKey``, a dead letter's ``dlq.key``) are listed in :data:`_NOT_SECRET`.
+
+A :class:`Secret` holds one such value (the API key, the registry's credentials):
+it registers the value when it is made, and never prints it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import re
 import threading
 
-__all__ = ["MASK", "mask", "mask_setting", "register", "secret_name"]
+__all__ = ["MASK", "Secret", "mask", "mask_setting", "register", "secret_name"]
 
 MASK = "********"
 
@@ -94,3 +97,33 @@ def mask(text: str) -> str:
     text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
     text = _SASL_CONFIG.sub(rf"\1{MASK}", text)
     return _PAIR.sub(_pair, text)
+
+
+class Secret:
+    """A string that never prints itself. Use :meth:`reveal` at the one place that needs it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        register(value)  # masked in every line that leaves the process
+        if ":" in value:  # user:password: the password alone, too
+            register(value.partition(":")[2])
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "********" if self._value else ""

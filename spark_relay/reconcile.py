@@ -34,7 +34,8 @@ from producer.spark_client import SparkClient
 from spark_relay import postgres
 from spark_relay.errors import ConfigError
 from spark_relay.feeds import feed_settings
-from spark_relay.settings import Settings, _feed_name
+from spark_relay.parsing import feed_name
+from spark_relay.settings import Settings
 
 __all__ = [
     "remove_feed",
@@ -310,7 +311,7 @@ def _topics(settings: Settings, name: str) -> list[str]:
     if name in settings.feeds:
         prefix = feed_settings(settings, name, "feed remove").topic_prefix
     else:
-        prefix = f"{settings.topic_prefix}.{_feed_name('feed remove', name)}"
+        prefix = f"{settings.topic_prefix}.{feed_name('feed remove', name)}"
     return [f"{prefix}.{r}" for r in ("listings", "accounts", "purges")]
 
 

@@ -3,9 +3,9 @@
 Precedence, lowest first: defaults, the TOML file (``--config``), environment
 variables prefixed ``SPARK_RELAY_``, command-line flags. A wrong or missing
 value raises :class:`ConfigError` with one line that names the setting and
-what it expects. The API key is held in a :class:`Secret`, whose ``repr`` and
-``str`` never show it, and whose value :mod:`spark_relay.masking` hides
-wherever text leaves the process (``spark-relay config``, the logs, errors,
+what it expects. The API key is held in a :class:`~spark_relay.masking.Secret`,
+whose ``repr`` and ``str`` never show it, and whose value :mod:`spark_relay.masking`
+hides wherever text leaves the process (``spark-relay config``, the logs, errors,
 dead-letter headers), with passwords in URLs and every secret-named setting.
 
 Every ``SPARK_RELAY_<NAME>`` is a field here, with two families beside them:
@@ -22,20 +22,18 @@ import dataclasses
 import difflib
 import logging
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from spark_relay import parsing
 from spark_relay.errors import ConfigError
-from spark_relay.masking import mask, mask_setting, register
+from spark_relay.masking import Secret, mask, mask_setting
 
 __all__ = [
-    "Secret",
     "Settings",
     "load_settings",
     "unknown_variables",
@@ -49,173 +47,9 @@ ENV_PREFIX = "SPARK_RELAY_"
 KAFKA_PASSTHROUGH_PREFIX = ENV_PREFIX + "KAFKA_"
 #: The entry-point group sinks register in; ``SPARK_RELAY_<SINK>_*`` are that sink's options.
 SINK_PLUGINS = "spark_relay.sinks"
-#: A feed's name: it becomes part of topic names, directories and variable names.
-FEED_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-#: What a named feed may set for itself (``[feed.<name>]``, ``SPARK_RELAY_FEED_<NAME>_<SETTING>``);
-#: ``api_key`` from the environment only, never from the TOML file.
-FEED_SETTINGS = (
-    "api_url",
-    "api_key",
-    "api_key_file",
-    "topic_prefix",
-    "state_dir",
-    "update_interval",
-    "accounts_interval",
-    "purge_at",
-    "overlap",
-    "update_window",
-    "rate_limit",
-    "page_size",
-    "api_timeout",
-    "expand",
-    "subresources",
-    "select",
-    "purge_max_ratio",
-)
 #: ``SPARK_RELAY_<FAMILY>_*`` variables that are not settings: librdkafka's, the emulator's,
 #: the devstack's and the tests' own.
 OTHER_FAMILIES = ("KAFKA_", "EMULATOR_", "DEVSTACK_", "TEST_")
-
-
-class Secret:
-    """A string that never prints itself. Use :meth:`reveal` at the one place that needs it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        register(value)  # masked in every line that leaves the process
-        if ":" in value:  # user:password: the password alone, too
-            register(value.partition(":")[2])
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self._value else "Secret('')"
-
-    def __str__(self) -> str:
-        return "********" if self._value else ""
-
-
-def _url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}: expected an http(s):// URL, got {mask(repr(value))}")
-    return value.rstrip("/")
-
-
-def _pg_url(name: str, value: str) -> str:
-    if not value.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"{name}: expected a postgresql:// URL")
-    return value
-
-
-def _bootstrap(name: str, value: str) -> str:
-    for server in value.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"{name}: expected host:port[,host:port…], got {value!r}")
-    return value
-
-
-def _positive_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if number <= 0:
-        raise ConfigError(f"{name}: expected a number above 0, got {value!r}")
-    return number
-
-
-def _non_negative_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{name}: expected a number of 0 or more, got {value!r}")
-    return number
-
-
-def _ratio(name: str, value: str) -> float:
-    number = _non_negative_float(name, value)
-    if number > 1:
-        raise ConfigError(f"{name}: expected a share from 0 to 1 (0.05 is 5%), got {value!r}")
-    return number
-
-
-def _int_range(name: str, value: str, low: int, high: int) -> int:
-    if not value.strip().isdigit() or not low <= int(value) <= high:
-        raise ConfigError(f"{name}: expected a whole number from {low} to {high}, got {value!r}")
-    return int(value)
-
-
-def _topic_prefix(name: str, value: str) -> str:
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-    if not value or not set(value) <= allowed:
-        raise ConfigError(f"{name}: expected letters, digits, '.', '_' or '-', got {value!r}")
-    return value
-
-
-def _feed_name(name: str, value: str) -> str:
-    if not FEED_NAME.match(value):
-        raise ConfigError(
-            f"{name}: a feed name is lower-case letters, digits and '_', "
-            f"starting with a letter, got {value!r}"
-        )
-    return value
-
-
-def _choice(*options: str) -> Callable[[str, str], str]:
-    def check(name: str, value: str) -> str:
-        if value not in options:
-            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {value!r}")
-        return value
-
-    return check
-
-
-EXPANSIONS = ("Photos", "Videos", "VirtualTours", "OpenHouses", "Documents", "Rooms", "Units")
-
-
-def _expansions(name: str, value: str, custom: bool = True) -> str:
-    """A comma list of expansions; ``custom`` admits the CustomFields* ones (``_expand`` only)."""
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    unknown = [
-        n for n in names if n not in EXPANSIONS and not (custom and n.startswith("CustomFields"))
-    ]
-    if unknown:
-        raise ConfigError(
-            f"{name}: expected names from {', '.join(EXPANSIONS)}, got {', '.join(unknown)}"
-        )
-    return ",".join(names)
-
-
-def _selection(name: str, value: str) -> str:
-    """A ``_select`` list; an event needs the key and the ModificationTimestamp."""
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    missing = [n for n in ("ListingKey", "ModificationTimestamp") if n not in names]
-    if missing:
-        raise ConfigError(f"{name}: every event needs {' and '.join(missing)}; add it to the list")
-    return ",".join(names)
-
-
-def _hhmm(name: str, value: str) -> str:
-    hour, _, minute = value.partition(":")
-    if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
-        raise ConfigError(f"{name}: expected a UTC time of day HH:MM, got {value!r}")
-    return f"{int(hour):02d}:{int(minute):02d}"
 
 
 def _default_state_dir() -> str:
@@ -254,26 +88,30 @@ class Settings:
     """Everything spark-relay reads from its environment. Field ``x`` is ``SPARK_RELAY_X``."""
 
     api_url: str = _setting(
-        "https://replication.sparkapi.com", _url, "Spark API replication endpoint"
+        "https://replication.sparkapi.com", parsing.url, "Spark API replication endpoint"
     )
     api_key: Secret = _setting(
         Secret(""), doc="Spark API replication key (Bearer token)", repr=False
     )
-    kafka_bootstrap: str = _setting("", _bootstrap, "Kafka bootstrap servers, host:port[,…]")
-    schema_registry_url: str = _setting("", _url, "Schema Registry URL")
+    kafka_bootstrap: str = _setting("", parsing.bootstrap, "Kafka bootstrap servers, host:port[,…]")
+    schema_registry_url: str = _setting("", parsing.url, "Schema Registry URL")
     schema_registry_basic_auth: Secret = _setting(
         Secret(""), doc="Schema Registry credentials user:password", repr=False
     )
-    database_url: str = _setting("", _pg_url, "PostgreSQL URL (state store and postgres sink)")
+    database_url: str = _setting(
+        "", parsing.pg_url, "PostgreSQL URL (state store and postgres sink)"
+    )
     state_dir: str = _setting(
         _default_state_dir(), None, "Directory for checkpoints, indexes, files"
     )
-    topic_prefix: str = _setting("spark", _topic_prefix, "Prefix of every topic name")
-    log_format: str = _setting("text", _choice("text", "json"), "Log format: text or json")
-    log_level: str = _setting("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level")
+    topic_prefix: str = _setting("spark", parsing.topic_prefix, "Prefix of every topic name")
+    log_format: str = _setting("text", parsing.choice("text", "json"), "Log format: text or json")
+    log_level: str = _setting(
+        "INFO", parsing.choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level"
+    )
     connect_timeout: float = _setting(
         5.0,
-        _positive_float,
+        parsing.positive_float,
         "Seconds a command waits for Kafka, the registry, PostgreSQL or the API to answer "
         "its first call before it stops, naming the setting",
     )
@@ -281,53 +119,71 @@ class Settings:
         "127.0.0.1", None, "Address the --metrics-port endpoint listens on (0.0.0.0 in a container)"
     )
     # The poller
-    rate_limit: float = _setting(5.0, _positive_float, "API requests per second, at most")
+    rate_limit: float = _setting(5.0, parsing.positive_float, "API requests per second, at most")
     page_size: int = _setting(
-        1000, lambda n, v: _int_range(n, v, 1, 1000), "Records per API page (_limit), 1 to 1000"
+        1000,
+        lambda n, v: parsing.int_range(n, v, 1, 1000),
+        "Records per API page (_limit), 1 to 1000",
     )
-    api_timeout: float = _setting(60.0, _positive_float, "Seconds to wait for one API response")
+    api_timeout: float = _setting(
+        60.0, parsing.positive_float, "Seconds to wait for one API response"
+    )
     converters: int = _setting(
         2,
-        lambda n, v: _int_range(n, v, 0, 16),
+        lambda n, v: parsing.int_range(n, v, 0, 16),
         "Processes beside the poller reading and converting pages of listings (0: none)",
     )
-    update_interval: float = _setting(15.0, _positive_float, "Minutes between update windows")
-    overlap: float = _setting(20.0, _non_negative_float, "Minutes each update window reaches back")
-    accounts_interval: float = _setting(60.0, _positive_float, "Minutes between accounts scans")
-    purge_at: str = _setting("03:00", _hhmm, "UTC time of day of the daily purge")
+    update_interval: float = _setting(
+        15.0, parsing.positive_float, "Minutes between update windows"
+    )
+    overlap: float = _setting(
+        20.0, parsing.non_negative_float, "Minutes each update window reaches back"
+    )
+    accounts_interval: float = _setting(
+        60.0, parsing.positive_float, "Minutes between accounts scans"
+    )
+    purge_at: str = _setting("03:00", parsing.hhmm, "UTC time of day of the daily purge")
     purge_max_ratio: float = _setting(
         0.05,
-        lambda n, v: _ratio(n, v),
+        lambda n, v: parsing.ratio(n, v),
         "Largest share of the published keys one purge may remove without --force",
     )
     update_window: float = _setting(
-        1440.0, _positive_float, "Minutes one update window spans at most (a backlog is split)"
+        1440.0,
+        parsing.positive_float,
+        "Minutes one update window spans at most (a backlog is split)",
     )
     expand: str = _setting(
-        "", _expansions, "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses"
+        "",
+        parsing.expansions,
+        "Listing expansions fetched inline with _expand, e.g. Photos,OpenHouses",
     )
     subresources: str = _setting(
         "",
-        lambda n, v: _expansions(n, v, custom=False),  # CustomFields* have no subresource path
+        lambda n, v: parsing.expansions(
+            n, v, custom=False
+        ),  # CustomFields* have no subresource path
         "Listing subresources fetched one listing at a time when their *ChangeTimestamp moved",
     )
     select: str = _setting(
-        "", _selection, "_select for every listing request but the purge scan (empty: every field)"
+        "",
+        parsing.selection,
+        "_select for every listing request but the purge scan (empty: every field)",
     )
     delete_retention_days: float = _setting(
         7.0,
-        _positive_float,
+        parsing.positive_float,
         "Days a compacted topic keeps a tombstone (delete.retention.ms); status warns "
         "when a sink is further behind",
     )
     compression: str = _setting(
         "zstd",
-        _choice("zstd", "lz4", "snappy", "gzip", "none"),
+        parsing.choice("zstd", "lz4", "snappy", "gzip", "none"),
         "Compression of the events we produce: zstd, lz4, snappy, gzip or none",
     )
     metrics_port: int | None = _setting(
         None,
-        lambda n, v: _int_range(n, v, 1, 65535),
+        lambda n, v: parsing.int_range(n, v, 1, 65535),
         "Port of /metrics, /healthz and /readyz (--metrics-port); empty: none",
     )
     # The sink runner (`spark-relay sink <name>`); a sink's own options are its [sink.<name>]
@@ -338,26 +194,26 @@ class Settings:
         "share the partitions",
     )
     sink_batch_size: int = _setting(
-        1000, lambda n, v: _int_range(n, v, 1, 1_000_000), "Messages per sink batch, at most"
+        1000, lambda n, v: parsing.int_range(n, v, 1, 1_000_000), "Messages per sink batch, at most"
     )
     sink_batch_ms: int = _setting(
         500,
-        lambda n, v: _int_range(n, v, 0, 3_600_000),
+        lambda n, v: parsing.int_range(n, v, 0, 3_600_000),
         "Milliseconds a sink batch waits for more messages after its first",
     )
     sink_dead_letter_limit: int = _setting(
         100,
-        lambda n, v: _int_range(n, v, 0, 1_000_000_000),
+        lambda n, v: parsing.int_range(n, v, 0, 1_000_000_000),
         "Dead letters in a row for one reason after which a sink stops (exit 6); 0: no limit",
     )
     # The Iceberg sink commits a table snapshot per this many rows or seconds, whichever first
     iceberg_commit_rows: int = _setting(
         50_000,
-        lambda n, v: _int_range(n, v, 1, 100_000_000),
+        lambda n, v: parsing.int_range(n, v, 1, 100_000_000),
         "Iceberg sink: events held before a table commit (one snapshot, fewer and larger files)",
     )
     iceberg_commit_seconds: float = _setting(
-        60.0, _non_negative_float, "Iceberg sink: seconds at most between table commits"
+        60.0, parsing.non_negative_float, "Iceberg sink: seconds at most between table commits"
     )
     config: str = _setting(
         "", None, "TOML file of settings (--config), read before the environment and the flags"
@@ -365,7 +221,7 @@ class Settings:
     # Named feeds (spark_relay.feeds): several MLSs, each with its key, prefix and schedule
     feed: str = _setting(
         "",
-        _feed_name,
+        parsing.feed_name,
         "The named feed a command works on (--feed); empty: the unnamed feed of the settings above",
     )
     sink_feeds: str = _setting(
@@ -395,11 +251,13 @@ class Settings:
 
     def require(self, *names: str) -> Settings:
         """Raise :class:`ConfigError` for the first of ``names`` left empty."""
+        from spark_relay.feeds import FEED_SETTINGS, feed_env  # feeds imports settings
+
         for name in names:
             if not getattr(self, name):
                 variable = env_name(name)
                 if self.feed and name in FEED_SETTINGS:  # a named feed's own setting
-                    variable = f"{_feed_env(self.feed, name)} (feed {self.feed})"
+                    variable = f"{feed_env(self.feed, name)} (feed {self.feed})"
                 raise ConfigError(f"{variable} is not set: expected {_doc(name).lower()}")
         return self
 
@@ -480,6 +338,8 @@ def load_settings(
     ``overrides`` with the value ``None`` are ignored, so click options that were
     not given fall through to the environment.
     """
+    from spark_relay.feeds import feed_tables, feed_variables  # feeds imports settings
+
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
@@ -506,7 +366,7 @@ def load_settings(
             elif key == "sink":
                 sink.update(_sink_tables(raw, path))
             elif key == "feed":
-                feeds.update(_feed_tables(raw, path))
+                feeds.update(feed_tables(raw, path))
             elif key == "config":
                 raise ConfigError(
                     f"--config {path}: config: name the file with --config or "
@@ -527,7 +387,7 @@ def load_settings(
             values[name] = _parse(name, raw, key)
         elif key.startswith(KAFKA_PASSTHROUGH_PREFIX):
             kafka[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = raw
-    for name, table in _feed_variables(environ, feeds).items():
+    for name, table in feed_variables(environ, feeds).items():
         feeds.setdefault(name, {}).update(table)
 
     for name, raw in overrides.items():
@@ -559,58 +419,14 @@ def _sink_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
     return {name: dict(table) for name, table in raw.items()}
 
 
-def _feed_tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
-    """``[feed.<name>]`` tables: each named feed's own settings, never its API key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--config {path}: [feed] must hold one table per feed, [feed.<name>]")
-    tables = {}
-    for name, table in raw.items():
-        _feed_name(f"--config {path}: [feed.{name}]", name)
-        if not isinstance(table, dict):
-            raise ConfigError(f"--config {path}: [feed.{name}] must be a table of settings")
-        for key in table:
-            if key == "api_key":
-                raise ConfigError(
-                    f"--config {path}: [feed.{name}] api_key: a key never goes in the file; "
-                    f"set {_feed_env(name, 'api_key')} or api_key_file"
-                )
-            if key not in FEED_SETTINGS:
-                raise ConfigError(
-                    f"--config {path}: [feed.{name}] {key}: not a feed setting "
-                    f"(a feed sets {', '.join(FEED_SETTINGS)})"
-                )
-        tables[name] = dict(table)
-    return tables
-
-
-def _feed_env(feed: str, setting: str) -> str:
-    """``SPARK_RELAY_FEED_<NAME>_<SETTING>``: one setting of a named feed."""
-    return f"{ENV_PREFIX}FEED_{feed.upper()}_{setting.upper()}"
-
-
-def _feed_variables(
-    environ: Mapping[str, str], named: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """``SPARK_RELAY_FEED_<NAME>_*`` of the feeds ``SPARK_RELAY_FEEDS`` names and of the feeds
-    ``named`` already (the TOML file's: their keys come from here)."""
-    listed = [n.strip() for n in environ.get(env_name("feeds"), "").split(",") if n.strip()]
-    tables: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys([*listed, *named]):
-        _feed_name(env_name("feeds"), name)
-        tables[name] = {
-            setting: Secret(environ[variable]) if setting == "api_key" else environ[variable]
-            for setting in FEED_SETTINGS
-            if (variable := _feed_env(name, setting)) in environ
-        }
-    return tables
-
-
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """One line per ``SPARK_RELAY_*`` variable that is no setting, with the closest name.
 
     Settings, librdkafka's ``SPARK_RELAY_KAFKA_*``, a registered sink's
     ``SPARK_RELAY_<SINK>_*`` and the families in :data:`OTHER_FAMILIES` are known.
     """
+    from spark_relay.feeds import FEED_SETTINGS  # feeds imports settings
+
     names = sorted(n.upper() for n in _NAMES - (_TABLES - {"feeds"}))
     feed_names = [n.strip() for n in environ.get(env_name("feeds"), "").split(",") if n.strip()]
     if environ.get(env_name("config")):  # the file's feeds too (a broken file: its error says)

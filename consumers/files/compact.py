@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.files.formats import format_of, get_format
-from consumers.files.sink import committed_files, redriven_files
+from consumers.files.layout import committed_files, redriven_files
 from consumers.newer import Held, Place, Version, step
 from spark_relay.errors import ConfigError
 

@@ -53,15 +53,12 @@ Layout (``--path`` defaults to ``<state_dir>/files``)::
 from __future__ import annotations
 
 import fcntl
-import functools
 import logging
 import os
-import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -69,81 +66,12 @@ import click
 
 from consumers.base import BadRecord, Batch, Event, Offsets, SinkContext, TopicPartition
 from consumers.files.formats import FORMATS, Format, RecordWriter, format_of, get_format
+from consumers.files.layout import REDRIVEN, day_of, file_name, next_offsets
 from spark_relay.errors import SinkUnavailableError
 
-__all__ = [
-    "FileSink",
-    "file_name",
-    "parse_name",
-    "committed_files",
-    "redriven_files",
-    "envelope",
-    "day_of",
-]
+__all__ = ["FileSink", "envelope"]
 
 logger = logging.getLogger(__name__)
-
-#: The folder of a topic that holds its re-driven dead letters, one file each.
-REDRIVEN = "redriven"
-
-_NAME = re.compile(
-    r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<offset>\d{20})\.(?P<ext>\w+)$"
-)
-
-
-def file_name(topic: str, partition: int, first_offset: int, extension: str) -> str:
-    """``<topic>+<partition>+<first offset, zero-padded to 20 digits>.<extension>``."""
-    return f"{topic}+{partition}+{first_offset:020d}.{extension}"
-
-
-def parse_name(name: str) -> tuple[str, int, int] | None:
-    """``(topic, partition, first offset)`` of a committed file name, else None."""
-    match = _NAME.match(name)
-    if match is None:
-        return None
-    return match["topic"], int(match["partition"]), int(match["offset"])
-
-
-def committed_files(root: Path, topic: str) -> Iterator[tuple[int, int, Path]]:
-    """``(partition, first offset, path)`` of every committed file of ``topic`` under ``root``."""
-    for path in (Path(root) / topic).glob("date=*/*"):
-        parsed = parse_name(path.name)
-        if parsed is not None and parsed[0] == topic and format_of(path) is not None:
-            yield parsed[1], parsed[2], path
-
-
-def redriven_files(root: Path, topic: str) -> Iterator[tuple[int, int, Path]]:
-    """``(partition, offset, path)`` of every re-driven letter of ``topic`` under ``root``."""
-    for path in (Path(root) / topic / REDRIVEN).glob("*"):
-        parsed = parse_name(path.name)
-        if parsed is not None and parsed[0] == topic and format_of(path) is not None:
-            yield parsed[1], parsed[2], path
-
-
-def _day(moment: Any) -> str | None:
-    if isinstance(moment, datetime):
-        if moment.tzinfo is not UTC:  # the runner's Kafka timestamps are in UTC already
-            moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
-        return _iso_day(moment.toordinal())
-    if isinstance(moment, date):
-        return moment.isoformat()
-    return None
-
-
-@functools.lru_cache(maxsize=64)
-def _iso_day(ordinal: int) -> str:
-    """``YYYY-MM-DD`` of a proleptic Gregorian ordinal (events of one batch share a few days)."""
-    return date.fromordinal(ordinal).isoformat()
-
-
-def day_of(event: Event) -> str:
-    """The ``date=`` folder of an event (see the module docstring)."""
-    value = event.value or {}
-    for moment in (event.timestamp, value.get("ModificationTimestamp"), value.get("detected_at")):
-        day = _day(moment)
-        if day is not None:
-            return day
-    return "1970-01-01"
 
 
 def envelope(event: Event) -> dict[str, Any]:
@@ -162,23 +90,6 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_if_abandoned(tmp: Path) -> bool:
-    """Delete a temporary file whose writer is gone (its ``flock`` is free); True if deleted."""
-    try:
-        fd = os.open(tmp, os.O_RDWR)  # NFS emulates flock with write locks
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False  # a live process is writing it
-    else:
-        tmp.unlink(missing_ok=True)
-        return True
     finally:
         os.close(fd)
 
@@ -317,30 +228,8 @@ class FileSink:
             if (topic, partition) not in self._next:
                 wanted.setdefault(topic, set()).add(partition)
         for topic, partitions in wanted.items():
-            newest: dict[int, tuple[int, Path]] = {}
-            for path in (self.root / topic).glob("date=*/*"):
-                if path.name.startswith(".") and path.name.endswith(".tmp"):
-                    # .<final name>.<writer id>.tmp
-                    parsed = parse_name(path.name[1:-4].rsplit(".", 1)[0])
-                    if parsed and parsed[0] == topic and parsed[1] in partitions:
-                        if _remove_if_abandoned(path):
-                            logger.info("%s: removed %s, left by a dead writer", topic, path)
-                    continue
-                parsed = parse_name(path.name)
-                if parsed is None or parsed[0] != topic or parsed[1] not in partitions:
-                    continue
-                if format_of(path) is not None and parsed[2] >= newest.get(parsed[1], (-1,))[0]:
-                    newest[parsed[1]] = (parsed[2], path)
-            for partition in partitions:
-                found = newest.get(partition)
-                if found is None:
-                    self._next[(topic, partition)] = 0
-                    continue
-                first, path = found
-                reader = format_of(path)
-                last = reader.last_offset(path) if reader is not None else None
-                # an empty file (left by an older version) holds nothing from its first offset
-                self._next[(topic, partition)] = first if last is None else last + 1
+            for partition, following in next_offsets(self.root, topic, partitions).items():
+                self._next[(topic, partition)] = following
 
     # ---- writing ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from consumers.base import Batch, Event, SinkContext
 from consumers.files import FileSink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of, value_json
-from consumers.files.sink import committed_files, parse_name
+from consumers.files.layout import committed_files, parse_name
 from spark_relay.cli import _register, cli
 from spark_relay.errors import ConfigError
 from spark_relay.settings import Settings

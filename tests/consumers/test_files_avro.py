@@ -13,7 +13,8 @@ import pytest
 from consumers.base import Batch, SinkContext
 from consumers.files import FileSink
 from consumers.files.formats import Avro, envelope_schema
-from consumers.files.sink import committed_files, envelope
+from consumers.files.layout import committed_files
+from consumers.files.sink import envelope
 from spark_relay.errors import SinkError
 from spark_relay.settings import Settings
 from tests.consumers.sink_events import EventStream

@@ -19,7 +19,7 @@ from consumers.files import FileSink, formats
 from consumers.files import sink as files_sink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
-from consumers.files.sink import committed_files
+from consumers.files.layout import committed_files
 from consumers.runner import Runner, RunnerConfig, end_offsets
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from spark_relay.settings import Settings

@@ -26,7 +26,7 @@ from consumers.base import Batch, Event, SinkContext
 from consumers.files import FileSink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
-from consumers.files.sink import committed_files
+from consumers.files.layout import committed_files
 from consumers.runner import end_offsets
 from devstack.emulator import Emulator, EmulatorConfig
 from devstack.kafka import DEVSTACK_ENV

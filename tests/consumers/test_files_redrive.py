@@ -9,7 +9,8 @@ import pytest
 import consumers.files.sink as files_sink
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
-from consumers.files.sink import FileSink, redriven_files
+from consumers.files.layout import redriven_files
+from consumers.files.sink import FileSink
 from consumers.redrive import redrive
 from consumers.runner import Runner, RunnerConfig
 from spark_relay.errors import SinkError

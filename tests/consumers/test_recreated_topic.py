@@ -9,7 +9,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from consumers.files.formats import format_of
-from consumers.files.sink import FileSink, committed_files
+from consumers.files.layout import committed_files
+from consumers.files.sink import FileSink
 from consumers.runner import Runner, RunnerConfig
 from devstack.kafka import DEVSTACK_CONSUMER_SETTINGS
 from spark_relay.errors import SinkError

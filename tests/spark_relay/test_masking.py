@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from spark_relay.logs import JsonFormatter, TextFormatter
-from spark_relay.masking import MASK, mask, mask_setting
-from spark_relay.settings import Secret
+from spark_relay.masking import MASK, Secret, mask, mask_setting
 
 BIN = Path(sys.executable).parent / "spark-relay"
 

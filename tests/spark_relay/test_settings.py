@@ -3,7 +3,8 @@ import logging
 import pytest
 
 from spark_relay.errors import ConfigError
-from spark_relay.settings import Secret, Settings, describe, load_settings
+from spark_relay.masking import Secret
+from spark_relay.settings import Settings, describe, load_settings
 
 KEY = "s3cr3t-replication-key"
 
