@@ -10,18 +10,20 @@ assigned or revoked while PostgreSQL was down.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from chaos import killed_iceberg
-from chaos.coverage import log_between
+from chaos.coverage import log_between, place
 from chaos.world import World
 
-__all__ = ["ACTS", "DRAWN_APART", "SWITCHED_ACTS", "act"]
+__all__ = ["ACTS", "DRAWN_APART", "SWITCHED_ACTS", "act", "await_request"]
 
 #: What a round may do besides changing the MLS.
 ACTS = (
@@ -95,6 +97,12 @@ def act(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
 
 
 def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
+    """``kill -9`` of the daemon; with ``moment`` a place (``accounts_scan``), right after
+    one of its requests there: an accounts scan is a few pages every few seconds, and a
+    kill at a random moment seldom lands in one (none of 14 in a 20-seed run)."""
+    moment = step.get("moment")
+    if moment and not await_request(world.requests_path, "poller", moment, timeout=20):
+        log("moment_missed", process="poller", moment=moment)
     since, at = world.started.get("poller", 0.0), time.time()
     if world.kill("poller"):
         result.kills["poller"] += 1
@@ -103,6 +111,27 @@ def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -
     time.sleep(step["gap"])
     world.respawn("poller")
     log("started", process="poller")
+
+
+def await_request(requests: Path, caller: str, where: str, timeout: float) -> bool:
+    """Wait until the request log (``requests``, JSON lines) gains a request of ``caller``
+    at place ``where`` (:func:`chaos.coverage.place`); False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with open(requests, "a+", encoding="utf-8") as log:
+        log.seek(0, os.SEEK_END)
+        pending = ""
+        while time.monotonic() < deadline:
+            pending += log.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("caller") == caller and place(entry) == where:
+                    return True
+            time.sleep(0.02)
+    return False
 
 
 def _kill_sink(world: World, step: dict, log: Any, result: Any, extra: list) -> None:

@@ -118,6 +118,9 @@ def plan(
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
     apart = random.Random(f"{seed}-drawn-apart")  # chaos.acts.DRAWN_APART
+    # half the poller kills aim at an accounts scan (a stream of its own: the rest of the
+    # plan is as without it)
+    aim = random.Random(f"{seed}-poller-moment")
     # a deck: every act once (a kill once per sink) before any comes again, reshuffled when
     # drawn out, so a seed of eight rounds reaches most acts, and twenty seeds every one
     cards = [
@@ -146,6 +149,8 @@ def plan(
                     "limit": rng.choice([16_384, 65_536]),
                 }
             )
+            if act == "kill_poller" and aim.random() < 0.5:
+                acts[-1]["moment"] = "accounts_scan"
         if apart.random() < 0.5:  # about every other round, after its other acts
             acts.append(
                 {

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from chaos import check, coverage
 from chaos.__main__ import summary
-from chaos.acts import DRAWN_APART
+from chaos.acts import DRAWN_APART, await_request
 from chaos.campaign import SWITCHES, SeedResult, plan, run_seed, tidy
 
 T1 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -397,3 +399,40 @@ def test_the_postgres_reader_reads_one_feed_of_a_merged_schema(database_url, top
             assert check.read_postgres(database_url, schema)[2:] == (["K"], ["A"])
         finally:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_a_poller_kill_aimed_at_an_accounts_scan_waits_for_one(tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    old = {"t": 1.0, "caller": "poller", "path": "/v1/accounts", "skip": "0"}
+    requests.write_text(json.dumps(old) + "\n")  # before the wait: not the moment
+
+    def later():
+        time.sleep(0.3)
+        with requests.open("a") as log:
+            for entry in (
+                {"t": 2.0, "caller": "poller", "path": "/v1/listings", "skiptoken": ""},
+                {"t": 3.0, "caller": "reconcile", "path": "/v1/accounts", "skip": "0"},
+                {"t": 4.0, "caller": "poller", "path": "/v1/accounts", "skip": "25"},
+            ):
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    started = time.monotonic()
+    assert await_request(requests, "poller", "accounts_scan", timeout=10)
+    writer.join()
+    assert 0.3 <= time.monotonic() - started < 5
+    assert not await_request(requests, "poller", "accounts_scan", timeout=0.3)  # none since
+
+
+def test_about_half_the_poller_kills_aim_at_an_accounts_scan():
+    kills = [
+        step
+        for seed in range(1, 21)
+        for round_ in plan(seed, 8, set())["schedule"]
+        for step in round_["acts"]
+        if step["act"] == "kill_poller"
+    ]
+    aimed = [s for s in kills if s.get("moment") == "accounts_scan"]
+    assert kills and 0 < len(aimed) < len(kills)
