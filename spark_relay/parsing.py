@@ -58,21 +58,22 @@ def bootstrap(name: str, value: str) -> str:
     return value
 
 
-def positive_float(name: str, value: str) -> float:
+def _float(name: str, value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+
+
+def positive_float(name: str, value: str) -> float:
+    number = _float(name, value)
     if number <= 0:
         raise ConfigError(f"{name}: expected a number above 0, got {value!r}")
     return number
 
 
 def non_negative_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    number = _float(name, value)
     if number < 0:
         raise ConfigError(f"{name}: expected a number of 0 or more, got {value!r}")
     return number
