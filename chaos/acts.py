@@ -103,6 +103,10 @@ def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -
     moment = step.get("moment")
     if moment and not await_request(world.requests_path, "poller", moment, timeout=20):
         log("moment_missed", process="poller", moment=moment)
+    _kill_and_respawn_poller(world, step, log, result)
+
+
+def _kill_and_respawn_poller(world: World, step: dict, log: Any, result: Any) -> None:
     since, at = world.started.get("poller", 0.0), time.time()
     if world.kill("poller"):
         result.kills["poller"] += 1
@@ -312,7 +316,9 @@ def _kill_converter(world: World, step: dict, log: Any, result: Any, extra: list
 
 def _lose_state(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
     """The poller's state lost (its schema dropped while it is down); the operator's remedy,
-    ``reconcile --repair``, runs when the seed settles (docs/guarantees.md)."""
+    ``reconcile --repair``, runs when the seed settles (docs/guarantees.md). With
+    ``moment`` (``snapshot_page``), the poller is killed again inside the fresh download
+    that follows: the one time a running daemon reads snapshot pages."""
     world.kill("poller")
     try:
         world.drop_poller_state()
@@ -321,6 +327,11 @@ def _lose_state(world: World, step: dict, log: Any, result: Any, extra: list) ->
     result.state_lost = True
     result.coverage["break:state_lost@poller"] += 1
     log("state_lost", process="poller")
+    moment = step.get("moment")
+    if moment:
+        if not await_request(world.requests_path, "poller", moment, timeout=20):
+            log("moment_missed", process="poller", moment=moment)
+        _kill_and_respawn_poller(world, step, log, result)
 
 
 def _second_sigterm(world: World, step: dict, log: Any, result: Any, extra: list) -> None:

@@ -45,7 +45,12 @@ SWITCHES = (
 #: the large ones (100 and more) put the poller's converter processes to work.
 PAGE_SIZES = (10, 20, 35, 100, 150)
 #: Caller -> the factor of its fault probabilities (the emulator's ``--caller-boost``).
-CALLER_BOOST = {"reconcile:stale": 6, "snapshot:timeout": 6, "redrive:timeout": 3}
+CALLER_BOOST = {
+    "reconcile:stale": 6,
+    "snapshot:timeout": 6,
+    "redrive:timeout": 3,
+    "poller/v1/accounts:cut": 8,
+}
 
 
 def emulator_kinds() -> set[str]:
@@ -104,7 +109,8 @@ def plan(
         # a rare fault where few requests go: a stale answer to reconcile (a scan of the keys),
         # a timeout on the final snapshot's pages (it starts over: the seed's other snapshot
         # pages are few); a timeout on a re-drive (it asks by key, every fault already four
-        # times as likely: more would fail most re-drives)
+        # times as likely: more would fail most re-drives); a cut in an accounts scan (a
+        # second page only where the page size is 20 or less, among the poller's many)
         "caller_boost": dict(CALLER_BOOST),
     }
     # one request per listing whose video list changed (every listing in a snapshot): only
@@ -118,8 +124,9 @@ def plan(
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
     apart = random.Random(f"{seed}-drawn-apart")  # chaos.acts.DRAWN_APART
-    # half the poller kills aim at an accounts scan (a stream of its own: the rest of the
-    # plan is as without it)
+    # half the poller kills aim at an accounts scan, and half the lost states are followed
+    # by a kill in the fresh snapshot (a stream of its own: the rest of the plan is as
+    # without it)
     aim = random.Random(f"{seed}-poller-moment")
     # a deck: every act once (a kill once per sink) before any comes again, reshuffled when
     # drawn out, so a seed of eight rounds reaches most acts, and twenty seeds every one
@@ -151,6 +158,8 @@ def plan(
             )
             if act == "kill_poller" and aim.random() < 0.5:
                 acts[-1]["moment"] = "accounts_scan"
+            elif act == "lose_state" and aim.random() < 0.5:
+                acts[-1]["moment"] = "snapshot_page"
         if apart.random() < 0.5:  # about every other round, after its other acts
             acts.append(
                 {

@@ -201,6 +201,8 @@ def test_a_seed_draws_its_acts_from_a_deck_so_each_comes_before_any_repeats():
     # the rare faults where few requests go: stale to reconcile, a final snapshot's timeout
     boost = plan(1, 8, set())["faults"]["caller_boost"]
     assert {"reconcile:stale", "snapshot:timeout", "redrive:timeout"} <= set(boost)
+    # a cut where an accounts scan has a second page: a few requests of the poller's many
+    assert boost["poller/v1/accounts:cut"] > 1
 
 
 def test_a_converged_seed_keeps_its_logs_only_when_a_process_crashed(tmp_path):
@@ -436,3 +438,17 @@ def test_about_half_the_poller_kills_aim_at_an_accounts_scan():
     ]
     aimed = [s for s in kills if s.get("moment") == "accounts_scan"]
     assert kills and 0 < len(aimed) < len(kills)
+
+
+def test_about_half_the_lost_states_are_followed_by_a_kill_in_the_fresh_snapshot():
+    # a poller that lost its state downloads afresh: the one time a running daemon reads
+    # snapshot pages, so the kill that waits for one rides on that act
+    lost = [
+        step
+        for seed in range(1, 21)
+        for round_ in plan(seed, 8, set())["schedule"]
+        for step in round_["acts"]
+        if step["act"] == "lose_state"
+    ]
+    aimed = [s for s in lost if s.get("moment") == "snapshot_page"]
+    assert lost and 0 < len(aimed) < len(lost)

@@ -23,7 +23,8 @@ that only a campaign needs. All are off unless configured; the API is unchanged 
 - **Caller boost** (``caller_boost``, ``caller`` or ``caller:kind`` -> factor): the fault
   probabilities (or that kind's) times the factor for the requests of that caller, on top
   of the fault boost: reconcile or a final snapshot makes few requests, and a campaign
-  wants a rare fault (a stale answer, a timeout) there too.
+  wants a rare fault (a stale answer, a timeout) there too. ``caller/path`` (``poller/v1/
+  accounts:cut``) names the caller's requests under that path only: its accounts scan.
 - **Refused by key** (``refuse_by_key``, a share of keys): a removed listing or account,
   asked for by key (``/v1/listings/<key>``, ``/v1/accounts/<id>``), answers 403 (code
   1500) instead of 404, as the API does for a record that left the key's view.
@@ -170,15 +171,29 @@ class Hooks:
 
     def boost(self, path: str, query: str) -> float:
         """The factor of the fault probabilities for this request (see ``fault_boost``)."""
-        factor = getattr(self.config, "caller_boost", {}).get(self._caller(), 1.0)
+        factor = 1.0
+        for name, f in getattr(self.config, "caller_boost", {}).items():
+            if ":" not in name and self._asks(name, path):
+                factor *= f
         by_key = path.strip("/").count("/") == 2 or "_filter=ListingKey" in query
         return factor * (getattr(self.config, "fault_boost", 1.0) if by_key else 1.0)
 
-    def kind_boost(self) -> dict[str, float]:
-        """Fault kind -> its further factor for this request's caller (``caller:kind``)."""
-        prefix = self._caller() + ":"
-        boosts = getattr(self.config, "caller_boost", {})
-        return {name[len(prefix) :]: f for name, f in boosts.items() if name.startswith(prefix)}
+    def kind_boost(self, path: str) -> dict[str, float]:
+        """Fault kind -> its further factor for this request (``caller[/path]:kind``)."""
+        kinds: dict[str, float] = {}
+        for name, f in getattr(self.config, "caller_boost", {}).items():
+            who, _, kind = name.partition(":")
+            if kind and self._asks(who, path):
+                kinds[kind] = kinds.get(kind, 1.0) * f
+        return kinds
+
+    def _asks(self, name: str, path: str) -> bool:
+        """Whether this request is ``name``'s: its caller, or its caller and path prefix
+        (``poller/v1/accounts``)."""
+        caller = self._caller()
+        return name == caller or (
+            name.startswith(caller + "/") and path.startswith(name[len(caller) :])
+        )
 
     def _caller(self) -> str:
         return getattr(self._local, "caller", "")

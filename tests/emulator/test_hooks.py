@@ -135,3 +135,15 @@ def test_a_callers_requests_are_faulted_more_often(make_emulator):
     assert all(r.status_code in (500, 503) for r in one_kind)  # 0.1 x 10 + 0.05: every one
     assert sum(r.status_code == 500 for r in one_kind) >= 25  # mostly the boosted kind
     assert sum(r.status_code in (500, 503) for r in others) < 15
+
+
+def test_a_boost_can_name_one_resource_of_a_caller(make_emulator):
+    # the accounts scan is a few requests among the poller's many: a campaign boosts it alone
+    emu = make_emulator(faults="500:0.05", caller_boost={"poller/v1/accounts:500": 20})
+    with client_for(emu) as c:
+        accounts = [c.get("/_via/poller/v1/accounts", params={"_limit": 1}) for _ in range(20)]
+        listings = [c.get("/_via/poller/v1/listings", params={"_limit": 1}) for _ in range(40)]
+        purge = [c.get("/_via/purge/v1/accounts", params={"_limit": 1}) for _ in range(40)]
+    assert all(r.status_code == 500 for r in accounts)  # 0.05 x 20: every one
+    assert sum(r.status_code == 500 for r in listings) < 12
+    assert sum(r.status_code == 500 for r in purge) < 12
