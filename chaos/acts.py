@@ -284,8 +284,7 @@ def _kill_converter(world: World, step: dict, log: Any, result: Any, extra: list
     while that page is published): where pages are that long, time passes quietly (the
     windows take every change made so far), then some 40% of the listings change and the
     index's lag passes, so the next window holds them alone, and the first converter to
-    start is killed. With pages of 150 that window is one page: the kill lands in a window's
-    first page; with pages of 100 it has a later page."""
+    start is killed, inside that window (``kill:converter@window``)."""
     page_size = world.faults.get("page_size", 0)
     if page_size < 100 or world.faults.get("subresources"):
         log("no_converter", process="poller", page_size=page_size)

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,6 +142,32 @@ def test_coverage_counts_what_happened_and_names_what_did_not():
     late_off = coverage.uncovered(cells, {**switches, "late": False})
     assert not any(c.startswith("fault:late@") for c in late_off)
     assert "| 500 | 1 |" in coverage.matrix(dict(cells), switches)
+
+
+def test_a_converter_killed_in_a_window_counts_whichever_page_was_asked_last(tmp_path):
+    # converters work on pages the poller fetched ahead: it asks for the next page (the
+    # empty one that ends every window too) while the first is converted, so its last
+    # request says nothing of which page a converter held
+    window = "ModificationTimestamp Bt 2026-12-06T17:16:03Z,2026-12-06T18:00:00Z"
+    requests = [
+        {"t": 1.0, "caller": "poller", "path": "/v1/listings", "filter": window, "skiptoken": ""},
+        {"t": 1.03, "caller": "poller", "path": "/v1/listings", "filter": window, "skiptoken": "K"},
+    ]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+
+    class Result:
+        coverage: Counter = Counter()
+        events = [
+            {"kill": "converter", "at": 1.05, "since": 0.0},
+            {"kill": "poller", "at": 1.05, "since": 0.0},
+        ]
+
+    coverage.count_seed(path, Result)
+    assert Result.coverage["kill:converter@window"] == 1
+    assert Result.coverage["kill:poller@window_later"] == 1  # the poller's own phase stays
+    switches = dict.fromkeys(SWITCHES, True)
+    assert "kill:converter@window" not in coverage.uncovered(Result.coverage, switches)
 
 
 def test_a_sink_kill_phase_is_read_from_its_log(tmp_path):
