@@ -1,8 +1,11 @@
 """The initial download (the guide's step 1): every listing by ``_skiptoken``.
 
 Resumable: each page is committed with the checkpoint after it (its skip token and
-the scan's :class:`~producer.scan.Tally`). The server's clock at the start (the
-``Date`` of the first page) becomes the first update window's lower bound. The
+the scan's :class:`~producer.scan.Tally`). The API's clock before the first page (the
+``Date`` of a one-listing request made first) becomes the first update window's lower
+bound: a page's own ``Date`` can be later than its data (a page from a cache, a clock
+that moved while it was answered), and the changes in between would fall before the
+window's overlap. The
 snapshot is marked done only when its scan was complete; a scan cut short fails
 and the next run resumes after its last whole page.
 
@@ -46,7 +49,7 @@ def run_snapshot(pipe: Pipeline, stats: RunStats, restart: bool, republish: bool
             checkpoint.get("server_start"),
         )
         return True
-    if checkpoint is None:  # its clock the server's start, from the first page
+    if checkpoint is None:
         checkpoint = {
             "token": "",
             "server_start": None,
@@ -58,6 +61,8 @@ def run_snapshot(pipe: Pipeline, stats: RunStats, restart: bool, republish: bool
             pipe.state.set_checkpoint("snapshot", checkpoint)
     else:
         logger.info("resuming the snapshot after skip token %r", checkpoint["token"])
+    if checkpoint["server_start"] is None:  # the API's clock before the first page
+        checkpoint["server_start"] = iso(pipe.server_now())
     pages = stats.pages
     try:
         after = _scan(pipe, stats, checkpoint)
@@ -76,8 +81,6 @@ def run_snapshot(pipe: Pipeline, stats: RunStats, restart: bool, republish: bool
     if after is None:
         return False  # stopped
     checkpoint = after
-    if checkpoint["server_start"] is None:  # not one page
-        checkpoint["server_start"] = iso(pipe.server_now())
     pipe.drain()
     with pipe.state.transaction():
         pipe.state.set_checkpoint("snapshot", {**checkpoint, "done": True})
@@ -111,8 +114,6 @@ def _scan(pipe: Pipeline, stats: RunStats, checkpoint: dict) -> dict | None:
 
     try:
         for page, after, source in pipe.ahead(scan, source_of):
-            if checkpoint["server_start"] is None:  # the Date of the first page
-                checkpoint["server_start"] = iso(page.server_time or pipe.server_now())
             republish = bool(checkpoint.get("republish"))
             kept = pipe.newer_only(page, stats)
             rows, media = pipe.publish_listings(kept, source, stats, force=republish)
