@@ -97,9 +97,11 @@ def act(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
 
 
 def _kill_poller(world: World, step: dict, log: Any, result: Any, extra: list) -> None:
-    """``kill -9`` of the daemon; with ``moment`` a place (``accounts_scan``), right after
-    one of its requests there: an accounts scan is a few pages every few seconds, and a
-    kill at a random moment seldom lands in one (none of 14 in a 20-seed run)."""
+    """``kill -9`` of the daemon; with ``moment`` a place (``accounts_scan``,
+    ``window_first``), right after one of its requests there: an accounts scan is a few
+    pages every few seconds, a window a page or two, and a kill at a random moment seldom
+    lands in either (none of 14 in an accounts scan in one 20-seed run; one kill in a window
+    in the next)."""
     moment = step.get("moment")
     if moment and not await_request(world.requests_path, "poller", moment, timeout=20):
         log("moment_missed", process="poller", moment=moment)

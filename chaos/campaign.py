@@ -8,6 +8,7 @@ Every act is one JSON line in ``<root>/campaign.log`` with wall and virtual time
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -124,10 +125,12 @@ def plan(
     # how much changes in a round: up to 4x the base rates, so a window spans pages
     scale = rng.choice([1, 2, 4])
     apart = random.Random(f"{seed}-drawn-apart")  # chaos.acts.DRAWN_APART
-    # half the poller kills aim at an accounts scan, and half the lost states are followed
+    # the poller kills aim at an accounts scan and a window's first page in turn (a random
+    # kill seldom lands in either), and half the lost states are followed
     # by a kill in the fresh snapshot (a stream of its own: the rest of the plan is as
     # without it)
     aim = random.Random(f"{seed}-poller-moment")
+    poller_moments = itertools.cycle(("accounts_scan", "window_first")[:: 1 if seed % 2 else -1])
     # a deck: every act once (a kill once per sink) before any comes again, reshuffled when
     # drawn out, so a seed of eight rounds reaches most acts, and twenty seeds every one
     cards = [
@@ -156,8 +159,8 @@ def plan(
                     "limit": rng.choice([16_384, 65_536]),
                 }
             )
-            if act == "kill_poller" and aim.random() < 0.5:
-                acts[-1]["moment"] = "accounts_scan"
+            if act == "kill_poller":
+                acts[-1]["moment"] = next(poller_moments)
             elif act == "lose_state" and aim.random() < 0.5:
                 acts[-1]["moment"] = "snapshot_page"
         if apart.random() < 0.5:  # about every other round, after its other acts

@@ -67,13 +67,13 @@ FAULTS: dict[str, tuple[str, ...]] = {
 }
 #: The switch (``chaos.campaign.SWITCHES``) a fault kind needs; the others are always on.
 FAULT_SWITCH = {"late": "late", "malformed": "malformed", "refused_by_key": "refused"}
-#: Killed component -> the phases the campaign reaches. The poller's phase is the place of
-#: its last request; a converter's is ``window`` when that was a window's page, first or
-#: later (converters work on pages fetched ahead: the poller asks for the next page, the
-#: empty one that ends every window too, while the first is converted); a sink's comes
-#: from its log.
+#: Killed component -> the phases the campaign reaches. The poller's and a converter's
+#: phase is the place of the poller's last request, ``window`` for a window's page, first
+#: or later (the poller fetches ahead: it asks for the next page, the empty one that ends
+#: every window too, while the first is converted and published); a sink's comes from its
+#: log.
 KILLS: dict[str, tuple[str, ...]] = {
-    "poller": ("snapshot_page", "window_first", "window_later", "accounts_scan"),
+    "poller": ("snapshot_page", "window", "accounts_scan"),
     "purge": ("purge_scan",),
     "converter": ("window",),
     **{f"sink-{name}": ("consuming",) for name in ("postgres-a", "postgres-b", "files", "search")},
@@ -272,7 +272,7 @@ def count_seed(requests_path: Path, result: Any) -> None:
         component, at, since = event["kill"], event["at"], event["since"]
         if component in ("poller", "converter"):
             phase = poller_phase(requests, at, since)
-            if component == "converter" and phase in ("window_first", "window_later"):
+            if phase in ("window_first", "window_later"):
                 phase = "window"
         elif component == "purge":
             phase = purge_phase(requests, at, since)

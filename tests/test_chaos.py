@@ -165,9 +165,12 @@ def test_a_converter_killed_in_a_window_counts_whichever_page_was_asked_last(tmp
 
     coverage.count_seed(path, Result)
     assert Result.coverage["kill:converter@window"] == 1
-    assert Result.coverage["kill:poller@window_later"] == 1  # the poller's own phase stays
+    # the poller fetches ahead too (the page after the one it publishes): one phase, window
+    assert Result.coverage["kill:poller@window"] == 1
     switches = dict.fromkeys(SWITCHES, True)
-    assert "kill:converter@window" not in coverage.uncovered(Result.coverage, switches)
+    missing = coverage.uncovered(Result.coverage, switches)
+    assert "kill:converter@window" not in missing and "kill:poller@window" not in missing
+    assert not any(c.startswith("kill:poller@window_") for c in missing)
 
 
 def test_a_sink_kill_phase_is_read_from_its_log(tmp_path):
@@ -455,7 +458,9 @@ def test_a_poller_kill_aimed_at_an_accounts_scan_waits_for_one(tmp_path):
     assert not await_request(requests, "poller", "accounts_scan", timeout=0.3)  # none since
 
 
-def test_about_half_the_poller_kills_aim_at_an_accounts_scan():
+def test_the_poller_kills_aim_at_an_accounts_scan_and_a_window_in_turn():
+    # a random kill seldom lands in either: none of 14 in an accounts scan in one 20-seed
+    # run, one in a window in another
     kills = [
         step
         for seed in range(1, 21)
@@ -463,8 +468,9 @@ def test_about_half_the_poller_kills_aim_at_an_accounts_scan():
         for step in round_["acts"]
         if step["act"] == "kill_poller"
     ]
-    aimed = [s for s in kills if s.get("moment") == "accounts_scan"]
-    assert kills and 0 < len(aimed) < len(kills)
+    moments = Counter(step.get("moment") for step in kills)
+    assert set(moments) == {"accounts_scan", "window_first"}
+    assert abs(moments["accounts_scan"] - moments["window_first"]) <= 4
 
 
 def test_about_half_the_lost_states_are_followed_by_a_kill_in_the_fresh_snapshot():
