@@ -209,10 +209,10 @@ def read_envelope(
     try:
         try:
             document = json_loads(body)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as e:
             split = _split_results(body) if status < 300 else None
-            if split is None:
-                raise
+            if split is None:  # a broken body, also one nested too deep to read whole
+                raise ValueError(f"not one JSON document: {e}") from None
             document, elements, rejected, edges = split
         envelope = document["D"]
     except (KeyError, TypeError) as e:
