@@ -51,6 +51,8 @@ CALLER_BOOST = {
     "snapshot:timeout": 6,
     "redrive:timeout": 3,
     "poller/v1/accounts:cut": 8,
+    "poller/by-key:stale": 6,
+    "purge/by-key:stale": 6,
 }
 
 
@@ -111,7 +113,9 @@ def plan(
         # a timeout on the final snapshot's pages (it starts over: the seed's other snapshot
         # pages are few); a timeout on a re-drive (it asks by key, every fault already four
         # times as likely: more would fail most re-drives); a cut in an accounts scan (a
-        # second page only where the page size is 20 or less, among the poller's many)
+        # second page only where the page size is 20 or less, among the poller's many); a
+        # stale answer to a re-check by key (the poller's of a lagging listing, the purge's of
+        # keys a cut scan missed: the only by-key requests whose listings have an older version)
         "caller_boost": dict(CALLER_BOOST),
     }
     # one request per listing whose video list changed (every listing in a snapshot): only

@@ -286,7 +286,8 @@ def _boosts(value: str) -> dict[str, float]:
     callback=lambda ctx, param, value: _boosts(value),
     help="NAME[:KIND]=FACTOR,…: multiply the --faults probabilities (KIND's only, with :KIND) "
     "by FACTOR for the requests of caller NAME (an API URL ending in /_via/NAME; NAME/PATH: "
-    "only its requests under PATH, e.g. poller/v1/accounts:cut=8), on top of --fault-boost: "
+    "only its requests under PATH, e.g. poller/v1/accounts:cut=8; NAME/by-key: only its "
+    "requests by key, e.g. poller/by-key:stale=6), on top of --fault-boost: "
     "a campaign's rare callers (reconcile, a final snapshot) meet faults too.",
 )
 @click.option(

@@ -24,7 +24,8 @@ that only a campaign needs. All are off unless configured; the API is unchanged 
   probabilities (or that kind's) times the factor for the requests of that caller, on top
   of the fault boost: reconcile or a final snapshot makes few requests, and a campaign
   wants a rare fault (a stale answer, a timeout) there too. ``caller/path`` (``poller/v1/
-  accounts:cut``) names the caller's requests under that path only: its accounts scan.
+  accounts:cut``) names the caller's requests under that path only: its accounts scan;
+  ``caller/by-key`` its requests by key (a re-check shares the listings path with scans).
 - **Refused by key** (``refuse_by_key``, a share of keys): a removed listing or account,
   asked for by key (``/v1/listings/<key>``, ``/v1/accounts/<id>``), answers 403 (code
   1500) instead of 404, as the API does for a record that left the key's view.
@@ -71,6 +72,11 @@ def split_via(path: str) -> tuple[str, str]:
         return "", path
     name, _, rest = path[len(VIA) :].partition("/")
     return name, "/" + rest
+
+
+def _by_key(path: str, query: str) -> bool:
+    """A request by key: ``/v1/listings/<key>``, ``/v1/accounts/<id>``, a ``ListingKey`` filter."""
+    return path.strip("/").count("/") == 2 or "_filter=ListingKey" in query
 
 
 def _rng(seed: int, key: str, salt: str) -> random.Random:
@@ -173,24 +179,25 @@ class Hooks:
         """The factor of the fault probabilities for this request (see ``fault_boost``)."""
         factor = 1.0
         for name, f in getattr(self.config, "caller_boost", {}).items():
-            if ":" not in name and self._asks(name, path):
+            if ":" not in name and self._asks(name, path, query):
                 factor *= f
-        by_key = path.strip("/").count("/") == 2 or "_filter=ListingKey" in query
-        return factor * (getattr(self.config, "fault_boost", 1.0) if by_key else 1.0)
+        return factor * (getattr(self.config, "fault_boost", 1.0) if _by_key(path, query) else 1.0)
 
-    def kind_boost(self, path: str) -> dict[str, float]:
+    def kind_boost(self, path: str, query: str) -> dict[str, float]:
         """Fault kind -> its further factor for this request (``caller[/path]:kind``)."""
         kinds: dict[str, float] = {}
         for name, f in getattr(self.config, "caller_boost", {}).items():
             who, _, kind = name.partition(":")
-            if kind and self._asks(who, path):
+            if kind and self._asks(who, path, query):
                 kinds[kind] = kinds.get(kind, 1.0) * f
         return kinds
 
-    def _asks(self, name: str, path: str) -> bool:
-        """Whether this request is ``name``'s: its caller, or its caller and path prefix
-        (``poller/v1/accounts``)."""
+    def _asks(self, name: str, path: str, query: str) -> bool:
+        """Whether this request is ``name``'s: its caller, its caller and path prefix
+        (``poller/v1/accounts``), or its caller's requests by key (``poller/by-key``)."""
         caller = self._caller()
+        if name == caller + "/by-key":
+            return _by_key(path, query)
         return name == caller or (
             name.startswith(caller + "/") and path.startswith(name[len(caller) :])
         )

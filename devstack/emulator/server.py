@@ -168,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, number: int, path: str, query: str, method: str) -> None:
         emu = self.server.emulator
         hooks = emu.mls.hooks
-        fault = emu.faults.draw(hooks.boost(path, query), hooks.kind_boost(path))
+        fault = emu.faults.draw(hooks.boost(path, query), hooks.kind_boost(path, query))
         if emu.config.latency_ms > 0:
             # the same request waits as long every time: two scans of the same pages
             # (a bench's bare scan and a snapshot) wait alike, side by side

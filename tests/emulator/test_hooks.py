@@ -147,3 +147,23 @@ def test_a_boost_can_name_one_resource_of_a_caller(make_emulator):
     assert all(r.status_code == 500 for r in accounts)  # 0.05 x 20: every one
     assert sum(r.status_code == 500 for r in listings) < 12
     assert sum(r.status_code == 500 for r in purge) < 12
+
+
+def test_a_boost_can_name_a_callers_requests_by_key(make_emulator):
+    # a re-check by key shares the listings path with every scan: ``by-key`` names it alone
+    emu = make_emulator(faults="500:0.05", caller_boost={"poller/by-key:500": 20})
+    key = emu.mls.live_keys[0]
+    with client_for(emu) as c:
+        filtered = [
+            c.get("/_via/poller/v1/listings", params={"_filter": f"ListingKey Eq '{key}'"})
+            for _ in range(20)
+        ]
+        by_path = [c.get(f"/_via/poller/v1/accounts/{n}") for n in range(20)]
+        scans = [c.get("/_via/poller/v1/listings", params={"_limit": 1}) for _ in range(40)]
+        others = [
+            c.get("/_via/purge/v1/listings", params={"_filter": f"ListingKey Eq '{key}'"})
+            for _ in range(40)
+        ]
+    assert all(r.status_code == 500 for r in filtered + by_path)  # 0.05 x 20: every one
+    assert sum(r.status_code == 500 for r in scans) < 12
+    assert sum(r.status_code == 500 for r in others) < 12
