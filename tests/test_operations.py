@@ -141,6 +141,7 @@ def load_state_settings(state: Path):
     return load_settings(environ={}, state_dir=str(state))
 
 
+@pytest.mark.slow(seconds=25)
 def test_status_reports_lag_of_a_stopped_sink_then_zero(settings, emulator):
     with build_poller(settings) as poller:
         poller.snapshot()

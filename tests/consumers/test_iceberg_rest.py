@@ -46,6 +46,7 @@ def _sink(settings, url: str, *extra: str, **env: str) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow(seconds=20)
 def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and_a_restart(
     make_settings, rest
 ):

@@ -136,6 +136,7 @@ def _everything_assigned(*members: Member) -> bool:
     return sum(len(h) for h in held) == 3 * PARTITIONS == len(set().union(*held))
 
 
+@pytest.mark.slow(seconds=18)
 def test_members_whose_database_breaks_in_a_rebalance_stay_and_the_group_moves_on(setup, members):
     settings, topics, schema, conn = setup
     group = f"g-{settings.topic_prefix}"

@@ -218,6 +218,7 @@ def run_until(sink, settings, predicate, what: str, **config) -> Runner:
     return runner
 
 
+@pytest.mark.slow(seconds=15)
 @pytest.mark.parametrize("stage", ["open", "write", "commit"])
 def test_a_broken_store_is_waited_out_at_every_stage_and_nothing_is_dead_lettered(topics, stage):
     for n in range(6):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from confluent_kafka import Consumer
 
 from consumers.dlq import dlq_topic
@@ -30,6 +31,7 @@ class Nothing:
         pass
 
 
+@pytest.mark.slow(seconds=20)
 def test_status_counts_letters_from_the_low_watermark_so_expired_letters_do_not_count(
     make_settings, monkeypatch
 ):

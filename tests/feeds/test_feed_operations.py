@@ -35,6 +35,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return exited.value.code, capsys.readouterr().out
 
 
+@pytest.mark.slow(seconds=35)
 def test_status_reconcile_and_metrics_per_feed(
     two_feeds, database_url, topic_prefix, monkeypatch, capsys
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import psycopg
+import pytest
 
 from consumers.postgres import PostgresSink
 from consumers.runner import Replay, Runner, RunnerConfig, end_offsets
@@ -57,6 +58,7 @@ def held(conn, schema: str) -> tuple[list, list]:
     return listings, accounts
 
 
+@pytest.mark.slow(seconds=16)
 def test_a_merged_sink_holds_the_union_of_two_truths_with_colliding_keys(
     two_feeds, database_url, topic_prefix
 ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from consumers.files.compact import compact
 from consumers.files.formats import format_of
 from consumers.files.sink import FileSink
@@ -28,6 +30,7 @@ def _truth(truths: dict, name: str) -> dict[str, object]:
     return {k: parse_ts(v) for k, v in truths[name]["listings"].items()}
 
 
+@pytest.mark.slow(seconds=16)
 def test_merged_search_and_files_hold_each_feed_apart(two_feeds, tmp_path):
     feeds = two_feeds(listings=120, accounts=10)
     index, root = tmp_path / "index", tmp_path / "files"

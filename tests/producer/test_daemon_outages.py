@@ -229,6 +229,7 @@ def _registry_process(state_dir: Path, port: int) -> Iterator[subprocess.Popen]:
         registry.wait(30)
 
 
+@pytest.mark.slow(seconds=16)
 def test_poll_run_outlives_a_registry_restart_between_two_windows(emulator, relay, tmp_path):
     """The registry stops after a window; the next window, which must register the
     listings' schema, fails on it: the daemon stays alive, not ready, naming the registry.
