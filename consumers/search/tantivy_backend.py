@@ -342,8 +342,10 @@ class TantivyBackend:
         again (``apply`` deletes a key's document first only for the keys the table holds)."""
         row = self.db.execute("SELECT opstamp FROM index_commit").fetchone()
         if row is not None and row[0] == self.writer.commit_opstamp:
+            self._opstamp = row[0]
             return
         known = {key for (key,) in self.db.execute("SELECT key FROM versions")}
+        self.index.reload()  # a searcher of the last commit, this process's own included
         terms = self.index.searcher().terms_with_prefix(self.key_field, "")
         stray = [key for key, _ in terms if key not in known]
         for key in stray:
@@ -354,6 +356,7 @@ class TantivyBackend:
             " ON CONFLICT (id) DO UPDATE SET opstamp = excluded.opstamp",
             (opstamp,),
         )
+        self._opstamp = opstamp
         if stray:
             logger.warning(
                 "search index at %s was ahead of its side table: removed %d documents of keys "
@@ -423,6 +426,10 @@ class TantivyBackend:
         added = deleted = 0
         from_dict, schema = tantivy.Document.from_dict, self.index.schema  # faster than **kwargs
         try:
+            if self.writer.commit_opstamp != self._opstamp:
+                # the side table failed after the index committed (its disk full), and the
+                # runner hands this backend the batch again: first remove what it missed
+                self._repair()
             for key, change in final.items():
                 if key in versions:  # else the index holds no document of the key (_repair)
                     self.writer.delete_documents_by_term(self.key_field, key)
@@ -488,6 +495,7 @@ class TantivyBackend:
                 "UPDATE index_commit SET opstamp = ? WHERE id = 0", (self.writer.commit_opstamp,)
             )
             db.execute("COMMIT")
+            self._opstamp = self.writer.commit_opstamp
         except sqlite3.Error:
             if db.in_transaction:
                 db.execute("ROLLBACK")

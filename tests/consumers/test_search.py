@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -230,6 +231,36 @@ def test_keys_first_indexed_by_a_commit_the_side_table_missed_are_not_doubled(
     total, hits = search(index_dir(settings), None, [], 0)
     keys = [h["ListingKey"] for h in hits]
     assert sorted(keys) == sorted(e.key for e in events) and total == len(events)
+
+
+def test_a_side_table_broken_after_the_index_commit_doubles_no_document_on_the_next_try(
+    make_sink, settings
+):
+    """The side table fails after the index committed (its disk full, here a real SQLite
+    error raised by a trigger) and the sink is not reopened: the runner pauses, then hands
+    the same sink the batch again. The documents of keys the side table never held are
+    removed before that batch is applied again, so each key keeps one document."""
+    stream = EventStream("srch", listings=40)
+    events = stream.snapshot()
+    sink = make_sink()
+    feed(sink, events[:10], 10)
+    side = sqlite3.connect(index_dir(settings).parent / "state.sqlite", isolation_level=None)
+    side.execute(
+        "CREATE TRIGGER full BEFORE INSERT ON versions"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    sink.write(Batch(events[10:]))  # keys the side table never held
+    with pytest.raises(SinkUnavailableError):
+        sink.commit(Batch(events[10:]).offsets())
+    side.execute("DROP TRIGGER full")
+    side.close()
+    feed(sink, events[10:], 7)  # the same sink, the batch again from the stored offsets
+    total, hits = search(index_dir(settings), None, [], 0)
+    assert sorted(h["ListingKey"] for h in hits) == sorted(e.key for e in events)
+    assert total == len(events)
+    sink.close()
+    tps = sorted({(e.topic, e.partition) for e in events})
+    assert make_sink().stored_offsets(tps) == Batch(events).offsets()
 
 
 def test_one_writer_per_index(make_sink):
