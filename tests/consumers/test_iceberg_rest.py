@@ -17,13 +17,16 @@ import pytest
 from click.testing import CliRunner
 from pyiceberg.catalog import load_catalog
 
+from consumers.base import Batch, SinkContext
+from consumers.iceberg import IcebergSink
 from consumers.iceberg.tables import read_offsets
-from devstack.iceberg_rest import IcebergRestServer
+from devstack.iceberg_rest import IcebergRestServer, _Api
 from spark_relay.cli import _register, cli
+from spark_relay.errors import SinkUnavailableError
 from spark_relay.reconcile import holdings
 from spark_relay.status import collect_status
 from tests.consumers.kafka_events import Topics, account, listing, read_raw
-from tests.consumers.test_iceberg import _env, rows, ts
+from tests.consumers.test_iceberg import ACCOUNTS, TOPIC, Feed, _env, apply, rows, ts
 
 NAMESPACE = "lake"
 GROUP = "spark-relay.iceberg"
@@ -129,3 +132,47 @@ def test_the_sink_keeps_its_tables_in_a_rest_catalog_through_a_delete_a_kill_and
     assert len(table.snapshots()) <= 2
     assert rows(catalog, NAMESPACE) == expected
     assert read_offsets(table, GROUP)[(topics.listings, 0)] == 9
+
+
+def test_a_table_commit_the_catalog_applied_but_answered_500_doubles_no_row_on_the_next_try(
+    make_settings, rest, monkeypatch
+):
+    """The catalog applies the data table's commit, then answers 500 (the spec's "commit state
+    unknown": a catalog, or a gateway in front of it, failing after the commit). The sink is
+    not reopened: the runner pauses, asks ``stored_offsets`` (which commits what the sink
+    still holds), then hands the same sink the batch again from its first uncommitted offset.
+    Each key keeps one row."""
+    sink = IcebergSink()
+    sink.open(
+        SinkContext(
+            settings=make_settings(iceberg_commit_rows=1, iceberg_commit_seconds=3600),
+            group_id="g",
+            topics=(TOPIC, ACCOUNTS),
+            options={"namespace": NAMESPACE, "catalog": rest.url},
+        )
+    )
+    try:
+        feed = Feed()
+        apply(sink, feed.listing("A"))
+        applied = _Api.commit_table
+        armed = [True]
+
+        def applied_then_failed(self, body, namespace, table):
+            reply = applied(self, body, namespace, table)  # durable in the catalog
+            if armed[0] and table == "listings":
+                armed[0] = False
+                raise RuntimeError("the catalog failed after the commit")  # HTTP 500
+            return reply
+
+        monkeypatch.setattr(_Api, "commit_table", applied_then_failed)
+        batch = Batch([feed.listing("B"), feed.listing("C")])  # keys the table never held
+        sink.write(batch)
+        with pytest.raises(SinkUnavailableError):
+            sink.commit(batch.offsets())
+        # the runner's try_again: stored offsets, then the batch again from offset 1
+        assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 3}
+        apply(sink, *batch.events)
+    finally:
+        sink.close()
+    catalog = load_catalog("theirs", type="rest", uri=rest.url)
+    assert [k for k, _ in rows(catalog, NAMESPACE)] == ["A", "B", "C"]
