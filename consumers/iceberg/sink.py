@@ -23,8 +23,9 @@ A table commit, per resource:
 ``stored_offsets`` reads those offsets back, so a crash anywhere (after the
 table's commit and before Kafka's, or the other way around: the runner commits
 Kafka's offsets for each batch, ahead of the table) applies nothing twice and
-skips nothing. A conflicting commit (another copy of the sink, or ``spark-relay
-iceberg maintain``) is rebuilt on the refreshed table and tried again; a store
+skips nothing. A conflicting commit (another copy of the sink, ``spark-relay
+iceberg maintain``, or a commit of its own the catalog applied though it answered
+an error) is read, folded and built again on the refreshed tables; a store
 that keeps failing stops the sink (``SinkUnavailableError``): it resumes from
 the table's offsets when started again.
 """
@@ -208,6 +209,8 @@ class IcebergSink:
                     logger.error("%s", e)
 
     def _check(self) -> None:
+        """Raise while a timed commit's failure stands: the runner pauses and tries the store
+        again through :meth:`stored_offsets`, which commits what is held anew."""
         if self._failure is not None:
             raise SinkUnavailableError(f"iceberg sink: a timed commit failed: {self._failure}")
 
@@ -216,7 +219,7 @@ class IcebergSink:
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Offsets | None:
         """Called after each assignment: the next offsets committed with the rows."""
         with self._lock:
-            self._check()
+            self._failure = None  # the store tried again: what is held is committed anew
             self._flush()
             stored: Offsets = {}
             try:
@@ -330,7 +333,37 @@ class IcebergSink:
             self.after_table_commit()
 
     def _apply(self, shape: Shape, held: _Held, offsets: Offsets) -> None:
+        """Read, fold and commit; all three again on the refreshed tables after a conflict.
+
+        A conflict is how a commit built on a stale read fails: another writer committed,
+        or a commit of this sink's own was applied though the catalog answered an error (a
+        REST catalog's 500, "commit state unknown"), and this ``Table`` does not know it.
+        Rows built from the stale read would append a second row of each key that commit
+        first held, so nothing of the failed attempt is kept.
+        """
         data, deletes = self._tables[shape.resource]
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                self._apply_once(shape, held, offsets, data, deletes)
+                return
+            except CommitFailedException as e:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise SinkUnavailableError(
+                        f"iceberg sink: {self.namespace}.{shape.resource}: {attempt} commits "
+                        f"conflicted: {e}"
+                    ) from e
+                logger.info(
+                    "iceberg sink: %s.%s: a commit conflicted, read again (%s)",
+                    self.namespace,
+                    shape.resource,
+                    e,
+                )
+                data.refresh()
+                deletes.refresh()
+
+    def _apply_once(
+        self, shape: Shape, held: _Held, offsets: Offsets, data: Table, deletes: Table
+    ) -> None:
         keys = list(dict.fromkeys(e[1] for e in held.events))
         before = self._read_held(shape, data, deletes, keys)
         state = dict(before)
@@ -378,28 +411,18 @@ class IcebergSink:
         self, table: Table, drop: list[str], rows: pa.Table, offsets: Offsets, key: str = "key"
     ) -> None:
         """One transaction: delete ``drop``'s rows, append ``rows``; offsets in the snapshot."""
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            properties = {}
-            if offsets:
-                merged = read_offsets(table, self.group) | offsets
-                properties[offsets_key(self.group)] = offsets_text(merged.items())
-            tx = table.transaction()
-            if drop:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # "did not match any records"
-                    tx.delete(In(key, drop))
-            if len(rows) or properties:
-                tx.append(rows, snapshot_properties=properties)
-            try:
-                tx.commit_transaction()
-                return
-            except CommitFailedException as e:
-                if attempt == COMMIT_ATTEMPTS:
-                    raise SinkUnavailableError(
-                        f"iceberg sink: {table.name()}: {attempt} commits conflicted: {e}"
-                    ) from e
-                logger.info("iceberg sink: %s: commit conflicted, again (%s)", table.name(), e)
-                table.refresh()
+        properties = {}
+        if offsets:
+            merged = read_offsets(table, self.group) | offsets
+            properties[offsets_key(self.group)] = offsets_text(merged.items())
+        tx = table.transaction()
+        if drop:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "did not match any records"
+                tx.delete(In(key, drop))
+        if len(rows) or properties:
+            tx.append(rows, snapshot_properties=properties)
+        tx.commit_transaction()
 
     def _read_held(self, shape: Shape, data: Table, deletes: Table, keys: list[str]) -> dict:
         """What the tables hold of ``keys``: ``key → Held`` (the rows' versions, the remembered

@@ -25,8 +25,18 @@ from spark_relay.cli import _register, cli
 from spark_relay.errors import SinkUnavailableError
 from spark_relay.reconcile import holdings
 from spark_relay.status import collect_status
-from tests.consumers.kafka_events import Topics, account, listing, read_raw
-from tests.consumers.test_iceberg import ACCOUNTS, TOPIC, Feed, _env, apply, rows, ts
+from tests.consumers.kafka_events import Topics, account, listing, read_raw, wait_for
+from tests.consumers.test_iceberg import (
+    ACCOUNTS,
+    TOPIC,
+    Feed,
+    _answers,
+    _env,
+    _free_port,
+    apply,
+    rows,
+    ts,
+)
 
 NAMESPACE = "lake"
 GROUP = "spark-relay.iceberg"
@@ -176,3 +186,62 @@ def test_a_table_commit_the_catalog_applied_but_answered_500_doubles_no_row_on_t
         sink.close()
     catalog = load_catalog("theirs", type="rest", uri=rest.url)
     assert [k for k, _ in rows(catalog, NAMESPACE)] == ["A", "B", "C"]
+
+
+def _catalog_process(state_dir, port: int) -> subprocess.Popen:
+    """The REST catalog in a process of its own, on ``port``: killed, every connection dies."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devstack.iceberg_rest", "--state-dir", str(state_dir)]
+        + ["--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _answers(port), timeout=60, what="the REST catalog")
+    return server
+
+
+def test_a_timed_commit_that_failed_is_tried_again_once_the_catalog_is_back(
+    make_settings, tmp_path
+):
+    """The catalog dies while the sink holds rows, and the commit its timer makes fails.
+    The runner pauses, and tries the store again by asking ``stored_offsets``: once the
+    catalog is back, that commits what the sink held and the sink goes on, not failing for
+    good on the first timed commit that failed."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _catalog_process(tmp_path / "rest", port)
+    sink = IcebergSink()
+    try:
+        sink.open(
+            SinkContext(
+                settings=make_settings(iceberg_commit_rows=1000, iceberg_commit_seconds=0.2),
+                group_id="g",
+                topics=(TOPIC, ACCOUNTS),
+                options={"namespace": NAMESPACE, "catalog": url},
+            )
+        )
+        feed = Feed()
+        server.kill()  # the catalog is gone
+        server.wait(10)
+        apply(sink, feed.listing("A"))  # held, committed by the timer: which fails
+
+        def failed() -> bool:
+            try:
+                sink.write(Batch([]))
+            except SinkUnavailableError:
+                return True
+            return False
+
+        wait_for(failed, what="the timed commit to fail")
+        with pytest.raises(SinkUnavailableError):
+            sink.stored_offsets([(TOPIC, 0)])  # still gone: the runner waits on
+        server = _catalog_process(tmp_path / "rest", port)  # back
+        assert sink.stored_offsets([(TOPIC, 0)]) == {(TOPIC, 0): 1}
+        apply(sink, feed.listing("B"))
+        sink.close()
+        catalog = load_catalog("theirs", type="rest", uri=url)
+        assert [k for k, _ in rows(catalog, NAMESPACE)] == ["A", "B"]
+    finally:
+        sink.close()
+        server.kill()
+        server.wait(10)
