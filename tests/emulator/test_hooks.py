@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from decimal import Decimal
 
 from .helpers import auth, client_for
 
 
-def _lines(path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
+def _lines(path, count: int) -> list[dict]:
+    """The request log's ``count`` lines. The emulator writes a request's line once it has
+    answered, so the client can read the answer first: wait for them (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(x) for x in lines]
+        time.sleep(0.01)
 
 
 def test_the_request_log_names_the_caller_and_what_each_request_met(make_emulator, tmp_path):
@@ -24,7 +32,7 @@ def test_the_request_log_names_the_caller_and_what_each_request_met(make_emulato
     with client_for(emu) as c:
         answer = c.get("/_via/reconcile/v1/listings", params={"_filter": "ListingKey Eq 'x'"})
     assert answer.status_code == 200
-    first, second = _lines(log)
+    first, second = _lines(log, 2)
     assert first["caller"] == "poller" and first["path"] == "/v1/listings"
     assert first["skiptoken"] == "" and first["status"] == 500
     assert first["faults"] == [["500"]]
@@ -52,7 +60,7 @@ def test_a_change_matches_a_timestamp_filter_only_after_its_lag(make_emulator, t
         emu.advance(minutes=15, modify=0, create=0, remove=0, media=0, accounts_modify=0)
         later = f"ModificationTimestamp Bt {changed['from']},{emu.now()}"
         assert set(changed["modified"]) <= keys(later)
-    hits = [f for line in _lines(log) for f in line["faults"] if f[0] == "late"]
+    hits = [f for line in _lines(log, 3) for f in line["faults"] if f[0] == "late"]
     assert {f[1] for f in hits} == late
 
 
@@ -78,7 +86,7 @@ def test_malformed_elements_are_served_as_the_truth_describes(make_emulator, tmp
     for key, how in truth.items():
         assert served[key][how["field"]] == json.loads(how["json"], parse_float=Decimal), key
     assert b"1e400" in raw or b"1e-400" in raw or b"E+999" in raw
-    hits = {f[1] for line in _lines(log) for f in line["faults"] if f[0] == "malformed"}
+    hits = {f[1] for line in _lines(log, 1) for f in line["faults"] if f[0] == "malformed"}
     assert hits == set(truth)
 
 
