@@ -165,6 +165,26 @@ def test_tantivy_keeps_the_newer_of_two_changes_in_one_batch(tantivy_backend):
     assert held == {f"{prefix}a": 0, f"{prefix}b": 1}  # a: the newer; b: the tie's later offset
 
 
+def test_tantivy_keeps_what_it_holds_against_a_lone_older_change_replayed(tantivy_backend):
+    """The case the examples above may not draw (they missed it once in the mutants' run of
+    2026-12-06): a key's only change of a batch, older than what the index holds, a version
+    (``a``: a newer timestamp) or a tombstone (``b``: a later offset). A replay brings it."""
+    backend, index = tantivy_backend
+    prefix = f"t{next(_examples)}-"
+    events = _priced(
+        events_of([("a", 0), ("a", 2), ("b", 1), ("b", "tombstone")], "p.listings", prefix)
+    )
+    backend.apply([change_of(e) for e in events], Batch(events).offsets())
+    a_older, b_older = events[0], events[2]
+    for lone in ([a_older], [b_older]):  # each alone in its batch, as a replay delivers it
+        backend.apply([change_of(e) for e in lone], Batch(lone).offsets())
+    _, hits = search(index, None, [], 0)
+    held = {
+        h["ListingKey"]: int(h["ListPrice"]) for h in hits if h["ListingKey"].startswith(prefix)
+    }
+    assert held == {f"{prefix}a": events[1].offset}  # b: its tombstone stands
+
+
 def _priced(events: list[Event]) -> list[Event]:
     """Listings whose ListPrice is their offset, to tell which event a document came from."""
     return [
