@@ -25,9 +25,10 @@ table's commit and before Kafka's, or the other way around: the runner commits
 Kafka's offsets for each batch, ahead of the table) applies nothing twice and
 skips nothing. A conflicting commit (another copy of the sink, ``spark-relay
 iceberg maintain``, or a commit of its own the catalog applied though it answered
-an error) is read, folded and built again on the refreshed tables; a store
-that keeps failing stops the sink (``SinkUnavailableError``): it resumes from
-the table's offsets when started again.
+an error) is read, folded and built again on the refreshed tables. A store
+that keeps failing is a broken store (``SinkUnavailableError``): the runner
+pauses the partitions and tries it again through ``stored_offsets``, which
+commits what the sink holds anew, a timed commit that failed included.
 """
 
 from __future__ import annotations

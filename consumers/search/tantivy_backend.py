@@ -20,11 +20,11 @@ of the key: a key it does not hold has no document. A crash between the two
 commits breaks that (the index is ahead of the side table): the next open sees
 the index's opstamp differ from the one stored, and deletes every document of
 a key the side table does not hold (an index from before the opstamp was
-stored is checked the same way, once). A side table that fails after the index
-committed, in a sink that goes on (its disk full: a broken store, the batch
-handed over again), is repaired the same way before the next apply. The sink then resumes from the older
+stored is checked the same way, once). The sink then resumes from the older
 offsets and re-applies the same events, which lands on the same documents:
-effectively exactly once.
+effectively exactly once. A side table that fails after the index committed, in
+a sink that goes on (its disk full: a broken store, the batch handed over
+again), is repaired the same way before the next apply.
 
 Bad record or broken store (:meth:`TantivyBackend.fault`): Tantivy raises
 ``ValueError`` for both, and refuses a document when it is built against the
