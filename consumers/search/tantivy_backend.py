@@ -24,7 +24,10 @@ stored is checked the same way, once). The sink then resumes from the older
 offsets and re-applies the same events, which lands on the same documents:
 effectively exactly once. A side table that fails after the index committed, in
 a sink that goes on (its disk full: a broken store, the batch handed over
-again), is repaired the same way before the next apply.
+again), or an index commit that raised (it may have landed), is repaired the
+same way before the next apply. The opstamps compared are the ones ``commit``
+returns: tantivy-py's ``IndexWriter.commit_opstamp`` is read once, as the writer
+opens (the index's last commit), because it keeps that value until a rollback.
 
 Bad record or broken store (:meth:`TantivyBackend.fault`): Tantivy raises
 ``ValueError`` for both, and refuses a document when it is built against the
@@ -49,7 +52,8 @@ import os
 import socket
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -335,30 +339,31 @@ class TantivyBackend:
             "CREATE TABLE IF NOT EXISTS index_commit (id INTEGER PRIMARY KEY CHECK (id = 0),"
             " opstamp INTEGER NOT NULL)"
         )
-        self._repair()
+        row = self.db.execute("SELECT opstamp FROM index_commit").fetchone()
+        #: the opstamp of the index commit the side table goes with (None: not recorded yet)
+        self._recorded: int | None = None if row is None else row[0]
+        #: the opstamp of the index's last commit (None: unknown, a commit failed). Read from
+        #: the writer only here, as it opens: tantivy-py's ``commit_opstamp`` keeps that value
+        #: until a rollback, so after that the opstamps ``commit`` returns are kept instead.
+        self._indexed: int | None = self.writer.commit_opstamp
+        if self._indexed != self._recorded:
+            self._repair()
 
     def _repair(self) -> None:
-        """If the index is not at the commit the side table records (a crash between the two
-        commits, or an index older than that record), delete every document of a key the side
-        table holds no version of: the key's event, re-applied from the stored offsets, adds it
-        again (``apply`` deletes a key's document first only for the keys the table holds)."""
-        row = self.db.execute("SELECT opstamp FROM index_commit").fetchone()
-        if row is not None and row[0] == self.writer.commit_opstamp:
-            self._opstamp = row[0]
-            return
+        """The index is not at the commit the side table records (a crash between the two
+        commits, a side-table commit that failed, or an index older than that record): delete
+        every document of a key the side table holds no version of. The key's event, re-applied
+        from the stored offsets, adds it again (``apply`` deletes a key's document first only
+        for the keys the table holds)."""
         known = {key for (key,) in self.db.execute("SELECT key FROM versions")}
         self.index.reload()  # a searcher of the last commit, this process's own included
         terms = self.index.searcher().terms_with_prefix(self.key_field, "")
         stray = [key for key, _ in terms if key not in known]
         for key in stray:
             self.writer.delete_documents_by_term(self.key_field, key)
-        opstamp = self.writer.commit()
-        self.db.execute(
-            "INSERT INTO index_commit (id, opstamp) VALUES (0, ?)"
-            " ON CONFLICT (id) DO UPDATE SET opstamp = excluded.opstamp",
-            (opstamp,),
-        )
-        self._opstamp = opstamp
+        self._commit_index()
+        self._record(self._indexed)
+        self._recorded = self._indexed
         if stray:
             logger.warning(
                 "search index at %s was ahead of its side table: removed %d documents of keys "
@@ -377,13 +382,41 @@ class TantivyBackend:
             .count
         )
         self.writer.delete_documents_by_term("feed", feed)
-        self.writer.commit()
+        self._commit_index()
         marks = ",".join("?" * len(topics))
-        with self.db:
+        with self._transaction():
             self.db.execute("DELETE FROM versions WHERE key LIKE ?", [f"{feed}/%"])
             self.db.execute("DELETE FROM deletes WHERE key LIKE ?", [f"{feed}/%"])
             self.db.execute(f"DELETE FROM offsets WHERE topic IN ({marks})", list(topics))
+            self._record(self._indexed)
+        self._recorded = self._indexed
         return count
+
+    def _commit_index(self) -> None:
+        """Commit the index writer and keep the commit's opstamp (unknown if it fails)."""
+        self._indexed = None
+        self._indexed = self.writer.commit()
+
+    def _record(self, opstamp: int | None) -> None:
+        """Store ``opstamp`` as the index commit the side table goes with (in the caller's
+        transaction, if any; the caller sets ``_recorded`` once it is committed)."""
+        self.db.execute(
+            "INSERT INTO index_commit (id, opstamp) VALUES (0, ?)"
+            " ON CONFLICT (id) DO UPDATE SET opstamp = excluded.opstamp",
+            (opstamp,),
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction (the connection is in autocommit mode otherwise)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     # ---- offsets ----------------------------------------------------------------
 
@@ -428,7 +461,7 @@ class TantivyBackend:
         added = deleted = 0
         from_dict, schema = tantivy.Document.from_dict, self.index.schema  # faster than **kwargs
         try:
-            if self.writer.commit_opstamp != self._opstamp:
+            if self._indexed != self._recorded:
                 # the side table failed after the index committed (its disk full), and the
                 # runner hands this backend the batch again: first remove what it missed
                 self._repair()
@@ -441,7 +474,7 @@ class TantivyBackend:
                     self.writer.add_document(from_dict(change.document, schema))
                     added += 1
             if final:
-                self.writer.commit()
+                self._commit_index()
             self._commit_state(final, remembered, offsets)
         except Exception as e:
             try:
@@ -466,8 +499,7 @@ class TantivyBackend:
         self, final: dict[str, Change], remembered: dict[str, tuple], offsets: Offsets
     ) -> None:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             db.executemany(
                 "INSERT INTO versions (key, modified, kafka_partition, kafka_offset)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET modified = excluded.modified,"
@@ -493,15 +525,8 @@ class TantivyBackend:
                 " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(topic, partition, offset) for (topic, partition), offset in offsets.items()],
             )
-            db.execute(
-                "UPDATE index_commit SET opstamp = ? WHERE id = 0", (self.writer.commit_opstamp,)
-            )
-            db.execute("COMMIT")
-            self._opstamp = self.writer.commit_opstamp
-        except sqlite3.Error:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            self._record(self._indexed)
+        self._recorded = self._indexed
 
     def close(self) -> None:
         """Release the writer's lock and the side table."""
