@@ -60,8 +60,11 @@ def test_snapshot_publishes_every_live_key_once_and_losslessly(emulator, relay):
         stats = poller.snapshot()
     assert stats.completed and stats.published == 20_000
 
-    events = read_topic(
-        settings.kafka_bootstrap, settings.topic("listings"), settings.schema_registry_url
+    events = read_topic(  # 20,000 events decoded: minutes for a worker on a loaded host
+        settings.kafka_bootstrap,
+        settings.topic("listings"),
+        settings.schema_registry_url,
+        timeout=240,
     )
     counts = collections.Counter(key for key, _, _ in events)
     assert len(counts) == 20_000 and set(counts.values()) == {1}
