@@ -22,25 +22,32 @@ __all__ = ["Clock", "Times", "pairs", "summary"]
 
 
 class Clock:
-    """Wall time and the process's CPU time since it started."""
+    """Wall time, the process's CPU time and the calling thread's since it started."""
 
     def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.wall, self.cpu, self.thread = (
+            time.perf_counter(),
+            time.process_time(),
+            time.thread_time(),
+        )
 
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+    def read(self) -> Times:
+        return (
+            time.perf_counter() - self.wall,
+            time.process_time() - self.cpu,
+            time.thread_time() - self.thread,
+        )
 
 
-Run = Callable[[], tuple[float, float]]
-
-
-Times = tuple[float, float]
+#: Seconds of one run: wall, the process's CPU (every thread's), the main thread's CPU.
+Times = tuple[float, float, float]
+Run = Callable[[], Times]
 
 
 def pairs(label: str, rows: int, raw: Run, sink: Run, repeat: int) -> list[tuple[Times, Times]]:
     """The (wall, CPU) seconds of the raw side and of the sink in REPEAT pairs, each pair
     printed with its ratios sink/raw (the raw side's time over the sink's) as it is measured.
-    ``raw`` and ``sink`` each run once, from scratch, and return their (wall, CPU) seconds."""
+    ``raw`` and ``sink`` each run once, from scratch, and return their :data:`Times`."""
     raw(), sink()  # untimed
     times = []
     for i in range(repeat):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import fastavro
 import orjson
-from _pairs import Clock, pairs, summary
+from _pairs import Clock, Times, pairs, summary
 
 from consumers.base import Batch, Event, SinkContext
 from consumers.files import FileSink
@@ -63,7 +63,7 @@ def make_events(count: int) -> list[Event]:
     return events
 
 
-def run_sink(events: list[Event], fmt: str, batch: int, base: Path) -> tuple[float, float]:
+def run_sink(events: list[Event], fmt: str, batch: int, base: Path) -> Times:
     sink = FileSink()
     settings = Settings(state_dir=str(base / f"sink-{fmt}"), topic_prefix="bench")
     options = {"format": fmt, "max_records": ROTATE, "max_seconds": 0}
@@ -125,7 +125,7 @@ RAW = {
 }
 
 
-def run_raw(events: list[Event], fmt: str, base: Path) -> tuple[float, float]:
+def run_raw(events: list[Event], fmt: str, base: Path) -> Times:
     records = [envelope(e) for e in events]  # prepared outside the clock
     folder = base / f"raw-{fmt}"
     folder.mkdir()
@@ -135,7 +135,7 @@ def run_raw(events: list[Event], fmt: str, base: Path) -> tuple[float, float]:
     return clock.read()
 
 
-def _fresh(run, *args) -> tuple[float, float]:
+def _fresh(run, *args) -> Times:
     with tempfile.TemporaryDirectory() as tmp:
         return run(*args, Path(tmp))
 

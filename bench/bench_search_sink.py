@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 import tantivy
-from _pairs import Clock, pairs, summary
+from _pairs import Clock, Times, pairs, summary
 
 from consumers.base import Batch, Event, SinkContext
 from consumers.search import SearchSink
@@ -54,7 +54,7 @@ def make_events(count: int) -> list[Event]:
     return events
 
 
-def run_sink(events: list[Event], batch: int, base: Path) -> tuple[float, float]:
+def run_sink(events: list[Event], batch: int, base: Path) -> Times:
     sink = SearchSink()
     settings = Settings(state_dir=str(base / "sink"), topic_prefix="bench")
     sink.open(SinkContext(settings=settings, group_id="bench", topics=("bench.listings",)))
@@ -69,7 +69,7 @@ def run_sink(events: list[Event], batch: int, base: Path) -> tuple[float, float]
     return elapsed
 
 
-def run_raw(events: list[Event], batch: int, base: Path) -> tuple[float, float]:
+def run_raw(events: list[Event], batch: int, base: Path) -> Times:
     documents = [document_of(e.value) for e in events]  # prepared outside the clock
     index = open_index(base / "raw", create=True)
     writer = index.writer(128_000_000)
@@ -84,7 +84,7 @@ def run_raw(events: list[Event], batch: int, base: Path) -> tuple[float, float]:
     return elapsed
 
 
-def _fresh(run, *args) -> tuple[float, float]:
+def _fresh(run, *args) -> Times:
     with tempfile.TemporaryDirectory() as tmp:
         return run(*args, Path(tmp))
 
