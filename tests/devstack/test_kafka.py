@@ -142,6 +142,7 @@ RESOLVE_AND_RUN = textwrap.dedent(
     path = broker_binary()
     for _ in range(40):  # while the others may still be putting their copies in place
         out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    print(path)
     print(out.strip())
     """
 )
@@ -157,7 +158,8 @@ def test_brokers_started_at_once_on_a_fresh_machine_all_find_a_binary_they_can_r
     env = dict(os.environ)
     env.pop("CALF_TANSU_BIN", None)
     for round_ in range(3):
-        env["HOME"] = str(tmp_path / f"home{round_}")
+        home = tmp_path / f"home{round_}"
+        env["HOME"] = str(home)
         processes = [
             subprocess.Popen(
                 [sys.executable, "-c", RESOLVE_AND_RUN],
@@ -168,8 +170,16 @@ def test_brokers_started_at_once_on_a_fresh_machine_all_find_a_binary_they_can_r
             )
             for _ in range(8)
         ]
-        for process in processes:
-            out, err = process.communicate(timeout=120)
-            assert process.returncode == 0, err[-2000:]
-            assert out.startswith("tansu "), out
-        shutil.rmtree(env["HOME"])  # 41 MB a copy
+        try:
+            for process in processes:
+                out, err = process.communicate(timeout=120)
+                assert process.returncode == 0, err[-2000:]
+                path, version = out.splitlines()
+                assert Path(path).parent == home / ".calfkit" / "bin"  # copied, not found on PATH
+                assert version.startswith("tansu "), out
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        shutil.rmtree(home)  # 41 MB a copy
