@@ -39,6 +39,43 @@ def test_an_update_window_cut_short_is_not_committed(emulator, relay):
     _assert_current(settings, emu)
 
 
+def test_a_window_cut_once_after_records_behind_its_cursor_left_is_read_past_the_cut(
+    emulator, relay, monkeypatch
+):
+    """Seed 14 of the twelfth run. Page 1 of a window is read (250 of 300 changed listings);
+    then 50 of those 250 are removed, so the API's TotalRows falls to 250, and the next page
+    is cut (empty, no SkipToken). The count (250) reaches the latest TotalRows (250): the
+    count alone cannot tell the cut from the end. An empty page is the end only when the
+    API sends it twice: the page after the cut is asked again, and the 50 changes past the
+    cursor are published by the window."""
+    emu = emulator(listings=300, accounts=20)
+    settings = relay(emu, page_size=250)
+    with build_poller(settings) as poller:
+        assert poller.snapshot().completed
+        emu.advance(minutes=30, modify=1.0, create=0, remove=0, media=0)
+        emu.advance(minutes=60, modify=0, create=0, remove=0, media=0)
+        keys = sorted(emu.truth()["listings"])
+        real, asked = poller.client.get, []
+
+        def get(path, params, *args, **kwargs):
+            if "Bt" not in str(params.get("_filter", "")):
+                return real(path, params, *args, **kwargs)
+            asked.append(params.get("_skiptoken"))
+            if len(asked) == 2:  # page 1 read: 50 of its records leave, then one cut
+                emu.remove_listings(keys[:50])
+                _faults(emu, "cut:1.0")
+            try:
+                return real(path, params, *args, **kwargs)
+            finally:
+                _faults(emu, "")
+
+        monkeypatch.setattr(poller.client, "get", get)
+        assert poller.update().completed
+        assert emu.stats_snapshot()["faults"].get("cut") == 1
+    _assert_current(settings, emu, keys[250:])
+    assert asked[1] == asked[2] == keys[249]  # the cut page, asked again
+
+
 def test_a_snapshot_cut_short_is_not_marked_done(emulator, relay):
     emu = emulator(listings=300, accounts=20)
     settings = relay(emu, page_size=100)
