@@ -17,12 +17,12 @@ commits nothing past its last whole page (no window, no ``done``, no purge) and
 runs again.
 
 The count cannot tell a cut from the end when records it already counted leave the
-set (changed past a window's upper bound, or removed): they lower the latest
-TotalRows as much as the records past the cut it never read. So an empty page ends a
+set (changed past a window's upper bound, or removed), or records shown late are
+counted in place of unread ones: the latest TotalRows falls, or the count rises, as
+much as the records past the cut it never read. So an empty page ends a
 ``_skiptoken`` scan only when the API sends it twice in a row; a flaky backend's
-empty page is asked again and the scan reads on. An API that sent the same early
-end every time, after counted records left, would still pass: no count of keys can
-see it (docs/guarantees.md, "Known limits").
+empty page is asked again and the scan reads on. Two cuts in a row there would still
+pass: no count of keys can see them (docs/guarantees.md, "Known limits").
 
 Each key is counted once: a ``_skiptoken`` cursor is a key, so no key comes twice.
 A ``_skip`` cursor is a position, and a record created or removed behind it moves

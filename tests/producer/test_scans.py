@@ -61,7 +61,7 @@ def test_a_window_cut_once_after_records_behind_its_cursor_left_is_read_past_the
             if "Bt" not in str(params.get("_filter", "")):
                 return real(path, params, *args, **kwargs)
             asked.append(params.get("_skiptoken"))
-            if len(asked) == 2:  # page 1 read: 50 of its records leave, then one cut
+            if asked.count(keys[249]) == 1:  # page 1 read: 50 of its records leave, one cut
                 emu.remove_listings(keys[:50])
                 _faults(emu, "cut:1.0")
             try:
@@ -73,7 +73,7 @@ def test_a_window_cut_once_after_records_behind_its_cursor_left_is_read_past_the
         assert poller.update().completed
         assert emu.stats_snapshot()["faults"].get("cut") == 1
     _assert_current(settings, emu, keys[250:])
-    assert asked[1] == asked[2] == keys[249]  # the cut page, asked again
+    assert asked[:3] == ["", keys[249], keys[249]]  # one window; the cut page, asked again
 
 
 def test_a_snapshot_cut_short_is_not_marked_done(emulator, relay):
