@@ -252,7 +252,7 @@ def _run_all(emu, settings):
     return events
 
 
-@pytest.mark.slow(seconds=30)
+@pytest.mark.slow(seconds=45)
 def test_faults_and_rate_limits_change_no_event(emulator, relay, topic_prefix, tmp_path):
     start = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)  # the same MLS in both runs
     clean_emu = emulator(listings=2500, accounts=1200, seed=11, start_time=start)
@@ -263,7 +263,9 @@ def test_faults_and_rate_limits_change_no_event(emulator, relay, topic_prefix, t
         accounts=1200,
         seed=11,
         start_time=start,
-        rate_limit=(20, 1.0),
+        # 20 requests in any 5 s: a client slowed by a loaded machine still goes over it
+        # (20 in any second was met only by a quick one: a suite on a busy machine saw no 429)
+        rate_limit=(20, 5.0),
         fault_timeout_seconds=3,
         faults="500:0.01,503:0.01,timeout:0.01,truncate:0.01,reset:0.01",
     )
