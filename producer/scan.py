@@ -150,10 +150,7 @@ def skiptoken_pages(
     three are accepted; whether the scan was whole is the tally's to say.
 
     An empty page is the end only when the API sends it twice in a row: the page after
-    the same token is asked again. A flaky backend's empty page (a *cut*) looks like the
-    end, and the tally cannot always tell them apart: records it counted that left the
-    set since lower the latest TotalRows as much as the records past the cut it never
-    read (seed 14 of the twelfth campaign run).
+    the same token is asked again (a cut, see the module).
     """
     tally, token, empty = tally or Tally(), start, 0
     while True:

@@ -22,14 +22,19 @@ from tests.kafka_helpers import read_topic
 from tests.producer.test_guards import _assert_current, _faults, _latest, _tombstones
 
 
+def _every_listing_changed(poller, emu) -> None:
+    """A snapshot, then every listing changed, then quiet: a later window's overlap no
+    longer reaches the changes, so one window alone must publish them."""
+    assert poller.snapshot().completed
+    emu.advance(minutes=30, modify=1.0, create=0, remove=0, media=0)
+    emu.advance(minutes=60, modify=0, create=0, remove=0, media=0)
+
+
 def test_an_update_window_cut_short_is_not_committed(emulator, relay):
     emu = emulator(listings=300, accounts=20)
     settings = relay(emu, page_size=100)
     with build_poller(settings) as poller:
-        assert poller.snapshot().completed
-        emu.advance(minutes=30, modify=1.0, create=0, remove=0, media=0)
-        # quiet after the changes: a later window's overlap no longer reaches them
-        emu.advance(minutes=60, modify=0, create=0, remove=0, media=0)
+        _every_listing_changed(poller, emu)
         _faults(emu, "cut:1.0")  # page 1 of 3, then an empty page without a SkipToken
         with pytest.raises(TransientSourceError, match="TotalRows"):
             poller.update()
@@ -51,9 +56,7 @@ def test_a_window_cut_once_after_records_behind_its_cursor_left_is_read_past_the
     emu = emulator(listings=300, accounts=20)
     settings = relay(emu, page_size=250)
     with build_poller(settings) as poller:
-        assert poller.snapshot().completed
-        emu.advance(minutes=30, modify=1.0, create=0, remove=0, media=0)
-        emu.advance(minutes=60, modify=0, create=0, remove=0, media=0)
+        _every_listing_changed(poller, emu)
         keys = sorted(emu.truth()["listings"])
         real, asked = poller.client.get, []
 
